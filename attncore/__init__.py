@@ -1,0 +1,32 @@
+"""attncore: fast CPU attention for NumPy.
+
+Layers (data flows top to bottom, once):
+
+    attncore/functional.py   validation, layouts, masks -> a plan (public functions)
+    attncore/_validate.py    argument checks with errors that name arguments and shapes
+    attncore/_layout.py      strided arrays -> (address, batch offsets, strides)
+    attncore/_core.pyx       the only crossing into C; releases the GIL
+    csrc/driver/             loop nests, blocking, OpenMP, scratch
+    csrc/kernels/, csrc/arch/   tile math, one translation unit per ISA
+    attncore/reference.py    the slow pure-Python oracle the tests compare against
+
+Example
+-------
+>>> import numpy as np, attncore
+>>> q = k = v = np.ones((1, 2, 3, 4), np.float32)
+>>> attncore.scaled_dot_product_attention(q, k, v).shape
+(1, 2, 3, 4)
+"""
+__version__ = "0.1.0"
+
+from ._config import config, show_config
+from .functional import dot_attention, merge_attention, scaled_dot_product_attention
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "dot_attention",
+    "merge_attention",
+    "config",
+    "show_config",
+    "__version__",
+]

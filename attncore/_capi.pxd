@@ -1,0 +1,52 @@
+# The only extern block: declarations of csrc/include/attncore/attn.h.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+cdef extern from "attncore/attn.h" nogil:
+    ctypedef enum attn_status:
+        ATTN_OK
+        ATTN_ENOMEM
+        ATTN_EINVAL
+        ATTN_EISA
+
+    ctypedef struct attn_sdpa_desc:
+        int64_t B, Hq, Hkv, Lq, Lk, D, Dv
+        const void *q
+        const int64_t *q_boff
+        int64_t q_sh, q_sl
+        const void *k
+        const int64_t *k_boff
+        int64_t k_sh, k_sl
+        const void *v
+        const int64_t *v_boff
+        int64_t v_sh, v_sl
+        void *out
+        const int64_t *o_boff
+        int64_t o_sh, o_sl
+        int mask_kind
+        const void *mask
+        const int64_t *m_boff
+        int64_t m_sh, m_si, m_sj
+        int causal
+        int64_t causal_offset
+        const int64_t *valid_lens
+        const int64_t *vl_boff
+        int64_t vl_si
+        double scale
+        uint32_t drop_threshold
+        uint64_t drop_seed
+        double drop_scale
+        void *weights
+        void *lse
+
+    attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter) noexcept
+    int attn_isa_built(int isa) noexcept
+    int attn_isa_supported(int isa) noexcept
+    int attn_isa_best() noexcept
+    const char *attn_isa_name(int isa) noexcept
+    const char *attn_cpu_features() noexcept
+    const char *attn_compiler() noexcept
+    int attn_default_threads() noexcept
+    int attn_openmp_enabled() noexcept
+    attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n) noexcept

@@ -1,0 +1,219 @@
+"""The oracle: slow, obviously-correct pure-Python attention.
+
+Same signatures as the fast functions; arithmetic is plain Python floats
+(float64) over nested lists with the `math` module -- no NumPy linear algebra.
+NumPy is used only to read the inputs (broadcasting them to full shapes and
+turning them into lists) and to return arrays. Results are float64.
+
+Use it on small shapes: every score is computed one multiply-add at a time.
+"""
+import math
+
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    """splitmix64's finaliser (csrc/driver/dropout.h)."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def dropout_keep(seed, counter, dropout_p):
+    """Whether the weight with flat index `counter` in (B, Hq, Lq, Lk) is kept."""
+    threshold = int(round(dropout_p * (1 << 24)))
+    bits = _mix64(_mix64(seed) ^ counter) >> 40
+    return bits >= threshold
+
+
+def softmax_row(scores):
+    """(weights, lse) of one row of scores; -inf = masked out.
+    No visible key -> zero weights and lse -inf. Any NaN -> all NaN."""
+    if any(math.isnan(s) for s in scores):
+        return [math.nan] * len(scores), math.nan
+    if not scores:
+        return [], -math.inf
+    top = max(scores)
+    if top == -math.inf:
+        return [0.0] * len(scores), -math.inf
+    exps = [math.exp(s - top) for s in scores]  # inf - inf = nan: Inf scores give NaN
+    total = math.fsum(exps)
+    return [e / total for e in exps], top + math.log(total)
+
+
+def _lists(x, batch, core):
+    """x broadcast to batch + core, batch dims flattened, as nested lists."""
+    nb = int(np.prod(batch, dtype=np.int64))
+    full = np.broadcast_to(np.asarray(x, dtype=np.float64), tuple(batch) + tuple(core))
+    return full.reshape((nb,) + tuple(core)).tolist()
+
+
+def _causal_offset(is_causal, Lq, Lk):
+    if is_causal is None or is_causal is False:
+        return None
+    if is_causal is True or is_causal == "top_left":
+        return 0
+    if is_causal == "bottom_right":
+        return Lk - Lq
+    raise ValueError(f"is_causal={is_causal!r}")
+
+
+def _valid_lens_rows(valid_lens, batch, Lq):
+    """valid_lens -> nested list of shape (nb, Lq) or None."""
+    if valid_lens is None:
+        return None
+    vl = np.asarray(valid_lens)
+    per_row = vl.ndim == len(batch) + 1
+    target = tuple(batch) + ((Lq,) if per_row else ())
+    vl = np.broadcast_to(vl, target).reshape(-1, *((Lq,) if per_row else ()))
+    return [[int(x) for x in row] if per_row else [int(row)] * Lq for row in vl.tolist()]
+
+
+def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_causal,
+               dropout_p, seed, valid_lens):
+    """Shared loop: score_fn(b, h, g, i, j) -> raw score; the rest is common.
+    Returns nested lists out (nb, Hq, Lq, Dv), weights (nb, Hq, Lq, Lk), lse (nb, Hq, Lq)."""
+    nb = int(np.prod(batch, dtype=np.int64))
+    scores_shape = tuple(batch) + (Hq, Lq, Lk)
+    mask = None
+    if attn_mask is not None:
+        m = np.asarray(attn_mask)
+        is_bool = m.dtype == np.bool_
+        mask = np.broadcast_to(m, scores_shape).reshape(nb, Hq, Lq, Lk).tolist()
+    offset = _causal_offset(is_causal, Lq, Lk)
+    lens = _valid_lens_rows(valid_lens, batch, Lq)
+    group = Hq // Hkv if Hkv else 1
+    out, weights, lse = [], [], []
+    for b in range(nb):
+        ob, wb, lb = [], [], []
+        for h in range(Hq):
+            g = h // group
+            oh, wh, lh = [], [], []
+            for i in range(Lq):
+                scores = []
+                for j in range(Lk):
+                    s = score_fn(b, h, g, i, j)
+                    if mask is not None:
+                        if is_bool:
+                            if not mask[b][h][i][j]:
+                                s = -math.inf
+                        else:
+                            s = s + mask[b][h][i][j]
+                    if offset is not None and j > i + offset:
+                        s = -math.inf
+                    if lens is not None and j >= lens[b][i]:
+                        s = -math.inf
+                    scores.append(s)
+                w, row_lse = softmax_row(scores)
+                if dropout_p:
+                    for j in range(Lk):
+                        counter = ((b * Hq + h) * Lq + i) * Lk + j
+                        w[j] = w[j] / (1.0 - dropout_p) if dropout_keep(seed, counter, dropout_p) else 0.0
+                row = []
+                for c in range(Dv):
+                    acc = 0.0
+                    for j in range(Lk):
+                        if scores[j] != -math.inf:  # masked keys are not read
+                            acc += w[j] * v[b][g][j][c]
+                    row.append(acc)
+                oh.append(row)
+                wh.append(w)
+                lh.append(row_lse)
+            ob.append(oh)
+            wb.append(wh)
+            lb.append(lh)
+        out.append(ob)
+        weights.append(wb)
+        lse.append(lb)
+    return out, weights, lse
+
+
+def _finish(out, weights, lse, batch, Hq, Lq, Lk, Dv, flat, return_weights, return_lse):
+    res = np.array(out, dtype=np.float64).reshape(tuple(batch) + (Hq, Lq, Dv))
+    w = np.array(weights, dtype=np.float64).reshape(tuple(batch) + (Hq, Lq, Lk))
+    s = np.array(lse, dtype=np.float64).reshape(tuple(batch) + (Hq, Lq))
+    if flat:
+        res, w, s = res[0], w[0], s[0]
+    extra = ((w,) if return_weights else ()) + ((s,) if return_lse else ())
+    return (res,) + extra if extra else res
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False, *,
+                                 return_weights=False, return_lse=False, num_threads=None,
+                                 out=None, seed=None, valid_lens=None):
+    """Reference SDPA: score = scale * sum_d q_d k_d, then masks, softmax, sum.
+
+    Shapes as attncore.scaled_dot_product_attention: (..., Hq, Lq, D),
+    (..., Hkv, Lk, D), (..., Hkv, Lk, Dv) -> (..., Hq, Lq, Dv), float64.
+    `num_threads` and `out` are accepted and ignored.
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.scaled_dot_product_attention([[[1.0]]], [[[1.0]]], [[[2.0]]])
+    array([[[2.]]])
+    """
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
+    flat = q.ndim == 2
+    if flat:
+        q, k, v = q[None], k[None], v[None]
+    Hq, Lq, D = q.shape[-3:]
+    Hkv, Lk, _ = k.shape[-3:]
+    Dv = v.shape[-1]
+    batch = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D else 1.0
+    Q = _lists(q, batch, (Hq, Lq, D))
+    K = _lists(k, batch, (Hkv, Lk, D))
+    Vl = _lists(v, batch, (Hkv, Lk, Dv))
+
+    def score(b, h, g, i, j):
+        qi, kj = Q[b][h][i], K[b][g][j]
+        acc = 0.0
+        for d in range(D):
+            acc += qi[d] * kj[d]
+        return scale * acc
+
+    o, w, s = _attention(score, Q, K, Vl, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_causal,
+                         dropout_p, seed, valid_lens)
+    return _finish(o, w, s, batch, Hq, Lq, Lk, Dv, flat, return_weights, return_lse)
+
+
+def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                  scale=1.0, enable_gqa=False, *, return_weights=False, return_lse=False,
+                  num_threads=None, out=None, seed=None, valid_lens=None):
+    """Reference unscaled dot-product attention (scale 1 by default)."""
+    return scaled_dot_product_attention(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        return_weights=return_weights, return_lse=return_lse, seed=seed, valid_lens=valid_lens)
+
+
+def merge_attention(parts):
+    """Reference merge of (out, lse) shards: out = sum_i exp(lse_i - lse) out_i."""
+    parts = [(np.asarray(o, dtype=np.float64), np.asarray(s, dtype=np.float64)) for o, s in parts]
+    shape = parts[0][0].shape
+    outs = [o.reshape(-1, shape[-1]).tolist() for o, _ in parts]
+    lses = [s.reshape(-1).tolist() for _, s in parts]
+    merged, merged_lse = [], []
+    for r in range(len(lses[0])):
+        row_lse = [lse[r] for lse in lses]
+        if any(math.isnan(x) for x in row_lse):
+            merged.append([math.nan] * shape[-1])
+            merged_lse.append(math.nan)
+            continue
+        top = max(row_lse)
+        if top == -math.inf:
+            merged.append([0.0] * shape[-1])
+            merged_lse.append(-math.inf)
+            continue
+        w = [math.exp(x - top) for x in row_lse]
+        total = math.fsum(w)
+        merged.append([math.fsum(w[p] * outs[p][r][c] for p in range(len(parts))) / total
+                       for c in range(shape[-1])])
+        merged_lse.append(top + math.log(total))
+    return (np.array(merged, dtype=np.float64).reshape(shape),
+            np.array(merged_lse, dtype=np.float64).reshape(shape[:-1]))

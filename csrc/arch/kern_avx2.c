@@ -1,0 +1,87 @@
+/*
+ * AVX2 + FMA float32 kernels: the SIMD mapping for csrc/kernels/tiles.inc.c.
+ * This file alone is compiled with -mavx2 -mfma (setup.py); dispatch checks
+ * AVX, AVX2, FMA and the OS's ymm state at run time.
+ *
+ * Register budget (16 ymm): panel tiles are 6 x 2 vectors (12 accumulators,
+ * 2 loads, 1 broadcast), i.e. 6 keys (or value columns) x 16 query lanes.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include "../kernels/ktab.h"
+#include "../kernels/vmath.h"
+
+typedef float T;
+typedef __m256 vec;
+#define VL 8
+#define NV 2
+#define MR_QK 6
+#define MR_PV 6
+#define ROWS_MAX 4
+#define FN(name) name##_avx2_f32
+#define KTAB_TYPE attn_ktab_f32
+#define KTAB_NAME attn_ktab_avx2_f32
+#define ISA_NAME "avx2"
+
+static inline __m256i lanes_(int n)
+{
+    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+}
+static inline vec v_load(const T *p) { return _mm256_loadu_ps(p); }
+static inline void v_store(T *p, vec a) { _mm256_storeu_ps(p, a); }
+static inline vec v_load_n(const T *p, int n) { return _mm256_maskload_ps(p, lanes_(n)); }
+static inline void v_store_n(T *p, vec a, int n) { _mm256_maskstore_ps(p, lanes_(n), a); }
+static inline vec v_set1(T x) { return _mm256_set1_ps(x); }
+static inline vec v_zero(void) { return _mm256_setzero_ps(); }
+static inline vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline vec v_sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
+static inline T v_hsum(vec a)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline T v_hmax(vec a)
+{
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline vec v_neginf_to_zero(vec a)
+{
+    vec is_ninf = _mm256_cmp_ps(a, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
+    return _mm256_andnot_ps(is_ninf, a);
+}
+
+/* exp2 per csrc/kernels/vmath.h. 2^n is built from exponent bits in two
+ * halves so that every n in [-127, 128] (and overflow to +inf) is exact. */
+static inline vec v_exp2(vec x)
+{
+    vec xc = _mm256_min_ps(_mm256_set1_ps(128.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), x));
+    vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec f = _mm256_sub_ps(xc, n);
+    vec p = _mm256_set1_ps(ATTN_EXP2_C6);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C0));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i half = _mm256_srai_epi32(ni, 1);
+    __m256i bias = _mm256_set1_epi32(127);
+    vec s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
+    vec s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias), 23));
+    vec r = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
+    vec keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return _mm256_and_ps(keep, r);
+}
+
+#include "../kernels/tiles.inc.c"

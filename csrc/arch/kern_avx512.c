@@ -1,0 +1,68 @@
+/*
+ * AVX-512 (F, VL, BW, DQ) float32 kernels: the SIMD mapping for
+ * csrc/kernels/tiles.inc.c. This file alone is compiled with
+ * -mavx512f -mavx512vl -mavx512bw -mavx512dq (setup.py); dispatch
+ * (csrc/dispatch/cpu_features.c) checks exactly these features at run time.
+ *
+ * Register budget (32 zmm): panel tiles are 8 x 2 vectors (16 accumulators,
+ * 2 loads, 1 broadcast), i.e. 8 keys (or value columns) x 32 query lanes.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include "../kernels/ktab.h"
+#include "../kernels/vmath.h"
+
+typedef float T;
+typedef __m512 vec;
+#define VL 16
+#define NV 2
+#define MR_QK 8
+#define MR_PV 8
+#define ROWS_MAX 8
+#define FN(name) name##_avx512_f32
+#define KTAB_TYPE attn_ktab_f32
+#define KTAB_NAME attn_ktab_avx512_f32
+#define ISA_NAME "avx512"
+
+static inline __mmask16 lanes_(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+static inline vec v_load(const T *p) { return _mm512_loadu_ps(p); }
+static inline void v_store(T *p, vec a) { _mm512_storeu_ps(p, a); }
+static inline vec v_load_n(const T *p, int n) { return _mm512_maskz_loadu_ps(lanes_(n), p); }
+static inline void v_store_n(T *p, vec a, int n) { _mm512_mask_storeu_ps(p, lanes_(n), a); }
+static inline vec v_set1(T x) { return _mm512_set1_ps(x); }
+static inline vec v_zero(void) { return _mm512_setzero_ps(); }
+static inline vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
+static inline vec v_sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+static inline vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+static inline vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec v_max(vec a, vec b) { return _mm512_max_ps(a, b); }
+static inline T v_hsum(vec a) { return _mm512_reduce_add_ps(a); }
+static inline T v_hmax(vec a) { return _mm512_reduce_max_ps(a); }
+static inline vec v_neginf_to_zero(vec a)
+{
+    __mmask16 is_ninf = _mm512_cmp_ps_mask(a, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+    return _mm512_mask_blend_ps(is_ninf, a, _mm512_setzero_ps());
+}
+
+/* exp2 per csrc/kernels/vmath.h; scalef does the 2^n scaling for every n,
+ * including overflow to +inf. */
+static inline vec v_exp2(vec x)
+{
+    /* max/min return their second operand when either is NaN: NaN survives */
+    vec xc = _mm512_min_ps(_mm512_set1_ps(128.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), x));
+    vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec f = _mm512_sub_ps(xc, n);
+    vec p = _mm512_set1_ps(ATTN_EXP2_C6);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C0));
+    vec r = _mm512_scalef_ps(p, n);
+    /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return _mm512_maskz_mov_ps(keep, r);
+}
+
+#include "../kernels/tiles.inc.c"

@@ -1,0 +1,178 @@
+/*
+ * CPU detection and the kernel tables.
+ *
+ * Features are read once (cpuid + xgetbv) and cached. An ISA level is
+ * "supported" when it was built (setup.py defines ATTN_BUILT_<ISA> after
+ * compiling csrc/arch/kern_<isa>.c with exactly that ISA's flags) and the CPU
+ * and OS can run every instruction those flags allow:
+ *   avx2:   AVX, AVX2, FMA (+ OSXSAVE and the OS saving xmm/ymm state)
+ *   avx512: AVX512 F, VL, BW, DQ (+ the OS saving opmask/zmm state)
+ * The choice of level (ATTNCORE_ISA or the best supported) is made by the
+ * Python layer at import and passed to every call, so tests can run every
+ * level in one process.
+ */
+#include <string.h>
+#include "../kernels/ktab.h"
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#define ATTN_X86 1
+#include <cpuid.h>
+#endif
+
+typedef struct {
+    int init;
+    int avx, avx2, fma, avx512f, avx512vl, avx512bw, avx512dq, avx512bf16, amx_tile;
+    int os_ymm, os_zmm;
+    char names[160];
+} cpu_info;
+
+static cpu_info g_cpu;
+
+#ifdef ATTN_X86
+static unsigned long long read_xcr0(void)
+{
+    unsigned int lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+#endif
+
+static void append(char *buf, size_t size, const char *name, int present)
+{
+    if (!present) return;
+    size_t len = strlen(buf);
+    if (len + strlen(name) + 2 >= size) return;
+    if (len) strcat(buf, ",");
+    strcat(buf, name);
+}
+
+static void detect(cpu_info *c)
+{
+    memset(c, 0, sizeof *c);
+#ifdef ATTN_X86
+    unsigned int a, b, cx, d;
+    if (__get_cpuid(1, &a, &b, &cx, &d)) {
+        int osxsave = (cx >> 27) & 1;
+        c->fma = (cx >> 12) & 1;
+        c->avx = (cx >> 28) & 1;
+        if (osxsave) {
+            unsigned long long xcr0 = read_xcr0();
+            c->os_ymm = (xcr0 & 0x6) == 0x6;      /* xmm + ymm state */
+            c->os_zmm = (xcr0 & 0xe6) == 0xe6;    /* + opmask, zmm hi256, hi16 zmm */
+        }
+    }
+    if (__get_cpuid_count(7, 0, &a, &b, &cx, &d)) {
+        c->avx2 = (b >> 5) & 1;
+        c->avx512f = (b >> 16) & 1;
+        c->avx512dq = (b >> 17) & 1;
+        c->avx512bw = (b >> 30) & 1;
+        c->avx512vl = (b >> 31) & 1;
+        c->amx_tile = (d >> 24) & 1;
+    }
+    if (__get_cpuid_count(7, 1, &a, &b, &cx, &d)) c->avx512bf16 = (a >> 5) & 1;
+#endif
+    size_t n = sizeof c->names;
+    append(c->names, n, "avx", c->avx);
+    append(c->names, n, "avx2", c->avx2);
+    append(c->names, n, "fma", c->fma);
+    append(c->names, n, "avx512f", c->avx512f);
+    append(c->names, n, "avx512vl", c->avx512vl);
+    append(c->names, n, "avx512bw", c->avx512bw);
+    append(c->names, n, "avx512dq", c->avx512dq);
+    append(c->names, n, "avx512_bf16", c->avx512bf16);
+    append(c->names, n, "amx_tile", c->amx_tile);
+    append(c->names, n, "os_ymm", c->os_ymm);
+    append(c->names, n, "os_zmm", c->os_zmm);
+    c->init = 1;
+}
+
+static const cpu_info *cpu(void)
+{
+    /* Called first at import, under the GIL, so the lazy init cannot race. */
+    if (!g_cpu.init) detect(&g_cpu);
+    return &g_cpu;
+}
+
+const char *attn_cpu_features(void) { return cpu()->names; }
+
+const char *attn_compiler(void)
+{
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#elif defined(_MSC_VER)
+    return "msvc";
+#else
+    return "unknown";
+#endif
+}
+
+int attn_isa_built(int isa)
+{
+    switch (isa) {
+    case ATTN_ISA_PORTABLE: return 1;
+#ifdef ATTN_BUILT_AVX2
+    case ATTN_ISA_AVX2: return 1;
+#endif
+#ifdef ATTN_BUILT_AVX512
+    case ATTN_ISA_AVX512: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+static int cpu_runs(int isa)
+{
+    const cpu_info *c = cpu();
+    switch (isa) {
+    case ATTN_ISA_PORTABLE: return 1;
+    case ATTN_ISA_AVX2: return c->avx && c->avx2 && c->fma && c->os_ymm;
+    case ATTN_ISA_AVX512:
+        return c->avx512f && c->avx512vl && c->avx512bw && c->avx512dq && c->os_zmm;
+    default: return 0;
+    }
+}
+
+int attn_isa_supported(int isa) { return attn_isa_built(isa) && cpu_runs(isa); }
+
+int attn_isa_best(void)
+{
+    for (int isa = ATTN_ISA_COUNT - 1; isa > 0; isa--)
+        if (attn_isa_supported(isa)) return isa;
+    return ATTN_ISA_PORTABLE;
+}
+
+const char *attn_isa_name(int isa)
+{
+    static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512"};
+    return isa >= 0 && isa < ATTN_ISA_COUNT ? names[isa] : "unknown";
+}
+
+const attn_ktab_f32 *attn_ktab_get_f32(int isa)
+{
+    if (!attn_isa_supported(isa)) return NULL;
+    switch (isa) {
+#ifdef ATTN_BUILT_AVX512
+    case ATTN_ISA_AVX512: return &attn_ktab_avx512_f32;
+#endif
+#ifdef ATTN_BUILT_AVX2
+    case ATTN_ISA_AVX2: return &attn_ktab_avx2_f32;
+#endif
+    default: return &attn_ktab_portable_f32;
+    }
+}
+
+/* float64 runs the portable kernels on every level (DESIGN.md). */
+const attn_ktab_f64 *attn_ktab_get_f64(int isa)
+{
+    return attn_isa_supported(isa) ? &attn_ktab_portable_f64 : NULL;
+}
+
+attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n)
+{
+    const attn_ktab_f32 *kt = attn_ktab_get_f32(isa);
+    if (!kt) return ATTN_EISA;
+    kt->exp2(n, x, y);
+    return ATTN_OK;
+}

@@ -1,0 +1,22 @@
+/* Scratch memory for the drivers: 64-byte aligned, checked, never seen by Python. */
+#ifndef ATTNCORE_WORKSPACE_H
+#define ATTNCORE_WORKSPACE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define ATTN_ALIGN 64
+
+/* NULL on failure (or on a size that overflows). */
+void *attn_scratch_alloc(size_t bytes);
+void attn_scratch_free(void *p);
+
+/* Round n up to a multiple of m (m > 0). */
+static inline int64_t attn_round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+static inline int64_t attn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t attn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* The number of threads a region should use: what was asked for, never more
+ * than the work units, at least one. */
+int attn_region_threads(int requested, int64_t units);
+
+#endif

@@ -1,0 +1,116 @@
+/*
+ * attncore C API (plain C99).
+ *
+ * One descriptor struct per operation, filled in by the Cython layer from
+ * already-validated NumPy arrays; one entry point per (operation, dtype):
+ * attn_<op>_<f32|f64>(). Every entry point returns an attn_status; C never
+ * aborts and never allocates memory that Python sees (outputs are allocated
+ * by the caller and passed in).
+ *
+ * Vocabulary (the same in Python, C, tests and benchmarks):
+ *   B  flattened batch count        Hq / Hkv  query / key-value heads
+ *   Lq / Lk  query / key lengths    D / Dv    query-key / value head size
+ * All element strides and offsets below are in elements, not bytes. The last
+ * (feature) dimension of every tensor has unit stride; every other dimension
+ * may have any stride (0 for broadcast dimensions, negative for reversed views).
+ */
+#ifndef ATTNCORE_ATTN_H
+#define ATTNCORE_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    ATTN_OK = 0,
+    ATTN_ENOMEM = 1,    /* a scratch allocation failed            -> MemoryError */
+    ATTN_EINVAL = 2,    /* a descriptor field is out of range     -> ValueError  */
+    ATTN_EISA = 3       /* kernel level not built or not supported -> RuntimeError */
+} attn_status;
+
+/* Kernel levels, in increasing order. */
+typedef enum {
+    ATTN_ISA_PORTABLE = 0,
+    ATTN_ISA_AVX2 = 1,
+    ATTN_ISA_AVX512 = 2,
+    ATTN_ISA_COUNT = 3
+} attn_isa;
+
+/* Mask kinds for attn_sdpa_desc.mask_kind. */
+enum {
+    ATTN_MASK_NONE = 0,
+    ATTN_MASK_BOOL = 1,   /* uint8: nonzero = may attend (SDPA convention) */
+    ATTN_MASK_ADD = 2     /* same dtype as the query: added to the scaled scores */
+};
+
+/*
+ * Scaled dot-product attention, forward.
+ *   out[b,h,i,:] = sum_j softmax_j(scale * q[b,h,i,:] . k[b,g(h),j,:] + mask) v[b,g(h),j,:]
+ * with g(h) = h / (Hq / Hkv) (grouped-query attention when Hkv < Hq).
+ * Key j is visible from query i when the mask allows it, j <= i + causal_offset
+ * (if causal) and j < its valid length (if valid_lens is given).
+ */
+typedef struct {
+    int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+
+    const void *q;  const int64_t *q_boff;  int64_t q_sh, q_sl;
+    const void *k;  const int64_t *k_boff;  int64_t k_sh, k_sl;
+    const void *v;  const int64_t *v_boff;  int64_t v_sh, v_sl;
+    void *out;      const int64_t *o_boff;  int64_t o_sh, o_sl;
+
+    int mask_kind;  /* ATTN_MASK_* */
+    const void *mask; const int64_t *m_boff; int64_t m_sh, m_si, m_sj;
+
+    int causal;              /* 0 or 1 */
+    int64_t causal_offset;   /* 0 = top-left, Lk - Lq = bottom-right */
+
+    /* Valid lengths (d2l masked_softmax): query i of batch b sees keys
+     * j < valid_lens[vl_boff[b] + i * vl_si]; vl_si is 0 for one length per
+     * batch element. NULL for none. */
+    const int64_t *valid_lens; const int64_t *vl_boff; int64_t vl_si;
+
+    double scale;
+
+    /* Dropout on the normalised weights: weight (b,h,i,j) is kept when
+     * attn_dropout_bits(seed, ((b*Hq + h)*Lq + i)*Lk + j) >= drop_threshold,
+     * and kept weights are multiplied by drop_scale (= 1 / (1 - p)). */
+    uint32_t drop_threshold;  /* 0 = no dropout; else round(p * 2^24) */
+    uint64_t drop_seed;
+    double drop_scale;
+
+    void *weights;  /* NULL, or contiguous (B, Hq, Lq, Lk) of the dtype */
+    void *lse;      /* NULL, or contiguous (B, Hq, Lq) of the dtype */
+} attn_sdpa_desc;
+
+attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads);
+attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads);
+
+/* The 24-bit uniform draw that decides dropout for one weight (exposed for the
+ * pure-Python reference and the tests, which reproduce it bit for bit). */
+uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter);
+
+/* CPU detection and the kernel table (csrc/dispatch). */
+int attn_isa_built(int isa);       /* compiled into this build */
+int attn_isa_supported(int isa);   /* built, and the CPU + OS can run it */
+int attn_isa_best(void);           /* highest supported level */
+const char *attn_isa_name(int isa);
+/* Comma-separated CPU features detected at first call, e.g. "avx2,fma,avx512f". */
+const char *attn_cpu_features(void);
+/* The compiler that built the extension, e.g. "gcc 12.2.0". */
+const char *attn_compiler(void);
+
+/* OpenMP's current maximum thread count for the calling thread (so that
+ * OMP_NUM_THREADS and threadpoolctl apply), 1 without OpenMP. */
+int attn_default_threads(void);
+int attn_openmp_enabled(void);
+
+/* Test hooks: apply one ISA's vector exp2 to n floats. */
+attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ATTNCORE_ATTN_H */

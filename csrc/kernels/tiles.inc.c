@@ -1,0 +1,350 @@
+/*
+ * Tile math for attention, written once against the SIMD mapping layer and
+ * compiled once per ISA (csrc/arch/kern_<isa>.c includes this file after
+ * defining the mapping). See ktab.h for the two tile shapes.
+ *
+ * The including file defines:
+ *   T, vec, VL           element type, vector type, lanes per vector
+ *   NV                   vectors per panel row (panel width NR = NV * VL)
+ *   MR_QK, MR_PV         register-tile heights of the two panel products
+ *   ROWS_MAX             most rows the rows path takes at once
+ *   FN(name)             the ISA/dtype-suffixed function name
+ *   KTAB_TYPE, KTAB_NAME, ISA_NAME   the table this unit exports
+ *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_fma
+ *   v_max v_hsum v_hmax v_neginf_to_zero v_exp2
+ *
+ * Preconditions shared by all kernels (the drivers guarantee them):
+ *   - feature dimensions (D, Dv) have unit stride; row strides are arbitrary;
+ *   - panel buffers are contiguous with row length NR; St has room for nk
+ *     rounded up to MR_QK rows, Ot for Dv rounded up to MR_PV rows;
+ *   - rows-path Qs and S rows are padded with zeros / room to a multiple of VL.
+ */
+
+#define NR (NV * VL)
+
+/* ------------------------------------------------------------------------ */
+/* panel path                                                                */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk
+ *
+ * Register tile: MR_QK keys x NV vectors of queries. Each step over d loads
+ * NV vectors of Qt and broadcasts one element of each of the MR_QK key rows.
+ * Rows past nk repeat the last key row (their St rows are never read), so the
+ * inner loop has no edge cases.
+ */
+static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
+                         const T *qt, T *st)
+{
+    for (int64_t j0 = 0; j0 < nk; j0 += MR_QK) {
+        const T *krow[MR_QK];
+        for (int m = 0; m < MR_QK; m++) {
+            int64_t j = j0 + m < nk ? j0 + m : nk - 1;
+            krow[m] = k + j * ldk;
+        }
+        vec acc[MR_QK][NV];
+#pragma GCC unroll 16
+        for (int m = 0; m < MR_QK; m++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[m][v] = v_zero();
+
+        const T *b = qt;
+        for (int64_t d = 0; d < D; d++, b += NR) {
+            vec bv[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) bv[v] = v_load(b + v * VL);
+#pragma GCC unroll 16
+            for (int m = 0; m < MR_QK; m++) {
+                vec a = v_set1(krow[m][d]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[m][v] = v_fma(a, bv[v], acc[m][v]);
+            }
+        }
+        T *c = st + j0 * NR;
+#pragma GCC unroll 16
+        for (int m = 0; m < MR_QK; m++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) v_store(c + m * NR + v * VL, acc[m][v]);
+    }
+}
+
+/*
+ * Online softmax down the columns of St[nk][NR] (log2 units).
+ *   m_new = max(m, max_j St[j]);  alpha = exp2(m - m_new);
+ *   St[j] = exp2(St[j] - m_new);  l = alpha * l + sum_j St[j];  m = m_new.
+ * A column that has seen only -inf keeps m = -inf; it is shifted by 0 instead
+ * of -inf so that exp2(-inf - (-inf)) never produces NaN: its p and alpha are
+ * exactly 0 and its l stays 0 (the driver turns l == 0 into a zero row).
+ */
+static void FN(softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha)
+{
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        vec m_old = v_load(m + v * VL);
+        vec m_new = m_old;
+        for (int64_t j = 0; j < nk; j++) m_new = v_max(m_new, v_load(st + j * NR + v * VL));
+        vec shift = v_neginf_to_zero(m_new);
+        vec a = v_exp2(v_sub(m_old, shift));
+        vec sum0 = v_zero(), sum1 = v_zero();
+        int64_t j = 0;
+        for (; j + 1 < nk; j += 2) {
+            vec p0 = v_exp2(v_sub(v_load(st + j * NR + v * VL), shift));
+            vec p1 = v_exp2(v_sub(v_load(st + (j + 1) * NR + v * VL), shift));
+            v_store(st + j * NR + v * VL, p0);
+            v_store(st + (j + 1) * NR + v * VL, p1);
+            sum0 = v_add(sum0, p0);
+            sum1 = v_add(sum1, p1);
+        }
+        if (j < nk) {
+            vec p0 = v_exp2(v_sub(v_load(st + j * NR + v * VL), shift));
+            v_store(st + j * NR + v * VL, p0);
+            sum0 = v_add(sum0, p0);
+        }
+        vec l_new = v_fma(a, v_load(l + v * VL), v_add(sum0, sum1));
+        v_store(l + v * VL, l_new);
+        v_store(m + v * VL, m_new);
+        v_store(alpha + v * VL, a);
+    }
+}
+
+/*
+ * Ot[c][:] = alpha[:] * Ot[c][:] + sum_{j<nk} V[j][c] * Pt[j][:]   for c < Dv
+ *
+ * Register tile: MR_PV value columns x NV vectors of queries. Each step over
+ * j loads NV vectors of Pt and broadcasts MR_PV consecutive elements of value
+ * row j. The rescale by alpha (the online softmax's correction) is folded
+ * into loading the accumulators, so it costs no extra pass.
+ */
+static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
+                         const T *pt, const T *alpha, T *ot)
+{
+    vec al[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; u++) al[u] = v_load(alpha + u * VL);
+
+    for (int64_t c0 = 0; c0 < Dv; c0 += MR_PV) {
+        /* column offsets inside a value row; past Dv they repeat the last
+         * column so that nothing is read beyond the row (Ot has room) */
+        int64_t col[MR_PV];
+        for (int m = 0; m < MR_PV; m++) col[m] = c0 + m < Dv ? c0 + m : Dv - 1;
+        int full = c0 + MR_PV <= Dv;
+
+        vec acc[MR_PV][NV];
+        T *c = ot + c0 * NR;
+#pragma GCC unroll 16
+        for (int m = 0; m < MR_PV; m++)
+#pragma GCC unroll 4
+            for (int u = 0; u < NV; u++) acc[m][u] = v_mul(al[u], v_load(c + m * NR + u * VL));
+
+        const T *b = pt;
+        const T *a = v + c0;
+        if (full) {
+            for (int64_t j = 0; j < nk; j++, b += NR, a += ldv) {
+                vec bv[NV];
+#pragma GCC unroll 4
+                for (int u = 0; u < NV; u++) bv[u] = v_load(b + u * VL);
+#pragma GCC unroll 16
+                for (int m = 0; m < MR_PV; m++) {
+                    vec s = v_set1(a[m]);
+#pragma GCC unroll 4
+                    for (int u = 0; u < NV; u++) acc[m][u] = v_fma(s, bv[u], acc[m][u]);
+                }
+            }
+        } else {
+            const T *row = v;
+            for (int64_t j = 0; j < nk; j++, b += NR, row += ldv) {
+                vec bv[NV];
+#pragma GCC unroll 4
+                for (int u = 0; u < NV; u++) bv[u] = v_load(b + u * VL);
+#pragma GCC unroll 16
+                for (int m = 0; m < MR_PV; m++) {
+                    vec s = v_set1(row[col[m]]);
+#pragma GCC unroll 4
+                    for (int u = 0; u < NV; u++) acc[m][u] = v_fma(s, bv[u], acc[m][u]);
+                }
+            }
+        }
+#pragma GCC unroll 16
+        for (int m = 0; m < MR_PV; m++)
+#pragma GCC unroll 4
+            for (int u = 0; u < NV; u++) v_store(c + m * NR + u * VL, acc[m][u]);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* rows path                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Dot product of a padded query row (zeros past D) with a key row of length D. */
+static inline T FN(dot_row)(int64_t D, const T *q, const T *k)
+{
+    vec acc0 = v_zero(), acc1 = v_zero();
+    int64_t d = 0;
+    for (; d + 2 * VL <= D; d += 2 * VL) {
+        acc0 = v_fma(v_load(q + d), v_load(k + d), acc0);
+        acc1 = v_fma(v_load(q + d + VL), v_load(k + d + VL), acc1);
+    }
+    for (; d < D; d += VL) acc0 = v_fma(v_load(q + d), v_load_n(k + d, (int)(D - d)), acc0);
+    return v_hsum(v_add(acc0, acc1));
+}
+
+/*
+ * S[r][j] = Qs[r] . K[j]   for r < nr, j < nk.
+ * Four query rows share each key row's loads; the key block stays in L1 for
+ * the next group of rows.
+ */
+static void FN(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const T *k,
+                        int64_t ldk, int64_t nk, T *s, int64_t lds)
+{
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const T *q0 = qs + r * ldq, *q1 = q0 + ldq, *q2 = q1 + ldq, *q3 = q2 + ldq;
+        for (int64_t j = 0; j < nk; j++) {
+            const T *kj = k + j * ldk;
+            vec a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+            int64_t d = 0;
+            for (; d + VL <= D; d += VL) {
+                vec kv = v_load(kj + d);
+                a0 = v_fma(v_load(q0 + d), kv, a0);
+                a1 = v_fma(v_load(q1 + d), kv, a1);
+                a2 = v_fma(v_load(q2 + d), kv, a2);
+                a3 = v_fma(v_load(q3 + d), kv, a3);
+            }
+            if (d < D) {
+                vec kv = v_load_n(kj + d, (int)(D - d));
+                a0 = v_fma(v_load(q0 + d), kv, a0);
+                a1 = v_fma(v_load(q1 + d), kv, a1);
+                a2 = v_fma(v_load(q2 + d), kv, a2);
+                a3 = v_fma(v_load(q3 + d), kv, a3);
+            }
+            s[(r + 0) * lds + j] = v_hsum(a0);
+            s[(r + 1) * lds + j] = v_hsum(a1);
+            s[(r + 2) * lds + j] = v_hsum(a2);
+            s[(r + 3) * lds + j] = v_hsum(a3);
+        }
+    }
+    for (; r < nr; r++)
+        for (int64_t j = 0; j < nk; j++) s[r * lds + j] = FN(dot_row)(D, qs + r * ldq, k + j * ldk);
+}
+
+/* Online softmax along each row of S[nr][nk] (log2 units); see softmax_panel. */
+static void FN(softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T *m, T *l, T *alpha)
+{
+    for (int r = 0; r < nr; r++) {
+        T *row = s + r * lds;
+        vec mx = v_set1(m[r]);
+        int64_t j = 0;
+        for (; j + VL <= nk; j += VL) mx = v_max(mx, v_load(row + j));
+        T m_new = v_hmax(mx);
+        for (; j < nk; j++) m_new = row[j] > m_new ? row[j] : m_new;
+        /* a NaN score must reach l; v_max may drop it, the sum below keeps it */
+        T shift = m_new == -INFINITY ? (T)0 : m_new;
+        vec sh = v_set1(shift);
+        vec sum = v_zero();
+        for (j = 0; j + VL <= nk; j += VL) {
+            vec p = v_exp2(v_sub(v_load(row + j), sh));
+            v_store(row + j, p);
+            sum = v_add(sum, p);
+        }
+        if (j < nk) {
+            int n = (int)(nk - j);
+            vec p = v_exp2(v_sub(v_load_n(row + j, n), sh));
+            /* lanes past nk computed exp2(0 - shift); drop them */
+            v_store_n(row + j, p, n);
+            sum = v_add(sum, v_load_n(row + j, n));
+        }
+        T a_vec[VL];
+        v_store(a_vec, v_exp2(v_set1(m[r] - shift)));
+        T a = a_vec[0];
+        l[r] = a * l[r] + v_hsum(sum);
+        m[r] = m_new;
+        alpha[r] = a;
+    }
+}
+
+/*
+ * O[r][:] = alpha[r] * O[r][:] + sum_{j<nk} P[r][j] * V[j][:]   for r < nr
+ * Register tile: up to 4 rows x 4 vectors of the value row.
+ */
+static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
+                        int64_t ldv, int64_t Dv, const T *alpha, T *o, int64_t ldo)
+{
+    for (int r0 = 0; r0 < nr; r0 += 4) {
+        int rn = nr - r0 < 4 ? nr - r0 : 4;
+        for (int64_t c0 = 0; c0 < Dv; c0 += 4 * VL) {
+            int64_t cn = Dv - c0 < 4 * VL ? Dv - c0 : 4 * VL;
+            int nvec = (int)((cn + VL - 1) / VL);
+            vec acc[4][4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                vec a = v_set1(r < rn ? alpha[r0 + r] : (T)0);
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++)
+                    acc[r][u] = (r < rn && u < nvec)
+                                    ? v_mul(a, v_load_n(o + (r0 + r) * ldo + c0 + u * VL,
+                                                        (int)(cn - u * VL)))
+                                    : v_zero();
+            }
+            if (rn == 4 && nvec == 4) {
+                const T *p0 = p + r0 * ldp;
+                for (int64_t j = 0; j < nk; j++) {
+                    const T *vj = v + j * ldv + c0;
+                    vec x0 = v_load(vj), x1 = v_load(vj + VL), x2 = v_load(vj + 2 * VL),
+                        x3 = v_load(vj + 3 * VL);
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        vec s = v_set1(p0[r * ldp + j]);
+                        acc[r][0] = v_fma(s, x0, acc[r][0]);
+                        acc[r][1] = v_fma(s, x1, acc[r][1]);
+                        acc[r][2] = v_fma(s, x2, acc[r][2]);
+                        acc[r][3] = v_fma(s, x3, acc[r][3]);
+                    }
+                }
+            } else {
+                for (int64_t j = 0; j < nk; j++) {
+                    const T *vj = v + j * ldv + c0;
+                    vec x[4];
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++)
+                        x[u] = u < nvec ? v_load_n(vj + u * VL, (int)(cn - u * VL)) : v_zero();
+                    for (int r = 0; r < rn; r++) {
+                        vec s = v_set1(p[(r0 + r) * ldp + j]);
+#pragma GCC unroll 4
+                        for (int u = 0; u < 4; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
+                    }
+                }
+            }
+            for (int r = 0; r < rn; r++)
+                for (int u = 0; u < nvec; u++)
+                    v_store_n(o + (r0 + r) * ldo + c0 + u * VL, acc[r][u], (int)(cn - u * VL));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void FN(exp2_array)(int64_t n, const T *x, T *y)
+{
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) v_store(y + i, v_exp2(v_load(x + i)));
+    if (i < n) v_store_n(y + i, v_exp2(v_load_n(x + i, (int)(n - i))), (int)(n - i));
+}
+
+const KTAB_TYPE KTAB_NAME = {
+    ISA_NAME,
+    NR,
+    MR_QK,
+    MR_PV,
+    VL,
+    ROWS_MAX,
+    FN(qk_panel),
+    FN(softmax_panel),
+    FN(pv_panel),
+    FN(qk_rows),
+    FN(softmax_rows),
+    FN(pv_rows),
+    FN(exp2_array),
+};
+
+#undef NR

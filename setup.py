@@ -1,0 +1,148 @@
+"""Build attncore's C/Cython extension.
+
+- attncore._core is compiled from attncore/_core.pyx, the drivers, the
+  dispatch file and the portable kernels with baseline flags, -O3 and OpenMP.
+- Each per-ISA kernel file (csrc/arch/kern_<isa>.c) is compiled separately
+  with exactly its ISA's flags, after a probe shows the compiler can build
+  that ISA's intrinsics; it is then linked in and ATTN_BUILT_<ISA> tells the
+  dispatch file it exists. ISA flags never reach any other file, and nothing
+  is built with -march=native or -ffast-math, so the package runs on any
+  x86-64 CPU and picks its kernels at run time.
+
+Environment:
+  ATTNCORE_FAIL_NO_OPENMP=1   make a missing OpenMP an error (CI sets it)
+  ATTNCORE_CYTHON_CHECKS=1    compile Cython with bounds/wraparound checks on
+  ATTNCORE_DISABLE_ISA=avx512[,avx2]   skip building those kernel levels
+"""
+import os
+import sys
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ISA_FLAGS = {
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
+}
+ISA_PROBES = {
+    "avx2": """
+        #include <immintrin.h>
+        int main(void) {
+            __m256 a = _mm256_set1_ps(1.0f);
+            a = _mm256_fmadd_ps(a, a, a);
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(3), _mm256_setzero_si256());
+            float out[8];
+            _mm256_maskstore_ps(out, m, a);
+            return (int)out[0];
+        }""",
+    "avx512": """
+        #include <immintrin.h>
+        int main(void) {
+            __m512 a = _mm512_set1_ps(1.0f);
+            a = _mm512_fmadd_ps(a, a, a);
+            a = _mm512_scalef_ps(a, _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT));
+            float out[16];
+            _mm512_mask_storeu_ps(out, (__mmask16)3, a);
+            return (int)_mm512_reduce_add_ps(a) + (int)out[0];
+        }""",
+}
+OPENMP_PROBE = """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+    #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1;
+    }"""
+
+BASE_FLAGS = ["-O3", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
+OPENMP_FLAGS = ["-fopenmp"]
+INCLUDE_DIRS = [os.path.join("csrc", "include")]
+C_SOURCES = [
+    "csrc/dispatch/cpu_features.c",
+    "csrc/driver/workspace.c",
+    "csrc/driver/sdpa.c",
+    "csrc/arch/kern_portable.c",
+]
+
+
+def _warn(msg):
+    print(f"attncore build: WARNING: {msg}", file=sys.stderr)
+
+
+class BuildExt(build_ext):
+    """build_ext that probes OpenMP and each ISA, compiling ISA files apart."""
+
+    def _try_build(self, source, flags, link=False, link_flags=()):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "probe.c")
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(source))
+            try:
+                objs = self.compiler.compile([path], output_dir=tmp, extra_postargs=list(flags))
+                if link:
+                    self.compiler.link_executable(
+                        objs, "probe", output_dir=tmp, extra_postargs=list(link_flags))
+            except Exception:  # CompileError, LinkError
+                return False
+        return True
+
+    def build_extensions(self):
+        openmp = self._try_build(OPENMP_PROBE, OPENMP_FLAGS, link=True, link_flags=OPENMP_FLAGS)
+        if not openmp:
+            if os.environ.get("ATTNCORE_FAIL_NO_OPENMP") == "1":
+                raise RuntimeError("attncore: the compiler cannot build OpenMP code "
+                                   "(ATTNCORE_FAIL_NO_OPENMP=1)")
+            _warn("OpenMP not available: building a single-threaded attncore")
+
+        disabled = {s.strip() for s in os.environ.get("ATTNCORE_DISABLE_ISA", "").split(",") if s.strip()}
+        for ext in self.extensions:
+            ext.extra_compile_args = BASE_FLAGS + (OPENMP_FLAGS if openmp else [])
+            ext.extra_link_args = OPENMP_FLAGS if openmp else []
+            for isa, flags in ISA_FLAGS.items():
+                if isa in disabled:
+                    _warn(f"{isa} kernels disabled by ATTNCORE_DISABLE_ISA")
+                    continue
+                if not self._try_build(ISA_PROBES[isa], flags):
+                    _warn(f"the compiler cannot build {isa} intrinsics with {' '.join(flags)}; "
+                          f"skipping the {isa} kernels")
+                    continue
+                objects = self.compiler.compile(
+                    [os.path.join("csrc", "arch", f"kern_{isa}.c")],
+                    output_dir=self.build_temp,
+                    include_dirs=INCLUDE_DIRS,
+                    extra_postargs=BASE_FLAGS + flags,
+                )
+                ext.extra_objects = list(ext.extra_objects or []) + objects
+                ext.define_macros = list(ext.define_macros or []) + [(f"ATTN_BUILT_{isa.upper()}", "1")]
+        super().build_extensions()
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    checks = os.environ.get("ATTNCORE_CYTHON_CHECKS") == "1"
+    ext = Extension(
+        "attncore._core",
+        sources=["attncore/_core.pyx"] + C_SOURCES,
+        include_dirs=INCLUDE_DIRS,
+        depends=[os.path.join(root, f) for root, _, files in os.walk("csrc") for f in files],
+    )
+    return cythonize(
+        [ext],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": checks,
+            "wraparound": checks,
+            "cdivision": True,
+            "initializedcheck": checks,
+        },
+    )
+
+
+os.chdir(HERE)
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
