@@ -1,0 +1,94 @@
+"""Bad input -> ValueError / TypeError naming the argument and the shapes."""
+import numpy as np
+import pytest
+
+import attncore
+
+f32 = np.float32
+SDPA = attncore.scaled_dot_product_attention
+
+
+def ok(**over):
+    args = dict(query=np.ones((2, 4, 5, 8), f32), key=np.ones((2, 4, 6, 8), f32),
+                value=np.ones((2, 4, 6, 3), f32))
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("over,exc,words", [
+    (dict(query=np.ones((2, 4, 5, 8), np.int32)), TypeError, ["query", "int32"]),
+    (dict(key=np.ones((2, 4, 6, 8), np.float64)), TypeError, ["mixed", "key=float64"]),
+    (dict(value=np.ones((2, 4, 6, 3), np.complex64)), TypeError, ["value", "complex64"]),
+    (dict(query=np.ones((8,), f32)), ValueError, ["query", "(8,)"]),
+    (dict(query=np.ones((5, 8), f32)), ValueError, ["2-D", "(5, 8)"]),
+    (dict(key=np.ones((2, 4, 6, 7), f32)), ValueError, ["head_dim", "(2, 4, 6, 7)"]),
+    (dict(value=np.ones((2, 4, 5, 3), f32)), ValueError, ["seq_len", "(2, 4, 5, 3)"]),
+    (dict(key=np.ones((2, 2, 6, 8), f32), value=np.ones((2, 2, 6, 3), f32)), ValueError, ["enable_gqa", "4 heads"]),
+    (dict(key=np.ones((3, 4, 6, 8), f32), value=np.ones((3, 4, 6, 3), f32)), ValueError, ["batch", "(3, 4, 6, 8)"]),
+    (dict(attn_mask=np.ones((5, 7), bool)), ValueError, ["attn_mask", "(5, 7)", "(2, 4, 5, 6)"]),
+    (dict(attn_mask=np.ones((1, 1, 2, 4, 5, 6), bool)), ValueError, ["attn_mask", "more dimensions"]),
+    (dict(attn_mask=np.ones((5, 6), np.int64)), TypeError, ["attn_mask", "int64"]),
+    (dict(attn_mask=np.ones((5, 6), np.float64)), TypeError, ["attn_mask", "float32"]),
+    (dict(dropout_p=1.0), ValueError, ["dropout_p"]),
+    (dict(dropout_p=-0.1), ValueError, ["dropout_p"]),
+    (dict(dropout_p="a"), TypeError, ["dropout_p"]),
+    (dict(dropout_p=0.5, seed=-1), ValueError, ["seed"]),
+    (dict(is_causal="upper"), ValueError, ["is_causal", "'upper'"]),
+    (dict(scale="x"), TypeError, ["scale"]),
+    (dict(num_threads=0), ValueError, ["num_threads"]),
+    (dict(num_threads=-2), ValueError, ["num_threads"]),
+    (dict(num_threads=1.5), TypeError, ["num_threads"]),
+    (dict(num_threads=True), TypeError, ["num_threads"]),
+    (dict(out=np.empty((2, 4, 5, 4), f32)), ValueError, ["out", "(2, 4, 5, 4)", "(2, 4, 5, 3)"]),
+    (dict(out=np.empty((2, 4, 5, 3), np.float64)), TypeError, ["out", "float64"]),
+    (dict(out=[1.0]), TypeError, ["out"]),
+    (dict(valid_lens=np.array([7, 1])), ValueError, ["valid_lens", "Lk=6"]),
+    (dict(valid_lens=np.array([-1, 1])), ValueError, ["valid_lens"]),
+    (dict(valid_lens=np.array([1.0, 2.0])), TypeError, ["valid_lens", "float64"]),
+    (dict(valid_lens=np.ones((2, 5, 1, 1), int)), ValueError, ["valid_lens", "(2, 5, 1, 1)"]),
+    (dict(valid_lens=np.ones((3,), int)), ValueError, ["valid_lens", "(3,)"]),
+])
+def test_bad_input(over, exc, words):
+    with pytest.raises(exc) as info:
+        SDPA(**ok(**over))
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_gqa_heads_not_multiple():
+    with pytest.raises(ValueError, match="multiple"):
+        SDPA(np.ones((1, 6, 2, 4), f32), np.ones((1, 4, 3, 4), f32), np.ones((1, 4, 3, 4), f32),
+             enable_gqa=True)
+
+
+def test_read_only_out():
+    out = np.empty((2, 4, 5, 3), f32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        SDPA(**ok(out=out))
+
+
+def test_none_and_strings():
+    with pytest.raises(TypeError, match="query"):
+        SDPA(None, np.ones((1, 2, 2), f32), np.ones((1, 2, 2), f32))
+    with pytest.raises(TypeError, match="query"):
+        SDPA("abc", np.ones((1, 2, 2), f32), np.ones((1, 2, 2), f32))
+
+
+def test_lists_are_accepted_as_float64():
+    out = SDPA([[[1.0, 0.0]]], [[[1.0, 0.0]]], [[[2.0]]])
+    assert out.dtype == np.float64 and out.shape == (1, 1, 1)
+
+
+def test_merge_bad_input():
+    o, l = np.zeros((2, 3, 4), f32), np.zeros((2, 3), f32)
+    with pytest.raises(ValueError, match="empty"):
+        attncore.merge_attention([])
+    with pytest.raises(TypeError, match="pair"):
+        attncore.merge_attention([(o, l, l)])
+    with pytest.raises(ValueError, match="lse"):
+        attncore.merge_attention([(o, np.zeros((2, 4), f32))])
+    with pytest.raises(ValueError, match="parts\\[1\\]"):
+        attncore.merge_attention([(o, l), (np.zeros((2, 3, 5), f32), l)])
+    with pytest.raises(TypeError, match="mixed"):
+        attncore.merge_attention([(o, l.astype(np.float64))])

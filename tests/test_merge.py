@@ -1,0 +1,44 @@
+"""merge_attention: shards of keys merge into the exact full result."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import reference as R
+
+from _tolerances import assert_close
+
+
+@pytest.mark.parametrize("cuts", [(0, 5, 9), (0, 1, 2, 9), (0, 9)])
+def test_merge_equals_full(isa, dtype, rng, cuts):
+    q = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    k = rng.standard_normal((2, 3, 9, 5)).astype(dtype)
+    v = rng.standard_normal((2, 3, 9, 6)).astype(dtype)
+    parts = [attncore.scaled_dot_product_attention(q, k[..., a:b, :], v[..., a:b, :], return_lse=True)
+             for a, b in zip(cuts[:-1], cuts[1:])]
+    out, lse = attncore.merge_attention(parts)
+    ref, ref_lse = R.scaled_dot_product_attention(q, k, v, return_lse=True)
+    assert out.dtype == dtype and lse.dtype == dtype
+    assert_close(out, ref, "merge", dtype)
+    assert_close(lse, ref_lse, "merge", dtype)
+    r_out, r_lse = R.merge_attention(parts)
+    assert_close(out, r_out, "merge", dtype)
+
+
+def test_merge_with_fully_masked_shard(dtype, rng):
+    q = rng.standard_normal((1, 2, 3, 4)).astype(dtype)
+    k = rng.standard_normal((1, 2, 6, 4)).astype(dtype)
+    v = rng.standard_normal((1, 2, 6, 4)).astype(dtype)
+    dead = np.zeros((3, 3), bool)
+    a = attncore.scaled_dot_product_attention(q, k[..., :3, :], v[..., :3, :], attn_mask=dead, return_lse=True)
+    b = attncore.scaled_dot_product_attention(q, k[..., 3:, :], v[..., 3:, :], return_lse=True)
+    out, lse = attncore.merge_attention([a, b])
+    assert_close(out, b[0].astype(np.float64), "merge", dtype)
+    out, lse = attncore.merge_attention([a, a])
+    assert (out == 0).all() and np.isneginf(lse).all()
+
+
+def test_merge_propagates_nan(rng):
+    o = rng.standard_normal((2, 4)).astype(np.float32)
+    l1 = np.array([0.0, np.nan], np.float32)
+    out, lse = attncore.merge_attention([(o, l1), (o, np.zeros(2, np.float32))])
+    assert np.isnan(out[1]).all() and np.isnan(lse[1]) and np.isfinite(out[0]).all()

@@ -1,0 +1,84 @@
+"""Edge cases: fully masked rows, empty sequences, NaN/Inf propagation."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import reference as R
+
+
+def data(rng, dtype, Lq=4, Lk=6, D=3):
+    return (rng.standard_normal((1, 2, Lq, D)).astype(dtype),
+            rng.standard_normal((1, 2, Lk, D)).astype(dtype),
+            rng.standard_normal((1, 2, Lk, D)).astype(dtype))
+
+
+@pytest.mark.parametrize("how", ["bool", "float", "causal", "valid_lens"])
+@pytest.mark.parametrize("Lk", [6, 1500])  # panel path / split decode path
+def test_fully_masked_rows_are_zero_not_nan(isa, dtype, rng, how, Lk):
+    q, k, v = data(rng, dtype, Lq=4 if Lk == 6 else 2, Lk=Lk)
+    Lq = q.shape[-2]
+    kw = {}
+    if how == "bool":
+        m = np.ones((Lq, Lk), bool)
+        m[1] = False
+        kw["attn_mask"] = m
+    elif how == "float":
+        m = np.zeros((Lq, Lk), dtype)
+        m[1] = -np.inf
+        kw["attn_mask"] = m
+    elif how == "causal":
+        kw["is_causal"] = "bottom_right"
+        q, k, v = data(rng, dtype, Lq=Lk + 2, Lk=Lk) if Lk == 6 else data(rng, dtype, Lq=2, Lk=1)
+        Lq = q.shape[-2]
+    else:
+        kw["valid_lens"] = np.zeros((1, Lq), int) + np.arange(Lq) % 2 * Lk
+    out, w, lse = attncore.scaled_dot_product_attention(q, k, v, return_weights=True, return_lse=True, **kw)
+    assert not np.isnan(out).any() and not np.isnan(w).any() and not np.isnan(lse).any()
+    dead = np.isneginf(lse)
+    assert dead.any()
+    assert (out[dead] == 0).all() and (w[dead] == 0).all()
+    ref = R.scaled_dot_product_attention(q, k, v, return_weights=True, return_lse=True, **kw) if Lq * Lk < 5000 else None
+    if ref is not None:
+        np.testing.assert_array_equal(np.isneginf(ref[2]), dead)
+
+
+def test_empty_sequences(isa, dtype, rng):
+    q = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
+    k = np.zeros((2, 3, 0, 4), dtype)
+    v = np.zeros((2, 3, 0, 6), dtype)
+    out, w, lse = attncore.scaled_dot_product_attention(q, k, v, return_weights=True, return_lse=True)
+    assert out.shape == (2, 3, 5, 6) and (out == 0).all()
+    assert w.shape == (2, 3, 5, 0)
+    assert np.isneginf(lse).all()
+    out = attncore.scaled_dot_product_attention(q[:, :, :0], np.ones((2, 3, 7, 4), dtype), np.ones((2, 3, 7, 6), dtype))
+    assert out.shape == (2, 3, 0, 6)
+    out = attncore.scaled_dot_product_attention(np.ones((0, 3, 5, 4), dtype), np.ones((0, 3, 7, 4), dtype),
+                                                np.ones((0, 3, 7, 6), dtype))
+    assert out.shape == (0, 3, 5, 6)
+    # zero-width features
+    out = attncore.scaled_dot_product_attention(np.ones((1, 2, 3, 0), dtype), np.ones((1, 2, 4, 0), dtype),
+                                                np.ones((1, 2, 4, 5), dtype))
+    np.testing.assert_allclose(out, 1.0)
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_inf_propagate_like_reference(isa, dtype, rng, where, bad):
+    q, k, v = data(rng, dtype)
+    arr = {"q": q, "k": k, "v": v}[where]
+    arr[0, 1, 2, 1] = bad
+    out, lse = attncore.scaled_dot_product_attention(q, k, v, return_lse=True)
+    ref, ref_lse = R.scaled_dot_product_attention(q, k, v, return_lse=True)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isnan(lse), np.isnan(ref_lse))
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(np.isfinite(out), fin)
+    np.testing.assert_allclose(out[fin], ref[fin], rtol=1e-4, atol=1e-5)
+
+
+def test_nan_in_mask_propagates(isa, dtype, rng):
+    q, k, v = data(rng, dtype)
+    m = np.zeros((4, 6), dtype)
+    m[2, 3] = np.nan
+    out = attncore.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    assert np.isnan(out[:, :, 2]).all() and not np.isnan(out[:, :, [0, 1, 3]]).any()

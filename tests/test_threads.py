@@ -1,0 +1,82 @@
+"""Results do not depend on the thread count (bitwise), concurrent callers get
+correct results, and the OpenMP controls (num_threads, threadpoolctl) apply."""
+import concurrent.futures as cf
+
+import numpy as np
+import pytest
+
+import attncore
+from attncore import _core
+
+from _oracle import sdpa_numpy
+from _tolerances import assert_close
+
+CASES = {
+    "panel": dict(shape=(2, 4, 4, 300, 257, 64), kw={}),
+    "panel-causal-mask": dict(shape=(1, 4, 2, 190, 190, 32),
+                              kw=dict(is_causal=True, enable_gqa=True, attn_mask="bool")),
+    "rows-split": dict(shape=(1, 8, 2, 1, 5000, 64), kw=dict(enable_gqa=True)),
+    "panel-split-lse": dict(shape=(1, 1, 1, 40, 3000, 16), kw=dict(return_lse=True)),
+    "dropout-weights": dict(shape=(1, 2, 2, 70, 90, 16), kw=dict(dropout_p=0.2, seed=3, return_weights=True)),
+}
+
+
+def make(case, dtype=np.float32):
+    B, Hq, Hkv, Lq, Lk, D = CASES[case]["shape"]
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((B, Hq, Lq, D)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    v = rng.standard_normal((B, Hkv, Lk, D)).astype(dtype)
+    kw = dict(CASES[case]["kw"])
+    if kw.get("attn_mask") == "bool":
+        kw["attn_mask"] = rng.random((Lq, Lk)) > 0.2
+    return q, k, v, kw
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bitwise_independent_of_thread_count(isa, dtype, case):
+    q, k, v, kw = make(case, dtype)
+    base = attncore.scaled_dot_product_attention(q, k, v, num_threads=1, **kw)
+    for n in (2, 3, 4, 7):
+        other = attncore.scaled_dot_product_attention(q, k, v, num_threads=n, **kw)
+        for a, b in zip(base if isinstance(base, tuple) else (base,),
+                        other if isinstance(other, tuple) else (other,)):
+            np.testing.assert_array_equal(a, b, err_msg=f"num_threads={n}")
+
+
+def test_concurrent_python_threads(isa):
+    """Four Python threads calling at once (the GIL is released) all get correct results."""
+    rng = np.random.default_rng(1)
+    problems = []
+    for n in range(8):
+        Lq, Lk = 64 + 17 * n, 200 + 31 * n
+        q = rng.standard_normal((1, 4, Lq, 32)).astype(np.float32)
+        k = rng.standard_normal((1, 2, Lk, 32)).astype(np.float32)
+        v = rng.standard_normal((1, 2, Lk, 32)).astype(np.float32)
+        problems.append((q, k, v, sdpa_numpy(q, k, v, causal_offset=0)[0]))
+
+    def run(p):
+        q, k, v, ref = p
+        return attncore.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), ref
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            for out, ref in pool.map(run, problems):
+                assert_close(out, ref, "sdpa", np.float32)
+
+
+def test_threadpoolctl_limits_openmp():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not _core.openmp_enabled():
+        pytest.skip("single-threaded build")
+    before = _core.default_threads()
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert _core.default_threads() == 1
+        q = np.ones((1, 2, 8, 4), np.float32)
+        attncore.scaled_dot_product_attention(q, q, q)
+    assert _core.default_threads() == before
+
+
+def test_config_reports_threads():
+    cfg = attncore.config()
+    assert cfg["threads"] == _core.default_threads() >= 1

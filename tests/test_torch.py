@@ -1,0 +1,49 @@
+"""PyTorch's scaled_dot_product_attention as an independent oracle (skipped,
+with a reason, when torch is not installed)."""
+import numpy as np
+import pytest
+
+import attncore
+
+from _tolerances import assert_close
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install '.[compare]')")
+F = torch.nn.functional
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 100, 130, 64), (1, 8, 2, 1, 700, 128), (1, 6, 3, 64, 64, 80)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_matches_torch(isa, shape, is_causal):
+    B, Hq, Hkv, Lq, Lk, D = shape
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((B, Hq, Lq, D)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+    got = attncore.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)
+    with torch.no_grad():
+        ref = F.scaled_dot_product_attention(torch.from_numpy(q).double(), torch.from_numpy(k).double(),
+                                             torch.from_numpy(v).double(), is_causal=is_causal,
+                                             enable_gqa=Hq != Hkv).numpy()
+    assert_close(got, ref, "sdpa", np.float32)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_masks_match_torch(isa, mask_kind):
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 3, 17, 16))
+    k = rng.standard_normal((2, 3, 23, 16))
+    v = rng.standard_normal((2, 3, 23, 8))
+    mask = rng.random((2, 1, 17, 23)) > 0.3 if mask_kind == "bool" else rng.standard_normal((17, 23))
+    mask[..., 0] = True if mask_kind == "bool" else mask[..., 0]  # torch gives NaN for empty rows
+    got = attncore.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    ref = F.scaled_dot_product_attention(*(torch.from_numpy(x) for x in (q, k, v)),
+                                         attn_mask=torch.from_numpy(mask), scale=0.3).numpy()
+    assert_close(got, ref, "sdpa", np.float64)
+
+
+def test_accepts_torch_tensors_without_copy():
+    t = torch.randn(1, 2, 5, 8)
+    out = attncore.scaled_dot_product_attention(t, t, t)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    ref = F.scaled_dot_product_attention(t, t, t).numpy()
+    assert_close(out, ref.astype(np.float64), "sdpa", np.float32)
