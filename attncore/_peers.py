@@ -48,8 +48,14 @@ def attncore_sdpa(q, k, v, causal, threads):
                                                 num_threads=threads)
 
 
+NUMPY_MAX_SCORES_BYTES = 512 << 20
+
+
 def numpy_sdpa(q, k, v, causal, threads):
-    """The textbook NumPy formula (materialises the scores), float32."""
+    """The textbook NumPy formula (materialises the scores), float32; None
+    when the scores alone would take more than 512 MiB."""
+    if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * 4 > NUMPY_MAX_SCORES_BYTES:
+        return None
     G = q.shape[1] // k.shape[1]
     D = q.shape[-1]
     Lq, Lk = q.shape[2], k.shape[2]

@@ -1,0 +1,41 @@
+"""The command line and the benchmark files run (small shapes, no timing
+assertions), so that neither can rot."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCH_FILES = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+
+
+def run(args, timeout=600, **env):
+    full = dict(os.environ, **env)
+    full.pop("ATTNCORE_ISA", None)
+    return subprocess.run([sys.executable] + args, capture_output=True, text=True, cwd=ROOT,
+                          env=full, timeout=timeout)
+
+
+def test_cli_quick():
+    r = run(["-m", "attncore", "--quick", "--threads", "2"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "ISA active" in out and "self-check" in out
+    assert out.count(" ok ") >= 1 and "FAIL" not in out
+    assert "attncore" in out and "numpy" in out and "GFLOP/s" in out
+
+
+def test_cli_no_bench():
+    r = run(["-m", "attncore", "--no-bench"])
+    assert r.returncode == 0 and "benchmark" not in r.stdout.split("self-check")[1]
+
+
+@pytest.mark.skipif(not BENCH_FILES, reason="no benchmark files found")
+@pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: p.name)
+def test_benchmark_file_runs(path):
+    r = run(["-m", "pytest", str(path), "--benchmark-disable", "-q", "-p", "no:cacheprovider"],
+            ATTNCORE_BENCH_SMALL="1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "passed" in r.stdout
