@@ -66,6 +66,7 @@ C_SOURCES = [
     "csrc/dispatch/cpu_features.c",
     "csrc/driver/workspace.c",
     "csrc/driver/sdpa.c",
+    "csrc/driver/gemm.c",
     "csrc/arch/kern_portable.c",
 ]
 

@@ -10,6 +10,8 @@ cdef extern from "attncore/attn.h" nogil:
 
     ctypedef struct attn_sdpa_desc:
         int64_t B, Hq, Hkv, Lq, Lk, D, Dv
+        int score_kind
+        const void *w_score
         const void *q
         const int64_t *q_boff
         int64_t q_sh, q_sl
@@ -38,6 +40,18 @@ cdef extern from "attncore/attn.h" nogil:
         void *weights
         void *lse
 
+    ctypedef struct attn_linear_desc:
+        int64_t M, N, K
+        const void *x
+        int64_t x_sm
+        const void *w
+        int64_t w_sn, w_sk
+        const void *bias
+        void *y
+        int64_t y_sm
+
+    attn_status attn_linear_f32(const attn_linear_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_linear_f64(const attn_linear_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter) noexcept
@@ -50,3 +64,4 @@ cdef extern from "attncore/attn.h" nogil:
     int attn_default_threads() noexcept
     int attn_openmp_enabled() noexcept
     attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n) noexcept
+    attn_status attn_vtanh_f32(int isa, const float *x, float *y, int64_t n) noexcept

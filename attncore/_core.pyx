@@ -33,7 +33,7 @@ def sdpa(bint f64, int isa, int num_threads, tuple dims,
          tuple q, tuple k, tuple v, tuple out,
          int mask_kind, tuple mask, int causal, int64_t causal_offset, tuple valid_lens,
          double scale, uint32_t drop_threshold, uint64_t drop_seed, double drop_scale,
-         uintptr_t weights, uintptr_t lse):
+         uintptr_t weights, uintptr_t lse, int score_kind=0, uintptr_t w_score=0):
     """Run attn_sdpa_f32/f64 on the given layouts (see the module docstring)."""
     cdef attn_sdpa_desc d
     cdef const int64_t[::1] q_boff = q[1]
@@ -45,6 +45,8 @@ def sdpa(bint f64, int isa, int num_threads, tuple dims,
     cdef attn_status st
 
     d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = dims
+    d.score_kind = score_kind
+    d.w_score = <const void *>w_score
     d.q = <const void *><uintptr_t>q[0]
     d.q_boff = _offsets(q_boff)
     d.q_sh, d.q_sl = q[2], q[3]
@@ -95,6 +97,29 @@ def sdpa(bint f64, int isa, int num_threads, tuple dims,
         _raise(st, "scaled_dot_product_attention")
 
 
+def linear(bint f64, int isa, int num_threads, int64_t M, int64_t N, int64_t K,
+           uintptr_t x, int64_t x_sm, uintptr_t w, int64_t w_sn, int64_t w_sk,
+           uintptr_t bias, uintptr_t y, int64_t y_sm):
+    """Run attn_linear_f32/f64: y = x w^T + bias (element strides)."""
+    cdef attn_linear_desc d
+    cdef attn_status st
+    d.M, d.N, d.K = M, N, K
+    d.x = <const void *>x
+    d.x_sm = x_sm
+    d.w = <const void *>w
+    d.w_sn, d.w_sk = w_sn, w_sk
+    d.bias = <const void *>bias
+    d.y = <void *>y
+    d.y_sm = y_sm
+    with nogil:
+        if f64:
+            st = attn_linear_f64(&d, isa, num_threads)
+        else:
+            st = attn_linear_f32(&d, isa, num_threads)
+    if st != ATTN_OK:
+        _raise(st, "linear")
+
+
 def dropout_bits(uint64_t seed, uint64_t counter):
     """The 24-bit draw that decides whether weight `counter` is dropped."""
     return attn_dropout_bits(seed, counter)
@@ -107,6 +132,15 @@ def vexp2_f32(int isa, const float[::1] x, float[::1] y):
         st = attn_vexp2_f32(isa, &x[0], &y[0], x.shape[0])
     if st != ATTN_OK:
         _raise(st, "vexp2")
+
+
+def vtanh_f32(int isa, const float[::1] x, float[::1] y):
+    """y = tanh(x) with one ISA's vector tanh (test hook)."""
+    cdef attn_status st
+    with nogil:
+        st = attn_vtanh_f32(isa, &x[0], &y[0], x.shape[0])
+    if st != ATTN_OK:
+        _raise(st, "vtanh")
 
 
 def isa_built(int isa):

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import _config, _core, _layout
+from . import _engine
 from . import _validate as V
 
 _SDPA = "scaled_dot_product_attention"
@@ -107,103 +107,16 @@ def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
 
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
           return_weights, return_lse, num_threads, out, seed, valid_lens):
-    arrays, compute, result = V.float_arrays(op, query=query, key=key, value=value)
-    q, k, v = arrays["query"], arrays["key"], arrays["value"]
-
-    # a 2-D (L, D) call is one head without batch dims
-    flat = [a.ndim == 2 for a in (q, k, v)]
-    if any(flat):
-        if not all(flat):
-            raise ValueError(f"{op}: query, key and value must all be 2-D (L, D) or all have "
-                             f"a heads dimension; got shapes {q.shape}, {k.shape}, {v.shape}")
-        q, k, v = q[None], k[None], v[None]
-    layout = "(..., heads, seq_len, head_dim)"
-    for name, a in (("query", q), ("key", k), ("value", v)):
-        V.check_min_ndim(op, name, a, 3, layout)
-
-    Hq, Lq, D = q.shape[-3:]
-    Hkv, Lk, Dk = k.shape[-3:]
-    Hv, Lv, Dv = v.shape[-3:]
-    if Dk != D:
+    p = _engine.prepare(op, query, key, value, enable_gqa=enable_gqa)
+    if p.Dk != p.Dq:
         raise ValueError(f"{op}: query and key must have the same head_dim (last dim); "
-                         f"got query {q.shape} and key {k.shape}")
-    if (Hv, Lv) != (Hkv, Lk):
-        raise ValueError(f"{op}: key and value must have the same heads and seq_len; "
-                         f"got key {k.shape} and value {v.shape}")
-    if Hq != Hkv:
-        if not enable_gqa:
-            raise ValueError(f"{op}: query has {Hq} heads but key/value have {Hkv}; pass "
-                             f"enable_gqa=True for grouped-query attention (query {q.shape}, "
-                             f"key {k.shape})")
-        if Hkv == 0 or Hq % Hkv:
-            raise ValueError(f"{op}: with enable_gqa the query heads ({Hq}) must be a multiple "
-                             f"of the key/value heads ({Hkv}); query {q.shape}, key {k.shape}")
-    batch = V.broadcast_batch(op, query=q, key=k, value=v)
-    out_shape = batch + (Hq, Lq, Dv)
-    scores_shape = batch + (Hq, Lq, Lk)
-
-    causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
-    scale = (1.0 / math.sqrt(D) if D > 0 else 1.0) if scale is None else V.real_number(op, "scale", scale)
-    drop_threshold, drop_seed, drop_scale = V.dropout(op, dropout_p, seed)
-    threads = V.num_threads(op, num_threads)
-    mask_kind, mask = V.mask(op, attn_mask, scores_shape, compute, result)
-    vl = V.valid_lens(op, valid_lens, batch, Lq, Lk)
-    if out is not None:
-        V.output(op, out, out_shape if not flat[0] else out_shape[1:], result)
-
-    q, k, v = (_layout.kernel_readable(a) for a in (q, k, v))
-    res = _direct_output(out, flat[0], compute, (q, k, v, mask))
-    if res is None:
-        res = np.empty(out_shape, dtype=compute)
-    weights = np.empty(scores_shape, dtype=compute) if return_weights else None
-    lse = np.empty(batch + (Hq, Lq), dtype=compute) if return_lse else None
-
-    nb = int(np.prod(batch, dtype=np.int64))
-    if nb and Hq and Lq:
-        vl_layout = None
-        if vl is not None:
-            lens, per_row = vl
-            step = Lq if per_row else 1
-            vl_layout = (_layout.address(lens), np.arange(nb, dtype=np.int64) * step,
-                         1 if per_row else 0)
-        mask_layout = _layout.mask_tensor(mask, scores_shape) if mask_kind else None
-        _core.sdpa(
-            compute == np.float64, _config.active_isa(), threads,
-            (nb, Hq, Hkv, Lq, Lk, D, Dv),
-            _layout.tensor(q, batch), _layout.tensor(k, batch), _layout.tensor(v, batch),
-            _layout.tensor(res, batch),
-            mask_kind, mask_layout, causal, offset, vl_layout,
-            scale, drop_threshold, drop_seed, drop_scale,
-            _layout.address(weights) if weights is not None else 0,
-            _layout.address(lse) if lse is not None else 0,
-        )
-
-    if flat[0]:
-        res = res[0]
-        weights = weights[0] if weights is not None else None
-        lse = lse[0] if lse is not None else None
-    if out is not None:
-        if res is not out:
-            np.copyto(out, res, casting="unsafe")
-        res = out
-    elif result != compute:
-        res = res.astype(result)
-    if weights is not None and result != compute:
-        weights = weights.astype(result)
-    extra = tuple(x for x in (weights, lse) if x is not None)
-    return (res,) + extra if extra else res
-
-
-def _direct_output(out, flat, compute, inputs):
-    """`out` itself when the kernel can write into it directly, else None."""
-    if out is None or out.dtype != compute:
-        return None
-    target = out[None] if flat else out
-    if _layout.kernel_readable(target) is not target:
-        return None
-    if any(a is not None and np.may_share_memory(target, a) for a in inputs):
-        return None
-    return target
+                         f"got query {p.query_shape} and key {p.key_shape}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(p.Dq) if p.Dq > 0 else 1.0
+    return _engine.run(op, p, p.q, p.k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
+                       is_causal=is_causal, dropout_p=dropout_p, seed=seed, valid_lens=valid_lens,
+                       num_threads=num_threads, out=out, return_weights=return_weights,
+                       return_lse=return_lse)
 
 
 def merge_attention(parts):

@@ -18,6 +18,7 @@ typedef __m256 vec;
 #define MR_QK 6
 #define MR_PV 6
 #define ROWS_MAX 4
+#define MR_ADD 3
 #define FN(name) name##_avx2_f32
 #define KTAB_TYPE attn_ktab_f32
 #define KTAB_NAME attn_ktab_avx2_f32
@@ -82,6 +83,26 @@ static inline vec v_exp2(vec x)
     /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
     vec keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);
     return _mm256_and_ps(keep, r);
+}
+
+/* 1 / (1 + 2^x), the core of tanh (vmath.h); see the AVX-512 version.
+ * 2^x for x in [-64, 64] is built from exponent bits directly; the
+ * reciprocal is an exact division (rcp's 12 bits plus one Newton step would
+ * miss tanh's exact values at 0 and +-inf). */
+static inline vec v_inv1p_exp2(vec x)
+{
+    vec xc = _mm256_min_ps(_mm256_set1_ps(64.0f), _mm256_max_ps(_mm256_set1_ps(-64.0f), x));
+    vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec f = _mm256_sub_ps(xc, n);
+    vec p = _mm256_set1_ps(ATTN_EXP2_D5);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D0));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    vec d = _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.0f));
+    return _mm256_div_ps(_mm256_set1_ps(1.0f), d);
 }
 
 #include "../kernels/tiles.inc.c"

@@ -19,6 +19,7 @@ typedef __m512 vec;
 #define MR_QK 8
 #define MR_PV 8
 #define ROWS_MAX 8
+#define MR_ADD 4
 #define FN(name) name##_avx512_f32
 #define KTAB_TYPE attn_ktab_f32
 #define KTAB_NAME attn_ktab_avx512_f32
@@ -63,6 +64,26 @@ static inline vec v_exp2(vec x)
     /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
     return _mm512_maskz_mov_ps(keep, r);
+}
+
+/* 1 / (1 + 2^x), the core of tanh (vmath.h): 2^x as in v_exp2 with a
+ * degree-5 polynomial, the reciprocal by rcp14 and one Newton step.
+ * x is clamped to [-64, 64] first, which keeps +-inf exact (r = 0 or 1);
+ * NaN survives the clamps and every step. */
+static inline vec v_inv1p_exp2(vec x)
+{
+    vec xc = _mm512_min_ps(_mm512_set1_ps(64.0f), _mm512_max_ps(_mm512_set1_ps(-64.0f), x));
+    vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec f = _mm512_sub_ps(xc, n);
+    vec p = _mm512_set1_ps(ATTN_EXP2_D5);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D0));
+    vec d = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, n));
+    vec r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
 }
 
 #include "../kernels/tiles.inc.c"

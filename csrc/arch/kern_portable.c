@@ -8,6 +8,8 @@
 #include "../kernels/ktab.h"
 #include "../kernels/vmath.h"
 
+static inline double attn_inv1p_exp2_f64(double x) { return 1.0 / (1.0 + exp2(x)); }
+
 /* ---- float32 ---- */
 #define T float
 #define VL 4
@@ -15,7 +17,9 @@
 #define MR_QK 4
 #define MR_PV 4
 #define ROWS_MAX 2
+#define MR_ADD 4
 #define SCALAR_EXP2 attn_exp2_f32
+#define SCALAR_INV1P_EXP2 attn_inv1p_exp2_f32
 #define FN(name) name##_portable_f32
 #define KTAB_TYPE attn_ktab_f32
 #define KTAB_NAME attn_ktab_portable_f32
@@ -30,6 +34,7 @@
 #undef MR_PV
 #undef ROWS_MAX
 #undef SCALAR_EXP2
+#undef SCALAR_INV1P_EXP2
 #undef FN
 #undef KTAB_TYPE
 #undef KTAB_NAME
@@ -43,6 +48,7 @@
 #define MR_PV 4
 #define ROWS_MAX 2
 #define SCALAR_EXP2 exp2
+#define SCALAR_INV1P_EXP2 attn_inv1p_exp2_f64
 #define FN(name) name##_portable_f64
 #define KTAB_TYPE attn_ktab_f64
 #define KTAB_NAME attn_ktab_portable_f64
@@ -62,5 +68,6 @@
 #define v_hmax v64_hmax
 #define v_neginf_to_zero v64_neginf_to_zero
 #define v_exp2 v64_exp2
+#define v_inv1p_exp2 v64_inv1p_exp2
 #include "simd_generic.h"
 #include "../kernels/tiles.inc.c"

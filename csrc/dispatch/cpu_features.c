@@ -176,3 +176,11 @@ attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n)
     kt->exp2(n, x, y);
     return ATTN_OK;
 }
+
+attn_status attn_vtanh_f32(int isa, const float *x, float *y, int64_t n)
+{
+    const attn_ktab_f32 *kt = attn_ktab_get_f32(isa);
+    if (!kt) return ATTN_EISA;
+    kt->tanh(n, x, y);
+    return ATTN_OK;
+}

@@ -45,6 +45,8 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
     if (d->mask_kind != ATTN_MASK_NONE && (!d->mask || !d->m_boff)) return ATTN_EINVAL;
     if (d->causal != 0 && d->causal != 1) return ATTN_EINVAL;
     if (d->valid_lens && !d->vl_boff) return ATTN_EINVAL;
+    if (d->score_kind != ATTN_SCORE_DOT && d->score_kind != ATTN_SCORE_ADDITIVE) return ATTN_EINVAL;
+    if (d->score_kind == ATTN_SCORE_ADDITIVE && d->D > 0 && !d->w_score) return ATTN_EINVAL;
     return ATTN_OK;
 }
 

@@ -55,7 +55,9 @@ typedef struct {
     int64_t rows_per_group, ngroups, npanels;
     int64_t nchunks, chunk_len, bk;
     int64_t nbase;     /* units before key splitting */
-    T qscale;          /* scale * log2(e) */
+    T qscale;          /* dot: scale * log2(e); additive: 2 log2(e) */
+    T *wneg;           /* additive: -2 log2(e) w_score (D values) */
+    T score_c;         /* additive: log2(e) sum_h w_score[h] */
     T *partial;        /* nbase * nchunks * W * (Dv + 2) when nchunks > 1 */
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
@@ -245,8 +247,10 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
         const T *kb = kh + j0 * d->k_sl, *vb = vh + j0 * d->v_sl;
         if (P->rows_path)
             kt->qk_rows(D, qbuf, P->ld_q, nr, kb, d->k_sl, nk, sbuf, P->ld_s);
+        else if (d->score_kind == ATTN_SCORE_ADDITIVE)
+            kt->additive_panel(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
         else
-            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf);
+            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, 0);
 
         if (prep_always || (P->limited && j0 + nk - 1 > minpos))
             SDPA_FN(prep_scores)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);
@@ -319,13 +323,14 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->d = d;
     P->kt = kt;
     P->G = d->Hq / d->Hkv;
-    P->qscale = (T)(d->scale * ATTN_LOG2E);
+    P->qscale = (T)(d->score_kind == ATTN_SCORE_ADDITIVE ? 2.0 * ATTN_LOG2E : d->scale * ATTN_LOG2E);
     P->limited = d->causal || d->valid_lens != NULL;
 
     /* Decode-shaped problems (all rows of a kv head fit one rows-path unit)
      * take the rows path; everything else takes panels. */
     int64_t stacked_rows = P->G * d->Lq;
-    P->rows_path = stacked_rows <= kt->rows_max;
+    /* (the rows path computes dot-product scores only) */
+    P->rows_path = stacked_rows <= kt->rows_max && d->score_kind == ATTN_SCORE_DOT;
     if (P->rows_path) {
         P->W = kt->rows_max;
         P->rows_per_group = stacked_rows;
@@ -383,10 +388,24 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     PLAN P;
     st = SDPA_FN(make_plan)(&P, d, kt);
     if (st != ATTN_OK) return st;
+    if (d->score_kind == ATTN_SCORE_ADDITIVE) {
+        P.wneg = (T *)attn_scratch_alloc((size_t)d->D * sizeof(T));
+        if (!P.wneg) return ATTN_ENOMEM;
+        double sum = 0;
+        for (int64_t h = 0; h < d->D; h++) {
+            T w = ((const T *)d->w_score)[h];
+            P.wneg[h] = (T)(-2.0 * ATTN_LOG2E) * w;
+            sum += (double)w;
+        }
+        P.score_c = (T)(ATTN_LOG2E * sum);
+    }
     if (P.nchunks > 1) {
         size_t n = (size_t)(P.nbase * P.nchunks * P.W * (d->Dv + 2));
         P.partial = (T *)attn_scratch_alloc(n * sizeof(T));
-        if (!P.partial) return ATTN_ENOMEM;
+        if (!P.partial) {
+            attn_scratch_free(P.wneg);
+            return ATTN_ENOMEM;
+        }
     }
 
     int64_t nunits = P.nbase * P.nchunks;
@@ -425,6 +444,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
         attn_scratch_free(scratch);
     }
     attn_scratch_free(P.partial);
+    attn_scratch_free(P.wneg);
     return failed ? ATTN_ENOMEM : ATTN_OK;
 }
 

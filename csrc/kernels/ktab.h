@@ -37,9 +37,9 @@
         int mr_pv;    /* Ot rows are padded to a multiple of this           */ \
         int vlen;     /* lanes per vector; rows-path buffers pad to it      */ \
         int rows_max; /* most query rows the rows path takes per unit       */ \
-        /* St[j][:] = sum_d K[j][d] * Qt[d][:], j < nk                      */ \
+        /* St[j][:] (+)= sum_d K[j][d] * Qt[d][:], j < nk (+= if accumulate)*/ \
         void (*qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,      \
-                         const T *qt, T *st);                                  \
+                         const T *qt, T *st, int accumulate);                  \
         /* online softmax down the columns of St[nk][NR]: updates m, l,     */ \
         /* writes alpha = exp2(m_old - m_new), overwrites St with exp2(s-m) */ \
         void (*softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha);        \
@@ -57,8 +57,16 @@
         void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
                         const T *v, int64_t ldv, int64_t Dv, const T *alpha,   \
                         T *o, int64_t ldo);                                    \
+        /* additive scores: St[j][:] = c + sum_h wneg[h] / (1 + 2^(Qt[h][:]  */ \
+        /*   + kscale * K[j][h])), i.e. c + log2e sum_h w_h tanh(q_h + k_h)  */ \
+        /*   when Qt holds 2 log2e (Qp + b), kscale = 2 log2e,               */ \
+        /*   wneg = -2 log2e w and c = log2e sum_h w_h                       */ \
+        void (*additive_panel)(int64_t H, const T *k, int64_t ldk, int64_t nk, \
+                               const T *qt, const T *wneg, T c, T *st);        \
         /* y = exp2(x), the softmax's vector exp (exposed for tests)        */ \
         void (*exp2)(int64_t n, const T *x, T *y);                             \
+        /* y = tanh(x), the additive score's vector tanh (for tests)         */ \
+        void (*tanh)(int64_t n, const T *x, T *y);                             \
     } attn_ktab_##TAG;
 
 ATTN_DECLARE_KTAB(float, f32)

@@ -12,6 +12,8 @@
  *   KTAB_TYPE, KTAB_NAME, ISA_NAME   the table this unit exports
  *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_fma
  *   v_max v_hsum v_hmax v_neginf_to_zero v_exp2
+ *   v_inv1p_exp2 (x -> 1 / (1 + 2^x), the core of tanh; see vmath.h)
+ *   MR_ADD               register-tile height of the additive scores
  *
  * Preconditions shared by all kernels (the drivers guarantee them):
  *   - feature dimensions (D, Dv) have unit stride; row strides are arbitrary;
@@ -28,6 +30,7 @@
 
 /*
  * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk
+ * (St[j][:] += ... when accumulate is nonzero: the GEMM's blocks over D)
  *
  * Register tile: MR_QK keys x NV vectors of queries. Each step over d loads
  * NV vectors of Qt and broadcasts one element of each of the MR_QK key rows.
@@ -35,7 +38,7 @@
  * inner loop has no edge cases.
  */
 static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
-                         const T *qt, T *st)
+                         const T *qt, T *st, int accumulate)
 {
     for (int64_t j0 = 0; j0 < nk; j0 += MR_QK) {
         const T *krow[MR_QK];
@@ -44,10 +47,11 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
             krow[m] = k + j * ldk;
         }
         vec acc[MR_QK][NV];
+        T *c = st + j0 * NR;
 #pragma GCC unroll 16
         for (int m = 0; m < MR_QK; m++)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[m][v] = v_zero();
+            for (int v = 0; v < NV; v++) acc[m][v] = accumulate ? v_load(c + m * NR + v * VL) : v_zero();
 
         const T *b = qt;
         for (int64_t d = 0; d < D; d++, b += NR) {
@@ -61,7 +65,6 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
                 for (int v = 0; v < NV; v++) acc[m][v] = v_fma(a, bv[v], acc[m][v]);
             }
         }
-        T *c = st + j0 * NR;
 #pragma GCC unroll 16
         for (int m = 0; m < MR_QK; m++)
 #pragma GCC unroll 4
@@ -323,6 +326,70 @@ static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
 }
 
 /* ------------------------------------------------------------------------ */
+/* additive (Bahdanau) scores                                                */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * St[j][:] = c + sum_{h<H} wneg[h] * 1 / (1 + 2^(Qt[h][:] + kscale * K[j][h]))
+ *
+ * With Qt = 2 log2e (Qp + b), kscale = 2 log2e, wneg = -2 log2e w and
+ * c = log2e sum_h w_h this is log2e * sum_h w_h tanh(Qp + b + Kp), the
+ * additive score in log2 units, because tanh(x) = 1 - 2 / (1 + e^(2x)).
+ * The (Lq, Lk, H) tensor of tanh arguments exists only in registers: one
+ * MR_ADD x NV tile of it per step over h.
+ */
+static void FN(additive_panel)(int64_t H, const T *k, int64_t ldk, int64_t nk,
+                               const T *qt, const T *wneg, T c, T *st)
+{
+    const T kscale = (T)(2.0 * ATTN_LOG2E);
+    for (int64_t j0 = 0; j0 < nk; j0 += MR_ADD) {
+        const T *krow[MR_ADD];
+        for (int m = 0; m < MR_ADD; m++) {
+            int64_t j = j0 + m < nk ? j0 + m : nk - 1;
+            krow[m] = k + j * ldk;
+        }
+        vec acc[MR_ADD][NV];
+#pragma GCC unroll 8
+        for (int m = 0; m < MR_ADD; m++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[m][v] = v_set1(c);
+        const T *b = qt;
+        for (int64_t h = 0; h < H; h++, b += NR) {
+            vec qv[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) qv[v] = v_load(b + v * VL);
+            vec w = v_set1(wneg[h]);
+#pragma GCC unroll 8
+            for (int m = 0; m < MR_ADD; m++) {
+                vec kb = v_set1(krow[m][h] * kscale);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[m][v] = v_fma(w, v_inv1p_exp2(v_add(qv[v], kb)), acc[m][v]);
+            }
+        }
+        T *out = st + j0 * NR;
+#pragma GCC unroll 8
+        for (int m = 0; m < MR_ADD; m++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) v_store(out + m * NR + v * VL, acc[m][v]);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* tanh(x) = 1 - 2 / (1 + 2^(2 log2e x)), exactly as additive_panel computes it. */
+static inline vec FN(tanh_vec)(vec x)
+{
+    vec r = v_inv1p_exp2(v_mul(x, v_set1((T)(2.0 * ATTN_LOG2E))));
+    return v_fma(v_set1((T)-2), r, v_set1((T)1));
+}
+
+static void FN(tanh_array)(int64_t n, const T *x, T *y)
+{
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) v_store(y + i, FN(tanh_vec)(v_load(x + i)));
+    if (i < n) v_store_n(y + i, FN(tanh_vec)(v_load_n(x + i, (int)(n - i))), (int)(n - i));
+}
 
 static void FN(exp2_array)(int64_t n, const T *x, T *y)
 {
@@ -344,7 +411,9 @@ const KTAB_TYPE KTAB_NAME = {
     FN(qk_rows),
     FN(softmax_rows),
     FN(pv_rows),
+    FN(additive_panel),
     FN(exp2_array),
+    FN(tanh_array),
 };
 
 #undef NR

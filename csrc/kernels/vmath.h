@@ -29,6 +29,25 @@
 #define ATTN_EXP2_C5 0.0013399859890341759f
 #define ATTN_EXP2_C6 0.00015337577497120947f
 
+/*
+ * tanh for the additive score: tanh(x) = 1 - 2 r with r = 1 / (1 + 2^(2 log2e x)).
+ * 2^y uses the exp2 range reduction above with a degree-5 polynomial (fitted
+ * like the degree-6 one, constant term fixed at 1) on y clamped to [-64, 64];
+ * r is AVX-512's rcp14 refined by one Newton step (exact for the powers of
+ * two that give tanh's exact values), an exact division elsewhere.
+ * Error bound (float32, tests/test_vmath.py, every ISA): absolute error
+ * <= 4e-7 over the whole real line (tanh's values are in [-1, 1], and the
+ * score sums w_h tanh, so an absolute bound is the useful one; near 0 the
+ * relative error is larger). Exact: tanh(+-inf) = tanh(|x| >= 23) = +-1,
+ * tanh(0) = 0, NaN -> NaN.
+ */
+#define ATTN_EXP2_D0 1.0f   /* exact, so that tanh(0) = 0 exactly */
+#define ATTN_EXP2_D1 0.6931468844413757f
+#define ATTN_EXP2_D2 0.24022237956523895f
+#define ATTN_EXP2_D3 0.05550893023610115f
+#define ATTN_EXP2_D4 0.009671698324382305f
+#define ATTN_EXP2_D5 0.0013218672247603536f
+
 /* 2^e for an integer e in [-126, 127], built from its bit pattern. */
 static inline float attn_pow2i_f32(int32_t e)
 {
@@ -57,6 +76,24 @@ static inline float attn_exp2_f32(float x)
     int32_t ni = (int32_t)n;            /* in [-126, 128] */
     int32_t half = ni / 2;              /* split so each factor is normal */
     return p * attn_pow2i_f32(half) * attn_pow2i_f32(ni - half);
+}
+
+/* Scalar 1 / (1 + 2^x), the portable float32 core of tanh. */
+static inline float attn_inv1p_exp2_f32(float x)
+{
+    if (x != x) return x;
+    if (x > 64.0f) x = 64.0f;
+    if (x < -64.0f) x = -64.0f;
+    float n = (x + 12582912.0f) - 12582912.0f;
+    float f = x - n;
+    float p = ATTN_EXP2_D5;
+    p = p * f + ATTN_EXP2_D4;
+    p = p * f + ATTN_EXP2_D3;
+    p = p * f + ATTN_EXP2_D2;
+    p = p * f + ATTN_EXP2_D1;
+    p = p * f + ATTN_EXP2_D0;
+    int32_t ni = (int32_t)n;   /* in [-64, 64]: 2^ni is a normal float */
+    return 1.0f / (1.0f + p * attn_pow2i_f32(ni));
 }
 
 #endif /* ATTNCORE_VMATH_H */

@@ -39,6 +39,13 @@ typedef enum {
     ATTN_ISA_COUNT = 3
 } attn_isa;
 
+/* Score kinds for attn_sdpa_desc.score_kind. */
+enum {
+    ATTN_SCORE_DOT = 0,       /* s = scale * q . k                               */
+    ATTN_SCORE_ADDITIVE = 1   /* s = sum_h w[h] tanh(q[h] + k[h]) (Bahdanau);    */
+                              /* q, k are the projected Qp + b and Kp, D = H     */
+};
+
 /* Mask kinds for attn_sdpa_desc.mask_kind. */
 enum {
     ATTN_MASK_NONE = 0,
@@ -55,6 +62,9 @@ enum {
  */
 typedef struct {
     int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+
+    int score_kind;           /* ATTN_SCORE_* */
+    const void *w_score;      /* additive: (D,) score weights of the dtype */
 
     const void *q;  const int64_t *q_boff;  int64_t q_sh, q_sl;
     const void *k;  const int64_t *k_boff;  int64_t k_sh, k_sl;
@@ -88,6 +98,22 @@ typedef struct {
 attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads);
 attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads);
 
+/*
+ * Linear layer:  y[m][n] = sum_k x[m][k] w[n][k] + bias[n]   (y = x W^T + b)
+ * x: (M, K) with row stride x_sm and unit stride along k; w: (N, K) with any
+ * strides; y: (M, N) with row stride y_sm; bias: (N,) contiguous, or NULL.
+ */
+typedef struct {
+    int64_t M, N, K;
+    const void *x; int64_t x_sm;
+    const void *w; int64_t w_sn, w_sk;
+    const void *bias;
+    void *y; int64_t y_sm;
+} attn_linear_desc;
+
+attn_status attn_linear_f32(const attn_linear_desc *desc, int isa, int num_threads);
+attn_status attn_linear_f64(const attn_linear_desc *desc, int isa, int num_threads);
+
 /* The 24-bit uniform draw that decides dropout for one weight (exposed for the
  * pure-Python reference and the tests, which reproduce it bit for bit). */
 uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter);
@@ -107,8 +133,9 @@ const char *attn_compiler(void);
 int attn_default_threads(void);
 int attn_openmp_enabled(void);
 
-/* Test hooks: apply one ISA's vector exp2 to n floats. */
+/* Test hooks: apply one ISA's vector exp2 / tanh to n floats. */
 attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n);
+attn_status attn_vtanh_f32(int isa, const float *x, float *y, int64_t n);
 
 #ifdef __cplusplus
 }

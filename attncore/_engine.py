@@ -1,0 +1,136 @@
+"""The shared path from validated arrays to the fused kernel, used by every
+attention function: prepare() checks and normalises query/key/value, run()
+validates the options, allocates the outputs and calls attncore._core.sdpa.
+"""
+import numpy as np
+
+from . import _config, _core, _layout
+from . import _validate as V
+
+SCORE_DOT = 0
+SCORE_ADDITIVE = 1
+
+
+class Problem:
+    """Validated inputs: arrays in the compute dtype with a heads dimension,
+    and the sizes of the SDPA layout (..., H, L, D)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def prepare(op, query, key, value, enable_gqa=False, **params):
+    """Check dtypes and shapes of query (..., Hq, Lq, Dq), key (..., Hkv, Lk, Dk)
+    and value (..., Hkv, Lk, Dv); `params` are further arrays (weights) that
+    must share their dtype. Returns a Problem; params come back converted in
+    Problem.params."""
+    arrays, compute, result = V.float_arrays(op, query=query, key=key, value=value, **params)
+    q, k, v = arrays.pop("query"), arrays.pop("key"), arrays.pop("value")
+    query_shape, key_shape, value_shape = q.shape, k.shape, v.shape
+
+    # a 2-D (L, D) call is one head without batch dims
+    flat = [a.ndim == 2 for a in (q, k, v)]
+    if any(flat):
+        if not all(flat):
+            raise ValueError(f"{op}: query, key and value must all be 2-D (L, D) or all have "
+                             f"a heads dimension; got shapes {q.shape}, {k.shape}, {v.shape}")
+        q, k, v = q[None], k[None], v[None]
+    layout = "(..., heads, seq_len, head_dim)"
+    for name, a in (("query", q), ("key", k), ("value", v)):
+        V.check_min_ndim(op, name, a, 3, layout)
+
+    Hq, Lq, Dq = q.shape[-3:]
+    Hkv, Lk, Dk = k.shape[-3:]
+    Hv, Lv, Dv = v.shape[-3:]
+    if (Hv, Lv) != (Hkv, Lk):
+        raise ValueError(f"{op}: key and value must have the same heads and seq_len; "
+                         f"got key {key_shape} and value {value_shape}")
+    if Hq != Hkv:
+        if not enable_gqa:
+            raise ValueError(f"{op}: query has {Hq} heads but key/value have {Hkv}; pass "
+                             f"enable_gqa=True for grouped-query attention (query {query_shape}, "
+                             f"key {key_shape})")
+        if Hkv == 0 or Hq % Hkv:
+            raise ValueError(f"{op}: with enable_gqa the query heads ({Hq}) must be a multiple "
+                             f"of the key/value heads ({Hkv}); query {query_shape}, key {key_shape}")
+    batch = V.broadcast_batch(op, query=q, key=k, value=v)
+    return Problem(q=q, k=k, v=v, compute=compute, result=result, flat=flat[0], batch=batch,
+                   Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dq, Dk=Dk, Dv=Dv, params=arrays,
+                   query_shape=query_shape, key_shape=key_shape, value_shape=value_shape)
+
+
+def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask=None,
+        is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
+        return_weights=False, return_lse=False):
+    """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
+    keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
+    other families -- with p.v as values. Returns out[, weights][, lse]."""
+    batch, Hq, Hkv, Lq, Lk, Dv = p.batch, p.Hq, p.Hkv, p.Lq, p.Lk, p.Dv
+    compute, result = p.compute, p.result
+    D = q.shape[-1]
+    out_shape = batch + (Hq, Lq, Dv)
+    scores_shape = batch + (Hq, Lq, Lk)
+
+    causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
+    drop_threshold, drop_seed, drop_scale = V.dropout(op, dropout_p, seed)
+    threads = V.num_threads(op, num_threads)
+    mask_kind, mask = V.mask(op, attn_mask, scores_shape, compute, result)
+    vl = V.valid_lens(op, valid_lens, batch, Lq, Lk)
+    if out is not None:
+        V.output(op, out, out_shape[1:] if p.flat else out_shape, result)
+
+    q, k, v = (_layout.kernel_readable(a) for a in (q, k, p.v))
+    res = _direct_output(out, p.flat, compute, (q, k, v, mask))
+    if res is None:
+        res = np.empty(out_shape, dtype=compute)
+    weights = np.empty(scores_shape, dtype=compute) if return_weights else None
+    lse = np.empty(batch + (Hq, Lq), dtype=compute) if return_lse else None
+    if w_score is not None:
+        w_score = np.ascontiguousarray(w_score, dtype=compute)
+
+    nb = int(np.prod(batch, dtype=np.int64))
+    if nb and Hq and Lq:
+        vl_layout = None
+        if vl is not None:
+            lens, per_row = vl
+            vl_layout = (_layout.address(lens), np.arange(nb, dtype=np.int64) * (Lq if per_row else 1),
+                         1 if per_row else 0)
+        mask_layout = _layout.mask_tensor(mask, scores_shape) if mask_kind else None
+        _core.sdpa(
+            compute == np.float64, _config.active_isa(), threads,
+            (nb, Hq, Hkv, Lq, Lk, D, Dv),
+            _layout.tensor(q, batch), _layout.tensor(k, batch), _layout.tensor(v, batch),
+            _layout.tensor(res, batch),
+            mask_kind, mask_layout, causal, offset, vl_layout,
+            scale, drop_threshold, drop_seed, drop_scale,
+            _layout.address(weights) if weights is not None else 0,
+            _layout.address(lse) if lse is not None else 0,
+            score_kind, _layout.address(w_score) if w_score is not None else 0,
+        )
+
+    if p.flat:
+        res = res[0]
+        weights = weights[0] if weights is not None else None
+        lse = lse[0] if lse is not None else None
+    if out is not None:
+        if res is not out:
+            np.copyto(out, res, casting="unsafe")
+        res = out
+    elif result != compute:
+        res = res.astype(result)
+    if weights is not None and result != compute:
+        weights = weights.astype(result)
+    extra = tuple(x for x in (weights, lse) if x is not None)
+    return (res,) + extra if extra else res
+
+
+def _direct_output(out, flat, compute, inputs):
+    """`out` itself when the kernel can write into it directly, else None."""
+    if out is None or out.dtype != compute:
+        return None
+    target = out[None] if flat else out
+    if _layout.kernel_readable(target) is not target:
+        return None
+    if any(a is not None and np.may_share_memory(target, a) for a in inputs):
+        return None
+    return target

@@ -1,0 +1,31 @@
+/* Linear-layer GEMM entry points attn_linear_f32 / attn_linear_f64
+ * (the algorithm is in gemm.inc.c). */
+#include <stdint.h>
+#include "../kernels/ktab.h"
+#include "workspace.h"
+
+/* Rows per unit: the C tile (GEMM_MB x NR) stays in L1 while the packed
+ * weight panel (K x NR) streams from L2. */
+#define ATTN_GEMM_MB 64
+/* k per block: the Wt slice (GEMM_KC x NR) stays in L1 (16 KiB for float32). */
+#define ATTN_GEMM_KC 128
+
+#define T float
+#define TAG f32
+#define KTAB attn_ktab_f32
+#define KTAB_GET attn_ktab_get_f32
+#include "gemm.inc.c"
+#undef T
+#undef TAG
+#undef KTAB
+#undef KTAB_GET
+
+#define T double
+#define TAG f64
+#define KTAB attn_ktab_f64
+#define KTAB_GET attn_ktab_get_f64
+#include "gemm.inc.c"
+#undef T
+#undef TAG
+#undef KTAB
+#undef KTAB_GET

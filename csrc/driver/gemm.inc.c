@@ -1,0 +1,118 @@
+/*
+ * Linear layer GEMM, one instance per dtype (gemm.c includes this file with
+ * T = float and T = double):  Y[m][n] = sum_k X[m][k] W[n][k] + bias[n].
+ *
+ * It runs on the attention kernels' register-blocked micro-kernel (qk_panel:
+ * C[rows][NR] (+)= A rows x B[k][NR]) so that projections need no BLAS and
+ * no second thread pool: BLAS worker threads keep spinning after a call and,
+ * on a small machine, slow down the attention region that follows.
+ *
+ * Loop nest (one OpenMP region):
+ *   pack W into column panels Wt[p][k][r] = W[p*NR + r][k]   <- omp for
+ *   for unit (column panel p, block of GEMM_MB rows)          <- omp for, dynamic
+ *       for k-block of GEMM_KC                                 (Wt slice: L1-sized)
+ *           C (+)= X[m0 : m0 + mb, k-block] Wt[p][k-block]     (kernel qk_panel)
+ *       Y[m][p*NR + r] = C[m][r] + bias
+ * Each output element is computed by one unit with a fixed order over k, so
+ * the result does not depend on the thread count.
+ */
+
+#define GEMM_CAT_(a, b) a##_##b
+#define GEMM_CAT(a, b) GEMM_CAT_(a, b)
+#define GEMM_FN(name) GEMM_CAT(name, TAG)
+
+static void GEMM_FN(pack_panel)(const attn_linear_desc *d, int64_t nr, int64_t panel, T *wt)
+{
+    const T *w = (const T *)d->w;
+    int64_t n0 = panel * nr, nn = attn_min64(nr, d->N - n0);
+    for (int64_t r = 0; r < nn; r++) {
+        const T *wr = w + (n0 + r) * d->w_sn;
+        for (int64_t k = 0; k < d->K; k++) wt[k * nr + r] = wr[k * d->w_sk];
+    }
+    for (int64_t k = 0; k < d->K; k++)
+        for (int64_t r = nn; r < nr; r++) wt[k * nr + r] = 0;
+}
+
+static void GEMM_FN(linear_unit)(const attn_linear_desc *d, const KTAB *kt, int64_t u,
+                                 int64_t npanels, const T *packed, T *c)
+{
+    const int64_t nr = kt->nr;
+    int64_t panel = u % npanels, mblock = u / npanels;
+    int64_t n0 = panel * nr, nn = attn_min64(nr, d->N - n0);
+    int64_t m0 = mblock * ATTN_GEMM_MB, mb = attn_min64(ATTN_GEMM_MB, d->M - m0);
+    const T *x = (const T *)d->x + m0 * d->x_sm, *bias = (const T *)d->bias;
+    const T *wt = packed + panel * d->K * nr;
+
+    for (int64_t k0 = 0; k0 < d->K; k0 += ATTN_GEMM_KC) {
+        int64_t kc = attn_min64(ATTN_GEMM_KC, d->K - k0);
+        kt->qk_panel(kc, x + k0, d->x_sm, mb, wt + k0 * nr, c, k0 > 0);
+    }
+    T *y = (T *)d->y;
+    for (int64_t m = 0; m < mb; m++) {
+        T *yr = y + (m0 + m) * d->y_sm + n0;
+        const T *cr = c + m * nr;
+        if (bias)
+            for (int64_t r = 0; r < nn; r++) yr[r] = cr[r] + bias[n0 + r];
+        else
+            for (int64_t r = 0; r < nn; r++) yr[r] = cr[r];
+    }
+}
+
+attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_threads)
+{
+    if (!d || d->M < 0 || d->N < 0 || d->K < 0) return ATTN_EINVAL;
+    if (d->M == 0 || d->N == 0) return ATTN_OK;
+    if (!d->x || !d->w || !d->y) return ATTN_EINVAL;
+    const KTAB *kt = KTAB_GET(isa);
+    if (!kt) return ATTN_EISA;
+    if (d->K == 0) {
+        const T *bias = (const T *)d->bias;
+        for (int64_t m = 0; m < d->M; m++)
+            for (int64_t n = 0; n < d->N; n++) ((T *)d->y)[m * d->y_sm + n] = bias ? bias[n] : 0;
+        return ATTN_OK;
+    }
+    const int64_t nr = kt->nr;
+    int64_t npanels = (d->N + nr - 1) / nr;
+    int64_t nblocks = (d->M + ATTN_GEMM_MB - 1) / ATTN_GEMM_MB;
+    int64_t nunits = npanels * nblocks;
+    T *packed = (T *)attn_scratch_alloc((size_t)(npanels * d->K * nr) * sizeof(T));
+    if (!packed) return ATTN_ENOMEM;
+    size_t c_elems = (size_t)(attn_round_up(ATTN_GEMM_MB, kt->mr_qk) * nr);
+    int nthreads = attn_region_threads(num_threads, nunits);
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+    {
+        T *c = (T *)attn_scratch_alloc(c_elems * sizeof(T));
+        if (!c) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t p = 0; p < npanels; p++) GEMM_FN(pack_panel)(d, nr, p, packed + p * d->K * nr);
+        /* (implicit barrier: every panel is packed) */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t u = 0; u < nunits; u++) {
+            int stop;
+#ifdef _OPENMP
+#pragma omp atomic read
+#endif
+            stop = failed;
+            if (!stop) GEMM_FN(linear_unit)(d, kt, u, npanels, packed, c);
+        }
+        attn_scratch_free(c);
+    }
+    attn_scratch_free(packed);
+    return failed ? ATTN_ENOMEM : ATTN_OK;
+}
+
+#undef GEMM_FN
+#undef GEMM_CAT
+#undef GEMM_CAT_
