@@ -21,11 +21,15 @@ __version__ = "0.1.0"
 
 from ._config import config, show_config
 from .functional import dot_attention, merge_attention, scaled_dot_product_attention
+from .scoring import additive_attention, concat_attention, general_attention
 
 __all__ = [
     "scaled_dot_product_attention",
     "dot_attention",
     "merge_attention",
+    "general_attention",
+    "additive_attention",
+    "concat_attention",
     "config",
     "show_config",
     "__version__",

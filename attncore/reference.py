@@ -141,6 +141,32 @@ def _finish(out, weights, lse, batch, Hq, Lq, Lk, Dv, flat, return_weights, retu
     return (res,) + extra if extra else res
 
 
+def _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
+         return_weights, return_lse):
+    """Common driver: make_score(Q, K) -> score(b, h, g, i, j) over nested lists."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
+    flat = q.ndim == 2
+    if flat:
+        q, k, v = q[None], k[None], v[None]
+    Hq, Lq, Dq = q.shape[-3:]
+    Hkv, Lk, Dk = k.shape[-3:]
+    Dv = v.shape[-1]
+    batch = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    Q = _lists(q, batch, (Hq, Lq, Dq))
+    K = _lists(k, batch, (Hkv, Lk, Dk))
+    Vl = _lists(v, batch, (Hkv, Lk, Dv))
+    o, w, s = _attention(make_score(Q, K), Q, K, Vl, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask,
+                         is_causal, dropout_p, seed, valid_lens)
+    return _finish(o, w, s, batch, Hq, Lq, Lk, Dv, flat, return_weights, return_lse)
+
+
+def _dot(x, y):
+    acc = 0.0
+    for a, b in zip(x, y):
+        acc += a * b
+    return acc
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *,
                                  return_weights=False, return_lse=False, num_threads=None,
@@ -157,30 +183,65 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> reference.scaled_dot_product_attention([[[1.0]]], [[[1.0]]], [[[2.0]]])
     array([[[2.]]])
     """
-    q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
-    flat = q.ndim == 2
-    if flat:
-        q, k, v = q[None], k[None], v[None]
-    Hq, Lq, D = q.shape[-3:]
-    Hkv, Lk, _ = k.shape[-3:]
-    Dv = v.shape[-1]
-    batch = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
     if scale is None:
+        D = np.shape(query)[-1]
         scale = 1.0 / math.sqrt(D) if D else 1.0
-    Q = _lists(q, batch, (Hq, Lq, D))
-    K = _lists(k, batch, (Hkv, Lk, D))
-    Vl = _lists(v, batch, (Hkv, Lk, Dv))
 
-    def score(b, h, g, i, j):
-        qi, kj = Q[b][h][i], K[b][g][j]
-        acc = 0.0
-        for d in range(D):
-            acc += qi[d] * kj[d]
-        return scale * acc
+    def make_score(Q, K):
+        return lambda b, h, g, i, j: scale * _dot(Q[b][h][i], K[b][g][j])
 
-    o, w, s = _attention(score, Q, K, Vl, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_causal,
-                         dropout_p, seed, valid_lens)
-    return _finish(o, w, s, batch, Hq, Lq, Lk, Dv, flat, return_weights, return_lse)
+    return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
+                return_weights, return_lse)
+
+
+def general_attention(query, key, value, weight, attn_mask=None, is_causal=False, scale=1.0, *,
+                      return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
+                      enable_gqa=False):
+    """Reference general attention: score = scale * sum_a sum_b q_a W_ab k_b."""
+    W = np.asarray(weight, dtype=np.float64).tolist()
+
+    def make_score(Q, K):
+        def score(b, h, g, i, j):
+            q, k = Q[b][h][i], K[b][g][j]
+            return scale * sum(q[a] * _dot(W[a], k) for a in range(len(q)))
+        return score
+
+    return _run(make_score, query, key, value, attn_mask, 0.0, is_causal, None, valid_lens,
+                return_weights, return_lse)
+
+
+def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, attn_mask=None,
+                       is_causal=False, *, return_weights=False, return_lse=False,
+                       num_threads=None, valid_lens=None, enable_gqa=False):
+    """Reference additive attention: score = sum_h w_h tanh(Wq_h . q + Wk_h . k + b_h)."""
+    Wq = np.asarray(w_query, dtype=np.float64).tolist()
+    Wk = np.asarray(w_key, dtype=np.float64).tolist()
+    w = np.asarray(w_score, dtype=np.float64).tolist()
+    bias = [0.0] * len(w) if bias is None else np.asarray(bias, dtype=np.float64).tolist()
+
+    def make_score(Q, K):
+        def score(b, h, g, i, j):
+            q, k = Q[b][h][i], K[b][g][j]
+            return sum(w[t] * math.tanh(_dot(Wq[t], q) + _dot(Wk[t], k) + bias[t])
+                       for t in range(len(w)))
+        return score
+
+    return _run(make_score, query, key, value, attn_mask, 0.0, is_causal, None, valid_lens,
+                return_weights, return_lse)
+
+
+def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None, is_causal=False,
+                     *, return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
+                     enable_gqa=False):
+    """Reference concat attention: score = w^T [q; k] + b."""
+    wq = np.asarray(w_query, dtype=np.float64).tolist()
+    wk = np.asarray(w_key, dtype=np.float64).tolist()
+
+    def make_score(Q, K):
+        return lambda b, h, g, i, j: _dot(wq + wk, Q[b][h][i] + K[b][g][j]) + bias
+
+    return _run(make_score, query, key, value, attn_mask, 0.0, is_causal, None, valid_lens,
+                return_weights, return_lse)
 
 
 def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,

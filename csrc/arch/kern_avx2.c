@@ -86,10 +86,13 @@ static inline vec v_exp2(vec x)
 }
 
 /* 1 / (1 + 2^x), the core of tanh (vmath.h); see the AVX-512 version.
- * 2^x for x in [-64, 64] is built from exponent bits directly; the
- * reciprocal is an exact division (rcp's 12 bits plus one Newton step would
- * miss tanh's exact values at 0 and +-inf). */
-static inline vec v_inv1p_exp2(vec x)
+ * 2^x for x in [-64, 64] is built from exponent bits directly. */
+/* 1 / x by exact division (rcp's 12 bits plus one Newton step would miss
+ * tanh's exact values at 0 and +-inf). */
+static inline vec v_recip(vec x) { return _mm256_div_ps(_mm256_set1_ps(1.0f), x); }
+
+#define INV1P_SHIFT 0.0f
+static inline vec v_inv1p_exp2_shifted(vec x)
 {
     vec xc = _mm256_min_ps(_mm256_set1_ps(64.0f), _mm256_max_ps(_mm256_set1_ps(-64.0f), x));
     vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -102,7 +105,7 @@ static inline vec v_inv1p_exp2(vec x)
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D0));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     vec d = _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.0f));
-    return _mm256_div_ps(_mm256_set1_ps(1.0f), d);
+    return v_recip(d);
 }
 
 #include "../kernels/tiles.inc.c"

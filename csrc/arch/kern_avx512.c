@@ -66,24 +66,33 @@ static inline vec v_exp2(vec x)
     return _mm512_maskz_mov_ps(keep, r);
 }
 
-/* 1 / (1 + 2^x), the core of tanh (vmath.h): 2^x as in v_exp2 with a
- * degree-5 polynomial, the reciprocal by rcp14 and one Newton step.
- * x is clamped to [-64, 64] first, which keeps +-inf exact (r = 0 or 1);
- * NaN survives the clamps and every step. */
-static inline vec v_inv1p_exp2(vec x)
+/* 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh (vmath.h). The caller
+ * adds INV1P_SHIFT = 1/2 to x (for free, to a broadcast scalar), which lets
+ * the range reduction be a single vreduceps: f = x - floor(x) in [0, 1) and
+ * scalef(q(f), x) = q(f) 2^floor(x), with q(f) = 2^(f - 1/2) (degree 5,
+ * vmath.h). The reciprocal is rcp14 plus one Newton step. x is clamped to
+ * [-63.5, 64.5] first, which keeps +-inf exact (r = 0 or 1); NaN survives the
+ * clamps and every step. */
+/* 1 / x: rcp14 (14 bits) and one Newton step (about 2^-28 relative error,
+ * exact for powers of two). */
+static inline vec v_recip(vec x)
 {
-    vec xc = _mm512_min_ps(_mm512_set1_ps(64.0f), _mm512_max_ps(_mm512_set1_ps(-64.0f), x));
-    vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec f = _mm512_sub_ps(xc, n);
-    vec p = _mm512_set1_ps(ATTN_EXP2_D5);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D4));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D3));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D2));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D1));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_D0));
-    vec d = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, n));
-    vec r = _mm512_rcp14_ps(d);
-    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+    vec r = _mm512_rcp14_ps(x);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
+
+#define INV1P_SHIFT 0.5f
+static inline vec v_inv1p_exp2_shifted(vec x)
+{
+    vec xc = _mm512_min_ps(_mm512_set1_ps(64.5f), _mm512_max_ps(_mm512_set1_ps(-63.5f), x));
+    vec f = _mm512_reduce_ps(xc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    vec q = _mm512_set1_ps(ATTN_EXP2H_E5);
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E4));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E3));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E2));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E1));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E0));
+    return v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(q, xc)));
 }
 
 #include "../kernels/tiles.inc.c"

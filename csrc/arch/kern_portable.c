@@ -18,6 +18,7 @@ static inline double attn_inv1p_exp2_f64(double x) { return 1.0 / (1.0 + exp2(x)
 #define MR_PV 4
 #define ROWS_MAX 2
 #define MR_ADD 4
+#define INV1P_SHIFT 0.0f
 #define SCALAR_EXP2 attn_exp2_f32
 #define SCALAR_INV1P_EXP2 attn_inv1p_exp2_f32
 #define FN(name) name##_portable_f32
@@ -35,6 +36,7 @@ static inline double attn_inv1p_exp2_f64(double x) { return 1.0 / (1.0 + exp2(x)
 #undef ROWS_MAX
 #undef SCALAR_EXP2
 #undef SCALAR_INV1P_EXP2
+#undef INV1P_SHIFT
 #undef FN
 #undef KTAB_TYPE
 #undef KTAB_NAME
@@ -48,6 +50,7 @@ static inline double attn_inv1p_exp2_f64(double x) { return 1.0 / (1.0 + exp2(x)
 #define MR_PV 4
 #define ROWS_MAX 2
 #define SCALAR_EXP2 exp2
+#define INV1P_SHIFT 0.0
 #define SCALAR_INV1P_EXP2 attn_inv1p_exp2_f64
 #define FN(name) name##_portable_f64
 #define KTAB_TYPE attn_ktab_f64
@@ -68,6 +71,7 @@ static inline double attn_inv1p_exp2_f64(double x) { return 1.0 / (1.0 + exp2(x)
 #define v_hmax v64_hmax
 #define v_neginf_to_zero v64_neginf_to_zero
 #define v_exp2 v64_exp2
-#define v_inv1p_exp2 v64_inv1p_exp2
+#define v_inv1p_exp2_shifted v64_inv1p_exp2_shifted
+#define v_recip v64_recip
 #include "simd_generic.h"
 #include "../kernels/tiles.inc.c"

@@ -24,4 +24,5 @@ static inline T v_hsum(vec a) { T s = 0; for (int i = 0; i < VL; i++) s += a.x[i
 static inline T v_hmax(vec a) { T s = a.x[0]; for (int i = 1; i < VL; i++) s = a.x[i] > s ? a.x[i] : s; return s; }
 static inline vec v_neginf_to_zero(vec a) { for (int i = 0; i < VL; i++) if (a.x[i] == -INFINITY) a.x[i] = 0; return a; }
 static inline vec v_exp2(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_EXP2(a.x[i]); return a; }
-static inline vec v_inv1p_exp2(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_INV1P_EXP2(a.x[i]); return a; }
+static inline vec v_inv1p_exp2_shifted(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_INV1P_EXP2(a.x[i]); return a; }
+static inline vec v_recip(vec a) { for (int i = 0; i < VL; i++) a.x[i] = (T)1 / a.x[i]; return a; }

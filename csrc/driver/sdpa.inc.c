@@ -58,6 +58,7 @@ typedef struct {
     T qscale;          /* dot: scale * log2(e); additive: 2 log2(e) */
     T *wneg;           /* additive: -2 log2(e) w_score (D values) */
     T score_c;         /* additive: log2(e) sum_h w_score[h] */
+    T *fk;             /* additive, product form: e^(2 Kp), (B, Hkv, Lk, D) */
     T *partial;        /* nbase * nchunks * W * (Dv + 2) when nchunks > 1 */
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
@@ -103,6 +104,47 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
         x->counter = (uint64_t)flat * (uint64_t)d->Lk;
     }
     return (int)nr;
+}
+
+/* Row index of key 0 of base unit ub's kv head in (B, Hkv, Lk) order. */
+static int64_t SDPA_FN(kvbase_row)(const PLAN *P, int64_t ub)
+{
+    int64_t t = ub / P->npanels / P->ngroups;   /* = b * Hkv + hkv */
+    return t * P->d->Lk;
+}
+
+/* Whether every additive input is small enough for the product form:
+ * e^(2x) stays in [2^-63, 2^63] for |x| <= 63 / (2 log2 e), so products of
+ * a query and a key term never leave the float range. NaN fails the test. */
+static int SDPA_FN(additive_in_range)(const attn_sdpa_desc *d)
+{
+    const double limit = 63.0 / (2.0 * ATTN_LOG2E);
+    for (int64_t b = 0; b < d->B; b++)
+        for (int64_t h = 0; h < d->Hq; h++)
+            for (int64_t i = 0; i < d->Lq; i++) {
+                const T *x = (const T *)d->q + d->q_boff[b] + h * d->q_sh + i * d->q_sl;
+                for (int64_t c = 0; c < d->D; c++)
+                    if (!(fabs((double)x[c]) <= limit)) return 0;
+            }
+    for (int64_t b = 0; b < d->B; b++)
+        for (int64_t h = 0; h < d->Hkv; h++)
+            for (int64_t j = 0; j < d->Lk; j++) {
+                const T *x = (const T *)d->k + d->k_boff[b] + h * d->k_sh + j * d->k_sl;
+                for (int64_t c = 0; c < d->D; c++)
+                    if (!(fabs((double)x[c]) <= limit)) return 0;
+            }
+    return 1;
+}
+
+/* F = e^(2 Kp) for key row t of (B, Hkv, Lk) order. */
+static void SDPA_FN(additive_key_exp)(const PLAN *P, int64_t t)
+{
+    const attn_sdpa_desc *d = P->d;
+    int64_t j = t % d->Lk, bh = t / d->Lk, h = bh % d->Hkv, b = bh / d->Hkv;
+    const T *x = (const T *)d->k + d->k_boff[b] + h * d->k_sh + j * d->k_sl;
+    T *f = P->fk + t * d->D;
+    for (int64_t c = 0; c < d->D; c++) f[c] = x[c] * (T)(2.0 * ATTN_LOG2E);
+    P->kt->exp2(d->D, f, f);
 }
 
 /* K/V base pointers of base unit ub's kv head. */
@@ -237,6 +279,7 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
             for (int r = 0; r < nr; r++) qc[r] = rows[r].q[c] * P->qscale;
             for (int64_t r = nr; r < W; r++) qc[r] = 0;
         }
+        if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
         int64_t ot_elems = attn_round_up(Dv, kt->mr_pv) * W;
         for (int64_t i = 0; i < ot_elems; i++) obuf[i] = 0;
     }
@@ -247,8 +290,11 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
         const T *kb = kh + j0 * d->k_sl, *vb = vh + j0 * d->v_sl;
         if (P->rows_path)
             kt->qk_rows(D, qbuf, P->ld_q, nr, kb, d->k_sl, nk, sbuf, P->ld_s);
+        else if (P->fk)
+            kt->additive_panel_exp(D, P->fk + (SDPA_FN(kvbase_row)(P, ub) + j0) * D, D, nk, qbuf, P->wneg,
+                                   P->score_c, sbuf);
         else if (d->score_kind == ATTN_SCORE_ADDITIVE)
-            kt->additive_panel(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
+            kt->additive_panel_tanh(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
         else
             kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, 0);
 
@@ -398,12 +444,20 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
             sum += (double)w;
         }
         P.score_c = (T)(ATTN_LOG2E * sum);
+        if (d->D > 0 && d->Lk > 0 && SDPA_FN(additive_in_range)(d)) {
+            P.fk = (T *)attn_scratch_alloc((size_t)(d->B * d->Hkv * d->Lk * d->D) * sizeof(T));
+            if (!P.fk) {
+                attn_scratch_free(P.wneg);
+                return ATTN_ENOMEM;
+            }
+        }
     }
     if (P.nchunks > 1) {
         size_t n = (size_t)(P.nbase * P.nchunks * P.W * (d->Dv + 2));
         P.partial = (T *)attn_scratch_alloc(n * sizeof(T));
         if (!P.partial) {
             attn_scratch_free(P.wneg);
+            attn_scratch_free(P.fk);
             return ATTN_ENOMEM;
         }
     }
@@ -421,6 +475,13 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #pragma omp atomic write
 #endif
             failed = 1;
+        }
+        if (P.fk) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t t = 0; t < d->B * d->Hkv * d->Lk; t++) SDPA_FN(additive_key_exp)(&P, t);
+            /* (implicit barrier: F is complete) */
         }
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -445,6 +506,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     }
     attn_scratch_free(P.partial);
     attn_scratch_free(P.wneg);
+    attn_scratch_free(P.fk);
     return failed ? ATTN_ENOMEM : ATTN_OK;
 }
 

@@ -57,12 +57,16 @@
         void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
                         const T *v, int64_t ldv, int64_t Dv, const T *alpha,   \
                         T *o, int64_t ldo);                                    \
-        /* additive scores: St[j][:] = c + sum_h wneg[h] / (1 + 2^(Qt[h][:]  */ \
-        /*   + kscale * K[j][h])), i.e. c + log2e sum_h w_h tanh(q_h + k_h)  */ \
-        /*   when Qt holds 2 log2e (Qp + b), kscale = 2 log2e,               */ \
-        /*   wneg = -2 log2e w and c = log2e sum_h w_h                       */ \
-        void (*additive_panel)(int64_t H, const T *k, int64_t ldk, int64_t nk, \
-                               const T *qt, const T *wneg, T c, T *st);        \
+        /* additive scores c + log2e sum_h w_h tanh(q_h + k_h) in log2     */ \
+        /* units, wneg = -2 log2e w, c = log2e sum_h w_h (tiles.inc.c):     */ \
+        /* _exp takes Et = e^(2 Qp) and F = e^(2 Kp) (inputs in range),     */ \
+        /* _tanh takes Qt = 2 log2e Qp and Kp itself (any inputs)           */ \
+        void (*additive_panel_exp)(int64_t H, const T *f, int64_t ldf,        \
+                                   int64_t nk, const T *et, const T *wneg,    \
+                                   T c, T *st);                                \
+        void (*additive_panel_tanh)(int64_t H, const T *k, int64_t ldk,       \
+                                    int64_t nk, const T *qt, const T *wneg,   \
+                                    T c, T *st);                               \
         /* y = exp2(x), the softmax's vector exp (exposed for tests)        */ \
         void (*exp2)(int64_t n, const T *x, T *y);                             \
         /* y = tanh(x), the additive score's vector tanh (for tests)         */ \

@@ -12,7 +12,10 @@
  *   KTAB_TYPE, KTAB_NAME, ISA_NAME   the table this unit exports
  *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_fma
  *   v_max v_hsum v_hmax v_neginf_to_zero v_exp2
- *   v_inv1p_exp2 (x -> 1 / (1 + 2^x), the core of tanh; see vmath.h)
+ *   v_inv1p_exp2_shifted, INV1P_SHIFT
+ *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
+ *                        (vmath.h); callers add the shift to a scalar for free
+ *   v_recip              1 / x to float precision
  *   MR_ADD               register-tile height of the additive scores
  *
  * Preconditions shared by all kernels (the drivers guarantee them):
@@ -330,18 +333,65 @@ static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
 /* ------------------------------------------------------------------------ */
 
 /*
- * St[j][:] = c + sum_{h<H} wneg[h] * 1 / (1 + 2^(Qt[h][:] + kscale * K[j][h]))
+ * St[j][:] = c + sum_{h<H} wneg[h] * 1 / (1 + Et[h][:] * F[j][h])
  *
- * With Qt = 2 log2e (Qp + b), kscale = 2 log2e, wneg = -2 log2e w and
+ * With Et = e^(2 (Qp + b)), F = e^(2 Kp), wneg = -2 log2e w and
  * c = log2e sum_h w_h this is log2e * sum_h w_h tanh(Qp + b + Kp), the
- * additive score in log2 units, because tanh(x) = 1 - 2 / (1 + e^(2x)).
- * The (Lq, Lk, H) tensor of tanh arguments exists only in registers: one
- * MR_ADD x NV tile of it per step over h.
+ * additive score in log2 units, because tanh(x) = 1 - 2 / (1 + e^(2x)) and
+ * e^(2(a + b)) = e^(2a) e^(2b): the exponentials are taken once per query
+ * and once per key (O((Lq + Lk) H)), and each of the Lq Lk H terms costs one
+ * FMA, a reciprocal and the accumulating FMA. The driver uses this form when
+ * every |Qp + b| and |Kp| is small enough for the products to stay inside
+ * the float range, else additive_panel_tanh. The (Lq, Lk, H) tensor exists
+ * only in registers: one MR_ADD x NV tile of it per step over h.
  */
-static void FN(additive_panel)(int64_t H, const T *k, int64_t ldk, int64_t nk,
+static void FN(additive_panel_exp)(int64_t H, const T *f, int64_t ldf, int64_t nk,
+                                   const T *et, const T *wneg, T c, T *st)
+{
+    const vec one = v_set1((T)1);
+    for (int64_t j0 = 0; j0 < nk; j0 += MR_ADD) {
+        const T *frow[MR_ADD];
+        for (int m = 0; m < MR_ADD; m++) {
+            int64_t j = j0 + m < nk ? j0 + m : nk - 1;
+            frow[m] = f + j * ldf;
+        }
+        vec acc[MR_ADD][NV];
+#pragma GCC unroll 8
+        for (int m = 0; m < MR_ADD; m++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[m][v] = v_set1(c);
+        const T *b = et;
+        for (int64_t h = 0; h < H; h++, b += NR) {
+            vec ev[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) ev[v] = v_load(b + v * VL);
+            vec w = v_set1(wneg[h]);
+#pragma GCC unroll 8
+            for (int m = 0; m < MR_ADD; m++) {
+                vec fb = v_set1(frow[m][h]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[m][v] = v_fma(w, v_recip(v_fma(ev[v], fb, one)), acc[m][v]);
+            }
+        }
+        T *out = st + j0 * NR;
+#pragma GCC unroll 8
+        for (int m = 0; m < MR_ADD; m++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) v_store(out + m * NR + v * VL, acc[m][v]);
+    }
+}
+
+/*
+ * The same scores for any inputs (large, infinite or NaN included):
+ * St[j][:] = c + sum_{h<H} wneg[h] * 1 / (1 + 2^(Qt[h][:] + kscale * K[j][h]))
+ * with Qt = 2 log2e (Qp + b) and kscale = 2 log2e, evaluating
+ * 1 / (1 + 2^x) per term with the vector tanh core (vmath.h).
+ */
+static void FN(additive_panel_tanh)(int64_t H, const T *k, int64_t ldk, int64_t nk,
                                const T *qt, const T *wneg, T c, T *st)
 {
-    const T kscale = (T)(2.0 * ATTN_LOG2E);
+    const T kscale = (T)(2.0 * ATTN_LOG2E), shift = (T)INV1P_SHIFT;
     for (int64_t j0 = 0; j0 < nk; j0 += MR_ADD) {
         const T *krow[MR_ADD];
         for (int m = 0; m < MR_ADD; m++) {
@@ -361,10 +411,10 @@ static void FN(additive_panel)(int64_t H, const T *k, int64_t ldk, int64_t nk,
             vec w = v_set1(wneg[h]);
 #pragma GCC unroll 8
             for (int m = 0; m < MR_ADD; m++) {
-                vec kb = v_set1(krow[m][h] * kscale);
+                vec kb = v_set1(krow[m][h] * kscale + shift);
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++)
-                    acc[m][v] = v_fma(w, v_inv1p_exp2(v_add(qv[v], kb)), acc[m][v]);
+                    acc[m][v] = v_fma(w, v_inv1p_exp2_shifted(v_add(qv[v], kb)), acc[m][v]);
             }
         }
         T *out = st + j0 * NR;
@@ -380,7 +430,7 @@ static void FN(additive_panel)(int64_t H, const T *k, int64_t ldk, int64_t nk,
 /* tanh(x) = 1 - 2 / (1 + 2^(2 log2e x)), exactly as additive_panel computes it. */
 static inline vec FN(tanh_vec)(vec x)
 {
-    vec r = v_inv1p_exp2(v_mul(x, v_set1((T)(2.0 * ATTN_LOG2E))));
+    vec r = v_inv1p_exp2_shifted(v_fma(x, v_set1((T)(2.0 * ATTN_LOG2E)), v_set1((T)INV1P_SHIFT)));
     return v_fma(v_set1((T)-2), r, v_set1((T)1));
 }
 
@@ -411,7 +461,8 @@ const KTAB_TYPE KTAB_NAME = {
     FN(qk_rows),
     FN(softmax_rows),
     FN(pv_rows),
-    FN(additive_panel),
+    FN(additive_panel_exp),
+    FN(additive_panel_tanh),
     FN(exp2_array),
     FN(tanh_array),
 };

@@ -48,6 +48,15 @@
 #define ATTN_EXP2_D4 0.009671698324382305f
 #define ATTN_EXP2_D5 0.0013218672247603536f
 
+/* The same polynomial in f' = f + 1/2 in [0, 1): q(f') = 2^(f' - 1/2), for
+ * range reductions that produce f - floor(f) (AVX-512's vreduceps). */
+#define ATTN_EXP2H_E0 0.7071067094802856f
+#define ATTN_EXP2H_E1 0.4901334345340729f
+#define ATTN_EXP2H_E2 0.16981419920921326f
+#define ATTN_EXP2H_E3 0.03947020322084427f
+#define ATTN_EXP2H_E4 0.0063670300878584385f
+#define ATTN_EXP2H_E5 0.0013218672247603536f
+
 /* 2^e for an integer e in [-126, 127], built from its bit pattern. */
 static inline float attn_pow2i_f32(int32_t e)
 {
