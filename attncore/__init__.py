@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 from ._config import config, show_config
 from .functional import dot_attention, merge_attention, scaled_dot_product_attention
+from .modules import KVCache, MultiHeadAttention
 from .scoring import additive_attention, concat_attention, general_attention
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "general_attention",
     "additive_attention",
     "concat_attention",
+    "MultiHeadAttention",
+    "KVCache",
     "config",
     "show_config",
     "__version__",

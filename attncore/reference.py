@@ -278,3 +278,59 @@ def merge_attention(parts):
         merged_lse.append(top + math.log(total))
     return (np.array(merged, dtype=np.float64).reshape(shape),
             np.array(merged_lse, dtype=np.float64).reshape(shape[:-1]))
+
+
+def linear(x, weight, bias=None):
+    """Reference y = x W^T + b over the last axis (nested lists, float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    W = np.asarray(weight, dtype=np.float64).tolist()
+    b = [0.0] * len(W) if bias is None else np.asarray(bias, dtype=np.float64).tolist()
+    rows = x.reshape(-1, x.shape[-1]).tolist()
+    out = [[_dot(r, W[n]) + b[n] for n in range(len(W))] for r in rows]
+    return np.array(out, dtype=np.float64).reshape(x.shape[:-1] + (len(W),))
+
+
+class MultiHeadAttention:
+    """Reference multi-head attention with attncore.MultiHeadAttention's
+    parameters and call signature (no kv_cache): pure-Python projections and
+    reference SDPA per head, torch's mask conventions.
+
+    Build it from a fast layer: ``reference.MultiHeadAttention(layer)``.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, query, key=None, value=None, *, key_padding_mask=None, attn_mask=None,
+                 is_causal=False, need_weights=False, average_attn_weights=True, num_threads=None):
+        m = self.layer
+        H, Hkv, Dh, E = m.num_heads, m.num_kv_heads, m.head_dim, m.embed_dim
+        x = np.asarray(query, dtype=np.float64)
+        kx = x if key is None else np.asarray(key, dtype=np.float64)
+        vx = kx if value is None else np.asarray(value, dtype=np.float64)
+        unbatched = x.ndim == 2
+        if unbatched:
+            x, kx, vx = x[None], kx[None], vx[None]
+        Wq, Wk, Wv, bq, bk, bv = m._projections()
+        q = linear(x, Wq, bq)
+        k = linear(kx, Wk, bk)
+        v = linear(vx, Wv, bv)
+        B, Lq, Lk = x.shape[0], x.shape[1], kx.shape[1]
+        split = lambda t, n: t.reshape(B, t.shape[1], n, Dh).transpose(0, 2, 1, 3)
+        q, k, v = split(q, H), split(k, Hkv), split(v, Hkv)
+        allowed = np.zeros((B, H, Lq, Lk))  # additive form of every mask
+        if key_padding_mask is not None:
+            kpm = np.asarray(key_padding_mask).reshape(B, 1, 1, Lk)
+            allowed = allowed + (np.where(kpm, -np.inf, 0.0) if kpm.dtype == np.bool_ else kpm)
+        if attn_mask is not None:
+            am = np.asarray(attn_mask)
+            am = am.reshape(B, H, Lq, Lk) if am.ndim == 3 else am
+            allowed = allowed + (np.where(am, -np.inf, 0.0) if am.dtype == np.bool_ else am)
+        out, w = scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=bool(is_causal),
+                                              enable_gqa=True, return_weights=True)
+        out = linear(out.transpose(0, 2, 1, 3).reshape(B, Lq, E), m.out_proj.weight, m.out_proj.bias)
+        weights = (w.mean(axis=1) if average_attn_weights else w) if need_weights else None
+        if unbatched:
+            out = out[0]
+            weights = weights[0] if weights is not None else None
+        return out, weights

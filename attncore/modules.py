@@ -1,0 +1,463 @@
+"""MultiHeadAttention (torch.nn.MultiheadAttention-compatible, batch_first)
+and KVCache (preallocated key/value buffers for token-by-token decoding).
+
+Projections run on attncore's own GEMM (attncore/_linalg.py) and attention on
+the fused SDPA kernel; heads are views, never copies: the projected (B, L, H*Dh)
+arrays are read as (B, H, L, Dh) through their strides, and the kernel writes
+its output straight into the (B, L, H*Dh) buffer that the output projection
+reads.
+"""
+import math
+
+import numpy as np
+
+from . import _engine, _linalg
+from . import _validate as V
+
+_MHA = "MultiHeadAttention"
+
+
+class KVCache:
+    """Preallocated per-layer key/value buffers for incremental decoding.
+
+    Keys and values live in (B, H, capacity, Dh) arrays; the first ``len(cache)``
+    positions are valid. ``MultiHeadAttention(..., kv_cache=cache)`` appends the
+    new keys/values and attends over every cached position.
+
+    Parameters
+    ----------
+    max_len : int
+        Capacity in positions. Appending past it raises ValueError, unless
+        ``grow=True``, in which case the buffers double in size as needed.
+    num_heads : int
+        Key/value heads (num_kv_heads of the attention layer).
+    head_dim : int
+        Size of one head.
+    batch_size : int, optional
+        Allocate now for this batch size; otherwise at the first append.
+    dtype : float32 (default) or float64
+    grow : bool
+        Double the capacity instead of failing when full.
+
+    Example
+    -------
+    >>> import numpy as np, attncore
+    >>> cache = attncore.KVCache(max_len=16, num_heads=2, head_dim=4)
+    >>> k = np.ones((1, 2, 3, 4), np.float32)
+    >>> cache.append(k, k)
+    >>> len(cache), cache.keys.shape
+    (3, (1, 2, 3, 4))
+    """
+
+    def __init__(self, max_len, num_heads, head_dim, *, batch_size=None, dtype=np.float32,
+                 grow=False):
+        for name, value in (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"KVCache: dtype must be float32 or float64; got {dtype}")
+        self.max_len = int(max_len)
+        self.num_heads = int(num_heads)
+        self.head_dim = int(head_dim)
+        self.dtype = dtype
+        self.grow = bool(grow)
+        self._length = 0
+        self._k = self._v = None
+        if batch_size is not None:
+            self._allocate(int(batch_size), self.max_len)
+
+    def _allocate(self, batch, capacity):
+        shape = (batch, self.num_heads, capacity, self.head_dim)
+        k, v = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
+        if self._k is not None and self._length:
+            k[:, :, :self._length] = self._k[:, :, :self._length]
+            v[:, :, :self._length] = self._v[:, :, :self._length]
+        self._k, self._v = k, v
+
+    def __len__(self):
+        return self._length
+
+    @property
+    def capacity(self):
+        return self._k.shape[2] if self._k is not None else self.max_len
+
+    @property
+    def keys(self):
+        """(B, H, len, Dh) view of the cached keys."""
+        return self._k[:, :, :self._length] if self._k is not None else None
+
+    @property
+    def values(self):
+        """(B, H, len, Dh) view of the cached values."""
+        return self._v[:, :, :self._length] if self._v is not None else None
+
+    def append(self, key, value):
+        """Append keys/values of shape (B, H, T, Dh) (T new positions)."""
+        key, value = np.asarray(key), np.asarray(value)
+        expect = f"(B, {self.num_heads}, T, {self.head_dim})"
+        for name, a in (("key", key), ("value", value)):
+            if a.ndim != 4 or a.shape[1] != self.num_heads or a.shape[3] != self.head_dim:
+                raise ValueError(f"KVCache.append: {name} must have shape {expect}; got {a.shape}")
+            if a.dtype != self.dtype:
+                raise TypeError(f"KVCache.append: {name} has dtype {a.dtype}; the cache holds {self.dtype}")
+        if key.shape != value.shape:
+            raise ValueError(f"KVCache.append: key {key.shape} and value {value.shape} differ")
+        batch, steps = key.shape[0], key.shape[2]
+        if self._k is None:
+            self._allocate(batch, self.max_len)
+        elif batch != self._k.shape[0]:
+            raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
+                             f"{self._k.shape[0]} (reset() the cache for a new batch)")
+        need = self._length + steps
+        if need > self._k.shape[2]:
+            if not self.grow:
+                raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
+                                 f"max_len={self.max_len} (use a larger max_len or grow=True)")
+            capacity = self._k.shape[2]
+            while capacity < need:
+                capacity *= 2
+            self._allocate(batch, capacity)
+        self._k[:, :, self._length:need] = key
+        self._v[:, :, self._length:need] = value
+        self._length = need
+
+    def reset(self):
+        """Forget every cached position (buffers are kept for reuse)."""
+        self._length = 0
+        if self._k is not None and self._k.shape[2] != self.max_len:
+            self._k = self._v = None
+
+    def __repr__(self):
+        return (f"KVCache(len={self._length}, capacity={self.capacity}, num_heads={self.num_heads}, "
+                f"head_dim={self.head_dim}, dtype={self.dtype})")
+
+
+class _Linear:
+    """Holds out_proj.weight / out_proj.bias like torch.nn.Linear."""
+
+    def __init__(self, weight, bias):
+        self.weight = weight
+        self.bias = bias
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class MultiHeadAttention:
+    """Multi-head attention, compatible with torch.nn.MultiheadAttention(batch_first=True).
+
+    ``out, weights = mha(query, key=None, value=None, *, key_padding_mask=None,
+    attn_mask=None, is_causal=False, need_weights=False, average_attn_weights=True,
+    kv_cache=None)``
+
+    Parameters
+    ----------
+    embed_dim : int
+        E, the model size; query features and output size.
+    num_heads : int
+        Query heads H; head size Dh = E // H.
+    num_kv_heads : int, optional
+        Key/value heads for grouped-query attention (H a multiple of it);
+        default num_heads.
+    kdim, vdim : int, optional
+        Key / value input features (default E).
+    bias : bool
+        Projection biases on/off.
+    dtype : float32 (default) or float64
+    seed : int, optional
+        Deterministic initialisation (xavier-uniform projections and zero
+        biases like torch; out_proj like torch.nn.Linear).
+
+    Parameters are NumPy arrays with PyTorch's names and shapes:
+    ``in_proj_weight (3E, E)``, ``in_proj_bias (3E,)``, ``out_proj.weight (E, E)``,
+    ``out_proj.bias (E,)``; or ``q_proj_weight (E, E)``, ``k_proj_weight
+    (Hkv*Dh, kdim)``, ``v_proj_weight (Hkv*Dh, vdim)`` when kdim/vdim differ from
+    E or num_kv_heads differs from num_heads (in_proj_bias is then
+    (E + 2*Hkv*Dh,)).
+
+    Masks follow ``torch.nn.MultiheadAttention``:
+
+    - ``key_padding_mask`` (B, Lk): **True = padding, ignored** (or float, added).
+    - ``attn_mask`` (Lq, Lk) or (B*H, Lq, Lk): **bool True = NOT allowed to
+      attend** (or float, added to the scores). **This is the opposite of
+      scaled_dot_product_attention's bool attn_mask, where True = may attend.**
+    - ``is_causal=True`` applies a causal mask (query i sees keys j <= i).
+    - With ``kv_cache``, the new keys/values are appended to the cache and the
+      queries attend over every cached position with bottom-right causal
+      alignment (the queries are the newest positions).
+
+    Returns (out (B, Lq, E), weights): weights is None unless ``need_weights``;
+    then (B, Lq, Lk) averaged over heads, or (B, H, Lq, Lk) with
+    ``average_attn_weights=False``. Unbatched (L, E) inputs give (L, E) outputs.
+    A query that can see no key gives a zero attention output (not NaN).
+
+    Example
+    -------
+    >>> import numpy as np, attncore
+    >>> mha = attncore.MultiHeadAttention(16, 4, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
+    >>> y, w = mha(x, need_weights=True)
+    >>> y.shape, w.shape
+    ((2, 5, 16), (2, 5, 5))
+    """
+
+    def __init__(self, embed_dim, num_heads, *, num_kv_heads=None, kdim=None, vdim=None,
+                 bias=True, dtype=np.float32, seed=None):
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{_MHA}: {name} must be a positive int; got {value!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"{_MHA}: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, (int, np.integer)) \
+                or num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"{_MHA}: num_kv_heads must divide num_heads ({num_heads}); got {num_kv_heads!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{_MHA}: dtype must be float32 or float64; got {dtype}")
+        self.embed_dim = int(embed_dim)
+        self.num_heads = int(num_heads)
+        self.num_kv_heads = int(num_kv_heads)
+        self.head_dim = self.embed_dim // self.num_heads
+        self.kdim = self.embed_dim if kdim is None else int(kdim)
+        self.vdim = self.embed_dim if vdim is None else int(vdim)
+        self.bias = bool(bias)
+        self.dtype = dtype
+        self.kv_dim = self.num_kv_heads * self.head_dim
+        self.packed = (self.kdim == self.embed_dim and self.vdim == self.embed_dim
+                       and self.num_kv_heads == self.num_heads)
+        self._init_parameters(seed)
+
+    # -- parameters ----------------------------------------------------------
+
+    def _init_parameters(self, seed):
+        rng = np.random.default_rng(seed)
+        E = self.embed_dim
+
+        def xavier(shape):
+            bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+            return rng.uniform(-bound, bound, shape).astype(self.dtype)
+
+        if self.packed:
+            self.in_proj_weight = xavier((3 * E, E))
+            self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+        else:
+            self.in_proj_weight = None
+            self.q_proj_weight = xavier((E, E))
+            self.k_proj_weight = xavier((self.kv_dim, self.kdim))
+            self.v_proj_weight = xavier((self.kv_dim, self.vdim))
+        self.in_proj_bias = np.zeros(E + 2 * self.kv_dim, self.dtype) if self.bias else None
+        bound = 1.0 / math.sqrt(E)
+        self.out_proj = _Linear(rng.uniform(-bound, bound, (E, E)).astype(self.dtype),
+                                np.zeros(E, self.dtype) if self.bias else None)
+
+    def _expected_shapes(self):
+        E = self.embed_dim
+        shapes = {"out_proj.weight": (E, E)}
+        if self.packed:
+            shapes["in_proj_weight"] = (3 * E, E)
+        else:
+            shapes.update({"q_proj_weight": (E, E), "k_proj_weight": (self.kv_dim, self.kdim),
+                           "v_proj_weight": (self.kv_dim, self.vdim)})
+        if self.bias:
+            shapes["in_proj_bias"] = (E + 2 * self.kv_dim,)
+            shapes["out_proj.bias"] = (E,)
+        return shapes
+
+    def state_dict(self):
+        """The parameters under torch.nn.MultiheadAttention's state_dict keys."""
+        out = {}
+        for name in self._expected_shapes():
+            out[name] = self._get(name)
+        return out
+
+    def _get(self, name):
+        if name == "out_proj.weight":
+            return self.out_proj.weight
+        if name == "out_proj.bias":
+            return self.out_proj.bias
+        return getattr(self, name)
+
+    def load_state_dict(self, state):
+        """Load parameters from a dict of arrays or torch tensors with the keys of
+        ``torch.nn.MultiheadAttention.state_dict()`` (extra keys such as
+        ``bias_k`` that this class does not model are an error)."""
+        expected = self._expected_shapes()
+        given = {k: v for k, v in dict(state).items() if v is not None}
+        missing = sorted(set(expected) - set(given))
+        unexpected = sorted(set(given) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{_MHA}.load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        arrays = {}
+        for name, shape in expected.items():
+            a = _to_numpy(given[name])
+            if a.shape != shape:
+                raise ValueError(f"{_MHA}.load_state_dict: {name} has shape {a.shape}; expected {shape}")
+            if not np.issubdtype(a.dtype, np.floating):
+                raise TypeError(f"{_MHA}.load_state_dict: {name} has dtype {a.dtype}")
+            arrays[name] = np.array(a, dtype=self.dtype)  # a private copy
+        for name, a in arrays.items():
+            if name == "out_proj.weight":
+                self.out_proj.weight = a
+            elif name == "out_proj.bias":
+                self.out_proj.bias = a
+            else:
+                setattr(self, name, a)
+
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        """Build from a live ``torch.nn.MultiheadAttention`` (any batch_first;
+        attncore's layout is batch-first). Unsupported options (bias_k/bias_v,
+        add_zero_attn) are an error."""
+        if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
+            raise ValueError(f"{_MHA}.from_torch: add_bias_kv / add_zero_attn are not supported")
+        state = module.state_dict()
+        weight = state.get("in_proj_weight", state.get("q_proj_weight"))
+        if dtype is None:
+            dtype = np.float64 if str(weight.dtype) == "torch.float64" else np.float32
+        mha = cls(module.embed_dim, module.num_heads, kdim=module.kdim, vdim=module.vdim,
+                  bias=module.in_proj_bias is not None, dtype=dtype)
+        mha.load_state_dict(state)
+        return mha
+
+    def _projections(self):
+        """(Wq, Wk, Wv, bq, bk, bv) as views of the parameters."""
+        E, kv = self.embed_dim, self.kv_dim
+        if self.packed:
+            W = self.in_proj_weight
+            Wq, Wk, Wv = W[:E], W[E:E + kv], W[E + kv:]
+        else:
+            Wq, Wk, Wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b = self.in_proj_bias
+        if b is None:
+            return Wq, Wk, Wv, None, None, None
+        return Wq, Wk, Wv, b[:E], b[E:E + kv], b[E + kv:]
+
+    # -- forward -------------------------------------------------------------
+
+    def __call__(self, query, key=None, value=None, *, key_padding_mask=None, attn_mask=None,
+                 is_causal=False, need_weights=False, average_attn_weights=True, kv_cache=None,
+                 num_threads=None):
+        threads = V.num_threads(_MHA, num_threads)
+        q_in = self._input("query", query, self.embed_dim)
+        if key is None and (self.kdim != self.embed_dim or self.vdim != self.embed_dim):
+            raise ValueError(f"{_MHA}: self-attention (key=None) needs kdim = vdim = embed_dim; "
+                             f"this layer has kdim={self.kdim}, vdim={self.vdim}")
+        k_in = q_in if key is None else self._input("key", key, self.kdim)
+        v_in = k_in if value is None else self._input("value", value, self.vdim)
+        self_attention = k_in is q_in and v_in is q_in
+        unbatched = q_in.ndim == 2
+        if {k_in.ndim, v_in.ndim} != {q_in.ndim}:
+            raise ValueError(f"{_MHA}: query, key and value must all be batched (B, L, E) or all "
+                             f"unbatched (L, E); got {q_in.shape}, {k_in.shape}, {v_in.shape}")
+        if unbatched:
+            q_in, k_in, v_in = q_in[None], k_in[None], v_in[None]
+        B, Lq, _ = q_in.shape
+        if k_in.shape[0] != B or v_in.shape[0] != B:
+            raise ValueError(f"{_MHA}: batch sizes differ: query {q_in.shape}, key {k_in.shape}, "
+                             f"value {v_in.shape}")
+        if k_in.shape[1] != v_in.shape[1]:
+            raise ValueError(f"{_MHA}: key and value lengths differ: key {k_in.shape}, value {v_in.shape}")
+
+        H, Hkv, Dh, E = self.num_heads, self.num_kv_heads, self.head_dim, self.embed_dim
+        Wq, Wk, Wv, bq, bk, bv = self._projections()
+        if self.packed and self_attention:
+            qkv = _linalg.linear(q_in, self.in_proj_weight, self.in_proj_bias, threads)
+            q, k, v = qkv[..., :E], qkv[..., E:2 * E], qkv[..., 2 * E:]
+        else:
+            q = _linalg.linear(q_in, Wq, bq, threads)
+            k = _linalg.linear(k_in, Wk, bk, threads)
+            v = _linalg.linear(v_in, Wv, bv, threads)
+        # heads as strided views: (B, L, H*Dh) -> (B, H, L, Dh)
+        heads = lambda x, n: x.reshape(x.shape[0], x.shape[1], n, Dh).transpose(0, 2, 1, 3)
+        q, k, v = heads(q, H), heads(k, Hkv), heads(v, Hkv)
+
+        causal = "top_left" if is_causal else False
+        if kv_cache is not None:
+            if not isinstance(kv_cache, KVCache):
+                raise TypeError(f"{_MHA}: kv_cache must be an attncore.KVCache; got {type(kv_cache).__name__}")
+            if (kv_cache.num_heads, kv_cache.head_dim, kv_cache.dtype) != (Hkv, Dh, self.dtype):
+                raise ValueError(f"{_MHA}: kv_cache holds {kv_cache.num_heads} heads of size "
+                                 f"{kv_cache.head_dim} ({kv_cache.dtype}); this layer needs {Hkv} "
+                                 f"heads of size {Dh} ({self.dtype})")
+            kv_cache.append(k, v)
+            k, v = kv_cache.keys, kv_cache.values
+            causal = "bottom_right"
+        Lk = k.shape[2]
+        mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
+
+        attn = np.empty((B, Lq, H, Dh), self.dtype)
+        p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
+                            batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh, params={})
+        res = _engine.run(_MHA, p, q, k, scale=1.0 / math.sqrt(Dh), attn_mask=mask,
+                          is_causal=causal, num_threads=threads,
+                          out=attn.transpose(0, 2, 1, 3), return_weights=need_weights)
+        weights = None
+        if need_weights:
+            weights = res[1].mean(axis=1) if average_attn_weights else res[1]
+        out = _linalg.linear(attn.reshape(B, Lq, E), self.out_proj.weight, self.out_proj.bias, threads)
+        if unbatched:
+            out = out[0]
+            weights = weights[0] if weights is not None else None
+        return out, weights
+
+    def _input(self, name, x, features):
+        a = V.as_array(x, name)
+        if a.dtype != self.dtype:
+            if not np.issubdtype(a.dtype, np.floating):
+                raise TypeError(f"{_MHA}: {name} must be a float array; got dtype {a.dtype}")
+            raise TypeError(f"{_MHA}: {name} has dtype {a.dtype}; this layer is {self.dtype} "
+                            f"(cast the input or build the layer with dtype={a.dtype})")
+        if a.ndim not in (2, 3) or a.shape[-1] != features:
+            raise ValueError(f"{_MHA}: {name} must have shape (B, L, {features}) or (L, {features}); "
+                             f"got {a.shape}")
+        return a
+
+    def _merge_masks(self, key_padding_mask, attn_mask, B, Lq, Lk, unbatched):
+        """torch's MHA masks -> one SDPA mask (bool: True = may attend, or float
+        added), broadcastable to (B, H, Lq, Lk)."""
+        masks = []
+        if key_padding_mask is not None:
+            kpm = V.as_array(key_padding_mask, "key_padding_mask")
+            want = (Lk,) if unbatched else (B, Lk)
+            if kpm.shape != want:
+                raise ValueError(f"{_MHA}: key_padding_mask must have shape {want} (True = padding); "
+                                 f"got {kpm.shape}")
+            kpm = kpm.reshape(B, 1, 1, Lk)
+            masks.append(self._as_sdpa_mask("key_padding_mask", kpm))
+        if attn_mask is not None:
+            am = V.as_array(attn_mask, "attn_mask")
+            if am.shape == (Lq, Lk):
+                pass
+            elif am.shape == (B * self.num_heads, Lq, Lk):
+                am = am.reshape(B, self.num_heads, Lq, Lk)
+            else:
+                raise ValueError(f"{_MHA}: attn_mask must have shape ({Lq}, {Lk}) or "
+                                 f"({B * self.num_heads}, {Lq}, {Lk}) (B*num_heads, Lq, Lk); got {am.shape}")
+            masks.append(self._as_sdpa_mask("attn_mask", am))
+        if not masks:
+            return None
+        if len(masks) == 1:
+            return masks[0]
+        a, b = masks
+        if a.dtype == np.bool_ and b.dtype == np.bool_:
+            return a & b
+        as_float = lambda m: np.where(m, 0.0, -np.inf).astype(self.dtype) if m.dtype == np.bool_ else m
+        return as_float(a) + as_float(b)
+
+    def _as_sdpa_mask(self, name, m):
+        if m.dtype == np.bool_:
+            return ~m  # torch: True = masked out; SDPA: True = may attend
+        if np.issubdtype(m.dtype, np.floating):
+            return m.astype(self.dtype, copy=False)
+        raise TypeError(f"{_MHA}: {name} must be bool (True = masked out) or float; got {m.dtype}")
+
+    def __repr__(self):
+        return (f"MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}, kdim={self.kdim}, vdim={self.vdim}, "
+                f"bias={self.bias}, dtype={self.dtype})")

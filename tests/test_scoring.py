@@ -1,0 +1,189 @@
+"""general / additive / concat attention against attncore.reference and a
+float64 NumPy formula, on every ISA and dtype; the vector tanh's bound."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import _config, _core
+from attncore import reference as R
+
+from _oracle import sdpa_numpy
+from _tolerances import assert_close
+
+
+def data(rng, dtype, B=(2,), H=2, Lq=5, Lk=7, Dq=6, Dk=4, Dv=3):
+    return (rng.standard_normal(B + (H, Lq, Dq)).astype(dtype),
+            rng.standard_normal(B + (H, Lk, Dk)).astype(dtype),
+            rng.standard_normal(B + (H, Lk, Dv)).astype(dtype))
+
+
+def compare(fast, ref, dtype, op="sdpa"):
+    kinds = ["sdpa", "weights", "lse"]
+    fast = fast if isinstance(fast, tuple) else (fast,)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    for n, (a, b) in enumerate(zip(fast, ref)):
+        assert a.shape == b.shape and a.dtype == dtype
+        assert_close(a, b, kinds[n] if op == "sdpa" else op, dtype, err_msg=f"output {n}")
+
+
+OPTIONS = [dict(), dict(is_causal=True), dict(is_causal="bottom_right"), dict(valid_lens="batch"),
+           dict(valid_lens="row"), dict(attn_mask="bool"), dict(attn_mask="float")]
+
+
+def options(rng, opts, dtype, B=2, Lq=5, Lk=7):
+    opts = dict(opts)
+    if opts.get("valid_lens") == "batch":
+        opts["valid_lens"] = np.array([Lk, 2][:B])
+    elif opts.get("valid_lens") == "row":
+        opts["valid_lens"] = rng.integers(0, Lk + 1, size=(B, Lq))
+    if opts.get("attn_mask") == "bool":
+        opts["attn_mask"] = rng.random((Lq, Lk)) > 0.3
+    elif opts.get("attn_mask") == "float":
+        opts["attn_mask"] = rng.standard_normal((B, 1, Lq, Lk)).astype(dtype)
+    return opts
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_general_matches_reference(isa, dtype, rng, opts):
+    q, k, v = data(rng, dtype)
+    W = rng.standard_normal((6, 4)).astype(dtype)
+    kw = options(rng, opts, dtype)
+    fast = attncore.general_attention(q, k, v, W, scale=0.7, return_weights=True, return_lse=True, **kw)
+    ref = R.general_attention(q, k, v, W, scale=0.7, return_weights=True, return_lse=True, **kw)
+    compare(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("magnitude", [1.0, 30.0], ids=["product-form", "tanh-form"])
+def test_additive_matches_reference(isa, dtype, rng, opts, magnitude):
+    """magnitude 30 pushes |W_q q| past the product form's range, so the
+    kernel takes its general tanh path; both are checked."""
+    q, k, v = data(rng, dtype, Lk=40)
+    Wq = (rng.standard_normal((9, 6)) * magnitude).astype(dtype)
+    Wk = rng.standard_normal((9, 4)).astype(dtype)
+    w, b = rng.standard_normal(9).astype(dtype), rng.standard_normal(9).astype(dtype)
+    kw = options(rng, opts, dtype, Lk=40)
+    fast = attncore.additive_attention(q, k, v, Wq, Wk, w, b, return_weights=True, return_lse=True, **kw)
+    ref = R.additive_attention(q, k, v, Wq, Wk, w, b, return_weights=True, return_lse=True, **kw)
+    compare(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_concat_matches_reference(isa, dtype, rng, opts):
+    q, k, v = data(rng, dtype)
+    wq, wk = rng.standard_normal(6).astype(dtype), rng.standard_normal(4).astype(dtype)
+    kw = options(rng, opts, dtype)
+    fast = attncore.concat_attention(q, k, v, wq, wk, 0.25, return_weights=True, return_lse=True, **kw)
+    ref = R.concat_attention(q, k, v, wq, wk, 0.25, return_weights=True, return_lse=True, **kw)
+    compare(fast, ref, dtype)
+
+
+def additive_numpy(q, k, v, Wq, Wk, w, b):
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    qp = q @ np.asarray(Wq, np.float64).T + b
+    kp = k @ np.asarray(Wk, np.float64).T
+    s = np.tanh(qp[..., :, None, :] + kp[..., None, :, :]) @ np.asarray(w, np.float64)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    return (s / s.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 300, 257, 64, 64), (2, 2, 33, 130, 16, 100)])
+def test_additive_larger_against_numpy(isa, dtype, shape):
+    B, Hh, Lq, Lk, D, H = shape
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((B, Hh, Lq, D)).astype(dtype)
+    k = rng.standard_normal((B, Hh, Lk, D)).astype(dtype)
+    v = rng.standard_normal((B, Hh, Lk, D)).astype(dtype)
+    Wq, Wk = ((rng.standard_normal((H, D)) / np.sqrt(D)).astype(dtype) for _ in range(2))
+    w, b = rng.standard_normal(H).astype(dtype), rng.standard_normal(H).astype(dtype)
+    out = attncore.additive_attention(q, k, v, Wq, Wk, w, b)
+    ref = additive_numpy(q, k, v, Wq, Wk, w, b)
+    # scores sum H terms with an absolute tanh error each: scale by sqrt(H) |w|
+    assert_close(out, ref, "sdpa", dtype, scale=np.sqrt(H))
+
+
+def test_general_and_concat_against_sdpa_formula(isa, dtype, rng):
+    q, k, v = data(rng, dtype, B=(1,), Lq=200, Lk=301, Dq=32, Dk=16, Dv=8)
+    W = rng.standard_normal((32, 16)).astype(dtype) / 8
+    out = attncore.general_attention(q, k, v, W, is_causal=True)
+    ref, _, _ = sdpa_numpy(q.astype(np.float64) @ W, k, v, causal_offset=0, scale=1.0)
+    assert_close(out, ref, "sdpa", dtype)
+    wq, wk = rng.standard_normal(32).astype(dtype), rng.standard_normal(16).astype(dtype)
+    out = attncore.concat_attention(q, k, v, wq, wk, 2.0)
+    c = k.astype(np.float64) @ wk
+    w = np.exp(c - c.max(-1, keepdims=True))
+    ref = (w / w.sum(-1, keepdims=True))[..., None, :] @ v
+    assert_close(out, np.broadcast_to(ref, out.shape), "sdpa", dtype)
+
+
+def test_additive_nan_and_inf_propagate(isa, dtype, rng):
+    q, k, v = data(rng, dtype, B=(1,), Lq=3, Lk=4)
+    Wq, Wk = rng.standard_normal((5, 6)).astype(dtype), rng.standard_normal((5, 4)).astype(dtype)
+    w = rng.standard_normal(5).astype(dtype)
+    q[0, 0, 1, 2] = np.nan
+    k[0, 1, 2, 0] = np.inf
+    out = attncore.additive_attention(q, k, v, Wq, Wk, w)
+    ref = R.additive_attention(q, k, v, Wq, Wk, w)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    fin = ~np.isnan(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], rtol=1e-4, atol=1e-5)
+
+
+def test_additive_does_not_materialise(dtype):
+    """B=2, Lq=Lk=1024, H=256 would need 2 GiB (float32) for (Lq, Lk, H)."""
+    import resource
+    import subprocess
+    import sys
+    code = f"""
+import resource, numpy as np, attncore
+rng = np.random.default_rng(0)
+q = rng.standard_normal((2, 1, 1024, 64)).astype(np.{np.dtype(dtype).name})
+Wq = rng.standard_normal((256, 64)).astype(q.dtype) / 8
+w = rng.standard_normal(256).astype(q.dtype)
+attncore.additive_attention(q[:, :, :8], q[:, :, :8], q[:, :, :8], Wq, Wq, w)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+attncore.additive_attention(q, q, q, Wq, Wq, w)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 64, f"peak memory grew by {r.stdout.strip()} MiB"
+
+
+@pytest.mark.parametrize("level", _config.supported_isas())
+def test_vector_tanh_error_bound(level):
+    """vmath.h: absolute error <= 4e-7 over the real line; exact at 0, +-inf; NaN kept."""
+    isa = _config.ISA_NAMES.index(level)
+    x = np.concatenate([np.linspace(-30, 30, 1_200_001, dtype=np.float32),
+                        np.float32(np.random.default_rng(0).standard_normal(500_000) * 3)])
+    y = np.empty_like(x)
+    _core.vtanh_f32(isa, x, y)
+    err = np.abs(y - np.tanh(x.astype(np.float64)))
+    assert err.max() <= 4e-7, f"max error {err.max():.2e} at x={x[err.argmax()]}"
+    special = np.array([np.inf, -np.inf, 0.0, -0.0, 23.0, -23.0, 1e30, -1e30, np.nan], np.float32)
+    y = np.empty_like(special)
+    _core.vtanh_f32(isa, special, y)
+    np.testing.assert_array_equal(y[:8], [1, -1, 0, 0, 1, -1, 1, -1])
+    assert np.isnan(y[8])
+
+
+@pytest.mark.parametrize("fn,args,exc,words", [
+    ("general", dict(weight=np.ones((5, 4))), ValueError, ["weight", "(6, 4)", "(5, 4)"]),
+    ("general", dict(weight=np.ones((6, 4), np.float32)), TypeError, ["mixed"]),
+    ("additive", dict(w_query=np.ones((9, 5)), w_key=np.ones((9, 4)), w_score=np.ones(9)), ValueError, ["w_query"]),
+    ("additive", dict(w_query=np.ones((9, 6)), w_key=np.ones((8, 4)), w_score=np.ones(9)), ValueError, ["w_key", "(9, 4)"]),
+    ("additive", dict(w_query=np.ones((9, 6)), w_key=np.ones((9, 4)), w_score=np.ones(8)), ValueError, ["w_score", "(9,)"]),
+    ("additive", dict(w_query=np.ones((9, 6)), w_key=np.ones((9, 4)), w_score=np.ones(9), bias=np.ones(3)), ValueError, ["bias", "(9,)"]),
+    ("additive", dict(w_query=np.ones(9), w_key=np.ones((9, 4)), w_score=np.ones(9)), ValueError, ["w_query"]),
+    ("concat", dict(w_query=np.ones(5), w_key=np.ones(4)), ValueError, ["w_query", "(6,)"]),
+    ("concat", dict(w_query=np.ones(6), w_key=np.ones(4), bias="x"), TypeError, ["bias"]),
+    ("concat", dict(w_query=np.ones(6), w_key=np.ones(4), valid_lens=np.array([9, 1])), ValueError, ["valid_lens"]),
+])
+def test_bad_weights(fn, args, exc, words):
+    q, k, v = np.ones((2, 2, 5, 6)), np.ones((2, 2, 7, 4)), np.ones((2, 2, 7, 3))
+    f = {"general": attncore.general_attention, "additive": attncore.additive_attention,
+         "concat": attncore.concat_attention}[fn]
+    with pytest.raises(exc) as info:
+        f(q, k, v, **args)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
