@@ -4,7 +4,7 @@ Layers (data flows top to bottom, once):
 
     attncore/functional.py   validation, layouts, masks -> a plan (public functions)
     attncore/_validate.py    argument checks with errors that name arguments and shapes
-    attncore/_layout.py      strided arrays -> (address, batch offsets, strides)
+    attncore/_layout.py      which strided arrays the kernels read in place
     attncore/_core.pyx       the only crossing into C; releases the GIL
     csrc/driver/             loop nests, blocking, OpenMP, scratch
     csrc/kernels/, csrc/arch/   tile math, one translation unit per ISA

@@ -2,6 +2,8 @@
 attention function: prepare() checks and normalises query/key/value, run()
 validates the options, allocates the outputs and calls attncore._core.sdpa.
 """
+import math
+
 import numpy as np
 
 from . import _config, _core, _layout
@@ -88,24 +90,15 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     if w_score is not None:
         w_score = np.ascontiguousarray(w_score, dtype=compute)
 
-    nb = int(np.prod(batch, dtype=np.int64))
+    nb = math.prod(batch)
     if nb and Hq and Lq:
-        vl_layout = None
-        if vl is not None:
-            lens, per_row = vl
-            vl_layout = (_layout.address(lens), np.arange(nb, dtype=np.int64) * (Lq if per_row else 1),
-                         1 if per_row else 0)
-        mask_layout = _layout.mask_tensor(mask, scores_shape) if mask_kind else None
+        lens, per_row = vl if vl is not None else (None, False)
         _core.sdpa(
             compute == np.float64, _config.active_isa(), threads,
-            (nb, Hq, Hkv, Lq, Lk, D, Dv),
-            _layout.tensor(q, batch), _layout.tensor(k, batch), _layout.tensor(v, batch),
-            _layout.tensor(res, batch),
-            mask_kind, mask_layout, causal, offset, vl_layout,
-            scale, drop_threshold, drop_seed, drop_scale,
-            _layout.address(weights) if weights is not None else 0,
-            _layout.address(lse) if lse is not None else 0,
-            score_kind, _layout.address(w_score) if w_score is not None else 0,
+            (nb, Hq, Hkv, Lq, Lk, D, Dv), batch, q, k, v, res,
+            mask_kind, mask, causal, offset, lens, per_row,
+            scale, drop_threshold, drop_seed, drop_scale, weights, lse,
+            score_kind, w_score,
         )
 
     if p.flat:

@@ -8,7 +8,7 @@ the attention. benchmarks/bench_linear.py measures both.
 """
 import numpy as np
 
-from . import _config, _core, _layout
+from . import _config, _core
 
 
 def linear(x, weight, bias=None, num_threads=None):
@@ -21,19 +21,15 @@ def linear(x, weight, bias=None, num_threads=None):
     N = weight.shape[0]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K) if x.ndim != 2 else x
-    if K > 1 and x2.strides[-1] != x2.itemsize or x2.strides[0] % x2.itemsize:
+    if (K > 1 and x2.strides[-1] != x2.itemsize) or x2.strides[0] % x2.itemsize:
         x2 = np.ascontiguousarray(x2)
+    if weight.strides[0] % weight.itemsize or weight.strides[1] % weight.itemsize:
+        weight = np.ascontiguousarray(weight)
     y = np.empty(lead + (N,), dtype=x.dtype)
-    y2 = y.reshape(-1, N)
     if bias is not None:
         bias = np.ascontiguousarray(bias, dtype=x.dtype)
-    M = x2.shape[0]
-    if M and N:
-        item = x.itemsize
+    if x2.shape[0] and N:
         threads = _core.default_threads() if num_threads is None else num_threads
-        _core.linear(x.dtype == np.float64, _config.active_isa(), threads, M, N, K,
-                     _layout.address(x2), x2.strides[0] // item if M > 1 else K,
-                     _layout.address(weight), weight.strides[0] // item, weight.strides[1] // item,
-                     _layout.address(bias) if bias is not None else 0,
-                     _layout.address(y2), N)
+        _core.linear(x.dtype == np.float64, _config.active_isa(), threads, x2, weight, bias,
+                     y.reshape(-1, N))
     return y

@@ -47,9 +47,9 @@ def float_arrays(op, **arrays):
     out = {}
     dtypes = {}
     for name, value in arrays.items():
-        a = as_array(value, name)
+        a = value if type(value) is np.ndarray else as_array(value, name)
         dt = a.dtype
-        if not (dt in COMPUTE_DTYPES or _is_half(dt)):
+        if dt not in COMPUTE_DTYPES and not _is_half(dt):
             raise TypeError(
                 f"{op}: {name} must be float32 or float64 (float16/bfloat16 are computed in "
                 f"float32); got dtype {dt} with shape {a.shape}")
@@ -60,7 +60,7 @@ def float_arrays(op, **arrays):
         listing = ", ".join(f"{n}={d}" for n, d in dtypes.items())
         raise TypeError(f"{op}: mixed dtypes ({listing}); cast them to one dtype first")
     result = next(iter(distinct))
-    compute = np.dtype(np.float32) if _is_half(result) else result
+    compute = result if result in COMPUTE_DTYPES else np.dtype(np.float32)
     if compute != result:
         out = {n: a.astype(compute) for n, a in out.items()}
     return out, compute, result
@@ -75,6 +75,9 @@ def check_min_ndim(op, name, a, ndim, layout):
 def broadcast_batch(op, **arrays):
     """Broadcast the leading (batch) dims, those before the last three."""
     shapes = {n: a.shape[:-3] for n, a in arrays.items()}
+    first = next(iter(shapes.values()))
+    if all(sh == first for sh in shapes.values()):
+        return first
     try:
         return tuple(np.broadcast_shapes(*shapes.values()))
     except ValueError:

@@ -81,6 +81,65 @@ static inline vec v_recip(vec x)
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
 }
 
+/* In-register 16 x 16 transpose: on return x[i] holds element i of every
+ * input vector (x[i][r] = x_in[r][i]). */
+static inline __attribute__((always_inline)) void transpose16(__m512 x[16])
+{
+    __m512 t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(x[i], x[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(x[i], x[i + 1]);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 4) {
+        x[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        x[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        x[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        x[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(x[i], x[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(x[i], x[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(x[i + 8], x[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(x[i + 8], x[i + 12], 0xDD);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        x[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        x[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        x[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        x[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
+/* Panel staging and output in 16 x 16 blocks (tiles.inc.c's pack_qt /
+ * unpack_ot use these when V_HAS_TRANSPOSE is defined):
+ *   v_transpose:   dst[i * ld + r] = scale * rows[r][d0 + i]
+ *   v_untranspose: rows[r][c0 + i] = src[i * ld + r] * inv[r]        */
+#define V_HAS_TRANSPOSE 1
+static inline void v_transpose(const T *const *rows, int64_t d0, T scale, T *dst, int64_t ld)
+{
+    __m512 x[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) x[i] = _mm512_loadu_ps(rows[i] + d0);
+    transpose16(x);
+    __m512 sv = _mm512_set1_ps(scale);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ld, _mm512_mul_ps(x[i], sv));
+}
+
+static inline void v_untranspose(const T *src, int64_t ld, const T *inv, T *const *rows, int64_t c0)
+{
+    __m512 x[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) x[i] = _mm512_loadu_ps(src + i * ld);
+    transpose16(x);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(rows[i] + c0, _mm512_mul_ps(x[i], _mm512_set1_ps(inv[i])));
+}
+
 #define INV1P_SHIFT 0.5f
 static inline vec v_inv1p_exp2_shifted(vec x)
 {

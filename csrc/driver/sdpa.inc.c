@@ -274,11 +274,9 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
         for (int64_t i = 0; i < W * P->ld_o; i++) obuf[i] = 0;
     } else {
         o_rs = 1; o_cs = W; s_rs = 1; s_js = W;
-        for (int64_t c = 0; c < D; c++) {
-            T *qc = qbuf + c * W;
-            for (int r = 0; r < nr; r++) qc[r] = rows[r].q[c] * P->qscale;
-            for (int64_t r = nr; r < W; r++) qc[r] = 0;
-        }
+        const T *qrows[ATTN_MAX_PANEL];
+        for (int r = 0; r < nr; r++) qrows[r] = rows[r].q;
+        kt->pack_qt(nr, D, qrows, P->qscale, qbuf);
         if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
         int64_t ot_elems = attn_round_up(Dv, kt->mr_pv) * W;
         for (int64_t i = 0; i < ot_elems; i++) obuf[i] = 0;
@@ -325,11 +323,21 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
         }
         return;
     }
+    T inv[ATTN_MAX_PANEL];
+    T *orows[ATTN_MAX_PANEL];
     for (int r = 0; r < nr; r++) {
-        T inv = SDPA_FN(inv_sum)(l[r]);
-        for (int64_t c = 0; c < Dv; c++) rows[r].out[c] = obuf[r * o_rs + c * o_cs] * inv;
+        inv[r] = SDPA_FN(inv_sum)(l[r]);
+        orows[r] = rows[r].out;
+    }
+    if (P->rows_path) {
+        for (int r = 0; r < nr; r++)
+            for (int64_t c = 0; c < Dv; c++) rows[r].out[c] = obuf[r * o_rs + c * o_cs] * inv[r];
+    } else {
+        kt->unpack_ot(nr, Dv, obuf, inv, orows);
+    }
+    for (int r = 0; r < nr; r++) {
         if (rows[r].lse) *rows[r].lse = SDPA_FN(lse_of)(m[r], l[r]);
-        if (rows[r].w) SDPA_FN(finish_weights)(P, &rows[r], m[r], inv, kbeg, kend);
+        if (rows[r].w) SDPA_FN(finish_weights)(P, &rows[r], m[r], inv[r], kbeg, kend);
     }
 }
 

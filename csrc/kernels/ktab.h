@@ -71,6 +71,12 @@
         void (*exp2)(int64_t n, const T *x, T *y);                             \
         /* y = tanh(x), the additive score's vector tanh (for tests)         */ \
         void (*tanh)(int64_t n, const T *x, T *y);                             \
+        /* Qt[d][r] = scale * rows[r][d] (lanes >= nr zeroed)               */ \
+        void (*pack_qt)(int nr, int64_t D, const T *const *rows, T scale,      \
+                        T *qt);                                                \
+        /* rows[r][c] = Ot[c][r] * inv[r]                                   */ \
+        void (*unpack_ot)(int nr, int64_t Dv, const T *ot, const T *inv,       \
+                          T *const *rows);                                     \
     } attn_ktab_##TAG;
 
 ATTN_DECLARE_KTAB(float, f32)

@@ -16,6 +16,8 @@
  *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
  *                        (vmath.h); callers add the shift to a scalar for free
  *   v_recip              1 / x to float precision
+ *   v_transpose, v_untranspose (optional, with V_HAS_TRANSPOSE): VL x VL
+ *                        block transposes between row pointers and a panel
  *   MR_ADD               register-tile height of the additive scores
  *
  * Preconditions shared by all kernels (the drivers guarantee them):
@@ -175,6 +177,50 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
         for (int m = 0; m < MR_PV; m++)
 #pragma GCC unroll 4
             for (int u = 0; u < NV; u++) v_store(c + m * NR + u * VL, acc[m][u]);
+    }
+}
+
+/*
+ * Panel staging: Qt[d][r] = scale * Q_r[d] for r < nr (lanes past nr are 0),
+ * from one pointer per query row. Full VL x VL blocks go through the ISA's
+ * register transpose when it has one.
+ */
+static void FN(pack_qt)(int nr, int64_t D, const T *const *rows, T scale, T *qt)
+{
+    int64_t d0 = 0;
+#ifdef V_HAS_TRANSPOSE
+    if (nr == NR) {
+        for (; d0 + VL <= D; d0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL)
+                v_transpose(rows + r0, d0, scale, qt + d0 * NR + r0, NR);
+    }
+#endif
+    for (int64_t d = d0; d < D; d++) {
+        T *col = qt + d * NR;
+        for (int r = 0; r < nr; r++) col[r] = rows[r][d] * scale;
+        for (int r = nr; r < NR; r++) col[r] = 0;
+    }
+}
+
+/* Panel output: Out_r[c] = Ot[c][r] * inv[r] for r < nr, c < Dv. */
+static void FN(unpack_ot)(int nr, int64_t Dv, const T *ot, const T *inv, T *const *rows)
+{
+#ifdef V_HAS_TRANSPOSE
+    if (nr == NR) {
+        int64_t c0 = 0;
+        for (; c0 + VL <= Dv; c0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL)
+                v_untranspose(ot + c0 * NR + r0, NR, inv + r0, rows + r0, c0);
+        for (int r = 0; r < nr; r++)
+            for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r] * inv[r];
+        return;
+    }
+#endif
+    for (int r = 0; r < nr; r++) {
+        T *out = rows[r];
+        const T *src = ot + r;
+        T s = inv[r];
+        for (int64_t c = 0; c < Dv; c++) out[c] = src[c * NR] * s;
     }
 }
 
@@ -465,6 +511,8 @@ const KTAB_TYPE KTAB_NAME = {
     FN(additive_panel_tanh),
     FN(exp2_array),
     FN(tanh_array),
+    FN(pack_qt),
+    FN(unpack_ot),
 };
 
 #undef NR
