@@ -10,7 +10,7 @@
  * Loop nest (one OpenMP region):
  *   pack W into column panels Wt[p][k][r] = W[p*NR + r][k]   <- omp for
  *   for unit (column panel p, block of GEMM_MB rows)          <- omp for, dynamic
- *       for k-block of GEMM_KC                                 (Wt slice: L1-sized)
+ *       for k-block of GEMM_KC
  *           C (+)= X[m0 : m0 + mb, k-block] Wt[p][k-block]     (kernel qk_panel)
  *       Y[m][p*NR + r] = C[m][r] + bias
  * Each output element is computed by one unit with a fixed order over k, so
@@ -43,9 +43,11 @@ static void GEMM_FN(linear_unit)(const attn_linear_desc *d, const KTAB *kt, int6
     const T *x = (const T *)d->x + m0 * d->x_sm, *bias = (const T *)d->bias;
     const T *wt = packed + panel * d->K * nr;
 
+    /* Accumulate in the contiguous scratch tile c: Y's own rows are N apart,
+     * which for N a multiple of 1024 puts a whole tile in one L1 set. */
     for (int64_t k0 = 0; k0 < d->K; k0 += ATTN_GEMM_KC) {
         int64_t kc = attn_min64(ATTN_GEMM_KC, d->K - k0);
-        kt->qk_panel(kc, x + k0, d->x_sm, mb, wt + k0 * nr, c, k0 > 0);
+        kt->qk_panel(kc, x + k0, d->x_sm, mb, wt + k0 * nr, c, nr, k0 > 0);
     }
     T *y = (T *)d->y;
     for (int64_t m = 0; m < mb; m++) {

@@ -294,7 +294,7 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
         else if (d->score_kind == ATTN_SCORE_ADDITIVE)
             kt->additive_panel_tanh(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
         else
-            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, 0);
+            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, W, 0);
 
         if (prep_always || (P->limited && j0 + nk - 1 > minpos))
             SDPA_FN(prep_scores)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);

@@ -38,8 +38,9 @@
         int vlen;     /* lanes per vector; rows-path buffers pad to it      */ \
         int rows_max; /* most query rows the rows path takes per unit       */ \
         /* St[j][:] (+)= sum_d K[j][d] * Qt[d][:], j < nk (+= if accumulate)*/ \
+        /* St rows ldst apart (NR in attention; the output rows in a GEMM)  */ \
         void (*qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,      \
-                         const T *qt, T *st, int accumulate);                  \
+                         const T *qt, T *st, int64_t ldst, int accumulate);    \
         /* online softmax down the columns of St[nk][NR]: updates m, l,     */ \
         /* writes alpha = exp2(m_old - m_new), overwrites St with exp2(s-m) */ \
         void (*softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha);        \

@@ -34,7 +34,7 @@
 /* ------------------------------------------------------------------------ */
 
 /*
- * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk
+ * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk, rows ldst apart
  * (St[j][:] += ... when accumulate is nonzero: the GEMM's blocks over D)
  *
  * Register tile: MR_QK keys x NV vectors of queries. Each step over d loads
@@ -43,7 +43,7 @@
  * inner loop has no edge cases.
  */
 static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
-                         const T *qt, T *st, int accumulate)
+                         const T *qt, T *st, int64_t ldst, int accumulate)
 {
     for (int64_t j0 = 0; j0 < nk; j0 += MR_QK) {
         const T *krow[MR_QK];
@@ -52,11 +52,15 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
             krow[m] = k + j * ldk;
         }
         vec acc[MR_QK][NV];
-        T *c = st + j0 * NR;
+        T *c = st + j0 * ldst;
+        /* rows past nk are computed but not stored when they would fall
+         * outside the caller's tile (ldst != NR: a GEMM writing its output) */
+        int mstore = ldst == NR || j0 + MR_QK <= nk ? MR_QK : (int)(nk - j0);
 #pragma GCC unroll 16
         for (int m = 0; m < MR_QK; m++)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[m][v] = accumulate ? v_load(c + m * NR + v * VL) : v_zero();
+            for (int v = 0; v < NV; v++)
+                acc[m][v] = accumulate && m < mstore ? v_load(c + m * ldst + v * VL) : v_zero();
 
         const T *b = qt;
         for (int64_t d = 0; d < D; d++, b += NR) {
@@ -72,8 +76,9 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
         }
 #pragma GCC unroll 16
         for (int m = 0; m < MR_QK; m++)
+            if (m < mstore)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) v_store(c + m * NR + v * VL, acc[m][v]);
+                for (int v = 0; v < NV; v++) v_store(c + m * ldst + v * VL, acc[m][v]);
     }
 }
 
