@@ -4,9 +4,9 @@
 #include "../kernels/ktab.h"
 #include "workspace.h"
 
-/* Rows per unit: the C tile (GEMM_MB x NR) stays in L1 while the packed
- * weight panel (K x NR) streams from L2. */
-#define ATTN_GEMM_MB 64
+/* Rows per unit, in register tiles: the C tile (8 MR_QK x NR) stays in L1
+ * while the packed weight panel streams from L2. */
+#define ATTN_GEMM_TILES 8
 /* k per block. Measured (Zen 4, M x K x N = 1024x768x2304, 1024x768x768,
  * 2048x1024x1024): 512 runs at 190-200 GFLOP/s, 128-256 at 145-185 -- each
  * block reloads and stores the C tile, and the Wt slice streams well from L2. */

@@ -9,7 +9,7 @@
  *
  * Loop nest (one OpenMP region):
  *   pack W into column panels Wt[p][k][r] = W[p*NR + r][k]   <- omp for
- *   for unit (column panel p, block of GEMM_MB rows)          <- omp for, dynamic
+ *   for unit (column panel p, block of 8 MR_QK rows)          <- omp for, dynamic
  *       for k-block of GEMM_KC
  *           C (+)= X[m0 : m0 + mb, k-block] Wt[p][k-block]     (kernel qk_panel)
  *       Y[m][p*NR + r] = C[m][r] + bias
@@ -39,7 +39,8 @@ static void GEMM_FN(linear_unit)(const attn_linear_desc *d, const KTAB *kt, int6
     const int64_t nr = kt->nr;
     int64_t panel = u % npanels, mblock = u / npanels;
     int64_t n0 = panel * nr, nn = attn_min64(nr, d->N - n0);
-    int64_t m0 = mblock * ATTN_GEMM_MB, mb = attn_min64(ATTN_GEMM_MB, d->M - m0);
+    const int64_t rows_per_unit = ATTN_GEMM_TILES * kt->mr_qk;
+    int64_t m0 = mblock * rows_per_unit, mb = attn_min64(rows_per_unit, d->M - m0);
     const T *x = (const T *)d->x + m0 * d->x_sm, *bias = (const T *)d->bias;
     const T *wt = packed + panel * d->K * nr;
 
@@ -75,11 +76,12 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
     }
     const int64_t nr = kt->nr;
     int64_t npanels = (d->N + nr - 1) / nr;
-    int64_t nblocks = (d->M + ATTN_GEMM_MB - 1) / ATTN_GEMM_MB;
+    const int64_t rows_per_unit = ATTN_GEMM_TILES * kt->mr_qk;
+    int64_t nblocks = (d->M + rows_per_unit - 1) / rows_per_unit;
     int64_t nunits = npanels * nblocks;
     T *packed = (T *)attn_scratch_alloc((size_t)(npanels * d->K * nr) * sizeof(T));
     if (!packed) return ATTN_ENOMEM;
-    size_t c_elems = (size_t)(attn_round_up(ATTN_GEMM_MB, kt->mr_qk) * nr);
+    size_t c_elems = (size_t)(rows_per_unit * nr);
     int nthreads = attn_region_threads(num_threads, nunits);
     int failed = 0;
 #ifdef _OPENMP

@@ -395,7 +395,7 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         int stack = d->Lq < kt->nr;
         P->rows_per_group = stack ? stacked_rows : d->Lq;
         P->ngroups = stack ? 1 : P->G;
-        P->bk = ATTN_BK_PANEL;
+        P->bk = attn_round_up(ATTN_BK_PANEL, kt->mr_qk);   /* whole register tiles */
     }
     P->npanels = (P->rows_per_group + P->W - 1) / P->W;
     P->nbase = d->B * d->Hkv * P->ngroups * P->npanels;
