@@ -108,4 +108,6 @@ static inline vec v_inv1p_exp2_shifted(vec x)
     return v_recip(d);
 }
 
+#define v_exp2_nonpos v_exp2
+
 #include "../kernels/tiles.inc.c"

@@ -154,4 +154,23 @@ static inline vec v_inv1p_exp2_shifted(vec x)
     return v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(q, xc)));
 }
 
+/* exp2 on the softmax's domain, x <= 0 or NaN (x = score - running max):
+ * no upper clamp, and the lower clamp at -150 doubles as the -inf rule
+ * (2^-150 rounds to 0). Results in (2^-150, 2^-126) are subnormal rather
+ * than flushed; elsewhere identical to v_exp2. */
+static inline vec v_exp2_nonpos(vec x)
+{
+    vec xc = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);  /* NaN (2nd operand) survives */
+    vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec f = _mm512_sub_ps(xc, n);
+    vec p = _mm512_set1_ps(ATTN_EXP2_C6);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C0));
+    return _mm512_scalef_ps(p, n);
+}
+
 #include "../kernels/tiles.inc.c"

@@ -26,3 +26,4 @@ static inline vec v_neginf_to_zero(vec a) { for (int i = 0; i < VL; i++) if (a.x
 static inline vec v_exp2(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_EXP2(a.x[i]); return a; }
 static inline vec v_inv1p_exp2_shifted(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_INV1P_EXP2(a.x[i]); return a; }
 static inline vec v_recip(vec a) { for (int i = 0; i < VL; i++) a.x[i] = (T)1 / a.x[i]; return a; }
+#define v_exp2_nonpos v_exp2

@@ -12,6 +12,7 @@
  *   KTAB_TYPE, KTAB_NAME, ISA_NAME   the table this unit exports
  *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_fma
  *   v_max v_hsum v_hmax v_neginf_to_zero v_exp2
+ *   v_exp2_nonpos        exp2 for x <= 0 or NaN (may equal v_exp2)
  *   v_inv1p_exp2_shifted, INV1P_SHIFT
  *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
  *                        (vmath.h); callers add the shift to a scalar for free
@@ -102,15 +103,15 @@ static void FN(softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha)
         vec sum0 = v_zero(), sum1 = v_zero();
         int64_t j = 0;
         for (; j + 1 < nk; j += 2) {
-            vec p0 = v_exp2(v_sub(v_load(st + j * NR + v * VL), shift));
-            vec p1 = v_exp2(v_sub(v_load(st + (j + 1) * NR + v * VL), shift));
+            vec p0 = v_exp2_nonpos(v_sub(v_load(st + j * NR + v * VL), shift));
+            vec p1 = v_exp2_nonpos(v_sub(v_load(st + (j + 1) * NR + v * VL), shift));
             v_store(st + j * NR + v * VL, p0);
             v_store(st + (j + 1) * NR + v * VL, p1);
             sum0 = v_add(sum0, p0);
             sum1 = v_add(sum1, p1);
         }
         if (j < nk) {
-            vec p0 = v_exp2(v_sub(v_load(st + j * NR + v * VL), shift));
+            vec p0 = v_exp2_nonpos(v_sub(v_load(st + j * NR + v * VL), shift));
             v_store(st + j * NR + v * VL, p0);
             sum0 = v_add(sum0, p0);
         }
@@ -300,7 +301,7 @@ static void FN(softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T *m, T *l, 
         vec sh = v_set1(shift);
         vec sum = v_zero();
         for (j = 0; j + VL <= nk; j += VL) {
-            vec p = v_exp2(v_sub(v_load(row + j), sh));
+            vec p = v_exp2_nonpos(v_sub(v_load(row + j), sh));
             v_store(row + j, p);
             sum = v_add(sum, p);
         }
