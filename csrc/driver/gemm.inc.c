@@ -48,7 +48,7 @@ static void GEMM_FN(linear_unit)(const attn_linear_desc *d, const KTAB *kt, int6
      * which for N a multiple of 1024 puts a whole tile in one L1 set. */
     for (int64_t k0 = 0; k0 < d->K; k0 += ATTN_GEMM_KC) {
         int64_t kc = attn_min64(ATTN_GEMM_KC, d->K - k0);
-        kt->qk_panel(kc, x + k0, d->x_sm, mb, wt + k0 * nr, c, nr, k0 > 0);
+        kt->qk_panel(kc, x + k0, d->x_sm, mb, wt + k0 * nr, c, nr, k0 > 0, NULL);
     }
     T *y = (T *)d->y;
     for (int64_t m = 0; m < mb; m++) {

@@ -62,7 +62,7 @@ typedef struct {
     T *partial;        /* nbase * nchunks * W * (Dv + 2) when nchunks > 1 */
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
-    int64_t off_s, off_o, off_m, off_l, off_a, scratch_elems;
+    int64_t off_s, off_o, off_m, off_l, off_a, off_c, scratch_elems;
 } SDPA_FN(plan);
 
 #define PLAN SDPA_FN(plan)
@@ -262,6 +262,7 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
     const int64_t W = P->W, D = d->D, Dv = d->Dv;
     T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
     T *m = scratch + P->off_m, *l = scratch + P->off_l, *alpha = scratch + P->off_a;
+    T *cmax = scratch + P->off_c;
     /* element (row r, column c) of the O accumulator, (row r, key j) of S */
     int64_t o_rs, o_cs, s_rs, s_js;
     if (P->rows_path) {
@@ -286,6 +287,14 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
     for (int64_t j0 = kbeg; j0 < kend; j0 += P->bk) {
         int64_t nk = attn_min64(P->bk, kend - j0);
         const T *kb = kh + j0 * d->k_sl, *vb = vh + j0 * d->v_sl;
+        /* the QK kernel can fold the column maxima on the way out unless
+         * masks, weights or the causal diagonal still change this block */
+        int prep = prep_always || (P->limited && j0 + nk - 1 > minpos);
+        T *colmax = NULL;
+        if (!prep && !P->rows_path && d->score_kind == ATTN_SCORE_DOT) {
+            colmax = cmax;
+            for (int64_t r = 0; r < W; r++) colmax[r] = m[r];
+        }
         if (P->rows_path)
             kt->qk_rows(D, qbuf, P->ld_q, nr, kb, d->k_sl, nk, sbuf, P->ld_s);
         else if (P->fk)
@@ -294,15 +303,14 @@ static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
         else if (d->score_kind == ATTN_SCORE_ADDITIVE)
             kt->additive_panel_tanh(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
         else
-            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, W, 0);
+            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, W, 0, colmax);
 
-        if (prep_always || (P->limited && j0 + nk - 1 > minpos))
-            SDPA_FN(prep_scores)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);
+        if (prep) SDPA_FN(prep_scores)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);
 
         if (P->rows_path)
             kt->softmax_rows(nr, nk, sbuf, P->ld_s, m, l, alpha);
         else
-            kt->softmax_panel(nk, sbuf, m, l, alpha);
+            kt->softmax_panel(nk, sbuf, m, l, alpha, colmax);
 
         if (d->drop_threshold) SDPA_FN(apply_dropout)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);
 
@@ -427,7 +435,8 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     }
     P->off_l = P->off_m + SDPA_FN(align_elems)(P->W);
     P->off_a = P->off_l + SDPA_FN(align_elems)(P->W);
-    P->scratch_elems = P->off_a + SDPA_FN(align_elems)(P->W);
+    P->off_c = P->off_a + SDPA_FN(align_elems)(P->W);
+    P->scratch_elems = P->off_c + SDPA_FN(align_elems)(P->W);
     return ATTN_OK;
 }
 

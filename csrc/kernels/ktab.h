@@ -39,11 +39,15 @@
         int rows_max; /* most query rows the rows path takes per unit       */ \
         /* St[j][:] (+)= sum_d K[j][d] * Qt[d][:], j < nk (+= if accumulate)*/ \
         /* St rows ldst apart (NR in attention; the output rows in a GEMM)  */ \
+        /* colmax (NR values, or NULL): folded with the tile's column maxima */ \
         void (*qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,      \
-                         const T *qt, T *st, int64_t ldst, int accumulate);    \
+                         const T *qt, T *st, int64_t ldst, int accumulate,     \
+                         T *colmax);                                           \
         /* online softmax down the columns of St[nk][NR]: updates m, l,     */ \
         /* writes alpha = exp2(m_old - m_new), overwrites St with exp2(s-m) */ \
-        void (*softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha);        \
+        /* (colmax: the tile's column maxima if known, else NULL)           */ \
+        void (*softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha,         \
+                              const T *colmax);                                \
         /* Ot[c][:] = alpha[:] * Ot[c][:] + sum_j V[j][c] * Pt[j][:], c < Dv */ \
         void (*pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,      \
                          const T *pt, const T *alpha, T *ot);                  \

@@ -41,10 +41,11 @@
  * Register tile: MR_QK keys x NV vectors of queries. Each step over d loads
  * NV vectors of Qt and broadcasts one element of each of the MR_QK key rows.
  * Rows past nk repeat the last key row (their St rows are never read), so the
- * inner loop has no edge cases.
+ * inner loop has no edge cases. With colmax (NR values), the column maxima of
+ * the tile are folded into it on the way out, saving the softmax a pass.
  */
 static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
-                         const T *qt, T *st, int64_t ldst, int accumulate)
+                         const T *qt, T *st, int64_t ldst, int accumulate, T *colmax)
 {
     for (int64_t j0 = 0; j0 < nk; j0 += MR_QK) {
         const T *krow[MR_QK];
@@ -80,24 +81,38 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
             if (m < mstore)
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++) v_store(c + m * ldst + v * VL, acc[m][v]);
+        if (colmax) {
+            /* rows past nk repeat row nk - 1, so they cannot raise the max */
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) {
+                vec cm = v_load(colmax + v * VL);
+#pragma GCC unroll 16
+                for (int m = 0; m < MR_QK; m++) cm = v_max(cm, acc[m][v]);
+                v_store(colmax + v * VL, cm);
+            }
+        }
     }
 }
 
 /*
  * Online softmax down the columns of St[nk][NR] (log2 units).
- *   m_new = max(m, max_j St[j]);  alpha = exp2(m - m_new);
+ *   m_new = max(m, max_j St[j])   (max_j St[j] given as colmax when the QK
+ *                                  kernel already folded it);  alpha = exp2(m - m_new);
  *   St[j] = exp2(St[j] - m_new);  l = alpha * l + sum_j St[j];  m = m_new.
  * A column that has seen only -inf keeps m = -inf; it is shifted by 0 instead
  * of -inf so that exp2(-inf - (-inf)) never produces NaN: its p and alpha are
  * exactly 0 and its l stays 0 (the driver turns l == 0 into a zero row).
  */
-static void FN(softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha)
+static void FN(softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha, const T *colmax)
 {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         vec m_old = v_load(m + v * VL);
         vec m_new = m_old;
-        for (int64_t j = 0; j < nk; j++) m_new = v_max(m_new, v_load(st + j * NR + v * VL));
+        if (colmax)
+            m_new = v_max(m_new, v_load(colmax + v * VL));
+        else
+            for (int64_t j = 0; j < nk; j++) m_new = v_max(m_new, v_load(st + j * NR + v * VL));
         vec shift = v_neginf_to_zero(m_new);
         vec a = v_exp2(v_sub(m_old, shift));
         vec sum0 = v_zero(), sum1 = v_zero();
