@@ -60,52 +60,63 @@ static inline vec v_neginf_to_zero(vec a)
     return _mm256_andnot_ps(is_ninf, a);
 }
 
-/* exp2 per csrc/kernels/vmath.h. 2^n is built from exponent bits in two
- * halves so that every n in [-127, 128] (and overflow to +inf) is exact. */
-static inline vec v_exp2(vec x)
+/* exp2's polynomials (vmath.h): p6(f) ~ 2^f on [-1/2, 1/2], p5 likewise
+ * with one degree less (the tanh core's accuracy needs no more). */
+static inline vec exp2_p6(vec f)
 {
-    vec xc = _mm256_min_ps(_mm256_set1_ps(128.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), x));
-    vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec f = _mm256_sub_ps(xc, n);
     vec p = _mm256_set1_ps(ATTN_EXP2_C6);
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C5));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C4));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C3));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C2));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C1));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C0));
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i half = _mm256_srai_epi32(ni, 1);
-    __m256i bias = _mm256_set1_epi32(127);
-    vec s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
-    vec s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias), 23));
-    vec r = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-    /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
-    vec keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);
-    return _mm256_and_ps(keep, r);
+    return _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_C0));
 }
 
-/* 1 / (1 + 2^x), the core of tanh (vmath.h); see the AVX-512 version.
- * 2^x for x in [-64, 64] is built from exponent bits directly. */
-/* 1 / x by exact division (rcp's 12 bits plus one Newton step would miss
- * tanh's exact values at 0 and +-inf). */
-static inline vec v_recip(vec x) { return _mm256_div_ps(_mm256_set1_ps(1.0f), x); }
-
-#define INV1P_SHIFT 0.0f
-static inline vec v_inv1p_exp2_shifted(vec x)
+static inline vec exp2_p5(vec f)
 {
-    vec xc = _mm256_min_ps(_mm256_set1_ps(64.0f), _mm256_max_ps(_mm256_set1_ps(-64.0f), x));
-    vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec f = _mm256_sub_ps(xc, n);
     vec p = _mm256_set1_ps(ATTN_EXP2_D5);
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D4));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D3));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D2));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D1));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D0));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    vec d = _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.0f));
-    return v_recip(d);
+    return _mm256_fmadd_ps(p, f, _mm256_set1_ps(ATTN_EXP2_D0));
+}
+
+/* 2^n for integral n in [-126, 127], from exponent bits. */
+static inline vec pow2i(__m256i n)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+}
+
+/* exp2 per csrc/kernels/vmath.h. 2^n is built from exponent bits in two
+ * halves so that every n in [-127, 128] (and overflow to +inf) is exact. */
+static inline vec v_exp2(vec x)
+{
+    vec xc = _mm256_min_ps(_mm256_set1_ps(128.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), x));
+    vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec p = exp2_p6(_mm256_sub_ps(xc, n));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i half = _mm256_srai_epi32(ni, 1);
+    vec r = _mm256_mul_ps(_mm256_mul_ps(p, pow2i(half)), pow2i(_mm256_sub_epi32(ni, half)));
+    /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
+    vec keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return _mm256_and_ps(keep, r);
+}
+
+/* 1 / x by exact division (rcp's 12 bits plus one Newton step would miss
+ * tanh's exact values at 0 and +-inf). */
+static inline vec v_recip(vec x) { return _mm256_div_ps(_mm256_set1_ps(1.0f), x); }
+
+/* 1 / (1 + 2^x), the core of tanh (vmath.h); see the AVX-512 version.
+ * For x in [-64, 64] 2^n is a normal float built from exponent bits. */
+#define INV1P_SHIFT 0.0f
+static inline vec v_inv1p_exp2_shifted(vec x)
+{
+    vec xc = _mm256_min_ps(_mm256_set1_ps(64.0f), _mm256_max_ps(_mm256_set1_ps(-64.0f), x));
+    vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec p = exp2_p5(_mm256_sub_ps(xc, n));
+    return v_recip(_mm256_fmadd_ps(p, pow2i(_mm256_cvtps_epi32(n)), _mm256_set1_ps(1.0f)));
 }
 
 #define v_exp2_nonpos v_exp2

@@ -45,6 +45,29 @@ static inline vec v_neginf_to_zero(vec a)
     return _mm512_mask_blend_ps(is_ninf, a, _mm512_setzero_ps());
 }
 
+/* exp2's polynomials (vmath.h): p6(f) ~ 2^f on [-1/2, 1/2], and
+ * q5(f) ~ 2^(f - 1/2) on [0, 1). */
+static inline vec exp2_p6(vec f)
+{
+    vec p = _mm512_set1_ps(ATTN_EXP2_C6);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C1));
+    return _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C0));
+}
+
+static inline vec exp2_q5(vec f)
+{
+    vec q = _mm512_set1_ps(ATTN_EXP2H_E5);
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E4));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E3));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E2));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E1));
+    return _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E0));
+}
+
 /* exp2 per csrc/kernels/vmath.h; scalef does the 2^n scaling for every n,
  * including overflow to +inf. */
 static inline vec v_exp2(vec x)
@@ -52,33 +75,43 @@ static inline vec v_exp2(vec x)
     /* max/min return their second operand when either is NaN: NaN survives */
     vec xc = _mm512_min_ps(_mm512_set1_ps(128.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), x));
     vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec f = _mm512_sub_ps(xc, n);
-    vec p = _mm512_set1_ps(ATTN_EXP2_C6);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C5));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C4));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C3));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C2));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C1));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C0));
-    vec r = _mm512_scalef_ps(p, n);
+    vec r = _mm512_scalef_ps(exp2_p6(_mm512_sub_ps(xc, n)), n);
     /* x < -126 (and -inf) -> 0; NaN compares unordered and is kept */
     __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
     return _mm512_maskz_mov_ps(keep, r);
 }
 
-/* 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh (vmath.h). The caller
- * adds INV1P_SHIFT = 1/2 to x (for free, to a broadcast scalar), which lets
- * the range reduction be a single vreduceps: f = x - floor(x) in [0, 1) and
- * scalef(q(f), x) = q(f) 2^floor(x), with q(f) = 2^(f - 1/2) (degree 5,
- * vmath.h). The reciprocal is rcp14 plus one Newton step. x is clamped to
- * [-63.5, 64.5] first, which keeps +-inf exact (r = 0 or 1); NaN survives the
- * clamps and every step. */
+/* exp2 on the softmax's domain, x <= 0 or NaN (x = score - running max):
+ * no upper clamp, and the lower clamp at -150 doubles as the -inf rule
+ * (2^-150 rounds to 0). Results in (2^-150, 2^-126) are subnormal rather
+ * than flushed; elsewhere identical to v_exp2. */
+static inline vec v_exp2_nonpos(vec x)
+{
+    vec xc = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);  /* NaN (2nd operand) survives */
+    vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_scalef_ps(exp2_p6(_mm512_sub_ps(xc, n)), n);
+}
+
 /* 1 / x: rcp14 (14 bits) and one Newton step (about 2^-28 relative error,
  * exact for powers of two). */
 static inline vec v_recip(vec x)
 {
     vec r = _mm512_rcp14_ps(x);
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
+
+/* 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh (vmath.h). The caller
+ * adds INV1P_SHIFT = 1/2 to x (for free, to a broadcast scalar), which lets
+ * the range reduction be a single vreduceps: f = x - floor(x) in [0, 1) and
+ * scalef(q5(f), x) = q5(f) 2^floor(x) = 2^(x - 1/2). x is clamped to
+ * [-63.5, 64.5] first, which keeps +-inf exact (r = 0 or 1); NaN survives the
+ * clamps and every step. */
+#define INV1P_SHIFT 0.5f
+static inline vec v_inv1p_exp2_shifted(vec x)
+{
+    vec xc = _mm512_min_ps(_mm512_set1_ps(64.5f), _mm512_max_ps(_mm512_set1_ps(-63.5f), x));
+    vec f = _mm512_reduce_ps(xc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    return v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(exp2_q5(f), xc)));
 }
 
 /* In-register 16 x 16 transpose: on return x[i] holds element i of every
@@ -138,39 +171,6 @@ static inline void v_untranspose(const T *src, int64_t ld, const T *inv, T *cons
     transpose16(x);
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++) _mm512_storeu_ps(rows[i] + c0, _mm512_mul_ps(x[i], _mm512_set1_ps(inv[i])));
-}
-
-#define INV1P_SHIFT 0.5f
-static inline vec v_inv1p_exp2_shifted(vec x)
-{
-    vec xc = _mm512_min_ps(_mm512_set1_ps(64.5f), _mm512_max_ps(_mm512_set1_ps(-63.5f), x));
-    vec f = _mm512_reduce_ps(xc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    vec q = _mm512_set1_ps(ATTN_EXP2H_E5);
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E4));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E3));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E2));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E1));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(ATTN_EXP2H_E0));
-    return v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(q, xc)));
-}
-
-/* exp2 on the softmax's domain, x <= 0 or NaN (x = score - running max):
- * no upper clamp, and the lower clamp at -150 doubles as the -inf rule
- * (2^-150 rounds to 0). Results in (2^-150, 2^-126) are subnormal rather
- * than flushed; elsewhere identical to v_exp2. */
-static inline vec v_exp2_nonpos(vec x)
-{
-    vec xc = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);  /* NaN (2nd operand) survives */
-    vec n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec f = _mm512_sub_ps(xc, n);
-    vec p = _mm512_set1_ps(ATTN_EXP2_C6);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C5));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C4));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C3));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C2));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C1));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATTN_EXP2_C0));
-    return _mm512_scalef_ps(p, n);
 }
 
 #include "../kernels/tiles.inc.c"
