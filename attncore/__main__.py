@@ -32,6 +32,9 @@ CHECKS = [
 
 
 def progress(done, total, label, width=28):
+    """A progress bar on stderr (only on a terminal: logs stay clean)."""
+    if not sys.stderr.isatty():
+        return
     filled = int(width * done / total)
     sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<44}")
     sys.stderr.flush()

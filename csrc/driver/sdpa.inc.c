@@ -9,6 +9,7 @@
  *       m = -inf, l = 0, O = 0
  *       for key block [j0, j0 + Bk) inside the chunk and the causal limit
  *           S  = Q K^T                      kernel qk_*   (register-blocked)
+ *              (additive: sum_h w tanh(.))  kernel additive_panel_*
  *           S += mask, causal, -> weights   this file     (only where present)
  *           online softmax on S -> P        kernel softmax_*
  *           P *= dropout                    this file     (only if p > 0)
@@ -17,10 +18,11 @@
  *   if keys were split into chunks: merge the partials in chunk order  <- omp for
  *
  * Units. Query rows are processed in panels of W rows: W = NR lanes on the
- * panel path, ROWS_MAX rows on the rows path (decode). The G = Hq / Hkv query
- * heads that share a kv head are one row group when Lq is small (their rows
- * are stacked so that short queries still fill a panel and K/V are streamed
- * once for all of them), or G groups of Lq rows each when Lq >= NR.
+ * panel path, ROWS_MAX rows on the rows path (decode: taken when all G * Lq
+ * rows of a kv head fit one unit). The G = Hq / Hkv query heads that share a
+ * kv head are one row group when Lq is small (their rows are stacked so that
+ * short queries still fill a panel and K/V are streamed once for all of
+ * them), or G groups of Lq rows each when Lq >= NR.
  *
  * Determinism. Every output element is computed by exactly one unit with a
  * fixed sequence of operations; the key chunking depends only on the problem
