@@ -285,7 +285,7 @@ def linear(x, weight, bias=None):
     x = np.asarray(x, dtype=np.float64)
     W = np.asarray(weight, dtype=np.float64).tolist()
     b = [0.0] * len(W) if bias is None else np.asarray(bias, dtype=np.float64).tolist()
-    rows = x.reshape(-1, x.shape[-1]).tolist()
+    rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).tolist()
     out = [[_dot(r, W[n]) + b[n] for n in range(len(W))] for r in rows]
     return np.array(out, dtype=np.float64).reshape(x.shape[:-1] + (len(W),))
 
