@@ -173,4 +173,36 @@ static inline void v_untranspose(const T *src, int64_t ld, const T *inv, T *cons
     for (int i = 0; i < 16; i++) _mm512_storeu_ps(rows[i] + c0, _mm512_mul_ps(x[i], _mm512_set1_ps(inv[i])));
 }
 
+/* Mask a 16 x 16 block of a score panel: rows[r] + j0 holds 16 mask values
+ * of query r (uint8 for ATTN_MASK_BOOL, float for ATTN_MASK_ADD); after the
+ * transpose x[i] holds key j0 + i's mask for the 16 queries of dst[i * ld]. */
+static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T *dst, int64_t ld)
+{
+    __m512 x[16];
+    if (kind == ATTN_MASK_BOOL) {
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            __m128i bytes = _mm_loadu_si128((const __m128i *)((const uint8_t *)rows[i] + j0));
+            x[i] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) x[i] = _mm512_loadu_ps((const float *)rows[i] + j0);
+    }
+    transpose16(x);
+    if (kind == ATTN_MASK_BOOL) {
+        __m512 ninf = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            __mmask16 hidden = _mm512_cmp_ps_mask(x[i], _mm512_setzero_ps(), _CMP_EQ_OQ);
+            _mm512_storeu_ps(dst + i * ld, _mm512_mask_mov_ps(_mm512_loadu_ps(dst + i * ld), hidden, ninf));
+        }
+    } else {
+        __m512 log2e = _mm512_set1_ps((float)ATTN_LOG2E);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            _mm512_storeu_ps(dst + i * ld, _mm512_fmadd_ps(x[i], log2e, _mm512_loadu_ps(dst + i * ld)));
+    }
+}
+
 #include "../kernels/tiles.inc.c"

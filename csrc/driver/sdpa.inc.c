@@ -161,28 +161,52 @@ static void SDPA_FN(kv_base)(const PLAN *P, int64_t ub, const T **k, const T **v
 
 /*
  * Mask, causal limit and weight recording on a score tile whose element
- * (row r, key j0 + j) lives at s[r * rs + j * js].
+ * (row r, key j0 + j) lives at s[r * rs + j * js]: the panel path (rs = 1,
+ * js = W) hands the mask and the weight copy to its kernels, the rows path
+ * (rs = lds, js = 1) does them here.
  */
 static void SDPA_FN(prep_scores)(const PLAN *P, const ROWREF *rows, int nr, T *s,
                                  int64_t rs, int64_t js, int64_t j0, int64_t nk)
 {
     const attn_sdpa_desc *d = P->d;
     const T log2e = (T)ATTN_LOG2E;
+    const void *mrows[ATTN_MAX_PANEL];
+    T *wrows[ATTN_MAX_PANEL];
+    size_t msize = d->mask_kind == ATTN_MASK_BOOL ? 1 : sizeof(T);
     for (int r = 0; r < nr; r++) {
-        T *sr = s + r * rs;
-        if (d->mask_kind == ATTN_MASK_BOOL) {
-            const uint8_t *mr = (const uint8_t *)rows[r].mrow;
-            for (int64_t j = 0; j < nk; j++)
-                if (!mr[(j0 + j) * d->m_sj]) sr[j * js] = -INFINITY;
-        } else if (d->mask_kind == ATTN_MASK_ADD) {
-            const T *mr = (const T *)rows[r].mrow;
-            for (int64_t j = 0; j < nk; j++) sr[j * js] += mr[(j0 + j) * d->m_sj] * log2e;
+        mrows[r] = rows[r].mrow ? rows[r].mrow + j0 * d->m_sj * (int64_t)msize : NULL;
+        wrows[r] = rows[r].w ? rows[r].w + j0 : NULL;
+    }
+    if (d->mask_kind != ATTN_MASK_NONE) {
+        if (!P->rows_path) {
+            P->kt->mask_panel(nr, nk, d->mask_kind, mrows, d->m_sj, s);
+        } else {
+            for (int r = 0; r < nr; r++) {
+                T *sr = s + r * rs;
+                if (d->mask_kind == ATTN_MASK_BOOL) {
+                    const uint8_t *mr = (const uint8_t *)mrows[r];
+                    for (int64_t j = 0; j < nk; j++)
+                        sr[j * js] = mr[j * d->m_sj] ? sr[j * js] : (T)-INFINITY;
+                } else {
+                    const T *mr = (const T *)mrows[r];
+                    for (int64_t j = 0; j < nk; j++) sr[j * js] += mr[j * d->m_sj] * log2e;
+                }
+            }
         }
+    }
+    for (int r = 0; r < nr; r++) {
         int64_t first_hidden = rows[r].pos == INT64_MAX ? INT64_MAX : rows[r].pos + 1 - j0;
+        T *sr = s + r * rs;
         for (int64_t j = attn_max64(first_hidden, 0); j < nk; j++) sr[j * js] = -INFINITY;
-        if (rows[r].w) {
-            T *w = rows[r].w + j0;
-            for (int64_t j = 0; j < nk; j++) w[j] = sr[j * js];
+    }
+    if (d->weights) {
+        if (!P->rows_path) {
+            T ones[ATTN_MAX_PANEL];
+            for (int r = 0; r < nr; r++) ones[r] = 1;
+            P->kt->unpack_ot(nr, nk, s, ones, wrows);   /* weights rows = St^T */
+        } else {
+            for (int r = 0; r < nr; r++)
+                for (int64_t j = 0; j < nk; j++) wrows[r][j] = s[r * rs + j * js];
         }
     }
 }
@@ -212,10 +236,7 @@ static void SDPA_FN(finish_weights)(const PLAN *P, const ROWREF *row, T m, T inv
     for (int64_t j = 0; j < kbeg && j < d->Lk; j++) w[j] = 0;
     for (int64_t j = attn_max64(kend, 0); j < d->Lk; j++) w[j] = 0;
     if (kend <= kbeg) return;
-    T shift = m == -INFINITY ? (T)0 : m;
-    for (int64_t j = kbeg; j < kend; j++) w[j] -= shift;
-    P->kt->exp2(kend - kbeg, w + kbeg, w + kbeg);
-    for (int64_t j = kbeg; j < kend; j++) w[j] *= inv_l;
+    P->kt->weights_row(kend - kbeg, w + kbeg, m == -INFINITY ? (T)0 : m, inv_l);
     if (d->drop_threshold) {
         uint64_t seed = attn_mix64(d->drop_seed);
         T keep_scale = (T)d->drop_scale;

@@ -82,6 +82,11 @@
         /* rows[r][c] = Ot[c][r] * inv[r]                                   */ \
         void (*unpack_ot)(int nr, int64_t Dv, const T *ot, const T *inv,       \
                           T *const *rows);                                     \
+        /* mask a score panel (bool: -inf where 0; add: += log2e * m)       */ \
+        void (*mask_panel)(int nr, int64_t nk, int kind,                       \
+                           const void *const *mrows, int64_t sj, T *st);       \
+        /* w[i] = exp2(w[i] - shift) * scale (w[i] - shift <= 0 or NaN)      */ \
+        void (*weights_row)(int64_t n, T *w, T shift, T scale);                \
     } attn_ktab_##TAG;
 
 ATTN_DECLARE_KTAB(float, f32)

@@ -17,8 +17,9 @@
  *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
  *                        (vmath.h); callers add the shift to a scalar for free
  *   v_recip              1 / x to float precision
- *   v_transpose, v_untranspose (optional, with V_HAS_TRANSPOSE): VL x VL
- *                        block transposes between row pointers and a panel
+ *   v_transpose, v_untranspose, v_mask_block (optional, with
+ *                        V_HAS_TRANSPOSE): VL x VL block transposes between
+ *                        row pointers and a panel
  *   MR_ADD               register-tile height of the additive scores
  *
  * Preconditions shared by all kernels (the drivers guarantee them):
@@ -220,6 +221,37 @@ static void FN(pack_qt)(int nr, int64_t D, const T *const *rows, T scale, T *qt)
         T *col = qt + d * NR;
         for (int r = 0; r < nr; r++) col[r] = rows[r][d] * scale;
         for (int r = nr; r < NR; r++) col[r] = 0;
+    }
+}
+
+/*
+ * Mask on a score panel: for r < nr, j < nk, with m = mrows[r][j * sj]
+ *   bool (kind ATTN_MASK_BOOL, uint8):  St[j][r] = m ? St[j][r] : -inf
+ *   additive (ATTN_MASK_ADD, T):        St[j][r] += log2(e) * m
+ * mrows[r] points at the mask element of key 0 of this block. Full VL x VL
+ * blocks of contiguous mask rows (sj == 1) go through the register transpose.
+ */
+static void FN(mask_panel)(int nr, int64_t nk, int kind, const void *const *mrows, int64_t sj,
+                           T *st)
+{
+    const T log2e = (T)ATTN_LOG2E;
+    int64_t j0 = 0;
+#ifdef V_HAS_TRANSPOSE
+    if (sj == 1 && nr == NR)
+        for (; j0 + VL <= nk; j0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL)
+                v_mask_block(kind, mrows + r0, j0, st + j0 * NR + r0, NR);
+#endif
+    for (int r = 0; r < nr; r++) {
+        T *col = st + r;
+        if (kind == ATTN_MASK_BOOL) {
+            const uint8_t *m = (const uint8_t *)mrows[r];
+            for (int64_t j = j0; j < nk; j++)
+                col[j * NR] = m[j * sj] ? col[j * NR] : (T)-INFINITY;
+        } else {
+            const T *m = (const T *)mrows[r];
+            for (int64_t j = j0; j < nk; j++) col[j * NR] += log2e * m[j * sj];
+        }
     }
 }
 
@@ -508,6 +540,18 @@ static void FN(tanh_array)(int64_t n, const T *x, T *y)
     if (i < n) v_store_n(y + i, FN(tanh_vec)(v_load_n(x + i, (int)(n - i))), (int)(n - i));
 }
 
+/* Weights of one row from its recorded log2 scores: w = exp2(w - shift) * scale. */
+static void FN(weights_row)(int64_t n, T *w, T shift, T scale)
+{
+    vec sh = v_set1(shift), sc = v_set1(scale);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) v_store(w + i, v_mul(v_exp2_nonpos(v_sub(v_load(w + i), sh)), sc));
+    if (i < n) {
+        int rest = (int)(n - i);
+        v_store_n(w + i, v_mul(v_exp2_nonpos(v_sub(v_load_n(w + i, rest), sh)), sc), rest);
+    }
+}
+
 static void FN(exp2_array)(int64_t n, const T *x, T *y)
 {
     int64_t i = 0;
@@ -534,6 +578,8 @@ const KTAB_TYPE KTAB_NAME = {
     FN(tanh_array),
     FN(pack_qt),
     FN(unpack_ot),
+    FN(mask_panel),
+    FN(weights_row),
 };
 
 #undef NR
