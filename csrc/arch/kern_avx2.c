@@ -121,4 +121,85 @@ static inline vec v_inv1p_exp2_shifted(vec x)
 
 #define v_exp2_nonpos v_exp2
 
+/* In-register 8 x 8 transpose: on return x[i] holds element i of every
+ * input vector. */
+static inline __attribute__((always_inline)) void transpose8(__m256 x[8])
+{
+    __m256 t[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i += 4) {
+        x[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        x[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        x[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        x[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x31);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) x[i] = t[i];
+}
+
+/* Panel staging, output and masks in 8 x 8 blocks (see the AVX-512 file):
+ *   v_transpose:   dst[i * ld + r] = scale * rows[r][d0 + i]
+ *   v_untranspose: rows[r][c0 + i] = src[i * ld + r] * inv[r]
+ *   v_mask_block:  mask a block of a score panel from 8 mask rows */
+#define V_HAS_TRANSPOSE 1
+static inline void v_transpose(const T *const *rows, int64_t d0, T scale, T *dst, int64_t ld)
+{
+    __m256 x[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) x[i] = _mm256_loadu_ps(rows[i] + d0);
+    transpose8(x);
+    __m256 sv = _mm256_set1_ps(scale);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * ld, _mm256_mul_ps(x[i], sv));
+}
+
+static inline void v_untranspose(const T *src, int64_t ld, const T *inv, T *const *rows, int64_t c0)
+{
+    __m256 x[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) x[i] = _mm256_loadu_ps(src + i * ld);
+    transpose8(x);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(rows[i] + c0, _mm256_mul_ps(x[i], _mm256_set1_ps(inv[i])));
+}
+
+static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T *dst, int64_t ld)
+{
+    __m256 x[8];
+    if (kind == ATTN_MASK_BOOL) {
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            __m128i bytes = _mm_loadl_epi64((const __m128i *)((const uint8_t *)rows[i] + j0));
+            x[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        }
+    } else {
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) x[i] = _mm256_loadu_ps((const float *)rows[i] + j0);
+    }
+    transpose8(x);
+    if (kind == ATTN_MASK_BOOL) {
+        __m256 ninf = _mm256_set1_ps(-INFINITY);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            __m256 hidden = _mm256_cmp_ps(x[i], _mm256_setzero_ps(), _CMP_EQ_OQ);
+            _mm256_storeu_ps(dst + i * ld, _mm256_blendv_ps(_mm256_loadu_ps(dst + i * ld), ninf, hidden));
+        }
+    } else {
+        __m256 log2e = _mm256_set1_ps((float)ATTN_LOG2E);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++)
+            _mm256_storeu_ps(dst + i * ld, _mm256_fmadd_ps(x[i], log2e, _mm256_loadu_ps(dst + i * ld)));
+    }
+}
+
 #include "../kernels/tiles.inc.c"
