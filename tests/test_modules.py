@@ -282,3 +282,14 @@ def test_gqa_against_torch_functional(rng):
     ref = F.linear(o.transpose(1, 2).reshape(2, 9, 32), torch.from_numpy(m.out_proj.weight),
                    torch.from_numpy(m.out_proj.bias))
     assert_close(m(x, is_causal=True)[0], ref.double().numpy(), "sdpa", np.float32)
+
+
+def test_cross_attention_feature_mismatch(rng):
+    m = layer(kdim=6, vdim=5)
+    x = rng.standard_normal((2, 4, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="key must have shape"):
+        m(x, rng.standard_normal((2, 3, 7)).astype(np.float32), rng.standard_normal((2, 3, 5)).astype(np.float32))
+    with pytest.raises(ValueError, match="value must have shape"):
+        m(x, rng.standard_normal((2, 3, 6)).astype(np.float32), rng.standard_normal((2, 3, 6)).astype(np.float32))
+    with pytest.raises(ValueError, match="kdim = vdim = embed_dim"):
+        m(x)

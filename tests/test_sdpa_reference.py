@@ -218,3 +218,13 @@ def test_merge_reference_matches_full(dtype, rng):
     ref_out, ref_lse = R.scaled_dot_product_attention(q, k, v, return_lse=True)
     np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(lse, ref_lse, rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_inputs(isa, rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed")
+    q, k, v = qkv(rng, np.float32)
+    bq, bk, bv = (a.astype(ml_dtypes.bfloat16) for a in (q, k, v))
+    out = attncore.scaled_dot_product_attention(bq, bk, bv)
+    assert out.dtype == ml_dtypes.bfloat16
+    ref = R.scaled_dot_product_attention(*(a.astype(np.float32) for a in (bq, bk, bv)))
+    np.testing.assert_allclose(out.astype(np.float32), ref, rtol=2e-2, atol=2e-2)
