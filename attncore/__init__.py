@@ -2,8 +2,12 @@
 
 Layers (data flows top to bottom, once):
 
-    attncore/functional.py   validation, layouts, masks -> a plan (public functions)
+    attncore/functional.py   scaled_dot_product_attention, dot_attention, merge_attention
+    attncore/scoring.py      general, additive and concat attention
+    attncore/modules.py      MultiHeadAttention, KVCache
+    attncore/_engine.py      the shared path: validation, masks, outputs -> the kernel
     attncore/_validate.py    argument checks with errors that name arguments and shapes
+    attncore/_linalg.py      projections on attncore's own GEMM
     attncore/_layout.py      which strided arrays the kernels read in place
     attncore/_core.pyx       the only crossing into C; releases the GIL
     csrc/driver/             loop nests, blocking, OpenMP, scratch
@@ -18,6 +22,15 @@ Example
 (1, 2, 3, 4)
 """
 __version__ = "0.1.0"
+
+try:
+    from . import _core  # noqa: F401  (the compiled extension)
+except ImportError as exc:  # pragma: no cover - depends on how attncore was installed
+    raise ImportError(
+        "attncore's compiled extension (attncore._core) could not be imported. From a source "
+        "checkout, build it in place with `pip install -e .`; after `pip install .`, import "
+        "attncore from outside the source tree (the checkout's attncore/ folder shadows the "
+        f"installed package). Original error: {exc}") from exc
 
 from ._config import config, show_config
 from .functional import dot_attention, merge_attention, scaled_dot_product_attention

@@ -1,9 +1,10 @@
-"""Attention functions (the public API; see shared/API.md).
+"""Scaled dot-product attention, dot attention and merge_attention (the
+public API; see shared/API.md).
 
-This module validates arguments, normalises layouts and dtypes, allocates the
-outputs and hands a plan to the C kernels through attncore._core. The
-numerics live in C: csrc/driver/sdpa.inc.c (loops, threads, online softmax
-bookkeeping) and csrc/kernels/tiles.inc.c (register-blocked tile math).
+Argument checks, masks and the kernel call are shared with the other
+scoring functions in attncore/_engine.py. The numerics live in C:
+csrc/driver/sdpa.inc.c (loops, threads, online-softmax bookkeeping) and
+csrc/kernels/tiles.inc.c (register-blocked tile math).
 """
 import math
 
