@@ -84,6 +84,7 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
     size_t c_elems = (size_t)(rows_per_unit * nr);
     int nthreads = attn_region_threads(num_threads, nunits);
     int failed = 0;
+    (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif

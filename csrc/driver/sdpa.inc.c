@@ -505,6 +505,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     int64_t nunits = P.nbase * P.nchunks;
     int nthreads = attn_region_threads(num_threads, nunits);
     int failed = 0;
+    (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
