@@ -30,6 +30,14 @@ def test_linear_strided_and_batched(isa, dtype, rng):
     assert_close(y, ref, "sdpa", dtype, scale=np.sqrt(48))
 
 
+@pytest.mark.parametrize("M", [1, 3, 40])   # dot-product path (few rows) and packed path
+def test_linear_transposed_weight(isa, dtype, rng, M):
+    x = rng.standard_normal((M, 37)).astype(dtype)
+    w = rng.standard_normal((37, 45)).astype(dtype).T   # (45, 37), k stride 45
+    b = rng.standard_normal(45).astype(dtype)
+    assert_close(_linalg.linear(x, w, b), R.linear(x, w, b), "sdpa", dtype, scale=np.sqrt(37))
+
+
 def test_linear_large_against_numpy(isa, rng):
     x = rng.standard_normal((300, 700)).astype(np.float32)
     w = rng.standard_normal((130, 700)).astype(np.float32)

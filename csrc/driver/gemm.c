@@ -12,6 +12,16 @@
  * block reloads and stores the C tile, and the Wt slice streams well from L2. */
 #define ATTN_GEMM_KC 512
 
+/* Up to this many rows, and with W's rows contiguous, skip the packing and
+ * take dot products (linear_rows): packing W costs about as much as
+ * multiplying a few dozen rows by it. Measured crossover (Zen 4, K = 768,
+ * N = 2304): about 48 rows; 1 row (a decode step) is 13x faster than
+ * packing. ATTN_GEMM_ROWS_N outputs per unit. */
+#define ATTN_GEMM_ROWS_MAX_M 32
+#define ATTN_GEMM_ROWS_N 64
+/* Largest panel width of any kernel table. */
+#define ATTN_MAX_NR 64
+
 #define T float
 #define TAG f32
 #define KTAB attn_ktab_f32
