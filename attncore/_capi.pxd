@@ -63,5 +63,7 @@ cdef extern from "attncore/attn.h" nogil:
     const char *attn_compiler() noexcept
     int attn_default_threads() noexcept
     int attn_openmp_enabled() noexcept
+    void attn_runtime_init() noexcept
+    int attn_single_threaded_after_fork() noexcept
     attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n) noexcept
     attn_status attn_vtanh_f32(int isa, const float *x, float *y, int64_t n) noexcept

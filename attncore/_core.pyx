@@ -22,6 +22,8 @@ from attncore._capi cimport *
 ISA_NAMES = ("portable", "avx2", "avx512")
 DEF MAX_DIMS = 32
 
+attn_runtime_init()
+
 
 cdef int _raise(attn_status st, str op) except -1:
     if st == ATTN_ENOMEM:
@@ -264,3 +266,8 @@ def default_threads():
 
 def openmp_enabled():
     return bool(attn_openmp_enabled())
+
+
+def single_threaded_after_fork():
+    """True in a child forked after this process ran a multi-threaded region."""
+    return bool(attn_single_threaded_after_fork())

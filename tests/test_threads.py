@@ -80,3 +80,29 @@ def test_threadpoolctl_limits_openmp():
 def test_config_reports_threads():
     cfg = attncore.config()
     assert cfg["threads"] == _core.default_threads() >= 1
+
+
+FORK_SCRIPT = r"""
+import multiprocessing as mp, numpy as np, attncore
+from attncore import _core
+q = np.random.default_rng(0).standard_normal((1, 4, 256, 32)).astype(np.float32)
+parent = attncore.scaled_dot_product_attention(q, q, q, num_threads=2)   # starts the thread pool
+
+def child(_):
+    out = attncore.scaled_dot_product_attention(q, q, q, num_threads=2)
+    return bool(np.array_equal(out, parent)), _core.single_threaded_after_fork()
+
+with mp.get_context("fork").Pool(2) as pool:
+    print(pool.map(child, [0, 1]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_forked_children_do_not_hang():
+    """GNU OpenMP's pool does not survive fork: children of a process that ran
+    a multi-threaded region must fall back to one thread, not hang."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[(True, True), (True, True)]"

@@ -3,6 +3,42 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define ATTN_HAVE_ATFORK 1
+#endif
+
+/*
+ * Fork safety. GNU OpenMP's thread pool does not survive fork(): a child
+ * process that opens a parallel region after its parent has run one waits
+ * forever for workers that were not copied. So once this process has run a
+ * multi-threaded region, a forked child runs every region single-threaded
+ * (correct, and bitwise the same results, just slower). Children started
+ * with "spawn"/"forkserver" are unaffected.
+ */
+static volatile int g_pool_started = 0;   /* this process ran a region with > 1 thread */
+static volatile int g_forked_after_pool = 0;
+
+#ifdef ATTN_HAVE_ATFORK
+static void attn_atfork_child(void)
+{
+    if (g_pool_started) g_forked_after_pool = 1;
+    g_pool_started = 0;
+}
+#endif
+
+void attn_runtime_init(void)
+{
+#ifdef ATTN_HAVE_ATFORK
+    static int registered = 0;
+    if (!registered) {
+        registered = 1;
+        pthread_atfork(NULL, NULL, attn_atfork_child);
+    }
+#endif
+}
+
+int attn_single_threaded_after_fork(void) { return g_forked_after_pool; }
 
 void *attn_scratch_alloc(size_t bytes)
 {
@@ -23,6 +59,8 @@ int attn_region_threads(int requested, int64_t units)
     n = 1;
 #endif
     if (units < n) n = units > 0 ? (int)units : 1;
+    if (g_forked_after_pool) n = 1;
+    if (n > 1) g_pool_started = 1;
     return n;
 }
 

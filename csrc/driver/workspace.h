@@ -16,7 +16,8 @@ static inline int64_t attn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t attn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* The number of threads a region should use: what was asked for, never more
- * than the work units, at least one. */
+ * than the work units, at least one; one in a child forked after this
+ * process ran a multi-threaded region (see workspace.c). */
 int attn_region_threads(int requested, int64_t units);
 
 #endif

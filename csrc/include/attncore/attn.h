@@ -132,6 +132,11 @@ const char *attn_compiler(void);
  * OMP_NUM_THREADS and threadpoolctl apply), 1 without OpenMP. */
 int attn_default_threads(void);
 int attn_openmp_enabled(void);
+/* Called once at import: registers the fork handler (see workspace.c). */
+void attn_runtime_init(void);
+/* 1 in a child forked after the parent ran a multi-threaded region: every
+ * region then runs single-threaded (GNU OpenMP's pool does not survive fork). */
+int attn_single_threaded_after_fork(void);
 
 /* Test hooks: apply one ISA's vector exp2 / tanh to n floats. */
 attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n);
