@@ -115,27 +115,30 @@ static int64_t SDPA_FN(kvbase_row)(const PLAN *P, int64_t ub)
     return t * P->d->Lk;
 }
 
-/* Whether every additive input is small enough for the product form:
- * e^(2x) stays in [2^-63, 2^63] for |x| <= 63 / (2 log2 e), so products of
- * a query and a key term never leave the float range. NaN fails the test. */
-static int SDPA_FN(additive_in_range)(const attn_sdpa_desc *d)
+/* Whether |x| <= limit for every element of a (B, H, L, D) tensor; NaN fails. */
+static int SDPA_FN(all_within)(const T *base, const int64_t *boff, int64_t sh, int64_t sl,
+                               int64_t B, int64_t H, int64_t L, int64_t D, double limit)
 {
-    const double limit = 63.0 / (2.0 * ATTN_LOG2E);
-    for (int64_t b = 0; b < d->B; b++)
-        for (int64_t h = 0; h < d->Hq; h++)
-            for (int64_t i = 0; i < d->Lq; i++) {
-                const T *x = (const T *)d->q + d->q_boff[b] + h * d->q_sh + i * d->q_sl;
-                for (int64_t c = 0; c < d->D; c++)
-                    if (!(fabs((double)x[c]) <= limit)) return 0;
-            }
-    for (int64_t b = 0; b < d->B; b++)
-        for (int64_t h = 0; h < d->Hkv; h++)
-            for (int64_t j = 0; j < d->Lk; j++) {
-                const T *x = (const T *)d->k + d->k_boff[b] + h * d->k_sh + j * d->k_sl;
-                for (int64_t c = 0; c < d->D; c++)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < L; i++) {
+                const T *x = base + boff[b] + h * sh + i * sl;
+                for (int64_t c = 0; c < D; c++)
                     if (!(fabs((double)x[c]) <= limit)) return 0;
             }
     return 1;
+}
+
+/* Whether every additive input is small enough for the product form:
+ * e^(2x) stays in [2^-63, 2^63] for |x| <= 63 / (2 log2 e), so products of
+ * a query and a key term never leave the float range. */
+static int SDPA_FN(additive_in_range)(const attn_sdpa_desc *d)
+{
+    const double limit = 63.0 / (2.0 * ATTN_LOG2E);
+    return SDPA_FN(all_within)((const T *)d->q, d->q_boff, d->q_sh, d->q_sl, d->B, d->Hq, d->Lq,
+                               d->D, limit) &&
+           SDPA_FN(all_within)((const T *)d->k, d->k_boff, d->k_sh, d->k_sl, d->B, d->Hkv, d->Lk,
+                               d->D, limit);
 }
 
 /* F = e^(2 Kp) for key row t of (B, Hkv, Lk) order. */
