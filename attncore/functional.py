@@ -71,7 +71,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     -------
     out, or a tuple (out, weights), (out, lse) or (out, weights, lse).
     A query row that can see no key gives zeros (weights 0, lse -inf),
-    never NaN.
+    never NaN. NaN/Inf in the inputs propagate as in attncore.reference; a
+    NaN/Inf *value* of a masked-out key may or may not reach the output (key
+    blocks that are masked as a whole are never read).
 
     Example
     -------
