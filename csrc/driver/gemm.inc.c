@@ -137,10 +137,7 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
     {
         T *c = (T *)attn_scratch_alloc(c_elems * sizeof(T));
         if (!c) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
+            attn_flag_set(&failed);
         }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -151,12 +148,7 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t u = 0; u < nunits; u++) {
-            int stop;
-#ifdef _OPENMP
-#pragma omp atomic read
-#endif
-            stop = failed;
-            if (!stop) GEMM_FN(linear_unit)(d, kt, u, npanels, packed, c);
+            if (!attn_flag_get(&failed)) GEMM_FN(linear_unit)(d, kt, u, npanels, packed, c);
         }
         attn_scratch_free(c);
     }

@@ -515,10 +515,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     {
         T *scratch = (T *)attn_scratch_alloc((size_t)P.scratch_elems * sizeof(T));
         if (!scratch) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
+            attn_flag_set(&failed);
         }
         if (P.fk) {
 #ifdef _OPENMP
@@ -531,12 +528,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t u = 0; u < nunits; u++) {
-            int stop;
-#ifdef _OPENMP
-#pragma omp atomic read
-#endif
-            stop = failed;
-            if (!stop) SDPA_FN(run_unit)(&P, u, scratch);
+            if (!attn_flag_get(&failed)) SDPA_FN(run_unit)(&P, u, scratch);
         }
         /* (implicit barrier) */
         if (P.nchunks > 1) {
@@ -544,7 +536,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #pragma omp for schedule(static)
 #endif
             for (int64_t ub = 0; ub < P.nbase; ub++)
-                if (!failed) SDPA_FN(merge_unit)(&P, ub);
+                if (!attn_flag_get(&failed)) SDPA_FN(merge_unit)(&P, ub);
         }
         attn_scratch_free(scratch);
     }
