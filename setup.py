@@ -13,6 +13,10 @@ Environment:
   ATTNCORE_FAIL_NO_OPENMP=1   make a missing OpenMP an error (CI sets it)
   ATTNCORE_CYTHON_CHECKS=1    compile Cython with bounds/wraparound checks on
   ATTNCORE_DISABLE_ISA=avx512[,avx2]   skip building those kernel levels
+  ATTNCORE_EXTRA_CFLAGS="..."  space-separated flags appended to the compile of
+                               every file and probe (e.g. sanitizers: tools/sanitize.sh)
+  ATTNCORE_EXTRA_LDFLAGS="..." space-separated flags appended to the extension's
+                               and the OpenMP probe's link
 """
 import os
 import sys
@@ -59,15 +63,23 @@ OPENMP_PROBE = """
         return n > 0 ? 0 : 1;
     }"""
 
-BASE_FLAGS = ["-O3", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
+# -ffp-contract=off: the compiler must not fuse a * b + c on its own. The
+# kernels ask for FMAs explicitly where they want them; an implicit fusion
+# would break the compensated (Kahan) sums and make results depend on the
+# compiler version.
+BASE_FLAGS = ["-O3", "-fno-strict-aliasing", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
 OPENMP_FLAGS = ["-fopenmp"]
+EXTRA_CFLAGS = os.environ.get("ATTNCORE_EXTRA_CFLAGS", "").split()
+EXTRA_LDFLAGS = os.environ.get("ATTNCORE_EXTRA_LDFLAGS", "").split()
 INCLUDE_DIRS = [os.path.join("csrc", "include")]
 C_SOURCES = [
     "csrc/dispatch/cpu_features.c",
     "csrc/driver/workspace.c",
+    "csrc/driver/interrupt.c",
     "csrc/driver/sdpa.c",
     "csrc/driver/gemm.c",
     "csrc/arch/kern_portable.c",
+    "csrc/arch/kern_portable_f64.c",
 ]
 
 
@@ -84,10 +96,12 @@ class BuildExt(build_ext):
             with open(path, "w") as f:
                 f.write(textwrap.dedent(source))
             try:
-                objs = self.compiler.compile([path], output_dir=tmp, extra_postargs=list(flags))
+                objs = self.compiler.compile([path], output_dir=tmp,
+                                             extra_postargs=list(flags) + EXTRA_CFLAGS)
                 if link:
                     self.compiler.link_executable(
-                        objs, "probe", output_dir=tmp, extra_postargs=list(link_flags))
+                        objs, "probe", output_dir=tmp,
+                        extra_postargs=list(link_flags) + EXTRA_LDFLAGS)
             except Exception:  # CompileError, LinkError
                 return False
         return True
@@ -102,8 +116,8 @@ class BuildExt(build_ext):
 
         disabled = {s.strip() for s in os.environ.get("ATTNCORE_DISABLE_ISA", "").split(",") if s.strip()}
         for ext in self.extensions:
-            ext.extra_compile_args = BASE_FLAGS + (OPENMP_FLAGS if openmp else [])
-            ext.extra_link_args = OPENMP_FLAGS if openmp else []
+            ext.extra_compile_args = BASE_FLAGS + (OPENMP_FLAGS if openmp else []) + EXTRA_CFLAGS
+            ext.extra_link_args = (OPENMP_FLAGS if openmp else []) + EXTRA_LDFLAGS
             for isa, flags in ISA_FLAGS.items():
                 if isa in disabled:
                     _warn(f"{isa} kernels disabled by ATTNCORE_DISABLE_ISA")
@@ -116,7 +130,7 @@ class BuildExt(build_ext):
                     [os.path.join("csrc", "arch", f"kern_{isa}.c")],
                     output_dir=self.build_temp,
                     include_dirs=INCLUDE_DIRS,
-                    extra_postargs=BASE_FLAGS + flags,
+                    extra_postargs=BASE_FLAGS + flags + EXTRA_CFLAGS,
                 )
                 ext.extra_objects = list(ext.extra_objects or []) + objects
                 ext.define_macros = list(ext.define_macros or []) + [(f"ATTN_BUILT_{isa.upper()}", "1")]

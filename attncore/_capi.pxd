@@ -7,6 +7,7 @@ cdef extern from "attncore/attn.h" nogil:
         ATTN_ENOMEM
         ATTN_EINVAL
         ATTN_EISA
+        ATTN_EINTR
 
     ctypedef struct attn_sdpa_desc:
         int64_t B, Hq, Hkv, Lq, Lk, D, Dv
@@ -32,13 +33,21 @@ cdef extern from "attncore/attn.h" nogil:
         int64_t causal_offset
         const int64_t *valid_lens
         const int64_t *vl_boff
-        int64_t vl_si
+        int64_t vl_sh, vl_si
         double scale
         uint32_t drop_threshold
         uint64_t drop_seed
         double drop_scale
         void *weights
         void *lse
+        int cancellable
+        uint64_t cancel_epoch
+
+    ctypedef struct attn_plan_info:
+        int path
+        int additive_form
+        int64_t rows_per_unit, units, chunks, chunk_len, key_block
+        int threads
 
     ctypedef struct attn_linear_desc:
         int64_t M, N, K
@@ -49,11 +58,20 @@ cdef extern from "attncore/attn.h" nogil:
         const void *bias
         void *y
         int64_t y_sm
+        int cancellable
+        uint64_t cancel_epoch
 
     attn_status attn_linear_f32(const attn_linear_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_linear_f64(const attn_linear_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                   attn_plan_info *info) noexcept
+    attn_status attn_sdpa_plan_f64(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                   attn_plan_info *info) noexcept
+    int attn_sigint_guard_begin(uint64_t *epoch) noexcept
+    void attn_sigint_guard_end() noexcept
+    void attn_sigint_simulate() noexcept
     uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter) noexcept
     int attn_isa_built(int isa) noexcept
     int attn_isa_supported(int isa) noexcept
@@ -67,3 +85,19 @@ cdef extern from "attncore/attn.h" nogil:
     int attn_single_threaded_after_fork() noexcept
     attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n) noexcept
     attn_status attn_vtanh_f32(int isa, const float *x, float *y, int64_t n) noexcept
+
+    enum:
+        ATTN_PATH_PANEL
+        ATTN_PATH_ROWS
+        ATTN_ADDITIVE_NONE
+        ATTN_ADDITIVE_PRODUCT
+        ATTN_ADDITIVE_TANH
+        ATTN_SCORE_DOT
+        ATTN_SCORE_ADDITIVE
+        ATTN_MASK_NONE
+        ATTN_MASK_BOOL
+        ATTN_MASK_ADD
+        ATTN_ISA_PORTABLE
+        ATTN_ISA_AVX2
+        ATTN_ISA_AVX512
+        ATTN_ISA_COUNT

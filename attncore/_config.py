@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 
-ISA_NAMES = ("portable", "avx2", "avx512")
+ISA_NAMES = _core.ISA_NAMES   # from the C enum: one list of names
 
 
 def _isa_from_env():

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The one crossing into C: arrays -> C descriptors, GIL released, status
-codes -> Python exceptions.
+codes -> Python exceptions that name the calling function.
 
 Everything here trusts its caller (attncore._engine / attncore._linalg),
-which has already checked shapes, dtypes and ranges, and made sure every
-array has a unit-stride last dimension and item-aligned strides.
+which has already checked shapes, dtypes and ranges, and passed every array
+through attncore._layout.for_kernel (native byte order, aligned, item-size
+strides, unit stride in the last dimension).
 
 Arrays are read through the buffer protocol (no NumPy headers needed). A
 tensor of the attention layout is aligned to the right of the full shape
@@ -12,27 +13,72 @@ tensor of the attention layout is aligned to the right of the full shape
 broadcast with stride 0. Its layout for C is: the address of element 0, the
 element offset of every flattened batch index, and element strides of the
 core dims.
+
+Long calls made from Python's main thread can be stopped with Ctrl-C: a
+guard (csrc/driver/interrupt.c) lets the kernels see SIGINT; the call then
+raises KeyboardInterrupt (or, if the Python-level handler does not raise,
+runs again from the start so the result is complete).
 """
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyObject_GetBuffer, PyBuffer_Release
-from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport PyThread_get_thread_ident
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
+
+import threading
 
 from attncore._capi cimport *
 
-ISA_NAMES = ("portable", "avx2", "avx512")
 DEF MAX_DIMS = 32
+
+# C enums, for the Python layer (one vocabulary end to end)
+SCORE_DOT = ATTN_SCORE_DOT
+SCORE_ADDITIVE = ATTN_SCORE_ADDITIVE
+MASK_NONE = ATTN_MASK_NONE
+MASK_BOOL = ATTN_MASK_BOOL
+MASK_ADD = ATTN_MASK_ADD
+ISA_NAMES = tuple(attn_isa_name(i).decode() for i in range(ATTN_ISA_COUNT))
+PATH_NAMES = {ATTN_PATH_PANEL: "panel", ATTN_PATH_ROWS: "rows"}
+ADDITIVE_FORMS = {ATTN_ADDITIVE_NONE: None, ATTN_ADDITIVE_PRODUCT: "product",
+                  ATTN_ADDITIVE_TANH: "tanh"}
+MAX_NDIM = MAX_DIMS
+
+# Calls estimated above this many multiply-adds install the Ctrl-C guard
+# (two sigaction calls, about a microsecond): about 0.1 ms of work.
+DEF INTERRUPTIBLE_WORK = 1 << 24
+
+cdef unsigned long _main_thread = threading.main_thread().ident
 
 attn_runtime_init()
 
 
-cdef int _raise(attn_status st, str op) except -1:
+cdef int _raise(attn_status st, str op, object detail) except -1:
     if st == ATTN_ENOMEM:
-        raise MemoryError(f"{op}: out of memory for scratch buffers")
+        raise MemoryError(f"{op}: out of memory for scratch buffers ({detail})")
     if st == ATTN_EINVAL:
-        raise ValueError(f"{op}: internal error, the C kernel rejected its arguments")
+        raise ValueError(f"{op}: the C kernel rejected the problem ({detail}): sizes beyond "
+                         f"its limits, or an internal error")
     if st == ATTN_EISA:
         raise RuntimeError(f"{op}: the requested kernel level is not available on this CPU/build")
     raise RuntimeError(f"{op}: unknown status {<int>st}")
+
+
+cdef class _Buf:
+    """One optional array's buffer; released only if it was acquired."""
+    cdef Py_buffer view
+    cdef bint held
+
+    cdef void *get(self, object arr) except? NULL:
+        """Address of element 0 (NULL for None)."""
+        if arr is None:
+            return NULL
+        PyObject_GetBuffer(arr, &self.view, PyBUF_RECORDS_RO)
+        self.held = True
+        return self.view.buf
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
 
 
 cdef class _Tensor:
@@ -42,20 +88,18 @@ cdef class _Tensor:
     cdef int64_t *boff
     cdef int64_t core[3]
 
-    def __cinit__(self):
-        self.held = False
-        self.boff = NULL
-
     cdef int load(self, object arr, tuple batch, int64_t nb, int core_ndim) except -1:
         cdef int nbatch = len(batch), k, kk, offset_dims
         cdef int64_t strides[MAX_DIMS]
         cdef int64_t sizes[MAX_DIMS]
         cdef int64_t item, t, rem, off
+        if nbatch + core_ndim > MAX_DIMS:
+            raise ValueError(f"more than {MAX_DIMS} dimensions")
         PyObject_GetBuffer(arr, &self.view, PyBUF_RECORDS_RO)
         self.held = True
+        if self.view.ndim > nbatch + core_ndim:
+            raise ValueError("array has more dimensions than the problem")
         item = self.view.itemsize
-        if nbatch + core_ndim > MAX_DIMS:
-            raise ValueError("too many dimensions")
         # strides of the full shape, right-aligned, 0 where broadcast
         offset_dims = nbatch + core_ndim - self.view.ndim
         for k in range(nbatch + core_ndim):
@@ -80,140 +124,178 @@ cdef class _Tensor:
             self.boff[t] = off
         return 0
 
-    cdef void *ptr(self):
-        return self.view.buf
-
     def __dealloc__(self):
         if self.held:
             PyBuffer_Release(&self.view)
         free(self.boff)
 
 
-cdef void *_data(object arr, Py_buffer *view) except? NULL:
-    """Address of element 0 of an optional array (NULL for None)."""
-    if arr is None:
-        return NULL
-    PyObject_GetBuffer(arr, view, PyBUF_RECORDS_RO)
-    return view.buf
+cdef bint _guard_wanted(int64_t work):
+    return work >= INTERRUPTIBLE_WORK and PyThread_get_thread_ident() == _main_thread
 
 
-def sdpa(bint f64, int isa, int num_threads, tuple dims, tuple batch,
-         q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
-         valid_lens, bint vl_per_row, double scale, uint32_t drop_threshold, uint64_t drop_seed,
-         double drop_scale, weights, lse, int score_kind=0, w_score=None):
-    """Run attn_sdpa_f32/f64. q/k/v/out are (..., H, L, D)-layout arrays whose
-    leading dims broadcast to `batch`; mask broadcasts to batch + (Hq, Lq, Lk);
-    valid_lens is a contiguous int64 array of shape batch (+ (Lq,) if
-    vl_per_row); weights/lse are contiguous outputs or None."""
+cdef class _SdpaCall:
+    """A filled attn_sdpa_desc and the buffers it points into."""
     cdef attn_sdpa_desc d
-    cdef int64_t nb = dims[0]
-    cdef _Tensor tq = _Tensor(), tk = _Tensor(), tv = _Tensor(), to = _Tensor(), tm = _Tensor()
-    cdef Py_buffer vw, vlse, vvl, vws
-    cdef int64_t *vl_boff = NULL
-    cdef int64_t t
+    cdef _Tensor tq, tk, tv, to, tm, tvl
+    cdef _Buf bw, blse, bws
+    cdef bint f64
+    cdef int isa, threads
+
+    def __cinit__(self):
+        self.tq, self.tk, self.tv, self.to, self.tm = _Tensor(), _Tensor(), _Tensor(), _Tensor(), _Tensor()
+        self.tvl = _Tensor()
+        self.bw, self.blse, self.bws = _Buf(), _Buf(), _Buf()
+
+    cdef int setup(self, bint f64, int isa, int num_threads, tuple dims, tuple batch,
+                   q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
+                   valid_lens, double scale, uint32_t drop_threshold,
+                   uint64_t drop_seed, double drop_scale, weights, lse, int score_kind,
+                   w_score) except -1:
+        cdef attn_sdpa_desc *d = &self.d
+        cdef int64_t nb = dims[0]
+        self.f64, self.isa, self.threads = f64, isa, num_threads
+        d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = dims
+        self.tq.load(q, batch, nb, 3)
+        self.tk.load(k, batch, nb, 3)
+        self.tv.load(v, batch, nb, 3)
+        self.to.load(out, batch, nb, 3)
+        d.q, d.q_boff, d.q_sh, d.q_sl = self.tq.view.buf, self.tq.boff, self.tq.core[0], self.tq.core[1]
+        d.k, d.k_boff, d.k_sh, d.k_sl = self.tk.view.buf, self.tk.boff, self.tk.core[0], self.tk.core[1]
+        d.v, d.v_boff, d.v_sh, d.v_sl = self.tv.view.buf, self.tv.boff, self.tv.core[0], self.tv.core[1]
+        d.out, d.o_boff, d.o_sh, d.o_sl = self.to.view.buf, self.to.boff, self.to.core[0], self.to.core[1]
+        d.mask_kind = mask_kind
+        d.mask, d.m_boff = NULL, NULL
+        d.m_sh = d.m_si = d.m_sj = 0
+        if mask_kind != ATTN_MASK_NONE:
+            self.tm.load(mask, batch, nb, 3)
+            d.mask, d.m_boff = self.tm.view.buf, self.tm.boff
+            d.m_sh, d.m_si, d.m_sj = self.tm.core[0], self.tm.core[1], self.tm.core[2]
+        d.causal = causal
+        d.causal_offset = causal_offset
+        d.scale = scale
+        d.drop_threshold = drop_threshold
+        d.drop_seed = drop_seed
+        d.drop_scale = drop_scale
+        d.score_kind = score_kind
+        d.weights = self.bw.get(weights)
+        d.lse = self.blse.get(lse)
+        d.w_score = self.bws.get(w_score)
+        d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
+        d.cancellable, d.cancel_epoch = 0, 0
+        if valid_lens is not None:
+            self.tvl.load(valid_lens, batch, nb, 2)
+            d.valid_lens = <const int64_t *>self.tvl.view.buf
+            d.vl_boff, d.vl_sh, d.vl_si = self.tvl.boff, self.tvl.core[0], self.tvl.core[1]
+        return 0
+
+    cdef attn_status run_once(self, bint guard):
+        cdef attn_status st
+        cdef bint guarded = False
+        if guard:
+            guarded = attn_sigint_guard_begin(&self.d.cancel_epoch)
+        self.d.cancellable = guarded
+        with nogil:
+            if self.f64:
+                st = attn_sdpa_f64(&self.d, self.isa, self.threads)
+            else:
+                st = attn_sdpa_f32(&self.d, self.isa, self.threads)
+        if guarded:
+            attn_sigint_guard_end()
+        return st
+
+    cdef int run(self, str op) except -1:
+        cdef attn_status st
+        cdef int64_t work = self.d.B * self.d.Hq * self.d.Lq * self.d.Lk * (self.d.D + self.d.Dv + 1)
+        cdef bint guard = _guard_wanted(work)
+        while True:
+            st = self.run_once(guard)
+            if st != ATTN_EINTR:
+                break
+            # raises KeyboardInterrupt (or whatever the handler raises); a
+            # handler that does not raise leaves an incomplete result: redo
+            PyErr_CheckSignals()
+        if st != ATTN_OK:
+            _raise(st, op, _dims_text(self.d))
+        return 0
+
+
+cdef str _dims_text(attn_sdpa_desc d):
+    return (f"B={d.B} Hq={d.Hq} Hkv={d.Hkv} Lq={d.Lq} Lk={d.Lk} D={d.D} Dv={d.Dv}")
+
+
+def sdpa(str op, bint f64, int isa, int num_threads, tuple dims, tuple batch,
+         q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
+         valid_lens, double scale, uint32_t drop_threshold, uint64_t drop_seed,
+         double drop_scale, weights, lse, int score_kind=ATTN_SCORE_DOT, w_score=None,
+         bint plan_only=False):
+    """Run attn_sdpa_f32/f64 for the public function `op` (named in errors).
+    q/k/v/out are (..., H, L, D)-layout arrays whose leading dims broadcast
+    to `batch`; mask broadcasts to batch + (Hq, Lq, Lk); valid_lens (int64)
+    broadcasts to batch + (Hq, Lq); weights/lse are contiguous outputs or
+    None. With plan_only, nothing runs
+    and the plan (path, units, chunks, ...) is returned as a dict."""
+    cdef _SdpaCall call = _SdpaCall()
+    cdef attn_plan_info info
     cdef attn_status st
-    cdef bint have_w = weights is not None, have_lse = lse is not None
-    cdef bint have_vl = valid_lens is not None, have_ws = w_score is not None
+    call.setup(f64, isa, num_threads, dims, batch, q, k, v, out, mask_kind, mask, causal,
+               causal_offset, valid_lens, scale, drop_threshold, drop_seed,
+               drop_scale, weights, lse, score_kind, w_score)
+    if not plan_only:
+        call.run(op)
+        return None
+    if f64:
+        st = attn_sdpa_plan_f64(&call.d, isa, num_threads, &info)
+    else:
+        st = attn_sdpa_plan_f32(&call.d, isa, num_threads, &info)
+    if st != ATTN_OK:
+        _raise(st, op, _dims_text(call.d))
+    return dict(path=PATH_NAMES[info.path], additive_form=ADDITIVE_FORMS[info.additive_form],
+                rows_per_unit=info.rows_per_unit, units=info.units, chunks=info.chunks,
+                chunk_len=info.chunk_len, key_block=info.key_block, threads=info.threads)
 
-    d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = dims
-    tq.load(q, batch, nb, 3)
-    tk.load(k, batch, nb, 3)
-    tv.load(v, batch, nb, 3)
-    to.load(out, batch, nb, 3)
-    d.q, d.q_boff, d.q_sh, d.q_sl = tq.ptr(), tq.boff, tq.core[0], tq.core[1]
-    d.k, d.k_boff, d.k_sh, d.k_sl = tk.ptr(), tk.boff, tk.core[0], tk.core[1]
-    d.v, d.v_boff, d.v_sh, d.v_sl = tv.ptr(), tv.boff, tv.core[0], tv.core[1]
-    d.out, d.o_boff, d.o_sh, d.o_sl = to.ptr(), to.boff, to.core[0], to.core[1]
 
-    d.mask_kind = mask_kind
-    d.mask, d.m_boff = NULL, NULL
-    d.m_sh = d.m_si = d.m_sj = 0
-    if mask_kind != 0:
-        tm.load(mask, batch, nb, 3)
-        d.mask, d.m_boff = tm.ptr(), tm.boff
-        d.m_sh, d.m_si, d.m_sj = tm.core[0], tm.core[1], tm.core[2]
-
-    d.causal = causal
-    d.causal_offset = causal_offset
-    d.scale = scale
-    d.drop_threshold = drop_threshold
-    d.drop_seed = drop_seed
-    d.drop_scale = drop_scale
-    d.score_kind = score_kind
-    d.valid_lens, d.vl_boff, d.vl_si = NULL, NULL, 0
-    try:
-        d.weights = _data(weights, &vw)
-        d.lse = _data(lse, &vlse)
-        d.w_score = _data(w_score, &vws)
-        if have_vl:
-            d.valid_lens = <const int64_t *>_data(valid_lens, &vvl)
-            vl_boff = <int64_t *>malloc(max(nb, 1) * sizeof(int64_t))
-            if vl_boff == NULL:
-                raise MemoryError()
-            for t in range(nb):
-                vl_boff[t] = t * (d.Lq if vl_per_row else 1)
-            d.vl_boff = vl_boff
-            d.vl_si = 1 if vl_per_row else 0
+def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y):
+    """Run attn_linear_f32/f64 for `op`: y = x w^T + bias. x: (M, K) with
+    unit stride along K; w: (N, K) any strides; bias: (N,) contiguous or
+    None; y: (M, N) with unit stride along N."""
+    cdef attn_linear_desc d
+    cdef _Buf bx = _Buf(), bw = _Buf(), bb = _Buf(), by = _Buf()
+    cdef attn_status st
+    cdef bint guard, guarded
+    d.x = bx.get(x)
+    d.w = bw.get(w)
+    d.y = by.get(y)
+    d.bias = bb.get(bias)
+    d.M, d.K = bx.view.shape[0], bx.view.shape[1]
+    d.N = bw.view.shape[0]
+    d.x_sm = bx.view.strides[0] // bx.view.itemsize
+    d.w_sn = bw.view.strides[0] // bw.view.itemsize
+    d.w_sk = bw.view.strides[1] // bw.view.itemsize
+    d.y_sm = by.view.strides[0] // by.view.itemsize
+    d.cancel_epoch = 0
+    guard = _guard_wanted(d.M * d.N * d.K)
+    while True:
+        guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
+        d.cancellable = guarded
         with nogil:
             if f64:
-                st = attn_sdpa_f64(&d, isa, num_threads)
+                st = attn_linear_f64(&d, isa, num_threads)
             else:
-                st = attn_sdpa_f32(&d, isa, num_threads)
-    finally:
-        free(vl_boff)
-        if have_w:
-            PyBuffer_Release(&vw)
-        if have_lse:
-            PyBuffer_Release(&vlse)
-        if have_ws:
-            PyBuffer_Release(&vws)
-        if have_vl:
-            PyBuffer_Release(&vvl)
+                st = attn_linear_f32(&d, isa, num_threads)
+        if guarded:
+            attn_sigint_guard_end()
+        if st != ATTN_EINTR:
+            break
+        PyErr_CheckSignals()
     if st != ATTN_OK:
-        _raise(st, "scaled_dot_product_attention")
+        _raise(st, op, f"linear M={d.M} N={d.N} K={d.K}")
 
 
-def linear(bint f64, int isa, int num_threads, x, w, bias, y):
-    """Run attn_linear_f32/f64: y = x w^T + bias. x: (M, K) with unit stride
-    along K; w: (N, K) any strides; bias: (N,) contiguous or None; y: (M, N)
-    with unit stride along N."""
-    cdef attn_linear_desc d
-    cdef Py_buffer vx, vw, vb, vy
-    cdef bint have_b = bias is not None
-    cdef attn_status st
-    PyObject_GetBuffer(x, &vx, PyBUF_RECORDS_RO)
-    try:
-        PyObject_GetBuffer(w, &vw, PyBUF_RECORDS_RO)
-        try:
-            PyObject_GetBuffer(y, &vy, PyBUF_RECORDS_RO)
-            try:
-                d.M, d.K = vx.shape[0], vx.shape[1]
-                d.N = vw.shape[0]
-                d.x = vx.buf
-                d.x_sm = vx.strides[0] // vx.itemsize
-                d.w = vw.buf
-                d.w_sn = vw.strides[0] // vw.itemsize
-                d.w_sk = vw.strides[1] // vw.itemsize
-                d.y = vy.buf
-                d.y_sm = vy.strides[0] // vy.itemsize
-                d.bias = _data(bias, &vb)
-                try:
-                    with nogil:
-                        if f64:
-                            st = attn_linear_f64(&d, isa, num_threads)
-                        else:
-                            st = attn_linear_f32(&d, isa, num_threads)
-                finally:
-                    if have_b:
-                        PyBuffer_Release(&vb)
-            finally:
-                PyBuffer_Release(&vy)
-        finally:
-            PyBuffer_Release(&vw)
-    finally:
-        PyBuffer_Release(&vx)
-    if st != ATTN_OK:
-        _raise(st, "linear")
+def simulate_sigint():
+    """Test hook: count a SIGINT without delivering one (running cancellable
+    kernels stop; nothing is raised)."""
+    attn_sigint_simulate()
 
 
 def dropout_bits(uint64_t seed, uint64_t counter):
@@ -224,19 +306,27 @@ def dropout_bits(uint64_t seed, uint64_t counter):
 def vexp2_f32(int isa, const float[::1] x, float[::1] y):
     """y = exp2(x) with one ISA's vector exp2 (test hook)."""
     cdef attn_status st
+    if y.shape[0] < x.shape[0]:
+        raise ValueError("vexp2: y is shorter than x")
+    if x.shape[0] == 0:
+        return
     with nogil:
         st = attn_vexp2_f32(isa, &x[0], &y[0], x.shape[0])
     if st != ATTN_OK:
-        _raise(st, "vexp2")
+        _raise(st, "vexp2", "")
 
 
 def vtanh_f32(int isa, const float[::1] x, float[::1] y):
     """y = tanh(x) with one ISA's vector tanh (test hook)."""
     cdef attn_status st
+    if y.shape[0] < x.shape[0]:
+        raise ValueError("vtanh: y is shorter than x")
+    if x.shape[0] == 0:
+        return
     with nogil:
         st = attn_vtanh_f32(isa, &x[0], &y[0], x.shape[0])
     if st != ATTN_OK:
-        _raise(st, "vtanh")
+        _raise(st, "vtanh", "")
 
 
 def isa_built(int isa):

@@ -1,16 +1,20 @@
 """The shared path from validated arrays to the fused kernel, used by every
 attention function: prepare() checks and normalises query/key/value, run()
 validates the options, allocates the outputs and calls attncore._core.sdpa.
+
+Every array the C kernels read or write passes through
+attncore._layout.for_kernel (native byte order, aligned, item-size strides).
+Results come back in the caller's array type (NumPy or torch) and dtype.
 """
 import math
 
 import numpy as np
 
-from . import _config, _core, _layout
+from . import _arrays, _config, _core, _layout
 from . import _validate as V
 
-SCORE_DOT = 0
-SCORE_ADDITIVE = 1
+SCORE_DOT = _core.SCORE_DOT
+SCORE_ADDITIVE = _core.SCORE_ADDITIVE
 
 
 class Problem:
@@ -18,6 +22,8 @@ class Problem:
     and the sizes of the SDPA layout (..., H, L, D)."""
 
     def __init__(self, **fields):
+        self.torch_dtype = None   # the result's torch dtype name when tensors came in
+        self.query_ndim = None
         self.__dict__.update(fields)
 
 
@@ -26,9 +32,11 @@ def prepare(op, query, key, value, enable_gqa=False, **params):
     and value (..., Hkv, Lk, Dv); `params` are further arrays (weights) that
     must share their dtype. Returns a Problem; params come back converted in
     Problem.params."""
+    torch_dtype = _arrays.torch_dtype_name(query) if _arrays.is_torch(query) else None
     arrays, compute, result = V.float_arrays(op, query=query, key=key, value=value, **params)
     q, k, v = arrays.pop("query"), arrays.pop("key"), arrays.pop("value")
     query_shape, key_shape, value_shape = q.shape, k.shape, v.shape
+    enable_gqa = V.flag(op, "enable_gqa", enable_gqa)
 
     # a 2-D (L, D) call is one head without batch dims
     flat = [a.ndim == 2 for a in (q, k, v)]
@@ -58,30 +66,36 @@ def prepare(op, query, key, value, enable_gqa=False, **params):
     batch = V.broadcast_batch(op, query=q, key=k, value=v)
     return Problem(q=q, k=k, v=v, compute=compute, result=result, flat=flat[0], batch=batch,
                    Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dq, Dk=Dk, Dv=Dv, params=arrays,
-                   query_shape=query_shape, key_shape=key_shape, value_shape=value_shape)
+                   query_shape=query_shape, key_shape=key_shape, value_shape=value_shape,
+                   torch_dtype=torch_dtype, query_ndim=len(query_shape))
 
 
 def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask=None,
         is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
-        return_weights=False, return_lse=False):
+        return_weights=False, return_lse=False, plan_only=False):
     """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
     keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
-    other families -- with p.v as values. Returns out[, weights][, lse]."""
+    other families -- with p.v as values. Returns out[, weights][, lse] (or,
+    with plan_only, the kernel's plan as a dict without running it)."""
     batch, Hq, Hkv, Lq, Lk, Dv = p.batch, p.Hq, p.Hkv, p.Lq, p.Lk, p.Dv
     compute, result = p.compute, p.result
     D = q.shape[-1]
     out_shape = batch + (Hq, Lq, Dv)
     scores_shape = batch + (Hq, Lq, Lk)
+    return_weights = V.flag(op, "return_weights", return_weights)
+    return_lse = V.flag(op, "return_lse", return_lse)
 
     causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
     drop_threshold, drop_seed, drop_scale = V.dropout(op, dropout_p, seed)
     threads = V.num_threads(op, num_threads)
     mask_kind, mask = V.mask(op, attn_mask, scores_shape, compute, result)
-    vl = V.valid_lens(op, valid_lens, batch, Lq, Lk)
+    vl = V.valid_lens(op, valid_lens, batch, Hq, Lq, Lk, p.query_ndim or q.ndim)
     if out is not None:
         V.output(op, out, out_shape[1:] if p.flat else out_shape, result)
 
-    q, k, v = (_layout.kernel_readable(a) for a in (q, k, p.v))
+    q, k, v = (_layout.for_kernel(a) for a in (q, k, p.v))
+    if mask is not None:
+        mask = _layout.for_kernel(mask, unit_last=False)
     res = _direct_output(out, p.flat, compute, (q, k, v, mask))
     if res is None:
         res = np.empty(out_shape, dtype=compute)
@@ -91,15 +105,19 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         w_score = np.ascontiguousarray(w_score, dtype=compute)
 
     nb = math.prod(batch)
+    if plan_only:
+        if not (nb and Hq and Lq):
+            return None
+        return _core.sdpa(op, compute == np.float64, _config.active_isa(), threads,
+                          (nb, Hq, Hkv, Lq, Lk, D, Dv), batch, q, k, v, res, mask_kind, mask,
+                          causal, offset, vl, scale, drop_threshold, drop_seed, drop_scale,
+                          weights, lse, score_kind, w_score, plan_only=True)
     if nb and Hq and Lq:
-        lens, per_row = vl if vl is not None else (None, False)
-        _core.sdpa(
-            compute == np.float64, _config.active_isa(), threads,
-            (nb, Hq, Hkv, Lq, Lk, D, Dv), batch, q, k, v, res,
-            mask_kind, mask, causal, offset, lens, per_row,
-            scale, drop_threshold, drop_seed, drop_scale, weights, lse,
-            score_kind, w_score,
-        )
+        _core.sdpa(op, compute == np.float64, _config.active_isa(), threads,
+                   (nb, Hq, Hkv, Lq, Lk, D, Dv), batch, q, k, v, res,
+                   mask_kind, mask, causal, offset, vl,
+                   scale, drop_threshold, drop_seed, drop_scale, weights, lse,
+                   score_kind, w_score)
 
     if p.flat:
         res = res[0]
@@ -113,8 +131,12 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         res = res.astype(result)
     if weights is not None and result != compute:
         weights = weights.astype(result)
-    extra = tuple(x for x in (weights, lse) if x is not None)
-    return (res,) + extra if extra else res
+    if p.torch_dtype is not None and out is None:
+        res = _arrays.to_torch(res, p.torch_dtype)
+        weights = _arrays.to_torch(weights, p.torch_dtype) if weights is not None else None
+        lse = _arrays.to_torch(lse, lse.dtype.name) if lse is not None else None   # float32/64
+    results = tuple(x for x in (res, weights, lse) if x is not None)
+    return results if len(results) > 1 else results[0]
 
 
 def _direct_output(out, flat, compute, inputs):
@@ -122,7 +144,7 @@ def _direct_output(out, flat, compute, inputs):
     if out is None or out.dtype != compute:
         return None
     target = out[None] if flat else out
-    if _layout.kernel_readable(target) is not target:
+    if not _layout.is_kernel_ready(target):
         return None
     if any(a is not None and np.may_share_memory(target, a) for a in inputs):
         return None

@@ -1,19 +1,33 @@
-"""Which arrays the kernels can read in place.
+"""One normaliser for every array the C kernels read or write.
 
-The C kernels take any strides except in the feature (last) dimension, which
-must be contiguous, and every stride must be a whole number of items; the
-Cython layer (attncore/_core.pyx) reads the strides through the buffer
-protocol. Anything else is copied once here.
+The kernels read native-byte-order data, every element aligned to its type,
+with strides that are whole numbers of items (any sign, 0 for broadcast
+dimensions); the feature (last) dimension of q/k/v/out must also have unit
+stride. Masks may have any stride in their last dimension (they are read
+through it). Anything else is copied once here -- misaligned views (e.g.
+``np.frombuffer(..., offset=1)`` or a field of a packed structured array) and
+byte-swapped arrays included, so that no scalar read in C is misaligned and
+no value is misread.
 """
 import numpy as np
 
 
-def kernel_readable(x):
-    """Return `x`, or a contiguous copy if the kernels cannot read it in place."""
+def for_kernel(x, unit_last=True):
+    """Return `x` if the kernels can use it as it is, else a native, aligned,
+    contiguous copy. `unit_last`: the last dimension must have unit stride
+    (everything but masks and valid lengths)."""
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    if not x.flags.aligned:
+        return np.ascontiguousarray(x)
     item = x.itemsize
-    if x.ndim and x.shape[-1] > 1 and x.strides[-1] != item:
+    if unit_last and x.ndim and x.shape[-1] > 1 and x.strides[-1] != item:
         return np.ascontiguousarray(x)
     for s in x.strides:
         if s % item:
             return np.ascontiguousarray(x)
     return x
+
+
+def is_kernel_ready(x, unit_last=True):
+    return for_kernel(x, unit_last) is x

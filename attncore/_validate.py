@@ -2,16 +2,19 @@
 
 Every error names the argument and the shapes or values involved, and is a
 TypeError (wrong kind of thing: dtype, type) or a ValueError (wrong shape or
-value). Nothing here touches pointers.
+value). Nothing here touches pointers. Where a shape could mean two things
+(a convention from torch or d2l), there is exactly one documented reading per
+input rank, and anything outside it is an error that says how to write it.
 """
 import numbers
 import os
 
 import numpy as np
 
-from . import _core
+from . import _arrays, _core
 
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MAX_NDIM = _core.MAX_NDIM
 
 
 def _is_half(dtype):
@@ -19,22 +22,32 @@ def _is_half(dtype):
     return dtype == np.float16 or dtype.name == "bfloat16"
 
 
-def as_array(x, name):
-    """Anything numpy.asarray accepts (DLPack and buffer-protocol objects
-    without a copy when possible) -> ndarray."""
-    if isinstance(x, np.ndarray):
+def as_array(x, name, op="attncore"):
+    """Anything numpy.asarray accepts -> ndarray. torch tensors are read in
+    place (see attncore._arrays); other DLPack and buffer-protocol objects
+    without a copy when possible."""
+    if type(x) is np.ndarray:
         return x
     if x is None:
-        raise TypeError(f"{name} must be an array, got None")
+        raise TypeError(f"{op}: {name} must be an array, got None")
+    if _arrays.is_torch(x):
+        return _arrays.torch_to_numpy(x, name, op)
+    if isinstance(x, np.ndarray):
+        return x
     if hasattr(x, "__dlpack__") and not isinstance(x, (list, tuple)):
         try:
             return np.from_dlpack(x)
         except (TypeError, RuntimeError, BufferError, ValueError, AttributeError):
-            pass  # e.g. a tensor that requires grad: let asarray explain
+            pass  # let asarray try (and explain)
     try:
         return np.asarray(x)
-    except Exception as exc:  # pragma: no cover - depends on the foreign object
-        raise TypeError(f"{name} could not be converted to a NumPy array: {exc}") from exc
+    except Exception as exc:  # depends on the foreign object
+        raise TypeError(f"{op}: {name} could not be converted to a NumPy array: {exc}") from exc
+
+
+def native(a):
+    """`a` in native byte order (a big-endian float32 is still float32)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def float_arrays(op, **arrays):
@@ -42,17 +55,21 @@ def float_arrays(op, **arrays):
 
     Returns (dict of arrays in the compute dtype, compute dtype, result dtype).
     float32/float64 compute as themselves; float16/bfloat16 compute in float32
-    and results are cast back.
+    and results are cast back. Byte-swapped arrays are converted.
     """
     out = {}
     dtypes = {}
     for name, value in arrays.items():
-        a = value if type(value) is np.ndarray else as_array(value, name)
+        a = value if type(value) is np.ndarray else as_array(value, name, op)
+        a = native(a)
         dt = a.dtype
         if dt not in COMPUTE_DTYPES and not _is_half(dt):
             raise TypeError(
                 f"{op}: {name} must be float32 or float64 (float16/bfloat16 are computed in "
                 f"float32); got dtype {dt} with shape {a.shape}")
+        if a.ndim > MAX_NDIM:
+            raise ValueError(f"{op}: {name} has {a.ndim} dimensions; at most {MAX_NDIM} are "
+                             f"supported (shape {a.shape})")
         out[name] = a
         dtypes[name] = dt
     distinct = set(dtypes.values())
@@ -86,11 +103,18 @@ def broadcast_batch(op, **arrays):
                          f"broadcast: {listing}") from None
 
 
+def flag(op, name, value):
+    """A bool argument: Python or NumPy bools only."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{op}: {name} must be True or False; got {value!r}")
+
+
 def causal_offset(op, is_causal, Lq, Lk):
     """is_causal -> (causal flag, offset): key j visible iff j <= i + offset."""
-    if is_causal is None or is_causal is False:
+    if is_causal is None or (isinstance(is_causal, (bool, np.bool_)) and not is_causal):
         return 0, 0
-    if is_causal is True or (isinstance(is_causal, str) and is_causal == "top_left"):
+    if isinstance(is_causal, (bool, np.bool_)) or (isinstance(is_causal, str) and is_causal == "top_left"):
         return 1, 0
     if isinstance(is_causal, str) and is_causal == "bottom_right":
         return 1, Lk - Lq
@@ -101,7 +125,7 @@ def causal_offset(op, is_causal, Lq, Lk):
 def num_threads(op, value):
     if value is None:
         return _core.default_threads()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: num_threads must be a positive int or None; got {value!r}")
     if value <= 0:
         raise ValueError(f"{op}: num_threads must be >= 1; got {value}")
@@ -109,9 +133,18 @@ def num_threads(op, value):
 
 
 def real_number(op, name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """A real scalar: a Python/NumPy number, or a 0-d array or tensor of a
+    real (non-bool) dtype."""
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be a real number; got {value!r}")
-    return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray) or _arrays.is_torch(value):
+        a = as_array(value, name, op)
+        if a.ndim == 0 and a.dtype != np.bool_ and (np.issubdtype(a.dtype, np.number) or _is_half(a.dtype)) \
+                and not np.issubdtype(a.dtype, np.complexfloating):
+            return float(a)
+    raise TypeError(f"{op}: {name} must be a real number; got {value!r}")
 
 
 def dropout(op, p, seed):
@@ -123,7 +156,7 @@ def dropout(op, p, seed):
         return 0, 0, 1.0
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
         raise ValueError(f"{op}: seed must be an int in [0, 2**64); got {seed!r}")
     threshold = int(round(p * (1 << 24)))
     if threshold == 0:  # p below 2^-25 drops nothing
@@ -134,15 +167,17 @@ def dropout(op, p, seed):
 def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
     """Validate attn_mask against full_shape = batch + (Hq, Lq, Lk).
 
-    Returns (kind, array) with kind 1 = bool (as uint8, True = may attend) or
-    2 = additive float in the compute dtype; (0, None) for no mask.
+    Returns (kind, array) with kind _core.MASK_BOOL (as uint8, True = may
+    attend) or _core.MASK_ADD (additive float in the compute dtype);
+    (MASK_NONE, None) for no mask. Masks broadcast like NumPy (aligned to the
+    right of the scores' shape): one reading per shape.
     """
     if attn_mask is None:
-        return 0, None
-    m = as_array(attn_mask, "attn_mask")
+        return _core.MASK_NONE, None
+    m = native(as_array(attn_mask, "attn_mask", op))
     if m.ndim > len(full_shape):
         raise ValueError(f"{op}: attn_mask has shape {m.shape}, more dimensions than the "
-                         f"scores {full_shape}")
+                         f"scores {tuple(full_shape)} (..., Hq, Lq, Lk)")
     try:
         fits = np.broadcast_shapes(m.shape, full_shape) == tuple(full_shape)
     except ValueError:
@@ -151,44 +186,76 @@ def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
         raise ValueError(f"{op}: attn_mask of shape {m.shape} does not broadcast to the "
                          f"scores' shape {tuple(full_shape)} (..., Hq, Lq, Lk)")
     if m.dtype == np.bool_:
-        return 1, m.view(np.uint8)
+        return _core.MASK_BOOL, m.view(np.uint8)
     if m.dtype in COMPUTE_DTYPES or _is_half(m.dtype):
         if m.dtype != result_dtype:
             raise TypeError(f"{op}: a float attn_mask must have the query's dtype {result_dtype}; "
                             f"got {m.dtype} (cast it, e.g. mask.astype(np.{result_dtype}))")
-        return 2, m.astype(compute_dtype, copy=False)
+        return _core.MASK_ADD, m.astype(compute_dtype, copy=False)
     raise TypeError(f"{op}: attn_mask must be bool (True = may attend) or a float array added "
                     f"to the scores; got dtype {m.dtype}")
 
 
-def valid_lens(op, value, batch_shape, Lq, Lk):
-    """valid_lens (d2l masked_softmax): batch_shape (one length per batch
-    element) or batch_shape + (Lq,) (one per query row), values in [0, Lk].
+def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
+    """valid_lens (d2l's masked_softmax): query rows see keys j < valid_len.
 
-    Returns (int64 array of shape batch + (Lq,) or batch, per_row flag) or None.
+    One reading per input rank (query_ndim, the query's ndim as given):
+      - a scalar: every row;
+      - 2-D inputs (L, D): (Lq,) one length per query row;
+      - 3-D inputs (X, L, D), d2l's (batch, seq, feature): (X,) one length
+        per leading index, (X, Lq) one per leading index and query row;
+      - inputs with batch dims (*batch, H, L, D): batch (one length per batch
+        element, shared by the heads) or batch + (Lq,) (one per query row).
+    Size-1 dims broadcast. Values in [0, Lk].
+
+    Returns an int64 array that broadcasts to batch + (Hq, Lq) (a view with
+    zero strides where lengths are shared), or None.
     """
     if value is None:
         return None
-    vl = as_array(value, "valid_lens")
+    vl = native(as_array(value, "valid_lens", op))
     if vl.dtype == np.bool_ or not np.issubdtype(vl.dtype, np.integer):
         raise TypeError(f"{op}: valid_lens must be an integer array; got dtype {vl.dtype}")
     nb = len(batch_shape)
-    if vl.ndim <= nb:
-        target, per_row = tuple(batch_shape), False
-    elif vl.ndim == nb + 1:
-        target, per_row = tuple(batch_shape) + (Lq,), True
+    if vl.ndim == 0:
+        aligned = vl.reshape((1,) * nb + (1, 1))
+        meaning = "one length for every row"
+    elif query_ndim == 2:
+        if vl.ndim != 1:
+            raise ValueError(f"{op}: for 2-D inputs (L, D), valid_lens must be a scalar or have "
+                             f"shape (Lq,) = ({Lq},); got {vl.shape}")
+        aligned, meaning = vl.reshape(1, -1), f"(Lq,) = ({Lq},)"
+    elif query_ndim == 3:
+        if vl.ndim == 1:
+            aligned, meaning = vl.reshape(-1, 1), f"d2l's (B,) = ({Hq},)"
+        elif vl.ndim == 2:
+            aligned, meaning = vl, f"d2l's (B, Lq) = ({Hq}, {Lq})"
+        else:
+            raise ValueError(
+                f"{op}: for 3-D inputs (B, L, D) (d2l's layout), valid_lens must be a scalar, "
+                f"(B,) = ({Hq},) or (B, Lq) = ({Hq}, {Lq}); got {vl.shape}")
     else:
-        raise ValueError(f"{op}: valid_lens has shape {vl.shape}; expected the batch shape "
-                         f"{tuple(batch_shape)} or batch + (Lq,) = {tuple(batch_shape) + (Lq,)}")
+        if vl.ndim == nb:
+            aligned, meaning = vl.reshape(vl.shape + (1, 1)), f"batch {tuple(batch_shape)}"
+        elif vl.ndim == nb + 1:
+            aligned = vl.reshape(vl.shape[:-1] + (1, vl.shape[-1]))
+            meaning = f"batch + (Lq,) = {tuple(batch_shape) + (Lq,)}"
+        else:
+            raise ValueError(
+                f"{op}: valid_lens has shape {vl.shape}; for inputs with batch dims "
+                f"{tuple(batch_shape)} it must be a scalar, the batch shape "
+                f"{tuple(batch_shape)} (one length per batch element) or batch + (Lq,) = "
+                f"{tuple(batch_shape) + (Lq,)} (one per query row)")
+    target = tuple(batch_shape) + (Hq, Lq)
     try:
-        vl = np.broadcast_to(vl, target)
+        np.broadcast_to(aligned, target)
     except ValueError:
-        raise ValueError(f"{op}: valid_lens of shape {vl.shape} does not broadcast to "
-                         f"{target}") from None
+        raise ValueError(f"{op}: valid_lens of shape {vl.shape} (read as {meaning}) does not "
+                         f"match the problem's batch/heads/queries {target}") from None
     if vl.size and (vl.min() < 0 or vl.max() > Lk):
         raise ValueError(f"{op}: valid_lens must be in [0, Lk={Lk}]; got values from "
                          f"{vl.min()} to {vl.max()}")
-    return np.ascontiguousarray(vl, dtype=np.int64), per_row
+    return np.ascontiguousarray(aligned, dtype=np.int64)
 
 
 def output(op, out, shape, dtype):

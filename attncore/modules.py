@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from . import _engine, _linalg
+from . import _arrays, _engine, _linalg
 from . import _validate as V
 
 _MHA = "MultiHeadAttention"
@@ -148,11 +148,11 @@ def _to_numpy(x):
 
 
 class MultiHeadAttention:
-    """Multi-head attention, compatible with torch.nn.MultiheadAttention(batch_first=True).
+    """Multi-head attention, compatible with torch.nn.MultiheadAttention.
 
     ``out, weights = mha(query, key=None, value=None, *, key_padding_mask=None,
-    attn_mask=None, is_causal=False, need_weights=False, average_attn_weights=True,
-    kv_cache=None)``
+    attn_mask=None, is_causal=False, need_weights=True, average_attn_weights=True,
+    kv_cache=None, valid_lens=None)``
 
     Parameters
     ----------
@@ -167,10 +167,19 @@ class MultiHeadAttention:
         Key / value input features (default E).
     bias : bool
         Projection biases on/off.
+    dropout : float in [0, 1)
+        Dropout on the attention weights, applied only in training mode
+        (``mha.train()``; ``mha.eval()`` turns it off), as in torch. Like a
+        torch module, a new layer starts in training mode; with the default
+        dropout=0.0 the mode makes no difference.
+    batch_first : bool, default True
+        True: inputs and outputs are (B, L, E). False: (L, B, E), torch's
+        default layout (read in place through strides, no copies).
+        Unbatched (L, E) inputs work with either.
     dtype : float32 (default) or float64
     seed : int, optional
         Deterministic initialisation (xavier-uniform projections and zero
-        biases like torch; out_proj like torch.nn.Linear).
+        biases like torch; out_proj like torch.nn.Linear) and dropout pattern.
 
     Parameters are NumPy arrays with PyTorch's names and shapes:
     ``in_proj_weight (3E, E)``, ``in_proj_bias (3E,)``, ``out_proj.weight (E, E)``,
@@ -186,27 +195,31 @@ class MultiHeadAttention:
       attend** (or float, added to the scores). **This is the opposite of
       scaled_dot_product_attention's bool attn_mask, where True = may attend.**
     - ``is_causal=True`` applies a causal mask (query i sees keys j <= i).
+    - ``valid_lens`` (B,) or (B, Lq): d2l's convention, query rows see keys
+      j < valid_len.
     - With ``kv_cache``, the new keys/values are appended to the cache and the
       queries attend over every cached position with bottom-right causal
       alignment (the queries are the newest positions).
 
-    Returns (out (B, Lq, E), weights): weights is None unless ``need_weights``;
-    then (B, Lq, Lk) averaged over heads, or (B, H, Lq, Lk) with
-    ``average_attn_weights=False``. Unbatched (L, E) inputs give (L, E) outputs.
-    A query that can see no key gives a zero attention output (not NaN).
+    Returns (out, weights): out (B, Lq, E) (or (Lq, B, E) with
+    batch_first=False); weights is None unless ``need_weights`` (the default,
+    as in torch): then (B, Lq, Lk) averaged over heads, or (B, H, Lq, Lk)
+    with ``average_attn_weights=False``. Unbatched (L, E) inputs give (L, E)
+    outputs. A query that can see no key gives a zero attention output (not
+    NaN). torch tensors in give torch tensors out.
 
     Example
     -------
     >>> import numpy as np, attncore
     >>> mha = attncore.MultiHeadAttention(16, 4, seed=0)
     >>> x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
-    >>> y, w = mha(x, need_weights=True)
+    >>> y, w = mha(x)
     >>> y.shape, w.shape
     ((2, 5, 16), (2, 5, 5))
     """
 
     def __init__(self, embed_dim, num_heads, *, num_kv_heads=None, kdim=None, vdim=None,
-                 bias=True, dtype=np.float32, seed=None):
+                 bias=True, dropout=0.0, batch_first=True, dtype=np.float32, seed=None):
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{_MHA}: {name} must be a positive int; got {value!r}")
@@ -219,6 +232,9 @@ class MultiHeadAttention:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{_MHA}: dtype must be float32 or float64; got {dtype}")
+        dropout = V.real_number(_MHA, "dropout", dropout)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{_MHA}: dropout must be in [0, 1); got {dropout}")
         self.embed_dim = int(embed_dim)
         self.num_heads = int(num_heads)
         self.num_kv_heads = int(num_kv_heads)
@@ -226,11 +242,24 @@ class MultiHeadAttention:
         self.kdim = self.embed_dim if kdim is None else int(kdim)
         self.vdim = self.embed_dim if vdim is None else int(vdim)
         self.bias = bool(bias)
+        self.dropout = dropout
+        self.batch_first = V.flag(_MHA, "batch_first", batch_first)
+        self.training = True
         self.dtype = dtype
         self.kv_dim = self.num_kv_heads * self.head_dim
         self.packed = (self.kdim == self.embed_dim and self.vdim == self.embed_dim
                        and self.num_kv_heads == self.num_heads)
+        self._dropout_rng = np.random.default_rng(None if seed is None else [int(seed), 1])
         self._init_parameters(seed)
+
+    def train(self, mode=True):
+        """Training mode (dropout applies) or, with mode=False, eval mode. Returns self."""
+        self.training = V.flag(_MHA, "mode", mode)
+        return self
+
+    def eval(self):
+        """Eval mode: no dropout. Returns self."""
+        return self.train(False)
 
     # -- parameters ----------------------------------------------------------
 
@@ -311,9 +340,10 @@ class MultiHeadAttention:
 
     @classmethod
     def from_torch(cls, module, dtype=None):
-        """Build from a live ``torch.nn.MultiheadAttention`` (any batch_first;
-        attncore's layout is batch-first). Unsupported options (bias_k/bias_v,
-        add_zero_attn) are an error."""
+        """Build from a live ``torch.nn.MultiheadAttention``, taking its
+        parameters, ``batch_first``, ``dropout`` and training mode: the
+        result computes what the module computes for the same inputs.
+        Unsupported options (bias_k/bias_v, add_zero_attn) are an error."""
         if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
             raise ValueError(f"{_MHA}.from_torch: add_bias_kv / add_zero_attn are not supported")
         state = module.state_dict()
@@ -321,8 +351,10 @@ class MultiHeadAttention:
         if dtype is None:
             dtype = np.float64 if str(weight.dtype) == "torch.float64" else np.float32
         mha = cls(module.embed_dim, module.num_heads, kdim=module.kdim, vdim=module.vdim,
-                  bias=module.in_proj_bias is not None, dtype=dtype)
+                  bias=module.in_proj_bias is not None, dropout=float(module.dropout),
+                  batch_first=bool(module.batch_first), dtype=dtype)
         mha.load_state_dict(state)
+        mha.train(bool(module.training))
         return mha
 
     def _projections(self):
@@ -341,9 +373,10 @@ class MultiHeadAttention:
     # -- forward -------------------------------------------------------------
 
     def __call__(self, query, key=None, value=None, *, key_padding_mask=None, attn_mask=None,
-                 is_causal=False, need_weights=False, average_attn_weights=True, kv_cache=None,
-                 num_threads=None):
+                 is_causal=False, need_weights=True, average_attn_weights=True, kv_cache=None,
+                 valid_lens=None, num_threads=None):
         threads = V.num_threads(_MHA, num_threads)
+        torch_out = _arrays.is_torch(query)
         q_in = self._input("query", query, self.embed_dim)
         if key is None and (self.kdim != self.embed_dim or self.vdim != self.embed_dim):
             raise ValueError(f"{_MHA}: self-attention (key=None) needs kdim = vdim = embed_dim; "
@@ -353,31 +386,39 @@ class MultiHeadAttention:
         self_attention = k_in is q_in and v_in is q_in
         unbatched = q_in.ndim == 2
         if {k_in.ndim, v_in.ndim} != {q_in.ndim}:
-            raise ValueError(f"{_MHA}: query, key and value must all be batched (B, L, E) or all "
+            layout = "(B, L, E)" if self.batch_first else "(L, B, E)"
+            raise ValueError(f"{_MHA}: query, key and value must all be batched {layout} or all "
                              f"unbatched (L, E); got {q_in.shape}, {k_in.shape}, {v_in.shape}")
         if unbatched:
             q_in, k_in, v_in = q_in[None], k_in[None], v_in[None]
-        B, Lq, _ = q_in.shape
-        if k_in.shape[0] != B or v_in.shape[0] != B:
-            raise ValueError(f"{_MHA}: batch sizes differ: query {q_in.shape}, key {k_in.shape}, "
-                             f"value {v_in.shape}")
-        if k_in.shape[1] != v_in.shape[1]:
+        # the batch axis: 0 for (B, L, E) (and unbatched inputs), 1 for (L, B, E)
+        bdim = 0 if (self.batch_first or unbatched) else 1
+        sdim = 1 - bdim
+        B, Lq = q_in.shape[bdim], q_in.shape[sdim]
+        if k_in.shape[bdim] != B or v_in.shape[bdim] != B:
+            raise ValueError(f"{_MHA}: batch sizes (dim {bdim}, batch_first={self.batch_first}) "
+                             f"differ: query {q_in.shape}, key {k_in.shape}, value {v_in.shape}")
+        if k_in.shape[sdim] != v_in.shape[sdim]:
             raise ValueError(f"{_MHA}: key and value lengths differ: key {k_in.shape}, value {v_in.shape}")
 
         H, Hkv, Dh, E = self.num_heads, self.num_kv_heads, self.head_dim, self.embed_dim
         Wq, Wk, Wv, bq, bk, bv = self._projections()
         if self.packed and self_attention:
-            qkv = _linalg.linear(q_in, self.in_proj_weight, self.in_proj_bias, threads)
+            qkv = _linalg.linear(q_in, self.in_proj_weight, self.in_proj_bias, threads, _MHA)
             q, k, v = qkv[..., :E], qkv[..., E:2 * E], qkv[..., 2 * E:]
         else:
-            q = _linalg.linear(q_in, Wq, bq, threads)
-            k = _linalg.linear(k_in, Wk, bk, threads)
-            v = _linalg.linear(v_in, Wv, bv, threads)
-        # heads as strided views: (B, L, H*Dh) -> (B, H, L, Dh)
-        heads = lambda x, n: x.reshape(x.shape[0], x.shape[1], n, Dh).transpose(0, 2, 1, 3)
+            q = _linalg.linear(q_in, Wq, bq, threads, _MHA)
+            k = _linalg.linear(k_in, Wk, bk, threads, _MHA)
+            v = _linalg.linear(v_in, Wv, bv, threads, _MHA)
+
+        def heads(x, n):
+            """(B, L, n*Dh) or (L, B, n*Dh) -> a (B, n, L, Dh) strided view."""
+            x = x.reshape(x.shape[0], x.shape[1], n, Dh)
+            return x.transpose(0, 2, 1, 3) if bdim == 0 else x.transpose(1, 2, 0, 3)
+
         q, k, v = heads(q, H), heads(k, Hkv), heads(v, Hkv)
 
-        causal = "top_left" if is_causal else False
+        causal = "top_left" if V.flag(_MHA, "is_causal", is_causal) else False
         if kv_cache is not None:
             if not isinstance(kv_cache, KVCache):
                 raise TypeError(f"{_MHA}: kv_cache must be an attncore.KVCache; got {type(kv_cache).__name__}")
@@ -390,32 +431,45 @@ class MultiHeadAttention:
             causal = "bottom_right"
         Lk = k.shape[2]
         mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
+        dropout_p = self.dropout if self.training else 0.0
+        seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None
 
-        attn = np.empty((B, Lq, H, Dh), self.dtype)
+        # the attention output is written straight into the rows the output
+        # projection reads: (B, Lq, H, Dh), or (Lq, B, H, Dh)
+        rows = (B, Lq) if bdim == 0 else (Lq, B)
+        attn = np.empty(rows + (H, Dh), self.dtype)
+        attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
         p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
-                            batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh, params={})
+                            batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh, params={},
+                            query_ndim=4)
         res = _engine.run(_MHA, p, q, k, scale=1.0 / math.sqrt(Dh), attn_mask=mask,
-                          is_causal=causal, num_threads=threads,
-                          out=attn.transpose(0, 2, 1, 3), return_weights=need_weights)
+                          is_causal=causal, dropout_p=dropout_p, seed=seed, valid_lens=valid_lens,
+                          num_threads=threads, out=attn_view,
+                          return_weights=V.flag(_MHA, "need_weights", need_weights))
         weights = None
         if need_weights:
             weights = res[1].mean(axis=1) if average_attn_weights else res[1]
-        out = _linalg.linear(attn.reshape(B, Lq, E), self.out_proj.weight, self.out_proj.bias, threads)
+        out = _linalg.linear(attn.reshape(rows + (E,)), self.out_proj.weight, self.out_proj.bias,
+                             threads, _MHA)
         if unbatched:
             out = out[0]
             weights = weights[0] if weights is not None else None
+        if torch_out:
+            out = _arrays.to_torch(out, str(self.dtype))
+            weights = _arrays.to_torch(weights, str(self.dtype)) if weights is not None else None
         return out, weights
 
     def _input(self, name, x, features):
-        a = V.as_array(x, name)
+        a = V.native(V.as_array(x, name, _MHA))
         if a.dtype != self.dtype:
             if not np.issubdtype(a.dtype, np.floating):
                 raise TypeError(f"{_MHA}: {name} must be a float array; got dtype {a.dtype}")
             raise TypeError(f"{_MHA}: {name} has dtype {a.dtype}; this layer is {self.dtype} "
                             f"(cast the input or build the layer with dtype={a.dtype})")
         if a.ndim not in (2, 3) or a.shape[-1] != features:
-            raise ValueError(f"{_MHA}: {name} must have shape (B, L, {features}) or (L, {features}); "
-                             f"got {a.shape}")
+            layout = f"(B, L, {features})" if self.batch_first else f"(L, B, {features})"
+            raise ValueError(f"{_MHA}: {name} must have shape {layout} or (L, {features}) "
+                             f"(batch_first={self.batch_first}); got {a.shape}")
         return a
 
     def _merge_masks(self, key_padding_mask, attn_mask, B, Lq, Lk, unbatched):
@@ -423,7 +477,7 @@ class MultiHeadAttention:
         added), broadcastable to (B, H, Lq, Lk)."""
         masks = []
         if key_padding_mask is not None:
-            kpm = V.as_array(key_padding_mask, "key_padding_mask")
+            kpm = V.native(V.as_array(key_padding_mask, "key_padding_mask", _MHA))
             want = (Lk,) if unbatched else (B, Lk)
             if kpm.shape != want:
                 raise ValueError(f"{_MHA}: key_padding_mask must have shape {want} (True = padding); "
@@ -431,7 +485,7 @@ class MultiHeadAttention:
             kpm = kpm.reshape(B, 1, 1, Lk)
             masks.append(self._as_sdpa_mask("key_padding_mask", kpm))
         if attn_mask is not None:
-            am = V.as_array(attn_mask, "attn_mask")
+            am = V.native(V.as_array(attn_mask, "attn_mask", _MHA))
             if am.shape == (Lq, Lk):
                 pass
             elif am.shape == (B * self.num_heads, Lq, Lk):
@@ -460,4 +514,5 @@ class MultiHeadAttention:
     def __repr__(self):
         return (f"MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"num_kv_heads={self.num_kv_heads}, kdim={self.kdim}, vdim={self.vdim}, "
-                f"bias={self.bias}, dtype={self.dtype})")
+                f"bias={self.bias}, dropout={self.dropout}, batch_first={self.batch_first}, "
+                f"dtype={self.dtype})")

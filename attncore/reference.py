@@ -61,19 +61,32 @@ def _causal_offset(is_causal, Lq, Lk):
     raise ValueError(f"is_causal={is_causal!r}")
 
 
-def _valid_lens_rows(valid_lens, batch, Lq):
-    """valid_lens -> nested list of shape (nb, Lq) or None."""
+def _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim):
+    """valid_lens -> nested list lens[b][h][i] (flattened batch b), or None.
+
+    The documented readings, one per input rank: a scalar for every row;
+    2-D inputs: (Lq,) per row; 3-D inputs (d2l): (X,) per leading index, or
+    (X, Lq) per leading index and row; batched inputs: the batch shape, or
+    batch + (Lq,). Size-1 dims broadcast."""
     if valid_lens is None:
         return None
     vl = np.asarray(valid_lens)
-    per_row = vl.ndim == len(batch) + 1
-    target = tuple(batch) + ((Lq,) if per_row else ())
-    vl = np.broadcast_to(vl, target).reshape(-1, *((Lq,) if per_row else ()))
-    return [[int(x) for x in row] if per_row else [int(row)] * Lq for row in vl.tolist()]
+    nb = len(batch)
+    if vl.ndim == 0:
+        full = np.full(tuple(batch) + (Hq, Lq), int(vl))
+    elif query_ndim == 2:
+        full = np.broadcast_to(vl.reshape(1, -1), (Hq, Lq))
+    elif query_ndim == 3:
+        full = np.broadcast_to(vl.reshape(-1, 1) if vl.ndim == 1 else vl, (Hq, Lq))
+    elif vl.ndim == nb:
+        full = np.broadcast_to(vl.reshape(vl.shape + (1, 1)), tuple(batch) + (Hq, Lq))
+    else:
+        full = np.broadcast_to(vl.reshape(vl.shape[:-1] + (1, vl.shape[-1])), tuple(batch) + (Hq, Lq))
+    return np.asarray(full).reshape(-1, Hq, Lq).tolist()
 
 
 def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_causal,
-               dropout_p, seed, valid_lens):
+               dropout_p, seed, valid_lens, query_ndim):
     """Shared loop: score_fn(b, h, g, i, j) -> raw score; the rest is common.
     Returns nested lists out (nb, Hq, Lq, Dv), weights (nb, Hq, Lq, Lk), lse (nb, Hq, Lq)."""
     nb = int(np.prod(batch, dtype=np.int64))
@@ -84,7 +97,7 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
         is_bool = m.dtype == np.bool_
         mask = np.broadcast_to(m, scores_shape).reshape(nb, Hq, Lq, Lk).tolist()
     offset = _causal_offset(is_causal, Lq, Lk)
-    lens = _valid_lens_rows(valid_lens, batch, Lq)
+    lens = _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim)
     group = Hq // Hkv if Hkv else 1
     out, weights, lse = [], [], []
     for b in range(nb):
@@ -104,7 +117,7 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
                             s = s + mask[b][h][i][j]
                     if offset is not None and j > i + offset:
                         s = -math.inf
-                    if lens is not None and j >= lens[b][i]:
+                    if lens is not None and j >= lens[b][h][i]:
                         s = -math.inf
                     scores.append(s)
                 w, row_lse = softmax_row(scores)
@@ -145,6 +158,7 @@ def _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, v
          return_weights, return_lse):
     """Common driver: make_score(Q, K) -> score(b, h, g, i, j) over nested lists."""
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
+    query_ndim = q.ndim
     flat = q.ndim == 2
     if flat:
         q, k, v = q[None], k[None], v[None]
@@ -156,7 +170,7 @@ def _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, v
     K = _lists(k, batch, (Hkv, Lk, Dk))
     Vl = _lists(v, batch, (Hkv, Lk, Dv))
     o, w, s = _attention(make_score(Q, K), Q, K, Vl, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask,
-                         is_causal, dropout_p, seed, valid_lens)
+                         is_causal, dropout_p, seed, valid_lens, query_ndim)
     return _finish(o, w, s, batch, Hq, Lq, Lk, Dv, flat, return_weights, return_lse)
 
 
@@ -302,7 +316,10 @@ class MultiHeadAttention:
         self.layer = layer
 
     def __call__(self, query, key=None, value=None, *, key_padding_mask=None, attn_mask=None,
-                 is_causal=False, need_weights=False, average_attn_weights=True, num_threads=None):
+                 is_causal=False, need_weights=True, average_attn_weights=True, valid_lens=None,
+                 num_threads=None, dropout_seed=None):
+        """As the layer's __call__ (no kv_cache); with the layer in training
+        mode and dropout > 0, dropout_seed gives the SDPA dropout seed."""
         m = self.layer
         H, Hkv, Dh, E = m.num_heads, m.num_kv_heads, m.head_dim, m.embed_dim
         x = np.asarray(query, dtype=np.float64)
@@ -311,6 +328,8 @@ class MultiHeadAttention:
         unbatched = x.ndim == 2
         if unbatched:
             x, kx, vx = x[None], kx[None], vx[None]
+        elif not m.batch_first:   # (L, B, E) -> (B, L, E)
+            x, kx, vx = (t.transpose(1, 0, 2) for t in (x, kx, vx))
         Wq, Wk, Wv, bq, bk, bv = m._projections()
         q = linear(x, Wq, bq)
         k = linear(kx, Wk, bk)
@@ -326,11 +345,16 @@ class MultiHeadAttention:
             am = np.asarray(attn_mask)
             am = am.reshape(B, H, Lq, Lk) if am.ndim == 3 else am
             allowed = allowed + (np.where(am, -np.inf, 0.0) if am.dtype == np.bool_ else am)
+        dropout_p = m.dropout if m.training else 0.0
         out, w = scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=bool(is_causal),
-                                              enable_gqa=True, return_weights=True)
+                                              enable_gqa=True, return_weights=True,
+                                              valid_lens=valid_lens, dropout_p=dropout_p,
+                                              seed=dropout_seed)
         out = linear(out.transpose(0, 2, 1, 3).reshape(B, Lq, E), m.out_proj.weight, m.out_proj.bias)
         weights = (w.mean(axis=1) if average_attn_weights else w) if need_weights else None
         if unbatched:
             out = out[0]
             weights = weights[0] if weights is not None else None
+        elif not m.batch_first:
+            out = out.transpose(1, 0, 2)
         return out, weights

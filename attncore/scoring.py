@@ -47,7 +47,7 @@ def general_attention(query, key, value, weight, attn_mask=None, is_causal=False
     p = _engine.prepare(op, query, key, value, enable_gqa=enable_gqa, weight=weight)
     W = p.params["weight"]
     _check_matrix(op, "weight", W, (p.Dq, p.Dk))
-    qw = _linalg.linear(p.q, W.T, num_threads=V.num_threads(op, num_threads))
+    qw = _linalg.linear(p.q, W.T, num_threads=V.num_threads(op, num_threads), op=op)
     return _engine.run(op, p, qw, p.k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                        is_causal=is_causal, valid_lens=valid_lens, num_threads=num_threads,
                        return_weights=return_weights, return_lse=return_lse)
@@ -105,8 +105,8 @@ def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, at
     if b is not None:
         _check_matrix(op, "bias", b, (H,))
     threads = V.num_threads(op, num_threads)
-    qp = _linalg.linear(p.q, Wq, b, num_threads=threads)
-    kp = _linalg.linear(p.k, Wk, num_threads=threads)
+    qp = _linalg.linear(p.q, Wq, b, num_threads=threads, op=op)
+    kp = _linalg.linear(p.k, Wk, num_threads=threads, op=op)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
                        num_threads=threads, return_weights=return_weights, return_lse=return_lse)
@@ -147,8 +147,8 @@ def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None
     _check_matrix(op, "w_key", wk, (p.Dk,))
     b = V.real_number(op, "bias", bias)
     threads = V.num_threads(op, num_threads)
-    a = _linalg.linear(p.q, wq[None, :], np.array([b], dtype=p.compute), num_threads=threads)
-    c = _linalg.linear(p.k, wk[None, :], num_threads=threads)
+    a = _linalg.linear(p.q, wq[None, :], np.array([b], dtype=p.compute), num_threads=threads, op=op)
+    c = _linalg.linear(p.k, wk[None, :], num_threads=threads, op=op)
     qs = np.concatenate([a, np.ones_like(a)], axis=-1)
     ks = np.concatenate([np.ones_like(c), c], axis=-1)
     return _engine.run(op, p, qs, ks, scale=1.0, attn_mask=attn_mask, is_causal=is_causal,

@@ -241,11 +241,10 @@ def test_against_torch(isa, dtype, rng, case, kw):
     targs = [torch.from_numpy(a) for a in args]
     if len(targs) == 1:
         targs = targs * 3
-    with torch.no_grad():
-        ref = t(*targs, **{k: v for k, v in tkw.items() if k != "need_weights"},
-                need_weights=opts.get("need_weights", False))
+    with torch.no_grad():   # both default to need_weights=True
+        ref = t(*targs, **tkw)
     ref_out = ref[0].double().numpy()
-    ref_w = ref[1].double().numpy() if opts.get("need_weights") else None
+    ref_w = ref[1].double().numpy() if ref[1] is not None else None
     check(m(*args, **opts), (ref_out, ref_w), dtype)
 
 
@@ -263,10 +262,19 @@ def test_from_torch_and_tensor_state_dict(rng):
     m2 = attncore.MultiHeadAttention(24, 3)
     m2.load_state_dict(t.state_dict())  # tensors
     np.testing.assert_array_equal(m2(x)[0], m(x)[0])
-    # a batch_first=False module holds the same parameters
+    # a batch_first=False module (torch's default) takes (L, B, E), and so does
+    # the layer built from it (issue 7: it used to read (L, B, E) as (B, L, E))
     t2 = torch.nn.MultiheadAttention(24, 3).eval()
     t2.load_state_dict(t.state_dict())
-    np.testing.assert_array_equal(attncore.MultiHeadAttention.from_torch(t2)(x)[0], m(x)[0])
+    m2 = attncore.MultiHeadAttention.from_torch(t2)
+    assert m2.batch_first is False
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2))   # (L, B, E)
+    with torch.no_grad():
+        ref2 = t2(*([torch.from_numpy(xt)] * 3))[0].numpy()
+    out2 = m2(xt)[0]
+    assert out2.shape == (6, 3, 24)
+    assert_close(out2, ref2.astype(np.float64), "sdpa", np.float32)
+    np.testing.assert_array_equal(out2, m(x)[0].transpose(1, 0, 2))
 
 
 @needs_torch

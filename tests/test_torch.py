@@ -41,9 +41,9 @@ def test_masks_match_torch(isa, mask_kind):
     assert_close(got, ref, "sdpa", np.float64)
 
 
-def test_accepts_torch_tensors_without_copy():
+def test_torch_tensors_in_torch_tensors_out():
     t = torch.randn(1, 2, 5, 8)
     out = attncore.scaled_dot_product_attention(t, t, t)
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
     ref = F.scaled_dot_product_attention(t, t, t).numpy()
-    assert_close(out, ref.astype(np.float64), "sdpa", np.float32)
+    assert_close(out.numpy(), ref.astype(np.float64), "sdpa", np.float32)

@@ -19,8 +19,15 @@ typedef __m256 vec;
 #define MR_PV 6
 #define ROWS_MAX 4
 #define MR_ADD 3
+/* Cache blocks: the values measured on Zen 3 when they were global (128 keys
+ * rounded up to whole 6-row tiles; St is 132 x 16, 8.25 KiB). */
+#define BK_PANEL 132
+#define BK_ROWS 256
+#define GEMM_KC 512
+#define GEMM_MC 48
 #define FN(name) name##_avx2_f32
 #define KTAB_TYPE attn_ktab_f32
+#define PREP_TYPE attn_prep_f32
 #define KTAB_NAME attn_ktab_avx2_f32
 #define ISA_NAME "avx2"
 
@@ -38,6 +45,7 @@ static inline vec v_zero(void) { return _mm256_setzero_ps(); }
 static inline vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
 static inline vec v_sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
 static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+static inline vec v_div(vec a, vec b) { return _mm256_div_ps(a, b); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
 static inline T v_hsum(vec a)
@@ -58,6 +66,13 @@ static inline vec v_neginf_to_zero(vec a)
 {
     vec is_ninf = _mm256_cmp_ps(a, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
     return _mm256_andnot_ps(is_ninf, a);
+}
+/* NaN lanes -> 0 */
+static inline vec v_nan_to_zero(vec a) { return _mm256_and_ps(_mm256_cmp_ps(a, a, _CMP_ORD_Q), a); }
+/* x where a != 0 (NaN included), else 0 */
+static inline vec v_keep_nonzero(vec a, vec x)
+{
+    return _mm256_and_ps(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_NEQ_UQ), x);
 }
 
 /* exp2's polynomials (vmath.h): p6(f) ~ 2^f on [-1/2, 1/2], p5 likewise

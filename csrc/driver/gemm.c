@@ -1,16 +1,10 @@
 /* Linear-layer GEMM entry points attn_linear_f32 / attn_linear_f64
- * (the algorithm is in gemm.inc.c). */
+ * (the algorithm is in gemm.inc.c; its cache blocks, gemm_kc and gemm_mc,
+ * come from each level's kernel table). */
 #include <stdint.h>
+#include <string.h>
 #include "../kernels/ktab.h"
 #include "workspace.h"
-
-/* Rows per unit, in register tiles: the C tile (8 MR_QK x NR) stays in L1
- * while the packed weight panel streams from L2. */
-#define ATTN_GEMM_TILES 8
-/* k per block. Measured (Zen 4, M x K x N = 1024x768x2304, 1024x768x768,
- * 2048x1024x1024): 512 runs at 190-200 GFLOP/s, 128-256 at 145-185 -- each
- * block reloads and stores the C tile, and the Wt slice streams well from L2. */
-#define ATTN_GEMM_KC 512
 
 /* Up to this many rows, and with W's rows contiguous, skip the packing and
  * take dot products (linear_rows): packing W costs about as much as
@@ -19,8 +13,6 @@
  * packing. ATTN_GEMM_ROWS_N outputs per unit. */
 #define ATTN_GEMM_ROWS_MAX_M 32
 #define ATTN_GEMM_ROWS_N 64
-/* Largest panel width of any kernel table. */
-#define ATTN_MAX_NR 64
 
 #define T float
 #define TAG f32

@@ -9,8 +9,8 @@
  *
  * Loop nest (one OpenMP region):
  *   pack W into column panels Wt[p][k][r] = W[p*NR + r][k]   <- omp for
- *   for unit (column panel p, block of 8 MR_QK rows)          <- omp for, dynamic
- *       for k-block of GEMM_KC
+ *   for unit (column panel p, block of gemm_mc rows)          <- omp for, dynamic
+ *       for k-block of gemm_kc
  *           C (+)= X[m0 : m0 + mb, k-block] Wt[p][k-block]     (kernel qk_panel)
  *       Y[m][p*NR + r] = C[m][r] + bias
  * Each output element is computed by one unit with a fixed order over k, so
@@ -28,7 +28,7 @@ static void GEMM_FN(pack_panel)(const attn_linear_desc *d, const KTAB *kt, int64
     int64_t n0 = panel * nr, nn = attn_min64(nr, d->N - n0);
     if (d->w_sk == 1) {
         /* the attention's query staging: register transposes of W's rows */
-        const T *rows[ATTN_MAX_NR];
+        const T *rows[ATTN_MAX_LANES];
         for (int64_t r = 0; r < nn; r++) rows[r] = w + (n0 + r) * d->w_sn;
         kt->pack_qt((int)nn, d->K, rows, (T)1, wt);
         return;
@@ -47,15 +47,15 @@ static void GEMM_FN(linear_unit)(const attn_linear_desc *d, const KTAB *kt, int6
     const int64_t nr = kt->nr;
     int64_t panel = u % npanels, mblock = u / npanels;
     int64_t n0 = panel * nr, nn = attn_min64(nr, d->N - n0);
-    const int64_t rows_per_unit = ATTN_GEMM_TILES * kt->mr_qk;
+    const int64_t rows_per_unit = kt->gemm_mc;
     int64_t m0 = mblock * rows_per_unit, mb = attn_min64(rows_per_unit, d->M - m0);
     const T *x = (const T *)d->x + m0 * d->x_sm, *bias = (const T *)d->bias;
     const T *wt = packed + panel * d->K * nr;
 
     /* Accumulate in the contiguous scratch tile c: Y's own rows are N apart,
      * which for N a multiple of 1024 puts a whole tile in one L1 set. */
-    for (int64_t k0 = 0; k0 < d->K; k0 += ATTN_GEMM_KC) {
-        int64_t kc = attn_min64(ATTN_GEMM_KC, d->K - k0);
+    for (int64_t k0 = 0; k0 < d->K; k0 += kt->gemm_kc) {
+        int64_t kc = attn_min64(kt->gemm_kc, d->K - k0);
         kt->qk_panel(kc, x + k0, d->x_sm, mb, wt + k0 * nr, c, nr, k0 > 0, NULL);
     }
     T *y = (T *)d->y;
@@ -89,7 +89,7 @@ static void GEMM_FN(linear_rows_unit)(const attn_linear_desc *d, const KTAB *kt,
 static attn_status GEMM_FN(linear_rows)(const attn_linear_desc *d, const KTAB *kt, int num_threads)
 {
     int64_t ldx = attn_round_up(d->K, kt->vlen);
-    T *xpad = (T *)attn_scratch_alloc((size_t)(d->M * ldx) * sizeof(T));
+    T *xpad = (T *)attn_scratch_alloc_n(attn_mul_checked(d->M, ldx), sizeof(T));
     if (!xpad) return ATTN_ENOMEM;
     for (int64_t m = 0; m < d->M; m++) {
         const T *x = (const T *)d->x + m * d->x_sm;
@@ -106,9 +106,18 @@ static attn_status GEMM_FN(linear_rows)(const attn_linear_desc *d, const KTAB *k
     return ATTN_OK;
 }
 
+static int GEMM_FN(dims_ok)(const attn_linear_desc *d)
+{
+    if (d->M < 0 || d->N < 0 || d->K < 0) return 0;
+    /* every product the driver forms (packed W, padded X, Y offsets) fits */
+    return attn_mul_checked(attn_round_up(d->N, ATTN_MAX_LANES), d->K) >= 0 &&
+           attn_mul_checked(d->M, attn_round_up(d->K, ATTN_MAX_LANES)) >= 0 &&
+           attn_mul_checked(d->M, d->N) >= 0;
+}
+
 attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_threads)
 {
-    if (!d || d->M < 0 || d->N < 0 || d->K < 0) return ATTN_EINVAL;
+    if (!d || !GEMM_FN(dims_ok)(d)) return ATTN_EINVAL;
     if (d->M == 0 || d->N == 0) return ATTN_OK;
     if (!d->x || !d->w || !d->y) return ATTN_EINVAL;
     const KTAB *kt = KTAB_GET(isa);
@@ -122,20 +131,20 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
     if (d->M <= ATTN_GEMM_ROWS_MAX_M && d->w_sk == 1) return GEMM_FN(linear_rows)(d, kt, num_threads);
     const int64_t nr = kt->nr;
     int64_t npanels = (d->N + nr - 1) / nr;
-    const int64_t rows_per_unit = ATTN_GEMM_TILES * kt->mr_qk;
+    const int64_t rows_per_unit = kt->gemm_mc;
     int64_t nblocks = (d->M + rows_per_unit - 1) / rows_per_unit;
     int64_t nunits = npanels * nblocks;
-    T *packed = (T *)attn_scratch_alloc((size_t)(npanels * d->K * nr) * sizeof(T));
+    T *packed = (T *)attn_scratch_alloc_n(attn_mul_checked(npanels * nr, d->K), sizeof(T));
     if (!packed) return ATTN_ENOMEM;
-    size_t c_elems = (size_t)(rows_per_unit * nr);
+    int64_t c_elems = rows_per_unit * nr;
     int nthreads = attn_region_threads(num_threads, nunits);
-    int failed = 0;
+    int failed = 0, interrupted = 0;
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
     {
-        T *c = (T *)attn_scratch_alloc(c_elems * sizeof(T));
+        T *c = (T *)attn_scratch_alloc_n(c_elems, sizeof(T));
         if (!c) {
             attn_flag_set(&failed);
         }
@@ -148,12 +157,18 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t u = 0; u < nunits; u++) {
-            if (!attn_flag_get(&failed)) GEMM_FN(linear_unit)(d, kt, u, npanels, packed, c);
+            if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
+            if (attn_cancelled(d->cancellable, d->cancel_epoch)) {
+                attn_flag_set(&interrupted);
+                continue;
+            }
+            GEMM_FN(linear_unit)(d, kt, u, npanels, packed, c);
         }
         attn_scratch_free(c);
     }
     attn_scratch_free(packed);
-    return failed ? ATTN_ENOMEM : ATTN_OK;
+    if (failed) return ATTN_ENOMEM;
+    return interrupted ? ATTN_EINTR : ATTN_OK;
 }
 
 #undef GEMM_FN

@@ -1,7 +1,9 @@
 /*
- * Scaled-dot-product attention entry points: attn_sdpa_f32 / attn_sdpa_f64.
- * The algorithm lives in sdpa.inc.c (instantiated once per dtype below); this
- * file holds the block sizes and the descriptor check.
+ * Scaled-dot-product attention entry points: attn_sdpa_f32 / attn_sdpa_f64
+ * and their plan introspection attn_sdpa_plan_*. The algorithm lives in
+ * sdpa.inc.c (instantiated once per dtype below); this file holds the
+ * problem-level policies (key splitting) and the descriptor check. Block
+ * sizes belong to each kernel level's table (csrc/arch/kern_*.c).
  */
 #include <math.h>
 #include <stdint.h>
@@ -10,22 +12,15 @@
 #include "dropout.h"
 #include "workspace.h"
 
-/* Largest unit width any kernel table uses (panel NR or rows-path rows). */
-#define ATTN_MAX_PANEL 64
-/* Keys per block: the panel path's St tile is ATTN_BK_PANEL x NR (16 KiB for
- * float32, NR = 32). Measured on the reference shapes (Zen 4, 1 and 2
- * threads): 128 is 1-2% faster than 64 and as fast as 192-256; smaller
- * blocks waste less on the causal diagonal but pay the per-block softmax
- * bookkeeping more often. The rows path streams longer blocks (decode is
- * bound by memory bandwidth). */
-#define ATTN_BK_PANEL 128
-#define ATTN_BK_ROWS 256
 /* Key splitting (decode): when fewer than ATTN_SPLIT_MIN_UNITS units exist,
  * split the keys into chunks of at least ATTN_SPLIT_MIN_KEYS so that about
- * ATTN_SPLIT_TARGET_UNITS units exist. */
+ * ATTN_SPLIT_TARGET_UNITS units exist. ATTN_MAX_CHUNKS bounds the merge's
+ * per-row weights (the split never makes more than TARGET chunks). */
 #define ATTN_SPLIT_MIN_UNITS 16
 #define ATTN_SPLIT_TARGET_UNITS 32
 #define ATTN_SPLIT_MIN_KEYS 512
+#define ATTN_MAX_CHUNKS ATTN_SPLIT_TARGET_UNITS
+#define ATTN_MAX_HEAD_DIM ((int64_t)1 << 40)
 
 uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter)
 {
@@ -47,25 +42,37 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
     if (d->valid_lens && !d->vl_boff) return ATTN_EINVAL;
     if (d->score_kind != ATTN_SCORE_DOT && d->score_kind != ATTN_SCORE_ADDITIVE) return ATTN_EINVAL;
     if (d->score_kind == ATTN_SCORE_ADDITIVE && d->D > 0 && !d->w_score) return ATTN_EINVAL;
+    /* every size product the driver forms must fit in int64 */
+    int64_t rows = attn_mul_checked(attn_mul_checked(d->B, d->Hq), d->Lq);
+    if (rows < 0 || attn_mul_checked(rows, d->Lk) < 0) return ATTN_EINVAL;
+    int64_t kv_rows = attn_mul_checked(attn_mul_checked(d->B, d->Hkv), d->Lk);
+    if (kv_rows < 0 || attn_mul_checked(kv_rows, attn_max64(d->D, 1)) < 0) return ATTN_EINVAL;
+    /* head sizes of real arrays are far below this; it keeps every scratch
+     * size (a head size times the lanes and blocks of a unit) inside int64 */
+    if (d->D > ATTN_MAX_HEAD_DIM || d->Dv > ATTN_MAX_HEAD_DIM) return ATTN_EINVAL;
     return ATTN_OK;
 }
-
-#define T float
-#define TAG f32
-#define KTAB attn_ktab_f32
-#define KTAB_GET attn_ktab_get_f32
-#include "sdpa.inc.c"
-#undef T
-#undef TAG
-#undef KTAB
-#undef KTAB_GET
 
 #define T double
 #define TAG f64
 #define KTAB attn_ktab_f64
+#define PREP attn_prep_f64
 #define KTAB_GET attn_ktab_get_f64
 #include "sdpa.inc.c"
 #undef T
 #undef TAG
 #undef KTAB
+#undef PREP
+#undef KTAB_GET
+
+#define T float
+#define TAG f32
+#define KTAB attn_ktab_f32
+#define PREP attn_prep_f32
+#define KTAB_GET attn_ktab_get_f32
+#include "sdpa.inc.c"
+#undef T
+#undef TAG
+#undef KTAB
+#undef PREP
 #undef KTAB_GET

@@ -1,20 +1,24 @@
 /*
  * Fused scaled-dot-product attention driver, one instance per dtype
- * (sdpa.c includes this file with T = float and T = double).
+ * (sdpa.c includes this file with T = float and T = double). A driver is a
+ * loop nest over a plan; every operation on a tile is a kernel-table entry
+ * (csrc/kernels/ktab.h).
  *
  * Loop nest (one OpenMP region per call):
  *
  *   for unit u in (b, kv head, row group, row panel, key chunk)   <- omp for, dynamic
- *       stage the panel's queries (times scale * log2 e)
- *       m = -inf, l = 0, O = 0
+ *       stage the unit's queries                     pack_qt / stage_rows
+ *       m = -inf, l = 0, O = 0 (and their compensations)
  *       for key block [j0, j0 + Bk) inside the chunk and the causal limit
- *           S  = Q K^T                      kernel qk_*   (register-blocked)
- *              (additive: sum_h w tanh(.))  kernel additive_panel_*
- *           S += mask, causal, -> weights   this file     (only where present)
- *           online softmax on S -> P        kernel softmax_*
- *           P *= dropout                    this file     (only if p > 0)
- *           O  = alpha O + P V              kernel pv_*
- *       finalise O / l, lse  (or store the chunk's partial O, m, l)
+ *           S  = Q K^T  (raw dot products)           qk_panel / qk_rows
+ *              (additive: sum_h w tanh(.), log2)     additive_panel_*
+ *           prep: log2 units, mask, causal/valid     prep_panel / prep_rows
+ *                 limits, recorded weights           (only where present)
+ *           online softmax on S -> P                 softmax_*
+ *           P *= dropout                             dropout_tile (p > 0)
+ *           O  = alpha O + P V  (compensated)        pv_*
+ *       finalise O / l, lse (or store the chunk's    finish_*
+ *       partial O, m, l)
  *   if keys were split into chunks: merge the partials in chunk order  <- omp for
  *
  * Units. Query rows are processed in panels of W rows: W = NR lanes on the
@@ -29,8 +33,12 @@
  * size, and chunks are merged in a fixed order. Results are therefore bitwise
  * identical for any thread count.
  *
+ * Interrupts. A cancellable call polls the SIGINT count before each key
+ * block and stops with ATTN_EINTR (outputs incomplete) once it changed.
+ *
  * Kernel preconditions (see csrc/kernels/tiles.inc.c) are established here:
- * scratch tiles are padded to the kernels' register-tile multiples.
+ * scratch tiles are padded to the kernels' register-tile multiples, and
+ * every pointer handed to a kernel points inside its array.
  */
 
 #define SDPA_CAT_(a, b) a##_##b
@@ -52,23 +60,42 @@ typedef struct {
     const KTAB *kt;
     int rows_path;     /* 1: decode-shaped rows path; 0: panel path */
     int limited;       /* rows have a last visible key (causal or valid_lens) */
+    int prep_always;   /* every block needs a prep pass (masks, weights) */
+    int prep_log2;     /* the prep pass takes scores to log2 units (additive
+                        * masks and recorded weights need them; -inf fills
+                        * do not, and leaving the scaling to the softmax's
+                        * FMA saves a rounding) */
     int64_t G;         /* query heads per kv head */
     int64_t W;         /* rows per unit */
     int64_t rows_per_group, ngroups, npanels;
     int64_t nchunks, chunk_len, bk;
     int64_t nbase;     /* units before key splitting */
-    T qscale;          /* dot: scale * log2(e); additive: 2 log2(e) */
+    T qsign;           /* dot: sign of the scale (exact); additive: 2 log2(e) */
+    T csoft;           /* dot: |scale| log2(e), taken by the softmax; additive: 1 */
+    int additive_form; /* ATTN_ADDITIVE_* */
     T *wneg;           /* additive: -2 log2(e) w_score (D values) */
     T score_c;         /* additive: log2(e) sum_h w_score[h] */
     T *fk;             /* additive, product form: e^(2 Kp), (B, Hkv, Lk, D) */
     T *partial;        /* nbase * nchunks * W * (Dv + 2) when nchunks > 1 */
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
-    int64_t off_s, off_o, off_m, off_l, off_a, off_c, scratch_elems;
+    int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L, scratch_elems;
 } SDPA_FN(plan);
+
+/* The rows and key range of one work unit. */
+typedef struct {
+    SDPA_FN(row_ref) rows[ATTN_MAX_LANES];
+    int nr;
+    int64_t ub, chunk;      /* base unit, key chunk */
+    int64_t kbeg, kend;     /* keys this unit visits */
+    int64_t minpos;         /* smallest last-visible key of its rows */
+    const T *kh, *vh;       /* K/V of its kv head, key 0 */
+    int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
+} SDPA_FN(unit);
 
 #define PLAN SDPA_FN(plan)
 #define ROWREF SDPA_FN(row_ref)
+#define UNIT SDPA_FN(unit)
 
 static int64_t SDPA_FN(align_elems)(int64_t n) { return attn_round_up(n, ATTN_ALIGN / (int64_t)sizeof(T)); }
 
@@ -102,17 +129,276 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
                             (d->m_boff[b] + hq * d->m_sh + i * d->m_si) * (int64_t)msize
                       : NULL;
         x->pos = d->causal ? i + d->causal_offset : INT64_MAX;
-        if (d->valid_lens) x->pos = attn_min64(x->pos, d->valid_lens[d->vl_boff[b] + i * d->vl_si] - 1);
+        if (d->valid_lens)
+            x->pos = attn_min64(x->pos, d->valid_lens[d->vl_boff[b] + hq * d->vl_sh + i * d->vl_si] - 1);
         x->counter = (uint64_t)flat * (uint64_t)d->Lk;
     }
     return (int)nr;
 }
 
-/* Row index of key 0 of base unit ub's kv head in (B, Hkv, Lk) order. */
-static int64_t SDPA_FN(kvbase_row)(const PLAN *P, int64_t ub)
+/* Rows, K/V and the key range of unit u. */
+static void SDPA_FN(build_unit)(const PLAN *P, int64_t u, UNIT *U)
 {
-    int64_t t = ub / P->npanels / P->ngroups;   /* = b * Hkv + hkv */
-    return t * P->d->Lk;
+    const attn_sdpa_desc *d = P->d;
+    U->chunk = u % P->nchunks;
+    U->ub = u / P->nchunks;
+    U->nr = SDPA_FN(build_rows)(P, U->ub, U->rows);
+    int64_t t = U->ub / P->npanels / P->ngroups;   /* = b * Hkv + hkv */
+    int64_t hkv = t % d->Hkv, b = t / d->Hkv;
+    U->kvrow = t * d->Lk;
+    U->kh = d->Lk > 0 ? (const T *)d->k + d->k_boff[b] + hkv * d->k_sh : NULL;
+    U->vh = d->Lk > 0 ? (const T *)d->v + d->v_boff[b] + hkv * d->v_sh : NULL;
+
+    /* its chunk, cut after the last key any of its rows can see */
+    U->kbeg = U->chunk * P->chunk_len;
+    U->kend = attn_min64(d->Lk, U->kbeg + P->chunk_len);
+    U->minpos = INT64_MAX;
+    if (P->limited) {
+        int64_t maxpos = INT64_MIN;
+        for (int r = 0; r < U->nr; r++) {
+            maxpos = attn_max64(maxpos, U->rows[r].pos);
+            U->minpos = attn_min64(U->minpos, U->rows[r].pos);
+        }
+        U->kend = attn_min64(U->kend, maxpos + 1);
+    }
+}
+
+/* Whether block [j0, j0 + nk) needs a prep pass: masks and weights always,
+ * causal / valid-length limits only in blocks past a row's last key. */
+static int SDPA_FN(needs_prep)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk)
+{
+    return P->prep_always || (P->limited && j0 + nk - 1 > U->minpos);
+}
+
+/* The prep pass's description of block [j0, j0 + nk); arrays have W entries. */
+static void SDPA_FN(describe_prep)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, PREP *x,
+                                   const void **mrows, int64_t *lim, T **wrows)
+{
+    const attn_sdpa_desc *d = P->d;
+    size_t msize = d->mask_kind == ATTN_MASK_BOOL ? 1 : sizeof(T);
+    x->nr = U->nr;
+    x->nk = nk;
+    x->c = P->prep_log2 ? P->csoft : (T)1;
+    x->mask_kind = d->mask_kind;
+    x->msj = d->m_sj;
+    x->mrows = NULL;
+    x->lim = NULL;
+    x->wrows = NULL;
+    if (d->mask_kind != ATTN_MASK_NONE) {
+        for (int r = 0; r < U->nr; r++) mrows[r] = U->rows[r].mrow + j0 * d->m_sj * (int64_t)msize;
+        x->mrows = mrows;
+    }
+    if (P->limited) {
+        for (int r = 0; r < U->nr; r++)
+            lim[r] = U->rows[r].pos == INT64_MAX ? INT64_MAX : U->rows[r].pos + 1 - j0;
+        x->lim = lim;
+    }
+    if (d->weights) {
+        for (int r = 0; r < U->nr; r++) wrows[r] = U->rows[r].w + j0;
+        x->wrows = wrows;
+    }
+}
+
+static void SDPA_FN(dropout)(const PLAN *P, const UNIT *U, T *p, int64_t rs, int64_t js, int64_t j0,
+                             int64_t nk)
+{
+    const attn_sdpa_desc *d = P->d;
+    uint64_t counter[ATTN_MAX_LANES];
+    for (int r = 0; r < U->nr; r++) counter[r] = U->rows[r].counter + (uint64_t)j0;
+    P->kt->dropout_tile(U->nr, nk, p, rs, js, counter, attn_mix64(d->drop_seed), d->drop_threshold,
+                        (T)d->drop_scale);
+}
+
+/* Turn the recorded log2 scores of one row into its final weights. */
+static void SDPA_FN(finish_weights)(const PLAN *P, const ROWREF *row, T m, T L, int64_t kbeg,
+                                    int64_t kend)
+{
+    const attn_sdpa_desc *d = P->d;
+    T *w = row->w;
+    for (int64_t j = 0; j < kbeg && j < d->Lk; j++) w[j] = 0;
+    for (int64_t j = attn_max64(kend, 0); j < d->Lk; j++) w[j] = 0;
+    if (kend <= kbeg) return;
+    P->kt->weights_row(kend - kbeg, w + kbeg, m == -INFINITY ? (T)0 : m, L == 0 ? (T)0 : (T)1 / L);
+    if (d->drop_threshold) {
+        uint64_t counter = row->counter + (uint64_t)kbeg;
+        P->kt->dropout_tile(1, kend - kbeg, w + kbeg, 0, 1, &counter, attn_mix64(d->drop_seed),
+                            d->drop_threshold, (T)d->drop_scale);
+    }
+}
+
+/* Natural-log log-sum-exp from the running max (log2 units) and sum. */
+static inline T SDPA_FN(lse_of)(T m, T L)
+{
+    if (L == 0) return -INFINITY;
+    return (T)(((double)m + log2((double)L)) * ATTN_LN2);
+}
+
+/*
+ * After the key loop: a split unit stores its partial (O - Oc, m, L) for the
+ * merge; otherwise the rows are normalised into the output, with lse and
+ * weights. finish(rows) writes (O - Oc) / L (or without L) to row pointers.
+ */
+static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const T *l, const T *lc,
+                                 T *L, T *o, T *oc)
+{
+    const attn_sdpa_desc *d = P->d;
+    const KTAB *kt = P->kt;
+    T *dst[ATTN_MAX_LANES];
+    const int nr = U->nr;
+    for (int r = 0; r < nr; r++) L[r] = l[r] - lc[r];
+    const T *Luse = L;
+    if (P->nchunks > 1) {
+        T *part = P->partial + (U->ub * P->nchunks + U->chunk) * P->W * (d->Dv + 2);
+        for (int r = 0; r < nr; r++) {
+            dst[r] = part + r * (d->Dv + 2);
+            dst[r][d->Dv] = m[r];
+            dst[r][d->Dv + 1] = L[r];
+        }
+        Luse = NULL;
+    } else {
+        for (int r = 0; r < nr; r++) dst[r] = U->rows[r].out;
+    }
+    if (P->rows_path)
+        kt->finish_rows(nr, d->Dv, o, oc, P->ld_o, Luse, dst);
+    else
+        kt->finish_panel(nr, d->Dv, o, oc, Luse, dst);
+    if (P->nchunks > 1) return;
+    for (int r = 0; r < nr; r++) {
+        if (U->rows[r].lse) *U->rows[r].lse = SDPA_FN(lse_of)(m[r], L[r]);
+        if (U->rows[r].w) SDPA_FN(finish_weights)(P, &U->rows[r], m[r], L[r], U->kbeg, U->kend);
+    }
+}
+
+/* The panel path's loop nest for one unit. Returns 1 if interrupted. */
+static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
+{
+    const attn_sdpa_desc *d = P->d;
+    const KTAB *kt = P->kt;
+    const int64_t W = P->W, D = d->D, Dv = d->Dv;
+    T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
+    T *ocbuf = scratch + P->off_oc, *m = scratch + P->off_m, *l = scratch + P->off_l;
+    T *lc = scratch + P->off_lc, *alpha = scratch + P->off_a, *cmax = scratch + P->off_c;
+    const void *mrows[ATTN_MAX_LANES];
+    int64_t lim[ATTN_MAX_LANES];
+    T *wrows[ATTN_MAX_LANES];
+    const T *qrows[ATTN_MAX_LANES];
+
+    for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
+    kt->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
+    if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
+    int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
+    memset(obuf, 0, (size_t)ot_elems * sizeof(T));
+    memset(ocbuf, 0, (size_t)ot_elems * sizeof(T));
+    for (int64_t r = 0; r < W; r++) { m[r] = -INFINITY; l[r] = 0; lc[r] = 0; alpha[r] = 1; }
+
+    for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
+        if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
+        int64_t nk = attn_min64(P->bk, U->kend - j0);
+        const T *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
+        int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
+        /* the QK kernel can fold the column maxima on the way out unless a
+         * prep pass still changes this block */
+        T *colmax = NULL;
+        if (!prep && P->additive_form == ATTN_ADDITIVE_NONE) {
+            colmax = cmax;
+            for (int64_t r = 0; r < W; r++) colmax[r] = -INFINITY;
+        }
+        if (P->additive_form == ATTN_ADDITIVE_PRODUCT)
+            kt->additive_panel_exp(D, P->fk + (U->kvrow + j0) * D, D, nk, qbuf, P->wneg,
+                                   P->score_c, sbuf);
+        else if (P->additive_form == ATTN_ADDITIVE_TANH)
+            kt->additive_panel_tanh(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
+        else
+            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, W, 0, colmax);
+
+        T c = P->csoft;
+        if (prep) {
+            PREP x;
+            SDPA_FN(describe_prep)(P, U, j0, nk, &x, mrows, lim, wrows);
+            kt->prep_panel(&x, sbuf);
+            if (P->prep_log2) c = 1;
+        }
+        kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
+        if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
+        kt->pv_panel(nk, vb, d->v_sl, Dv, sbuf, alpha, obuf, ocbuf);
+    }
+    SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
+    return 0;
+}
+
+/* The rows path's loop nest for one unit. Returns 1 if interrupted. */
+static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
+{
+    const attn_sdpa_desc *d = P->d;
+    const KTAB *kt = P->kt;
+    const int64_t D = d->D, Dv = d->Dv;
+    T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
+    T *ocbuf = scratch + P->off_oc, *m = scratch + P->off_m, *l = scratch + P->off_l;
+    T *lc = scratch + P->off_lc, *alpha = scratch + P->off_a;
+    const void *mrows[ATTN_MAX_LANES];
+    int64_t lim[ATTN_MAX_LANES];
+    T *wrows[ATTN_MAX_LANES];
+    const T *qrows[ATTN_MAX_LANES];
+
+    for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
+    kt->stage_rows(U->nr, D, qrows, P->qsign, qbuf, P->ld_q);
+    memset(obuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
+    memset(ocbuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
+    for (int64_t r = 0; r < P->W; r++) { m[r] = -INFINITY; l[r] = 0; lc[r] = 0; alpha[r] = 1; }
+
+    for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
+        if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
+        int64_t nk = attn_min64(P->bk, U->kend - j0);
+        const T *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
+        kt->qk_rows(D, qbuf, P->ld_q, U->nr, kb, d->k_sl, nk, sbuf, P->ld_s);
+        T c = P->csoft;
+        if (SDPA_FN(needs_prep)(P, U, j0, nk)) {
+            PREP x;
+            SDPA_FN(describe_prep)(P, U, j0, nk, &x, mrows, lim, wrows);
+            kt->prep_rows(&x, sbuf, P->ld_s);
+            if (P->prep_log2) c = 1;
+        }
+        kt->softmax_rows(U->nr, nk, sbuf, P->ld_s, c, m, l, lc, alpha);
+        if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, P->ld_s, 1, j0, nk);
+        kt->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, alpha, obuf, ocbuf, P->ld_o);
+    }
+    SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
+    return 0;
+}
+
+/* Combine the key chunks of base unit ub, in chunk order (the algebra of
+ * merge_attention), accumulating in double: the nchunks partials are read
+ * once and the merged row is rounded once. */
+static void SDPA_FN(merge_unit)(const PLAN *P, int64_t ub)
+{
+    const attn_sdpa_desc *d = P->d;
+    ROWREF rows[ATTN_MAX_LANES];
+    int nr = SDPA_FN(build_rows)(P, ub, rows);
+    const int64_t Dv = d->Dv, stride = P->W * (Dv + 2);
+    const T *base = P->partial + ub * P->nchunks * stride;
+    double wgt[ATTN_MAX_CHUNKS];
+    for (int r = 0; r < nr; r++) {
+        T mmax = -INFINITY;
+        for (int64_t c = 0; c < P->nchunks; c++) {
+            T mc = base[c * stride + r * (Dv + 2) + Dv];
+            if (mc > mmax) mmax = mc;
+        }
+        double shift = mmax == -INFINITY ? 0.0 : (double)mmax;
+        double lsum = 0;
+        for (int64_t c = 0; c < P->nchunks; c++) {
+            const T *pr = base + c * stride + r * (Dv + 2);
+            wgt[c] = exp2((double)pr[Dv] - shift);
+            lsum += wgt[c] * (double)pr[Dv + 1];
+        }
+        T *out = rows[r].out;
+        for (int64_t k = 0; k < Dv; k++) {
+            double acc = 0;
+            for (int64_t c = 0; c < P->nchunks; c++) acc += wgt[c] * (double)base[c * stride + r * (Dv + 2) + k];
+            out[k] = lsum == 0 ? (T)0 : (T)(acc / lsum);
+        }
+        if (rows[r].lse)
+            *rows[r].lse = lsum == 0 ? (T)-INFINITY : (T)((shift + log2(lsum)) * ATTN_LN2);
+    }
 }
 
 /* Whether |x| <= limit for every element of a (B, H, L, D) tensor; NaN fails. */
@@ -152,284 +438,44 @@ static void SDPA_FN(additive_key_exp)(const PLAN *P, int64_t t)
     P->kt->exp2(d->D, f, f);
 }
 
-/* K/V base pointers of base unit ub's kv head. */
-static void SDPA_FN(kv_base)(const PLAN *P, int64_t ub, const T **k, const T **v)
-{
-    const attn_sdpa_desc *d = P->d;
-    int64_t t = ub / P->npanels / P->ngroups;
-    int64_t hkv = t % d->Hkv, b = t / d->Hkv;
-    *k = (const T *)d->k + d->k_boff[b] + hkv * d->k_sh;
-    *v = (const T *)d->v + d->v_boff[b] + hkv * d->v_sh;
-}
-
-/*
- * Mask, causal limit and weight recording on a score tile whose element
- * (row r, key j0 + j) lives at s[r * rs + j * js]: the panel path (rs = 1,
- * js = W) hands the mask and the weight copy to its kernels, the rows path
- * (rs = lds, js = 1) does them here.
- */
-static void SDPA_FN(prep_scores)(const PLAN *P, const ROWREF *rows, int nr, T *s,
-                                 int64_t rs, int64_t js, int64_t j0, int64_t nk)
-{
-    const attn_sdpa_desc *d = P->d;
-    const T log2e = (T)ATTN_LOG2E;
-    const void *mrows[ATTN_MAX_PANEL];
-    T *wrows[ATTN_MAX_PANEL];
-    size_t msize = d->mask_kind == ATTN_MASK_BOOL ? 1 : sizeof(T);
-    for (int r = 0; r < nr; r++) {
-        mrows[r] = rows[r].mrow ? rows[r].mrow + j0 * d->m_sj * (int64_t)msize : NULL;
-        wrows[r] = rows[r].w ? rows[r].w + j0 : NULL;
-    }
-    if (d->mask_kind != ATTN_MASK_NONE) {
-        if (!P->rows_path) {
-            P->kt->mask_panel(nr, nk, d->mask_kind, mrows, d->m_sj, s);
-        } else {
-            for (int r = 0; r < nr; r++) {
-                T *sr = s + r * rs;
-                if (d->mask_kind == ATTN_MASK_BOOL) {
-                    const uint8_t *mr = (const uint8_t *)mrows[r];
-                    for (int64_t j = 0; j < nk; j++)
-                        sr[j * js] = mr[j * d->m_sj] ? sr[j * js] : (T)-INFINITY;
-                } else {
-                    const T *mr = (const T *)mrows[r];
-                    for (int64_t j = 0; j < nk; j++) sr[j * js] += mr[j * d->m_sj] * log2e;
-                }
-            }
-        }
-    }
-    for (int r = 0; r < nr; r++) {
-        int64_t first_hidden = rows[r].pos == INT64_MAX ? INT64_MAX : rows[r].pos + 1 - j0;
-        T *sr = s + r * rs;
-        for (int64_t j = attn_max64(first_hidden, 0); j < nk; j++) sr[j * js] = -INFINITY;
-    }
-    if (d->weights) {
-        if (!P->rows_path) {
-            T ones[ATTN_MAX_PANEL];
-            for (int r = 0; r < nr; r++) ones[r] = 1;
-            P->kt->unpack_ot(nr, nk, s, ones, wrows);   /* weights rows = St^T */
-        } else {
-            for (int r = 0; r < nr; r++)
-                for (int64_t j = 0; j < nk; j++) wrows[r][j] = s[r * rs + j * js];
-        }
-    }
-}
-
-static void SDPA_FN(apply_dropout)(const PLAN *P, const ROWREF *rows, int nr, T *p,
-                                   int64_t rs, int64_t js, int64_t j0, int64_t nk)
-{
-    const attn_sdpa_desc *d = P->d;
-    uint64_t seed = attn_mix64(d->drop_seed);
-    T keep_scale = (T)d->drop_scale;
-    for (int r = 0; r < nr; r++) {
-        uint64_t c0 = rows[r].counter + (uint64_t)j0;
-        T *pr = p + r * rs;
-        for (int64_t j = 0; j < nk; j++) {
-            int keep = attn_dropout_draw(seed, c0 + (uint64_t)j) >= d->drop_threshold;
-            pr[j * js] = keep ? pr[j * js] * keep_scale : (T)0;
-        }
-    }
-}
-
-/* Turn the recorded log2 scores of one row into its final weights. */
-static void SDPA_FN(finish_weights)(const PLAN *P, const ROWREF *row, T m, T inv_l,
-                                    int64_t kbeg, int64_t kend)
-{
-    const attn_sdpa_desc *d = P->d;
-    T *w = row->w;
-    for (int64_t j = 0; j < kbeg && j < d->Lk; j++) w[j] = 0;
-    for (int64_t j = attn_max64(kend, 0); j < d->Lk; j++) w[j] = 0;
-    if (kend <= kbeg) return;
-    P->kt->weights_row(kend - kbeg, w + kbeg, m == -INFINITY ? (T)0 : m, inv_l);
-    if (d->drop_threshold) {
-        uint64_t seed = attn_mix64(d->drop_seed);
-        T keep_scale = (T)d->drop_scale;
-        for (int64_t j = kbeg; j < kend; j++) {
-            int keep = attn_dropout_draw(seed, row->counter + (uint64_t)j) >= d->drop_threshold;
-            w[j] = keep ? w[j] * keep_scale : (T)0;
-        }
-    }
-}
-
-/* 1 / l, with l == 0 (every key masked) giving a zero row, NaN staying NaN. */
-static inline T SDPA_FN(inv_sum)(T l) { return l == 0 ? (T)0 : (T)1 / l; }
-
-static inline T SDPA_FN(lse_of)(T m, T l)
-{
-    if (l == 0) return -INFINITY;
-    return (T)((m + (T)log2((double)l)) * (T)ATTN_LN2);
-}
-
-static void SDPA_FN(run_unit)(const PLAN *P, int64_t u, T *scratch)
-{
-    const attn_sdpa_desc *d = P->d;
-    const KTAB *kt = P->kt;
-    int64_t chunk = u % P->nchunks, ub = u / P->nchunks;
-    ROWREF rows[ATTN_MAX_PANEL];
-    int nr = SDPA_FN(build_rows)(P, ub, rows);
-    const T *kh, *vh;
-    SDPA_FN(kv_base)(P, ub, &kh, &vh);
-
-    /* keys this unit visits: its chunk, cut after the last key any row can see */
-    int64_t kbeg = chunk * P->chunk_len;
-    int64_t kend = attn_min64(d->Lk, kbeg + P->chunk_len);
-    int64_t minpos = INT64_MAX;
-    if (P->limited) {
-        int64_t maxpos = INT64_MIN;
-        for (int r = 0; r < nr; r++) {
-            maxpos = attn_max64(maxpos, rows[r].pos);
-            minpos = attn_min64(minpos, rows[r].pos);
-        }
-        kend = attn_min64(kend, maxpos + 1);
-    }
-    /* scores need a pass here for masks and weights always, for causal rows
-     * only in the key blocks that cross the diagonal */
-    int prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL;
-
-    const int64_t W = P->W, D = d->D, Dv = d->Dv;
-    T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
-    T *m = scratch + P->off_m, *l = scratch + P->off_l, *alpha = scratch + P->off_a;
-    T *cmax = scratch + P->off_c;
-    /* element (row r, column c) of the O accumulator, (row r, key j) of S */
-    int64_t o_rs, o_cs, s_rs, s_js;
-    if (P->rows_path) {
-        o_rs = P->ld_o; o_cs = 1; s_rs = P->ld_s; s_js = 1;
-        for (int r = 0; r < nr; r++) {
-            T *qr = qbuf + r * P->ld_q;
-            for (int64_t c = 0; c < D; c++) qr[c] = rows[r].q[c] * P->qscale;
-            for (int64_t c = D; c < P->ld_q; c++) qr[c] = 0;
-        }
-        for (int64_t i = 0; i < W * P->ld_o; i++) obuf[i] = 0;
-    } else {
-        o_rs = 1; o_cs = W; s_rs = 1; s_js = W;
-        const T *qrows[ATTN_MAX_PANEL];
-        for (int r = 0; r < nr; r++) qrows[r] = rows[r].q;
-        kt->pack_qt(nr, D, qrows, P->qscale, qbuf);
-        if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
-        int64_t ot_elems = attn_round_up(Dv, kt->mr_pv) * W;
-        for (int64_t i = 0; i < ot_elems; i++) obuf[i] = 0;
-    }
-    for (int64_t r = 0; r < W; r++) { m[r] = -INFINITY; l[r] = 0; alpha[r] = 1; }
-
-    for (int64_t j0 = kbeg; j0 < kend; j0 += P->bk) {
-        int64_t nk = attn_min64(P->bk, kend - j0);
-        const T *kb = kh + j0 * d->k_sl, *vb = vh + j0 * d->v_sl;
-        /* the QK kernel can fold the column maxima on the way out unless
-         * masks, weights or the causal diagonal still change this block */
-        int prep = prep_always || (P->limited && j0 + nk - 1 > minpos);
-        T *colmax = NULL;
-        if (!prep && !P->rows_path && d->score_kind == ATTN_SCORE_DOT) {
-            colmax = cmax;
-            for (int64_t r = 0; r < W; r++) colmax[r] = m[r];
-        }
-        if (P->rows_path)
-            kt->qk_rows(D, qbuf, P->ld_q, nr, kb, d->k_sl, nk, sbuf, P->ld_s);
-        else if (P->fk)
-            kt->additive_panel_exp(D, P->fk + (SDPA_FN(kvbase_row)(P, ub) + j0) * D, D, nk, qbuf, P->wneg,
-                                   P->score_c, sbuf);
-        else if (d->score_kind == ATTN_SCORE_ADDITIVE)
-            kt->additive_panel_tanh(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
-        else
-            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, W, 0, colmax);
-
-        if (prep) SDPA_FN(prep_scores)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);
-
-        if (P->rows_path)
-            kt->softmax_rows(nr, nk, sbuf, P->ld_s, m, l, alpha);
-        else
-            kt->softmax_panel(nk, sbuf, m, l, alpha, colmax);
-
-        if (d->drop_threshold) SDPA_FN(apply_dropout)(P, rows, nr, sbuf, s_rs, s_js, j0, nk);
-
-        if (P->rows_path)
-            kt->pv_rows(nk, sbuf, P->ld_s, nr, vb, d->v_sl, Dv, alpha, obuf, P->ld_o);
-        else
-            kt->pv_panel(nk, vb, d->v_sl, Dv, sbuf, alpha, obuf);
-    }
-
-    if (P->nchunks > 1) {
-        /* partial result: unnormalised O, m, l per row */
-        T *part = P->partial + (ub * P->nchunks + chunk) * W * (Dv + 2);
-        for (int r = 0; r < nr; r++) {
-            T *pr = part + r * (Dv + 2);
-            for (int64_t c = 0; c < Dv; c++) pr[c] = obuf[r * o_rs + c * o_cs];
-            pr[Dv] = m[r];
-            pr[Dv + 1] = l[r];
-        }
-        return;
-    }
-    T inv[ATTN_MAX_PANEL];
-    T *orows[ATTN_MAX_PANEL];
-    for (int r = 0; r < nr; r++) {
-        inv[r] = SDPA_FN(inv_sum)(l[r]);
-        orows[r] = rows[r].out;
-    }
-    if (P->rows_path) {
-        for (int r = 0; r < nr; r++)
-            for (int64_t c = 0; c < Dv; c++) rows[r].out[c] = obuf[r * o_rs + c * o_cs] * inv[r];
-    } else {
-        kt->unpack_ot(nr, Dv, obuf, inv, orows);
-    }
-    for (int r = 0; r < nr; r++) {
-        if (rows[r].lse) *rows[r].lse = SDPA_FN(lse_of)(m[r], l[r]);
-        if (rows[r].w) SDPA_FN(finish_weights)(P, &rows[r], m[r], inv[r], kbeg, kend);
-    }
-}
-
-/* Combine the key chunks of base unit ub, in chunk order (see merge_attention). */
-static void SDPA_FN(merge_unit)(const PLAN *P, int64_t ub)
-{
-    const attn_sdpa_desc *d = P->d;
-    ROWREF rows[ATTN_MAX_PANEL];
-    int nr = SDPA_FN(build_rows)(P, ub, rows);
-    const int64_t Dv = d->Dv, stride = P->W * (Dv + 2);
-    const T *base = P->partial + ub * P->nchunks * stride;
-    for (int r = 0; r < nr; r++) {
-        T mmax = -INFINITY;
-        for (int64_t c = 0; c < P->nchunks; c++) {
-            T mc = base[c * stride + r * (Dv + 2) + Dv];
-            if (mc > mmax) mmax = mc;
-        }
-        T shift = mmax == -INFINITY ? (T)0 : mmax;
-        T *out = rows[r].out;
-        for (int64_t k = 0; k < Dv; k++) out[k] = 0;
-        T lsum = 0;
-        for (int64_t c = 0; c < P->nchunks; c++) {
-            const T *pr = base + c * stride + r * (Dv + 2);
-            T wgt = (T)exp2((double)(pr[Dv] - shift));
-            lsum += wgt * pr[Dv + 1];
-            for (int64_t k = 0; k < Dv; k++) out[k] += wgt * pr[k];
-        }
-        T inv = SDPA_FN(inv_sum)(lsum);
-        for (int64_t k = 0; k < Dv; k++) out[k] *= inv;
-        if (rows[r].lse) *rows[r].lse = SDPA_FN(lse_of)(shift, lsum);
-    }
-}
-
 static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KTAB *kt)
 {
     memset(P, 0, sizeof *P);
     P->d = d;
     P->kt = kt;
     P->G = d->Hq / d->Hkv;
-    P->qscale = (T)(d->score_kind == ATTN_SCORE_ADDITIVE ? 2.0 * ATTN_LOG2E : d->scale * ATTN_LOG2E);
     P->limited = d->causal || d->valid_lens != NULL;
+    P->prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL;
+    P->prep_log2 = d->mask_kind == ATTN_MASK_ADD || d->weights != NULL;
+    if (d->score_kind == ATTN_SCORE_ADDITIVE) {
+        P->qsign = (T)(2.0 * ATTN_LOG2E);
+        P->csoft = 1;
+        P->additive_form = d->D > 0 && d->Lk > 0 && SDPA_FN(additive_in_range)(d)
+                               ? ATTN_ADDITIVE_PRODUCT : ATTN_ADDITIVE_TANH;
+    } else {
+        /* the sign goes into Q (exact); |scale| log2 e into the softmax's FMA */
+        P->qsign = d->scale < 0 ? (T)-1 : (T)1;
+        P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
+        if (d->scale != d->scale) P->csoft = (T)NAN;
+        P->additive_form = ATTN_ADDITIVE_NONE;
+    }
 
     /* Decode-shaped problems (all rows of a kv head fit one rows-path unit)
-     * take the rows path; everything else takes panels. */
+     * take the rows path; everything else takes panels. (The rows path
+     * computes dot-product scores only.) */
     int64_t stacked_rows = P->G * d->Lq;
-    /* (the rows path computes dot-product scores only) */
     P->rows_path = stacked_rows <= kt->rows_max && d->score_kind == ATTN_SCORE_DOT;
     if (P->rows_path) {
         P->W = kt->rows_max;
         P->rows_per_group = stacked_rows;
         P->ngroups = 1;
-        P->bk = ATTN_BK_ROWS;
+        P->bk = kt->bk_rows;
     } else {
         P->W = kt->nr;
         int stack = d->Lq < kt->nr;
         P->rows_per_group = stack ? stacked_rows : d->Lq;
         P->ngroups = stack ? 1 : P->G;
-        P->bk = attn_round_up(ATTN_BK_PANEL, kt->mr_qk);   /* whole register tiles */
+        P->bk = kt->bk_panel;
     }
     P->npanels = (P->rows_per_group + P->W - 1) / P->W;
     P->nbase = d->B * d->Hkv * P->ngroups * P->npanels;
@@ -445,24 +491,94 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     }
     P->chunk_len = d->Lk > 0 ? attn_round_up((d->Lk + P->nchunks - 1) / P->nchunks, P->bk) : 1;
     P->nchunks = d->Lk > 0 ? (d->Lk + P->chunk_len - 1) / P->chunk_len : 1;
+    if (P->nchunks > ATTN_MAX_CHUNKS) return ATTN_EINVAL;   /* cannot happen: want <= TARGET */
 
-    /* scratch */
+    /* scratch: Q, S, O, Oc, then m, l, lc, alpha, colmax, L (W each) */
+    int64_t D1 = attn_max64(d->D, 1), Dv1 = attn_max64(d->Dv, 1), o_elems;
     if (P->rows_path) {
-        P->ld_q = attn_round_up(attn_max64(d->D, 1), kt->vlen);
+        P->ld_q = attn_round_up(D1, kt->vlen);
         P->ld_s = attn_round_up(P->bk, kt->vlen);
-        P->ld_o = attn_round_up(attn_max64(d->Dv, 1), kt->vlen);
+        P->ld_o = attn_round_up(Dv1, kt->vlen);
         P->off_s = SDPA_FN(align_elems)(P->W * P->ld_q);
         P->off_o = P->off_s + SDPA_FN(align_elems)(P->W * P->ld_s);
-        P->off_m = P->off_o + SDPA_FN(align_elems)(P->W * P->ld_o);
+        o_elems = SDPA_FN(align_elems)(P->W * P->ld_o);
     } else {
-        P->off_s = SDPA_FN(align_elems)(attn_max64(d->D, 1) * P->W);
+        P->off_s = SDPA_FN(align_elems)(D1 * P->W);
         P->off_o = P->off_s + SDPA_FN(align_elems)(attn_round_up(P->bk, kt->mr_qk) * P->W);
-        P->off_m = P->off_o + SDPA_FN(align_elems)(attn_round_up(attn_max64(d->Dv, 1), kt->mr_pv) * P->W);
+        o_elems = SDPA_FN(align_elems)(attn_round_up(Dv1, kt->mr_pv) * P->W);
     }
-    P->off_l = P->off_m + SDPA_FN(align_elems)(P->W);
-    P->off_a = P->off_l + SDPA_FN(align_elems)(P->W);
-    P->off_c = P->off_a + SDPA_FN(align_elems)(P->W);
-    P->scratch_elems = P->off_c + SDPA_FN(align_elems)(P->W);
+    P->off_oc = P->off_o + o_elems;
+    P->off_m = P->off_oc + o_elems;
+    int64_t lane_elems = SDPA_FN(align_elems)(P->W);
+    P->off_l = P->off_m + lane_elems;
+    P->off_lc = P->off_l + lane_elems;
+    P->off_a = P->off_lc + lane_elems;
+    P->off_c = P->off_a + lane_elems;
+    P->off_L = P->off_c + lane_elems;
+    P->scratch_elems = P->off_L + lane_elems;
+    return ATTN_OK;
+}
+
+static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *info)
+{
+    info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
+    info->additive_form = P->additive_form;
+    info->rows_per_unit = P->W;
+    info->units = P->nbase * P->nchunks;
+    info->chunks = P->nchunks;
+    info->chunk_len = P->chunk_len;
+    info->key_block = P->bk;
+    info->threads = attn_region_threads(num_threads, info->units);
+}
+
+attn_status SDPA_FN(attn_sdpa_plan)(const attn_sdpa_desc *d, int isa, int num_threads,
+                                    attn_plan_info *info)
+{
+    attn_status st = attn_sdpa_check(d);
+    if (st != ATTN_OK || !info) return st != ATTN_OK ? st : ATTN_EINVAL;
+    const KTAB *kt = KTAB_GET(isa);
+    if (!kt) return ATTN_EISA;
+    memset(info, 0, sizeof *info);
+    if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
+    PLAN P;
+    st = SDPA_FN(make_plan)(&P, d, kt);
+    if (st == ATTN_OK) SDPA_FN(fill_info)(&P, num_threads, info);
+    return st;
+}
+
+static void SDPA_FN(free_plan)(PLAN *P)
+{
+    attn_scratch_free(P->partial);
+    attn_scratch_free(P->wneg);
+    attn_scratch_free(P->fk);
+}
+
+/* The plan's shared buffers: additive weights and key exponentials, split-K
+ * partials. */
+static attn_status SDPA_FN(alloc_plan)(PLAN *P)
+{
+    const attn_sdpa_desc *d = P->d;
+    if (d->score_kind == ATTN_SCORE_ADDITIVE) {
+        P->wneg = (T *)attn_scratch_alloc_n(attn_max64(d->D, 1), sizeof(T));
+        if (!P->wneg) return ATTN_ENOMEM;
+        double sum = 0;
+        for (int64_t h = 0; h < d->D; h++) {
+            T w = ((const T *)d->w_score)[h];
+            P->wneg[h] = (T)(-2.0 * ATTN_LOG2E) * w;
+            sum += (double)w;
+        }
+        P->score_c = (T)(ATTN_LOG2E * sum);
+        if (P->additive_form == ATTN_ADDITIVE_PRODUCT) {
+            int64_t n = attn_mul_checked(attn_mul_checked(d->B * d->Hkv, d->Lk), d->D);
+            P->fk = (T *)attn_scratch_alloc_n(n, sizeof(T));
+            if (!P->fk) return ATTN_ENOMEM;
+        }
+    }
+    if (P->nchunks > 1) {
+        int64_t n = attn_mul_checked(attn_mul_checked(P->nbase, P->nchunks), P->W * (d->Dv + 2));
+        P->partial = (T *)attn_scratch_alloc_n(n, sizeof(T));
+        if (!P->partial) return ATTN_ENOMEM;
+    }
     return ATTN_OK;
 }
 
@@ -476,47 +592,22 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 
     PLAN P;
     st = SDPA_FN(make_plan)(&P, d, kt);
-    if (st != ATTN_OK) return st;
-    if (d->score_kind == ATTN_SCORE_ADDITIVE) {
-        P.wneg = (T *)attn_scratch_alloc((size_t)d->D * sizeof(T));
-        if (!P.wneg) return ATTN_ENOMEM;
-        double sum = 0;
-        for (int64_t h = 0; h < d->D; h++) {
-            T w = ((const T *)d->w_score)[h];
-            P.wneg[h] = (T)(-2.0 * ATTN_LOG2E) * w;
-            sum += (double)w;
-        }
-        P.score_c = (T)(ATTN_LOG2E * sum);
-        if (d->D > 0 && d->Lk > 0 && SDPA_FN(additive_in_range)(d)) {
-            P.fk = (T *)attn_scratch_alloc((size_t)(d->B * d->Hkv * d->Lk * d->D) * sizeof(T));
-            if (!P.fk) {
-                attn_scratch_free(P.wneg);
-                return ATTN_ENOMEM;
-            }
-        }
-    }
-    if (P.nchunks > 1) {
-        size_t n = (size_t)(P.nbase * P.nchunks * P.W * (d->Dv + 2));
-        P.partial = (T *)attn_scratch_alloc(n * sizeof(T));
-        if (!P.partial) {
-            attn_scratch_free(P.wneg);
-            attn_scratch_free(P.fk);
-            return ATTN_ENOMEM;
-        }
+    if (st == ATTN_OK) st = SDPA_FN(alloc_plan)(&P);
+    if (st != ATTN_OK) {
+        SDPA_FN(free_plan)(&P);
+        return st;
     }
 
     int64_t nunits = P.nbase * P.nchunks;
     int nthreads = attn_region_threads(num_threads, nunits);
-    int failed = 0;
+    int failed = 0, interrupted = 0;
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
     {
-        T *scratch = (T *)attn_scratch_alloc((size_t)P.scratch_elems * sizeof(T));
-        if (!scratch) {
-            attn_flag_set(&failed);
-        }
+        T *scratch = (T *)attn_scratch_alloc_n(P.scratch_elems, sizeof(T));
+        if (!scratch) attn_flag_set(&failed);
         if (P.fk) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -528,7 +619,12 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t u = 0; u < nunits; u++) {
-            if (!attn_flag_get(&failed)) SDPA_FN(run_unit)(&P, u, scratch);
+            if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
+            UNIT U;
+            SDPA_FN(build_unit)(&P, u, &U);
+            int stop = P.rows_path ? SDPA_FN(rows_unit)(&P, &U, scratch)
+                                   : SDPA_FN(panel_unit)(&P, &U, scratch);
+            if (stop) attn_flag_set(&interrupted);
         }
         /* (implicit barrier) */
         if (P.nchunks > 1) {
@@ -536,18 +632,18 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #pragma omp for schedule(static)
 #endif
             for (int64_t ub = 0; ub < P.nbase; ub++)
-                if (!attn_flag_get(&failed)) SDPA_FN(merge_unit)(&P, ub);
+                if (!attn_flag_get(&failed) && !attn_flag_get(&interrupted)) SDPA_FN(merge_unit)(&P, ub);
         }
         attn_scratch_free(scratch);
     }
-    attn_scratch_free(P.partial);
-    attn_scratch_free(P.wneg);
-    attn_scratch_free(P.fk);
-    return failed ? ATTN_ENOMEM : ATTN_OK;
+    SDPA_FN(free_plan)(&P);
+    if (failed) return ATTN_ENOMEM;
+    return interrupted ? ATTN_EINTR : ATTN_OK;
 }
 
 #undef PLAN
 #undef ROWREF
+#undef UNIT
 #undef SDPA_FN
 #undef SDPA_CAT
 #undef SDPA_CAT_

@@ -16,21 +16,22 @@
  * (correct, and bitwise the same results, just slower). Children started
  * with "spawn"/"forkserver" are unaffected.
  */
-static volatile int g_pool_started = 0;   /* this process ran a region with > 1 thread */
-static volatile int g_forked_after_pool = 0;
+static int g_pool_started = 0;       /* this process ran a region with > 1 thread */
+static int g_forked_after_pool = 0;  /* this process is such a forked child */
 
 #ifdef ATTN_HAVE_ATFORK
+/* Runs in the child only (one thread), right after fork(). */
 static void attn_atfork_child(void)
 {
-    if (g_pool_started) g_forked_after_pool = 1;
-    g_pool_started = 0;
+    if (ATTN_ATOMIC_LOAD(&g_pool_started)) ATTN_ATOMIC_STORE(&g_forked_after_pool, 1);
+    ATTN_ATOMIC_STORE(&g_pool_started, 0);
 }
 #endif
 
 void attn_runtime_init(void)
 {
 #ifdef ATTN_HAVE_ATFORK
-    static int registered = 0;
+    static int registered = 0;   /* called once at import, under the GIL */
     if (!registered) {
         registered = 1;
         pthread_atfork(NULL, NULL, attn_atfork_child);
@@ -38,7 +39,7 @@ void attn_runtime_init(void)
 #endif
 }
 
-int attn_single_threaded_after_fork(void) { return g_forked_after_pool; }
+int attn_single_threaded_after_fork(void) { return ATTN_ATOMIC_LOAD(&g_forked_after_pool); }
 
 void *attn_scratch_alloc(size_t bytes)
 {
@@ -59,8 +60,9 @@ int attn_region_threads(int requested, int64_t units)
     n = 1;
 #endif
     if (units < n) n = units > 0 ? (int)units : 1;
-    if (g_forked_after_pool) n = 1;
-    if (n > 1) g_pool_started = 1;
+    if (ATTN_ATOMIC_LOAD(&g_forked_after_pool)) n = 1;
+    /* concurrent callers may all store 1: a relaxed atomic store is enough */
+    if (n > 1) ATTN_ATOMIC_STORE(&g_pool_started, 1);
     return n;
 }
 

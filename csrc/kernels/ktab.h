@@ -1,15 +1,22 @@
 /*
- * The kernel table: what one ISA translation unit (csrc/arch/kern_*.c) offers
- * the drivers (csrc/driver/). Drivers own loops, blocking, threads and
- * scratch; kernels do the math on one tile and never allocate, thread or fail.
+ * The kernel context: what one ISA translation unit (csrc/arch/kern_*.c)
+ * offers the drivers (csrc/driver/), BLIS style. Drivers own loops,
+ * blocking, threads and scratch; kernels do the math on one tile and never
+ * allocate, thread or fail. One table per (ISA level, dtype) holds the
+ * level's register-tile geometry, its cache blocks (measured on that level)
+ * and every tile operation the drivers call. csrc/kernels/tiles.inc.c
+ * supplies a default for every entry, written once against the SIMD mapping;
+ * a level overrides an entry by defining ATTN_HAVE_<entry> and its own
+ * FN(<entry>) before including tiles.inc.c.
  *
  * Two tile shapes serve attention:
  *
  *  panel path (prefill: many query rows per kv head). A panel holds NR query
  *    rows as vector lanes. Tiles are stored transposed, lanes = queries:
- *      Qt[d][r]  the panel's queries, pre-multiplied by scale*log2(e)
- *      St[j][r]  scores of key j for query lane r, in log2 units
- *      Ot[c][r]  unnormalised output column c
+ *      Qt[d][r]  the panel's queries (times the sign of the scale)
+ *      St[j][r]  raw scores of key j for query lane r (log2 units once a
+ *                block's prep pass has run, see below)
+ *      Ot[c][r]  unnormalised output column c, Ct[c][r] its compensation
  *    so the online softmax runs down columns with plain vector max/add (no
  *    horizontal reductions) and both products are the same register-blocked
  *    micro-kernel shape: C[MR][NR] (+)= A(broadcast scalars) * B[k][NR].
@@ -18,7 +25,17 @@
  *    the head dimension; each score is a dot product, each output row an axpy
  *    over the value rows, so no lane is wasted when there are 1..8 queries.
  *
- * Scores are kept in log2 units so that the softmax needs exp2 only.
+ * Units of the scores. The QK kernels produce raw dot products s = q . k.
+ * The softmax takes s to log2 units inside its exponent, exp2(c s - m) with
+ * c = |scale| log2(e), as one FMA: one rounding instead of the two that
+ * folding the scale into Q and subtracting the max would cost. A block that
+ * needs a prep pass (masks, the causal diagonal, recorded weights) is taken
+ * to log2 units there first and its softmax runs with c = 1.
+ *
+ * Long key ranges. Each key block's P V and row sum start from zero and are
+ * added to the running O and l with Kahan compensation (Ct, lc): the
+ * accumulated rounding error stays at a few ulp of the block sums instead
+ * of growing with the number of blocks (docs/numerics.md).
  */
 #ifndef ATTNCORE_KTAB_H
 #define ATTNCORE_KTAB_H
@@ -29,39 +46,65 @@
 #define ATTN_LOG2E 1.44269504088896340736
 #define ATTN_LN2 0.69314718055994530942
 
+/* The widest unit any level may use (panel NR or rows-path rows): the
+ * drivers' per-unit row arrays are this long. Every table asserts it. */
+#define ATTN_MAX_LANES 64
+
 #define ATTN_DECLARE_KTAB(T, TAG)                                              \
+    /* What a block's prep pass does to its score tile, in this order:      */ \
+    /*  multiply by c (if c != 1), apply the mask, hide keys j >= lim[r]    */ \
+    /*  (causal limit / valid length, relative to the block's first key),   */ \
+    /*  copy the log2-unit scores to wrows[r] (recorded weights).           */ \
+    typedef struct {                                                           \
+        int nr;                   /* rows in the unit                       */ \
+        int64_t nk;               /* keys in the block                      */ \
+        T c;                      /* |scale| log2 e, or 1                   */ \
+        int mask_kind;            /* ATTN_MASK_*                            */ \
+        const void *const *mrows; /* per row: mask of the block's key 0     */ \
+        int64_t msj;              /* mask stride along keys (elements)      */ \
+        const int64_t *lim;       /* per row: first hidden key, or NULL     */ \
+        T *const *wrows;          /* per row: weights of key 0, or NULL     */ \
+    } attn_prep_##TAG;                                                         \
+                                                                               \
     typedef struct {                                                           \
         const char *isa;                                                       \
+        /* register tiles */                                                   \
         int nr;       /* query lanes in a panel                             */ \
         int mr_qk;    /* St rows are padded to a multiple of this           */ \
         int mr_pv;    /* Ot rows are padded to a multiple of this           */ \
         int vlen;     /* lanes per vector; rows-path buffers pad to it      */ \
         int rows_max; /* most query rows the rows path takes per unit       */ \
+        /* cache blocks, measured on this level                             */ \
+        int bk_panel; /* keys per block, panel path (a multiple of mr_qk)   */ \
+        int bk_rows;  /* keys per block, rows path                          */ \
+        int gemm_kc;  /* GEMM k-block                                        */ \
+        int gemm_mc;  /* GEMM rows per unit (a multiple of mr_qk)           */ \
+                                                                               \
+        /* ---- panel path ---- */                                             \
+        /* Qt[d][r] = sign * rows[r][d] (lanes >= nr zeroed)                */ \
+        void (*pack_qt)(int nr, int64_t D, const T *const *rows, T sign,       \
+                        T *qt);                                                \
         /* St[j][:] (+)= sum_d K[j][d] * Qt[d][:], j < nk (+= if accumulate)*/ \
-        /* St rows ldst apart (NR in attention; the output rows in a GEMM)  */ \
-        /* colmax (NR values, or NULL): folded with the tile's column maxima */ \
+        /* St rows ldst apart (NR in attention; the C tile in the GEMM).    */ \
+        /* colmax (NR values, or NULL): folded with the tile's column maxima*/ \
+        /* This is also the GEMM's micro-kernel.                            */ \
         void (*qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,      \
                          const T *qt, T *st, int64_t ldst, int accumulate,     \
                          T *colmax);                                           \
-        /* online softmax down the columns of St[nk][NR]: updates m, l,     */ \
-        /* writes alpha = exp2(m_old - m_new), overwrites St with exp2(s-m) */ \
-        /* (colmax: the tile's column maxima if known, else NULL)           */ \
-        void (*softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha,         \
-                              const T *colmax);                                \
-        /* Ot[c][:] = alpha[:] * Ot[c][:] + sum_j V[j][c] * Pt[j][:], c < Dv */ \
+        /* the block's prep pass on St[nk][NR] (see attn_prep)              */ \
+        void (*prep_panel)(const attn_prep_##TAG *x, T *st);                   \
+        /* online softmax down the columns of St: St = exp2(c St - m_new);   */ \
+        /* m, l (+ compensation lc), alpha = exp2(m_old - m_new) updated.   */ \
+        /* colmax: the raw tile's column maxima if known, else NULL         */ \
+        void (*softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m,   \
+                              T *l, T *lc, T *alpha);                          \
+        /* Ot[c][:] = alpha Ot[c][:] + sum_j V[j][c] Pt[j][:], compensated  */ \
         void (*pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,      \
-                         const T *pt, const T *alpha, T *ot);                  \
-        /* S[r][j] = Qs[r] . K[j] for r < nr, j < nk (Qs padded to vlen)     */ \
-        void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
-                        const T *k, int64_t ldk, int64_t nk, T *s,             \
-                        int64_t lds);                                          \
-        /* online softmax along the rows of S[nr][nk]                        */ \
-        void (*softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T *m,      \
-                             T *l, T *alpha);                                  \
-        /* O[r][:] = alpha[r] * O[r][:] + sum_j P[r][j] * V[j][:], r < nr    */ \
-        void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
-                        const T *v, int64_t ldv, int64_t Dv, const T *alpha,   \
-                        T *o, int64_t ldo);                                    \
+                         const T *pt, const T *alpha, T *ot, T *ct);           \
+        /* rows[r][c] = (Ot - Ct)[c][r] / L[r] (0 where L[r] == 0), or       */ \
+        /* without the division when L is NULL                              */ \
+        void (*finish_panel)(int nr, int64_t Dv, T *ot, const T *ct,           \
+                             const T *L, T *const *rows);                      \
         /* additive scores c + log2e sum_h w_h tanh(q_h + k_h) in log2     */ \
         /* units, wneg = -2 log2e w, c = log2e sum_h w_h (tiles.inc.c):     */ \
         /* _exp takes Et = e^(2 Qp) and F = e^(2 Kp) (inputs in range),     */ \
@@ -72,21 +115,42 @@
         void (*additive_panel_tanh)(int64_t H, const T *k, int64_t ldk,       \
                                     int64_t nk, const T *qt, const T *wneg,   \
                                     T c, T *st);                               \
-        /* y = exp2(x), the softmax's vector exp (exposed for tests)        */ \
+                                                                               \
+        /* ---- rows path ---- */                                              \
+        /* Qs[r][:] = sign * rows[r][:D], zero-padded to ldq                */ \
+        void (*stage_rows)(int nr, int64_t D, const T *const *rows, T sign,    \
+                           T *qs, int64_t ldq);                                \
+        /* S[r][j] = Qs[r] . K[j] for r < nr, j < nk (Qs padded to vlen)     */ \
+        void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
+                        const T *k, int64_t ldk, int64_t nk, T *s,             \
+                        int64_t lds);                                          \
+        /* the block's prep pass on S[nr][lds] (see attn_prep)              */ \
+        void (*prep_rows)(const attn_prep_##TAG *x, T *s, int64_t lds);        \
+        /* online softmax along the rows of S[nr][nk]                        */ \
+        void (*softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T c,       \
+                             T *m, T *l, T *lc, T *alpha);                     \
+        /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] V[j][:], compensated   */ \
+        void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
+                        const T *v, int64_t ldv, int64_t Dv, const T *alpha,   \
+                        T *o, T *oc, int64_t ldo);                             \
+        /* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no         */ \
+        /* division when L is NULL)                                         */ \
+        void (*finish_rows)(int nr, int64_t Dv, const T *o, const T *oc,       \
+                            int64_t ldo, const T *L, T *const *rows);          \
+                                                                               \
+        /* ---- both paths ---- */                                             \
+        /* Dropout on P: element (r, j) at p[r * rs + j * js] is kept when   */ \
+        /* attn_dropout_draw(seed_mixed, counter[r] + j) >= threshold, and  */ \
+        /* kept ones are multiplied by keep_scale.                          */ \
+        void (*dropout_tile)(int nr, int64_t nk, T *p, int64_t rs, int64_t js, \
+                             const uint64_t *counter, uint64_t seed_mixed,     \
+                             uint32_t threshold, T keep_scale);                \
+        /* w[i] = exp2(w[i] - shift) * scale (w[i] - shift <= 0 or NaN)      */ \
+        void (*weights_row)(int64_t n, T *w, T shift, T scale);                \
+        /* y = exp2(x), the softmax's vector exp (also for tests)           */ \
         void (*exp2)(int64_t n, const T *x, T *y);                             \
         /* y = tanh(x), the additive score's vector tanh (for tests)         */ \
         void (*tanh)(int64_t n, const T *x, T *y);                             \
-        /* Qt[d][r] = scale * rows[r][d] (lanes >= nr zeroed)               */ \
-        void (*pack_qt)(int nr, int64_t D, const T *const *rows, T scale,      \
-                        T *qt);                                                \
-        /* rows[r][c] = Ot[c][r] * inv[r]                                   */ \
-        void (*unpack_ot)(int nr, int64_t Dv, const T *ot, const T *inv,       \
-                          T *const *rows);                                     \
-        /* mask a score panel (bool: -inf where 0; add: += log2e * m)       */ \
-        void (*mask_panel)(int nr, int64_t nk, int kind,                       \
-                           const void *const *mrows, int64_t sj, T *st);       \
-        /* w[i] = exp2(w[i] - shift) * scale (w[i] - shift <= 0 or NaN)      */ \
-        void (*weights_row)(int64_t n, T *w, T shift, T scale);                \
     } attn_ktab_##TAG;
 
 ATTN_DECLARE_KTAB(float, f32)

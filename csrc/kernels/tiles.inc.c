@@ -1,18 +1,24 @@
 /*
- * Tile math for attention, written once against the SIMD mapping layer and
- * compiled once per ISA (csrc/arch/kern_<isa>.c includes this file after
- * defining the mapping). See ktab.h for the two tile shapes.
+ * Tile math for attention: the default entries of the kernel context
+ * (ktab.h), written once against the SIMD mapping layer and compiled once
+ * per ISA (csrc/arch/kern_<isa>.c includes this file after defining the
+ * mapping). A level replaces an entry by defining ATTN_HAVE_<entry> and its
+ * own FN(<entry>) before the include.
  *
  * The including file defines:
  *   T, vec, VL           element type, vector type, lanes per vector
  *   NV                   vectors per panel row (panel width NR = NV * VL)
  *   MR_QK, MR_PV         register-tile heights of the two panel products
+ *   MR_ADD               register-tile height of the additive scores
  *   ROWS_MAX             most rows the rows path takes at once
+ *   BK_PANEL, BK_ROWS, GEMM_KC, GEMM_MC   the level's cache blocks
  *   FN(name)             the ISA/dtype-suffixed function name
- *   KTAB_TYPE, KTAB_NAME, ISA_NAME   the table this unit exports
- *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_fma
- *   v_max v_hsum v_hmax v_neginf_to_zero v_exp2
- *   v_exp2_nonpos        exp2 for x <= 0 or NaN (may equal v_exp2)
+ *   KTAB_TYPE, PREP_TYPE, KTAB_NAME, ISA_NAME   the table this unit exports
+ *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_div
+ *   v_fma v_max v_hsum v_hmax v_neginf_to_zero v_nan_to_zero v_keep_nonzero
+ *   v_exp2
+ *   v_exp2_nonpos        exp2 for x <= 0 or NaN (may equal v_exp2); also
+ *                        right for x a few ulp above 0
  *   v_inv1p_exp2_shifted, INV1P_SHIFT
  *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
  *                        (vmath.h); callers add the shift to a scalar for free
@@ -20,21 +26,81 @@
  *   v_transpose, v_untranspose, v_mask_block (optional, with
  *                        V_HAS_TRANSPOSE): VL x VL block transposes between
  *                        row pointers and a panel
- *   MR_ADD               register-tile height of the additive scores
  *
  * Preconditions shared by all kernels (the drivers guarantee them):
  *   - feature dimensions (D, Dv) have unit stride; row strides are arbitrary;
+ *     every element pointer is aligned to its type;
+ *   - kernels read and write only elements inside the arrays they are given
+ *     (partial vectors use v_load_n / v_store_n or scalar tails);
  *   - panel buffers are contiguous with row length NR; St has room for nk
- *     rounded up to MR_QK rows, Ot for Dv rounded up to MR_PV rows;
+ *     rounded up to MR_QK rows, Ot and Ct for Dv rounded up to MR_PV rows;
  *   - rows-path Qs and S rows are padded with zeros / room to a multiple of VL.
  */
+#include "../driver/dropout.h"
 
 #define NR (NV * VL)
+
+_Static_assert(NR <= ATTN_MAX_LANES, "panel wider than the drivers' per-unit row arrays");
+_Static_assert(ROWS_MAX <= ATTN_MAX_LANES, "rows-path unit larger than the drivers' row arrays");
+_Static_assert(MR_QK % MR_ADD == 0,
+               "additive tiles store whole MR_ADD rows: they must end inside St's MR_QK padding");
+_Static_assert(BK_PANEL % MR_QK == 0, "panel key blocks are whole QK register tiles");
+_Static_assert(GEMM_MC % MR_QK == 0, "GEMM row blocks are whole QK register tiles");
+_Static_assert(BK_ROWS % VL == 0, "rows-path key blocks are whole vectors");
+
+/* total = alpha * total + x with Kahan compensation (comp holds the lost low
+ * part: the sum is total - comp). A non-finite total clears comp, so that
+ * Inf and NaN propagate as they would through a plain sum. */
+static inline void FN(kahan_update)(vec alpha, vec x, vec *total, vec *comp)
+{
+    vec o = v_mul(alpha, *total);
+    vec y = v_sub(x, v_mul(alpha, *comp));
+    vec t = v_add(o, y);
+    *comp = v_nan_to_zero(v_sub(v_sub(t, o), y));
+    *total = t;
+}
+
+static inline T FN(kahan_update_scalar)(T alpha, T x, T *total, T *comp)
+{
+    T o = alpha * *total;
+    T y = x - alpha * *comp;
+    T t = o + y;
+    T c = (t - o) - y;
+    *comp = c == c ? c : (T)0;
+    *total = t;
+    return t;
+}
 
 /* ------------------------------------------------------------------------ */
 /* panel path                                                                */
 /* ------------------------------------------------------------------------ */
 
+#ifndef ATTN_HAVE_pack_qt
+/*
+ * Qt[d][r] = sign * Q_r[d] for r < nr (lanes past nr are 0), from one
+ * pointer per query row. Full VL x VL blocks go through the ISA's register
+ * transpose when it has one. sign is +-1 (exact) for dot products, 2 log2 e
+ * for the additive scores.
+ */
+static void FN(pack_qt)(int nr, int64_t D, const T *const *rows, T sign, T *qt)
+{
+    int64_t d0 = 0;
+#ifdef V_HAS_TRANSPOSE
+    if (nr == NR) {
+        for (; d0 + VL <= D; d0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL)
+                v_transpose(rows + r0, d0, sign, qt + d0 * NR + r0, NR);
+    }
+#endif
+    for (int64_t d = d0; d < D; d++) {
+        T *col = qt + d * NR;
+        for (int r = 0; r < nr; r++) col[r] = rows[r][d] * sign;
+        for (int r = nr; r < NR; r++) col[r] = 0;
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_qk_panel
 /*
  * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk, rows ldst apart
  * (St[j][:] += ... when accumulate is nonzero: the GEMM's blocks over D)
@@ -44,6 +110,12 @@
  * Rows past nk repeat the last key row (their St rows are never read), so the
  * inner loop has no edge cases. With colmax (NR values), the column maxima of
  * the tile are folded into it on the way out, saving the softmax a pass.
+ *
+ * Accuracy: the sum over d runs as two chains, d < D/2 and d >= D/2, the
+ * first parked in St while the second starts from zero. The scores' rounding
+ * error, which dominates attention's float32 error, is about halved (two
+ * chains of D/2 instead of one of D; docs/numerics.md) for one extra store,
+ * load and add per accumulator.
  */
 static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
                          const T *qt, T *st, int64_t ldst, int accumulate, T *colmax)
@@ -66,22 +138,40 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
                 acc[m][v] = accumulate && m < mstore ? v_load(c + m * ldst + v * VL) : v_zero();
 
         const T *b = qt;
-        for (int64_t d = 0; d < D; d++, b += NR) {
-            vec bv[NV];
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) bv[v] = v_load(b + v * VL);
+        const int64_t dsplit = D >= 8 ? D / 2 : D;
+        for (int half = 0; half < 2; half++) {
+            int64_t dend = half ? D : dsplit;
+            if (half) {
+                if (dsplit == D) break;
+                /* park the first chain in St (rows >= mstore are never used) */
 #pragma GCC unroll 16
-            for (int m = 0; m < MR_QK; m++) {
-                vec a = v_set1(krow[m][d]);
+                for (int m = 0; m < MR_QK; m++)
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) acc[m][v] = v_fma(a, bv[v], acc[m][v]);
+                    for (int v = 0; v < NV; v++) {
+                        if (m < mstore) v_store(c + m * ldst + v * VL, acc[m][v]);
+                        acc[m][v] = v_zero();
+                    }
+            }
+            for (int64_t d = half ? dsplit : 0; d < dend; d++, b += NR) {
+                vec bv[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) bv[v] = v_load(b + v * VL);
+#pragma GCC unroll 16
+                for (int m = 0; m < MR_QK; m++) {
+                    vec a = v_set1(krow[m][d]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++) acc[m][v] = v_fma(a, bv[v], acc[m][v]);
+                }
             }
         }
 #pragma GCC unroll 16
         for (int m = 0; m < MR_QK; m++)
             if (m < mstore)
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) v_store(c + m * ldst + v * VL, acc[m][v]);
+                for (int v = 0; v < NV; v++) {
+                    if (dsplit < D) acc[m][v] = v_add(acc[m][v], v_load(c + m * ldst + v * VL));
+                    v_store(c + m * ldst + v * VL, acc[m][v]);
+                }
         if (colmax) {
             /* rows past nk repeat row nk - 1, so they cannot raise the max */
 #pragma GCC unroll 4
@@ -94,60 +184,140 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
         }
     }
 }
+#endif
 
+#ifndef ATTN_HAVE_prep_panel
 /*
- * Online softmax down the columns of St[nk][NR] (log2 units).
- *   m_new = max(m, max_j St[j])   (max_j St[j] given as colmax when the QK
- *                                  kernel already folded it);  alpha = exp2(m - m_new);
- *   St[j] = exp2(St[j] - m_new);  l = alpha * l + sum_j St[j];  m = m_new.
+ * A block's prep pass on St[nk][NR] (attn_prep in ktab.h): to log2 units,
+ * then the mask, the per-row key limit, and a copy into the weights rows.
+ *   bool mask (uint8):  St[j][r] = m ? St[j][r] : -inf
+ *   additive mask (T):  St[j][r] += log2(e) * m
+ * Full VL x VL blocks of contiguous mask rows go through the register
+ * transpose when the ISA has one.
+ */
+static void FN(prep_panel)(const PREP_TYPE *x, T *st)
+{
+    const int nr = x->nr;
+    const int64_t nk = x->nk;
+    if (x->c != (T)1) {
+        vec cv = v_set1(x->c);
+        for (int64_t i = 0; i < nk * NR; i += VL) v_store(st + i, v_mul(cv, v_load(st + i)));
+    }
+    if (x->mask_kind != ATTN_MASK_NONE) {
+        const T log2e = (T)ATTN_LOG2E;
+        const int64_t sj = x->msj;
+        int64_t j0 = 0;
+#ifdef V_HAS_TRANSPOSE
+        if (sj == 1 && nr == NR)
+            for (; j0 + VL <= nk; j0 += VL)
+                for (int r0 = 0; r0 < NR; r0 += VL)
+                    v_mask_block(x->mask_kind, x->mrows + r0, j0, st + j0 * NR + r0, NR);
+#endif
+        for (int r = 0; r < nr; r++) {
+            T *col = st + r;
+            if (x->mask_kind == ATTN_MASK_BOOL) {
+                const uint8_t *m = (const uint8_t *)x->mrows[r];
+                for (int64_t j = j0; j < nk; j++)
+                    col[j * NR] = m[j * sj] ? col[j * NR] : (T)-INFINITY;
+            } else {
+                const T *m = (const T *)x->mrows[r];
+                for (int64_t j = j0; j < nk; j++) col[j * NR] += log2e * m[j * sj];
+            }
+        }
+    }
+    if (x->lim)
+        for (int r = 0; r < nr; r++)
+            for (int64_t j = x->lim[r] > 0 ? x->lim[r] : 0; j < nk; j++) st[j * NR + r] = -INFINITY;
+    if (x->wrows) {
+        /* weights rows = St^T, through the output transpose */
+        T ones[ATTN_MAX_LANES];
+        for (int r = 0; r < NR; r++) ones[r] = 1;
+        T *const *w = x->wrows;
+#ifdef V_HAS_TRANSPOSE
+        if (nr == NR) {
+            int64_t j0 = 0;
+            for (; j0 + VL <= nk; j0 += VL)
+                for (int r0 = 0; r0 < NR; r0 += VL)
+                    v_untranspose(st + j0 * NR + r0, NR, ones + r0, w + r0, j0);
+            for (int r = 0; r < nr; r++)
+                for (int64_t j = j0; j < nk; j++) w[r][j] = st[j * NR + r];
+            return;
+        }
+#endif
+        for (int r = 0; r < nr; r++)
+            for (int64_t j = 0; j < nk; j++) w[r][j] = st[j * NR + r];
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_softmax_panel
+/*
+ * Online softmax down the columns of St[nk][NR]:
+ *   m_new = max(m, c * max_j St[j])  (max_j St[j] given as colmax when the
+ *                                     QK kernel already folded it);
+ *   alpha = exp2(m - m_new);  St[j] = exp2(c St[j] - m_new)  (one FMA);
+ *   l = alpha l + sum_j St[j]  (compensated);  m = m_new.
  * A column that has seen only -inf keeps m = -inf; it is shifted by 0 instead
  * of -inf so that exp2(-inf - (-inf)) never produces NaN: its p and alpha are
  * exactly 0 and its l stays 0 (the driver turns l == 0 into a zero row).
+ * (c > 0 or NaN, so c * max_j St[j] = max_j c St[j].)
  */
-static void FN(softmax_panel)(int64_t nk, T *st, T *m, T *l, T *alpha, const T *colmax)
+static void FN(softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m, T *l, T *lc,
+                              T *alpha)
 {
+    const vec cv = v_set1(c);
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         vec m_old = v_load(m + v * VL);
-        vec m_new = m_old;
-        if (colmax)
-            m_new = v_max(m_new, v_load(colmax + v * VL));
-        else
-            for (int64_t j = 0; j < nk; j++) m_new = v_max(m_new, v_load(st + j * NR + v * VL));
+        vec top;
+        if (colmax) {
+            top = v_load(colmax + v * VL);
+        } else {
+            top = v_set1((T)-INFINITY);
+            for (int64_t j = 0; j < nk; j++) top = v_max(top, v_load(st + j * NR + v * VL));
+        }
+        /* c == 1 leaves top unchanged, so -inf never meets a 0 * inf */
+        vec m_new = v_max(m_old, c == (T)1 ? top : v_mul(cv, top));
         vec shift = v_neginf_to_zero(m_new);
+        vec nshift = v_sub(v_zero(), shift);
         vec a = v_exp2(v_sub(m_old, shift));
         vec sum0 = v_zero(), sum1 = v_zero();
         int64_t j = 0;
         for (; j + 1 < nk; j += 2) {
-            vec p0 = v_exp2_nonpos(v_sub(v_load(st + j * NR + v * VL), shift));
-            vec p1 = v_exp2_nonpos(v_sub(v_load(st + (j + 1) * NR + v * VL), shift));
+            vec p0 = v_exp2_nonpos(v_fma(v_load(st + j * NR + v * VL), cv, nshift));
+            vec p1 = v_exp2_nonpos(v_fma(v_load(st + (j + 1) * NR + v * VL), cv, nshift));
             v_store(st + j * NR + v * VL, p0);
             v_store(st + (j + 1) * NR + v * VL, p1);
             sum0 = v_add(sum0, p0);
             sum1 = v_add(sum1, p1);
         }
         if (j < nk) {
-            vec p0 = v_exp2_nonpos(v_sub(v_load(st + j * NR + v * VL), shift));
+            vec p0 = v_exp2_nonpos(v_fma(v_load(st + j * NR + v * VL), cv, nshift));
             v_store(st + j * NR + v * VL, p0);
             sum0 = v_add(sum0, p0);
         }
-        vec l_new = v_fma(a, v_load(l + v * VL), v_add(sum0, sum1));
-        v_store(l + v * VL, l_new);
+        vec lt = v_load(l + v * VL), lct = v_load(lc + v * VL);
+        FN(kahan_update)(a, v_add(sum0, sum1), &lt, &lct);
+        v_store(l + v * VL, lt);
+        v_store(lc + v * VL, lct);
         v_store(m + v * VL, m_new);
         v_store(alpha + v * VL, a);
     }
 }
+#endif
 
+#ifndef ATTN_HAVE_pv_panel
 /*
  * Ot[c][:] = alpha[:] * Ot[c][:] + sum_{j<nk} V[j][c] * Pt[j][:]   for c < Dv
  *
  * Register tile: MR_PV value columns x NV vectors of queries. Each step over
  * j loads NV vectors of Pt and broadcasts MR_PV consecutive elements of value
- * row j. The rescale by alpha (the online softmax's correction) is folded
- * into loading the accumulators, so it costs no extra pass.
+ * row j. The block's sum starts from zero in registers and is added to the
+ * running Ot (rescaled by alpha, the online softmax's correction) with Kahan
+ * compensation in Ct, so the rounding error does not grow with Lk.
  */
 static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
-                         const T *pt, const T *alpha, T *ot)
+                         const T *pt, const T *alpha, T *ot, T *ct)
 {
     vec al[NV];
 #pragma GCC unroll 4
@@ -161,15 +331,14 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
         int full = c0 + MR_PV <= Dv;
 
         vec acc[MR_PV][NV];
-        T *c = ot + c0 * NR;
 #pragma GCC unroll 16
         for (int m = 0; m < MR_PV; m++)
 #pragma GCC unroll 4
-            for (int u = 0; u < NV; u++) acc[m][u] = v_mul(al[u], v_load(c + m * NR + u * VL));
+            for (int u = 0; u < NV; u++) acc[m][u] = v_zero();
 
         const T *b = pt;
-        const T *a = v + c0;
         if (full) {
+            const T *a = v + c0;
             for (int64_t j = 0; j < nk; j++, b += NR, a += ldv) {
                 vec bv[NV];
 #pragma GCC unroll 4
@@ -195,91 +364,78 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
                 }
             }
         }
+        T *o = ot + c0 * NR, *oc = ct + c0 * NR;
 #pragma GCC unroll 16
         for (int m = 0; m < MR_PV; m++)
 #pragma GCC unroll 4
-            for (int u = 0; u < NV; u++) v_store(c + m * NR + u * VL, acc[m][u]);
+            for (int u = 0; u < NV; u++) {
+                T *po = o + m * NR + u * VL, *pc = oc + m * NR + u * VL;
+                vec total = v_load(po), comp = v_load(pc);
+                FN(kahan_update)(al[u], acc[m][u], &total, &comp);
+                v_store(po, total);
+                v_store(pc, comp);
+            }
     }
 }
-
-/*
- * Panel staging: Qt[d][r] = scale * Q_r[d] for r < nr (lanes past nr are 0),
- * from one pointer per query row. Full VL x VL blocks go through the ISA's
- * register transpose when it has one.
- */
-static void FN(pack_qt)(int nr, int64_t D, const T *const *rows, T scale, T *qt)
-{
-    int64_t d0 = 0;
-#ifdef V_HAS_TRANSPOSE
-    if (nr == NR) {
-        for (; d0 + VL <= D; d0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL)
-                v_transpose(rows + r0, d0, scale, qt + d0 * NR + r0, NR);
-    }
 #endif
-    for (int64_t d = d0; d < D; d++) {
-        T *col = qt + d * NR;
-        for (int r = 0; r < nr; r++) col[r] = rows[r][d] * scale;
-        for (int r = nr; r < NR; r++) col[r] = 0;
-    }
-}
 
+#ifndef ATTN_HAVE_finish_panel
 /*
- * Mask on a score panel: for r < nr, j < nk, with m = mrows[r][j * sj]
- *   bool (kind ATTN_MASK_BOOL, uint8):  St[j][r] = m ? St[j][r] : -inf
- *   additive (ATTN_MASK_ADD, T):        St[j][r] += log2(e) * m
- * mrows[r] points at the mask element of key 0 of this block. Full VL x VL
- * blocks of contiguous mask rows (sj == 1) go through the register transpose.
+ * Panel output: rows[r][c] = (Ot[c][r] - Ct[c][r]) / L[r] for r < nr, c < Dv,
+ * with a zero row where L[r] == 0 (no visible key); without L, the
+ * unnormalised (Ot - Ct) (a split-K partial). Ot is overwritten. The division
+ * (not a multiplication by 1 / L) keeps the result within 1/2 ulp of the
+ * exact quotient of the accumulated sums.
  */
-static void FN(mask_panel)(int nr, int64_t nk, int kind, const void *const *mrows, int64_t sj,
-                           T *st)
+static void FN(finish_panel)(int nr, int64_t Dv, T *ot, const T *ct, const T *L, T *const *rows)
 {
-    const T log2e = (T)ATTN_LOG2E;
-    int64_t j0 = 0;
-#ifdef V_HAS_TRANSPOSE
-    if (sj == 1 && nr == NR)
-        for (; j0 + VL <= nk; j0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL)
-                v_mask_block(kind, mrows + r0, j0, st + j0 * NR + r0, NR);
-#endif
-    for (int r = 0; r < nr; r++) {
-        T *col = st + r;
-        if (kind == ATTN_MASK_BOOL) {
-            const uint8_t *m = (const uint8_t *)mrows[r];
-            for (int64_t j = j0; j < nk; j++)
-                col[j * NR] = m[j * sj] ? col[j * NR] : (T)-INFINITY;
-        } else {
-            const T *m = (const T *)mrows[r];
-            for (int64_t j = j0; j < nk; j++) col[j * NR] += log2e * m[j * sj];
+    vec lv[NV];
+    if (L) {
+        T lpad[NR];
+        for (int r = 0; r < NR; r++) lpad[r] = r < nr ? L[r] : (T)1;
+        for (int u = 0; u < NV; u++) lv[u] = v_load(lpad + u * VL);
+    }
+    for (int64_t c = 0; c < Dv; c++)
+        for (int u = 0; u < NV; u++) {
+            T *p = ot + c * NR + u * VL;
+            vec x = v_sub(v_load(p), v_load(ct + c * NR + u * VL));
+            v_store(p, L ? v_keep_nonzero(lv[u], v_div(x, lv[u])) : x);
         }
-    }
-}
-
-/* Panel output: Out_r[c] = Ot[c][r] * inv[r] for r < nr, c < Dv. */
-static void FN(unpack_ot)(int nr, int64_t Dv, const T *ot, const T *inv, T *const *rows)
-{
+    T ones[ATTN_MAX_LANES];
+    for (int r = 0; r < NR; r++) ones[r] = 1;
 #ifdef V_HAS_TRANSPOSE
     if (nr == NR) {
         int64_t c0 = 0;
         for (; c0 + VL <= Dv; c0 += VL)
             for (int r0 = 0; r0 < NR; r0 += VL)
-                v_untranspose(ot + c0 * NR + r0, NR, inv + r0, rows + r0, c0);
+                v_untranspose(ot + c0 * NR + r0, NR, ones + r0, rows + r0, c0);
         for (int r = 0; r < nr; r++)
-            for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r] * inv[r];
+            for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r];
         return;
     }
 #endif
     for (int r = 0; r < nr; r++) {
         T *out = rows[r];
-        const T *src = ot + r;
-        T s = inv[r];
-        for (int64_t c = 0; c < Dv; c++) out[c] = src[c * NR] * s;
+        for (int64_t c = 0; c < Dv; c++) out[c] = ot[c * NR + r];
     }
 }
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* rows path                                                                 */
 /* ------------------------------------------------------------------------ */
+
+#ifndef ATTN_HAVE_stage_rows
+/* Qs[r][d] = sign * rows[r][d] for d < D, zeros up to ldq. */
+static void FN(stage_rows)(int nr, int64_t D, const T *const *rows, T sign, T *qs, int64_t ldq)
+{
+    for (int r = 0; r < nr; r++) {
+        T *q = qs + r * ldq;
+        for (int64_t d = 0; d < D; d++) q[d] = rows[r][d] * sign;
+        for (int64_t d = D; d < ldq; d++) q[d] = 0;
+    }
+}
+#endif
 
 /* Dot product of a padded query row (zeros past D) with a key row of length D. */
 static inline T FN(dot_row)(int64_t D, const T *q, const T *k)
@@ -294,10 +450,11 @@ static inline T FN(dot_row)(int64_t D, const T *q, const T *k)
     return v_hsum(v_add(acc0, acc1));
 }
 
+#ifndef ATTN_HAVE_qk_rows
 /*
  * S[r][j] = Qs[r] . K[j]   for r < nr, j < nk.
  * Four query rows share each key row's loads; the key block stays in L1 for
- * the next group of rows.
+ * the next group of rows. Key rows are read with masked tails.
  */
 static void FN(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const T *k,
                         int64_t ldk, int64_t nk, T *s, int64_t lds)
@@ -332,48 +489,88 @@ static void FN(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const T *k,
     for (; r < nr; r++)
         for (int64_t j = 0; j < nk; j++) s[r * lds + j] = FN(dot_row)(D, qs + r * ldq, k + j * ldk);
 }
+#endif
 
-/* Online softmax along each row of S[nr][nk] (log2 units); see softmax_panel. */
-static void FN(softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T *m, T *l, T *alpha)
+#ifndef ATTN_HAVE_prep_rows
+/* A block's prep pass on S[nr][lds] (see prep_panel; rows instead of lanes). */
+static void FN(prep_rows)(const PREP_TYPE *x, T *s, int64_t lds)
 {
+    const int nr = x->nr;
+    const int64_t nk = x->nk;
+    const T log2e = (T)ATTN_LOG2E;
     for (int r = 0; r < nr; r++) {
         T *row = s + r * lds;
-        vec mx = v_set1(m[r]);
+        if (x->c != (T)1) {
+            /* whole vectors: S rows have room up to a multiple of VL */
+            vec cv = v_set1(x->c);
+            for (int64_t j = 0; j < nk; j += VL) v_store(row + j, v_mul(cv, v_load(row + j)));
+        }
+        if (x->mask_kind == ATTN_MASK_BOOL) {
+            const uint8_t *m = (const uint8_t *)x->mrows[r];
+            for (int64_t j = 0; j < nk; j++) row[j] = m[j * x->msj] ? row[j] : (T)-INFINITY;
+        } else if (x->mask_kind == ATTN_MASK_ADD) {
+            const T *m = (const T *)x->mrows[r];
+            for (int64_t j = 0; j < nk; j++) row[j] += log2e * m[j * x->msj];
+        }
+        if (x->lim)
+            for (int64_t j = x->lim[r] > 0 ? x->lim[r] : 0; j < nk; j++) row[j] = -INFINITY;
+        if (x->wrows)
+            for (int64_t j = 0; j < nk; j++) x->wrows[r][j] = row[j];
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_softmax_rows
+/* Online softmax along each row of S[nr][nk]; see softmax_panel. */
+static void FN(softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T c, T *m, T *l, T *lc,
+                             T *alpha)
+{
+    const vec cv = v_set1(c);
+    for (int r = 0; r < nr; r++) {
+        T *row = s + r * lds;
+        vec mx = v_set1((T)-INFINITY);
         int64_t j = 0;
         for (; j + VL <= nk; j += VL) mx = v_max(mx, v_load(row + j));
-        T m_new = v_hmax(mx);
-        for (; j < nk; j++) m_new = row[j] > m_new ? row[j] : m_new;
-        /* a NaN score must reach l; v_max may drop it, the sum below keeps it */
+        T top = v_hmax(mx);
+        for (; j < nk; j++) top = row[j] > top ? row[j] : top;
+        /* a NaN score must reach l; the max may drop it, the sum keeps it */
+        T ctop = c == (T)1 ? top : c * top;
+        T m_new = ctop > m[r] ? ctop : m[r];
         T shift = m_new == -INFINITY ? (T)0 : m_new;
-        vec sh = v_set1(shift);
+        vec nshift = v_set1(-shift);
         vec sum = v_zero();
         for (j = 0; j + VL <= nk; j += VL) {
-            vec p = v_exp2_nonpos(v_sub(v_load(row + j), sh));
+            vec p = v_exp2_nonpos(v_fma(v_load(row + j), cv, nshift));
             v_store(row + j, p);
             sum = v_add(sum, p);
         }
         if (j < nk) {
             int n = (int)(nk - j);
-            vec p = v_exp2(v_sub(v_load_n(row + j, n), sh));
-            /* lanes past nk computed exp2(0 - shift); drop them */
+            vec p = v_exp2_nonpos(v_fma(v_load_n(row + j, n), cv, nshift));
+            /* lanes past nk computed exp2(-shift); drop them */
             v_store_n(row + j, p, n);
             sum = v_add(sum, v_load_n(row + j, n));
         }
         T a_vec[VL];
         v_store(a_vec, v_exp2(v_set1(m[r] - shift)));
         T a = a_vec[0];
-        l[r] = a * l[r] + v_hsum(sum);
+        FN(kahan_update_scalar)(a, v_hsum(sum), &l[r], &lc[r]);
         m[r] = m_new;
         alpha[r] = a;
     }
 }
+#endif
 
+#ifndef ATTN_HAVE_pv_rows
 /*
  * O[r][:] = alpha[r] * O[r][:] + sum_{j<nk} P[r][j] * V[j][:]   for r < nr
- * Register tile: up to 4 rows x 4 vectors of the value row.
+ * Register tile: up to 4 rows x 4 vectors of the value row. Full 4 x 4VL
+ * tiles take a fast path; any other tile reads the value rows with masked
+ * partial vectors, so nothing past Dv is touched. The block's sums start from
+ * zero and are added to O with Kahan compensation (Oc), as in pv_panel.
  */
 static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
-                        int64_t ldv, int64_t Dv, const T *alpha, T *o, int64_t ldo)
+                        int64_t ldv, int64_t Dv, const T *alpha, T *o, T *oc, int64_t ldo)
 {
     for (int r0 = 0; r0 < nr; r0 += 4) {
         int rn = nr - r0 < 4 ? nr - r0 : 4;
@@ -382,17 +579,11 @@ static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
             int nvec = (int)((cn + VL - 1) / VL);
             vec acc[4][4];
 #pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) {
-                vec a = v_set1(r < rn ? alpha[r0 + r] : (T)0);
+            for (int r = 0; r < 4; r++)
 #pragma GCC unroll 4
-                for (int u = 0; u < 4; u++)
-                    acc[r][u] = (r < rn && u < nvec)
-                                    ? v_mul(a, v_load_n(o + (r0 + r) * ldo + c0 + u * VL,
-                                                        (int)(cn - u * VL)))
-                                    : v_zero();
-            }
-            if (rn == 4 && nvec == 4) {
-                const T *p0 = p + r0 * ldp;
+                for (int u = 0; u < 4; u++) acc[r][u] = v_zero();
+            const T *p0 = p + r0 * ldp;
+            if (rn == 4 && cn == 4 * VL) {
                 for (int64_t j = 0; j < nk; j++) {
                     const T *vj = v + j * ldv + c0;
                     vec x0 = v_load(vj), x1 = v_load(vj + VL), x2 = v_load(vj + 2 * VL),
@@ -414,23 +605,79 @@ static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
                     for (int u = 0; u < 4; u++)
                         x[u] = u < nvec ? v_load_n(vj + u * VL, (int)(cn - u * VL)) : v_zero();
                     for (int r = 0; r < rn; r++) {
-                        vec s = v_set1(p[(r0 + r) * ldp + j]);
+                        vec s = v_set1(p0[r * ldp + j]);
 #pragma GCC unroll 4
                         for (int u = 0; u < 4; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
                     }
                 }
             }
-            for (int r = 0; r < rn; r++)
-                for (int u = 0; u < nvec; u++)
-                    v_store_n(o + (r0 + r) * ldo + c0 + u * VL, acc[r][u], (int)(cn - u * VL));
+            for (int r = 0; r < rn; r++) {
+                vec a = v_set1(alpha[r0 + r]);
+                for (int u = 0; u < nvec; u++) {
+                    /* O rows are padded to whole vectors (ldo), so full loads are safe */
+                    T *po = o + (r0 + r) * ldo + c0 + u * VL, *pc = oc + (r0 + r) * ldo + c0 + u * VL;
+                    vec total = v_load(po), comp = v_load(pc);
+                    FN(kahan_update)(a, acc[r][u], &total, &comp);
+                    v_store(po, total);
+                    v_store(pc, comp);
+                }
+            }
         }
     }
 }
+#endif
+
+#ifndef ATTN_HAVE_finish_rows
+/* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no division without L). */
+static void FN(finish_rows)(int nr, int64_t Dv, const T *o, const T *oc, int64_t ldo, const T *L,
+                            T *const *rows)
+{
+    for (int r = 0; r < nr; r++) {
+        const T *orow = o + r * ldo, *crow = oc + r * ldo;
+        T *out = rows[r];
+        if (L && L[r] == 0) {
+            for (int64_t c = 0; c < Dv; c++) out[c] = 0;
+            continue;
+        }
+        vec lv = v_set1(L ? L[r] : (T)1);
+        int64_t c = 0;
+        for (; c + VL <= Dv; c += VL) {
+            vec x = v_sub(v_load(orow + c), v_load(crow + c));
+            v_store(out + c, L ? v_div(x, lv) : x);
+        }
+        if (c < Dv) {
+            int n = (int)(Dv - c);
+            vec x = v_sub(v_load(orow + c), v_load(crow + c));
+            v_store_n(out + c, L ? v_div(x, lv) : x, n);
+        }
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* both paths                                                                */
+/* ------------------------------------------------------------------------ */
+
+#ifndef ATTN_HAVE_dropout_tile
+static void FN(dropout_tile)(int nr, int64_t nk, T *p, int64_t rs, int64_t js,
+                             const uint64_t *counter, uint64_t seed_mixed, uint32_t threshold,
+                             T keep_scale)
+{
+    for (int r = 0; r < nr; r++) {
+        T *pr = p + r * rs;
+        for (int64_t j = 0; j < nk; j++) {
+            int keep = attn_dropout_draw(seed_mixed, counter[r] + (uint64_t)j) >= threshold;
+            pr[j * js] = keep ? pr[j * js] * keep_scale : (T)0;
+        }
+    }
+}
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* additive (Bahdanau) scores                                                */
 /* ------------------------------------------------------------------------ */
 
+#ifndef ATTN_HAVE_additive_panel_exp
 /*
  * St[j][:] = c + sum_{h<H} wneg[h] * 1 / (1 + Et[h][:] * F[j][h])
  *
@@ -473,6 +720,7 @@ static void FN(additive_panel_exp)(int64_t H, const T *f, int64_t ldf, int64_t n
                     acc[m][v] = v_fma(w, v_recip(v_fma(ev[v], fb, one)), acc[m][v]);
             }
         }
+        /* whole MR_ADD rows: they end inside St's MR_QK padding (asserted above) */
         T *out = st + j0 * NR;
 #pragma GCC unroll 8
         for (int m = 0; m < MR_ADD; m++)
@@ -480,7 +728,9 @@ static void FN(additive_panel_exp)(int64_t H, const T *f, int64_t ldf, int64_t n
             for (int v = 0; v < NV; v++) v_store(out + m * NR + v * VL, acc[m][v]);
     }
 }
+#endif
 
+#ifndef ATTN_HAVE_additive_panel_tanh
 /*
  * The same scores for any inputs (large, infinite or NaN included):
  * St[j][:] = c + sum_{h<H} wneg[h] * 1 / (1 + 2^(Qt[h][:] + kscale * K[j][h]))
@@ -488,7 +738,7 @@ static void FN(additive_panel_exp)(int64_t H, const T *f, int64_t ldf, int64_t n
  * 1 / (1 + 2^x) per term with the vector tanh core (vmath.h).
  */
 static void FN(additive_panel_tanh)(int64_t H, const T *k, int64_t ldk, int64_t nk,
-                               const T *qt, const T *wneg, T c, T *st)
+                                    const T *qt, const T *wneg, T c, T *st)
 {
     const T kscale = (T)(2.0 * ATTN_LOG2E), shift = (T)INV1P_SHIFT;
     for (int64_t j0 = 0; j0 < nk; j0 += MR_ADD) {
@@ -523,7 +773,10 @@ static void FN(additive_panel_tanh)(int64_t H, const T *k, int64_t ldk, int64_t 
             for (int v = 0; v < NV; v++) v_store(out + m * NR + v * VL, acc[m][v]);
     }
 }
+#endif
 
+/* ------------------------------------------------------------------------ */
+/* vector math entries                                                       */
 /* ------------------------------------------------------------------------ */
 
 /* tanh(x) = 1 - 2 / (1 + 2^(2 log2e x)), exactly as additive_panel computes it. */
@@ -540,6 +793,7 @@ static void FN(tanh_array)(int64_t n, const T *x, T *y)
     if (i < n) v_store_n(y + i, FN(tanh_vec)(v_load_n(x + i, (int)(n - i))), (int)(n - i));
 }
 
+#ifndef ATTN_HAVE_weights_row
 /* Weights of one row from its recorded log2 scores: w = exp2(w - shift) * scale. */
 static void FN(weights_row)(int64_t n, T *w, T shift, T scale)
 {
@@ -551,6 +805,7 @@ static void FN(weights_row)(int64_t n, T *w, T shift, T scale)
         v_store_n(w + i, v_mul(v_exp2_nonpos(v_sub(v_load_n(w + i, rest), sh)), sc), rest);
     }
 }
+#endif
 
 static void FN(exp2_array)(int64_t n, const T *x, T *y)
 {
@@ -560,26 +815,34 @@ static void FN(exp2_array)(int64_t n, const T *x, T *y)
 }
 
 const KTAB_TYPE KTAB_NAME = {
-    ISA_NAME,
-    NR,
-    MR_QK,
-    MR_PV,
-    VL,
-    ROWS_MAX,
-    FN(qk_panel),
-    FN(softmax_panel),
-    FN(pv_panel),
-    FN(qk_rows),
-    FN(softmax_rows),
-    FN(pv_rows),
-    FN(additive_panel_exp),
-    FN(additive_panel_tanh),
-    FN(exp2_array),
-    FN(tanh_array),
-    FN(pack_qt),
-    FN(unpack_ot),
-    FN(mask_panel),
-    FN(weights_row),
+    .isa = ISA_NAME,
+    .nr = NR,
+    .mr_qk = MR_QK,
+    .mr_pv = MR_PV,
+    .vlen = VL,
+    .rows_max = ROWS_MAX,
+    .bk_panel = BK_PANEL,
+    .bk_rows = BK_ROWS,
+    .gemm_kc = GEMM_KC,
+    .gemm_mc = GEMM_MC,
+    .pack_qt = FN(pack_qt),
+    .qk_panel = FN(qk_panel),
+    .prep_panel = FN(prep_panel),
+    .softmax_panel = FN(softmax_panel),
+    .pv_panel = FN(pv_panel),
+    .finish_panel = FN(finish_panel),
+    .additive_panel_exp = FN(additive_panel_exp),
+    .additive_panel_tanh = FN(additive_panel_tanh),
+    .stage_rows = FN(stage_rows),
+    .qk_rows = FN(qk_rows),
+    .prep_rows = FN(prep_rows),
+    .softmax_rows = FN(softmax_rows),
+    .pv_rows = FN(pv_rows),
+    .finish_rows = FN(finish_rows),
+    .dropout_tile = FN(dropout_tile),
+    .weights_row = FN(weights_row),
+    .exp2 = FN(exp2_array),
+    .tanh = FN(tanh_array),
 };
 
 #undef NR

@@ -28,7 +28,9 @@ typedef enum {
     ATTN_OK = 0,
     ATTN_ENOMEM = 1,    /* a scratch allocation failed            -> MemoryError */
     ATTN_EINVAL = 2,    /* a descriptor field is out of range     -> ValueError  */
-    ATTN_EISA = 3       /* kernel level not built or not supported -> RuntimeError */
+    ATTN_EISA = 3,      /* kernel level not built or not supported -> RuntimeError */
+    ATTN_EINTR = 4      /* stopped early by Ctrl-C (see attn_sigint_guard_begin);  */
+                        /* the outputs are incomplete                              */
 } attn_status;
 
 /* Kernel levels, in increasing order. */
@@ -77,10 +79,10 @@ typedef struct {
     int causal;              /* 0 or 1 */
     int64_t causal_offset;   /* 0 = top-left, Lk - Lq = bottom-right */
 
-    /* Valid lengths (d2l masked_softmax): query i of batch b sees keys
-     * j < valid_lens[vl_boff[b] + i * vl_si]; vl_si is 0 for one length per
-     * batch element. NULL for none. */
-    const int64_t *valid_lens; const int64_t *vl_boff; int64_t vl_si;
+    /* Valid lengths (d2l masked_softmax): query i of head h, batch b sees
+     * keys j < valid_lens[vl_boff[b] + h * vl_sh + i * vl_si]; strides are 0
+     * where lengths are shared. NULL for none. */
+    const int64_t *valid_lens; const int64_t *vl_boff; int64_t vl_sh, vl_si;
 
     double scale;
 
@@ -93,10 +95,34 @@ typedef struct {
 
     void *weights;  /* NULL, or contiguous (B, Hq, Lq, Lk) of the dtype */
     void *lse;      /* NULL, or contiguous (B, Hq, Lq) of the dtype */
+
+    /* Ctrl-C: when cancellable, the kernel stops early with ATTN_EINTR once
+     * the SIGINT count differs from cancel_epoch (attn_sigint_guard_begin). */
+    int cancellable;
+    uint64_t cancel_epoch;
 } attn_sdpa_desc;
 
 attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads);
 attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads);
+
+/* How a call would run (tests assert that they reach the path they name). */
+enum { ATTN_PATH_PANEL = 0, ATTN_PATH_ROWS = 1 };
+enum { ATTN_ADDITIVE_NONE = 0, ATTN_ADDITIVE_PRODUCT = 1, ATTN_ADDITIVE_TANH = 2 };
+typedef struct {
+    int path;               /* ATTN_PATH_* */
+    int additive_form;      /* ATTN_ADDITIVE_* */
+    int64_t rows_per_unit;  /* query rows one work unit takes (panel width or rows) */
+    int64_t units;          /* work units, key chunks included */
+    int64_t chunks;         /* key chunks per row (> 1: split-K with a merge) */
+    int64_t chunk_len;      /* keys per chunk */
+    int64_t key_block;      /* keys per block inside a chunk */
+    int threads;            /* threads the region would use */
+} attn_plan_info;
+
+attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
+                               attn_plan_info *info);
+attn_status attn_sdpa_plan_f64(const attn_sdpa_desc *desc, int isa, int num_threads,
+                               attn_plan_info *info);
 
 /*
  * Linear layer:  y[m][n] = sum_k x[m][k] w[n][k] + bias[n]   (y = x W^T + b)
@@ -109,6 +135,7 @@ typedef struct {
     const void *w; int64_t w_sn, w_sk;
     const void *bias;
     void *y; int64_t y_sm;
+    int cancellable; uint64_t cancel_epoch;   /* as in attn_sdpa_desc */
 } attn_linear_desc;
 
 attn_status attn_linear_f32(const attn_linear_desc *desc, int isa, int num_threads);
@@ -132,6 +159,18 @@ const char *attn_compiler(void);
  * OMP_NUM_THREADS and threadpoolctl apply), 1 without OpenMP. */
 int attn_default_threads(void);
 int attn_openmp_enabled(void);
+/* Ctrl-C for long calls, from the thread that handles SIGINT (Python's main
+ * thread): while the guard is active, SIGINT also bumps a counter that the
+ * kernels poll between key blocks, then reaches the previous handler
+ * (Python's, which raises KeyboardInterrupt when the call returns).
+ * begin() returns 1 and the current count in *epoch if it installed the
+ * guard; 0 when SIGINT is ignored or has its default action (then nothing
+ * is installed and the call runs to the end). Not reentrant. */
+int attn_sigint_guard_begin(uint64_t *epoch);
+void attn_sigint_guard_end(void);
+/* Test hook: act as if SIGINT arrived (bumps the counter only). */
+void attn_sigint_simulate(void);
+
 /* Called once at import: registers the fork handler (see workspace.c). */
 void attn_runtime_init(void);
 /* 1 in a child forked after the parent ran a multi-threaded region: every

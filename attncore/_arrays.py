@@ -1,0 +1,68 @@
+"""Array types in and out: NumPy in, NumPy out; torch tensors in, torch
+tensors out (zero copy both ways where the dtype allows it).
+
+torch is never imported here unless the caller already passed a tensor, so
+NumPy users pay nothing for it. bfloat16 tensors cross as their 16-bit
+patterns (NumPy has no bfloat16 of its own): as ``ml_dtypes.bfloat16`` when
+that package is installed, else widened to float32 right away.
+"""
+import numpy as np
+
+
+def is_torch(x):
+    """Whether x is a torch tensor (without importing torch)."""
+    mod = type(x).__module__
+    return (mod == "torch" or mod.startswith("torch.")) and hasattr(x, "requires_grad")
+
+
+def _bfloat16_dtype():
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def torch_to_numpy(t, name, op):
+    """A CPU tensor as a NumPy array over the same memory (bfloat16: see the
+    module docstring). Tensors that need a gradient are refused: attncore
+    computes forward passes only."""
+    import torch
+
+    if t.requires_grad and torch.is_grad_enabled():
+        raise TypeError(
+            f"{op}: {name} requires grad, but attncore computes the forward pass only (no "
+            f"autograd). Call it under torch.no_grad() or torch.inference_mode(), or pass "
+            f"{name}.detach()")
+    if t.device.type != "cpu":
+        raise TypeError(f"{op}: {name} is on {t.device}; attncore runs on the CPU "
+                        f"(move it with {name}.cpu())")
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.dtype == torch.bfloat16:
+        bits = t.view(torch.int16).numpy()
+        bf16 = _bfloat16_dtype()
+        if bf16 is not None:
+            return bits.view(bf16)
+        return (bits.astype(np.int32).view(np.uint32) << 16).view(np.float32).astype(np.float32, copy=False)
+    return t.numpy()
+
+
+def torch_dtype_name(t):
+    return str(t.dtype).replace("torch.", "")
+
+
+def to_torch(a, dtype_name):
+    """A NumPy result as a torch tensor of dtype `dtype_name` (zero copy when
+    the dtypes match)."""
+    import torch
+
+    if a.dtype.name == "bfloat16":
+        a = a.view(np.int16)
+        return torch.from_numpy(a).view(torch.bfloat16)
+    out = torch.from_numpy(np.ascontiguousarray(a) if not a.flags.writeable else a)
+    want = getattr(torch, dtype_name)
+    return out if out.dtype == want else out.to(want)
