@@ -6,6 +6,8 @@ Every array the C kernels read or write passes through
 attncore._layout.for_kernel (native byte order, aligned, item-size strides).
 Results come back in the caller's array type (NumPy or torch) and dtype.
 """
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -15,6 +17,33 @@ from . import _validate as V
 
 SCORE_DOT = _core.SCORE_DOT
 SCORE_ADDITIVE = _core.SCORE_ADDITIVE
+
+# plan_info(): run() returns the kernel's plan instead of running it
+_plan_only = contextvars.ContextVar("attncore_plan_only", default=False)
+
+
+def plan_info(fn, *args, **kwargs):
+    """How the kernel would run ``fn(*args, **kwargs)`` (fn: one of the
+    attention functions), without running it: a dict with the path
+    ("panel" or "rows"), the additive form ("product", "tanh" or None),
+    rows_per_unit, units, chunks (> 1: split-K), chunk_len, key_block and
+    threads. Internal: tests use it to assert that they reach the path they
+    name.
+
+    Example
+    -------
+    >>> import numpy as np, attncore
+    >>> from attncore._engine import plan_info
+    >>> q = np.ones((1, 8, 1, 64), np.float32); kv = np.ones((1, 2, 4096, 64), np.float32)
+    >>> plan = plan_info(attncore.scaled_dot_product_attention, q, kv, kv, enable_gqa=True)
+    >>> plan["path"], plan["chunks"] > 1
+    ('rows', True)
+    """
+    token = _plan_only.set(True)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _plan_only.reset(token)
 
 
 class Problem:
@@ -72,11 +101,11 @@ def prepare(op, query, key, value, enable_gqa=False, **params):
 
 def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask=None,
         is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
-        return_weights=False, return_lse=False, plan_only=False):
+        return_weights=False, return_lse=False):
     """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
     keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
     other families -- with p.v as values. Returns out[, weights][, lse] (or,
-    with plan_only, the kernel's plan as a dict without running it)."""
+    inside plan_info, the kernel's plan as a dict without running it)."""
     batch, Hq, Hkv, Lq, Lk, Dv = p.batch, p.Hq, p.Hkv, p.Lq, p.Lk, p.Dv
     compute, result = p.compute, p.result
     D = q.shape[-1]
@@ -98,14 +127,14 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         mask = _layout.for_kernel(mask, unit_last=False)
     res = _direct_output(out, p.flat, compute, (q, k, v, mask))
     if res is None:
-        res = np.empty(out_shape, dtype=compute)
-    weights = np.empty(scores_shape, dtype=compute) if return_weights else None
-    lse = np.empty(batch + (Hq, Lq), dtype=compute) if return_lse else None
+        res = _layout.empty(out_shape, compute)
+    weights = _layout.empty(scores_shape, compute) if return_weights else None
+    lse = _layout.empty(batch + (Hq, Lq), compute) if return_lse else None
     if w_score is not None:
         w_score = np.ascontiguousarray(w_score, dtype=compute)
 
     nb = math.prod(batch)
-    if plan_only:
+    if _plan_only.get():
         if not (nb and Hq and Lq):
             return None
         return _core.sdpa(op, compute == np.float64, _config.active_isa(), threads,

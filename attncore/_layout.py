@@ -31,3 +31,10 @@ def for_kernel(x, unit_last=True):
 
 def is_kernel_ready(x, unit_last=True):
     return for_kernel(x, unit_last) is x
+
+
+def empty(shape, dtype):
+    """Every buffer the kernels write that attncore allocates (outputs,
+    weights, lse, projections) comes from here: one place for tests to
+    substitute an allocator that puts buffers next to unreadable pages."""
+    return np.empty(shape, dtype)

@@ -23,7 +23,7 @@ def linear(x, weight, bias=None, num_threads=None, op="linear"):
     lead = x.shape[:-1]
     x2 = _layout.for_kernel(x.reshape(-1, K) if x.ndim != 2 else x)
     weight = _layout.for_kernel(weight, unit_last=False)
-    y = np.empty(lead + (N,), dtype=x.dtype)
+    y = _layout.empty(lead + (N,), x.dtype)
     if bias is not None:
         bias = np.ascontiguousarray(_layout.for_kernel(bias), dtype=x.dtype)
     if x2.shape[0] and N:

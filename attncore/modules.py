@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, _engine, _linalg
+from . import _arrays, _engine, _layout, _linalg
 from . import _validate as V
 
 _MHA = "MultiHeadAttention"
@@ -69,7 +69,7 @@ class KVCache:
 
     def _allocate(self, batch, capacity):
         shape = (batch, self.num_heads, capacity, self.head_dim)
-        k, v = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
+        k, v = _layout.empty(shape, self.dtype), _layout.empty(shape, self.dtype)
         if self._k is not None and self._length:
             k[:, :, :self._length] = self._k[:, :, :self._length]
             v[:, :, :self._length] = self._v[:, :, :self._length]
@@ -437,7 +437,7 @@ class MultiHeadAttention:
         # the attention output is written straight into the rows the output
         # projection reads: (B, Lq, H, Dh), or (Lq, B, H, Dh)
         rows = (B, Lq) if bdim == 0 else (Lq, B)
-        attn = np.empty(rows + (H, Dh), self.dtype)
+        attn = _layout.empty(rows + (H, Dh), self.dtype)
         attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
         p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
                             batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh, params={},

@@ -8,6 +8,7 @@ from attncore import _config, _core
 from attncore import reference as R
 
 from _oracle import sdpa_numpy
+from _paths import assert_plan
 from _tolerances import assert_close
 
 
@@ -63,6 +64,8 @@ def test_additive_matches_reference(isa, dtype, rng, opts, magnitude):
     Wk = rng.standard_normal((9, 4)).astype(dtype)
     w, b = rng.standard_normal(9).astype(dtype), rng.standard_normal(9).astype(dtype)
     kw = options(rng, opts, dtype, Lk=40)
+    assert_plan(attncore.additive_attention, q, k, v, Wq, Wk, w, b, return_weights=True,
+                additive="product" if magnitude == 1.0 else "tanh", **kw)
     fast = attncore.additive_attention(q, k, v, Wq, Wk, w, b, return_weights=True, return_lse=True, **kw)
     ref = R.additive_attention(q, k, v, Wq, Wk, w, b, return_weights=True, return_lse=True, **kw)
     compare(fast, ref, dtype)

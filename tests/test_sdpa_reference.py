@@ -6,6 +6,7 @@ import pytest
 import attncore
 from attncore import reference as R
 
+from _paths import assert_plan
 from _tolerances import assert_close
 
 
@@ -38,13 +39,45 @@ def check_all(fast, ref, dtype, kinds="o"):
     dict(B=(), Hq=1, Lq=1, Lk=1, D=1),
     dict(B=(2,), Hq=3, Lq=5, Lk=7, D=4),
     dict(B=(2, 2), Hq=2, Lq=9, Lk=3, D=3, Dv=5),
-    dict(B=(1,), Hq=2, Lq=33, Lk=70, D=8, Dv=2),     # crosses panel and key-block edges
-    dict(B=(1,), Hq=1, Lq=2, Lk=600, D=5),            # decode-shaped: rows path, key split
+    dict(B=(1,), Hq=2, Lq=33, Lk=270, D=8, Dv=2),    # panel path: panel and key-block edges
+    dict(B=(1,), Hq=1, Lq=2, Lk=600, D=5),           # rows path: key-block edges
 ])
 def test_basic(isa, dtype, rng, shape):
     q, k, v = qkv(rng, dtype, **shape)
     fast = attncore.scaled_dot_product_attention(q, k, v, return_weights=True, return_lse=True)
     check_all(fast, R.scaled_dot_product_attention(q, k, v, return_weights=True, return_lse=True), dtype, "owl")
+
+
+def test_basic_shapes_reach_their_paths(isa):
+    q, k, v = qkv(np.random.default_rng(0), np.float32, B=(1,), Hq=2, Lq=33, Lk=270, D=8, Dv=2)
+    plan = assert_plan(attncore.scaled_dot_product_attention, q, k, v, path="panel",
+                       return_weights=True)
+    assert plan["key_block"] < 270 and 33 > plan["rows_per_unit"] or isa == "portable"
+    q, k, v = qkv(np.random.default_rng(0), np.float32, B=(1,), Hq=1, Lq=2, Lk=600, D=5)
+    plan = assert_plan(attncore.scaled_dot_product_attention, q, k, v, path="rows", split=False,
+                       return_weights=True)
+    assert plan["key_block"] < 600
+
+
+@pytest.mark.parametrize("how", ["plain", "causal", "valid_lens", "mask"])
+def test_split_decode_path(isa, dtype, rng, how):
+    """Keys split into chunks and merged (no weights requested: weights turn
+    the split off), with chunks that are fully masked for some rows."""
+    q, k, v = qkv(rng, dtype, B=(2,), Hq=4, Hkv=2, Lq=1, Lk=1100, D=5, Dv=3)
+    kw = dict(enable_gqa=True, return_lse=True)
+    if how == "causal":
+        q, k, v = qkv(rng, dtype, B=(1,), Hq=1, Hkv=1, Lq=2, Lk=1100, D=5, Dv=3)
+        kw["is_causal"] = "top_left"   # rows see 1 and 2 keys: later chunks fully masked
+    elif how == "valid_lens":
+        kw["valid_lens"] = np.array([0, 700])   # batch 0 sees nothing, batch 1 two chunks
+    elif how == "mask":
+        mask = rng.random((2, 4, 1, 1100)) > 0.5
+        mask[0, 1, :, :] = False                # a fully masked row
+        mask[1, :, :, 600:] = False             # fully masked chunks
+        kw["attn_mask"] = mask
+    assert_plan(attncore.scaled_dot_product_attention, q, k, v, path="rows", split=True, **kw)
+    check_all(attncore.scaled_dot_product_attention(q, k, v, **kw),
+              R.scaled_dot_product_attention(q, k, v, **kw), dtype, "ol")
 
 
 @pytest.mark.parametrize("is_causal", [True, "top_left", "bottom_right"])

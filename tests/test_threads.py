@@ -9,13 +9,14 @@ import attncore
 from attncore import _core
 
 from _oracle import sdpa_numpy
+from _paths import assert_plan
 from _tolerances import assert_close
 
 CASES = {
     "panel": dict(shape=(2, 4, 4, 300, 257, 64), kw={}),
     "panel-causal-mask": dict(shape=(1, 4, 2, 190, 190, 32),
                               kw=dict(is_causal=True, enable_gqa=True, attn_mask="bool")),
-    "rows-split": dict(shape=(1, 8, 2, 1, 5000, 64), kw=dict(enable_gqa=True)),
+    "rows-split": dict(shape=(1, 4, 2, 1, 5000, 64), kw=dict(enable_gqa=True)),  # G=2: rows on every level
     "panel-split-lse": dict(shape=(1, 1, 1, 40, 3000, 16), kw=dict(return_lse=True)),
     "dropout-weights": dict(shape=(1, 2, 2, 70, 90, 16), kw=dict(dropout_p=0.2, seed=3, return_weights=True)),
 }
@@ -33,9 +34,14 @@ def make(case, dtype=np.float32):
     return q, k, v, kw
 
 
+EXPECTED_PLAN = {"panel": dict(path="panel"), "rows-split": dict(path="rows", split=True),
+                 "panel-split-lse": dict(path="panel", split=True)}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bitwise_independent_of_thread_count(isa, dtype, case):
     q, k, v, kw = make(case, dtype)
+    assert_plan(attncore.scaled_dot_product_attention, q, k, v, **EXPECTED_PLAN.get(case, {}), **kw)
     base = attncore.scaled_dot_product_attention(q, k, v, num_threads=1, **kw)
     for n in (2, 3, 4, 7):
         other = attncore.scaled_dot_product_attention(q, k, v, num_threads=n, **kw)

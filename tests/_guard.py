@@ -1,0 +1,68 @@
+"""Arrays placed next to unreadable pages, for memory-safety tests.
+
+guarded(shape, dtype, where="end") returns an array whose last byte is the
+last byte before a PROT_NONE page; where="start" puts its first byte right
+after one. A kernel that reads or writes one element past either end of the
+array gets SIGSEGV instead of a silently wrong (or lucky) answer. The mapping
+lives as long as the array (np.frombuffer keeps the mmap object alive).
+
+guarded_allocations() swaps attncore's output allocator (attncore._layout.
+empty: outputs, weights, lse, projections, KV-cache buffers) for guarded
+ones, alternating the placement.
+"""
+import contextlib
+import ctypes
+import itertools
+import mmap
+
+import numpy as np
+
+from attncore import _layout
+
+PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PROT_NONE = 0
+
+
+def guarded(shape, dtype, where="end", fill=None):
+    """An uninitialised (or `fill`ed) array bordering a PROT_NONE page."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in np.atleast_1d(shape)) if np.ndim(shape) else (int(shape),)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    pages = (nbytes + PAGE - 1) // PAGE + 2
+    mm = mmap.mmap(-1, pages * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    if where == "end":
+        guard, start = (pages - 1) * PAGE, (pages - 1) * PAGE - nbytes
+    elif where == "start":
+        guard, start = 0, PAGE
+    else:
+        raise ValueError(where)
+    if _libc.mprotect(base + guard, PAGE, PROT_NONE) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    a = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=start).view(dtype).reshape(shape)
+    if fill is not None:
+        a[...] = fill
+    return a
+
+
+def guarded_copy(x, where="end"):
+    """A guarded, C-contiguous copy of x (same dtype)."""
+    x = np.asarray(x)
+    a = guarded(x.shape, x.dtype, where)
+    a[...] = x
+    return a
+
+
+@contextlib.contextmanager
+def guarded_allocations():
+    """Every buffer attncore allocates for the kernels borders a guard page
+    (alternately after its end and before its start)."""
+    places = itertools.cycle(["end", "start"])
+    original = _layout.empty
+    _layout.empty = lambda shape, dtype: guarded(shape, dtype, next(places))
+    try:
+        yield
+    finally:
+        _layout.empty = original
