@@ -130,7 +130,7 @@ cdef class _Tensor:
         free(self.boff)
 
 
-cdef bint _guard_wanted(int64_t work):
+cdef bint _guard_wanted(double work):
     return work >= INTERRUPTIBLE_WORK and PyThread_get_thread_ident() == _main_thread
 
 
@@ -206,7 +206,9 @@ cdef class _SdpaCall:
 
     cdef int run(self, str op) except -1:
         cdef attn_status st
-        cdef int64_t work = self.d.B * self.d.Hq * self.d.Lq * self.d.Lk * (self.d.D + self.d.Dv + 1)
+        # in double: huge broadcast shapes must not overflow the estimate
+        cdef double work = (<double>self.d.B * self.d.Hq * self.d.Lq * self.d.Lk
+                            * (self.d.D + self.d.Dv + 1))
         cdef bint guard = _guard_wanted(work)
         while True:
             st = self.run_once(guard)
@@ -274,7 +276,7 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y):
     d.w_sk = bw.view.strides[1] // bw.view.itemsize
     d.y_sm = by.view.strides[0] // by.view.itemsize
     d.cancel_epoch = 0
-    guard = _guard_wanted(d.M * d.N * d.K)
+    guard = _guard_wanted(<double>d.M * d.N * d.K)
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded

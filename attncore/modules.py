@@ -339,11 +339,13 @@ class MultiHeadAttention:
                 setattr(self, name, a)
 
     @classmethod
-    def from_torch(cls, module, dtype=None):
+    def from_torch(cls, module, dtype=None, seed=None):
         """Build from a live ``torch.nn.MultiheadAttention``, taking its
         parameters, ``batch_first``, ``dropout`` and training mode: the
-        result computes what the module computes for the same inputs.
-        Unsupported options (bias_k/bias_v, add_zero_attn) are an error."""
+        result computes what the module computes for the same inputs (in
+        training mode, with attncore's own reproducible dropout pattern,
+        seeded by `seed`). Unsupported options (bias_k/bias_v,
+        add_zero_attn) are an error."""
         if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
             raise ValueError(f"{_MHA}.from_torch: add_bias_kv / add_zero_attn are not supported")
         state = module.state_dict()
@@ -352,7 +354,7 @@ class MultiHeadAttention:
             dtype = np.float64 if str(weight.dtype) == "torch.float64" else np.float32
         mha = cls(module.embed_dim, module.num_heads, kdim=module.kdim, vdim=module.vdim,
                   bias=module.in_proj_bias is not None, dropout=float(module.dropout),
-                  batch_first=bool(module.batch_first), dtype=dtype)
+                  batch_first=bool(module.batch_first), dtype=dtype, seed=seed)
         mha.load_state_dict(state)
         mha.train(bool(module.training))
         return mha

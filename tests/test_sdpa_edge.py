@@ -91,3 +91,19 @@ def test_nan_in_mask_propagates(isa, dtype, rng):
     m[2, 3] = np.nan
     out = attncore.scaled_dot_product_attention(q, k, v, attn_mask=m)
     assert np.isnan(out[:, :, 2]).all() and not np.isnan(out[:, :, [0, 1, 3]]).any()
+
+
+@pytest.mark.parametrize("how", ["bool", "causal", "valid_lens"])
+def test_zero_scale_fully_masked_rows(isa, dtype, how):
+    """scale=0 used to turn masked scores into 0 * -inf = NaN (found by
+    tests/test_fuzz.py): masked rows are zeros and the rest uniform."""
+    q = np.ones((1, 1, 3, 4), dtype)
+    k = np.ones((1, 1, 5, 4), dtype)
+    v = np.arange(5, dtype=dtype).reshape(1, 1, 5, 1) * np.ones(3, dtype)
+    kw = {"bool": dict(attn_mask=np.array([[True] * 5, [False] * 5, [True, True, False, False, False]])),
+          "causal": dict(is_causal="top_left"),
+          "valid_lens": dict(valid_lens=np.array([[5, 0, 2]]))}[how]
+    out = attncore.scaled_dot_product_attention(q, k, v, scale=0.0, **kw)
+    ref = R.scaled_dot_product_attention(q, k, v, scale=0.0, **kw)
+    assert not np.isnan(out).any()
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)

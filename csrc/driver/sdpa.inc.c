@@ -458,6 +458,9 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
         if (d->scale != d->scale) P->csoft = (T)NAN;
         P->additive_form = ATTN_ADDITIVE_NONE;
+        /* the softmax multiplies masked (-inf) scores by c: with c = 0 that is
+         * 0 * -inf = NaN, so scale the scores before the masks instead */
+        if (!(P->csoft > 0)) P->prep_log2 = 1;
     }
 
     /* Decode-shaped problems (all rows of a kv head fit one rows-path unit)
