@@ -1,0 +1,228 @@
+"""docs/numerics.md, statement by statement: the forward error bounds (as a
+function of D, the score magnitude and the key block, not of Lk), long key
+ranges, attncore's error against torch's on the reference shapes, and the
+guarantees for masks, -inf, NaN, fully masked rows and dropout."""
+import math
+
+import numpy as np
+import pytest
+
+import attncore
+from attncore import _config
+from attncore._engine import plan_info
+
+try:
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed (pip install '.[compare]')")
+
+U = {np.float32: 2.0**-24, np.float64: 2.0**-53}
+SDPA = attncore.scaled_dot_product_attention
+
+
+def exact(q, k, v, scale, mask=None):
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    if mask is not None:
+        s = s + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p @ v) / p.sum(-1, keepdims=True), s
+
+
+def bound(q, k, v, scale, dtype, key_block, mask=None):
+    """docs/numerics.md, (1): per row, u V (2 S (ceil(D/2) + 4) + 1.5 Bk + 8)."""
+    q, k, v = (np.abs(np.asarray(x, np.float64)) for x in (q, k, v))
+    D = q.shape[-1]
+    S = abs(scale) * (q @ np.swapaxes(k, -1, -2)).max(-1)          # |scale| max_j sum_d |q k|
+    if mask is not None:
+        S = S + np.abs(mask).max(-1)
+    V = v.max(axis=(-1, -2))[..., None]
+    return U[dtype] * V * (2 * S * (math.ceil(D / 2) + 4) + 1.5 * key_block + 8)
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 8, 17, 64, 80, 128, 256])
+@pytest.mark.parametrize("kind", ["random", "large-scores", "one-dominant-key", "additive-mask"])
+def test_forward_error_bound(isa, dtype, D, kind):
+    """(1) holds row by row on every level and path."""
+    rng = np.random.default_rng(D)
+    Lq, Lk, scale = 37, 700, 1 / math.sqrt(D)
+    q = rng.standard_normal((2, 2, Lq, D)).astype(dtype)
+    k = rng.standard_normal((2, 2, Lk, D)).astype(dtype)
+    v = rng.standard_normal((2, 2, Lk, D)).astype(dtype)
+    mask = None
+    if kind == "large-scores":
+        q *= 4
+        k *= 4
+    elif kind == "one-dominant-key":
+        k[..., 3, :] = q[..., :1, :].mean(-2) * 6
+    elif kind == "additive-mask":
+        mask = (rng.standard_normal((Lq, Lk)) * 3).astype(dtype)
+    plan = plan_info(SDPA, q, k, v, attn_mask=mask)
+    out = SDPA(q, k, v, attn_mask=mask)
+    ref, _ = exact(q, k, v, scale, mask)
+    err = np.abs(out - ref).max(-1)
+    b = bound(q, k, v, scale, dtype, plan["key_block"], mask)
+    assert (err <= b).all(), f"worst err/bound {np.max(err / b):.3f}"
+
+
+@pytest.mark.parametrize("path", ["rows-split", "panel"])
+def test_long_key_ranges_do_not_accumulate_error(isa, path):
+    """(2) All keys and values identical: the exact output is the value row.
+    The relative error stays at a few ulp of the block sums however long
+    the key range (it grew linearly with Lk before compensated sums)."""
+    rng = np.random.default_rng(22)
+    D = 16
+    krow, vrow = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
+    if path == "rows-split":
+        Lk, q = 2**22, rng.standard_normal((1, 1, 2, D)).astype(np.float32)
+        expect = dict(path="rows")
+    else:     # 16 query heads of 40 rows share one kv head: 32 units, no split
+        Lk, q = 2**20, rng.standard_normal((1, 16, 40, D)).astype(np.float32)
+        expect = dict(path="panel", chunks=1)
+    k = np.ascontiguousarray(np.broadcast_to(krow, (1, 1, Lk, D)))
+    v = np.ascontiguousarray(np.broadcast_to(vrow, (1, 1, Lk, D)))
+    plan = plan_info(SDPA, q, k, v, enable_gqa=True)
+    assert all(plan[key] == value for key, value in expect.items()), plan
+    assert (plan["chunks"] > 1) == (path == "rows-split"), plan
+    out = SDPA(q, k, v, enable_gqa=True)
+    rel = np.abs(out - vrow) / np.abs(vrow)
+    assert rel.max() <= 1e-5, rel.max()
+
+
+def test_lse_and_weights_bounds(isa, dtype):
+    """(3) lse and weights: u (2 S (ceil(D/2) + 4) + 1.5 Bk + 8), absolute for
+    lse (plus u |lse|), relative for each weight."""
+    rng = np.random.default_rng(3)
+    D, scale = 48, 1 / math.sqrt(48)
+    q = rng.standard_normal((1, 3, 20, D)).astype(dtype)
+    k, v = (rng.standard_normal((1, 3, 300, D)).astype(dtype) for _ in range(2))
+    plan = plan_info(SDPA, q, k, v, return_weights=True)
+    out, w, lse = SDPA(q, k, v, return_weights=True, return_lse=True)
+    _, s = exact(q, k, v, scale)
+    top = s.max(-1, keepdims=True)
+    ref_lse = top[..., 0] + np.log(np.exp(s - top).sum(-1))
+    ref_w = np.exp(s - ref_lse[..., None])
+    S = scale * (np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2)).max(-1)
+    eps = U[dtype] * (2 * S * (math.ceil(D / 2) + 4) + 1.5 * plan["key_block"] + 8)
+    assert (np.abs(lse - ref_lse) <= eps + U[dtype] * np.abs(ref_lse)).all()
+    assert (np.abs(w - ref_w) <= eps[..., None] * ref_w + 1e-300).all()
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_half_precision_inputs(half):
+    """(4) float16/bfloat16: float32 computation on the exact inputs, then one
+    rounding to the output format (2^-11 / 2^-8 relative)."""
+    if half == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        dt, rel = ml_dtypes.bfloat16, 2.0**-8
+    else:
+        dt, rel = np.float16, 2.0**-11
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((1, 2, 30, 32)).astype(dt) for _ in range(3))
+    out = SDPA(q, k, v)
+    assert out.dtype == dt
+    ref, _ = exact(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), 1 / math.sqrt(32))
+    f32 = bound(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), 1 / math.sqrt(32),
+                np.float32, 256)
+    assert (np.abs(out.astype(np.float64) - ref).max(-1) <= f32 + rel * np.abs(ref).max(-1)).all()
+
+
+def test_additive_bound():
+    """(5) additive attention: each of the H tanh terms is within 4e-7
+    (float32), so a score is within 4e-7 sum_h |w_h| + u (H + 2) sum_h |w_h|,
+    and the output within twice that (times V) plus the P V terms of (1)."""
+    rng = np.random.default_rng(5)
+    H, D = 64, 16
+    q, k, v = (rng.standard_normal((2, 1, 30, D)).astype(np.float32) for _ in range(3))
+    Wq, Wk = ((rng.standard_normal((H, D)) / 4).astype(np.float32) for _ in range(2))
+    w = rng.standard_normal(H).astype(np.float32)
+    out = attncore.additive_attention(q, k, v, Wq, Wk, w)
+    qp = q.astype(np.float64) @ Wq.T
+    kp = k.astype(np.float64) @ Wk.T
+    s = np.tanh(qp[..., :, None, :] + kp[..., None, :, :]) @ w.astype(np.float64)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = (p @ v.astype(np.float64)) / p.sum(-1, keepdims=True)
+    wsum = np.abs(w).sum()
+    # the projections' own rounding (a K=16 GEMM) moves each tanh argument by
+    # at most (D+2) u sum|x||W|, which moves the score by that times sum|w|
+    proj = (D + 2) * U[np.float32] * ((np.abs(q) @ np.abs(Wq).T).max() + (np.abs(k) @ np.abs(Wk).T).max())
+    ds = 4e-7 * wsum + U[np.float32] * (H + 2) * wsum + proj * wsum
+    V = np.abs(v).max()
+    assert np.abs(out - ref).max() <= 2 * ds * V + U[np.float32] * V * (1.5 * 256 + 8)
+
+
+REFERENCE = {"S1": (1, 8, 8, 512, 512, 64, False), "S2": (4, 12, 12, 512, 512, 64, False),
+             "S3": (1, 16, 16, 2048, 2048, 64, False), "S4": (1, 8, 8, 4096, 4096, 128, False),
+             "S5": (1, 16, 16, 2048, 2048, 64, True), "S6": (1, 32, 8, 1, 8192, 128, False)}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_error_at_most_torch_on_reference_shapes(name):
+    """(6) max |error| against float64 at most torch SDPA's (float32), on
+    every reference shape, with the best kernel level."""
+    B, Hq, Hkv, Lq, Lk, D, causal = REFERENCE[name]
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((B, Hq, Lq, D), dtype=np.float32)
+    k = rng.standard_normal((B, Hkv, Lk, D), dtype=np.float32)
+    v = rng.standard_normal((B, Hkv, Lk, D), dtype=np.float32)
+    ours = SDPA(q, k, v, is_causal=causal, enable_gqa=True)
+    with torch.no_grad():
+        theirs = torch.nn.functional.scaled_dot_product_attention(
+            *(torch.from_numpy(x) for x in (q, k, v)), is_causal=causal, enable_gqa=True).numpy()
+    G = Hq // Hkv
+    err_ours = err_theirs = 0.0
+    for b in range(B):
+        for h in range(Hq):
+            s = q[b, h].astype(np.float64) @ k[b, h // G].astype(np.float64).T / math.sqrt(D)
+            if causal:
+                s = np.where(np.tril(np.ones((Lq, Lk), bool)), s, -np.inf)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            ref = (p @ v[b, h // G].astype(np.float64)) / p.sum(-1, keepdims=True)
+            err_ours = max(err_ours, np.abs(ours[b, h] - ref).max())
+            err_theirs = max(err_theirs, np.abs(theirs[b, h] - ref).max())
+    print(f"{name}: attncore {err_ours:.3e} torch {err_theirs:.3e} ({_config.active_isa_name()})")
+    assert err_ours <= err_theirs
+
+
+# -- guarantees ----------------------------------------------------------------------
+
+def test_masked_keys_get_exactly_zero_weight_and_dead_rows_zeros(isa, dtype):
+    """(7) A masked key's weight is exactly 0; a row with no visible key gives
+    zeros, weights 0 and lse -inf (never NaN)."""
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal((1, 1, 4, 8)).astype(dtype) for _ in range(3))
+    k = np.repeat(k, 100, axis=2)
+    v = np.repeat(v, 100, axis=2)
+    mask = rng.random((4, 400)) > 0.5
+    mask[2] = False
+    out, w, lse = SDPA(q, k, v, attn_mask=mask, return_weights=True, return_lse=True)
+    assert (w[..., ~mask] == 0).all()
+    assert (out[0, 0, 2] == 0).all() and np.isneginf(lse[0, 0, 2])
+    assert not np.isnan(out).any()
+    np.testing.assert_allclose(w.sum(-1)[0, 0, [0, 1, 3]], 1, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_nan_scores_poison_only_their_row(isa, dtype):
+    """(8) A NaN in a visible score makes its row NaN (out and lse), nothing else."""
+    q = np.ones((1, 1, 3, 4), dtype)
+    k = np.ones((1, 1, 6, 4), dtype)
+    v = np.ones((1, 1, 6, 2), dtype)
+    q[0, 0, 1, 2] = np.nan
+    out, lse = SDPA(q, k, v, return_lse=True)
+    assert np.isnan(out[0, 0, 1]).all() and np.isnan(lse[0, 0, 1])
+    assert not np.isnan(out[0, 0, [0, 2]]).any()
+
+
+def test_dropout_is_exactly_the_counter_rng(isa, dtype):
+    """(9) The kept weights are those whose counter draw passes the threshold,
+    scaled by 1/(1-p); the pattern depends only on (seed, b, h, i, j)."""
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal((2, 2, 5, 8)).astype(dtype) for _ in range(3))
+    _, w0 = SDPA(q, k, v, return_weights=True)
+    _, w = SDPA(q, k, v, dropout_p=0.3, seed=11, return_weights=True)
+    from attncore import reference as R
+    keep = np.array([R.dropout_keep(11, c, 0.3) for c in range(w.size)]).reshape(w.shape)
+    assert (w[~keep] == 0).all()
+    np.testing.assert_allclose(w[keep], w0[keep] / 0.7, rtol=1e-6 if dtype == np.float32 else 1e-14)
