@@ -37,6 +37,23 @@ from .functional import dot_attention, merge_attention, scaled_dot_product_atten
 from .modules import KVCache, MultiHeadAttention
 from .scoring import additive_attention, concat_attention, general_attention
 
+# Submodules reachable as attributes, imported on first use (optional extras
+# must not be imported by `import attncore`).
+_LAZY_SUBMODULES = ("reference", "viz", "torch", "dask")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'attncore' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY_SUBMODULES))
+
+
 __all__ = [
     "scaled_dot_product_attention",
     "dot_attention",
