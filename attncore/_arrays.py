@@ -66,3 +66,10 @@ def to_torch(a, dtype_name):
     out = torch.from_numpy(np.ascontiguousarray(a) if not a.flags.writeable else a)
     want = getattr(torch, dtype_name)
     return out if out.dtype == want else out.to(want)
+
+
+def torch_module():
+    """torch itself (already imported by whoever passed a tensor)."""
+    import torch
+
+    return torch

@@ -25,7 +25,10 @@ from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
+import math
 import threading
+
+import numpy as np
 
 from attncore._capi cimport *
 
@@ -189,34 +192,8 @@ cdef class _SdpaCall:
             d.vl_boff, d.vl_sh, d.vl_si = self.tvl.boff, self.tvl.core[0], self.tvl.core[1]
         return 0
 
-    cdef attn_status run_once(self, bint guard):
-        cdef attn_status st
-        cdef bint guarded = False
-        if guard:
-            guarded = attn_sigint_guard_begin(&self.d.cancel_epoch)
-        self.d.cancellable = guarded
-        with nogil:
-            if self.f64:
-                st = attn_sdpa_f64(&self.d, self.isa, self.threads)
-            else:
-                st = attn_sdpa_f32(&self.d, self.isa, self.threads)
-        if guarded:
-            attn_sigint_guard_end()
-        return st
-
     cdef int run(self, str op) except -1:
-        cdef attn_status st
-        # in double: huge broadcast shapes must not overflow the estimate
-        cdef double work = (<double>self.d.B * self.d.Hq * self.d.Lq * self.d.Lk
-                            * (self.d.D + self.d.Dv + 1))
-        cdef bint guard = _guard_wanted(work)
-        while True:
-            st = self.run_once(guard)
-            if st != ATTN_EINTR:
-                break
-            # raises KeyboardInterrupt (or whatever the handler raises); a
-            # handler that does not raise leaves an incomplete result: redo
-            PyErr_CheckSignals()
+        cdef attn_status st = _run_sdpa(&self.d, self.f64, self.isa, self.threads)
         if st != ATTN_OK:
             _raise(st, op, _dims_text(self.d))
         return 0
@@ -255,6 +232,221 @@ def sdpa(str op, bint f64, int isa, int num_threads, tuple dims, tuple batch,
     return dict(path=PATH_NAMES[info.path], additive_form=ADDITIVE_FORMS[info.additive_form],
                 rows_per_unit=info.rows_per_unit, units=info.units, chunks=info.chunks,
                 chunk_len=info.chunk_len, key_block=info.key_block, threads=info.threads)
+
+
+cdef object _ndarray = np.ndarray
+cdef object _empty = np.empty
+cdef object _F32 = np.dtype(np.float32)
+cdef object _F64 = np.dtype(np.float64)
+DEF FAST_MAX_BATCH = 64
+
+
+ctypedef struct _View:
+    void *buf
+    int64_t shape[4]
+    int64_t strides[4]      # in elements
+
+
+cdef bint _view_from_buffer(_View *out, Py_buffer *view, int itemsize):
+    """A 4-D native float buffer the kernels read as it is (aligned,
+    item-size strides, unit stride in the last dimension)."""
+    cdef int k
+    if view.ndim != 4 or view.itemsize != itemsize or view.format == NULL:
+        return False
+    if not ((view.format[0] == b'f' or view.format[0] == b'd') and view.format[1] == 0):
+        return False
+    if (<size_t>view.buf) % itemsize:
+        return False
+    out.buf = view.buf
+    for k in range(4):
+        if view.strides[k] % itemsize:
+            return False
+        out.shape[k] = view.shape[k]
+        out.strides[k] = view.strides[k] // itemsize
+    return out.shape[3] <= 1 or out.strides[3] == 1
+
+
+cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int itemsize, is_causal, scale,
+                        enable_gqa, int threads, int isa):
+    """The fast path's shared part: check the sizes and options of the common
+    call, allocate the output (NumPy), fill the descriptor and run. None if
+    the call is not the common case."""
+    cdef attn_sdpa_desc d
+    cdef int64_t boff[4][FAST_MAX_BATCH]
+    cdef int64_t b, B = q.shape[0], Hq = q.shape[1], Lq = q.shape[2], D = q.shape[3]
+    cdef int64_t Hkv = k.shape[1], Lk = k.shape[2], Dv = v.shape[3]
+    cdef double sc
+    cdef attn_status st
+    cdef _View o
+    cdef Py_buffer bo
+    if (k.shape[0] != B or v.shape[0] != B or k.shape[3] != D or v.shape[1] != Hkv
+            or v.shape[2] != Lk):
+        return None
+    if B == 0 or B > FAST_MAX_BATCH or Hq == 0 or Lq == 0 or D == 0 or Hkv == 0 or Hq % Hkv:
+        return None
+    if Hq != Hkv and enable_gqa is not True:
+        return None
+    if is_causal is False or is_causal is None:
+        d.causal, d.causal_offset = 0, 0
+    elif is_causal is True or (type(is_causal) is str and is_causal == "top_left"):
+        d.causal, d.causal_offset = 1, 0
+    elif type(is_causal) is str and is_causal == "bottom_right":
+        d.causal, d.causal_offset = 1, Lk - Lq
+    else:
+        return None
+    if scale is None:
+        sc = 1.0 / math.sqrt(D)
+    elif type(scale) is float or type(scale) is int:
+        sc = scale
+    else:
+        return None
+    out = _empty((B, Hq, Lq, Dv), _F64 if itemsize == 8 else _F32)
+    PyObject_GetBuffer(out, &bo, PyBUF_RECORDS_RO)
+    try:
+        _view_from_buffer(&o, &bo, itemsize)
+        for b in range(B):
+            boff[0][b] = b * q.strides[0]
+            boff[1][b] = b * k.strides[0]
+            boff[2][b] = b * v.strides[0]
+            boff[3][b] = b * o.strides[0]
+        d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = B, Hq, Hkv, Lq, Lk, D, Dv
+        d.score_kind, d.w_score = ATTN_SCORE_DOT, NULL
+        d.q, d.q_boff, d.q_sh, d.q_sl = q.buf, boff[0], q.strides[1], q.strides[2]
+        d.k, d.k_boff, d.k_sh, d.k_sl = k.buf, boff[1], k.strides[1], k.strides[2]
+        d.v, d.v_boff, d.v_sh, d.v_sl = v.buf, boff[2], v.strides[1], v.strides[2]
+        d.out, d.o_boff, d.o_sh, d.o_sl = o.buf, boff[3], o.strides[1], o.strides[2]
+        d.mask_kind, d.mask, d.m_boff, d.m_sh, d.m_si, d.m_sj = ATTN_MASK_NONE, NULL, NULL, 0, 0, 0
+        d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
+        d.scale = sc
+        d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
+        d.weights, d.lse = NULL, NULL
+        d.cancellable, d.cancel_epoch = 0, 0
+        st = _run_sdpa(&d, itemsize == 8, isa, threads)
+        if st != ATTN_OK:
+            _raise(st, op, _dims_text(d))
+    finally:
+        PyBuffer_Release(&bo)
+    return out
+
+
+cdef int _fast_threads(num_threads):
+    """num_threads of the common call, or -1 if it needs the general checks."""
+    if num_threads is None:
+        return attn_default_threads()
+    if type(num_threads) is int and 0 < num_threads < 65536:
+        return num_threads
+    return -1
+
+
+def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa):
+    """The common call -- NumPy arrays (B, H, L, D) of one dtype, readable in
+    place, with no mask, dropout, valid_lens, out or extra outputs -- without
+    the general path's Python-level layers: checks are read off the buffer
+    protocol and the descriptor is filled here. Returns the output, or None
+    when the call is not that common case (the caller then takes the general
+    path, which checks and explains everything)."""
+    cdef Py_buffer bq, bk, bv
+    cdef bint hq = False, hk = False, hv = False
+    cdef _View vq, vk, vv
+    cdef int itemsize, threads
+    if type(q) is not _ndarray or type(k) is not _ndarray or type(v) is not _ndarray:
+        return None
+    dt = q.dtype
+    if dt is _F32:
+        itemsize = 4
+    elif dt is _F64:
+        itemsize = 8
+    else:
+        return None
+    if k.dtype is not dt or v.dtype is not dt:
+        return None
+    threads = _fast_threads(num_threads)
+    if threads < 0:
+        return None
+    try:
+        PyObject_GetBuffer(q, &bq, PyBUF_RECORDS_RO)
+        hq = True
+        PyObject_GetBuffer(k, &bk, PyBUF_RECORDS_RO)
+        hk = True
+        PyObject_GetBuffer(v, &bv, PyBUF_RECORDS_RO)
+        hv = True
+        if not (_view_from_buffer(&vq, &bq, itemsize) and _view_from_buffer(&vk, &bk, itemsize)
+                and _view_from_buffer(&vv, &bv, itemsize)):
+            return None
+        return _sdpa_views(op, &vq, &vk, &vv, itemsize, is_causal, scale, enable_gqa, threads, isa)
+    finally:
+        if hq:
+            PyBuffer_Release(&bq)
+        if hk:
+            PyBuffer_Release(&bk)
+        if hv:
+            PyBuffer_Release(&bv)
+
+
+cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
+    """A CPU tensor's memory as a view (torch strides are in elements and
+    never negative; data_ptr includes the storage offset)."""
+    cdef int k
+    shape, strides = t.shape, t.stride()
+    if len(shape) != 4:
+        return False
+    out.buf = <void *><size_t>t.data_ptr()
+    if (<size_t>out.buf) % itemsize:
+        return False
+    for k in range(4):
+        out.shape[k] = shape[k]
+        out.strides[k] = strides[k]
+    return out.shape[3] <= 1 or out.strides[3] == 1
+
+
+def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa,
+                    f32_dtype, f64_dtype):
+    """sdpa_fast for CPU float32/float64 tensors that need no gradient:
+    reads their pointers and strides (no conversion) and returns a NumPy
+    output (the caller wraps it with torch.from_numpy), or None."""
+    cdef _View vq, vk, vv
+    cdef int itemsize, threads
+    dt = q.dtype
+    if dt is f32_dtype:
+        itemsize = 4
+    elif dt is f64_dtype:
+        itemsize = 8
+    else:
+        return None
+    if k.dtype is not dt or v.dtype is not dt:
+        return None
+    if not (q.is_cpu and k.is_cpu and v.is_cpu) or q.requires_grad or k.requires_grad \
+            or v.requires_grad:
+        return None
+    threads = _fast_threads(num_threads)
+    if threads < 0:
+        return None
+    if not (_view_from_tensor(&vq, q, itemsize) and _view_from_tensor(&vk, k, itemsize)
+            and _view_from_tensor(&vv, v, itemsize)):
+        return None
+    return _sdpa_views(op, &vq, &vk, &vv, itemsize, is_causal, scale, enable_gqa, threads, isa)
+
+
+cdef attn_status _run_sdpa(attn_sdpa_desc *d, bint f64, int isa, int threads) except? ATTN_EINTR:
+    """Run a filled descriptor: under the Ctrl-C guard when it is long and
+    on the main thread (an interrupted call raises, or re-runs when the
+    handler does not raise)."""
+    cdef attn_status st
+    cdef bint guard = _guard_wanted(<double>d.B * d.Hq * d.Lq * d.Lk * (d.D + d.Dv + 1))
+    cdef bint guarded
+    while True:
+        guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
+        d.cancellable = guarded
+        with nogil:
+            if f64:
+                st = attn_sdpa_f64(d, isa, threads)
+            else:
+                st = attn_sdpa_f32(d, isa, threads)
+        if guarded:
+            attn_sigint_guard_end()
+        if st != ATTN_EINTR:
+            return st
+        PyErr_CheckSignals()
 
 
 def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y):

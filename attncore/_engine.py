@@ -22,6 +22,11 @@ SCORE_ADDITIVE = _core.SCORE_ADDITIVE
 _plan_only = contextvars.ContextVar("attncore_plan_only", default=False)
 
 
+def planning():
+    """Whether this call is inside plan_info (fast paths must not run it)."""
+    return _plan_only.get()
+
+
 def plan_info(fn, *args, **kwargs):
     """How the kernel would run ``fn(*args, **kwargs)`` (fn: one of the
     attention functions), without running it: a dict with the path

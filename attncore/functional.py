@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import _engine
+from . import _arrays, _config, _core, _engine
 from . import _validate as V
 
 _SDPA = "scaled_dot_product_attention"
@@ -83,6 +83,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> attncore.scaled_dot_product_attention(q, k, v, is_causal=True).shape
     (2, 4, 16, 8)
     """
+    if (attn_mask is None and valid_lens is None and out is None and return_weights is False
+            and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
+            and not _engine.planning()):
+        res = _fast(query, key, value, is_causal, scale, enable_gqa, num_threads)
+        if res is not None:
+            return res
     return _sdpa(_SDPA, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                  return_weights, return_lse, num_threads, out, seed, valid_lens)
 
@@ -106,6 +112,18 @@ def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
     """
     return _sdpa("dot_attention", query, key, value, attn_mask, dropout_p, is_causal, scale,
                  enable_gqa, return_weights, return_lse, num_threads, out, seed, valid_lens)
+
+
+def _fast(query, key, value, is_causal, scale, enable_gqa, num_threads):
+    """The common call's fast path (attncore._core.sdpa_fast), for NumPy
+    arrays and for plain CPU float tensors; None if the call is not common."""
+    if _arrays.is_torch(query):
+        torch = _arrays.torch_module()
+        res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa,
+                                    num_threads, _config.active_isa(), torch.float32, torch.float64)
+        return None if res is None else torch.from_numpy(res)
+    return _core.sdpa_fast(_SDPA, query, key, value, is_causal, scale, enable_gqa, num_threads,
+                           _config.active_isa())
 
 
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,

@@ -253,7 +253,8 @@ def test_kernel_errors_name_the_calling_function(monkeypatch):
     def fake_sdpa(op, *args, **kwargs):
         raise MemoryError(f"{op}: out of memory for scratch buffers")
 
-    monkeypatch.setattr(_core, "sdpa", fake_sdpa)
+    monkeypatch.setattr(_core, "sdpa", fake_sdpa)        # the general path
+    monkeypatch.setattr(_core, "sdpa_fast", fake_sdpa)   # the common call's fast path
     q = np.ones((1, 1, 2, 3), np.float32)
     for fn, name in ((attncore.dot_attention, "dot_attention"),
                      (attncore.scaled_dot_product_attention, "scaled_dot_product_attention")):

@@ -96,7 +96,7 @@ static attn_status GEMM_FN(linear_rows)(const attn_linear_desc *d, const KTAB *k
         for (int64_t k = 0; k < ldx; k++) xpad[m * ldx + k] = k < d->K ? x[k] : (T)0;
     }
     int64_t nunits = (d->N + ATTN_GEMM_ROWS_N - 1) / ATTN_GEMM_ROWS_N;
-    int nthreads = attn_region_threads(num_threads, nunits);
+    int nthreads = attn_region_threads(num_threads, nunits, (double)d->M * d->N * d->K);
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
@@ -137,7 +137,7 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
     T *packed = (T *)attn_scratch_alloc_n(attn_mul_checked(npanels * nr, d->K), sizeof(T));
     if (!packed) return ATTN_ENOMEM;
     int64_t c_elems = rows_per_unit * nr;
-    int nthreads = attn_region_threads(num_threads, nunits);
+    int nthreads = attn_region_threads(num_threads, nunits, (double)d->M * d->N * d->K);
     int failed = 0, interrupted = 0;
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP

@@ -522,6 +522,14 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     return ATTN_OK;
 }
 
+/* Multiply-adds of the call (scores and P V; the additive terms count as
+ * one each): what decides how many threads it is worth. */
+static double SDPA_FN(work)(const PLAN *P)
+{
+    const attn_sdpa_desc *d = P->d;
+    return (double)d->B * d->Hq * d->Lq * (double)d->Lk * (double)(d->D + d->Dv + 1);
+}
+
 static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *info)
 {
     info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
@@ -531,7 +539,7 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->chunks = P->nchunks;
     info->chunk_len = P->chunk_len;
     info->key_block = P->bk;
-    info->threads = attn_region_threads(num_threads, info->units);
+    info->threads = attn_region_threads(num_threads, info->units, SDPA_FN(work)(P));
 }
 
 attn_status SDPA_FN(attn_sdpa_plan)(const attn_sdpa_desc *d, int isa, int num_threads,
@@ -602,7 +610,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     }
 
     int64_t nunits = P.nbase * P.nchunks;
-    int nthreads = attn_region_threads(num_threads, nunits);
+    int nthreads = attn_region_threads(num_threads, nunits, SDPA_FN(work)(&P));
     int failed = 0, interrupted = 0;
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP

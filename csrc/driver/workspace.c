@@ -53,13 +53,15 @@ void *attn_scratch_alloc(size_t bytes)
 
 void attn_scratch_free(void *p) { free(p); }
 
-int attn_region_threads(int requested, int64_t units)
+int attn_region_threads(int requested, int64_t units, double work)
 {
     int n = requested > 0 ? requested : 1;
 #ifndef _OPENMP
     n = 1;
 #endif
     if (units < n) n = units > 0 ? (int)units : 1;
+    if (work / ATTN_MIN_WORK_PER_THREAD < n) n = work >= 2 * ATTN_MIN_WORK_PER_THREAD
+                                                    ? (int)(work / ATTN_MIN_WORK_PER_THREAD) : 1;
     if (ATTN_ATOMIC_LOAD(&g_forked_after_pool)) n = 1;
     /* concurrent callers may all store 1: a relaxed atomic store is enough */
     if (n > 1) ATTN_ATOMIC_STORE(&g_pool_started, 1);

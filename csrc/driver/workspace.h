@@ -58,8 +58,13 @@ static inline int attn_cancelled(int cancellable, uint64_t epoch)
 }
 
 /* The number of threads a region should use: what was asked for, never more
- * than the work units, at least one; one in a child forked after this
- * process ran a multi-threaded region (see workspace.c). */
-int attn_region_threads(int requested, int64_t units);
+ * than the work units, and no more than the work pays for (one thread per
+ * ATTN_MIN_WORK_PER_THREAD multiply-adds: waking a thread, and waiting for
+ * it at the barrier when another process holds its core, costs more than a
+ * small problem's whole run); at least one; one in a child forked after
+ * this process ran a multi-threaded region (see workspace.c). Results never
+ * depend on the count (the drivers split work by problem size only). */
+#define ATTN_MIN_WORK_PER_THREAD ((double)(1 << 21))
+int attn_region_threads(int requested, int64_t units, double work);
 
 #endif
