@@ -5,11 +5,15 @@ import importlib
 import pytest
 
 MODULES = ["attncore", "attncore.functional", "attncore.scoring", "attncore.modules",
-           "attncore._config", "attncore.reference", "attncore.viz"]
+           "attncore._config", "attncore.reference", "attncore.viz", "attncore.torch"]
+# optional extras the examples of a module need
+NEEDS = {"attncore.torch": ("torch", "transformers")}
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name, tmp_path, monkeypatch):
+    for package in NEEDS.get(name, ()):
+        pytest.importorskip(package, reason=f"{name}'s examples need {package}")
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -1,0 +1,692 @@
+"""attncore for PyTorch and Hugging Face transformers (extras ``torch`` and ``hf``).
+
+Three integrations, each a line or two of glue for the user:
+
+``scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)``
+    torch.nn.functional.scaled_dot_product_attention's signature and
+    semantics on attncore's kernel, registered as the ``torch.library``
+    custom op ``attncore::sdpa`` (with a fake implementation), so it runs
+    eagerly and under ``torch.compile(fullgraph=True)``.
+``MultiheadAttention`` and ``patch(model)``
+    a ``torch.nn.MultiheadAttention`` subclass that shares the module's
+    Parameters and runs attncore whenever no gradient is needed; ``patch``
+    swaps every ``nn.MultiheadAttention`` of a model (also inside
+    ``nn.Transformer*`` layers) in place.
+``register()``
+    registers the attention implementation ``"attncore"`` (attention function
+    and mask function) with Hugging Face transformers, for
+    ``from_pretrained(..., attn_implementation="attncore")``.
+
+attncore computes forward passes only: a tensor that requires grad while grad
+mode is on is a TypeError (use ``torch.no_grad()`` / ``torch.inference_mode()``),
+except in ``MultiheadAttention``, which then runs torch's own forward.
+
+Differences from torch, on purpose: a query row that can see no key gives
+zeros (torch's math path gives NaN; its CPU flash path also gives zeros), and
+dropout draws its pattern from attncore's counter-based RNG, seeded from
+torch's default generator (``torch.manual_seed`` makes it reproducible, but
+the pattern differs from torch's).
+
+Example
+-------
+>>> import torch, attncore.torch as at
+>>> q = k = v = torch.ones(1, 2, 3, 4)
+>>> at.scaled_dot_product_attention(q, k, v, is_causal=True).shape
+torch.Size([1, 2, 3, 4])
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as _functional
+
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "patch", "register",
+           "hf_attention", "ATTN_IMPLEMENTATION"]
+
+_SDPA = "attncore.torch.scaled_dot_product_attention"
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_WRITABLE_OUT = (torch.float32, torch.float64)   # dtypes the kernel writes in place (out=)
+
+
+# -- shared helpers ---------------------------------------------------------
+
+def _check_no_grad(op, hint, **tensors):
+    """TypeError if a tensor requires grad while grad mode is on."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad:
+            raise TypeError(
+                f"{op}: {name} requires grad, but attncore computes the forward pass only (no "
+                f"autograd). Call it under torch.no_grad() or torch.inference_mode(), or pass "
+                f"{name}.detach(){hint}")
+
+
+def _draw_seed():
+    """A dropout seed from torch's default generator (torch.manual_seed
+    makes attncore's dropout reproducible). A 0-d int64 tensor, so that
+    it is traced, not baked in, under torch.compile."""
+    return torch.randint(0, 1 << 62, (), dtype=torch.int64)
+
+
+def _is_compiling():
+    return torch.compiler.is_compiling()
+
+
+# -- the kernel call (eager) ------------------------------------------------
+
+def _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed, *,
+                out=None, return_weights=False, extras=None):
+    """attncore's SDPA on tensors with torch's semantics. `out`: an optional
+    (..., Hq, Lq, Dv) tensor view to write into (used for float32/float64;
+    the returned tensor is then `out`). `extras`: kernel keywords the HF
+    integration passes through (softcap, sinks) once the kernel has them.
+    Returns out, or (out, weights) with return_weights."""
+    dropout_p = float(dropout_p)
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"{_SDPA}: dropout_p must be in [0, 1]; got {dropout_p}")
+    if attn_mask is not None and attn_mask.dtype == torch.float32 and query.dtype != torch.float32:
+        # torch accepts a float32 mask with any query dtype; attncore wants the query's dtype
+        attn_mask = attn_mask.to(query.dtype)
+    if dropout_p == 1.0:   # torch: every weight dropped -> zeros
+        shape = _out_shape(query, key, value)
+        res = out.zero_() if out is not None else query.new_zeros(shape)
+        if return_weights:
+            return res, query.new_zeros(shape[:-1] + (key.shape[-2],))
+        return res
+    if isinstance(seed, Tensor):
+        seed = int(seed)
+    kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=bool(is_causal), scale=scale,
+                  enable_gqa=bool(enable_gqa), seed=seed, return_weights=return_weights)
+    if extras:
+        kwargs.update(extras)
+    if out is not None and out.dtype in _WRITABLE_OUT and query.dtype == out.dtype:
+        res = _functional.scaled_dot_product_attention(query, key, value, out=out.numpy(), **kwargs)
+        if return_weights:   # with out=, the kernel hands back NumPy arrays
+            return out, torch.from_numpy(res[1])
+        return out
+    res = _functional.scaled_dot_product_attention(query, key, value, **kwargs)
+    if out is not None:
+        out.copy_(res[0] if return_weights else res)
+        return (out, res[1]) if return_weights else out
+    return res
+
+
+def _out_shape(query, key, value):
+    """torch's SDPA output shape: batch dims broadcast, (..., Hq, Lq, Dv)."""
+    if query.dim() < 3:
+        return tuple(query.shape[:-1]) + (value.shape[-1],)
+    batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    return tuple(batch) + tuple(query.shape[-3:-1]) + (value.shape[-1],)
+
+
+# -- the custom op (what torch.compile sees) --------------------------------
+
+@torch.library.custom_op("attncore::sdpa", mutates_args=())
+def _sdpa_op(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor],
+             dropout_p: float, is_causal: bool, scale: Optional[float], enable_gqa: bool,
+             seed: Optional[Tensor], softcap: Optional[float], sinks: Optional[Tensor]) -> Tensor:
+    extras = {}
+    if softcap is not None:
+        extras["softcap"] = softcap
+    if sinks is not None:
+        extras["sinks"] = sinks
+    res = _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed,
+                      extras=extras)
+    # a custom op's output must be a fresh, contiguous tensor (what the fake promises)
+    return res if res.is_contiguous() else res.contiguous()
+
+
+@_sdpa_op.register_fake
+def _sdpa_fake(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed,
+               softcap, sinks):
+    return query.new_empty(_out_shape(query, key, value))
+
+
+def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, *,
+               heads_last=False, extras=None):
+    """Eager: the kernel directly (no custom-op dispatch). Compiling: the
+    custom op. heads_last: return (..., Lq, Hq, Dv) contiguous (what HF
+    models want), written in place by the kernel when eager."""
+    seed = _draw_seed() if dropout_p > 0 else None
+    if _is_compiling():
+        extras = extras or {}
+        res = torch.ops.attncore.sdpa(query, key, value, attn_mask, float(dropout_p),
+                                      bool(is_causal), scale, bool(enable_gqa), seed,
+                                      extras.get("softcap"), extras.get("sinks"))
+        return res.transpose(-2, -3).contiguous() if heads_last else res
+    if heads_last and query.shape[-2] > 1 and query.dim() >= 3:
+        shape = _out_shape(query, key, value)
+        buf = query.new_empty(shape[:-3] + (shape[-2], shape[-3], shape[-1]))
+        _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed,
+                    out=buf.transpose(-2, -3), extras=extras)
+        return buf
+    res = _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, seed,
+                      extras=extras)
+    # one query row: (..., Hq, 1, Dv) and (..., 1, Hq, Dv) are the same memory
+    return res.transpose(-2, -3).contiguous() if heads_last else res
+
+
+# -- 1. scaled_dot_product_attention ----------------------------------------
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False):
+    """torch.nn.functional.scaled_dot_product_attention on attncore's kernel.
+
+    Same signature and semantics as torch's function; tensors in, a tensor
+    of the query's dtype out. Registered as the custom op ``attncore::sdpa``
+    (with a fake implementation), so it also works under
+    ``torch.compile(fullgraph=True)``; eager calls skip the op dispatch.
+
+    Parameters
+    ----------
+    query : Tensor (..., Hq, Lq, D)
+    key : Tensor (..., Hkv, Lk, D)
+    value : Tensor (..., Hkv, Lk, Dv)
+        CPU tensors of one dtype: float32, float64, bfloat16 or float16
+        (half types are computed in float32). Leading batch dims broadcast;
+        any strides (transposed views are read in place).
+    attn_mask : Tensor broadcastable to (..., Hq, Lq, Lk), optional
+        bool: True = may attend; or float, added to the scaled scores
+        (the query's dtype, or float32 as torch allows).
+    dropout_p : float in [0, 1]
+        Dropout on the attention weights, applied whenever > 0 (as torch
+        does; pass ``dropout_p=p if training else 0.0``). The seed comes from
+        torch's default generator, so ``torch.manual_seed`` reproduces it.
+    is_causal : bool
+        Query i sees keys j <= i (top-left aligned, as torch). Combines
+        with attn_mask.
+    scale : float, optional
+        Default 1/sqrt(D).
+    enable_gqa : bool
+        Grouped-query attention: Hq a multiple of Hkv, query head h uses kv
+        head h // (Hq // Hkv); K/V are never repeated.
+
+    Returns
+    -------
+    Tensor (..., Hq, Lq, Dv), contiguous. A query row that can see no key
+    gives zeros (torch's math path gives NaN).
+
+    Raises
+    ------
+    TypeError
+        If a tensor requires grad while grad mode is on (attncore is
+        forward-only: use torch.no_grad() or torch.inference_mode()), or on
+        unsupported dtypes/devices. ValueError on inconsistent shapes.
+
+    Example
+    -------
+    >>> import torch, attncore.torch as at
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> q, k, v = torch.randn(2, 8, 16, 64), torch.randn(2, 2, 16, 64), torch.randn(2, 2, 16, 64)
+    >>> out = at.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    >>> ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    >>> out.shape, torch.allclose(out, ref, atol=1e-5)
+    (torch.Size([2, 8, 16, 64]), True)
+    >>> compiled = torch.compile(at.scaled_dot_product_attention, fullgraph=True)  # the custom op
+    """
+    _check_no_grad(_SDPA, "", query=query, key=key, value=value, attn_mask=attn_mask)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+# -- 2. MultiheadAttention and patch() ---------------------------------------
+
+def _fast_path_guard(module, args):
+    """A no-op forward pre-hook; see MultiheadAttention.__init__."""
+    return None
+
+
+def _autocast_enabled():
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:   # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """``torch.nn.MultiheadAttention`` whose attention runs on attncore.
+
+    A drop-in subclass: same constructor, Parameters, ``state_dict`` keys
+    and ``forward(query, key, value, key_padding_mask=None, need_weights=True,
+    attn_mask=None, average_attn_weights=True, is_causal=False)`` with torch's
+    conventions (``batch_first``; ``key_padding_mask`` (B, Lk) True = padding;
+    ``attn_mask`` (Lq, Lk) or (B*num_heads, Lq, Lk), **bool True = NOT
+    allowed** or float added; ``is_causal`` is a hint that requires
+    ``attn_mask``, as in torch). ``MultiheadAttention.from_torch(module)``
+    wraps an existing module and shares its Parameters (no copy: an
+    optimizer step on them is seen at the next call).
+
+    The projections run on torch (``F.linear`` on the module's Parameters,
+    read at every call); the attention runs on attncore, writing straight
+    into the buffer the output projection reads. attncore runs whenever no
+    gradient is needed (under ``torch.no_grad()`` / ``torch.inference_mode()``,
+    or when nothing requires grad), in eval mode and in training mode
+    (dropout with a seed from torch's generator). Otherwise -- autograd
+    needed, ``add_bias_kv``/``add_zero_attn``, nested tensors, autocast,
+    non-CPU tensors, unsupported dtypes, ``need_weights`` under
+    ``torch.compile`` -- it runs torch's own forward. The reason for the
+    last fallback is in ``module.last_fallback``.
+
+    Shapes: query (B, Lq, E) with ``batch_first=True``, (Lq, B, E)
+    otherwise, or (Lq, E) unbatched; key (.., Lk, kdim), value (.., Lk,
+    vdim). Returns (output like query, weights or None): weights
+    (B, Lq, Lk) averaged over heads, or (B, num_heads, Lq, Lk).
+
+    Differences from torch: a query row with every key masked gives zeros
+    (torch's weights path gives NaN); dropout patterns differ.
+
+    Example
+    -------
+    >>> import torch, attncore.torch as at
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> mha = torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    >>> fast = at.MultiheadAttention.from_torch(mha)        # shares mha's Parameters
+    >>> fast.in_proj_weight is mha.in_proj_weight
+    True
+    >>> x = torch.randn(2, 10, 64)
+    >>> with torch.inference_mode():
+    ...     y, w = fast(x, x, x)
+    ...     ref, _ = mha(x, x, x)
+    >>> y.shape, w.shape, torch.allclose(y, ref, atol=1e-5)
+    (torch.Size([2, 10, 64]), torch.Size([2, 10, 10]), True)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # nn.TransformerEncoderLayer's fused inference path
+        # (torch._transformer_encoder_layer_fwd) reads self_attn's Parameters
+        # and never calls self_attn.forward, so attncore would not run. Its
+        # forward() skips that path when "forward pre-/hooks are attached to
+        # the module" (any submodule, checked through self.modules()): this
+        # no-op pre-hook is the documented switch that turns it off for the
+        # layers holding this module only (unlike the process-wide
+        # torch.backends.mha.set_fastpath_enabled(False)).
+        self.register_forward_pre_hook(_fast_path_guard)
+        self.last_fallback = None
+
+    @classmethod
+    def from_torch(cls, module):
+        """Wrap a ``torch.nn.MultiheadAttention``, sharing its Parameters.
+
+        The result holds the very same Parameter objects (and ``out_proj``
+        submodule) as `module`, so training `module` (or the wrapper)
+        updates both. Takes batch_first, dropout, kdim/vdim and the
+        training mode from `module`. An attncore MultiheadAttention is
+        returned as it is.
+
+        Example
+        -------
+        >>> import torch, attncore.torch as at
+        >>> mha = torch.nn.MultiheadAttention(16, 2, kdim=8, vdim=12)
+        >>> fast = at.MultiheadAttention.from_torch(mha)
+        >>> fast.k_proj_weight is mha.k_proj_weight, fast.out_proj is mha.out_proj
+        (True, True)
+        """
+        if isinstance(module, cls):
+            return module
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(f"MultiheadAttention.from_torch: module must be a "
+                            f"torch.nn.MultiheadAttention; got {type(module).__name__}")
+        # build on the meta device (no memory), then adopt module's Parameters
+        new = cls(module.embed_dim, module.num_heads, dropout=module.dropout,
+                  bias=module.in_proj_bias is not None, add_bias_kv=module.bias_k is not None,
+                  add_zero_attn=module.add_zero_attn, kdim=module.kdim, vdim=module.vdim,
+                  batch_first=module.batch_first, device="meta")
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                     "in_proj_bias", "bias_k", "bias_v"):
+            setattr(new, name, getattr(module, name))
+        new.out_proj = module.out_proj
+        new.train(module.training)
+        return new
+
+    # -- forward ---------------------------------------------------------------
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        """See the class docstring; torch.nn.MultiheadAttention.forward's
+        signature and conventions."""
+        why = self._why_not_attncore(query, key, value, key_padding_mask, attn_mask, need_weights)
+        self.last_fallback = why
+        if why:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return self._attncore_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                      average_attn_weights, is_causal)
+
+    def _tensors(self, query, key, value):
+        params = (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight,
+                  self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
+        return [t for t in (query, key, value) + params if t is not None]
+
+    def _why_not_attncore(self, query, key, value, key_padding_mask, attn_mask, need_weights):
+        """'' when attncore can run this call, else why torch's forward runs."""
+        if self.bias_k is not None or self.add_zero_attn:
+            return "add_bias_kv / add_zero_attn are not supported by attncore"
+        tensors = self._tensors(query, key, value)
+        masks = [m for m in (key_padding_mask, attn_mask) if m is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors + masks):
+            return "autograd is needed (grad mode is on and a tensor or Parameter requires grad)"
+        if any(t.is_nested for t in (query, key, value)):
+            return "nested tensors"
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return "TorchScript scripting/tracing"
+        if torch.overrides.has_torch_function(tuple(tensors)):
+            return "a tensor argument has __torch_function__"
+        if any(t.device.type != "cpu" for t in tensors + masks):
+            return "a tensor is not on the CPU"
+        if query.dtype not in _DTYPES or any(t.dtype != query.dtype for t in tensors):
+            return f"dtype {query.dtype} (attncore: one of float32/float64/bfloat16/float16 for all)"
+        if _autocast_enabled():
+            return "autocast is enabled"
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            return "unexpected input ranks (torch's forward reports the error)"
+        if need_weights and _is_compiling():
+            return "need_weights=True under torch.compile (the custom op returns no weights)"
+        return ""
+
+    def _attncore_forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                          average_attn_weights, is_causal):
+        E, H = self.embed_dim, self.num_heads
+        Dh = E // H
+        # projections, exactly as torch chooses them (packed for self-attention)
+        if self._qkv_same_embed_dim:
+            W, b = self.in_proj_weight, self.in_proj_bias
+            if query is key and key is value:
+                q, k, v = F.linear(query, W, b).split(E, dim=-1)
+            elif key is value:
+                q = F.linear(query, W[:E], None if b is None else b[:E])
+                k, v = F.linear(key, W[E:], None if b is None else b[E:]).split(E, dim=-1)
+            else:
+                bq, bk, bv = (None, None, None) if b is None else b.split(E)
+                q = F.linear(query, W[:E], bq)
+                k = F.linear(key, W[E:2 * E], bk)
+                v = F.linear(value, W[2 * E:], bv)
+        else:
+            bq, bk, bv = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.split(E)
+            q = F.linear(query, self.q_proj_weight, bq)
+            k = F.linear(key, self.k_proj_weight, bk)
+            v = F.linear(value, self.v_proj_weight, bv)
+
+        unbatched = query.dim() == 2
+        if unbatched:
+            q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+        bdim = 0 if (self.batch_first or unbatched) else 1    # (B, L, E) or (L, B, E)
+        B, Lq, Lk = q.shape[bdim], q.shape[1 - bdim], k.shape[1 - bdim]
+        if k.shape[bdim] != B or v.shape[bdim] != B or v.shape[1 - bdim] != Lk:
+            layout = "(B, L, E)" if bdim == 0 else "(L, B, E)"
+            raise ValueError(f"MultiheadAttention: query {tuple(query.shape)}, key "
+                             f"{tuple(key.shape)} and value {tuple(value.shape)} do not agree on "
+                             f"batch size and key length (layout {layout}, "
+                             f"batch_first={self.batch_first})")
+
+        def heads(x):   # (B, L, E) / (L, B, E) -> a strided (B, H, L, Dh) view
+            x = x.unflatten(-1, (H, Dh))
+            return x.transpose(1, 2) if bdim == 0 else x.permute(1, 2, 0, 3)
+
+        # torch's reading of is_causal: a hint that attn_mask is causal
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the "
+                               "Transformer module method `generate_square_subsequent_mask` to "
+                               "create this mask.")
+        use_causal = bool(is_causal) and key_padding_mask is None and not need_weights
+        mask = self._sdpa_mask(key_padding_mask, None if use_causal else attn_mask, B, Lq, Lk,
+                               unbatched, query.dtype)
+        dropout_p = float(self.dropout) if self.training else 0.0
+
+        # attncore writes its output into the rows the output projection reads
+        buf = q.new_empty((B, Lq, H, Dh) if bdim == 0 else (Lq, B, H, Dh))
+        out_view = buf.transpose(1, 2) if bdim == 0 else buf.permute(1, 2, 0, 3)
+        if _is_compiling():
+            res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
+            buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
+            weights = None
+        else:
+            seed = _draw_seed() if dropout_p > 0 else None
+            res = _sdpa_eager(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None,
+                              False, seed, out=out_view, return_weights=bool(need_weights))
+            weights = res[1] if need_weights else None
+        out = F.linear(buf.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(dim=1)
+        if unbatched:
+            out = out.squeeze(0)
+            weights = weights.squeeze(0) if weights is not None else None
+        return out, weights
+
+    def _sdpa_mask(self, key_padding_mask, attn_mask, B, Lq, Lk, unbatched, dtype):
+        """torch's MHA masks (bool True = not allowed, or float added) -> one
+        SDPA mask (bool True = may attend, or float) broadcastable to
+        (B, H, Lq, Lk); None for no mask."""
+        H = self.num_heads
+        masks = []
+        if key_padding_mask is not None:
+            want = (Lk,) if unbatched else (B, Lk)
+            if tuple(key_padding_mask.shape) != want:
+                raise ValueError(f"MultiheadAttention: key_padding_mask must have shape {want} "
+                                 f"(True = padding); got {tuple(key_padding_mask.shape)}")
+            masks.append(self._convention("key_padding_mask", key_padding_mask.reshape(B, 1, 1, Lk), dtype))
+        if attn_mask is not None:
+            if attn_mask.dim() == 2 and tuple(attn_mask.shape) == (Lq, Lk):
+                am = attn_mask
+            elif attn_mask.dim() == 3 and tuple(attn_mask.shape) == (B * H, Lq, Lk):
+                am = attn_mask.reshape(B, H, Lq, Lk)
+            else:
+                raise ValueError(f"MultiheadAttention: attn_mask must have shape ({Lq}, {Lk}) or "
+                                 f"({B * H}, {Lq}, {Lk}) (B*num_heads, Lq, Lk); got "
+                                 f"{tuple(attn_mask.shape)}")
+            masks.append(self._convention("attn_mask", am, dtype))
+        if not masks:
+            return None
+        if len(masks) == 1:
+            return masks[0]
+        a, b = masks
+        if a.dtype == torch.bool and b.dtype == torch.bool:
+            return a & b
+
+        def additive(m):
+            return torch.zeros(m.shape, dtype=dtype).masked_fill_(~m, float("-inf")) if m.dtype == torch.bool else m
+
+        return additive(a) + additive(b)
+
+    @staticmethod
+    def _convention(name, m, dtype):
+        if m.dtype == torch.bool:
+            return ~m     # torch MHA: True = masked out; SDPA: True = may attend
+        if m.is_floating_point():
+            return m.to(dtype)
+        raise TypeError(f"MultiheadAttention: {name} must be bool (True = masked out) or float "
+                        f"(added to the scores); got {m.dtype}")
+
+
+def patch(model):
+    """Swap every ``torch.nn.MultiheadAttention`` in `model` for an attncore
+    :class:`MultiheadAttention` sharing its Parameters, in place.
+
+    Covers modules anywhere in the tree, including the ``self_attn`` /
+    ``multihead_attn`` of ``nn.TransformerEncoderLayer``,
+    ``nn.TransformerDecoderLayer`` and ``nn.Transformer``. Only modules whose
+    type is exactly ``nn.MultiheadAttention`` are swapped (subclasses may
+    change the forward). The state_dict keys are unchanged. Fused torch
+    inference paths that would bypass the swapped module are turned off for
+    the patched layers only: the encoder layer's fused kernel (see
+    :class:`MultiheadAttention`) and ``nn.TransformerEncoder``'s
+    nested-tensor conversion (``use_nested_tensor = False``: the nested
+    tensors it makes from ``src_key_padding_mask`` can only be consumed by
+    the fused kernel).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Modified in place. A bare ``nn.MultiheadAttention`` cannot be
+        replaced in place; it is wrapped and the wrapper returned.
+
+    Returns
+    -------
+    model (the same object).
+
+    Example
+    -------
+    >>> import torch, attncore.torch as at
+    >>> layer = torch.nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+    >>> model = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    >>> x = torch.randn(2, 7, 32)
+    >>> with torch.inference_mode():
+    ...     ref = model(x)
+    ...     at.patch(model) is model
+    ...     torch.allclose(model(x), ref, atol=1e-5)
+    True
+    True
+    >>> type(model.layers[0].self_attn).__name__, model.layers[0].self_attn.last_fallback
+    ('MultiheadAttention', '')
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch: model must be a torch.nn.Module; got {type(model).__name__}")
+    if type(model) is nn.MultiheadAttention:
+        return MultiheadAttention.from_torch(model)
+    swapped = {}   # a module used at several places stays one module
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):   # named_children() skips repeats
+            if type(child) is nn.MultiheadAttention:
+                if id(child) not in swapped:
+                    swapped[id(child)] = MultiheadAttention.from_torch(child)
+                setattr(parent, name, swapped[id(child)])
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder) and any(
+                isinstance(getattr(layer, "self_attn", None), MultiheadAttention) for layer in m.layers):
+            m.use_nested_tensor = False
+    return model
+
+
+# -- 3. Hugging Face transformers -------------------------------------------
+
+ATTN_IMPLEMENTATION = "attncore"
+
+_HF_HINT = (" (attncore is for inference; to train, select torch's attention with "
+            "model.set_attn_implementation('sdpa'))")
+
+# HF keyword -> attncore keyword, for model features that need the kernel.
+_KERNEL_KEYWORDS = {"softcap": "softcap", "s_aux": "sinks"}
+# The ones the kernel does not have yet. Supporting one = deleting its line here:
+# the value is then passed to attncore.scaled_dot_product_attention under its
+# attncore keyword (eagerly, and through the custom op under torch.compile).
+_NOT_YET_IN_KERNEL = {
+    "softcap": "attention-logit soft-capping (softcap=, e.g. Gemma 2's config.attn_logit_softcapping)",
+    "s_aux": "attention sinks (s_aux=module.sinks, e.g. gpt-oss)",
+}
+
+
+def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                 is_causal=None, softcap=None, s_aux=None, position_bias=None, cache=None, **kwargs):
+    """The Hugging Face attention function for ``attn_implementation="attncore"``
+    (registered by :func:`register`; transformers calls it, users do not).
+
+    Mirrors transformers' ``sdpa_attention_forward``: the mask comes from
+    transformers' ``sdpa_mask`` (bool, True = attend, or None when causality
+    alone describes it: then ``is_causal`` is top-left aligned, which is also
+    right for a static-cache prefill with Lq < Lk); padding and sliding
+    windows are in the mask; GQA passes ``enable_gqa`` (K/V are never
+    repeated); ``dropout`` (training mode) is applied; ``position_bias`` is
+    merged into a float mask as sdpa does.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The calling attention layer (its ``is_causal`` attribute is read).
+    query : Tensor (B, Hq, Lq, D)
+    key, value : Tensor (B, Hkv, Lk, D), (B, Hkv, Lk, Dv)
+    attention_mask : Tensor (B, 1, Lq, Lk) bool or float, or None
+    dropout, scaling, is_causal, softcap, s_aux, position_bias, cache :
+        As passed by transformers. ``softcap`` and ``s_aux`` (attention
+        sinks) raise NotImplementedError naming the feature; so does a paged
+        (continuous-batching) ``cache``. Other keywords are ignored.
+
+    Returns
+    -------
+    (Tensor (B, Lq, Hq, Dv) contiguous, None)
+
+    Example
+    -------
+    >>> import torch, attncore.torch as at
+    >>> from transformers import BertConfig, BertModel
+    >>> _ = at.register()
+    >>> cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+    ...                  intermediate_size=64, attn_implementation="attncore")
+    >>> model = BertModel(cfg).eval()
+    >>> with torch.inference_mode():
+    ...     h = model(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.tensor([[1, 1, 1, 0]]))
+    >>> model.config._attn_implementation, h.last_hidden_state.shape
+    ('attncore', torch.Size([1, 4, 32]))
+    """
+    extras = {}
+    for name, val in (("softcap", softcap), ("s_aux", s_aux)):
+        if val is None:
+            continue
+        if name in _NOT_YET_IN_KERNEL:
+            raise NotImplementedError(
+                f"attn_implementation='attncore': {type(module).__name__} uses "
+                f"{_NOT_YET_IN_KERNEL[name]}, which attncore's kernel does not support yet; "
+                f"use attn_implementation='eager' for this model")
+        extras[_KERNEL_KEYWORDS[name]] = val
+    if cache is not None:
+        raise NotImplementedError(
+            f"attn_implementation='attncore': a paged cache ({type(cache).__name__}, continuous "
+            f"batching) is not supported; use attn_implementation='sdpa' for it")
+    _check_no_grad("attn_implementation='attncore'", _HF_HINT, query=query, key=key, value=value)
+
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    # as sdpa: causality from the flag only when there is no mask (the mask
+    # already has it), and never for one query row (it sees every cached key)
+    is_causal = bool(query.shape[2] > 1 and attention_mask is None and is_causal)
+    if position_bias is not None:
+        from transformers.integrations.sdpa_attention import create_position_bias_mask
+
+        attention_mask = create_position_bias_mask(position_bias, attention_mask, is_causal,
+                                                   query, key)
+        is_causal = False
+    elif attention_mask is not None and attention_mask.dtype not in (torch.bool, query.dtype):
+        attention_mask = attention_mask.to(query.dtype)
+    out = _attention(query, key, value, attention_mask, dropout, is_causal, scaling,
+                     query.shape[1] != key.shape[1], heads_last=True, extras=extras)
+    return out, None
+
+
+def register():
+    """Register ``attn_implementation="attncore"`` with Hugging Face transformers.
+
+    Registers both the attention function (:func:`hf_attention`, via
+    ``transformers.AttentionInterface``) and its mask function
+    (transformers' ``sdpa_mask``, via ``AttentionMaskInterface``: without it,
+    transformers silently passes no padding mask). Idempotent. Call it
+    before building or loading a model with ``"attncore"``; then
+    ``AutoModel.from_pretrained(name, attn_implementation="attncore")``,
+    ``model.set_attn_implementation("attncore")`` and sentence-transformers'
+    ``model_kwargs={"attn_implementation": "attncore"}`` run every attention
+    layer on attncore (inference only: see :func:`hf_attention`).
+
+    Returns
+    -------
+    "attncore", the implementation name.
+
+    Example
+    -------
+    >>> import attncore.torch as at
+    >>> at.register()
+    'attncore'
+    >>> from transformers import AutoModel
+    >>> model = AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2",
+    ...                                   attn_implementation="attncore")  # doctest: +SKIP
+    """
+    try:
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.masking_utils import sdpa_mask
+    except ImportError as exc:
+        raise ImportError("attncore.torch.register() needs Hugging Face transformers >= 4.56 "
+                          "(pip install 'attncore[hf]')") from exc
+    AttentionInterface.register(ATTN_IMPLEMENTATION, hf_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    return ATTN_IMPLEMENTATION

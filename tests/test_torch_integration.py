@@ -1,0 +1,482 @@
+"""attncore.torch: the custom op (eager and under torch.compile), the
+MultiheadAttention subclass and patch(), against torch's own functions.
+Skipped, with a reason, when torch is not installed."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install '.[torch]')")
+nn = torch.nn
+F = torch.nn.functional
+
+import attncore  # noqa: E402
+import attncore.torch as at  # noqa: E402
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# vs torch in float64 on the same (rounded) inputs: half types add one rounding
+# of the output (bf16: 2^-8 relative, f16: 2^-11); float32/64 as tests/_tolerances.py
+TOL = {torch.float32: dict(rtol=2e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12),
+       torch.bfloat16: dict(rtol=2 ** -8, atol=1e-4), torch.float16: dict(rtol=2 ** -10, atol=1e-4)}
+
+
+def assert_close(got, ref, dtype=torch.float32):
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), ref.double(), **TOL[dtype])
+
+
+def inputs(B=2, Hq=4, Hkv=4, Lq=9, Lk=13, D=16, Dv=None, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, Lq, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, Lk, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, Lk, Dv or D, generator=g).to(dtype)
+    return q, k, v
+
+
+def torch_ref(q, k, v, **kw):
+    """torch's SDPA in float64 on the same inputs."""
+    mask = kw.pop("attn_mask", None)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.double()
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, **kw)
+
+
+def bool_mask(Lq, Lk, seed=1):
+    m = torch.rand(Lq, Lk, generator=torch.Generator().manual_seed(seed)) > 0.3
+    m[:, 0] = True   # no empty rows (torch's math path gives NaN there)
+    return m
+
+
+CASES = {
+    "plain": lambda q: {},
+    "bool_mask": lambda q: dict(attn_mask=bool_mask(q.shape[-2], 13)),
+    "float_mask": lambda q: dict(attn_mask=torch.randn(q.shape[0], 1, q.shape[-2], 13,
+                                                       generator=torch.Generator().manual_seed(2)).to(q.dtype)),
+    "causal": lambda q: dict(is_causal=True),
+    "causal_and_mask": lambda q: dict(is_causal=True, attn_mask=bool_mask(q.shape[-2], 13)),
+    "scale": lambda q: dict(scale=0.3),
+}
+
+
+# -- scaled_dot_product_attention ---------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_sdpa_eager_matches_torch(dtype, case):
+    q, k, v = inputs(dtype=dtype)
+    kw = CASES[case](q)
+    with torch.inference_mode():
+        out = at.scaled_dot_product_attention(q, k, v, **kw)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 9, 16)
+    assert_close(out, torch_ref(q, k, v, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sdpa_gqa_without_repeating_kv(dtype):
+    q, k, v = inputs(Hq=8, Hkv=2, Lq=5, Lk=40, dtype=dtype)
+    out = at.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True)
+    assert_close(out, torch_ref(q, k, v, enable_gqa=True, is_causal=True), dtype)
+    with pytest.raises(ValueError, match="enable_gqa"):
+        at.scaled_dot_product_attention(q, k, v)
+
+
+def test_sdpa_shapes_like_torch():
+    # causal with Lq < Lk is top-left aligned (query i sees keys j <= i), as torch
+    q, k, v = inputs(Lq=4, Lk=11)
+    assert_close(at.scaled_dot_product_attention(q, k, v, is_causal=True),
+                 torch_ref(q, k, v, is_causal=True))
+    # 3-D and 2-D inputs, broadcast batch dims, Dv != D, transposed (strided) views
+    q3, k3, v3 = (t[0] for t in inputs(Dv=24))
+    assert_close(at.scaled_dot_product_attention(q3, k3, v3), torch_ref(q3, k3, v3))
+    assert_close(at.scaled_dot_product_attention(q3[0], k3[0], v3[0]), torch_ref(q3[0], k3[0], v3[0]))
+    q, k, v = inputs(B=1)
+    kb, vb = k.expand(3, -1, -1, -1), v.expand(3, -1, -1, -1)
+    assert_close(at.scaled_dot_product_attention(q, kb, vb), torch_ref(q, kb, vb))
+    qt = torch.randn(2, 9, 4, 16).transpose(1, 2)
+    assert_close(at.scaled_dot_product_attention(qt, k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)),
+                 torch_ref(qt, k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)))
+
+
+def test_sdpa_float32_mask_with_half_query_like_torch():
+    q, k, v = inputs(dtype=torch.bfloat16)
+    mask = torch.randn(9, 13)
+    out = at.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=2e-2)
+
+
+def test_sdpa_fully_masked_rows_are_zero():
+    q, k, v = inputs()
+    mask = bool_mask(9, 13)
+    mask[3] = False
+    out = at.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.isfinite(out).all() and (out[:, :, 3] == 0).all()
+    keep = torch.arange(9) != 3
+    assert_close(out[:, :, keep], torch_ref(q, k, v, attn_mask=mask)[:, :, keep])
+
+
+def test_sdpa_dropout_seeded_by_torch_generator():
+    q, k, v = inputs()
+    torch.manual_seed(0)
+    a = at.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    torch.manual_seed(0)
+    b = at.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    torch.manual_seed(1)
+    c = at.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a, at.scaled_dot_product_attention(q, k, v))
+    # the pattern is attncore's, keyed by a seed drawn from torch's default generator
+    torch.manual_seed(0)
+    seed = int(torch.randint(0, 1 << 62, ()))
+    np.testing.assert_array_equal(
+        a.numpy(), attncore.scaled_dot_product_attention(q.numpy(), k.numpy(), v.numpy(),
+                                                         dropout_p=0.4, seed=seed))
+    # dropout_p=1 drops every weight, as in torch
+    assert torch.equal(at.scaled_dot_product_attention(q, k, v, dropout_p=1.0), torch.zeros_like(q))
+    with pytest.raises(ValueError, match="dropout_p"):
+        at.scaled_dot_product_attention(q, k, v, dropout_p=1.5)
+
+
+def test_sdpa_requires_grad_is_a_clear_error():
+    q, k, v = inputs()
+    qg = q.clone().requires_grad_()
+    with pytest.raises(TypeError, match=r"query requires grad.*forward pass only.*torch\.no_grad\(\).*inference_mode"):
+        at.scaled_dot_product_attention(qg, k, v)
+    mask = torch.zeros(9, 13, requires_grad=True)
+    with pytest.raises(TypeError, match="attn_mask requires grad"):
+        at.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.no_grad():
+        out = at.scaled_dot_product_attention(qg, k, v)
+    assert not out.requires_grad
+    assert_close(at.scaled_dot_product_attention(qg.detach(), k, v), torch_ref(q, k, v))
+
+
+def test_custom_op_schema_and_fake():
+    q, k, v = inputs(Hq=4, Hkv=2)
+    mask = bool_mask(9, 13)
+    op = torch.ops.attncore.sdpa
+    for args in [(q, k, v, None, 0.0, True, None, True, None, None, None),
+                 (q, k, v, mask, 0.2, False, 0.5, True, torch.tensor(7), None, None)]:
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sdpa_under_torch_compile_fullgraph(dtype):
+    torch._dynamo.reset()
+    graphs = []
+
+    def recording_inductor(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        from torch._inductor.compile_fx import compile_fx
+        return compile_fx(gm, example_inputs)
+
+    def f(q, k, v, mask):
+        return at.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True,
+                                               enable_gqa=True) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend=recording_inductor)
+    q, k, v = inputs(Hq=4, Hkv=2, dtype=dtype)
+    mask = bool_mask(9, 13)
+    with torch.inference_mode():
+        out = compiled(q, k, v, mask)
+    assert graphs and "attncore.sdpa" in graphs[0]
+    assert_close(out / 2, torch_ref(q, k, v, attn_mask=mask, is_causal=True, enable_gqa=True), dtype)
+
+
+def test_dropout_reproducible_under_torch_compile():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: at.scaled_dot_product_attention(q, k, v, dropout_p=0.3),
+                             fullgraph=True)
+    q, k, v = inputs()
+    torch.manual_seed(3)
+    a = compiled(q, k, v)
+    torch.manual_seed(3)
+    b = compiled(q, k, v)
+    assert torch.equal(a, b) and not torch.allclose(a, at.scaled_dot_product_attention(q, k, v))
+
+
+# -- MultiheadAttention ----------------------------------------------------------
+
+def make_mha(E=32, H=4, seed=0, **kw):
+    torch.manual_seed(seed)
+    mha = nn.MultiheadAttention(E, H, **kw).eval()
+    with torch.no_grad():   # non-zero biases, so that a bias mix-up shows
+        for p in mha.parameters():
+            if p.dim() == 1:
+                p.normal_()
+    return mha
+
+
+def seq(B, L, E, batch_first, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, L, E, generator=g) if batch_first else torch.randn(L, B, E, generator=g)
+
+
+def mha_masks(B, H, Lq, Lk, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kpm = torch.zeros(B, Lk, dtype=torch.bool)
+    kpm[1, Lk - 3:] = True                                   # True = padding
+    am_bool = torch.rand(Lq, Lk, generator=g) > 0.7          # True = NOT allowed
+    am_bool[:, 0] = False
+    am_float = torch.randn(B * H, Lq, Lk, generator=g)
+    return {"none": {}, "kpm": dict(key_padding_mask=kpm), "bool_mask": dict(attn_mask=am_bool),
+            "float_mask_3d": dict(attn_mask=am_float),
+            "kpm_and_bool_mask": dict(key_padding_mask=kpm, attn_mask=am_bool),
+            "float_kpm_and_mask": dict(key_padding_mask=torch.zeros(B, Lk).masked_fill(kpm, -math.inf),
+                                       attn_mask=am_float)}
+
+
+def check_mha(fast, ref, args, kw):
+    with torch.inference_mode():
+        want = ref(*args, **kw)
+        got = fast(*args, **kw)
+    assert fast.last_fallback == "", fast.last_fallback
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-6)
+    if want[1] is None:
+        assert got[1] is None
+    else:
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_mha_shares_parameters():
+    mha = make_mha()
+    fast = at.MultiheadAttention.from_torch(mha)
+    assert isinstance(fast, nn.MultiheadAttention)
+    for name, p in mha.named_parameters():
+        assert dict(fast.named_parameters())[name] is p
+    assert list(fast.state_dict()) == list(mha.state_dict())
+    x = seq(2, 6, 32, False)
+    check_mha(fast, mha, (x, x, x), {})
+    # an in-place change and an optimizer step on the torch module are seen
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(1.5)
+        mha.out_proj.bias.add_(1.0)
+    check_mha(fast, mha, (x, x, x), {})
+    opt = torch.optim.SGD(mha.parameters(), lr=0.1)
+    mha.train()
+    mha(x, x, x)[0].square().sum().backward()
+    opt.step()
+    mha.eval()
+    fast.eval()
+    check_mha(fast, mha, (x, x, x), {})
+    # and the other way round: training through the wrapper (torch's forward) updates mha
+    before = mha.in_proj_weight.detach().clone()
+    fast.train()
+    opt2 = torch.optim.SGD(fast.parameters(), lr=0.1)
+    fast(x, x, x)[0].square().sum().backward()
+    assert "autograd" in fast.last_fallback
+    opt2.step()
+    assert not torch.equal(mha.in_proj_weight, before)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("masks", ["none", "kpm", "bool_mask", "float_mask_3d", "kpm_and_bool_mask",
+                                   "float_kpm_and_mask"])
+@pytest.mark.parametrize("weights", ["none", "averaged", "per_head"])
+def test_mha_matches_torch(batch_first, masks, weights):
+    B, Lq, Lk, E, H = 3, 5, 8, 32, 4
+    mha = make_mha(E, H, batch_first=batch_first)
+    fast = at.MultiheadAttention.from_torch(mha)
+    q, kv = seq(B, Lq, E, batch_first, 1), seq(B, Lk, E, batch_first, 2)
+    kw = dict(mha_masks(B, H, Lq, Lk)[masks])
+    kw.update({"none": dict(need_weights=False), "averaged": {},
+               "per_head": dict(average_attn_weights=False)}[weights])
+    check_mha(fast, mha, (q, kv, kv), kw)
+    if masks in ("none", "kpm"):   # self-attention (packed projection; torch's fast path)
+        kw.update(mha_masks(B, H, Lq, Lq)[masks])
+        check_mha(fast, mha, (q, q, q), kw)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_mha_kdim_vdim_unbatched_and_separate_kv(batch_first):
+    mha = make_mha(32, 4, kdim=12, vdim=20, batch_first=batch_first)
+    fast = at.MultiheadAttention.from_torch(mha)
+    q, k, v = seq(2, 5, 32, batch_first, 1), seq(2, 7, 12, batch_first, 2), seq(2, 7, 20, batch_first, 3)
+    check_mha(fast, mha, (q, k, v), mha_masks(2, 4, 5, 7)["kpm_and_bool_mask"])
+    # unbatched (L, E) inputs, and distinct key/value tensors with packed weights
+    q1 = q[0] if batch_first else q[:, 0]
+    k1, v1 = (k[0], v[0]) if batch_first else (k[:, 0], v[:, 0])
+    check_mha(fast, mha, (q1, k1, v1), dict(key_padding_mask=torch.tensor([False] * 5 + [True] * 2)))
+    mha2 = make_mha(32, 4, batch_first=batch_first)
+    fast2 = at.MultiheadAttention.from_torch(mha2)
+    check_mha(fast2, mha2, (q, seq(2, 7, 32, batch_first, 4), seq(2, 7, 32, batch_first, 5)), {})
+
+
+def test_mha_is_causal_hint_and_dtypes():
+    mha = make_mha(32, 4, batch_first=True)
+    fast = at.MultiheadAttention.from_torch(mha)
+    x = seq(2, 6, 32, True)
+    causal = nn.Transformer.generate_square_subsequent_mask(6)
+    for kw in (dict(need_weights=False), {}, dict(need_weights=False, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool))):
+        check_mha(fast, mha, (x, x, x), dict(attn_mask=causal, is_causal=True, **kw))
+    with pytest.raises(RuntimeError, match="Need attn_mask"):
+        with torch.inference_mode():
+            fast(x, x, x, is_causal=True)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.bfloat16, 3e-2)):
+        m = make_mha(32, 4, batch_first=True).to(dtype)
+        f = at.MultiheadAttention.from_torch(m)
+        with torch.inference_mode():
+            got, want = f(x.to(dtype), x.to(dtype), x.to(dtype))[0], m(x.to(dtype), x.to(dtype), x.to(dtype))[0]
+        assert f.last_fallback == "" and got.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_mha_fallbacks():
+    mha = make_mha(32, 4, batch_first=True, dropout=0.5)
+    fast = at.MultiheadAttention.from_torch(mha)
+    x = seq(2, 6, 32, True)
+    # training mode with grad enabled: torch's own forward, gradients flow
+    fast.train()
+    out, _ = fast(x, x, x)
+    assert out.requires_grad and "autograd" in fast.last_fallback
+    # training mode without grad: attncore, with dropout seeded from torch's generator
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = fast(x, x, x, need_weights=False)[0]
+        torch.manual_seed(0)
+        b = fast(x, x, x, need_weights=False)[0]
+        assert fast.last_fallback == ""
+        c = fast.eval()(x, x, x, need_weights=False)[0]
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    # eval mode, but a tensor that needs grad: torch
+    fast(x.clone().requires_grad_(), x, x)
+    assert "autograd" in fast.last_fallback
+    # features attncore does not have
+    for kw in (dict(add_bias_kv=True), dict(add_zero_attn=True)):
+        m = make_mha(32, 4, batch_first=True, **kw)
+        f = at.MultiheadAttention.from_torch(m)
+        with torch.inference_mode():
+            torch.testing.assert_close(f(x, x, x)[0], m(x, x, x)[0])
+        assert "add_bias_kv" in f.last_fallback
+
+
+def test_mha_bad_masks_name_the_argument():
+    fast = at.MultiheadAttention.from_torch(make_mha(32, 4, batch_first=True))
+    x = seq(2, 6, 32, True)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="key_padding_mask must have shape"):
+            fast(x, x, x, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
+        with pytest.raises(ValueError, match="attn_mask must have shape"):
+            fast(x, x, x, attn_mask=torch.zeros(3, 6, 6, dtype=torch.bool))
+    with pytest.raises(TypeError, match="torch.nn.MultiheadAttention"):
+        at.MultiheadAttention.from_torch(nn.Linear(2, 2))
+
+
+def test_mha_under_torch_compile():
+    torch._dynamo.reset()
+    mha = make_mha(32, 4, batch_first=True)
+    fast = at.MultiheadAttention.from_torch(mha)
+    x = seq(2, 6, 32, True)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[0, 4:] = True
+    # aot_eager: traces through dynamo and AOTAutograd (the custom op's fake)
+    # without inductor's C++ compile of the projections
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    with torch.inference_mode():
+        got = compiled(x, x, x, key_padding_mask=kpm, need_weights=False)[0]
+        want = mha(x, x, x, key_padding_mask=kpm, need_weights=False)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
+# -- patch() --------------------------------------------------------------------
+
+@pytest.fixture
+def attncore_calls(monkeypatch):
+    """Counts the attncore kernel calls of the MHA forward, and torch's fused
+    encoder-layer kernel calls."""
+    calls = {"attncore": 0, "fused": 0}
+    real, fused = at._sdpa_eager, torch._transformer_encoder_layer_fwd
+
+    def counting(*a, **k):
+        calls["attncore"] += 1
+        return real(*a, **k)
+
+    def counting_fused(*a, **k):
+        calls["fused"] += 1
+        return fused(*a, **k)
+
+    monkeypatch.setattr(at, "_sdpa_eager", counting)
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", counting_fused)
+    return calls
+
+
+def encoder(batch_first=True, layers=3, E=32, H=4, nested=True):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=64, batch_first=batch_first, dropout=0.1)
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=nested).eval()
+
+
+def test_patch_encoder_disables_fused_path_and_matches(attncore_calls):
+    model = encoder()
+    x = seq(3, 10, 32, True)
+    kpm = torch.zeros(3, 10, dtype=torch.bool)
+    kpm[1, 7:] = True
+    kpm[2, 4:] = True
+    with torch.inference_mode():
+        ref = model(x)
+        ref_pad = model(x, src_key_padding_mask=kpm)
+    assert attncore_calls == {"attncore": 0, "fused": 6}   # torch's fast path, unpatched
+    assert at.patch(model) is model
+    assert all(type(layer.self_attn) is at.MultiheadAttention for layer in model.layers)
+    with torch.inference_mode():
+        got = model(x)
+        got_pad = model(x, src_key_padding_mask=kpm)
+    # attncore ran in every layer; the fused kernel never did
+    assert attncore_calls == {"attncore": 6, "fused": 6}
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    valid = ~kpm   # the unpatched nested-tensor path zeroes padded positions
+    torch.testing.assert_close(got_pad[valid], ref_pad[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_patch_transformer_matches_unpatched(attncore_calls):
+    torch.manual_seed(0)
+    model = nn.Transformer(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+                           dim_feedforward=64).eval()
+    src, tgt = seq(2, 9, 32, False, 1), seq(2, 6, 32, False, 2)
+    src_kpm = torch.zeros(2, 9, dtype=torch.bool)
+    src_kpm[1, 6:] = True
+    kw = dict(tgt_mask=nn.Transformer.generate_square_subsequent_mask(6), tgt_is_causal=True,
+              src_key_padding_mask=src_kpm, memory_key_padding_mask=src_kpm)
+    keys = list(model.state_dict())
+    with torch.inference_mode():
+        ref = model(src, tgt, **kw)
+    at.patch(model)
+    assert list(model.state_dict()) == keys
+    assert sum(type(m) is at.MultiheadAttention for m in model.modules()) == 6
+    assert not any(type(m) is nn.MultiheadAttention for m in model.modules())
+    with torch.inference_mode():
+        got = model(src, tgt, **kw)
+    assert attncore_calls["attncore"] == 6
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # training mode with grad: torch's forward, and gradients reach the shared Parameters
+    model.train()
+    model(src, tgt, **kw).sum().backward()
+    assert attncore_calls["attncore"] == 6
+    assert model.encoder.layers[0].self_attn.in_proj_weight.grad is not None
+
+
+def test_patch_is_idempotent_and_keeps_shared_modules():
+    mha = make_mha()
+    model = nn.ModuleDict({"a": mha, "b": mha, "seq": nn.Sequential(make_mha(seed=1), nn.Identity())})
+    at.patch(model)
+    at.patch(model)
+    assert type(model["a"]) is at.MultiheadAttention and model["a"] is model["b"]
+    assert type(model["seq"][0]) is at.MultiheadAttention
+    assert model["a"].in_proj_weight is mha.in_proj_weight
+    bare = at.patch(make_mha())
+    assert type(bare) is at.MultiheadAttention
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        at.patch("not a module")
+
+
+def test_attncore_mha_built_directly_in_an_encoder_layer(attncore_calls):
+    layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True).eval()
+    x = seq(2, 5, 32, True)
+    with torch.inference_mode():
+        ref = layer(x)
+    layer.self_attn = at.MultiheadAttention.from_torch(layer.self_attn)
+    with torch.inference_mode():
+        got = layer(x)
+    assert attncore_calls == {"attncore": 1, "fused": 1}
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
