@@ -9,6 +9,7 @@ active level down to C, so tests can switch levels in one process with
 import contextlib
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def default_threads():
     return _core.default_threads()
 
 
-def config():
+def config() -> dict:
     """The build and run-time configuration as a dict.
 
     Example
@@ -104,7 +105,7 @@ def config():
     }
 
 
-def show_config(file=None):
+def show_config(file: Any = None) -> None:
     """Print :func:`config` in a readable form.
 
     Example

@@ -6,20 +6,27 @@ scoring functions in attncore/_engine.py. The numerics live in C:
 csrc/driver/sdpa.inc.c (loops, threads, online-softmax bookkeeping) and
 csrc/kernels/tiles.inc.c (register-blocked tile math).
 """
+from __future__ import annotations
+
 import math
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
 from . import _arrays, _config, _core, _engine
 from . import _validate as V
+from ._types import ArrayLike, Causal, OptArray, Result, Scalar
 
 _SDPA = "scaled_dot_product_attention"
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, enable_gqa=False, *,
-                                 return_weights=False, return_lse=False, num_threads=None,
-                                 out=None, seed=None, valid_lens=None):
+def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                                 attn_mask: OptArray = None, dropout_p: Scalar = 0.0,
+                                 is_causal: Causal = False, scale: Optional[Scalar] = None,
+                                 enable_gqa: bool = False, *, return_weights: bool = False,
+                                 return_lse: bool = False, num_threads: Optional[int] = None,
+                                 out: Optional[np.ndarray] = None, seed: Optional[int] = None,
+                                 valid_lens: OptArray = None) -> Result:
     """Scaled dot-product attention, fused (flash-style) on the CPU.
 
     ``out = softmax(query @ key^T * scale + mask) @ value``, computed block by
@@ -93,9 +100,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                  return_weights, return_lse, num_threads, out, seed, valid_lens)
 
 
-def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                  scale=1.0, enable_gqa=False, *, return_weights=False, return_lse=False,
-                  num_threads=None, out=None, seed=None, valid_lens=None):
+def dot_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask: OptArray = None,
+                  dropout_p: Scalar = 0.0, is_causal: Causal = False, scale: Scalar = 1.0,
+                  enable_gqa: bool = False, *, return_weights: bool = False,
+                  return_lse: bool = False, num_threads: Optional[int] = None,
+                  out: Optional[np.ndarray] = None, seed: Optional[int] = None,
+                  valid_lens: OptArray = None) -> Result:
     """Unscaled dot-product attention: :func:`scaled_dot_product_attention`
     with ``scale=1.0`` by default (score = q . k).
 
@@ -140,7 +150,7 @@ def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
                        return_lse=return_lse)
 
 
-def merge_attention(parts):
+def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.ndarray, np.ndarray]:
     """Merge attention results over disjoint key shards into the exact result.
 
     Each part is ``(out_i, lse_i)`` from attention of the same queries over one
@@ -172,7 +182,8 @@ def merge_attention(parts):
         raise TypeError(f"{op}: parts must be a sequence of (out, lse) pairs") from None
     if not parts:
         raise ValueError(f"{op}: parts is empty")
-    outs, lses = [], []
+    outs: list = []
+    lses: list = []
     for n, part in enumerate(parts):
         if not isinstance(part, (tuple, list)) or len(part) != 2:
             raise TypeError(f"{op}: parts[{n}] must be an (out, lse) pair")

@@ -7,12 +7,16 @@ arrays are read as (B, H, L, Dh) through their strides, and the kernel writes
 its output straight into the (B, L, H*Dh) buffer that the output projection
 reads.
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from . import _arrays, _engine, _layout, _linalg
 from . import _validate as V
+from ._types import ArrayLike, OptArray, Result
 
 _MHA = "MultiHeadAttention"
 
@@ -49,8 +53,9 @@ class KVCache:
     (3, (1, 2, 3, 4))
     """
 
-    def __init__(self, max_len, num_heads, head_dim, *, batch_size=None, dtype=np.float32,
-                 grow=False):
+    def __init__(self, max_len: int, num_heads: int, head_dim: int, *,
+                 batch_size: Optional[int] = None, dtype: Any = np.float32,
+                 grow: bool = False) -> None:
         for name, value in (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
@@ -63,7 +68,8 @@ class KVCache:
         self.dtype = dtype
         self.grow = bool(grow)
         self._length = 0
-        self._k = self._v = None
+        self._k: Optional[np.ndarray] = None
+        self._v: Optional[np.ndarray] = None
         if batch_size is not None:
             self._allocate(int(batch_size), self.max_len)
 
@@ -75,24 +81,24 @@ class KVCache:
             v[:, :, :self._length] = self._v[:, :, :self._length]
         self._k, self._v = k, v
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._length
 
     @property
-    def capacity(self):
+    def capacity(self) -> int:
         return self._k.shape[2] if self._k is not None else self.max_len
 
     @property
-    def keys(self):
+    def keys(self) -> Optional[np.ndarray]:
         """(B, H, len, Dh) view of the cached keys."""
         return self._k[:, :, :self._length] if self._k is not None else None
 
     @property
-    def values(self):
+    def values(self) -> Optional[np.ndarray]:
         """(B, H, len, Dh) view of the cached values."""
         return self._v[:, :, :self._length] if self._v is not None else None
 
-    def append(self, key, value):
+    def append(self, key: ArrayLike, value: ArrayLike) -> None:
         """Append keys/values of shape (B, H, T, Dh) (T new positions)."""
         key, value = np.asarray(key), np.asarray(value)
         expect = f"(B, {self.num_heads}, T, {self.head_dim})"
@@ -104,9 +110,10 @@ class KVCache:
         if key.shape != value.shape:
             raise ValueError(f"KVCache.append: key {key.shape} and value {value.shape} differ")
         batch, steps = key.shape[0], key.shape[2]
-        if self._k is None:
+        if self._k is None or self._v is None:
             self._allocate(batch, self.max_len)
-        elif batch != self._k.shape[0]:
+        assert self._k is not None and self._v is not None
+        if batch != self._k.shape[0]:
             raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
                              f"{self._k.shape[0]} (reset() the cache for a new batch)")
         need = self._length + steps
@@ -122,7 +129,7 @@ class KVCache:
         self._v[:, :, self._length:need] = value
         self._length = need
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget every cached position (buffers are kept for reuse)."""
         self._length = 0
         if self._k is not None and self._k.shape[2] != self.max_len:
@@ -218,8 +225,10 @@ class MultiHeadAttention:
     ((2, 5, 16), (2, 5, 5))
     """
 
-    def __init__(self, embed_dim, num_heads, *, num_kv_heads=None, kdim=None, vdim=None,
-                 bias=True, dropout=0.0, batch_first=True, dtype=np.float32, seed=None):
+    def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,
+                 kdim: Optional[int] = None, vdim: Optional[int] = None, bias: bool = True,
+                 dropout: float = 0.0, batch_first: bool = True, dtype: Any = np.float32,
+                 seed: Optional[int] = None) -> None:
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{_MHA}: {name} must be a positive int; got {value!r}")
@@ -252,12 +261,12 @@ class MultiHeadAttention:
         self._dropout_rng = np.random.default_rng(None if seed is None else [int(seed), 1])
         self._init_parameters(seed)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "MultiHeadAttention":
         """Training mode (dropout applies) or, with mode=False, eval mode. Returns self."""
         self.training = V.flag(_MHA, "mode", mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "MultiHeadAttention":
         """Eval mode: no dropout. Returns self."""
         return self.train(False)
 
@@ -297,7 +306,7 @@ class MultiHeadAttention:
             shapes["out_proj.bias"] = (E,)
         return shapes
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """The parameters under torch.nn.MultiheadAttention's state_dict keys."""
         out = {}
         for name in self._expected_shapes():
@@ -311,7 +320,7 @@ class MultiHeadAttention:
             return self.out_proj.bias
         return getattr(self, name)
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load parameters from a dict of arrays or torch tensors with the keys of
         ``torch.nn.MultiheadAttention.state_dict()`` (extra keys such as
         ``bias_k`` that this class does not model are an error)."""
@@ -339,7 +348,7 @@ class MultiHeadAttention:
                 setattr(self, name, a)
 
     @classmethod
-    def from_torch(cls, module, dtype=None, seed=None):
+    def from_torch(cls, module: Any, dtype: Any = None, seed: Optional[int] = None) -> "MultiHeadAttention":
         """Build from a live ``torch.nn.MultiheadAttention``, taking its
         parameters, ``batch_first``, ``dropout`` and training mode: the
         result computes what the module computes for the same inputs (in
@@ -374,9 +383,12 @@ class MultiHeadAttention:
 
     # -- forward -------------------------------------------------------------
 
-    def __call__(self, query, key=None, value=None, *, key_padding_mask=None, attn_mask=None,
-                 is_causal=False, need_weights=True, average_attn_weights=True, kv_cache=None,
-                 valid_lens=None, num_threads=None):
+    def __call__(self, query: ArrayLike, key: OptArray = None, value: OptArray = None, *,
+                 key_padding_mask: OptArray = None, attn_mask: OptArray = None,
+                 is_causal: bool = False, need_weights: bool = True,
+                 average_attn_weights: bool = True, kv_cache: Optional[KVCache] = None,
+                 valid_lens: OptArray = None, num_threads: Optional[int] = None
+                 ) -> Tuple[Result, Result]:
         threads = V.num_threads(_MHA, num_threads)
         torch_out = _arrays.is_torch(query)
         q_in = self._input("query", query, self.embed_dim)

@@ -4,10 +4,15 @@ attncore's GEMM and then runs the same fused online-softmax / P.V kernel as
 scaled_dot_product_attention, so masks, causal, valid_lens, fully masked rows
 and return_weights behave exactly as there.
 """
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
 
 from . import _engine, _linalg
 from . import _validate as V
+from ._types import ArrayLike, Causal, OptArray, Result, Scalar
 
 
 def _check_matrix(op, name, a, shape):
@@ -15,9 +20,11 @@ def _check_matrix(op, name, a, shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}; got {a.shape}")
 
 
-def general_attention(query, key, value, weight, attn_mask=None, is_causal=False, scale=1.0, *,
-                      return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
-                      enable_gqa=False):
+def general_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, weight: ArrayLike,
+                      attn_mask: OptArray = None, is_causal: Causal = False, scale: Scalar = 1.0, *,
+                      return_weights: bool = False, return_lse: bool = False,
+                      num_threads: Optional[int] = None, valid_lens: OptArray = None,
+                      enable_gqa: bool = False) -> Result:
     """Luong "general" (bilinear) attention: score(q, k) = scale * q^T W k.
 
     Parameters
@@ -53,9 +60,12 @@ def general_attention(query, key, value, weight, attn_mask=None, is_causal=False
                        return_weights=return_weights, return_lse=return_lse)
 
 
-def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, attn_mask=None,
-                       is_causal=False, *, return_weights=False, return_lse=False,
-                       num_threads=None, valid_lens=None, enable_gqa=False):
+def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query: ArrayLike,
+                       w_key: ArrayLike, w_score: ArrayLike, bias: OptArray = None,
+                       attn_mask: OptArray = None, is_causal: Causal = False, *,
+                       return_weights: bool = False, return_lse: bool = False,
+                       num_threads: Optional[int] = None, valid_lens: OptArray = None,
+                       enable_gqa: bool = False) -> Result:
     """Additive (Bahdanau, "perceptron") attention:
     score(q, k) = w_score^T tanh(W_q q + W_k k + bias).
 
@@ -112,9 +122,11 @@ def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, at
                        num_threads=threads, return_weights=return_weights, return_lse=return_lse)
 
 
-def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None, is_causal=False,
-                     *, return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
-                     enable_gqa=False):
+def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query: ArrayLike,
+                     w_key: ArrayLike, bias: Scalar = 0.0, attn_mask: OptArray = None,
+                     is_causal: Causal = False, *, return_weights: bool = False,
+                     return_lse: bool = False, num_threads: Optional[int] = None,
+                     valid_lens: OptArray = None, enable_gqa: bool = False) -> Result:
     """Concat attention: score(q, k) = w^T [q; k] + b = w_query . q + w_key . k + b.
 
     Parameters

@@ -1,21 +1,28 @@
 """Attention heatmaps (the seeds' d2l `show_heatmaps`), written to PNG with
 matplotlib -- an optional extra: pip install 'attncore[viz]'."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
 import numpy as np
 
 
-def _pyplot():
+def _figure_class():
+    """matplotlib's Figure, used through its object API: attncore never
+    touches pyplot's global state or the user's backend."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("attncore.viz needs matplotlib, which is not installed; "
                           "install the extra: pip install 'attncore[viz]'") from None
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
+    return Figure
 
 
-def show_heatmaps(weights, xlabel="Keys", ylabel="Queries", titles=None, path=None,
-                  cmap="Reds", figsize=(2.5, 2.5), xticklabels=None, yticklabels=None):
+def show_heatmaps(weights: Any, xlabel: str = "Keys", ylabel: str = "Queries",
+                  titles: Optional[Sequence[str]] = None, path: Any = None, cmap: str = "Reds",
+                  figsize: Tuple[float, float] = (2.5, 2.5),
+                  xticklabels: Optional[Sequence[str]] = None,
+                  yticklabels: Optional[Sequence[str]] = None) -> Any:
     """Draw attention weights as a grid of heatmaps and save them as a PNG.
 
     Parameters
@@ -39,7 +46,9 @@ def show_heatmaps(weights, xlabel="Keys", ylabel="Queries", titles=None, path=No
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure (a ``matplotlib.figure.Figure`` made through the
+    object API: pyplot's figure list and the active backend are untouched;
+    show it in a notebook by returning it, or with ``fig.savefig``).
 
     Example
     -------
@@ -58,9 +67,8 @@ def show_heatmaps(weights, xlabel="Keys", ylabel="Queries", titles=None, path=No
     rows, cols = w.shape[:2]
     if titles is not None and len(titles) != cols:
         raise ValueError(f"show_heatmaps: {len(titles)} titles for {cols} columns")
-    plt = _pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(figsize[0] * cols, figsize[1] * rows),
-                             sharex=True, sharey=True, squeeze=False)
+    fig = _figure_class()(figsize=(figsize[0] * cols, figsize[1] * rows))
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     image = None
     for i in range(rows):
         for j in range(cols):
@@ -78,6 +86,5 @@ def show_heatmaps(weights, xlabel="Keys", ylabel="Queries", titles=None, path=No
                 ax.set_yticks(range(len(yticklabels)), labels=yticklabels)
     fig.colorbar(image, ax=axes, shrink=0.6)
     if path is not None:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        fig.savefig(path, dpi=100, bbox_inches="tight")   # Agg canvas: no display needed
     return fig

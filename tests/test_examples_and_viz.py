@@ -29,6 +29,14 @@ def test_greedy_decoding_with_kv_cache():
     assert len(tokens) == 16
 
 
+def test_dask_long_context():
+    pytest.importorskip("distributed", reason="dask.distributed not installed (pip install '.[dask]')")
+    results = load("dask_long_context").main(
+        ["--keys", "3000", "--queries", "24", "--workers", "2", "--shards", "4"])
+    assert set(results) == {"float32", "float64"}
+    assert results["float32"]["max_diff_out"] < 1e-5 and results["float64"]["max_diff_lse"] < 1e-12
+
+
 def test_self_attention_heatmap(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install '.[viz]')")
     path = load("self_attention_heatmap").main(str(tmp_path / "heat.png"))
@@ -57,3 +65,21 @@ def test_missing_matplotlib_names_the_extra():
             "except ImportError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "attncore[viz]" in r.stdout, r.stdout + r.stderr
+
+
+def test_show_heatmaps_leaves_the_backend_and_pyplot_alone(tmp_path):
+    """Object API only: the user's backend is not switched and no pyplot
+    figure is left open (checked in a fresh interpreter)."""
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install '.[viz]')")
+    import subprocess
+    import sys
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import numpy as np, attncore, attncore.viz, sys\n"
+        "fig = attncore.viz.show_heatmaps(np.eye(3), path=sys.argv[1])\n"
+        "import matplotlib.pyplot as plt\n"
+        "print(matplotlib.get_backend(), len(plt.get_fignums()), type(fig).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["svg", "0", "Figure"]
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
