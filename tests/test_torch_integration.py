@@ -2,6 +2,8 @@
 MultiheadAttention subclass and patch(), against torch's own functions.
 Skipped, with a reason, when torch is not installed."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,6 +58,14 @@ CASES = {
     "causal_and_mask": lambda q: dict(is_causal=True, attn_mask=bool_mask(q.shape[-2], 13)),
     "scale": lambda q: dict(scale=0.3),
 }
+
+
+def test_reachable_lazily_and_not_imported_by_attncore():
+    assert attncore.torch is at
+    r = subprocess.run([sys.executable, "-c", "import sys, attncore; "
+                        "print('torch' in sys.modules, 'transformers' in sys.modules)"],
+                       capture_output=True, text=True)
+    assert r.stdout.split() == ["False", "False"], r.stdout + r.stderr
 
 
 # -- scaled_dot_product_attention ---------------------------------------------
