@@ -29,7 +29,7 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 ISA_FLAGS = {
-    "avx2": ["-mavx2", "-mfma"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
 }
 ISA_PROBES = {
@@ -41,7 +41,8 @@ ISA_PROBES = {
             __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(3), _mm256_setzero_si256());
             float out[8];
             _mm256_maskstore_ps(out, m, a);
-            return (int)out[0];
+            __m128i h = _mm256_cvtps_ph(a, 0);            /* F16C */
+            return (int)out[0] + _mm_extract_epi16(h, 0);
         }""",
     "avx512": """
         #include <immintrin.h>

@@ -73,3 +73,16 @@ def torch_module():
     import torch
 
     return torch
+
+
+_TORCH_DTYPES = None
+
+
+def torch_dtypes():
+    """(float32, float64, bfloat16, float16) of torch, for the fast path."""
+    global _TORCH_DTYPES
+    if _TORCH_DTYPES is None:
+        import torch
+
+        _TORCH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    return _TORCH_DTYPES

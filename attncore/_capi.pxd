@@ -65,6 +65,12 @@ cdef extern from "attncore/attn.h" nogil:
     attn_status attn_linear_f64(const attn_linear_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_bf16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_f16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_plan_bf16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                    attn_plan_info *info) noexcept
+    attn_status attn_sdpa_plan_f16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                   attn_plan_info *info) noexcept
     attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
                                    attn_plan_info *info) noexcept
     attn_status attn_sdpa_plan_f64(const attn_sdpa_desc *desc, int isa, int num_threads,

@@ -10,8 +10,12 @@ ISA_NAMES: tuple[str, ...]
 PATH_NAMES: dict[int, str]
 ADDITIVE_FORMS: dict[int, Optional[str]]
 MAX_NDIM: int
+IO_F32: int
+IO_F64: int
+IO_BF16: int
+IO_F16: int
 
-def sdpa(op: str, f64: bool, isa: int, num_threads: int, dims: tuple, batch: tuple, q: Any, k: Any,
+def sdpa(op: str, io: int, isa: int, num_threads: int, dims: tuple, batch: tuple, q: Any, k: Any,
          v: Any, out: Any, mask_kind: int, mask: Any, causal: int, causal_offset: int,
          valid_lens: Any, scale: float, drop_threshold: int, drop_seed: int, drop_scale: float,
          weights: Any, lse: Any, score_kind: int = ..., w_score: Any = ...,
@@ -19,7 +23,7 @@ def sdpa(op: str, f64: bool, isa: int, num_threads: int, dims: tuple, batch: tup
 def sdpa_fast(op: str, q: Any, k: Any, v: Any, is_causal: Any, scale: Any, enable_gqa: Any,
               num_threads: Any, isa: int) -> Any: ...
 def sdpa_fast_torch(op: str, q: Any, k: Any, v: Any, is_causal: Any, scale: Any, enable_gqa: Any,
-                    num_threads: Any, isa: int, f32_dtype: Any, f64_dtype: Any) -> Any: ...
+                    num_threads: Any, isa: int, torch_dtypes: tuple) -> Any: ...
 def linear(op: str, f64: bool, isa: int, num_threads: int, x: Any, w: Any, bias: Any, y: Any) -> None: ...
 def simulate_sigint() -> None: ...
 def dropout_bits(seed: int, counter: int) -> int: ...

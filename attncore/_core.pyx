@@ -45,6 +45,9 @@ PATH_NAMES = {ATTN_PATH_PANEL: "panel", ATTN_PATH_ROWS: "rows"}
 ADDITIVE_FORMS = {ATTN_ADDITIVE_NONE: None, ATTN_ADDITIVE_PRODUCT: "product",
                   ATTN_ADDITIVE_TANH: "tanh"}
 MAX_NDIM = MAX_DIMS
+# input/output element types of the SDPA entry points (float32 compute for
+# the 16-bit ones, whose arrays cross as their bit patterns: uint16)
+IO_F32, IO_F64, IO_BF16, IO_F16 = 0, 1, 2, 3
 
 # Calls estimated above this many multiply-adds install the Ctrl-C guard
 # (two sigaction calls, about a microsecond): about 0.1 ms of work.
@@ -142,7 +145,7 @@ cdef class _SdpaCall:
     cdef attn_sdpa_desc d
     cdef _Tensor tq, tk, tv, to, tm, tvl
     cdef _Buf bw, blse, bws
-    cdef bint f64
+    cdef int io
     cdef int isa, threads
 
     def __cinit__(self):
@@ -150,14 +153,14 @@ cdef class _SdpaCall:
         self.tvl = _Tensor()
         self.bw, self.blse, self.bws = _Buf(), _Buf(), _Buf()
 
-    cdef int setup(self, bint f64, int isa, int num_threads, tuple dims, tuple batch,
+    cdef int setup(self, int io, int isa, int num_threads, tuple dims, tuple batch,
                    q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
                    valid_lens, double scale, uint32_t drop_threshold,
                    uint64_t drop_seed, double drop_scale, weights, lse, int score_kind,
                    w_score) except -1:
         cdef attn_sdpa_desc *d = &self.d
         cdef int64_t nb = dims[0]
-        self.f64, self.isa, self.threads = f64, isa, num_threads
+        self.io, self.isa, self.threads = io, isa, num_threads
         d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = dims
         self.tq.load(q, batch, nb, 3)
         self.tk.load(k, batch, nb, 3)
@@ -193,7 +196,7 @@ cdef class _SdpaCall:
         return 0
 
     cdef int run(self, str op) except -1:
-        cdef attn_status st = _run_sdpa(&self.d, self.f64, self.isa, self.threads)
+        cdef attn_status st = _run_sdpa(&self.d, self.io, self.isa, self.threads)
         if st != ATTN_OK:
             _raise(st, op, _dims_text(self.d))
         return 0
@@ -203,12 +206,14 @@ cdef str _dims_text(attn_sdpa_desc d):
     return (f"B={d.B} Hq={d.Hq} Hkv={d.Hkv} Lq={d.Lq} Lk={d.Lk} D={d.D} Dv={d.Dv}")
 
 
-def sdpa(str op, bint f64, int isa, int num_threads, tuple dims, tuple batch,
+def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
          q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
          valid_lens, double scale, uint32_t drop_threshold, uint64_t drop_seed,
          double drop_scale, weights, lse, int score_kind=ATTN_SCORE_DOT, w_score=None,
          bint plan_only=False):
-    """Run attn_sdpa_f32/f64 for the public function `op` (named in errors).
+    """Run attn_sdpa_<io> for the public function `op` (named in errors); io
+    is IO_F32, IO_F64, IO_BF16 or IO_F16 (q/k/v/out of that type, 16-bit ones
+    as uint16 or float16 arrays; masks, weights and lse in the compute type).
     q/k/v/out are (..., H, L, D)-layout arrays whose leading dims broadcast
     to `batch`; mask broadcasts to batch + (Hq, Lq, Lk); valid_lens (int64)
     broadcasts to batch + (Hq, Lq); weights/lse are contiguous outputs or
@@ -217,14 +222,18 @@ def sdpa(str op, bint f64, int isa, int num_threads, tuple dims, tuple batch,
     cdef _SdpaCall call = _SdpaCall()
     cdef attn_plan_info info
     cdef attn_status st
-    call.setup(f64, isa, num_threads, dims, batch, q, k, v, out, mask_kind, mask, causal,
+    call.setup(io, isa, num_threads, dims, batch, q, k, v, out, mask_kind, mask, causal,
                causal_offset, valid_lens, scale, drop_threshold, drop_seed,
                drop_scale, weights, lse, score_kind, w_score)
     if not plan_only:
         call.run(op)
         return None
-    if f64:
+    if io == IO_F64:
         st = attn_sdpa_plan_f64(&call.d, isa, num_threads, &info)
+    elif io == IO_BF16:
+        st = attn_sdpa_plan_bf16(&call.d, isa, num_threads, &info)
+    elif io == IO_F16:
+        st = attn_sdpa_plan_f16(&call.d, isa, num_threads, &info)
     else:
         st = attn_sdpa_plan_f32(&call.d, isa, num_threads, &info)
     if st != ATTN_OK:
@@ -238,6 +247,8 @@ cdef object _ndarray = np.ndarray
 cdef object _empty = np.empty
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
+cdef object _F16 = np.dtype(np.float16)
+cdef object _I16 = np.dtype(np.int16)
 DEF FAST_MAX_BATCH = 64
 
 
@@ -253,7 +264,8 @@ cdef bint _view_from_buffer(_View *out, Py_buffer *view, int itemsize):
     cdef int k
     if view.ndim != 4 or view.itemsize != itemsize or view.format == NULL:
         return False
-    if not ((view.format[0] == b'f' or view.format[0] == b'd') and view.format[1] == 0):
+    if not ((view.format[0] == b'f' or view.format[0] == b'd' or view.format[0] == b'e')
+            and view.format[1] == 0):
         return False
     if (<size_t>view.buf) % itemsize:
         return False
@@ -266,8 +278,8 @@ cdef bint _view_from_buffer(_View *out, Py_buffer *view, int itemsize):
     return out.shape[3] <= 1 or out.strides[3] == 1
 
 
-cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int itemsize, is_causal, scale,
-                        enable_gqa, int threads, int isa):
+cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int io, object out_dtype, is_causal,
+                        scale, enable_gqa, int threads, int isa):
     """The fast path's shared part: check the sizes and options of the common
     call, allocate the output (NumPy), fill the descriptor and run. None if
     the call is not the common case."""
@@ -300,10 +312,12 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int itemsize, is_c
         sc = scale
     else:
         return None
-    out = _empty((B, Hq, Lq, Dv), _F64 if itemsize == 8 else _F32)
+    out = _empty((B, Hq, Lq, Dv), out_dtype)
     PyObject_GetBuffer(out, &bo, PyBUF_RECORDS_RO)
     try:
-        _view_from_buffer(&o, &bo, itemsize)
+        o.buf = bo.buf
+        for b in range(4):
+            o.strides[b] = bo.strides[b] // bo.itemsize
         for b in range(B):
             boff[0][b] = b * q.strides[0]
             boff[1][b] = b * k.strides[0]
@@ -321,7 +335,7 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int itemsize, is_c
         d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
         d.weights, d.lse = NULL, NULL
         d.cancellable, d.cancel_epoch = 0, 0
-        st = _run_sdpa(&d, itemsize == 8, isa, threads)
+        st = _run_sdpa(&d, io, isa, threads)
         if st != ATTN_OK:
             _raise(st, op, _dims_text(d))
     finally:
@@ -348,14 +362,16 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
     cdef Py_buffer bq, bk, bv
     cdef bint hq = False, hk = False, hv = False
     cdef _View vq, vk, vv
-    cdef int itemsize, threads
+    cdef int itemsize, threads, io
     if type(q) is not _ndarray or type(k) is not _ndarray or type(v) is not _ndarray:
         return None
     dt = q.dtype
     if dt is _F32:
-        itemsize = 4
+        itemsize, io = 4, IO_F32
     elif dt is _F64:
-        itemsize = 8
+        itemsize, io = 8, IO_F64
+    elif dt is _F16:
+        itemsize, io = 2, IO_F16
     else:
         return None
     if k.dtype is not dt or v.dtype is not dt:
@@ -373,7 +389,7 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
         if not (_view_from_buffer(&vq, &bq, itemsize) and _view_from_buffer(&vk, &bk, itemsize)
                 and _view_from_buffer(&vv, &bv, itemsize)):
             return None
-        return _sdpa_views(op, &vq, &vk, &vv, itemsize, is_causal, scale, enable_gqa, threads, isa)
+        return _sdpa_views(op, &vq, &vk, &vv, io, dt, is_causal, scale, enable_gqa, threads, isa)
     finally:
         if hq:
             PyBuffer_Release(&bq)
@@ -400,17 +416,23 @@ cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
 
 
 def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa,
-                    f32_dtype, f64_dtype):
-    """sdpa_fast for CPU float32/float64 tensors that need no gradient:
-    reads their pointers and strides (no conversion) and returns a NumPy
-    output (the caller wraps it with torch.from_numpy), or None."""
+                    tuple torch_dtypes):
+    """sdpa_fast for CPU tensors (float32, float64, bfloat16, float16) that
+    need no gradient: reads their pointers and strides (no conversion) and
+    returns a NumPy output -- float32/float64/float16, or int16 bit patterns
+    for bfloat16 -- that the caller wraps with torch.from_numpy; or None.
+    torch_dtypes: (float32, float64, bfloat16, float16) of torch."""
     cdef _View vq, vk, vv
-    cdef int itemsize, threads
+    cdef int itemsize, threads, io
     dt = q.dtype
-    if dt is f32_dtype:
-        itemsize = 4
-    elif dt is f64_dtype:
-        itemsize = 8
+    if dt is torch_dtypes[0]:
+        itemsize, io, out_dtype = 4, IO_F32, _F32
+    elif dt is torch_dtypes[1]:
+        itemsize, io, out_dtype = 8, IO_F64, _F64
+    elif dt is torch_dtypes[2]:
+        itemsize, io, out_dtype = 2, IO_BF16, _I16
+    elif dt is torch_dtypes[3]:
+        itemsize, io, out_dtype = 2, IO_F16, _F16
     else:
         return None
     if k.dtype is not dt or v.dtype is not dt:
@@ -424,10 +446,10 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
     if not (_view_from_tensor(&vq, q, itemsize) and _view_from_tensor(&vk, k, itemsize)
             and _view_from_tensor(&vv, v, itemsize)):
         return None
-    return _sdpa_views(op, &vq, &vk, &vv, itemsize, is_causal, scale, enable_gqa, threads, isa)
+    return _sdpa_views(op, &vq, &vk, &vv, io, out_dtype, is_causal, scale, enable_gqa, threads, isa)
 
 
-cdef attn_status _run_sdpa(attn_sdpa_desc *d, bint f64, int isa, int threads) except? ATTN_EINTR:
+cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) except? ATTN_EINTR:
     """Run a filled descriptor: under the Ctrl-C guard when it is long and
     on the main thread (an interrupted call raises, or re-runs when the
     handler does not raise)."""
@@ -438,8 +460,12 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, bint f64, int isa, int threads) ex
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded
         with nogil:
-            if f64:
+            if io == 1:
                 st = attn_sdpa_f64(d, isa, threads)
+            elif io == 2:
+                st = attn_sdpa_bf16(d, isa, threads)
+            elif io == 3:
+                st = attn_sdpa_f16(d, isa, threads)
             else:
                 st = attn_sdpa_f32(d, isa, threads)
         if guarded:

@@ -58,16 +58,21 @@ class Problem:
     def __init__(self, **fields):
         self.torch_dtype = None   # the result's torch dtype name when tensors came in
         self.query_ndim = None
+        self.io = None            # q/k/v/out element type (default: the compute dtype)
         self.__dict__.update(fields)
+        if self.io is None:
+            self.io = self.compute
 
 
-def prepare(op, query, key, value, enable_gqa=False, **params):
+def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params):
     """Check dtypes and shapes of query (..., Hq, Lq, Dq), key (..., Hkv, Lk, Dk)
     and value (..., Hkv, Lk, Dv); `params` are further arrays (weights) that
     must share their dtype. Returns a Problem; params come back converted in
-    Problem.params."""
+    Problem.params. With native_half, float16/bfloat16 q/k/v stay 16-bit (the
+    SDPA kernels read them); otherwise they are converted to float32."""
     torch_dtype = _arrays.torch_dtype_name(query) if _arrays.is_torch(query) else None
-    arrays, compute, result = V.float_arrays(op, query=query, key=key, value=value, **params)
+    arrays, compute, result = V.float_arrays(op, native_half=native_half, query=query, key=key,
+                                             value=value, **params)
     q, k, v = arrays.pop("query"), arrays.pop("key"), arrays.pop("value")
     query_shape, key_shape, value_shape = q.shape, k.shape, v.shape
     enable_gqa = V.flag(op, "enable_gqa", enable_gqa)
@@ -98,7 +103,8 @@ def prepare(op, query, key, value, enable_gqa=False, **params):
             raise ValueError(f"{op}: with enable_gqa the query heads ({Hq}) must be a multiple "
                              f"of the key/value heads ({Hkv}); query {query_shape}, key {key_shape}")
     batch = V.broadcast_batch(op, query=q, key=k, value=v)
-    return Problem(q=q, k=k, v=v, compute=compute, result=result, flat=flat[0], batch=batch,
+    io = result if native_half else compute   # the element type the kernels read and write
+    return Problem(q=q, k=k, v=v, compute=compute, result=result, io=io, flat=flat[0], batch=batch,
                    Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dq, Dk=Dk, Dv=Dv, params=arrays,
                    query_shape=query_shape, key_shape=key_shape, value_shape=value_shape,
                    torch_dtype=torch_dtype, query_ndim=len(query_shape))
@@ -127,31 +133,29 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     if out is not None:
         V.output(op, out, out_shape[1:] if p.flat else out_shape, result)
 
+    io = p.io
     q, k, v = (_layout.for_kernel(a) for a in (q, k, p.v))
     if mask is not None:
         mask = _layout.for_kernel(mask, unit_last=False)
-    res = _direct_output(out, p.flat, compute, (q, k, v, mask))
+    res = _direct_output(out, p.flat, io, (q, k, v, mask))
     if res is None:
-        res = _layout.empty(out_shape, compute)
+        res = _layout.empty(out_shape, io)
     weights = _layout.empty(scores_shape, compute) if return_weights else None
     lse = _layout.empty(batch + (Hq, Lq), compute) if return_lse else None
     if w_score is not None:
         w_score = np.ascontiguousarray(w_score, dtype=compute)
 
     nb = math.prod(batch)
-    if _plan_only.get():
-        if not (nb and Hq and Lq):
-            return None
-        return _core.sdpa(op, compute == np.float64, _config.active_isa(), threads,
-                          (nb, Hq, Hkv, Lq, Lk, D, Dv), batch, q, k, v, res, mask_kind, mask,
-                          causal, offset, vl, scale, drop_threshold, drop_seed, drop_scale,
-                          weights, lse, score_kind, w_score, plan_only=True)
     if nb and Hq and Lq:
-        _core.sdpa(op, compute == np.float64, _config.active_isa(), threads,
-                   (nb, Hq, Hkv, Lq, Lk, D, Dv), batch, q, k, v, res,
-                   mask_kind, mask, causal, offset, vl,
-                   scale, drop_threshold, drop_seed, drop_scale, weights, lse,
-                   score_kind, w_score)
+        io_code, bits = _io_code(io)
+        call = (op, io_code, _config.active_isa(), threads, (nb, Hq, Hkv, Lq, Lk, D, Dv), batch,
+                bits(q), bits(k), bits(v), bits(res), mask_kind, mask, causal, offset, vl,
+                scale, drop_threshold, drop_seed, drop_scale, weights, lse, score_kind, w_score)
+        if _plan_only.get():
+            return _core.sdpa(*call, plan_only=True)
+        _core.sdpa(*call)
+    elif _plan_only.get():
+        return None
 
     if p.flat:
         res = res[0]
@@ -161,7 +165,7 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         if res is not out:
             np.copyto(out, res, casting="unsafe")
         res = out
-    elif result != compute:
+    elif result != io:
         res = res.astype(result)
     if weights is not None and result != compute:
         weights = weights.astype(result)
@@ -171,6 +175,26 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         lse = _arrays.to_torch(lse, lse.dtype.name) if lse is not None else None   # float32/64
     results = tuple(x for x in (res, weights, lse) if x is not None)
     return results if len(results) > 1 else results[0]
+
+
+def _io_code(io):
+    """The kernel entry for element type `io`, and how to hand it an array
+    (bfloat16 crosses as its 16-bit patterns)."""
+    if io == np.float32:
+        return _core.IO_F32, _same
+    if io == np.float64:
+        return _core.IO_F64, _same
+    if io == np.float16:
+        return _core.IO_F16, _same
+    return _core.IO_BF16, _bits16
+
+
+def _same(a):
+    return a
+
+
+def _bits16(a):
+    return a.view(np.uint16)
 
 
 def _direct_output(out, flat, compute, inputs):

@@ -50,12 +50,13 @@ def native(a):
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
-def float_arrays(op, **arrays):
+def float_arrays(op, native_half=False, **arrays):
     """Check that the named arrays share one supported floating dtype.
 
-    Returns (dict of arrays in the compute dtype, compute dtype, result dtype).
-    float32/float64 compute as themselves; float16/bfloat16 compute in float32
-    and results are cast back. Byte-swapped arrays are converted.
+    Returns (dict of arrays, compute dtype, result dtype). float32/float64
+    compute as themselves; float16/bfloat16 compute in float32: with
+    native_half the arrays stay as they are (the kernels read them), else
+    they are converted to float32 here. Byte-swapped arrays are converted.
     """
     out = {}
     dtypes = {}
@@ -78,7 +79,7 @@ def float_arrays(op, **arrays):
         raise TypeError(f"{op}: mixed dtypes ({listing}); cast them to one dtype first")
     result = next(iter(distinct))
     compute = result if result in COMPUTE_DTYPES else np.dtype(np.float32)
-    if compute != result:
+    if compute != result and not native_half:
         out = {n: a.astype(compute) for n, a in out.items()}
     return out, compute, result
 

@@ -130,15 +130,18 @@ def _fast(query, key, value, is_causal, scale, enable_gqa, num_threads):
     if _arrays.is_torch(query):
         torch = _arrays.torch_module()
         res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa,
-                                    num_threads, _config.active_isa(), torch.float32, torch.float64)
-        return None if res is None else torch.from_numpy(res)
+                                    num_threads, _config.active_isa(), _arrays.torch_dtypes())
+        if res is None:
+            return None
+        out = torch.from_numpy(res)
+        return out.view(torch.bfloat16) if res.dtype == np.int16 else out
     return _core.sdpa_fast(_SDPA, query, key, value, is_causal, scale, enable_gqa, num_threads,
                            _config.active_isa())
 
 
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
           return_weights, return_lse, num_threads, out, seed, valid_lens):
-    p = _engine.prepare(op, query, key, value, enable_gqa=enable_gqa)
+    p = _engine.prepare(op, query, key, value, enable_gqa=enable_gqa, native_half=True)
     if p.Dk != p.Dq:
         raise ValueError(f"{op}: query and key must have the same head_dim (last dim); "
                          f"got query {p.query_shape} and key {p.key_shape}")

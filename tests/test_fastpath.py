@@ -48,7 +48,7 @@ def test_fast_path_is_taken_and_bitwise_equal(isa, dtype, shape, kw, general_cal
 
 
 @pytest.mark.parametrize("case", ["big-endian", "misaligned", "3-D", "mask", "lse", "np.True_",
-                                  "numpy-scale", "broadcast-batch", "mixed", "half", "threads-float"])
+                                  "numpy-scale", "broadcast-batch", "mixed", "bfloat16", "threads-float"])
 def test_other_calls_take_the_general_path(case, general_calls):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, 2, 5, 8)).astype(np.float32) for _ in range(3))
@@ -71,8 +71,9 @@ def test_other_calls_take_the_general_path(case, general_calls):
         k, v = k[:1], v[:1]
     elif case == "mixed":
         v = v.astype(np.float64)
-    elif case == "half":
-        q, k, v = (x.astype(np.float16) for x in (q, k, v))
+    elif case == "bfloat16":
+        bf16 = pytest.importorskip("ml_dtypes").bfloat16
+        q, k, v = (x.astype(bf16) for x in (q, k, v))
     elif case == "threads-float":
         kw["num_threads"] = 2.0
     if case in ("mixed", "threads-float"):
@@ -94,10 +95,22 @@ def test_fast_path_for_torch_tensors(general_calls):
     assert isinstance(out, torch.Tensor) and general_calls == []
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True)
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-5)
-    # tensors that need a gradient, and non-float tensors, go through the general path (which explains)
+    # bfloat16 / float16 tensors too, read as they are
+    for dt in (torch.bfloat16, torch.float16):
+        out16 = SDPA(q.to(dt), k.to(dt), v.to(dt), enable_gqa=True)
+        assert out16.dtype == dt and general_calls == []
+        torch.testing.assert_close(out16.float(), SDPA(q.to(dt).float(), k.to(dt).float(),
+                                                       v.to(dt).float(), enable_gqa=True),
+                                   rtol=1e-2, atol=1e-2)
+    # tensors that need a gradient go through the general path, which refuses them
     with pytest.raises(TypeError, match="forward pass only"):
         SDPA(q.requires_grad_(), k, v, enable_gqa=True)
     assert general_calls == []   # refused before reaching the kernel
-    q.requires_grad_(False)
-    out16 = SDPA(q.half(), k.half(), v.half(), enable_gqa=True)
-    assert out16.dtype == torch.float16 and general_calls == ["scaled_dot_product_attention"]
+
+
+def test_float16_arrays_take_the_fast_path(general_calls):
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((2, 4, 9, 16)).astype(np.float16) for _ in range(3))
+    out = SDPA(q, k, v, is_causal=True)
+    assert out.dtype == np.float16 and general_calls == []
+    np.testing.assert_array_equal(out, general(q, k, v, is_causal=True))

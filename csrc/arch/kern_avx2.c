@@ -218,3 +218,75 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
 }
 
 #include "../kernels/tiles.inc.c"
+
+/* ---- the input/output tables (csrc/kernels/tiles_io.inc.c) ---- */
+
+/* float32 inputs: read directly */
+#define IT float
+#define IO_SAME 1
+#define v_load_in(p) v_load(p)
+#define v_load_in_n(p, n) v_load_n((p), (n))
+#define in_to_T(x) (x)
+#define T_to_out(x) (x)
+#define FNIO(name) name##_avx2_io_f32
+#define KIO_TYPE attn_kio_f32
+#define KIO_NAME attn_kio_avx2_f32
+#define IO_DTYPE "float32"
+#include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* 8 lanes of 16-bit inputs; a partial vector goes through a zeroed local
+ * copy (AVX2 has no 16-bit masked loads), so nothing past p + n is read */
+static inline __m128i load8_u16(const uint16_t *p) { return _mm_loadu_si128((const __m128i *)p); }
+static inline __m128i load8_u16_n(const uint16_t *p, int n)
+{
+    uint16_t tmp[8] = {0};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return _mm_loadu_si128((const __m128i *)tmp);
+}
+
+/* bfloat16: widen the 16-bit lanes and shift */
+static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+#define IT uint16_t
+#define IO_SAME 0
+#define v_load_in(p) bf16_widen(load8_u16(p))
+#define v_load_in_n(p, n) bf16_widen(load8_u16_n((p), (n)))
+#define in_to_T(x) attn_bf16_to_f32(x)
+#define T_to_out(x) attn_f32_to_bf16(x)
+#define FNIO(name) name##_avx2_io_bf16
+#define KIO_TYPE attn_kio_bf16
+#define KIO_NAME attn_kio_avx2_bf16
+#define IO_DTYPE "bfloat16"
+#include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* float16: F16C (part of this level's flags and checked at run time) */
+#define IT uint16_t
+#define IO_SAME 0
+#define v_load_in(p) _mm256_cvtph_ps(load8_u16(p))
+#define v_load_in_n(p, n) _mm256_cvtph_ps(load8_u16_n((p), (n)))
+#define in_to_T(x) attn_f16_to_f32(x)
+#define T_to_out(x) attn_f32_to_f16(x)
+#define FNIO(name) name##_avx2_io_f16
+#define KIO_TYPE attn_kio_f16
+#define KIO_NAME attn_kio_avx2_f16
+#define IO_DTYPE "float16"
+#include "../kernels/tiles_io.inc.c"

@@ -225,3 +225,69 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
 }
 
 #include "../kernels/tiles.inc.c"
+
+/* ---- the input/output tables (csrc/kernels/tiles_io.inc.c) ---- */
+
+/* float32 inputs: read directly */
+#define IT float
+#define IO_SAME 1
+#define v_load_in(p) v_load(p)
+#define v_load_in_n(p, n) v_load_n((p), (n))
+#define in_to_T(x) (x)
+#define T_to_out(x) (x)
+#define FNIO(name) name##_avx512_io_f32
+#define KIO_TYPE attn_kio_f32
+#define KIO_NAME attn_kio_avx512_f32
+#define IO_DTYPE "float32"
+#include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* bfloat16: the top half of a float32 -- widen the 16-bit lanes and shift */
+static inline vec bf16_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+static inline vec v_load_bf16(const uint16_t *p) { return bf16_widen(_mm256_loadu_si256((const __m256i *)p)); }
+static inline vec v_load_bf16_n(const uint16_t *p, int n) { return bf16_widen(_mm256_maskz_loadu_epi16(lanes_(n), p)); }
+#define IT uint16_t
+#define IO_SAME 0
+#define v_load_in(p) v_load_bf16(p)
+#define v_load_in_n(p, n) v_load_bf16_n((p), (n))
+#define in_to_T(x) attn_bf16_to_f32(x)
+#define T_to_out(x) attn_f32_to_bf16(x)
+#define FNIO(name) name##_avx512_io_bf16
+#define KIO_TYPE attn_kio_bf16
+#define KIO_NAME attn_kio_avx512_bf16
+#define IO_DTYPE "bfloat16"
+#include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* float16: vcvtph2ps (AVX512F) */
+static inline vec v_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline vec v_load_f16_n(const uint16_t *p, int n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes_(n), p)); }
+#define IT uint16_t
+#define IO_SAME 0
+#define v_load_in(p) v_load_f16(p)
+#define v_load_in_n(p, n) v_load_f16_n((p), (n))
+#define in_to_T(x) attn_f16_to_f32(x)
+#define T_to_out(x) attn_f32_to_f16(x)
+#define FNIO(name) name##_avx512_io_f16
+#define KIO_TYPE attn_kio_f16
+#define KIO_NAME attn_kio_avx512_f16
+#define IO_DTYPE "float16"
+#include "../kernels/tiles_io.inc.c"

@@ -29,3 +29,73 @@ typedef float T;
 #define ISA_NAME "portable"
 #include "simd_generic.h"
 #include "../kernels/tiles.inc.c"
+
+/* ---- the input/output tables (csrc/kernels/tiles_io.inc.c) ---- */
+#define IT float
+#define IO_SAME 1
+#define v_load_in(p) v_load(p)
+#define v_load_in_n(p, n) v_load_n((p), (n))
+#define in_to_T(x) (x)
+#define T_to_out(x) (x)
+#define FNIO(name) name##_portable_io_f32
+#define KIO_TYPE attn_kio_f32
+#define KIO_NAME attn_kio_portable_f32
+#define IO_DTYPE "float32"
+#include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* 16-bit inputs through the scalar conversions of vmath.h */
+static inline vec v_load_bf16_n(const uint16_t *p, int n)
+{
+    vec r;
+    for (int i = 0; i < VL; i++) r.x[i] = i < n ? attn_bf16_to_f32(p[i]) : 0.0f;
+    return r;
+}
+static inline vec v_load_f16_n(const uint16_t *p, int n)
+{
+    vec r;
+    for (int i = 0; i < VL; i++) r.x[i] = i < n ? attn_f16_to_f32(p[i]) : 0.0f;
+    return r;
+}
+#define IT uint16_t
+#define IO_SAME 0
+#define v_load_in(p) v_load_bf16_n((p), VL)
+#define v_load_in_n(p, n) v_load_bf16_n((p), (n))
+#define in_to_T(x) attn_bf16_to_f32(x)
+#define T_to_out(x) attn_f32_to_bf16(x)
+#define FNIO(name) name##_portable_io_bf16
+#define KIO_TYPE attn_kio_bf16
+#define KIO_NAME attn_kio_portable_bf16
+#define IO_DTYPE "bfloat16"
+#include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+#define IT uint16_t
+#define IO_SAME 0
+#define v_load_in(p) v_load_f16_n((p), VL)
+#define v_load_in_n(p, n) v_load_f16_n((p), (n))
+#define in_to_T(x) attn_f16_to_f32(x)
+#define T_to_out(x) attn_f32_to_f16(x)
+#define FNIO(name) name##_portable_io_f16
+#define KIO_TYPE attn_kio_f16
+#define KIO_NAME attn_kio_portable_f16
+#define IO_DTYPE "float16"
+#include "../kernels/tiles_io.inc.c"

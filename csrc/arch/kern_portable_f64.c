@@ -29,3 +29,16 @@ typedef double T;
 #define ISA_NAME "portable"
 #include "simd_generic.h"
 #include "../kernels/tiles.inc.c"
+
+/* ---- the float64 input/output table ---- */
+#define IT double
+#define IO_SAME 1
+#define v_load_in(p) v_load(p)
+#define v_load_in_n(p, n) v_load_n((p), (n))
+#define in_to_T(x) (x)
+#define T_to_out(x) (x)
+#define FNIO(name) name##_portable_io_f64
+#define KIO_TYPE attn_kio_f64
+#define KIO_NAME attn_kio_portable_f64
+#define IO_DTYPE "float64"
+#include "../kernels/tiles_io.inc.c"

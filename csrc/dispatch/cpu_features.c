@@ -5,7 +5,7 @@
  * "supported" when it was built (setup.py defines ATTN_BUILT_<ISA> after
  * compiling csrc/arch/kern_<isa>.c with exactly that ISA's flags) and the CPU
  * and OS can run every instruction those flags allow:
- *   avx2:   AVX, AVX2, FMA (+ OSXSAVE and the OS saving xmm/ymm state)
+ *   avx2:   AVX, AVX2, FMA, F16C (+ OSXSAVE and the OS saving xmm/ymm state)
  *   avx512: AVX512 F, VL, BW, DQ (+ the OS saving opmask/zmm state)
  * The choice of level (ATTNCORE_ISA or the best supported) is made by the
  * Python layer at import and passed to every call, so tests can run every
@@ -21,7 +21,7 @@
 
 typedef struct {
     int init;
-    int avx, avx2, fma, avx512f, avx512vl, avx512bw, avx512dq, avx512bf16, amx_tile;
+    int avx, avx2, fma, f16c, avx512f, avx512vl, avx512bw, avx512dq, avx512bf16, amx_tile;
     int os_ymm, os_zmm;
     char names[160];
 } cpu_info;
@@ -55,6 +55,7 @@ static void detect(cpu_info *c)
         int osxsave = (cx >> 27) & 1;
         c->fma = (cx >> 12) & 1;
         c->avx = (cx >> 28) & 1;
+        c->f16c = (cx >> 29) & 1;
         if (osxsave) {
             unsigned long long xcr0 = read_xcr0();
             c->os_ymm = (xcr0 & 0x6) == 0x6;      /* xmm + ymm state */
@@ -75,6 +76,7 @@ static void detect(cpu_info *c)
     append(c->names, n, "avx", c->avx);
     append(c->names, n, "avx2", c->avx2);
     append(c->names, n, "fma", c->fma);
+    append(c->names, n, "f16c", c->f16c);
     append(c->names, n, "avx512f", c->avx512f);
     append(c->names, n, "avx512vl", c->avx512vl);
     append(c->names, n, "avx512bw", c->avx512bw);
@@ -127,7 +129,7 @@ static int cpu_runs(int isa)
     const cpu_info *c = cpu();
     switch (isa) {
     case ATTN_ISA_PORTABLE: return 1;
-    case ATTN_ISA_AVX2: return c->avx && c->avx2 && c->fma && c->os_ymm;
+    case ATTN_ISA_AVX2: return c->avx && c->avx2 && c->fma && c->f16c && c->os_ymm;
     case ATTN_ISA_AVX512:
         return c->avx512f && c->avx512vl && c->avx512bw && c->avx512dq && c->os_zmm;
     default: return 0;
@@ -168,6 +170,36 @@ const attn_ktab_f64 *attn_ktab_get_f64(int isa)
 {
     return attn_isa_supported(isa) ? &attn_ktab_portable_f64 : NULL;
 }
+
+const attn_kio_f64 *attn_kio_get_f64(int isa)
+{
+    return attn_isa_supported(isa) ? &attn_kio_portable_f64 : NULL;
+}
+
+/* The input/output tables of a level, one per input type. */
+#define ATTN_KIO_GETTER(TAG)                                                   \
+    const attn_kio_##TAG *attn_kio_get_##TAG(int isa)                          \
+    {                                                                          \
+        if (!attn_isa_supported(isa)) return NULL;                             \
+        switch (isa) {                                                         \
+        ATTN_KIO_CASE_AVX512(TAG)                                              \
+        ATTN_KIO_CASE_AVX2(TAG)                                                \
+        default: return &attn_kio_portable_##TAG;                              \
+        }                                                                      \
+    }
+#ifdef ATTN_BUILT_AVX512
+#define ATTN_KIO_CASE_AVX512(TAG) case ATTN_ISA_AVX512: return &attn_kio_avx512_##TAG;
+#else
+#define ATTN_KIO_CASE_AVX512(TAG)
+#endif
+#ifdef ATTN_BUILT_AVX2
+#define ATTN_KIO_CASE_AVX2(TAG) case ATTN_ISA_AVX2: return &attn_kio_avx2_##TAG;
+#else
+#define ATTN_KIO_CASE_AVX2(TAG)
+#endif
+ATTN_KIO_GETTER(f32)
+ATTN_KIO_GETTER(bf16)
+ATTN_KIO_GETTER(f16)
 
 attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n)
 {

@@ -18,18 +18,26 @@
 #define TAG f32
 #define KTAB attn_ktab_f32
 #define KTAB_GET attn_ktab_get_f32
+#define KIO attn_kio_f32
+#define KIO_GET attn_kio_get_f32
 #include "gemm.inc.c"
 #undef T
 #undef TAG
 #undef KTAB
 #undef KTAB_GET
+#undef KIO
+#undef KIO_GET
 
 #define T double
 #define TAG f64
 #define KTAB attn_ktab_f64
 #define KTAB_GET attn_ktab_get_f64
+#define KIO attn_kio_f64
+#define KIO_GET attn_kio_get_f64
 #include "gemm.inc.c"
 #undef T
 #undef TAG
 #undef KTAB
 #undef KTAB_GET
+#undef KIO
+#undef KIO_GET

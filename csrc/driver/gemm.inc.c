@@ -21,7 +21,8 @@
 #define GEMM_CAT(a, b) GEMM_CAT_(a, b)
 #define GEMM_FN(name) GEMM_CAT(name, TAG)
 
-static void GEMM_FN(pack_panel)(const attn_linear_desc *d, const KTAB *kt, int64_t panel, T *wt)
+static void GEMM_FN(pack_panel)(const attn_linear_desc *d, const KTAB *kt, const KIO *kio, int64_t panel,
+                               T *wt)
 {
     const int64_t nr = kt->nr;
     const T *w = (const T *)d->w;
@@ -30,7 +31,7 @@ static void GEMM_FN(pack_panel)(const attn_linear_desc *d, const KTAB *kt, int64
         /* the attention's query staging: register transposes of W's rows */
         const T *rows[ATTN_MAX_LANES];
         for (int64_t r = 0; r < nn; r++) rows[r] = w + (n0 + r) * d->w_sn;
-        kt->pack_qt((int)nn, d->K, rows, (T)1, wt);
+        kio->pack_qt((int)nn, d->K, rows, (T)1, wt);
         return;
     }
     for (int64_t r = 0; r < nn; r++) {
@@ -74,19 +75,20 @@ static void GEMM_FN(linear_unit)(const attn_linear_desc *d, const KTAB *kt, int6
  * of the (zero-padded) x rows with W's rows, ATTN_GEMM_ROWS_N outputs per
  * unit, on the rows-path kernel qk_rows. W is read once, in order.
  */
-static void GEMM_FN(linear_rows_unit)(const attn_linear_desc *d, const KTAB *kt, int64_t u,
+static void GEMM_FN(linear_rows_unit)(const attn_linear_desc *d, const KIO *kio, int64_t u,
                                       const T *xpad, int64_t ldx)
 {
     int64_t n0 = u * ATTN_GEMM_ROWS_N, nn = attn_min64(ATTN_GEMM_ROWS_N, d->N - n0);
     T *y = (T *)d->y + n0;
     const T *bias = (const T *)d->bias;
-    kt->qk_rows(d->K, xpad, ldx, (int)d->M, (const T *)d->w + n0 * d->w_sn, d->w_sn, nn, y, d->y_sm);
+    kio->qk_rows(d->K, xpad, ldx, (int)d->M, (const T *)d->w + n0 * d->w_sn, d->w_sn, nn, y, d->y_sm);
     if (bias)
         for (int64_t m = 0; m < d->M; m++)
             for (int64_t r = 0; r < nn; r++) y[m * d->y_sm + r] += bias[n0 + r];
 }
 
-static attn_status GEMM_FN(linear_rows)(const attn_linear_desc *d, const KTAB *kt, int num_threads)
+static attn_status GEMM_FN(linear_rows)(const attn_linear_desc *d, const KTAB *kt, const KIO *kio,
+                                        int num_threads)
 {
     int64_t ldx = attn_round_up(d->K, kt->vlen);
     T *xpad = (T *)attn_scratch_alloc_n(attn_mul_checked(d->M, ldx), sizeof(T));
@@ -101,7 +103,7 @@ static attn_status GEMM_FN(linear_rows)(const attn_linear_desc *d, const KTAB *k
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
 #endif
-    for (int64_t u = 0; u < nunits; u++) GEMM_FN(linear_rows_unit)(d, kt, u, xpad, ldx);
+    for (int64_t u = 0; u < nunits; u++) GEMM_FN(linear_rows_unit)(d, kio, u, xpad, ldx);
     attn_scratch_free(xpad);
     return ATTN_OK;
 }
@@ -121,14 +123,15 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
     if (d->M == 0 || d->N == 0) return ATTN_OK;
     if (!d->x || !d->w || !d->y) return ATTN_EINVAL;
     const KTAB *kt = KTAB_GET(isa);
-    if (!kt) return ATTN_EISA;
+    const KIO *kio = KIO_GET(isa);
+    if (!kt || !kio) return ATTN_EISA;
     if (d->K == 0) {
         const T *bias = (const T *)d->bias;
         for (int64_t m = 0; m < d->M; m++)
             for (int64_t n = 0; n < d->N; n++) ((T *)d->y)[m * d->y_sm + n] = bias ? bias[n] : 0;
         return ATTN_OK;
     }
-    if (d->M <= ATTN_GEMM_ROWS_MAX_M && d->w_sk == 1) return GEMM_FN(linear_rows)(d, kt, num_threads);
+    if (d->M <= ATTN_GEMM_ROWS_MAX_M && d->w_sk == 1) return GEMM_FN(linear_rows)(d, kt, kio, num_threads);
     const int64_t nr = kt->nr;
     int64_t npanels = (d->N + nr - 1) / nr;
     const int64_t rows_per_unit = kt->gemm_mc;
@@ -151,7 +154,7 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t p = 0; p < npanels; p++) GEMM_FN(pack_panel)(d, kt, p, packed + p * d->K * nr);
+        for (int64_t p = 0; p < npanels; p++) GEMM_FN(pack_panel)(d, kt, kio, p, packed + p * d->K * nr);
         /* (implicit barrier: every panel is packed) */
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "../kernels/ktab.h"
+#include "../kernels/vmath.h"
 #include "dropout.h"
 #include "workspace.h"
 
@@ -53,26 +54,79 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
     return ATTN_OK;
 }
 
+/* One driver per (compute type T, input/output type IT): float64, float32,
+ * and bfloat16 / float16 inputs computed in float32. */
 #define T double
+#define IT double
+#define IO_SAME 1
+#define IT_FROM_T(x) (x)
 #define TAG f64
 #define KTAB attn_ktab_f64
 #define PREP attn_prep_f64
 #define KTAB_GET attn_ktab_get_f64
+#define KIO attn_kio_f64
+#define KIO_GET attn_kio_get_f64
+#define KIO_T attn_kio_f64
+#define KIO_T_GET attn_kio_get_f64
 #include "sdpa.inc.c"
 #undef T
+#undef IT
+#undef IO_SAME
+#undef IT_FROM_T
 #undef TAG
 #undef KTAB
 #undef PREP
 #undef KTAB_GET
+#undef KIO
+#undef KIO_GET
+#undef KIO_T
+#undef KIO_T_GET
 
 #define T float
-#define TAG f32
 #define KTAB attn_ktab_f32
 #define PREP attn_prep_f32
 #define KTAB_GET attn_ktab_get_f32
+#define KIO_T attn_kio_f32
+#define KIO_T_GET attn_kio_get_f32
+
+#define IT float
+#define IO_SAME 1
+#define IT_FROM_T(x) (x)
+#define TAG f32
+#define KIO attn_kio_f32
+#define KIO_GET attn_kio_get_f32
 #include "sdpa.inc.c"
-#undef T
+#undef IT
+#undef IO_SAME
+#undef IT_FROM_T
 #undef TAG
-#undef KTAB
-#undef PREP
-#undef KTAB_GET
+#undef KIO
+#undef KIO_GET
+
+#define IT uint16_t
+#define IO_SAME 0
+#define IT_FROM_T(x) attn_f32_to_bf16(x)
+#define TAG bf16
+#define KIO attn_kio_bf16
+#define KIO_GET attn_kio_get_bf16
+#include "sdpa.inc.c"
+#undef IT
+#undef IO_SAME
+#undef IT_FROM_T
+#undef TAG
+#undef KIO
+#undef KIO_GET
+
+#define IT uint16_t
+#define IO_SAME 0
+#define IT_FROM_T(x) attn_f32_to_f16(x)
+#define TAG f16
+#define KIO attn_kio_f16
+#define KIO_GET attn_kio_get_f16
+#include "sdpa.inc.c"
+#undef IT
+#undef IO_SAME
+#undef IT_FROM_T
+#undef TAG
+#undef KIO
+#undef KIO_GET

@@ -46,8 +46,8 @@
 #define SDPA_FN(name) SDPA_CAT(name, TAG)
 
 typedef struct {
-    const T *q;        /* query row */
-    T *out;            /* output row */
+    const IT *q;       /* query row */
+    IT *out;           /* output row */
     T *w;              /* weights row, or NULL */
     T *lse;            /* lse element, or NULL */
     const char *mrow;  /* mask row base (bytes), or NULL */
@@ -58,6 +58,8 @@ typedef struct {
 typedef struct {
     const attn_sdpa_desc *d;
     const KTAB *kt;
+    const KIO *kio;       /* reads the inputs / writes the output (IT) */
+    const KIO_T *kio_t;   /* the same entries for T: split-K partials */
     int rows_path;     /* 1: decode-shaped rows path; 0: panel path */
     int limited;       /* rows have a last visible key (causal or valid_lens) */
     int prep_always;   /* every block needs a prep pass (masks, weights) */
@@ -79,7 +81,9 @@ typedef struct {
     T *partial;        /* nbase * nchunks * W * (Dv + 2) when nchunks > 1 */
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
-    int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L, scratch_elems;
+    int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L;
+    int64_t off_kw, off_vw;   /* panel path, IT != T: the K and V blocks widened to T */
+    int64_t scratch_elems;
 } SDPA_FN(plan);
 
 /* The rows and key range of one work unit. */
@@ -89,7 +93,7 @@ typedef struct {
     int64_t ub, chunk;      /* base unit, key chunk */
     int64_t kbeg, kend;     /* keys this unit visits */
     int64_t minpos;         /* smallest last-visible key of its rows */
-    const T *kh, *vh;       /* K/V of its kv head, key 0 */
+    const IT *kh, *vh;      /* K/V of its kv head, key 0 */
     int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
 } SDPA_FN(unit);
 
@@ -119,8 +123,8 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
         else { g = group; i = row; }
         int64_t hq = hkv * P->G + g;
         ROWREF *x = &rows[r];
-        x->q = (const T *)d->q + d->q_boff[b] + hq * d->q_sh + i * d->q_sl;
-        x->out = (T *)d->out + d->o_boff[b] + hq * d->o_sh + i * d->o_sl;
+        x->q = (const IT *)d->q + d->q_boff[b] + hq * d->q_sh + i * d->q_sl;
+        x->out = (IT *)d->out + d->o_boff[b] + hq * d->o_sh + i * d->o_sl;
         int64_t flat = (b * d->Hq + hq) * d->Lq + i;
         x->w = d->weights ? (T *)d->weights + flat * d->Lk : NULL;
         x->lse = d->lse ? (T *)d->lse + flat : NULL;
@@ -146,8 +150,8 @@ static void SDPA_FN(build_unit)(const PLAN *P, int64_t u, UNIT *U)
     int64_t t = U->ub / P->npanels / P->ngroups;   /* = b * Hkv + hkv */
     int64_t hkv = t % d->Hkv, b = t / d->Hkv;
     U->kvrow = t * d->Lk;
-    U->kh = d->Lk > 0 ? (const T *)d->k + d->k_boff[b] + hkv * d->k_sh : NULL;
-    U->vh = d->Lk > 0 ? (const T *)d->v + d->v_boff[b] + hkv * d->v_sh : NULL;
+    U->kh = d->Lk > 0 ? (const IT *)d->k + d->k_boff[b] + hkv * d->k_sh : NULL;
+    U->vh = d->Lk > 0 ? (const IT *)d->v + d->v_boff[b] + hkv * d->v_sh : NULL;
 
     /* its chunk, cut after the last key any of its rows can see */
     U->kbeg = U->chunk * P->chunk_len;
@@ -242,27 +246,29 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
                                  T *L, T *o, T *oc)
 {
     const attn_sdpa_desc *d = P->d;
-    const KTAB *kt = P->kt;
-    T *dst[ATTN_MAX_LANES];
     const int nr = U->nr;
     for (int r = 0; r < nr; r++) L[r] = l[r] - lc[r];
-    const T *Luse = L;
     if (P->nchunks > 1) {
+        /* the chunk's partial (O - Oc, m, L), in T, for merge_unit */
+        T *dst[ATTN_MAX_LANES];
         T *part = P->partial + (U->ub * P->nchunks + U->chunk) * P->W * (d->Dv + 2);
         for (int r = 0; r < nr; r++) {
             dst[r] = part + r * (d->Dv + 2);
             dst[r][d->Dv] = m[r];
             dst[r][d->Dv + 1] = L[r];
         }
-        Luse = NULL;
-    } else {
-        for (int r = 0; r < nr; r++) dst[r] = U->rows[r].out;
+        if (P->rows_path)
+            P->kio_t->finish_rows(nr, d->Dv, o, oc, P->ld_o, NULL, dst);
+        else
+            P->kio_t->finish_panel(nr, d->Dv, o, oc, NULL, dst);
+        return;
     }
+    IT *dst[ATTN_MAX_LANES];
+    for (int r = 0; r < nr; r++) dst[r] = U->rows[r].out;
     if (P->rows_path)
-        kt->finish_rows(nr, d->Dv, o, oc, P->ld_o, Luse, dst);
+        P->kio->finish_rows(nr, d->Dv, o, oc, P->ld_o, L, dst);
     else
-        kt->finish_panel(nr, d->Dv, o, oc, Luse, dst);
-    if (P->nchunks > 1) return;
+        P->kio->finish_panel(nr, d->Dv, o, oc, L, dst);
     for (int r = 0; r < nr; r++) {
         if (U->rows[r].lse) *U->rows[r].lse = SDPA_FN(lse_of)(m[r], L[r]);
         if (U->rows[r].w) SDPA_FN(finish_weights)(P, &U->rows[r], m[r], L[r], U->kbeg, U->kend);
@@ -281,11 +287,12 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     const void *mrows[ATTN_MAX_LANES];
     int64_t lim[ATTN_MAX_LANES];
     T *wrows[ATTN_MAX_LANES];
-    const T *qrows[ATTN_MAX_LANES];
+    const IT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
-    kt->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
+    P->kio->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
     if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
+    T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
     int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
     memset(obuf, 0, (size_t)ot_elems * sizeof(T));
     memset(ocbuf, 0, (size_t)ot_elems * sizeof(T));
@@ -294,7 +301,20 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t nk = attn_min64(P->bk, U->kend - j0);
-        const T *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
+        /* K and V blocks as T: read in place, or widened once (16-bit inputs) */
+        const T *kb, *vb;
+        int64_t ldk = d->k_sl, ldv = d->v_sl;
+#if IO_SAME
+        kb = U->kh + j0 * d->k_sl;
+        vb = U->vh + j0 * d->v_sl;
+#else
+        P->kio->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, kwide, D);
+        P->kio->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, vwide, Dv);
+        kb = kwide;
+        vb = vwide;
+        ldk = D;
+        ldv = Dv;
+#endif
         int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
         /* the QK kernel can fold the column maxima on the way out unless a
          * prep pass still changes this block */
@@ -307,9 +327,9 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
             kt->additive_panel_exp(D, P->fk + (U->kvrow + j0) * D, D, nk, qbuf, P->wneg,
                                    P->score_c, sbuf);
         else if (P->additive_form == ATTN_ADDITIVE_TANH)
-            kt->additive_panel_tanh(D, kb, d->k_sl, nk, qbuf, P->wneg, P->score_c, sbuf);
+            kt->additive_panel_tanh(D, kb, ldk, nk, qbuf, P->wneg, P->score_c, sbuf);
         else
-            kt->qk_panel(D, kb, d->k_sl, nk, qbuf, sbuf, W, 0, colmax);
+            kt->qk_panel(D, kb, ldk, nk, qbuf, sbuf, W, 0, colmax);
 
         T c = P->csoft;
         if (prep) {
@@ -320,7 +340,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
         }
         kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
-        kt->pv_panel(nk, vb, d->v_sl, Dv, sbuf, alpha, obuf, ocbuf);
+        kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
     }
     SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
     return 0;
@@ -338,10 +358,10 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
     const void *mrows[ATTN_MAX_LANES];
     int64_t lim[ATTN_MAX_LANES];
     T *wrows[ATTN_MAX_LANES];
-    const T *qrows[ATTN_MAX_LANES];
+    const IT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
-    kt->stage_rows(U->nr, D, qrows, P->qsign, qbuf, P->ld_q);
+    P->kio->stage_rows(U->nr, D, qrows, P->qsign, qbuf, P->ld_q);
     memset(obuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     memset(ocbuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     for (int64_t r = 0; r < P->W; r++) { m[r] = -INFINITY; l[r] = 0; lc[r] = 0; alpha[r] = 1; }
@@ -349,8 +369,8 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t nk = attn_min64(P->bk, U->kend - j0);
-        const T *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
-        kt->qk_rows(D, qbuf, P->ld_q, U->nr, kb, d->k_sl, nk, sbuf, P->ld_s);
+        const IT *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
+        P->kio->qk_rows(D, qbuf, P->ld_q, U->nr, kb, d->k_sl, nk, sbuf, P->ld_s);
         T c = P->csoft;
         if (SDPA_FN(needs_prep)(P, U, j0, nk)) {
             PREP x;
@@ -360,7 +380,7 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
         }
         kt->softmax_rows(U->nr, nk, sbuf, P->ld_s, c, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, P->ld_s, 1, j0, nk);
-        kt->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, alpha, obuf, ocbuf, P->ld_o);
+        P->kio->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, alpha, obuf, ocbuf, P->ld_o);
     }
     SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
     return 0;
@@ -390,11 +410,11 @@ static void SDPA_FN(merge_unit)(const PLAN *P, int64_t ub)
             wgt[c] = exp2((double)pr[Dv] - shift);
             lsum += wgt[c] * (double)pr[Dv + 1];
         }
-        T *out = rows[r].out;
+        IT *out = rows[r].out;
         for (int64_t k = 0; k < Dv; k++) {
             double acc = 0;
             for (int64_t c = 0; c < P->nchunks; c++) acc += wgt[c] * (double)base[c * stride + r * (Dv + 2) + k];
-            out[k] = lsum == 0 ? (T)0 : (T)(acc / lsum);
+            out[k] = IT_FROM_T(lsum == 0 ? (T)0 : (T)(acc / lsum));
         }
         if (rows[r].lse)
             *rows[r].lse = lsum == 0 ? (T)-INFINITY : (T)((shift + log2(lsum)) * ATTN_LN2);
@@ -438,11 +458,14 @@ static void SDPA_FN(additive_key_exp)(const PLAN *P, int64_t t)
     P->kt->exp2(d->D, f, f);
 }
 
-static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KTAB *kt)
+static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KTAB *kt,
+                                      const KIO *kio, const KIO_T *kio_t)
 {
     memset(P, 0, sizeof *P);
     P->d = d;
     P->kt = kt;
+    P->kio = kio;
+    P->kio_t = kio_t;
     P->G = d->Hq / d->Hkv;
     P->limited = d->causal || d->valid_lens != NULL;
     P->prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL;
@@ -518,7 +541,15 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_a = P->off_lc + lane_elems;
     P->off_c = P->off_a + lane_elems;
     P->off_L = P->off_c + lane_elems;
-    P->scratch_elems = P->off_L + lane_elems;
+    P->off_kw = P->off_vw = P->off_L + lane_elems;
+#if !IO_SAME
+    if (!P->rows_path) {
+        P->off_vw = P->off_kw + SDPA_FN(align_elems)(P->bk * D1);
+        P->scratch_elems = P->off_vw + SDPA_FN(align_elems)(P->bk * Dv1);
+        return ATTN_OK;
+    }
+#endif
+    P->scratch_elems = P->off_kw;
     return ATTN_OK;
 }
 
@@ -547,12 +578,15 @@ attn_status SDPA_FN(attn_sdpa_plan)(const attn_sdpa_desc *d, int isa, int num_th
 {
     attn_status st = attn_sdpa_check(d);
     if (st != ATTN_OK || !info) return st != ATTN_OK ? st : ATTN_EINVAL;
+    if (!IO_SAME && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;   /* 16-bit: SDPA only */
     const KTAB *kt = KTAB_GET(isa);
-    if (!kt) return ATTN_EISA;
+    const KIO *kio = KIO_GET(isa);
+    const KIO_T *kio_t = KIO_T_GET(isa);
+    if (!kt || !kio || !kio_t) return ATTN_EISA;
     memset(info, 0, sizeof *info);
     if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
     PLAN P;
-    st = SDPA_FN(make_plan)(&P, d, kt);
+    st = SDPA_FN(make_plan)(&P, d, kt, kio, kio_t);
     if (st == ATTN_OK) SDPA_FN(fill_info)(&P, num_threads, info);
     return st;
 }
@@ -597,12 +631,15 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 {
     attn_status st = attn_sdpa_check(d);
     if (st != ATTN_OK) return st;
+    if (!IO_SAME && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;   /* 16-bit: SDPA only */
     const KTAB *kt = KTAB_GET(isa);
-    if (!kt) return ATTN_EISA;
+    const KIO *kio = KIO_GET(isa);
+    const KIO_T *kio_t = KIO_T_GET(isa);
+    if (!kt || !kio || !kio_t) return ATTN_EISA;
     if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
 
     PLAN P;
-    st = SDPA_FN(make_plan)(&P, d, kt);
+    st = SDPA_FN(make_plan)(&P, d, kt, kio, kio_t);
     if (st == ATTN_OK) st = SDPA_FN(alloc_plan)(&P);
     if (st != ATTN_OK) {
         SDPA_FN(free_plan)(&P);

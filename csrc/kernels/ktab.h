@@ -81,9 +81,6 @@
         int gemm_mc;  /* GEMM rows per unit (a multiple of mr_qk)           */ \
                                                                                \
         /* ---- panel path ---- */                                             \
-        /* Qt[d][r] = sign * rows[r][d] (lanes >= nr zeroed)                */ \
-        void (*pack_qt)(int nr, int64_t D, const T *const *rows, T sign,       \
-                        T *qt);                                                \
         /* St[j][:] (+)= sum_d K[j][d] * Qt[d][:], j < nk (+= if accumulate)*/ \
         /* St rows ldst apart (NR in attention; the C tile in the GEMM).    */ \
         /* colmax (NR values, or NULL): folded with the tile's column maxima*/ \
@@ -101,10 +98,6 @@
         /* Ot[c][:] = alpha Ot[c][:] + sum_j V[j][c] Pt[j][:], compensated  */ \
         void (*pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,      \
                          const T *pt, const T *alpha, T *ot, T *ct);           \
-        /* rows[r][c] = (Ot - Ct)[c][r] / L[r] (0 where L[r] == 0), or       */ \
-        /* without the division when L is NULL                              */ \
-        void (*finish_panel)(int nr, int64_t Dv, T *ot, const T *ct,           \
-                             const T *L, T *const *rows);                      \
         /* additive scores c + log2e sum_h w_h tanh(q_h + k_h) in log2     */ \
         /* units, wneg = -2 log2e w, c = log2e sum_h w_h (tiles.inc.c):     */ \
         /* _exp takes Et = e^(2 Qp) and F = e^(2 Kp) (inputs in range),     */ \
@@ -117,26 +110,11 @@
                                     T c, T *st);                               \
                                                                                \
         /* ---- rows path ---- */                                              \
-        /* Qs[r][:] = sign * rows[r][:D], zero-padded to ldq                */ \
-        void (*stage_rows)(int nr, int64_t D, const T *const *rows, T sign,    \
-                           T *qs, int64_t ldq);                                \
-        /* S[r][j] = Qs[r] . K[j] for r < nr, j < nk (Qs padded to vlen)     */ \
-        void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
-                        const T *k, int64_t ldk, int64_t nk, T *s,             \
-                        int64_t lds);                                          \
         /* the block's prep pass on S[nr][lds] (see attn_prep)              */ \
         void (*prep_rows)(const attn_prep_##TAG *x, T *s, int64_t lds);        \
         /* online softmax along the rows of S[nr][nk]                        */ \
         void (*softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T c,       \
                              T *m, T *l, T *lc, T *alpha);                     \
-        /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] V[j][:], compensated   */ \
-        void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
-                        const T *v, int64_t ldv, int64_t Dv, const T *alpha,   \
-                        T *o, T *oc, int64_t ldo);                             \
-        /* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no         */ \
-        /* division when L is NULL)                                         */ \
-        void (*finish_rows)(int nr, int64_t Dv, const T *o, const T *oc,       \
-                            int64_t ldo, const T *L, T *const *rows);          \
                                                                                \
         /* ---- both paths ---- */                                             \
         /* Dropout on P: element (r, j) at p[r * rs + j * js] is kept when   */ \
@@ -156,18 +134,76 @@
 ATTN_DECLARE_KTAB(float, f32)
 ATTN_DECLARE_KTAB(double, f64)
 
-/* One table per ISA translation unit; absent ones are not linked. */
+/*
+ * The entries that read the inputs (Q, K, V: element type IT) or write the
+ * output (IT), one table per (level, IT) (csrc/kernels/tiles_io.inc.c).
+ * Compute stays in T (float for IT = float, bfloat16, float16; double for
+ * float64). bfloat16 and float16 are their 16-bit patterns (uint16_t):
+ * widened in the loads (a shift; F16C / vcvtph2ps), the output rounded to
+ * nearest-even once.
+ */
+#define ATTN_DECLARE_KIO(T, IT, TAG)                                           \
+    typedef struct {                                                           \
+        const char *dtype;                                                     \
+        /* Qt[d][r] = sign * rows[r][d] (lanes >= nr zeroed; panel path)     */ \
+        void (*pack_qt)(int nr, int64_t D, const IT *const *rows, T sign,      \
+                        T *qt);                                                \
+        /* dst[j][c] = src[j][c] for j < n, c < D: a K or V block in T for   */ \
+        /* the panel path's micro-kernels (NULL when IT is T: read in place) */ \
+        void (*widen)(int64_t n, int64_t D, const IT *src, int64_t lds,        \
+                      T *dst, int64_t ldd);                                    \
+        /* rows[r][c] = (Ot - Ct)[c][r] / L[r] (0 where L[r] == 0), or       */ \
+        /* without the division when L is NULL; Ot is overwritten           */ \
+        void (*finish_panel)(int nr, int64_t Dv, T *ot, const T *ct,           \
+                             const T *L, IT *const *rows);                     \
+        /* Qs[r][:] = sign * rows[r][:D], zero-padded to ldq (rows path)     */ \
+        void (*stage_rows)(int nr, int64_t D, const IT *const *rows, T sign,   \
+                           T *qs, int64_t ldq);                                \
+        /* S[r][j] = Qs[r] . K[j] for r < nr, j < nk (Qs padded to vlen)     */ \
+        void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
+                        const IT *k, int64_t ldk, int64_t nk, T *s,            \
+                        int64_t lds);                                          \
+        /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] V[j][:], compensated   */ \
+        void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
+                        const IT *v, int64_t ldv, int64_t Dv, const T *alpha,  \
+                        T *o, T *oc, int64_t ldo);                             \
+        /* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no         */ \
+        /* division when L is NULL)                                         */ \
+        void (*finish_rows)(int nr, int64_t Dv, const T *o, const T *oc,       \
+                            int64_t ldo, const T *L, IT *const *rows);         \
+    } attn_kio_##TAG;
+
+ATTN_DECLARE_KIO(float, float, f32)
+ATTN_DECLARE_KIO(double, double, f64)
+ATTN_DECLARE_KIO(float, uint16_t, bf16)
+ATTN_DECLARE_KIO(float, uint16_t, f16)
+
+/* One set of tables per ISA translation unit; absent ones are not linked. */
 extern const attn_ktab_f32 attn_ktab_portable_f32;
 extern const attn_ktab_f64 attn_ktab_portable_f64;
+extern const attn_kio_f32 attn_kio_portable_f32;
+extern const attn_kio_f64 attn_kio_portable_f64;
+extern const attn_kio_bf16 attn_kio_portable_bf16;
+extern const attn_kio_f16 attn_kio_portable_f16;
 #ifdef ATTN_BUILT_AVX2
 extern const attn_ktab_f32 attn_ktab_avx2_f32;
+extern const attn_kio_f32 attn_kio_avx2_f32;
+extern const attn_kio_bf16 attn_kio_avx2_bf16;
+extern const attn_kio_f16 attn_kio_avx2_f16;
 #endif
 #ifdef ATTN_BUILT_AVX512
 extern const attn_ktab_f32 attn_ktab_avx512_f32;
+extern const attn_kio_f32 attn_kio_avx512_f32;
+extern const attn_kio_bf16 attn_kio_avx512_bf16;
+extern const attn_kio_f16 attn_kio_avx512_f16;
 #endif
 
-/* The table for a supported ISA level (csrc/dispatch), or NULL. */
+/* The tables for a supported ISA level (csrc/dispatch), or NULL. */
 const attn_ktab_f32 *attn_ktab_get_f32(int isa);
 const attn_ktab_f64 *attn_ktab_get_f64(int isa);
+const attn_kio_f32 *attn_kio_get_f32(int isa);
+const attn_kio_f64 *attn_kio_get_f64(int isa);
+const attn_kio_bf16 *attn_kio_get_bf16(int isa);
+const attn_kio_f16 *attn_kio_get_f16(int isa);
 
 #endif /* ATTNCORE_KTAB_H */

@@ -75,31 +75,6 @@ static inline T FN(kahan_update_scalar)(T alpha, T x, T *total, T *comp)
 /* panel path                                                                */
 /* ------------------------------------------------------------------------ */
 
-#ifndef ATTN_HAVE_pack_qt
-/*
- * Qt[d][r] = sign * Q_r[d] for r < nr (lanes past nr are 0), from one
- * pointer per query row. Full VL x VL blocks go through the ISA's register
- * transpose when it has one. sign is +-1 (exact) for dot products, 2 log2 e
- * for the additive scores.
- */
-static void FN(pack_qt)(int nr, int64_t D, const T *const *rows, T sign, T *qt)
-{
-    int64_t d0 = 0;
-#ifdef V_HAS_TRANSPOSE
-    if (nr == NR) {
-        for (; d0 + VL <= D; d0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL)
-                v_transpose(rows + r0, d0, sign, qt + d0 * NR + r0, NR);
-    }
-#endif
-    for (int64_t d = d0; d < D; d++) {
-        T *col = qt + d * NR;
-        for (int r = 0; r < nr; r++) col[r] = rows[r][d] * sign;
-        for (int r = nr; r < NR; r++) col[r] = 0;
-    }
-}
-#endif
-
 #ifndef ATTN_HAVE_qk_panel
 /*
  * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk, rows ldst apart
@@ -379,117 +354,9 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
 }
 #endif
 
-#ifndef ATTN_HAVE_finish_panel
-/*
- * Panel output: rows[r][c] = (Ot[c][r] - Ct[c][r]) / L[r] for r < nr, c < Dv,
- * with a zero row where L[r] == 0 (no visible key); without L, the
- * unnormalised (Ot - Ct) (a split-K partial). Ot is overwritten. The division
- * (not a multiplication by 1 / L) keeps the result within 1/2 ulp of the
- * exact quotient of the accumulated sums.
- */
-static void FN(finish_panel)(int nr, int64_t Dv, T *ot, const T *ct, const T *L, T *const *rows)
-{
-    vec lv[NV];
-    if (L) {
-        T lpad[NR];
-        for (int r = 0; r < NR; r++) lpad[r] = r < nr ? L[r] : (T)1;
-        for (int u = 0; u < NV; u++) lv[u] = v_load(lpad + u * VL);
-    }
-    for (int64_t c = 0; c < Dv; c++)
-        for (int u = 0; u < NV; u++) {
-            T *p = ot + c * NR + u * VL;
-            vec x = v_sub(v_load(p), v_load(ct + c * NR + u * VL));
-            v_store(p, L ? v_keep_nonzero(lv[u], v_div(x, lv[u])) : x);
-        }
-    T ones[ATTN_MAX_LANES];
-    for (int r = 0; r < NR; r++) ones[r] = 1;
-#ifdef V_HAS_TRANSPOSE
-    if (nr == NR) {
-        int64_t c0 = 0;
-        for (; c0 + VL <= Dv; c0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL)
-                v_untranspose(ot + c0 * NR + r0, NR, ones + r0, rows + r0, c0);
-        for (int r = 0; r < nr; r++)
-            for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r];
-        return;
-    }
-#endif
-    for (int r = 0; r < nr; r++) {
-        T *out = rows[r];
-        for (int64_t c = 0; c < Dv; c++) out[c] = ot[c * NR + r];
-    }
-}
-#endif
-
 /* ------------------------------------------------------------------------ */
 /* rows path                                                                 */
 /* ------------------------------------------------------------------------ */
-
-#ifndef ATTN_HAVE_stage_rows
-/* Qs[r][d] = sign * rows[r][d] for d < D, zeros up to ldq. */
-static void FN(stage_rows)(int nr, int64_t D, const T *const *rows, T sign, T *qs, int64_t ldq)
-{
-    for (int r = 0; r < nr; r++) {
-        T *q = qs + r * ldq;
-        for (int64_t d = 0; d < D; d++) q[d] = rows[r][d] * sign;
-        for (int64_t d = D; d < ldq; d++) q[d] = 0;
-    }
-}
-#endif
-
-/* Dot product of a padded query row (zeros past D) with a key row of length D. */
-static inline T FN(dot_row)(int64_t D, const T *q, const T *k)
-{
-    vec acc0 = v_zero(), acc1 = v_zero();
-    int64_t d = 0;
-    for (; d + 2 * VL <= D; d += 2 * VL) {
-        acc0 = v_fma(v_load(q + d), v_load(k + d), acc0);
-        acc1 = v_fma(v_load(q + d + VL), v_load(k + d + VL), acc1);
-    }
-    for (; d < D; d += VL) acc0 = v_fma(v_load(q + d), v_load_n(k + d, (int)(D - d)), acc0);
-    return v_hsum(v_add(acc0, acc1));
-}
-
-#ifndef ATTN_HAVE_qk_rows
-/*
- * S[r][j] = Qs[r] . K[j]   for r < nr, j < nk.
- * Four query rows share each key row's loads; the key block stays in L1 for
- * the next group of rows. Key rows are read with masked tails.
- */
-static void FN(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const T *k,
-                        int64_t ldk, int64_t nk, T *s, int64_t lds)
-{
-    int r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        const T *q0 = qs + r * ldq, *q1 = q0 + ldq, *q2 = q1 + ldq, *q3 = q2 + ldq;
-        for (int64_t j = 0; j < nk; j++) {
-            const T *kj = k + j * ldk;
-            vec a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-            int64_t d = 0;
-            for (; d + VL <= D; d += VL) {
-                vec kv = v_load(kj + d);
-                a0 = v_fma(v_load(q0 + d), kv, a0);
-                a1 = v_fma(v_load(q1 + d), kv, a1);
-                a2 = v_fma(v_load(q2 + d), kv, a2);
-                a3 = v_fma(v_load(q3 + d), kv, a3);
-            }
-            if (d < D) {
-                vec kv = v_load_n(kj + d, (int)(D - d));
-                a0 = v_fma(v_load(q0 + d), kv, a0);
-                a1 = v_fma(v_load(q1 + d), kv, a1);
-                a2 = v_fma(v_load(q2 + d), kv, a2);
-                a3 = v_fma(v_load(q3 + d), kv, a3);
-            }
-            s[(r + 0) * lds + j] = v_hsum(a0);
-            s[(r + 1) * lds + j] = v_hsum(a1);
-            s[(r + 2) * lds + j] = v_hsum(a2);
-            s[(r + 3) * lds + j] = v_hsum(a3);
-        }
-    }
-    for (; r < nr; r++)
-        for (int64_t j = 0; j < nk; j++) s[r * lds + j] = FN(dot_row)(D, qs + r * ldq, k + j * ldk);
-}
-#endif
 
 #ifndef ATTN_HAVE_prep_rows
 /* A block's prep pass on S[nr][lds] (see prep_panel; rows instead of lanes). */
@@ -557,99 +424,6 @@ static void FN(softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T c, T *m, T
         FN(kahan_update_scalar)(a, v_hsum(sum), &l[r], &lc[r]);
         m[r] = m_new;
         alpha[r] = a;
-    }
-}
-#endif
-
-#ifndef ATTN_HAVE_pv_rows
-/*
- * O[r][:] = alpha[r] * O[r][:] + sum_{j<nk} P[r][j] * V[j][:]   for r < nr
- * Register tile: up to 4 rows x 4 vectors of the value row. Full 4 x 4VL
- * tiles take a fast path; any other tile reads the value rows with masked
- * partial vectors, so nothing past Dv is touched. The block's sums start from
- * zero and are added to O with Kahan compensation (Oc), as in pv_panel.
- */
-static void FN(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const T *v,
-                        int64_t ldv, int64_t Dv, const T *alpha, T *o, T *oc, int64_t ldo)
-{
-    for (int r0 = 0; r0 < nr; r0 += 4) {
-        int rn = nr - r0 < 4 ? nr - r0 : 4;
-        for (int64_t c0 = 0; c0 < Dv; c0 += 4 * VL) {
-            int64_t cn = Dv - c0 < 4 * VL ? Dv - c0 : 4 * VL;
-            int nvec = (int)((cn + VL - 1) / VL);
-            vec acc[4][4];
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++)
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) acc[r][u] = v_zero();
-            const T *p0 = p + r0 * ldp;
-            if (rn == 4 && cn == 4 * VL) {
-                for (int64_t j = 0; j < nk; j++) {
-                    const T *vj = v + j * ldv + c0;
-                    vec x0 = v_load(vj), x1 = v_load(vj + VL), x2 = v_load(vj + 2 * VL),
-                        x3 = v_load(vj + 3 * VL);
-#pragma GCC unroll 4
-                    for (int r = 0; r < 4; r++) {
-                        vec s = v_set1(p0[r * ldp + j]);
-                        acc[r][0] = v_fma(s, x0, acc[r][0]);
-                        acc[r][1] = v_fma(s, x1, acc[r][1]);
-                        acc[r][2] = v_fma(s, x2, acc[r][2]);
-                        acc[r][3] = v_fma(s, x3, acc[r][3]);
-                    }
-                }
-            } else {
-                for (int64_t j = 0; j < nk; j++) {
-                    const T *vj = v + j * ldv + c0;
-                    vec x[4];
-#pragma GCC unroll 4
-                    for (int u = 0; u < 4; u++)
-                        x[u] = u < nvec ? v_load_n(vj + u * VL, (int)(cn - u * VL)) : v_zero();
-                    for (int r = 0; r < rn; r++) {
-                        vec s = v_set1(p0[r * ldp + j]);
-#pragma GCC unroll 4
-                        for (int u = 0; u < 4; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
-                    }
-                }
-            }
-            for (int r = 0; r < rn; r++) {
-                vec a = v_set1(alpha[r0 + r]);
-                for (int u = 0; u < nvec; u++) {
-                    /* O rows are padded to whole vectors (ldo), so full loads are safe */
-                    T *po = o + (r0 + r) * ldo + c0 + u * VL, *pc = oc + (r0 + r) * ldo + c0 + u * VL;
-                    vec total = v_load(po), comp = v_load(pc);
-                    FN(kahan_update)(a, acc[r][u], &total, &comp);
-                    v_store(po, total);
-                    v_store(pc, comp);
-                }
-            }
-        }
-    }
-}
-#endif
-
-#ifndef ATTN_HAVE_finish_rows
-/* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no division without L). */
-static void FN(finish_rows)(int nr, int64_t Dv, const T *o, const T *oc, int64_t ldo, const T *L,
-                            T *const *rows)
-{
-    for (int r = 0; r < nr; r++) {
-        const T *orow = o + r * ldo, *crow = oc + r * ldo;
-        T *out = rows[r];
-        if (L && L[r] == 0) {
-            for (int64_t c = 0; c < Dv; c++) out[c] = 0;
-            continue;
-        }
-        vec lv = v_set1(L ? L[r] : (T)1);
-        int64_t c = 0;
-        for (; c + VL <= Dv; c += VL) {
-            vec x = v_sub(v_load(orow + c), v_load(crow + c));
-            v_store(out + c, L ? v_div(x, lv) : x);
-        }
-        if (c < Dv) {
-            int n = (int)(Dv - c);
-            vec x = v_sub(v_load(orow + c), v_load(crow + c));
-            v_store_n(out + c, L ? v_div(x, lv) : x, n);
-        }
     }
 }
 #endif
@@ -825,20 +599,14 @@ const KTAB_TYPE KTAB_NAME = {
     .bk_rows = BK_ROWS,
     .gemm_kc = GEMM_KC,
     .gemm_mc = GEMM_MC,
-    .pack_qt = FN(pack_qt),
     .qk_panel = FN(qk_panel),
     .prep_panel = FN(prep_panel),
     .softmax_panel = FN(softmax_panel),
     .pv_panel = FN(pv_panel),
-    .finish_panel = FN(finish_panel),
     .additive_panel_exp = FN(additive_panel_exp),
     .additive_panel_tanh = FN(additive_panel_tanh),
-    .stage_rows = FN(stage_rows),
-    .qk_rows = FN(qk_rows),
     .prep_rows = FN(prep_rows),
     .softmax_rows = FN(softmax_rows),
-    .pv_rows = FN(pv_rows),
-    .finish_rows = FN(finish_rows),
     .dropout_tile = FN(dropout_tile),
     .weights_row = FN(weights_row),
     .exp2 = FN(exp2_array),

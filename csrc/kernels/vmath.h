@@ -105,4 +105,65 @@ static inline float attn_inv1p_exp2_f32(float x)
     return 1.0f / (1.0f + p * attn_pow2i_f32(ni));
 }
 
+/*
+ * 16-bit formats, scalar and exact (the vector loads in csrc/arch/ do the
+ * same with shifts and F16C / vcvtph2ps). bfloat16 is the top half of a
+ * float32; float16 has 5 exponent and 10 mantissa bits. Narrowing rounds to
+ * nearest-even, overflows to +-inf, keeps NaN a (quiet) NaN, and produces
+ * float16 subnormals below 2^-14.
+ */
+static inline float attn_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t attn_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);   /* quiet NaN */
+    x += 0x7fffu + ((x >> 16) & 1u);                                               /* to nearest even */
+    return (uint16_t)(x >> 16);
+}
+
+static inline float attn_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0) {                       /* zero or subnormal: man * 2^-24, exact */
+        float f = (float)man * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    if (exp == 31)
+        bits = sign | 0x7f800000u | (man << 13);             /* inf, NaN */
+    else
+        bits = sign | ((exp + 112u) << 23) | (man << 13);    /* rebias 15 -> 127 */
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t attn_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));   /* NaN */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);    /* >= 65520 rounds to inf */
+    if (ax < 0x38800000u) {                                       /* below 2^-14: subnormal */
+        float v;
+        memcpy(&v, &ax, sizeof v);
+        v *= 16777216.0f;                                          /* units of 2^-24, < 1024 */
+        v = (v + 12582912.0f) - 12582912.0f;                       /* to nearest even */
+        return (uint16_t)(sign | (uint16_t)v);                     /* 1024 = the smallest normal */
+    }
+    uint32_t r = ax - 0x38000000u;                                 /* rebias 127 -> 15 */
+    r += 0xfffu + ((r >> 13) & 1u);                                /* to nearest even */
+    return (uint16_t)(sign | (uint16_t)(r >> 13));
+}
+
 #endif /* ATTNCORE_VMATH_H */

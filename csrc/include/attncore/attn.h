@@ -104,6 +104,11 @@ typedef struct {
 
 attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads);
 attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads);
+/* bfloat16 / float16 q, k, v and out (their 16-bit patterns, strides in
+ * elements), computed in float32; masks, weights and lse are float32.
+ * Dot-product scores only (score_kind ATTN_SCORE_DOT). */
+attn_status attn_sdpa_bf16(const attn_sdpa_desc *desc, int isa, int num_threads);
+attn_status attn_sdpa_f16(const attn_sdpa_desc *desc, int isa, int num_threads);
 
 /* How a call would run (tests assert that they reach the path they name). */
 enum { ATTN_PATH_PANEL = 0, ATTN_PATH_ROWS = 1 };
@@ -122,6 +127,10 @@ typedef struct {
 attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
                                attn_plan_info *info);
 attn_status attn_sdpa_plan_f64(const attn_sdpa_desc *desc, int isa, int num_threads,
+                               attn_plan_info *info);
+attn_status attn_sdpa_plan_bf16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                attn_plan_info *info);
+attn_status attn_sdpa_plan_f16(const attn_sdpa_desc *desc, int isa, int num_threads,
                                attn_plan_info *info);
 
 /*

@@ -1,0 +1,292 @@
+/*
+ * The kernel entries that read the inputs or write the output (ktab.h's
+ * attn_kio tables), once per (ISA, input type IT). csrc/arch/kern_<isa>.c
+ * includes this file after tiles.inc.c, once per IT, defining:
+ *
+ *   IT                  the input/output element type (T, or uint16_t for
+ *                       bfloat16 / float16 bit patterns)
+ *   IO_SAME             1 when IT is T (vector loads and register transposes
+ *                       read the inputs directly; no widen entry)
+ *   v_load_in(p)        VL elements of IT at p, as a vector of T
+ *   v_load_in_n(p, n)   the first n (1 <= n < VL) of them, zeros after; reads
+ *                       nothing past p + n
+ *   in_to_T(x)          one IT element as T (exact)
+ *   T_to_out(x)         one T value as IT (round to nearest even; NaN stays
+ *                       NaN, +-inf stays +-inf)
+ *   FNIO(name)          the ISA/IT-suffixed name; KIO_TYPE, KIO_NAME, IO_DTYPE
+ *
+ * and the SIMD mapping of tiles.inc.c. Same preconditions as there.
+ *
+ * Where the conversion runs: the rows path (decode, bound by memory
+ * bandwidth) converts in its vector loads, so it reads half the bytes for
+ * 16-bit inputs; the panel path widens each K and V block once into a T
+ * scratch (`widen`) and runs tiles.inc.c's micro-kernels on it -- every
+ * element is then reused by NR query lanes. Q is staged and the output
+ * finished once per unit, with scalar conversions where IT is not T.
+ */
+
+#define NR (NV * VL)
+
+#ifndef ATTN_HAVE_pack_qt
+/*
+ * Qt[d][r] = sign * Q_r[d] for r < nr (lanes past nr are 0), from one
+ * pointer per query row. Full VL x VL blocks go through the ISA's register
+ * transpose when it has one and IT is T. sign is +-1 (exact) for dot
+ * products, 2 log2 e for the additive scores.
+ */
+static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *qt)
+{
+    int64_t d0 = 0;
+#if defined(V_HAS_TRANSPOSE) && IO_SAME
+    if (nr == NR) {
+        for (; d0 + VL <= D; d0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL)
+                v_transpose(rows + r0, d0, sign, qt + d0 * NR + r0, NR);
+    }
+#endif
+    for (int64_t d = d0; d < D; d++) {
+        T *col = qt + d * NR;
+        for (int r = 0; r < nr; r++) col[r] = in_to_T(rows[r][d]) * sign;
+        for (int r = nr; r < NR; r++) col[r] = 0;
+    }
+}
+#endif
+
+#if !IO_SAME
+/* dst[j][c] = src[j][c] (IT -> T) for j < n, c < D. */
+static void FNIO(widen)(int64_t n, int64_t D, const IT *src, int64_t lds, T *dst, int64_t ldd)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const IT *s = src + j * lds;
+        T *t = dst + j * ldd;
+        int64_t c = 0;
+        for (; c + VL <= D; c += VL) v_store(t + c, v_load_in(s + c));
+        if (c < D) v_store_n(t + c, v_load_in_n(s + c, (int)(D - c)), (int)(D - c));
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_finish_panel
+/*
+ * Panel output: rows[r][c] = (Ot[c][r] - Ct[c][r]) / L[r] for r < nr, c < Dv,
+ * with a zero row where L[r] == 0 (no visible key); without L, the
+ * unnormalised (Ot - Ct) (a split-K partial). Ot is overwritten. The division
+ * (not a multiplication by 1 / L) keeps the result within 1/2 ulp of the
+ * exact quotient of the accumulated sums.
+ */
+static void FNIO(finish_panel)(int nr, int64_t Dv, T *ot, const T *ct, const T *L, IT *const *rows)
+{
+    vec lv[NV];
+    if (L) {
+        T lpad[NR];
+        for (int r = 0; r < NR; r++) lpad[r] = r < nr ? L[r] : (T)1;
+        for (int u = 0; u < NV; u++) lv[u] = v_load(lpad + u * VL);
+    }
+    for (int64_t c = 0; c < Dv; c++)
+        for (int u = 0; u < NV; u++) {
+            T *p = ot + c * NR + u * VL;
+            vec x = v_sub(v_load(p), v_load(ct + c * NR + u * VL));
+            v_store(p, L ? v_keep_nonzero(lv[u], v_div(x, lv[u])) : x);
+        }
+#if defined(V_HAS_TRANSPOSE) && IO_SAME
+    if (nr == NR) {
+        T ones[ATTN_MAX_LANES];
+        for (int r = 0; r < NR; r++) ones[r] = 1;
+        int64_t c0 = 0;
+        for (; c0 + VL <= Dv; c0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL)
+                v_untranspose(ot + c0 * NR + r0, NR, ones + r0, rows + r0, c0);
+        for (int r = 0; r < nr; r++)
+            for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r];
+        return;
+    }
+#endif
+    for (int r = 0; r < nr; r++) {
+        IT *out = rows[r];
+        for (int64_t c = 0; c < Dv; c++) out[c] = T_to_out(ot[c * NR + r]);
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_stage_rows
+/* Qs[r][d] = sign * rows[r][d] for d < D, zeros up to ldq. */
+static void FNIO(stage_rows)(int nr, int64_t D, const IT *const *rows, T sign, T *qs, int64_t ldq)
+{
+    for (int r = 0; r < nr; r++) {
+        T *q = qs + r * ldq;
+        for (int64_t d = 0; d < D; d++) q[d] = in_to_T(rows[r][d]) * sign;
+        for (int64_t d = D; d < ldq; d++) q[d] = 0;
+    }
+}
+#endif
+
+/* Dot product of a padded query row (zeros past D) with a key row of length D. */
+static inline T FNIO(dot_row)(int64_t D, const T *q, const IT *k)
+{
+    vec acc0 = v_zero(), acc1 = v_zero();
+    int64_t d = 0;
+    for (; d + 2 * VL <= D; d += 2 * VL) {
+        acc0 = v_fma(v_load(q + d), v_load_in(k + d), acc0);
+        acc1 = v_fma(v_load(q + d + VL), v_load_in(k + d + VL), acc1);
+    }
+    for (; d + VL <= D; d += VL) acc0 = v_fma(v_load(q + d), v_load_in(k + d), acc0);
+    if (d < D) acc0 = v_fma(v_load(q + d), v_load_in_n(k + d, (int)(D - d)), acc0);
+    return v_hsum(v_add(acc0, acc1));
+}
+
+#ifndef ATTN_HAVE_qk_rows
+/*
+ * S[r][j] = Qs[r] . K[j]   for r < nr, j < nk.
+ * Four query rows share each key row's loads; the key block stays in L1 for
+ * the next group of rows. Key rows are read with masked tails.
+ */
+static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT *k,
+                          int64_t ldk, int64_t nk, T *s, int64_t lds)
+{
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const T *q0 = qs + r * ldq, *q1 = q0 + ldq, *q2 = q1 + ldq, *q3 = q2 + ldq;
+        for (int64_t j = 0; j < nk; j++) {
+            const IT *kj = k + j * ldk;
+            vec a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+            int64_t d = 0;
+            for (; d + VL <= D; d += VL) {
+                vec kv = v_load_in(kj + d);
+                a0 = v_fma(v_load(q0 + d), kv, a0);
+                a1 = v_fma(v_load(q1 + d), kv, a1);
+                a2 = v_fma(v_load(q2 + d), kv, a2);
+                a3 = v_fma(v_load(q3 + d), kv, a3);
+            }
+            if (d < D) {
+                vec kv = v_load_in_n(kj + d, (int)(D - d));
+                a0 = v_fma(v_load(q0 + d), kv, a0);
+                a1 = v_fma(v_load(q1 + d), kv, a1);
+                a2 = v_fma(v_load(q2 + d), kv, a2);
+                a3 = v_fma(v_load(q3 + d), kv, a3);
+            }
+            s[(r + 0) * lds + j] = v_hsum(a0);
+            s[(r + 1) * lds + j] = v_hsum(a1);
+            s[(r + 2) * lds + j] = v_hsum(a2);
+            s[(r + 3) * lds + j] = v_hsum(a3);
+        }
+    }
+    for (; r < nr; r++)
+        for (int64_t j = 0; j < nk; j++) s[r * lds + j] = FNIO(dot_row)(D, qs + r * ldq, k + j * ldk);
+}
+#endif
+
+#ifndef ATTN_HAVE_pv_rows
+/*
+ * O[r][:] = alpha[r] * O[r][:] + sum_{j<nk} P[r][j] * V[j][:]   for r < nr
+ * Register tile: up to 4 rows x 4 vectors of the value row. Full 4 x 4VL
+ * tiles take a fast path; any other tile reads the value rows with masked
+ * partial vectors, so nothing past Dv is touched. The block's sums start from
+ * zero and are added to O with Kahan compensation (Oc), as in pv_panel.
+ */
+static void FNIO(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const IT *v,
+                          int64_t ldv, int64_t Dv, const T *alpha, T *o, T *oc, int64_t ldo)
+{
+    for (int r0 = 0; r0 < nr; r0 += 4) {
+        int rn = nr - r0 < 4 ? nr - r0 : 4;
+        for (int64_t c0 = 0; c0 < Dv; c0 += 4 * VL) {
+            int64_t cn = Dv - c0 < 4 * VL ? Dv - c0 : 4 * VL;
+            int nvec = (int)((cn + VL - 1) / VL);
+            vec acc[4][4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) acc[r][u] = v_zero();
+            const T *p0 = p + r0 * ldp;
+            if (rn == 4 && cn == 4 * VL) {
+                for (int64_t j = 0; j < nk; j++) {
+                    const IT *vj = v + j * ldv + c0;
+                    vec x0 = v_load_in(vj), x1 = v_load_in(vj + VL), x2 = v_load_in(vj + 2 * VL),
+                        x3 = v_load_in(vj + 3 * VL);
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        vec s = v_set1(p0[r * ldp + j]);
+                        acc[r][0] = v_fma(s, x0, acc[r][0]);
+                        acc[r][1] = v_fma(s, x1, acc[r][1]);
+                        acc[r][2] = v_fma(s, x2, acc[r][2]);
+                        acc[r][3] = v_fma(s, x3, acc[r][3]);
+                    }
+                }
+            } else {
+                for (int64_t j = 0; j < nk; j++) {
+                    const IT *vj = v + j * ldv + c0;
+                    vec x[4];
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++) {
+                        int64_t left = cn - u * VL;
+                        x[u] = left >= VL ? v_load_in(vj + u * VL)
+                             : left > 0   ? v_load_in_n(vj + u * VL, (int)left)
+                                          : v_zero();
+                    }
+                    for (int r = 0; r < rn; r++) {
+                        vec s = v_set1(p[(r0 + r) * ldp + j]);
+#pragma GCC unroll 4
+                        for (int u = 0; u < 4; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
+                    }
+                }
+            }
+            for (int r = 0; r < rn; r++) {
+                vec a = v_set1(alpha[r0 + r]);
+                for (int u = 0; u < nvec; u++) {
+                    /* O rows are padded to whole vectors (ldo), so full loads are safe */
+                    T *po = o + (r0 + r) * ldo + c0 + u * VL, *pc = oc + (r0 + r) * ldo + c0 + u * VL;
+                    vec total = v_load(po), comp = v_load(pc);
+                    FN(kahan_update)(a, acc[r][u], &total, &comp);
+                    v_store(po, total);
+                    v_store(pc, comp);
+                }
+            }
+        }
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_finish_rows
+/* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no division without L). */
+static void FNIO(finish_rows)(int nr, int64_t Dv, const T *o, const T *oc, int64_t ldo, const T *L,
+                              IT *const *rows)
+{
+    for (int r = 0; r < nr; r++) {
+        const T *orow = o + r * ldo, *crow = oc + r * ldo;
+        IT *out = rows[r];
+        if (L && L[r] == 0) {
+            for (int64_t c = 0; c < Dv; c++) out[c] = T_to_out((T)0);
+            continue;
+        }
+        vec lv = v_set1(L ? L[r] : (T)1);
+        for (int64_t c = 0; c < Dv; c += VL) {
+            int n = Dv - c < VL ? (int)(Dv - c) : VL;
+            vec x = v_sub(v_load(orow + c), v_load(crow + c));   /* O rows padded to VL */
+            x = L ? v_div(x, lv) : x;
+#if IO_SAME
+            v_store_n(out + c, x, n);
+#else
+            T tmp[VL];
+            v_store(tmp, x);
+            for (int i = 0; i < n; i++) out[c + i] = T_to_out(tmp[i]);
+#endif
+        }
+    }
+}
+#endif
+
+const KIO_TYPE KIO_NAME = {
+    .dtype = IO_DTYPE,
+    .pack_qt = FNIO(pack_qt),
+#if IO_SAME
+    .widen = NULL,
+#else
+    .widen = FNIO(widen),
+#endif
+    .finish_panel = FNIO(finish_panel),
+    .stage_rows = FNIO(stage_rows),
+    .qk_rows = FNIO(qk_rows),
+    .pv_rows = FNIO(pv_rows),
+    .finish_rows = FNIO(finish_rows),
+};
+
+#undef NR
