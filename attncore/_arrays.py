@@ -79,10 +79,10 @@ _TORCH_DTYPES = None
 
 
 def torch_dtypes():
-    """(float32, float64, bfloat16, float16) of torch, for the fast path."""
+    """(float32, float64, bfloat16, float16, bool) of torch, for the fast path."""
     global _TORCH_DTYPES
     if _TORCH_DTYPES is None:
         import torch
 
-        _TORCH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        _TORCH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.bool)
     return _TORCH_DTYPES

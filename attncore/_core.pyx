@@ -249,6 +249,7 @@ cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
 cdef object _F16 = np.dtype(np.float16)
 cdef object _I16 = np.dtype(np.int16)
+cdef object _BOOL = np.dtype(np.bool_)
 DEF FAST_MAX_BATCH = 64
 
 
@@ -278,13 +279,34 @@ cdef bint _view_from_buffer(_View *out, Py_buffer *view, int itemsize):
     return out.shape[3] <= 1 or out.strides[3] == 1
 
 
-cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int io, object out_dtype, is_causal,
-                        scale, enable_gqa, int threads, int isa):
+cdef bint _mask_fits(_View *m, int ndim, int64_t B, int64_t Hq, int64_t Lq, int64_t Lk):
+    """Right-align a bool mask of `ndim` <= 4 dims to (B, Hq, Lq, Lk): every
+    dim equal or 1 (stride 0, broadcast). Rewrites m as a 4-D view."""
+    cdef int64_t full[4]
+    cdef int64_t shape[4]
+    cdef int64_t strides[4]
+    cdef int k, kk
+    full[0], full[1], full[2], full[3] = B, Hq, Lq, Lk
+    for k in range(4):
+        kk = k - (4 - ndim)
+        shape[k] = m.shape[kk] if kk >= 0 else 1
+        strides[k] = m.strides[kk] if kk >= 0 and shape[k] != 1 else 0
+        if shape[k] != full[k] and shape[k] != 1:
+            return False
+    for k in range(4):
+        m.shape[k] = full[k]
+        m.strides[k] = strides[k]
+    return True
+
+
+cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, object out_dtype,
+                        is_causal, scale, enable_gqa, int threads, int isa):
     """The fast path's shared part: check the sizes and options of the common
-    call, allocate the output (NumPy), fill the descriptor and run. None if
-    the call is not the common case."""
+    call, allocate the output (NumPy), fill the descriptor and run. m is a
+    4-D bool mask view (already aligned to the scores) or NULL. None if the
+    call is not the common case."""
     cdef attn_sdpa_desc d
-    cdef int64_t boff[4][FAST_MAX_BATCH]
+    cdef int64_t boff[5][FAST_MAX_BATCH]
     cdef int64_t b, B = q.shape[0], Hq = q.shape[1], Lq = q.shape[2], D = q.shape[3]
     cdef int64_t Hkv = k.shape[1], Lk = k.shape[2], Dv = v.shape[3]
     cdef double sc
@@ -330,6 +352,11 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, int io, object out
         d.v, d.v_boff, d.v_sh, d.v_sl = v.buf, boff[2], v.strides[1], v.strides[2]
         d.out, d.o_boff, d.o_sh, d.o_sl = o.buf, boff[3], o.strides[1], o.strides[2]
         d.mask_kind, d.mask, d.m_boff, d.m_sh, d.m_si, d.m_sj = ATTN_MASK_NONE, NULL, NULL, 0, 0, 0
+        if m != NULL:
+            for b in range(B):
+                boff[4][b] = b * m.strides[0]
+            d.mask_kind, d.mask, d.m_boff = ATTN_MASK_BOOL, m.buf, boff[4]
+            d.m_sh, d.m_si, d.m_sj = m.strides[1], m.strides[2], m.strides[3]
         d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
         d.scale = sc
         d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
@@ -352,16 +379,19 @@ cdef int _fast_threads(num_threads):
     return -1
 
 
-def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa):
+def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa, mask=None):
     """The common call -- NumPy arrays (B, H, L, D) of one dtype, readable in
     place, with no mask, dropout, valid_lens, out or extra outputs -- without
     the general path's Python-level layers: checks are read off the buffer
-    protocol and the descriptor is filled here. Returns the output, or None
+    protocol and the descriptor is filled here. `mask` may be None or a bool
+    array that broadcasts to (B, Hq, Lq, Lk). Returns the output, or None
     when the call is not that common case (the caller then takes the general
     path, which checks and explains everything)."""
-    cdef Py_buffer bq, bk, bv
-    cdef bint hq = False, hk = False, hv = False
-    cdef _View vq, vk, vv
+    cdef Py_buffer bq, bk, bv, bm
+    cdef bint hq = False, hk = False, hv = False, hm = False
+    cdef _View vq, vk, vv, vm
+    cdef _View *pm = NULL
+    cdef int kk
     cdef int itemsize, threads, io
     if type(q) is not _ndarray or type(k) is not _ndarray or type(v) is not _ndarray:
         return None
@@ -389,8 +419,24 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
         if not (_view_from_buffer(&vq, &bq, itemsize) and _view_from_buffer(&vk, &bk, itemsize)
                 and _view_from_buffer(&vv, &bv, itemsize)):
             return None
-        return _sdpa_views(op, &vq, &vk, &vv, io, dt, is_causal, scale, enable_gqa, threads, isa)
+        if mask is not None:
+            if type(mask) is not _ndarray or mask.dtype is not _BOOL:
+                return None
+            PyObject_GetBuffer(mask, &bm, PyBUF_RECORDS_RO)
+            hm = True
+            if bm.ndim > 4 or bm.itemsize != 1:
+                return None
+            vm.buf = bm.buf
+            for kk in range(bm.ndim):
+                vm.shape[kk] = bm.shape[kk]
+                vm.strides[kk] = bm.strides[kk]
+            if not _mask_fits(&vm, bm.ndim, vq.shape[0], vq.shape[1], vq.shape[2], vk.shape[2]):
+                return None
+            pm = &vm
+        return _sdpa_views(op, &vq, &vk, &vv, pm, io, dt, is_causal, scale, enable_gqa, threads, isa)
     finally:
+        if hm:
+            PyBuffer_Release(&bm)
         if hq:
             PyBuffer_Release(&bq)
         if hk:
@@ -416,14 +462,16 @@ cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
 
 
 def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa,
-                    tuple torch_dtypes):
+                    tuple torch_dtypes, mask=None):
     """sdpa_fast for CPU tensors (float32, float64, bfloat16, float16) that
     need no gradient: reads their pointers and strides (no conversion) and
     returns a NumPy output -- float32/float64/float16, or int16 bit patterns
     for bfloat16 -- that the caller wraps with torch.from_numpy; or None.
-    torch_dtypes: (float32, float64, bfloat16, float16) of torch."""
-    cdef _View vq, vk, vv
-    cdef int itemsize, threads, io
+    torch_dtypes: (float32, float64, bfloat16, float16, bool) of torch; mask:
+    None or a CPU bool tensor that broadcasts to (B, Hq, Lq, Lk)."""
+    cdef _View vq, vk, vv, vm
+    cdef _View *pm = NULL
+    cdef int itemsize, threads, io, kk
     dt = q.dtype
     if dt is torch_dtypes[0]:
         itemsize, io, out_dtype = 4, IO_F32, _F32
@@ -446,7 +494,20 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
     if not (_view_from_tensor(&vq, q, itemsize) and _view_from_tensor(&vk, k, itemsize)
             and _view_from_tensor(&vv, v, itemsize)):
         return None
-    return _sdpa_views(op, &vq, &vk, &vv, io, out_dtype, is_causal, scale, enable_gqa, threads, isa)
+    if mask is not None:
+        if mask.dtype is not torch_dtypes[4] or not mask.is_cpu:
+            return None
+        shape, strides = mask.shape, mask.stride()
+        if len(shape) > 4:
+            return None
+        vm.buf = <void *><size_t>mask.data_ptr()
+        for kk in range(len(shape)):
+            vm.shape[kk] = shape[kk]
+            vm.strides[kk] = strides[kk]
+        if not _mask_fits(&vm, len(shape), vq.shape[0], vq.shape[1], vq.shape[2], vk.shape[2]):
+            return None
+        pm = &vm
+    return _sdpa_views(op, &vq, &vk, &vv, pm, io, out_dtype, is_causal, scale, enable_gqa, threads, isa)
 
 
 cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) except? ATTN_EINTR:

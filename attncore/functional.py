@@ -90,10 +90,9 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     >>> attncore.scaled_dot_product_attention(q, k, v, is_causal=True).shape
     (2, 4, 16, 8)
     """
-    if (attn_mask is None and valid_lens is None and out is None and return_weights is False
-            and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
-            and not _engine.planning()):
-        res = _fast(query, key, value, is_causal, scale, enable_gqa, num_threads)
+    if (valid_lens is None and out is None and return_weights is False and return_lse is False
+            and type(dropout_p) is float and dropout_p == 0.0 and not _engine.planning()):
+        res = _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads)
         if res is not None:
             return res
     return _sdpa(_SDPA, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -124,19 +123,20 @@ def dot_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask:
                  enable_gqa, return_weights, return_lse, num_threads, out, seed, valid_lens)
 
 
-def _fast(query, key, value, is_causal, scale, enable_gqa, num_threads):
-    """The common call's fast path (attncore._core.sdpa_fast), for NumPy
-    arrays and for plain CPU float tensors; None if the call is not common."""
+def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads):
+    """The common call's fast path (attncore._core.sdpa_fast): NumPy arrays
+    or CPU tensors, no mask or a bool one; None if the call is not common."""
     if _arrays.is_torch(query):
         torch = _arrays.torch_module()
         res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa,
-                                    num_threads, _config.active_isa(), _arrays.torch_dtypes())
+                                    num_threads, _config.active_isa(), _arrays.torch_dtypes(),
+                                    attn_mask)
         if res is None:
             return None
         out = torch.from_numpy(res)
         return out.view(torch.bfloat16) if res.dtype == np.int16 else out
     return _core.sdpa_fast(_SDPA, query, key, value, is_causal, scale, enable_gqa, num_threads,
-                           _config.active_isa())
+                           _config.active_isa(), attn_mask)
 
 
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -164,7 +164,9 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
 
     Returns
     -------
-    (out, lse) with the parts' shapes and dtype.
+    (out, lse) with the parts' shapes; out in the parts' dtype, lse in float32
+    (float64 for float64 parts; float16/bfloat16 parts, as SDPA returns
+    them, come with float32 lse and are merged in float32).
 
     Example
     -------
@@ -187,19 +189,31 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
         raise ValueError(f"{op}: parts is empty")
     outs: list = []
     lses: list = []
+    result = lse_result = compute = None
     for n, part in enumerate(parts):
         if not isinstance(part, (tuple, list)) or len(part) != 2:
             raise TypeError(f"{op}: parts[{n}] must be an (out, lse) pair")
-        arrays, compute, result = V.float_arrays(op, out=part[0], lse=part[1])
-        o, s = arrays["out"], arrays["lse"]
+        # out may be 16-bit with a float32 lse (what SDPA returns for float16 /
+        # bfloat16 inputs): check each on its own, merge in float32 or wider
+        o_arrays, _, out_dtype = V.float_arrays(op, native_half=True, out=part[0])
+        s_arrays, _, lse_dtype = V.float_arrays(op, native_half=True, lse=part[1])
+        o, s = o_arrays["out"], s_arrays["lse"]
+        if outs and (out_dtype != result or lse_dtype != lse_result):
+            raise TypeError(f"{op}: parts[{n}] has out {out_dtype} and lse {lse_dtype}; parts[0] "
+                            f"has out {result} and lse {lse_result}")
+        half_with_f32 = out_dtype not in V.COMPUTE_DTYPES and lse_dtype in (np.float32, out_dtype)
+        if out_dtype != lse_dtype and not half_with_f32:
+            raise TypeError(f"{op}: parts[{n}] mixes out {out_dtype} and lse {lse_dtype} (only "
+                            f"16-bit out with float32 lse, as SDPA returns them, may differ)")
+        result, lse_result = out_dtype, lse_dtype
+        compute = np.float64 if out_dtype == np.float64 else np.float32
         if o.ndim < 1 or s.shape != o.shape[:-1]:
             raise ValueError(f"{op}: parts[{n}]: lse must have out's shape without the last "
                              f"dim; got out {o.shape} and lse {s.shape}")
-        if outs and (o.shape != outs[0].shape or o.dtype != outs[0].dtype):
-            raise ValueError(f"{op}: parts[{n}] has out {o.shape} {o.dtype}; parts[0] has "
-                             f"{outs[0].shape} {outs[0].dtype}")
-        outs.append(o)
-        lses.append(s)
+        if outs and o.shape != outs[0].shape:
+            raise ValueError(f"{op}: parts[{n}] has out {o.shape}; parts[0] has {outs[0].shape}")
+        outs.append(o.astype(compute, copy=False))
+        lses.append(s.astype(compute, copy=False))
     lse_all = np.stack(lses)
     with np.errstate(invalid="ignore", over="ignore"):
         top = lse_all.max(axis=0)
@@ -213,4 +227,5 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
             inv = np.where(total == 0, 0, 1 / np.where(total == 0, 1, total))
             merged *= inv[..., None]
             lse = np.where(total == 0, -np.inf, shift + np.log(np.where(total == 0, 1, total)))
-    return merged.astype(result, copy=False), lse.astype(result, copy=False)
+    lse_out = lse_result if lse_result in V.COMPUTE_DTYPES else np.dtype(np.float32)
+    return merged.astype(result, copy=False), lse.astype(lse_out, copy=False)

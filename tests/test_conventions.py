@@ -275,3 +275,17 @@ def test_c_rejection_names_the_function():
         _core.sdpa("dot_attention", False, _config.active_isa(), 1, (1, 1, 1, 1, 2**62, 4, 4), (1,),
                    a, a, a, np.empty_like(a), _core.MASK_NONE, None, 0, 0, None, 1.0, 0, 0, 1.0,
                    None, None)
+
+
+def test_float32_mask_with_half_query(rng):
+    """A float32 additive mask is accepted for a float16 query (computed in
+    float32, nothing rounded away); other dtype mixes stay errors."""
+    q, k, v = (rng.standard_normal((1, 2, 4, 8)).astype(np.float16) for _ in range(3))
+    m32 = (rng.standard_normal((4, 4)) * 3).astype(np.float32)
+    out = SDPA(q, k, v, attn_mask=m32)
+    ref = SDPA(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), attn_mask=m32)
+    np.testing.assert_allclose(out.astype(np.float32), ref, atol=2e-3)
+    with pytest.raises(TypeError, match="float16.*or float32"):
+        SDPA(q, k, v, attn_mask=m32.astype(np.float64))
+    with pytest.raises(TypeError, match="float32"):
+        SDPA(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), attn_mask=m32.astype(np.float16))

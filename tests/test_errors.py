@@ -90,5 +90,5 @@ def test_merge_bad_input():
         attncore.merge_attention([(o, np.zeros((2, 4), f32))])
     with pytest.raises(ValueError, match="parts\\[1\\]"):
         attncore.merge_attention([(o, l), (np.zeros((2, 3, 5), f32), l)])
-    with pytest.raises(TypeError, match="mixed"):
+    with pytest.raises(TypeError, match="mix"):
         attncore.merge_attention([(o, l.astype(np.float64))])

@@ -25,9 +25,9 @@ def general_calls(monkeypatch):
     return calls
 
 
-def general(q, k, v, **kw):
+def general(q, k, v, attn_mask=None, **kw):
     """The same call forced through the general path."""
-    return functional._sdpa("scaled_dot_product_attention", q, k, v, None, 0.0,
+    return functional._sdpa("scaled_dot_product_attention", q, k, v, attn_mask, 0.0,
                             kw.get("is_causal", False), kw.get("scale"), kw.get("enable_gqa", False),
                             False, False, kw.get("num_threads"), None, None, None)
 
@@ -60,7 +60,7 @@ def test_other_calls_take_the_general_path(case, general_calls):
     elif case == "3-D":
         q, k, v = q[0], k[0], v[0]
     elif case == "mask":
-        kw["attn_mask"] = np.ones((5, 5), bool)
+        kw["attn_mask"] = np.zeros((5, 5), np.float32)     # float masks take the general path
     elif case == "lse":
         kw["return_lse"] = True
     elif case == "np.True_":
@@ -114,3 +114,30 @@ def test_float16_arrays_take_the_fast_path(general_calls):
     out = SDPA(q, k, v, is_causal=True)
     assert out.dtype == np.float16 and general_calls == []
     np.testing.assert_array_equal(out, general(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("mshape", [(9, 40), (2, 1, 1, 40), (1, 4, 9, 1), (2, 4, 9, 40), (40,)])
+def test_bool_masks_take_the_fast_path(isa, mshape, general_calls):
+    """Bool masks of any broadcast shape (Hugging Face passes (B, 1, Lq, Lk)
+    with a zero batch stride) are read in place through their strides."""
+    rng = np.random.default_rng(len(mshape))
+    q = rng.standard_normal((2, 4, 9, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 2, 40, 16)).astype(np.float32) for _ in range(2))
+    mask = rng.random(mshape) > 0.4
+    if len(mshape) == 4 and mshape[0] == 2:
+        mask = np.broadcast_to(mask[:1], mshape)   # zero batch stride
+    out = SDPA(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert general_calls == []
+    np.testing.assert_array_equal(out, general(q, k, v, attn_mask=mask, enable_gqa=True))
+
+
+def test_bool_mask_tensor_takes_the_fast_path(general_calls):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    q, k, v = (torch.from_numpy(rng.standard_normal((3, 2, 1, 8)).astype(np.float32)) for _ in range(3))
+    k, v = k.expand(3, 2, 1, 8).contiguous().repeat(1, 1, 30, 1), v.repeat(1, 1, 30, 1)
+    mask = torch.from_numpy(rng.random((3, 1, 1, 30)) > 0.5)      # a padded decode step's mask
+    out = SDPA(q, k, v, attn_mask=mask)
+    assert general_calls == []
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-5)

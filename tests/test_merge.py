@@ -42,3 +42,21 @@ def test_merge_propagates_nan(rng):
     l1 = np.array([0.0, np.nan], np.float32)
     out, lse = attncore.merge_attention([(o, l1), (o, np.zeros(2, np.float32))])
     assert np.isnan(out[1]).all() and np.isnan(lse[1]) and np.isfinite(out[0]).all()
+
+
+def test_merge_accepts_what_sdpa_returns_for_half_inputs():
+    """float16 / bfloat16 SDPA results come with float32 lse; merging them
+    works, in float32, and gives lse in float32 (it used to be refused)."""
+    rng = np.random.default_rng(8)
+    q = rng.standard_normal((2, 3, 8)).astype(np.float16)
+    k, v = (rng.standard_normal((2, 20, 8)).astype(np.float16) for _ in range(2))
+    parts = [attncore.scaled_dot_product_attention(q, k[:, a:b], v[:, a:b], return_lse=True)
+             for a, b in ((0, 7), (7, 20))]
+    assert parts[0][0].dtype == np.float16 and parts[0][1].dtype == np.float32
+    out, lse = attncore.merge_attention(parts)
+    whole, whole_lse = attncore.scaled_dot_product_attention(q, k, v, return_lse=True)
+    assert out.dtype == np.float16 and lse.dtype == np.float32
+    np.testing.assert_allclose(out.astype(np.float32), whole.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(lse, whole_lse, rtol=1e-6)
+    with pytest.raises(TypeError, match="mixes out float32 and lse float64"):
+        attncore.merge_attention([(np.zeros((2, 3), np.float32), np.zeros(2))])
