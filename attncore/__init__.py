@@ -4,7 +4,8 @@ Layers (data flows top to bottom, once):
 
     attncore/functional.py   scaled_dot_product_attention, dot_attention, merge_attention
     attncore/scoring.py      general, additive and concat attention
-    attncore/modules.py      MultiHeadAttention, KVCache
+    attncore/modules.py      MultiHeadAttention
+    attncore/kvcache.py      KVCache (float or compact storage read by the decode kernels)
     attncore/_engine.py      the shared path: validation, masks, outputs -> the kernel
     attncore/_validate.py    argument checks with errors that name arguments and shapes
     attncore/_linalg.py      projections on attncore's own GEMM
@@ -34,7 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on how attncore was ins
 
 from ._config import config, show_config
 from .functional import dot_attention, merge_attention, scaled_dot_product_attention
-from .modules import KVCache, MultiHeadAttention
+from .kvcache import KVCache
+from .modules import MultiHeadAttention
 from .scoring import additive_attention, concat_attention, general_attention
 
 # Submodules reachable as attributes, imported on first use (optional extras

@@ -40,6 +40,12 @@ cdef extern from "attncore/attn.h" nogil:
         double drop_scale
         void *weights
         void *lse
+        const void *k_scale
+        const int64_t *ks_boff
+        int64_t ks_sh
+        const void *v_scale
+        const int64_t *vs_boff
+        int64_t vs_sh
         int cancellable
         uint64_t cancel_epoch
 
@@ -67,6 +73,15 @@ cdef extern from "attncore/attn.h" nogil:
     attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_bf16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_f32_kvbf16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_f32_kvf16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_f32_kvi8(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
+    attn_status attn_sdpa_plan_f32_kvbf16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                          attn_plan_info *info) noexcept
+    attn_status attn_sdpa_plan_f32_kvf16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                         attn_plan_info *info) noexcept
+    attn_status attn_sdpa_plan_f32_kvi8(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                        attn_plan_info *info) noexcept
     attn_status attn_sdpa_plan_bf16(const attn_sdpa_desc *desc, int isa, int num_threads,
                                     attn_plan_info *info) noexcept
     attn_status attn_sdpa_plan_f16(const attn_sdpa_desc *desc, int isa, int num_threads,

@@ -14,12 +14,15 @@ IO_F32: int
 IO_F64: int
 IO_BF16: int
 IO_F16: int
+IO_F32_KVBF16: int
+IO_F32_KVF16: int
+IO_F32_KVI8: int
 
 def sdpa(op: str, io: int, isa: int, num_threads: int, dims: tuple, batch: tuple, q: Any, k: Any,
          v: Any, out: Any, mask_kind: int, mask: Any, causal: int, causal_offset: int,
          valid_lens: Any, scale: float, drop_threshold: int, drop_seed: int, drop_scale: float,
          weights: Any, lse: Any, score_kind: int = ..., w_score: Any = ...,
-         plan_only: bool = ...) -> Any: ...
+         plan_only: bool = ..., k_scale: Any = ..., v_scale: Any = ...) -> Any: ...
 def sdpa_fast(op: str, q: Any, k: Any, v: Any, is_causal: Any, scale: Any, enable_gqa: Any,
               num_threads: Any, isa: int, mask: Any = ...) -> Any: ...
 def sdpa_fast_torch(op: str, q: Any, k: Any, v: Any, is_causal: Any, scale: Any, enable_gqa: Any,

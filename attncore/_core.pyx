@@ -48,6 +48,8 @@ MAX_NDIM = MAX_DIMS
 # input/output element types of the SDPA entry points (float32 compute for
 # the 16-bit ones, whose arrays cross as their bit patterns: uint16)
 IO_F32, IO_F64, IO_BF16, IO_F16 = 0, 1, 2, 3
+# float32 queries over a KV cache stored as bfloat16, float16, or int8 with scales
+IO_F32_KVBF16, IO_F32_KVF16, IO_F32_KVI8 = 4, 5, 6
 
 # Calls estimated above this many multiply-adds install the Ctrl-C guard
 # (two sigaction calls, about a microsecond): about 0.1 ms of work.
@@ -143,21 +145,21 @@ cdef bint _guard_wanted(double work):
 cdef class _SdpaCall:
     """A filled attn_sdpa_desc and the buffers it points into."""
     cdef attn_sdpa_desc d
-    cdef _Tensor tq, tk, tv, to, tm, tvl
+    cdef _Tensor tq, tk, tv, to, tm, tvl, tks, tvs
     cdef _Buf bw, blse, bws
     cdef int io
     cdef int isa, threads
 
     def __cinit__(self):
         self.tq, self.tk, self.tv, self.to, self.tm = _Tensor(), _Tensor(), _Tensor(), _Tensor(), _Tensor()
-        self.tvl = _Tensor()
+        self.tvl, self.tks, self.tvs = _Tensor(), _Tensor(), _Tensor()
         self.bw, self.blse, self.bws = _Buf(), _Buf(), _Buf()
 
     cdef int setup(self, int io, int isa, int num_threads, tuple dims, tuple batch,
                    q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
                    valid_lens, double scale, uint32_t drop_threshold,
                    uint64_t drop_seed, double drop_scale, weights, lse, int score_kind,
-                   w_score) except -1:
+                   w_score, k_scale, v_scale) except -1:
         cdef attn_sdpa_desc *d = &self.d
         cdef int64_t nb = dims[0]
         self.io, self.isa, self.threads = io, isa, num_threads
@@ -189,6 +191,13 @@ cdef class _SdpaCall:
         d.w_score = self.bws.get(w_score)
         d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
         d.cancellable, d.cancel_epoch = 0, 0
+        d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
+        if k_scale is not None:
+            # (..., Hkv, Lk) float32, contiguous along the keys
+            self.tks.load(k_scale, batch, nb, 2)
+            self.tvs.load(v_scale, batch, nb, 2)
+            d.k_scale, d.ks_boff, d.ks_sh = self.tks.view.buf, self.tks.boff, self.tks.core[0]
+            d.v_scale, d.vs_boff, d.vs_sh = self.tvs.view.buf, self.tvs.boff, self.tvs.core[0]
         if valid_lens is not None:
             self.tvl.load(valid_lens, batch, nb, 2)
             d.valid_lens = <const int64_t *>self.tvl.view.buf
@@ -210,7 +219,7 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
          q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
          valid_lens, double scale, uint32_t drop_threshold, uint64_t drop_seed,
          double drop_scale, weights, lse, int score_kind=ATTN_SCORE_DOT, w_score=None,
-         bint plan_only=False):
+         bint plan_only=False, k_scale=None, v_scale=None):
     """Run attn_sdpa_<io> for the public function `op` (named in errors); io
     is IO_F32, IO_F64, IO_BF16 or IO_F16 (q/k/v/out of that type, 16-bit ones
     as uint16 or float16 arrays; masks, weights and lse in the compute type).
@@ -224,7 +233,7 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
     cdef attn_status st
     call.setup(io, isa, num_threads, dims, batch, q, k, v, out, mask_kind, mask, causal,
                causal_offset, valid_lens, scale, drop_threshold, drop_seed,
-               drop_scale, weights, lse, score_kind, w_score)
+               drop_scale, weights, lse, score_kind, w_score, k_scale, v_scale)
     if not plan_only:
         call.run(op)
         return None
@@ -234,6 +243,12 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
         st = attn_sdpa_plan_bf16(&call.d, isa, num_threads, &info)
     elif io == IO_F16:
         st = attn_sdpa_plan_f16(&call.d, isa, num_threads, &info)
+    elif io == IO_F32_KVBF16:
+        st = attn_sdpa_plan_f32_kvbf16(&call.d, isa, num_threads, &info)
+    elif io == IO_F32_KVF16:
+        st = attn_sdpa_plan_f32_kvf16(&call.d, isa, num_threads, &info)
+    elif io == IO_F32_KVI8:
+        st = attn_sdpa_plan_f32_kvi8(&call.d, isa, num_threads, &info)
     else:
         st = attn_sdpa_plan_f32(&call.d, isa, num_threads, &info)
     if st != ATTN_OK:
@@ -361,6 +376,7 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         d.scale = sc
         d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
         d.weights, d.lse = NULL, NULL
+        d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
         d.cancellable, d.cancel_epoch = 0, 0
         st = _run_sdpa(&d, io, isa, threads)
         if st != ATTN_OK:
@@ -527,6 +543,12 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) exce
                 st = attn_sdpa_bf16(d, isa, threads)
             elif io == 3:
                 st = attn_sdpa_f16(d, isa, threads)
+            elif io == 4:
+                st = attn_sdpa_f32_kvbf16(d, isa, threads)
+            elif io == 5:
+                st = attn_sdpa_f32_kvf16(d, isa, threads)
+            elif io == 6:
+                st = attn_sdpa_f32_kvi8(d, isa, threads)
             else:
                 st = attn_sdpa_f32(d, isa, threads)
         if guarded:

@@ -112,11 +112,13 @@ def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params
 
 def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask=None,
         is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
-        return_weights=False, return_lse=False):
+        return_weights=False, return_lse=False, kv=None):
     """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
     keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
-    other families -- with p.v as values. Returns out[, weights][, lse] (or,
-    inside plan_info, the kernel's plan as a dict without running it)."""
+    other families -- with p.v as values. kv: (kernel entry, k scales, v
+    scales) when k and p.v are a KV cache's compact storage (KVCache.attend).
+    Returns out[, weights][, lse] (or, inside plan_info, the kernel's plan as
+    a dict without running it)."""
     batch, Hq, Hkv, Lq, Lk, Dv = p.batch, p.Hq, p.Hkv, p.Lq, p.Lk, p.Dv
     compute, result = p.compute, p.result
     D = q.shape[-1]
@@ -148,12 +150,18 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     nb = math.prod(batch)
     if nb and Hq and Lq:
         io_code, bits = _io_code(io)
+        k_scale = v_scale = None
+        if kv is not None:   # the cache's storage goes to its own entry as it is
+            io_code, k_scale, v_scale = kv
+            kbits, vbits = k, v
+        else:
+            kbits, vbits = bits(k), bits(v)
         call = (op, io_code, _config.active_isa(), threads, (nb, Hq, Hkv, Lq, Lk, D, Dv), batch,
-                bits(q), bits(k), bits(v), bits(res), mask_kind, mask, causal, offset, vl,
+                bits(q), kbits, vbits, bits(res), mask_kind, mask, causal, offset, vl,
                 scale, drop_threshold, drop_seed, drop_scale, weights, lse, score_kind, w_score)
         if _plan_only.get():
-            return _core.sdpa(*call, plan_only=True)
-        _core.sdpa(*call)
+            return _core.sdpa(*call, plan_only=True, k_scale=k_scale, v_scale=v_scale)
+        _core.sdpa(*call, k_scale=k_scale, v_scale=v_scale)
     elif _plan_only.get():
         return None
 

@@ -1,5 +1,5 @@
-"""MultiHeadAttention (torch.nn.MultiheadAttention-compatible, batch_first)
-and KVCache (preallocated key/value buffers for token-by-token decoding).
+"""MultiHeadAttention (torch.nn.MultiheadAttention-compatible, batch_first),
+decoding with an attncore.KVCache (attncore/kvcache.py).
 
 Projections run on attncore's own GEMM (attncore/_linalg.py) and attention on
 the fused SDPA kernel; heads are views, never copies: the projected (B, L, H*Dh)
@@ -17,127 +17,9 @@ import numpy as np
 from . import _arrays, _engine, _layout, _linalg
 from . import _validate as V
 from ._types import ArrayLike, OptArray, Result
+from .kvcache import KVCache
 
 _MHA = "MultiHeadAttention"
-
-
-class KVCache:
-    """Preallocated per-layer key/value buffers for incremental decoding.
-
-    Keys and values live in (B, H, capacity, Dh) arrays; the first ``len(cache)``
-    positions are valid. ``MultiHeadAttention(..., kv_cache=cache)`` appends the
-    new keys/values and attends over every cached position.
-
-    Parameters
-    ----------
-    max_len : int
-        Capacity in positions. Appending past it raises ValueError, unless
-        ``grow=True``, in which case the buffers double in size as needed.
-    num_heads : int
-        Key/value heads (num_kv_heads of the attention layer).
-    head_dim : int
-        Size of one head.
-    batch_size : int, optional
-        Allocate now for this batch size; otherwise at the first append.
-    dtype : float32 (default) or float64
-    grow : bool
-        Double the capacity instead of failing when full.
-
-    Example
-    -------
-    >>> import numpy as np, attncore
-    >>> cache = attncore.KVCache(max_len=16, num_heads=2, head_dim=4)
-    >>> k = np.ones((1, 2, 3, 4), np.float32)
-    >>> cache.append(k, k)
-    >>> len(cache), cache.keys.shape
-    (3, (1, 2, 3, 4))
-    """
-
-    def __init__(self, max_len: int, num_heads: int, head_dim: int, *,
-                 batch_size: Optional[int] = None, dtype: Any = np.float32,
-                 grow: bool = False) -> None:
-        for name, value in (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"KVCache: dtype must be float32 or float64; got {dtype}")
-        self.max_len = int(max_len)
-        self.num_heads = int(num_heads)
-        self.head_dim = int(head_dim)
-        self.dtype = dtype
-        self.grow = bool(grow)
-        self._length = 0
-        self._k: Optional[np.ndarray] = None
-        self._v: Optional[np.ndarray] = None
-        if batch_size is not None:
-            self._allocate(int(batch_size), self.max_len)
-
-    def _allocate(self, batch, capacity):
-        shape = (batch, self.num_heads, capacity, self.head_dim)
-        k, v = _layout.empty(shape, self.dtype), _layout.empty(shape, self.dtype)
-        if self._k is not None and self._length:
-            k[:, :, :self._length] = self._k[:, :, :self._length]
-            v[:, :, :self._length] = self._v[:, :, :self._length]
-        self._k, self._v = k, v
-
-    def __len__(self) -> int:
-        return self._length
-
-    @property
-    def capacity(self) -> int:
-        return self._k.shape[2] if self._k is not None else self.max_len
-
-    @property
-    def keys(self) -> Optional[np.ndarray]:
-        """(B, H, len, Dh) view of the cached keys."""
-        return self._k[:, :, :self._length] if self._k is not None else None
-
-    @property
-    def values(self) -> Optional[np.ndarray]:
-        """(B, H, len, Dh) view of the cached values."""
-        return self._v[:, :, :self._length] if self._v is not None else None
-
-    def append(self, key: ArrayLike, value: ArrayLike) -> None:
-        """Append keys/values of shape (B, H, T, Dh) (T new positions)."""
-        key, value = np.asarray(key), np.asarray(value)
-        expect = f"(B, {self.num_heads}, T, {self.head_dim})"
-        for name, a in (("key", key), ("value", value)):
-            if a.ndim != 4 or a.shape[1] != self.num_heads or a.shape[3] != self.head_dim:
-                raise ValueError(f"KVCache.append: {name} must have shape {expect}; got {a.shape}")
-            if a.dtype != self.dtype:
-                raise TypeError(f"KVCache.append: {name} has dtype {a.dtype}; the cache holds {self.dtype}")
-        if key.shape != value.shape:
-            raise ValueError(f"KVCache.append: key {key.shape} and value {value.shape} differ")
-        batch, steps = key.shape[0], key.shape[2]
-        if self._k is None or self._v is None:
-            self._allocate(batch, self.max_len)
-        assert self._k is not None and self._v is not None
-        if batch != self._k.shape[0]:
-            raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
-                             f"{self._k.shape[0]} (reset() the cache for a new batch)")
-        need = self._length + steps
-        if need > self._k.shape[2]:
-            if not self.grow:
-                raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
-                                 f"max_len={self.max_len} (use a larger max_len or grow=True)")
-            capacity = self._k.shape[2]
-            while capacity < need:
-                capacity *= 2
-            self._allocate(batch, capacity)
-        self._k[:, :, self._length:need] = key
-        self._v[:, :, self._length:need] = value
-        self._length = need
-
-    def reset(self) -> None:
-        """Forget every cached position (buffers are kept for reuse)."""
-        self._length = 0
-        if self._k is not None and self._k.shape[2] != self.max_len:
-            self._k = self._v = None
-
-    def __repr__(self):
-        return (f"KVCache(len={self._length}, capacity={self.capacity}, num_heads={self.num_heads}, "
-                f"head_dim={self.head_dim}, dtype={self.dtype})")
 
 
 class _Linear:
@@ -438,12 +320,12 @@ class MultiHeadAttention:
                 raise TypeError(f"{_MHA}: kv_cache must be an attncore.KVCache; got {type(kv_cache).__name__}")
             if (kv_cache.num_heads, kv_cache.head_dim, kv_cache.dtype) != (Hkv, Dh, self.dtype):
                 raise ValueError(f"{_MHA}: kv_cache holds {kv_cache.num_heads} heads of size "
-                                 f"{kv_cache.head_dim} ({kv_cache.dtype}); this layer needs {Hkv} "
-                                 f"heads of size {Dh} ({self.dtype})")
+                                 f"{kv_cache.head_dim} ({kv_cache.dtype}, stored as "
+                                 f"{kv_cache.storage}); this layer needs {Hkv} heads of size "
+                                 f"{Dh} ({self.dtype})")
             kv_cache.append(k, v)
-            k, v = kv_cache.keys, kv_cache.values
             causal = "bottom_right"
-        Lk = k.shape[2]
+        Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
         mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None
@@ -453,13 +335,16 @@ class MultiHeadAttention:
         rows = (B, Lq) if bdim == 0 else (Lq, B)
         attn = _layout.empty(rows + (H, Dh), self.dtype)
         attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
-        p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
-                            batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh, params={},
-                            query_ndim=4)
-        res = _engine.run(_MHA, p, q, k, scale=1.0 / math.sqrt(Dh), attn_mask=mask,
-                          is_causal=causal, dropout_p=dropout_p, seed=seed, valid_lens=valid_lens,
-                          num_threads=threads, out=attn_view,
-                          return_weights=V.flag(_MHA, "need_weights", need_weights))
+        attention = dict(scale=1.0 / math.sqrt(Dh), attn_mask=mask, is_causal=causal,
+                         dropout_p=dropout_p, seed=seed, valid_lens=valid_lens, num_threads=threads,
+                         out=attn_view, return_weights=V.flag(_MHA, "need_weights", need_weights))
+        if kv_cache is not None:   # reads the cache's storage directly (compact formats too)
+            res = kv_cache.attend(q, **attention)
+        else:
+            p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
+                                batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh,
+                                params={}, query_ndim=4)
+            res = _engine.run(_MHA, p, q, k, **attention)
         weights = None
         if need_weights:
             weights = res[1].mean(axis=1) if average_attn_weights else res[1]

@@ -290,3 +290,34 @@ static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli
 #define KIO_NAME attn_kio_avx2_f16
 #define IO_DTYPE "float16"
 #include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* int8 keys/values of the quantized KV cache (scales applied by the entries) */
+static inline vec v_load_i8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+static inline vec v_load_i8_n(const int8_t *p, int n)
+{
+    int8_t tmp[8] = {0};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return v_load_i8(tmp);
+}
+#define IT int8_t
+#define IO_SAME 0
+#define IO_KV_ONLY 1
+#define v_load_in(p) v_load_i8(p)
+#define v_load_in_n(p, n) v_load_i8_n((p), (n))
+#define in_to_T(x) ((T)(x))
+#define T_to_out(x) ((int8_t)0)   /* unused: no int8 outputs */
+#define FNIO(name) name##_avx2_io_i8
+#define KIO_TYPE attn_kio_i8
+#define KIO_NAME attn_kio_avx2_i8
+#define IO_DTYPE "int8"
+#include "../kernels/tiles_io.inc.c"

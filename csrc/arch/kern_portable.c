@@ -99,3 +99,34 @@ static inline vec v_load_f16_n(const uint16_t *p, int n)
 #define KIO_NAME attn_kio_portable_f16
 #define IO_DTYPE "float16"
 #include "../kernels/tiles_io.inc.c"
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
+
+/* int8 keys/values of the quantized KV cache (scales applied by the entries) */
+static inline vec v_load_i8_n(const int8_t *p, int n)
+{
+    vec r;
+    for (int i = 0; i < VL; i++) r.x[i] = i < n ? (float)p[i] : 0.0f;
+    return r;
+}
+#define v_load_i8(p) v_load_i8_n((p), VL)
+#define IT int8_t
+#define IO_SAME 0
+#define IO_KV_ONLY 1
+#define v_load_in(p) v_load_i8(p)
+#define v_load_in_n(p, n) v_load_i8_n((p), (n))
+#define in_to_T(x) ((T)(x))
+#define T_to_out(x) ((int8_t)0)   /* unused: no int8 outputs */
+#define FNIO(name) name##_portable_io_i8
+#define KIO_TYPE attn_kio_i8
+#define KIO_NAME attn_kio_portable_i8
+#define IO_DTYPE "int8"
+#include "../kernels/tiles_io.inc.c"

@@ -200,6 +200,7 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
 ATTN_KIO_GETTER(f32)
 ATTN_KIO_GETTER(bf16)
 ATTN_KIO_GETTER(f16)
+ATTN_KIO_GETTER(i8)
 
 attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n)
 {

@@ -81,7 +81,8 @@ static void GEMM_FN(linear_rows_unit)(const attn_linear_desc *d, const KIO *kio,
     int64_t n0 = u * ATTN_GEMM_ROWS_N, nn = attn_min64(ATTN_GEMM_ROWS_N, d->N - n0);
     T *y = (T *)d->y + n0;
     const T *bias = (const T *)d->bias;
-    kio->qk_rows(d->K, xpad, ldx, (int)d->M, (const T *)d->w + n0 * d->w_sn, d->w_sn, nn, y, d->y_sm);
+    kio->qk_rows(d->K, xpad, ldx, (int)d->M, (const T *)d->w + n0 * d->w_sn, d->w_sn, nn, NULL, y,
+                 d->y_sm);
     if (bias)
         for (int64_t m = 0; m < d->M; m++)
             for (int64_t r = 0; r < nn; r++) y[m * d->y_sm + r] += bias[n0 + r];

@@ -54,34 +54,47 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
     return ATTN_OK;
 }
 
-/* One driver per (compute type T, input/output type IT): float64, float32,
- * and bfloat16 / float16 inputs computed in float32. */
+/* One driver per (compute type T, query/output type QT, key/value storage
+ * type KVT): float64; float32; bfloat16 and float16 throughout (computed in
+ * float32); and float32 queries over a bfloat16, float16 or int8 (with
+ * scales) KV cache. */
 #define T double
-#define IT double
-#define IO_SAME 1
-#define IT_FROM_T(x) (x)
+#define QT double
+#define KVT double
+#define Q_SAME 1
+#define KV_SAME 1
+#define KV_SCALED 0
+#define QT_FROM_T(x) (x)
 #define TAG f64
 #define KTAB attn_ktab_f64
 #define PREP attn_prep_f64
 #define KTAB_GET attn_ktab_get_f64
-#define KIO attn_kio_f64
-#define KIO_GET attn_kio_get_f64
+#define KIO_Q attn_kio_f64
+#define KIO_Q_GET attn_kio_get_f64
+#define KIO_KV attn_kio_f64
+#define KIO_KV_GET attn_kio_get_f64
 #define KIO_T attn_kio_f64
 #define KIO_T_GET attn_kio_get_f64
 #include "sdpa.inc.c"
 #undef T
-#undef IT
-#undef IO_SAME
-#undef IT_FROM_T
+#undef QT
+#undef KVT
+#undef Q_SAME
+#undef KV_SAME
+#undef KV_SCALED
+#undef QT_FROM_T
 #undef TAG
 #undef KTAB
 #undef PREP
 #undef KTAB_GET
-#undef KIO
-#undef KIO_GET
+#undef KIO_Q
+#undef KIO_Q_GET
+#undef KIO_KV
+#undef KIO_KV_GET
 #undef KIO_T
 #undef KIO_T_GET
 
+/* everything below computes in float32 */
 #define T float
 #define KTAB attn_ktab_f32
 #define PREP attn_prep_f32
@@ -89,44 +102,120 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_T attn_kio_f32
 #define KIO_T_GET attn_kio_get_f32
 
-#define IT float
-#define IO_SAME 1
-#define IT_FROM_T(x) (x)
+/* float32 */
+#define QT float
+#define KVT float
+#define Q_SAME 1
+#define KV_SAME 1
+#define KV_SCALED 0
+#define QT_FROM_T(x) (x)
 #define TAG f32
-#define KIO attn_kio_f32
-#define KIO_GET attn_kio_get_f32
+#define KIO_Q attn_kio_f32
+#define KIO_Q_GET attn_kio_get_f32
+#define KIO_KV attn_kio_f32
+#define KIO_KV_GET attn_kio_get_f32
 #include "sdpa.inc.c"
-#undef IT
-#undef IO_SAME
-#undef IT_FROM_T
+#undef QT
+#undef KVT
+#undef Q_SAME
+#undef KV_SAME
+#undef KV_SCALED
+#undef QT_FROM_T
 #undef TAG
-#undef KIO
-#undef KIO_GET
+#undef KIO_Q
+#undef KIO_Q_GET
+#undef KIO_KV
+#undef KIO_KV_GET
 
-#define IT uint16_t
-#define IO_SAME 0
-#define IT_FROM_T(x) attn_f32_to_bf16(x)
+/* bfloat16 throughout */
+#define QT uint16_t
+#define KVT uint16_t
+#define Q_SAME 0
+#define KV_SAME 0
+#define KV_SCALED 0
+#define QT_FROM_T(x) attn_f32_to_bf16(x)
 #define TAG bf16
-#define KIO attn_kio_bf16
-#define KIO_GET attn_kio_get_bf16
+#define KIO_Q attn_kio_bf16
+#define KIO_Q_GET attn_kio_get_bf16
+#define KIO_KV attn_kio_bf16
+#define KIO_KV_GET attn_kio_get_bf16
 #include "sdpa.inc.c"
-#undef IT
-#undef IO_SAME
-#undef IT_FROM_T
+#undef QT
+#undef KVT
+#undef Q_SAME
+#undef KV_SAME
+#undef KV_SCALED
+#undef QT_FROM_T
 #undef TAG
-#undef KIO
-#undef KIO_GET
+#undef KIO_Q
+#undef KIO_Q_GET
+#undef KIO_KV
+#undef KIO_KV_GET
 
-#define IT uint16_t
-#define IO_SAME 0
-#define IT_FROM_T(x) attn_f32_to_f16(x)
+/* float16 throughout */
+#define QT uint16_t
+#define KVT uint16_t
+#define Q_SAME 0
+#define KV_SAME 0
+#define KV_SCALED 0
+#define QT_FROM_T(x) attn_f32_to_f16(x)
 #define TAG f16
-#define KIO attn_kio_f16
-#define KIO_GET attn_kio_get_f16
+#define KIO_Q attn_kio_f16
+#define KIO_Q_GET attn_kio_get_f16
+#define KIO_KV attn_kio_f16
+#define KIO_KV_GET attn_kio_get_f16
 #include "sdpa.inc.c"
-#undef IT
-#undef IO_SAME
-#undef IT_FROM_T
+#undef QT
+#undef KVT
+#undef Q_SAME
+#undef KV_SAME
+#undef KV_SCALED
+#undef QT_FROM_T
 #undef TAG
-#undef KIO
-#undef KIO_GET
+#undef KIO_Q
+#undef KIO_Q_GET
+#undef KIO_KV
+#undef KIO_KV_GET
+
+/* float32 queries over a bfloat16, float16 or int8 KV cache */
+#define QT float
+#define Q_SAME 1
+#define QT_FROM_T(x) (x)
+#define KIO_Q attn_kio_f32
+#define KIO_Q_GET attn_kio_get_f32
+
+#define KVT uint16_t
+#define KV_SAME 0
+#define KV_SCALED 0
+#define TAG f32_kvbf16
+#define KIO_KV attn_kio_bf16
+#define KIO_KV_GET attn_kio_get_bf16
+#include "sdpa.inc.c"
+#undef KVT
+#undef KV_SAME
+#undef KV_SCALED
+#undef TAG
+#undef KIO_KV
+#undef KIO_KV_GET
+
+#define KVT uint16_t
+#define KV_SAME 0
+#define KV_SCALED 0
+#define TAG f32_kvf16
+#define KIO_KV attn_kio_f16
+#define KIO_KV_GET attn_kio_get_f16
+#include "sdpa.inc.c"
+#undef KVT
+#undef KV_SAME
+#undef KV_SCALED
+#undef TAG
+#undef KIO_KV
+#undef KIO_KV_GET
+
+#define KVT int8_t
+#define KV_SAME 0
+#define KV_SCALED 1
+#define TAG f32_kvi8
+#define KIO_KV attn_kio_i8
+#define KIO_KV_GET attn_kio_get_i8
+#include "sdpa.inc.c"

@@ -46,8 +46,8 @@
 #define SDPA_FN(name) SDPA_CAT(name, TAG)
 
 typedef struct {
-    const IT *q;       /* query row */
-    IT *out;           /* output row */
+    const QT *q;       /* query row */
+    QT *out;           /* output row */
     T *w;              /* weights row, or NULL */
     T *lse;            /* lse element, or NULL */
     const char *mrow;  /* mask row base (bytes), or NULL */
@@ -58,8 +58,9 @@ typedef struct {
 typedef struct {
     const attn_sdpa_desc *d;
     const KTAB *kt;
-    const KIO *kio;       /* reads the inputs / writes the output (IT) */
-    const KIO_T *kio_t;   /* the same entries for T: split-K partials */
+    const KIO_Q *kio_q;   /* reads the queries / writes the output (QT) */
+    const KIO_KV *kio_kv; /* reads the keys and values (KVT, maybe with scales) */
+    const KIO_T *kio_t;   /* the output entries for T: split-K partials */
     int rows_path;     /* 1: decode-shaped rows path; 0: panel path */
     int limited;       /* rows have a last visible key (causal or valid_lens) */
     int prep_always;   /* every block needs a prep pass (masks, weights) */
@@ -82,7 +83,7 @@ typedef struct {
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
     int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L;
-    int64_t off_kw, off_vw;   /* panel path, IT != T: the K and V blocks widened to T */
+    int64_t off_kw, off_vw;   /* panel path, KVT != T: the K and V blocks widened to T */
     int64_t scratch_elems;
 } SDPA_FN(plan);
 
@@ -93,7 +94,8 @@ typedef struct {
     int64_t ub, chunk;      /* base unit, key chunk */
     int64_t kbeg, kend;     /* keys this unit visits */
     int64_t minpos;         /* smallest last-visible key of its rows */
-    const IT *kh, *vh;      /* K/V of its kv head, key 0 */
+    const KVT *kh, *vh;     /* K/V of its kv head, key 0 */
+    const T *ksc, *vsc;     /* their scales (quantized K/V), or NULL */
     int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
 } SDPA_FN(unit);
 
@@ -123,8 +125,8 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
         else { g = group; i = row; }
         int64_t hq = hkv * P->G + g;
         ROWREF *x = &rows[r];
-        x->q = (const IT *)d->q + d->q_boff[b] + hq * d->q_sh + i * d->q_sl;
-        x->out = (IT *)d->out + d->o_boff[b] + hq * d->o_sh + i * d->o_sl;
+        x->q = (const QT *)d->q + d->q_boff[b] + hq * d->q_sh + i * d->q_sl;
+        x->out = (QT *)d->out + d->o_boff[b] + hq * d->o_sh + i * d->o_sl;
         int64_t flat = (b * d->Hq + hq) * d->Lq + i;
         x->w = d->weights ? (T *)d->weights + flat * d->Lk : NULL;
         x->lse = d->lse ? (T *)d->lse + flat : NULL;
@@ -150,8 +152,10 @@ static void SDPA_FN(build_unit)(const PLAN *P, int64_t u, UNIT *U)
     int64_t t = U->ub / P->npanels / P->ngroups;   /* = b * Hkv + hkv */
     int64_t hkv = t % d->Hkv, b = t / d->Hkv;
     U->kvrow = t * d->Lk;
-    U->kh = d->Lk > 0 ? (const IT *)d->k + d->k_boff[b] + hkv * d->k_sh : NULL;
-    U->vh = d->Lk > 0 ? (const IT *)d->v + d->v_boff[b] + hkv * d->v_sh : NULL;
+    U->kh = d->Lk > 0 ? (const KVT *)d->k + d->k_boff[b] + hkv * d->k_sh : NULL;
+    U->vh = d->Lk > 0 ? (const KVT *)d->v + d->v_boff[b] + hkv * d->v_sh : NULL;
+    U->ksc = d->k_scale ? (const T *)d->k_scale + d->ks_boff[b] + hkv * d->ks_sh : NULL;
+    U->vsc = d->v_scale ? (const T *)d->v_scale + d->vs_boff[b] + hkv * d->vs_sh : NULL;
 
     /* its chunk, cut after the last key any of its rows can see */
     U->kbeg = U->chunk * P->chunk_len;
@@ -263,12 +267,12 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
             P->kio_t->finish_panel(nr, d->Dv, o, oc, NULL, dst);
         return;
     }
-    IT *dst[ATTN_MAX_LANES];
+    QT *dst[ATTN_MAX_LANES];
     for (int r = 0; r < nr; r++) dst[r] = U->rows[r].out;
     if (P->rows_path)
-        P->kio->finish_rows(nr, d->Dv, o, oc, P->ld_o, L, dst);
+        P->kio_q->finish_rows(nr, d->Dv, o, oc, P->ld_o, L, dst);
     else
-        P->kio->finish_panel(nr, d->Dv, o, oc, L, dst);
+        P->kio_q->finish_panel(nr, d->Dv, o, oc, L, dst);
     for (int r = 0; r < nr; r++) {
         if (U->rows[r].lse) *U->rows[r].lse = SDPA_FN(lse_of)(m[r], L[r]);
         if (U->rows[r].w) SDPA_FN(finish_weights)(P, &U->rows[r], m[r], L[r], U->kbeg, U->kend);
@@ -287,10 +291,10 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     const void *mrows[ATTN_MAX_LANES];
     int64_t lim[ATTN_MAX_LANES];
     T *wrows[ATTN_MAX_LANES];
-    const IT *qrows[ATTN_MAX_LANES];
+    const QT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
-    P->kio->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
+    P->kio_q->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
     if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
     T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
     int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
@@ -301,15 +305,16 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t nk = attn_min64(P->bk, U->kend - j0);
-        /* K and V blocks as T: read in place, or widened once (16-bit inputs) */
+        /* K and V blocks as T: read in place, or widened once (16-bit and
+         * quantized storage; scales applied there) */
         const T *kb, *vb;
         int64_t ldk = d->k_sl, ldv = d->v_sl;
-#if IO_SAME
+#if KV_SAME
         kb = U->kh + j0 * d->k_sl;
         vb = U->vh + j0 * d->v_sl;
 #else
-        P->kio->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, kwide, D);
-        P->kio->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, vwide, Dv);
+        P->kio_kv->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, D);
+        P->kio_kv->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, Dv);
         kb = kwide;
         vb = vwide;
         ldk = D;
@@ -358,10 +363,10 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
     const void *mrows[ATTN_MAX_LANES];
     int64_t lim[ATTN_MAX_LANES];
     T *wrows[ATTN_MAX_LANES];
-    const IT *qrows[ATTN_MAX_LANES];
+    const QT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
-    P->kio->stage_rows(U->nr, D, qrows, P->qsign, qbuf, P->ld_q);
+    P->kio_q->stage_rows(U->nr, D, qrows, P->qsign, qbuf, P->ld_q);
     memset(obuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     memset(ocbuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     for (int64_t r = 0; r < P->W; r++) { m[r] = -INFINITY; l[r] = 0; lc[r] = 0; alpha[r] = 1; }
@@ -369,8 +374,9 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t nk = attn_min64(P->bk, U->kend - j0);
-        const IT *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
-        P->kio->qk_rows(D, qbuf, P->ld_q, U->nr, kb, d->k_sl, nk, sbuf, P->ld_s);
+        const KVT *kb = U->kh + j0 * d->k_sl, *vb = U->vh + j0 * d->v_sl;
+        P->kio_kv->qk_rows(D, qbuf, P->ld_q, U->nr, kb, d->k_sl, nk, U->ksc ? U->ksc + j0 : NULL,
+                           sbuf, P->ld_s);
         T c = P->csoft;
         if (SDPA_FN(needs_prep)(P, U, j0, nk)) {
             PREP x;
@@ -380,7 +386,8 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
         }
         kt->softmax_rows(U->nr, nk, sbuf, P->ld_s, c, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, P->ld_s, 1, j0, nk);
-        P->kio->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, alpha, obuf, ocbuf, P->ld_o);
+        P->kio_kv->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, U->vsc ? U->vsc + j0 : NULL,
+                           alpha, obuf, ocbuf, P->ld_o);
     }
     SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
     return 0;
@@ -410,11 +417,11 @@ static void SDPA_FN(merge_unit)(const PLAN *P, int64_t ub)
             wgt[c] = exp2((double)pr[Dv] - shift);
             lsum += wgt[c] * (double)pr[Dv + 1];
         }
-        IT *out = rows[r].out;
+        QT *out = rows[r].out;
         for (int64_t k = 0; k < Dv; k++) {
             double acc = 0;
             for (int64_t c = 0; c < P->nchunks; c++) acc += wgt[c] * (double)base[c * stride + r * (Dv + 2) + k];
-            out[k] = IT_FROM_T(lsum == 0 ? (T)0 : (T)(acc / lsum));
+            out[k] = QT_FROM_T(lsum == 0 ? (T)0 : (T)(acc / lsum));
         }
         if (rows[r].lse)
             *rows[r].lse = lsum == 0 ? (T)-INFINITY : (T)((shift + log2(lsum)) * ATTN_LN2);
@@ -422,6 +429,14 @@ static void SDPA_FN(merge_unit)(const PLAN *P, int64_t ub)
 }
 
 /* Whether |x| <= limit for every element of a (B, H, L, D) tensor; NaN fails. */
+/* Quantized storage needs both scales; other storage takes none. */
+static int SDPA_FN(scales_wrong)(const attn_sdpa_desc *d)
+{
+    int have = d->k_scale != NULL && d->v_scale != NULL && d->ks_boff && d->vs_boff;
+    int none = d->k_scale == NULL && d->v_scale == NULL;
+    return KV_SCALED ? (d->Lk > 0 && !have) : !none;
+}
+
 static int SDPA_FN(all_within)(const T *base, const int64_t *boff, int64_t sh, int64_t sl,
                                int64_t B, int64_t H, int64_t L, int64_t D, double limit)
 {
@@ -459,12 +474,13 @@ static void SDPA_FN(additive_key_exp)(const PLAN *P, int64_t t)
 }
 
 static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KTAB *kt,
-                                      const KIO *kio, const KIO_T *kio_t)
+                                      const KIO_Q *kio_q, const KIO_KV *kio_kv, const KIO_T *kio_t)
 {
     memset(P, 0, sizeof *P);
     P->d = d;
     P->kt = kt;
-    P->kio = kio;
+    P->kio_q = kio_q;
+    P->kio_kv = kio_kv;
     P->kio_t = kio_t;
     P->G = d->Hq / d->Hkv;
     P->limited = d->causal || d->valid_lens != NULL;
@@ -542,7 +558,7 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_c = P->off_a + lane_elems;
     P->off_L = P->off_c + lane_elems;
     P->off_kw = P->off_vw = P->off_L + lane_elems;
-#if !IO_SAME
+#if !KV_SAME
     if (!P->rows_path) {
         P->off_vw = P->off_kw + SDPA_FN(align_elems)(P->bk * D1);
         P->scratch_elems = P->off_vw + SDPA_FN(align_elems)(P->bk * Dv1);
@@ -578,15 +594,17 @@ attn_status SDPA_FN(attn_sdpa_plan)(const attn_sdpa_desc *d, int isa, int num_th
 {
     attn_status st = attn_sdpa_check(d);
     if (st != ATTN_OK || !info) return st != ATTN_OK ? st : ATTN_EINVAL;
-    if (!IO_SAME && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;   /* 16-bit: SDPA only */
+    if (!(Q_SAME && KV_SAME) && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;
+    if (SDPA_FN(scales_wrong)(d)) return ATTN_EINVAL;
     const KTAB *kt = KTAB_GET(isa);
-    const KIO *kio = KIO_GET(isa);
+    const KIO_Q *kio_q = KIO_Q_GET(isa);
+    const KIO_KV *kio_kv = KIO_KV_GET(isa);
     const KIO_T *kio_t = KIO_T_GET(isa);
-    if (!kt || !kio || !kio_t) return ATTN_EISA;
+    if (!kt || !kio_q || !kio_kv || !kio_t) return ATTN_EISA;
     memset(info, 0, sizeof *info);
     if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
     PLAN P;
-    st = SDPA_FN(make_plan)(&P, d, kt, kio, kio_t);
+    st = SDPA_FN(make_plan)(&P, d, kt, kio_q, kio_kv, kio_t);
     if (st == ATTN_OK) SDPA_FN(fill_info)(&P, num_threads, info);
     return st;
 }
@@ -631,15 +649,18 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 {
     attn_status st = attn_sdpa_check(d);
     if (st != ATTN_OK) return st;
-    if (!IO_SAME && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;   /* 16-bit: SDPA only */
+    /* other storage types: dot-product scores only */
+    if (!(Q_SAME && KV_SAME) && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;
+    if (SDPA_FN(scales_wrong)(d)) return ATTN_EINVAL;
     const KTAB *kt = KTAB_GET(isa);
-    const KIO *kio = KIO_GET(isa);
+    const KIO_Q *kio_q = KIO_Q_GET(isa);
+    const KIO_KV *kio_kv = KIO_KV_GET(isa);
     const KIO_T *kio_t = KIO_T_GET(isa);
-    if (!kt || !kio || !kio_t) return ATTN_EISA;
+    if (!kt || !kio_q || !kio_kv || !kio_t) return ATTN_EISA;
     if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
 
     PLAN P;
-    st = SDPA_FN(make_plan)(&P, d, kt, kio, kio_t);
+    st = SDPA_FN(make_plan)(&P, d, kt, kio_q, kio_kv, kio_t);
     if (st == ATTN_OK) st = SDPA_FN(alloc_plan)(&P);
     if (st != ATTN_OK) {
         SDPA_FN(free_plan)(&P);

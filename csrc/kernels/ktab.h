@@ -148,10 +148,11 @@ ATTN_DECLARE_KTAB(double, f64)
         /* Qt[d][r] = sign * rows[r][d] (lanes >= nr zeroed; panel path)     */ \
         void (*pack_qt)(int nr, int64_t D, const IT *const *rows, T sign,      \
                         T *qt);                                                \
-        /* dst[j][c] = src[j][c] for j < n, c < D: a K or V block in T for   */ \
-        /* the panel path's micro-kernels (NULL when IT is T: read in place) */ \
+        /* dst[j][c] = src[j][c] (* scale[j] if scale) for j < n, c < D: a   */ \
+        /* K or V block in T for the panel path's micro-kernels (NULL when   */ \
+        /* IT is T: read in place)                                          */ \
         void (*widen)(int64_t n, int64_t D, const IT *src, int64_t lds,        \
-                      T *dst, int64_t ldd);                                    \
+                      const T *scale, T *dst, int64_t ldd);                    \
         /* rows[r][c] = (Ot - Ct)[c][r] / L[r] (0 where L[r] == 0), or       */ \
         /* without the division when L is NULL; Ot is overwritten           */ \
         void (*finish_panel)(int nr, int64_t Dv, T *ot, const T *ct,           \
@@ -159,14 +160,17 @@ ATTN_DECLARE_KTAB(double, f64)
         /* Qs[r][:] = sign * rows[r][:D], zero-padded to ldq (rows path)     */ \
         void (*stage_rows)(int nr, int64_t D, const IT *const *rows, T sign,   \
                            T *qs, int64_t ldq);                                \
-        /* S[r][j] = Qs[r] . K[j] for r < nr, j < nk (Qs padded to vlen)     */ \
+        /* S[r][j] = (Qs[r] . K[j]) (* kscale[j] if kscale) for r < nr,      */ \
+        /* j < nk (Qs padded to vlen)                                       */ \
         void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
-                        const IT *k, int64_t ldk, int64_t nk, T *s,            \
-                        int64_t lds);                                          \
-        /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] V[j][:], compensated   */ \
-        void (*pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr,           \
-                        const IT *v, int64_t ldv, int64_t Dv, const T *alpha,  \
-                        T *o, T *oc, int64_t ldo);                             \
+                        const IT *k, int64_t ldk, int64_t nk,                  \
+                        const T *kscale, T *s, int64_t lds);                   \
+        /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] (vscale[j]) V[j][:],   */ \
+        /* compensated; with vscale, P is scaled in place first             */ \
+        void (*pv_rows)(int64_t nk, T *p, int64_t ldp, int nr,                 \
+                        const IT *v, int64_t ldv, int64_t Dv,                  \
+                        const T *vscale, const T *alpha, T *o, T *oc,          \
+                        int64_t ldo);                                          \
         /* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no         */ \
         /* division when L is NULL)                                         */ \
         void (*finish_rows)(int nr, int64_t Dv, const T *o, const T *oc,       \
@@ -177,6 +181,10 @@ ATTN_DECLARE_KIO(float, float, f32)
 ATTN_DECLARE_KIO(double, double, f64)
 ATTN_DECLARE_KIO(float, uint16_t, bf16)
 ATTN_DECLARE_KIO(float, uint16_t, f16)
+/* int8 keys/values with a float32 scale per (batch, head, position): the
+ * quantized KV cache. Only the K/V entries (widen, qk_rows, pv_rows) exist;
+ * Q and the output are float32 (attn_kio_f32). */
+ATTN_DECLARE_KIO(float, int8_t, i8)
 
 /* One set of tables per ISA translation unit; absent ones are not linked. */
 extern const attn_ktab_f32 attn_ktab_portable_f32;
@@ -185,17 +193,20 @@ extern const attn_kio_f32 attn_kio_portable_f32;
 extern const attn_kio_f64 attn_kio_portable_f64;
 extern const attn_kio_bf16 attn_kio_portable_bf16;
 extern const attn_kio_f16 attn_kio_portable_f16;
+extern const attn_kio_i8 attn_kio_portable_i8;
 #ifdef ATTN_BUILT_AVX2
 extern const attn_ktab_f32 attn_ktab_avx2_f32;
 extern const attn_kio_f32 attn_kio_avx2_f32;
 extern const attn_kio_bf16 attn_kio_avx2_bf16;
 extern const attn_kio_f16 attn_kio_avx2_f16;
+extern const attn_kio_i8 attn_kio_avx2_i8;
 #endif
 #ifdef ATTN_BUILT_AVX512
 extern const attn_ktab_f32 attn_ktab_avx512_f32;
 extern const attn_kio_f32 attn_kio_avx512_f32;
 extern const attn_kio_bf16 attn_kio_avx512_bf16;
 extern const attn_kio_f16 attn_kio_avx512_f16;
+extern const attn_kio_i8 attn_kio_avx512_i8;
 #endif
 
 /* The tables for a supported ISA level (csrc/dispatch), or NULL. */
@@ -205,5 +216,6 @@ const attn_kio_f32 *attn_kio_get_f32(int isa);
 const attn_kio_f64 *attn_kio_get_f64(int isa);
 const attn_kio_bf16 *attn_kio_get_bf16(int isa);
 const attn_kio_f16 *attn_kio_get_f16(int isa);
+const attn_kio_i8 *attn_kio_get_i8(int isa);
 
 #endif /* ATTNCORE_KTAB_H */

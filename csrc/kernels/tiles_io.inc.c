@@ -14,6 +14,8 @@
  *   T_to_out(x)         one T value as IT (round to nearest even; NaN stays
  *                       NaN, +-inf stays +-inf)
  *   FNIO(name)          the ISA/IT-suffixed name; KIO_TYPE, KIO_NAME, IO_DTYPE
+ *   IO_KV_ONLY          1 for storage types that hold keys/values only (int8
+ *                       with scales): the Q and output entries are NULL
  *
  * and the SIMD mapping of tiles.inc.c. Same preconditions as there.
  *
@@ -27,7 +29,11 @@
 
 #define NR (NV * VL)
 
-#ifndef ATTN_HAVE_pack_qt
+#ifndef IO_KV_ONLY
+#define IO_KV_ONLY 0
+#endif
+
+#if !IO_KV_ONLY && !defined(ATTN_HAVE_pack_qt)
 /*
  * Qt[d][r] = sign * Q_r[d] for r < nr (lanes past nr are 0), from one
  * pointer per query row. Full VL x VL blocks go through the ISA's register
@@ -53,20 +59,22 @@ static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *q
 #endif
 
 #if !IO_SAME
-/* dst[j][c] = src[j][c] (IT -> T) for j < n, c < D. */
-static void FNIO(widen)(int64_t n, int64_t D, const IT *src, int64_t lds, T *dst, int64_t ldd)
+/* dst[j][c] = src[j][c] (IT -> T), times scale[j] when given, for j < n, c < D. */
+static void FNIO(widen)(int64_t n, int64_t D, const IT *src, int64_t lds, const T *scale, T *dst,
+                        int64_t ldd)
 {
     for (int64_t j = 0; j < n; j++) {
         const IT *s = src + j * lds;
         T *t = dst + j * ldd;
+        vec sc = v_set1(scale ? scale[j] : (T)1);
         int64_t c = 0;
-        for (; c + VL <= D; c += VL) v_store(t + c, v_load_in(s + c));
-        if (c < D) v_store_n(t + c, v_load_in_n(s + c, (int)(D - c)), (int)(D - c));
+        for (; c + VL <= D; c += VL) v_store(t + c, v_mul(sc, v_load_in(s + c)));
+        if (c < D) v_store_n(t + c, v_mul(sc, v_load_in_n(s + c, (int)(D - c))), (int)(D - c));
     }
 }
 #endif
 
-#ifndef ATTN_HAVE_finish_panel
+#if !IO_KV_ONLY && !defined(ATTN_HAVE_finish_panel)
 /*
  * Panel output: rows[r][c] = (Ot[c][r] - Ct[c][r]) / L[r] for r < nr, c < Dv,
  * with a zero row where L[r] == 0 (no visible key); without L, the
@@ -108,7 +116,7 @@ static void FNIO(finish_panel)(int nr, int64_t Dv, T *ot, const T *ct, const T *
 }
 #endif
 
-#ifndef ATTN_HAVE_stage_rows
+#if !IO_KV_ONLY && !defined(ATTN_HAVE_stage_rows)
 /* Qs[r][d] = sign * rows[r][d] for d < D, zeros up to ldq. */
 static void FNIO(stage_rows)(int nr, int64_t D, const IT *const *rows, T sign, T *qs, int64_t ldq)
 {
@@ -141,7 +149,7 @@ static inline T FNIO(dot_row)(int64_t D, const T *q, const IT *k)
  * the next group of rows. Key rows are read with masked tails.
  */
 static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT *k,
-                          int64_t ldk, int64_t nk, T *s, int64_t lds)
+                          int64_t ldk, int64_t nk, const T *kscale, T *s, int64_t lds)
 {
     int r = 0;
     for (; r + 4 <= nr; r += 4) {
@@ -172,6 +180,9 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
     }
     for (; r < nr; r++)
         for (int64_t j = 0; j < nk; j++) s[r * lds + j] = FNIO(dot_row)(D, qs + r * ldq, k + j * ldk);
+    if (kscale)   /* quantized keys: the row's scale applies to its whole dot product */
+        for (r = 0; r < nr; r++)
+            for (int64_t j = 0; j < nk; j++) s[r * lds + j] *= kscale[j];
 }
 #endif
 
@@ -183,9 +194,12 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
  * partial vectors, so nothing past Dv is touched. The block's sums start from
  * zero and are added to O with Kahan compensation (Oc), as in pv_panel.
  */
-static void FNIO(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const IT *v,
-                          int64_t ldv, int64_t Dv, const T *alpha, T *o, T *oc, int64_t ldo)
+static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, int64_t ldv,
+                          int64_t Dv, const T *vscale, const T *alpha, T *o, T *oc, int64_t ldo)
 {
+    if (vscale)   /* quantized values: fold each row's scale into its weights */
+        for (int r = 0; r < nr; r++)
+            for (int64_t j = 0; j < nk; j++) p[r * ldp + j] *= vscale[j];
     for (int r0 = 0; r0 < nr; r0 += 4) {
         int rn = nr - r0 < 4 ? nr - r0 : 4;
         for (int64_t c0 = 0; c0 < Dv; c0 += 4 * VL) {
@@ -245,7 +259,7 @@ static void FNIO(pv_rows)(int64_t nk, const T *p, int64_t ldp, int nr, const IT 
 }
 #endif
 
-#ifndef ATTN_HAVE_finish_rows
+#if !IO_KV_ONLY && !defined(ATTN_HAVE_finish_rows)
 /* rows[r][c] = (O - Oc)[r][c] / L[r] (0 where L[r] == 0; no division without L). */
 static void FNIO(finish_rows)(int nr, int64_t Dv, const T *o, const T *oc, int64_t ldo, const T *L,
                               IT *const *rows)
@@ -276,17 +290,25 @@ static void FNIO(finish_rows)(int nr, int64_t Dv, const T *o, const T *oc, int64
 
 const KIO_TYPE KIO_NAME = {
     .dtype = IO_DTYPE,
+#if IO_KV_ONLY
+    .pack_qt = NULL,
+    .finish_panel = NULL,
+    .stage_rows = NULL,
+    .finish_rows = NULL,
+#else
     .pack_qt = FNIO(pack_qt),
+    .finish_panel = FNIO(finish_panel),
+    .stage_rows = FNIO(stage_rows),
+    .finish_rows = FNIO(finish_rows),
+#endif
 #if IO_SAME
     .widen = NULL,
 #else
     .widen = FNIO(widen),
 #endif
-    .finish_panel = FNIO(finish_panel),
-    .stage_rows = FNIO(stage_rows),
     .qk_rows = FNIO(qk_rows),
     .pv_rows = FNIO(pv_rows),
-    .finish_rows = FNIO(finish_rows),
 };
 
 #undef NR
+#undef IO_KV_ONLY

@@ -96,6 +96,12 @@ typedef struct {
     void *weights;  /* NULL, or contiguous (B, Hq, Lq, Lk) of the dtype */
     void *lse;      /* NULL, or contiguous (B, Hq, Lq) of the dtype */
 
+    /* Quantized keys/values (the _kvi8 entry): key j of kv head h, batch b
+     * is k[...] * k_scale[ks_boff[b] + h * ks_sh + j] (float32), likewise
+     * for v. NULL for every other entry. */
+    const void *k_scale; const int64_t *ks_boff; int64_t ks_sh;
+    const void *v_scale; const int64_t *vs_boff; int64_t vs_sh;
+
     /* Ctrl-C: when cancellable, the kernel stops early with ATTN_EINTR once
      * the SIGINT count differs from cancel_epoch (attn_sigint_guard_begin). */
     int cancellable;
@@ -109,6 +115,11 @@ attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads);
  * Dot-product scores only (score_kind ATTN_SCORE_DOT). */
 attn_status attn_sdpa_bf16(const attn_sdpa_desc *desc, int isa, int num_threads);
 attn_status attn_sdpa_f16(const attn_sdpa_desc *desc, int isa, int num_threads);
+/* float32 q and out over a KV cache stored as bfloat16, float16, or int8
+ * with per-(batch, head, position) float32 scales (k_scale / v_scale). */
+attn_status attn_sdpa_f32_kvbf16(const attn_sdpa_desc *desc, int isa, int num_threads);
+attn_status attn_sdpa_f32_kvf16(const attn_sdpa_desc *desc, int isa, int num_threads);
+attn_status attn_sdpa_f32_kvi8(const attn_sdpa_desc *desc, int isa, int num_threads);
 
 /* How a call would run (tests assert that they reach the path they name). */
 enum { ATTN_PATH_PANEL = 0, ATTN_PATH_ROWS = 1 };
@@ -132,6 +143,12 @@ attn_status attn_sdpa_plan_bf16(const attn_sdpa_desc *desc, int isa, int num_thr
                                 attn_plan_info *info);
 attn_status attn_sdpa_plan_f16(const attn_sdpa_desc *desc, int isa, int num_threads,
                                attn_plan_info *info);
+attn_status attn_sdpa_plan_f32_kvbf16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                      attn_plan_info *info);
+attn_status attn_sdpa_plan_f32_kvf16(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                     attn_plan_info *info);
+attn_status attn_sdpa_plan_f32_kvi8(const attn_sdpa_desc *desc, int isa, int num_threads,
+                                    attn_plan_info *info);
 
 /*
  * Linear layer:  y[m][n] = sum_k x[m][k] w[n][k] + bias[n]   (y = x W^T + b)

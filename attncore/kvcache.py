@@ -1,0 +1,277 @@
+"""KVCache: preallocated key/value buffers for token-by-token decoding, in
+float32/float64 or in a compact storage format (bfloat16, float16, or int8
+with a scale per token and head) that the decode kernels read directly.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core, _engine
+from . import _validate as V
+from ._types import ArrayLike, Result
+
+# storage format -> (element dtype of the buffers, kernel entry for float32 queries)
+_STORAGE = {
+    "float32": (np.dtype(np.float32), None),
+    "float64": (np.dtype(np.float64), None),
+    "bfloat16": (np.dtype(np.uint16), _core.IO_F32_KVBF16),   # bfloat16 bit patterns
+    "float16": (np.dtype(np.float16), _core.IO_F32_KVF16),
+    "int8": (np.dtype(np.int8), _core.IO_F32_KVI8),           # with float32 scales
+}
+
+
+def _storage_name(dtype):
+    """'float32' | 'float64' | 'bfloat16' | 'float16' | 'int8', or an error."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    if name not in _STORAGE:
+        raise TypeError(f"KVCache: dtype must be float32, float64, 'bfloat16', 'float16' or 'int8'; "
+                        f"got {dtype!r}")
+    return name
+
+
+def to_bfloat16_bits(x):
+    """float32 values -> bfloat16 bit patterns (uint16), round to nearest even;
+    NaN stays a quiet NaN."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    out = rounded.astype(np.uint16)
+    out[nan] = ((b[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return out
+
+
+def from_bfloat16_bits(bits):
+    """bfloat16 bit patterns (uint16) -> float32 (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def quantize_int8(x):
+    """Symmetric int8 quantization with one scale per row of the last axis:
+    x ~ q * scale, scale = max|x| / 127 (1 for an all-zero row), q in
+    [-127, 127] rounded to nearest. A row with a NaN or infinite value gets a
+    NaN scale (and q = 0), so the NaN reaches every score that uses it.
+    Returns (q int8, scale float32 with x's shape minus the last axis)."""
+    x = np.asarray(x, np.float32)
+    finite = np.isfinite(x).all(axis=-1)
+    top = np.where(finite, np.abs(np.where(np.isfinite(x), x, 0)).max(axis=-1, initial=0.0), 0)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    q = np.rint(np.where(np.isfinite(x), x, 0) / scale[..., None])
+    q = np.clip(q, -127, 127).astype(np.int8)
+    scale = np.where(finite, scale, np.float32(np.nan)).astype(np.float32)
+    q[~finite] = 0
+    return q, scale
+
+
+class KVCache:
+    """Preallocated per-layer key/value buffers for incremental decoding.
+
+    Keys and values live in (B, H, capacity, Dh) buffers; the first
+    ``len(cache)`` positions are valid. ``MultiHeadAttention(...,
+    kv_cache=cache)`` appends the new keys/values and attends over every
+    cached position; ``cache.attend(query)`` does the attention step alone.
+
+    Parameters
+    ----------
+    max_len : int
+        Capacity in positions. Appending past it raises ValueError, unless
+        ``grow=True``, in which case the buffers double in size as needed.
+    num_heads : int
+        Key/value heads (num_kv_heads of the attention layer).
+    head_dim : int
+        Size of one head.
+    batch_size : int, optional
+        Allocate now for this batch size; otherwise at the first append.
+    dtype : float32 (default), float64, "bfloat16", "float16" or "int8"
+        Storage. The compact ones hold half (16-bit) or a quarter (int8, plus
+        a float32 scale per position and head) of the bytes, which is what a
+        decode step reads: the kernels read them directly (no float copy).
+        Queries and results are float32. int8 is symmetric per (batch, head,
+        position): k ~ q_int8 * max|k| / 127; its error against a float32
+        cache is in docs/numerics.md (10).
+    grow : bool
+        Double the capacity instead of failing when full.
+
+    Example
+    -------
+    >>> import numpy as np, attncore
+    >>> cache = attncore.KVCache(max_len=16, num_heads=2, head_dim=4, dtype="int8")
+    >>> k = np.ones((1, 2, 3, 4), np.float32)
+    >>> cache.append(k, k)
+    >>> len(cache), cache.keys.shape
+    (3, (1, 2, 3, 4))
+    >>> cache.attend(np.ones((1, 4, 1, 4), np.float32)).shape   # 4 query heads, GQA
+    (1, 4, 1, 4)
+    """
+
+    def __init__(self, max_len: int, num_heads: int, head_dim: int, *,
+                 batch_size: Optional[int] = None, dtype: Any = np.float32,
+                 grow: bool = False) -> None:
+        for name, value in (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
+        self.storage = _storage_name(dtype)
+        self._element, self._entry = _STORAGE[self.storage]
+        # the dtype of what goes in and comes out (keys/values, queries, results)
+        self.dtype = np.dtype(np.float64 if self.storage == "float64" else np.float32)
+        self.max_len = int(max_len)
+        self.num_heads = int(num_heads)
+        self.head_dim = int(head_dim)
+        self.grow = bool(grow)
+        self._length = 0
+        self._k: Optional[np.ndarray] = None
+        self._v: Optional[np.ndarray] = None
+        self._ks: Optional[np.ndarray] = None   # int8: scales (B, H, capacity)
+        self._vs: Optional[np.ndarray] = None
+        if batch_size is not None:
+            self._allocate(int(batch_size), self.max_len)
+
+    def _allocate(self, batch, capacity):
+        from . import _layout
+
+        shape = (batch, self.num_heads, capacity, self.head_dim)
+        k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
+        ks = vs = None
+        if self.storage == "int8":
+            ks, vs = (_layout.empty(shape[:3], np.float32) for _ in range(2))
+        n = self._length
+        if self._k is not None and n:
+            k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
+            if ks is not None:
+                ks[:, :, :n], vs[:, :, :n] = self._ks[:, :, :n], self._vs[:, :, :n]
+        self._k, self._v, self._ks, self._vs = k, v, ks, vs
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def capacity(self) -> int:
+        return self._k.shape[2] if self._k is not None else self.max_len
+
+    def _decoded(self, data, scale):
+        n = self._length
+        if self.storage in ("float32", "float64"):
+            return data[:, :, :n]                              # a view
+        if self.storage == "bfloat16":
+            return from_bfloat16_bits(data[:, :, :n])
+        if self.storage == "float16":
+            return data[:, :, :n].astype(np.float32)
+        return data[:, :, :n].astype(np.float32) * scale[:, :, :n, None]
+
+    @property
+    def keys(self) -> Optional[np.ndarray]:
+        """(B, H, len, Dh) cached keys: a view for float32/float64 storage, a
+        decoded float32 copy for the compact formats."""
+        return self._decoded(self._k, self._ks) if self._k is not None else None
+
+    @property
+    def values(self) -> Optional[np.ndarray]:
+        """(B, H, len, Dh) cached values (see keys)."""
+        return self._decoded(self._v, self._vs) if self._v is not None else None
+
+    def append(self, key: ArrayLike, value: ArrayLike) -> None:
+        """Append keys/values of shape (B, H, T, Dh) (T new positions), in the
+        cache's dtype (float32 for the compact formats, which store them
+        rounded or quantized)."""
+        key = V.native(V.as_array(key, "key", "KVCache.append"))
+        value = V.native(V.as_array(value, "value", "KVCache.append"))
+        expect = f"(B, {self.num_heads}, T, {self.head_dim})"
+        for name, a in (("key", key), ("value", value)):
+            if a.ndim != 4 or a.shape[1] != self.num_heads or a.shape[3] != self.head_dim:
+                raise ValueError(f"KVCache.append: {name} must have shape {expect}; got {a.shape}")
+            if a.dtype != self.dtype:
+                raise TypeError(f"KVCache.append: {name} has dtype {a.dtype}; the cache takes "
+                                f"{self.dtype} (stored as {self.storage})")
+        if key.shape != value.shape:
+            raise ValueError(f"KVCache.append: key {key.shape} and value {value.shape} differ")
+        batch, steps = key.shape[0], key.shape[2]
+        if self._k is None:
+            self._allocate(batch, self.max_len)
+        assert self._k is not None and self._v is not None
+        if batch != self._k.shape[0]:
+            raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
+                             f"{self._k.shape[0]} (reset() the cache for a new batch)")
+        need = self._length + steps
+        if need > self._k.shape[2]:
+            if not self.grow:
+                raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
+                                 f"max_len={self.max_len} (use a larger max_len or grow=True)")
+            capacity = self._k.shape[2]
+            while capacity < need:
+                capacity *= 2
+            self._allocate(batch, capacity)
+        at = slice(self._length, need)
+        for data, scale, x in ((self._k, self._ks, key), (self._v, self._vs, value)):
+            if self.storage in ("float32", "float64", "float16"):
+                data[:, :, at] = x
+            elif self.storage == "bfloat16":
+                data[:, :, at] = to_bfloat16_bits(x)
+            else:
+                data[:, :, at], scale[:, :, at] = quantize_int8(x)
+        self._length = need
+
+    def attend(self, query: ArrayLike, *, is_causal: Any = "bottom_right", scale: Any = None,
+               attn_mask: Any = None, valid_lens: Any = None, dropout_p: float = 0.0,
+               seed: Optional[int] = None, num_threads: Optional[int] = None,
+               out: Optional[np.ndarray] = None, return_weights: bool = False,
+               return_lse: bool = False) -> Result:
+        """Attention of `query` over every cached position, reading the storage
+        directly (no decoded copy): ``scaled_dot_product_attention(query,
+        keys, values, enable_gqa=True, ...)`` with the queries as the newest
+        positions (bottom-right causal alignment by default).
+
+        query : (B, Hq, Lq, Dh) in the cache's dtype (float32 for the compact
+        formats), Hq a multiple of the cache's heads. Other arguments as in
+        :func:`attncore.scaled_dot_product_attention`. Returns (B, Hq, Lq, Dh)
+        (and weights / lse as asked).
+
+        Example
+        -------
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2, dtype="bfloat16")
+        >>> cache.append(np.ones((1, 1, 3, 2), np.float32), np.full((1, 1, 3, 2), 2.0, np.float32))
+        >>> cache.attend(np.ones((1, 1, 1, 2), np.float32))
+        array([[[[2., 2.]]]], dtype=float32)
+        """
+        op = "KVCache.attend"
+        if self._k is None:
+            raise ValueError(f"{op}: the cache is empty (append keys and values first)")
+        q = V.native(V.as_array(query, "query", op))
+        if q.dtype != self.dtype:
+            raise TypeError(f"{op}: query has dtype {q.dtype}; this cache takes {self.dtype}")
+        B, H, n = self._k.shape[0], self.num_heads, self._length
+        if q.ndim != 4 or q.shape[0] != B or q.shape[3] != self.head_dim or q.shape[1] % H:
+            raise ValueError(f"{op}: query must have shape (B={B}, Hq (a multiple of {H}), Lq, "
+                             f"{self.head_dim}); got {q.shape}")
+        Hq, Lq, Dh = q.shape[1], q.shape[2], self.head_dim
+        k, v = self._k[:, :, :n], self._v[:, :, :n]
+        kv = None
+        if self._entry is not None:
+            scales = (self._ks[:, :, :n], self._vs[:, :, :n]) if self.storage == "int8" else (None, None)
+            kv = (self._entry,) + scales
+        if scale is None:
+            scale = 1.0 / np.sqrt(Dh)
+        p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
+                            batch=(B,), Hq=Hq, Hkv=H, Lq=Lq, Lk=n, Dq=Dh, Dk=Dh, Dv=Dh, params={},
+                            query_ndim=4)
+        return _engine.run(op, p, q, k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
+                           is_causal=is_causal, dropout_p=dropout_p, seed=seed,
+                           valid_lens=valid_lens, num_threads=num_threads, out=out,
+                           return_weights=return_weights, return_lse=return_lse, kv=kv)
+
+    def reset(self) -> None:
+        """Forget every cached position (buffers are kept for reuse)."""
+        self._length = 0
+        if self._k is not None and self._k.shape[2] != self.max_len:
+            self._k = self._v = self._ks = self._vs = None
+
+    def __repr__(self) -> str:
+        return (f"KVCache(len={self._length}, capacity={self.capacity}, num_heads={self.num_heads}, "
+                f"head_dim={self.head_dim}, dtype={self.storage})")

@@ -1,0 +1,106 @@
+"""KVCache in compact storage -- bfloat16, float16, int8 with per-(batch, head,
+position) scales -- read directly by the decode kernels: against the float64
+formula on the cache's own (rounded or quantized) values, within the error
+docs/numerics.md (10) states against a float32 cache, on every level and
+both paths, and MultiHeadAttention decoding through it."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import _core
+from attncore._engine import plan_info
+from attncore.kvcache import from_bfloat16_bits, quantize_int8, to_bfloat16_bits
+
+from _guard import guarded_allocations
+from _oracle import sdpa_numpy
+
+FORMATS = ["float32", "bfloat16", "float16", "int8"]
+# docs/numerics.md (10): max |out - out_float32 cache| / max|v|, unit-variance K/V
+BOUND_VS_F32 = {"float32": 0.0, "float16": 2e-3, "bfloat16": 2e-2, "int8": 2e-2}
+
+
+def decoded(cache):
+    return cache.keys.astype(np.float64), cache.values.astype(np.float64)
+
+
+@pytest.mark.parametrize("storage", FORMATS)
+@pytest.mark.parametrize("shape", [(1, 8, 2, 1, 3000, 128), (2, 4, 4, 3, 700, 64), (1, 2, 1, 40, 300, 17)])
+def test_attend_matches_the_formula_on_the_stored_values(isa, storage, shape):
+    """The kernels compute attention over exactly what the cache holds (the
+    rounding / quantization is the only difference from float32)."""
+    B, Hq, Hkv, Lq, Lk, D = shape
+    rng = np.random.default_rng(Lk)
+    k = rng.standard_normal((B, Hkv, Lk, D), dtype=np.float32)
+    v = rng.standard_normal((B, Hkv, Lk, D), dtype=np.float32)
+    q = rng.standard_normal((B, Hq, Lq, D), dtype=np.float32)
+    with guarded_allocations():      # the storage (and scales) border guard pages
+        cache = attncore.KVCache(Lk, Hkv, D, dtype=storage)
+        cache.append(k, v)
+        out = cache.attend(q)
+    kd, vd = decoded(cache)
+    ref = sdpa_numpy(q, kd, vd, causal_offset=Lk - Lq)[0]
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
+    f32 = attncore.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal="bottom_right")
+    assert np.abs(out - f32).max() <= BOUND_VS_F32[storage] * np.abs(v).max()
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16", "int8"])
+def test_compact_storage_takes_its_own_kernel_entry(storage):
+    """No decoded float copy is made: the plan runs on the storage entry, on
+    the rows path (decode) and split over the keys."""
+    rng = np.random.default_rng(0)
+    cache = attncore.KVCache(4096, 2, 64, dtype=storage)
+    cache.append(*(rng.standard_normal((1, 2, 4096, 64), dtype=np.float32) for _ in range(2)))
+    assert cache._k.dtype == {"bfloat16": np.uint16, "float16": np.float16, "int8": np.int8}[storage]
+    plan = plan_info(cache.attend, rng.standard_normal((1, 4, 1, 64), dtype=np.float32))
+    assert plan["path"] == "rows" and plan["chunks"] > 1
+
+
+def test_int8_quantization_rules():
+    x = np.array([[1.0, -2.0, 0.5, 127.0], [0.0, 0.0, 0.0, 0.0], [1.0, np.nan, 0.0, 1.0]], np.float32)
+    q, s = quantize_int8(x)
+    assert q.dtype == np.int8 and s.dtype == np.float32
+    np.testing.assert_array_equal(q[0], [1, -2, 0, 127])   # max 127 -> scale 1, 0.5 rounds to even
+    assert s[1] == 1.0 and (q[1] == 0).all()
+    assert np.isnan(s[2]) and (q[2] == 0).all()
+    xs = np.random.default_rng(1).standard_normal((100, 64)).astype(np.float32)
+    q, s = quantize_int8(xs)
+    assert np.abs(q * s[:, None] - xs).max() <= (np.abs(xs).max(1) / 254 * 1.0001).max()
+
+
+def test_bfloat16_bits_round_to_nearest_even():
+    x = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, -0.0, np.inf, -np.inf, 3.4e38, np.nan], np.float32)
+    back = from_bfloat16_bits(to_bfloat16_bits(x))
+    np.testing.assert_array_equal(back[:7], [1.0, 1.0, 1.0 + 2**-6, -0.0, np.inf, -np.inf, np.inf])
+    assert np.isnan(back[7])
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    y = np.random.default_rng(2).standard_normal(1000).astype(np.float32) * 1e3
+    np.testing.assert_array_equal(from_bfloat16_bits(to_bfloat16_bits(y)),
+                                  y.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+@pytest.mark.parametrize("storage", FORMATS)
+def test_multihead_attention_decodes_through_compact_caches(storage):
+    m = attncore.MultiHeadAttention(64, 8, num_kv_heads=2, seed=0).eval()
+    x = np.random.default_rng(3).standard_normal((2, 12, 64)).astype(np.float32)
+    full, _ = m(x, is_causal=True, need_weights=False)
+    cache = attncore.KVCache(12, 2, 8, dtype=storage)
+    steps = [m(x[:, :5], kv_cache=cache, need_weights=False)[0]]
+    steps += [m(x[:, t:t + 1], kv_cache=cache, need_weights=False)[0] for t in range(5, 12)]
+    got = np.concatenate(steps, axis=1)
+    tol = {"float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2, "int8": 3e-2}[storage]
+    np.testing.assert_allclose(got, full, atol=tol * np.abs(full).max())
+
+
+def test_cache_errors():
+    cache = attncore.KVCache(4, 1, 2, dtype="int8")
+    with pytest.raises(ValueError, match="empty"):
+        cache.attend(np.ones((1, 1, 1, 2), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        cache.append(np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)))
+    with pytest.raises(TypeError, match="'int8'"):
+        attncore.KVCache(4, 1, 2, dtype="int4")
+    cache.append(np.ones((1, 1, 2, 2), np.float32), np.ones((1, 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="multiple of 1"):
+        cache.attend(np.ones((1, 1, 1, 3), np.float32))
+    assert _core.IO_F32_KVI8 == 6
