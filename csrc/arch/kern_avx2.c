@@ -219,6 +219,25 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
 
 #include "../kernels/tiles.inc.c"
 
+/* The rows path's QK block: 4 rows x 2 keys; 8 vectors -> their 8
+ * horizontal sums, in order (the AVX-512 file's tree with two 128-bit
+ * lanes: c_m[L, e] = sum over lane L of a_4m+e; then one lane swap). */
+#define QK_ROWS 4
+#define QK_KEYS 2
+static inline void v_hsum_block(const vec a[8], T *out)
+{
+    __m256 b[4], c[2];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        b[k] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm256_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+#pragma GCC unroll 2
+    for (int m = 0; m < 2; m++)
+        c[m] = _mm256_add_ps(_mm256_shuffle_ps(b[2 * m], b[2 * m + 1], 0x44),
+                             _mm256_shuffle_ps(b[2 * m], b[2 * m + 1], 0xEE));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(c[0], c[1], 0x20),
+                                        _mm256_permute2f128_ps(c[0], c[1], 0x31)));
+}
+
 /* ---- the input/output tables (csrc/kernels/tiles_io.inc.c) ---- */
 
 /* float32 inputs: read directly */

@@ -226,6 +226,30 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
 
 #include "../kernels/tiles.inc.c"
 
+/* The rows path's QK block (tiles_io.inc.c): 4 rows x 4 keys, reduced by one
+ * shuffle/add tree: 16 vectors -> their 16 horizontal sums, in order, in 45
+ * operations (16 separate reductions take about 130). Level by level, lane
+ * (L, e) = 128-bit lane L, element e:
+ *   b_k  = lo(a_2k, a_2k+1) + hi(...)      -> partial sums of element pairs
+ *   c_m  = 0x44 + 0xEE shuffles of b_2m, b_2m+1 -> c_m[L, e] = sum over lane L of a_4m+e
+ *   d, f = 128-bit lane shuffles adding lanes -> f[4L + e] = total of a_4L+e */
+#define QK_ROWS 4
+#define QK_KEYS 4
+static inline void v_hsum_block(const vec a[16], T *out)
+{
+    __m512 b[8], c[4], d0, d1;
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++)
+        c[m] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * m], b[2 * m + 1], 0x44),
+                             _mm512_shuffle_ps(b[2 * m], b[2 * m + 1], 0xEE));
+    d0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    d1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD)));
+}
+
 /* ---- the input/output tables (csrc/kernels/tiles_io.inc.c) ---- */
 
 /* float32 inputs: read directly */

@@ -30,6 +30,14 @@ typedef double T;
 #include "simd_generic.h"
 #include "../kernels/tiles.inc.c"
 
+/* The rows path's QK block: 4 rows x 1 key, plain horizontal sums. */
+#define QK_ROWS 4
+#define QK_KEYS 1
+static inline void v_hsum_block(const vec a[4], T *out)
+{
+    for (int i = 0; i < 4; i++) out[i] = v_hsum(a[i]);
+}
+
 /* ---- the float64 input/output table ---- */
 #define IT double
 #define IO_SAME 1

@@ -13,6 +13,9 @@
  *   in_to_T(x)          one IT element as T (exact)
  *   T_to_out(x)         one T value as IT (round to nearest even; NaN stays
  *                       NaN, +-inf stays +-inf)
+ *   QK_ROWS, QK_KEYS    the rows-path QK register block (QK_ROWS x QK_KEYS
+ *                       dot products at once), and
+ *   v_hsum_block(acc, out)  out[i] = horizontal sum of acc[i], i < QK_ROWS * QK_KEYS
  *   FNIO(name)          the ISA/IT-suffixed name; KIO_TYPE, KIO_NAME, IO_DTYPE
  *   IO_KV_ONLY          1 for storage types that hold keys/values only (int8
  *                       with scales): the Q and output entries are NULL
@@ -143,47 +146,78 @@ static inline T FNIO(dot_row)(int64_t D, const T *q, const IT *k)
 }
 
 #ifndef ATTN_HAVE_qk_rows
+/* One row-block x key-block of dot products: acc[rr * QK_KEYS + jj] over d
+ * for rows q[rr], keys k + jj * ldk (QK_ROWS rows, QK_KEYS keys). */
+#define QK_ACC (QK_ROWS * QK_KEYS)
+
 /*
- * S[r][j] = Qs[r] . K[j]   for r < nr, j < nk.
- * Four query rows share each key row's loads; the key block stays in L1 for
- * the next group of rows. Key rows are read with masked tails.
+ * S[r][j] = Qs[r] . K[j] (* kscale[j])   for r < nr, j < nk.
+ * A register block of QK_ROWS (4) query rows x QK_KEYS keys accumulates
+ * along d -- every key vector is loaded once for four rows -- and the block's
+ * QK_ACC partial-sum vectors are reduced together (v_hsum_block: one
+ * shuffle/add tree instead of QK_ACC horizontal sums). Leftover rows take
+ * QK_ACC keys at a time; leftover keys one at a time. Key rows are read with
+ * masked tails (Qs is zero-padded, so its full loads are safe).
  */
 static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT *k,
                           int64_t ldk, int64_t nk, const T *kscale, T *s, int64_t lds)
 {
+    T sums[QK_ACC];
     int r = 0;
-    for (; r + 4 <= nr; r += 4) {
-        const T *q0 = qs + r * ldq, *q1 = q0 + ldq, *q2 = q1 + ldq, *q3 = q2 + ldq;
-        for (int64_t j = 0; j < nk; j++) {
-            const IT *kj = k + j * ldk;
-            vec a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-            int64_t d = 0;
-            for (; d + VL <= D; d += VL) {
-                vec kv = v_load_in(kj + d);
-                a0 = v_fma(v_load(q0 + d), kv, a0);
-                a1 = v_fma(v_load(q1 + d), kv, a1);
-                a2 = v_fma(v_load(q2 + d), kv, a2);
-                a3 = v_fma(v_load(q3 + d), kv, a3);
+    for (; r + QK_ROWS <= nr; r += QK_ROWS) {
+        const T *q[QK_ROWS];
+        for (int rr = 0; rr < QK_ROWS; rr++) q[rr] = qs + (r + rr) * ldq;
+        int64_t j = 0;
+        for (; j + QK_KEYS <= nk; j += QK_KEYS) {
+            vec acc[QK_ACC];
+#pragma GCC unroll 16
+            for (int i = 0; i < QK_ACC; i++) acc[i] = v_zero();
+            for (int64_t d = 0; d < D; d += VL) {
+                int n = D - d < VL ? (int)(D - d) : VL;
+                vec qv[QK_ROWS];
+#pragma GCC unroll 4
+                for (int rr = 0; rr < QK_ROWS; rr++) qv[rr] = v_load(q[rr] + d);
+#pragma GCC unroll 4
+                for (int jj = 0; jj < QK_KEYS; jj++) {
+                    const IT *kj = k + (j + jj) * ldk + d;
+                    vec kv = n == VL ? v_load_in(kj) : v_load_in_n(kj, n);
+#pragma GCC unroll 4
+                    for (int rr = 0; rr < QK_ROWS; rr++)
+                        acc[rr * QK_KEYS + jj] = v_fma(qv[rr], kv, acc[rr * QK_KEYS + jj]);
+                }
             }
-            if (d < D) {
-                vec kv = v_load_in_n(kj + d, (int)(D - d));
-                a0 = v_fma(v_load(q0 + d), kv, a0);
-                a1 = v_fma(v_load(q1 + d), kv, a1);
-                a2 = v_fma(v_load(q2 + d), kv, a2);
-                a3 = v_fma(v_load(q3 + d), kv, a3);
-            }
-            s[(r + 0) * lds + j] = v_hsum(a0);
-            s[(r + 1) * lds + j] = v_hsum(a1);
-            s[(r + 2) * lds + j] = v_hsum(a2);
-            s[(r + 3) * lds + j] = v_hsum(a3);
+            v_hsum_block(acc, sums);
+            for (int rr = 0; rr < QK_ROWS; rr++)
+                for (int jj = 0; jj < QK_KEYS; jj++) s[(r + rr) * lds + j + jj] = sums[rr * QK_KEYS + jj];
         }
+        for (; j < nk; j++)
+            for (int rr = 0; rr < QK_ROWS; rr++) s[(r + rr) * lds + j] = FNIO(dot_row)(D, q[rr], k + j * ldk);
     }
-    for (; r < nr; r++)
-        for (int64_t j = 0; j < nk; j++) s[r * lds + j] = FNIO(dot_row)(D, qs + r * ldq, k + j * ldk);
+    for (; r < nr; r++) {
+        const T *q0 = qs + r * ldq;
+        int64_t j = 0;
+        for (; j + QK_ACC <= nk; j += QK_ACC) {
+            vec acc[QK_ACC];
+#pragma GCC unroll 16
+            for (int i = 0; i < QK_ACC; i++) acc[i] = v_zero();
+            for (int64_t d = 0; d < D; d += VL) {
+                int n = D - d < VL ? (int)(D - d) : VL;
+                vec qv = v_load(q0 + d);
+#pragma GCC unroll 16
+                for (int jj = 0; jj < QK_ACC; jj++) {
+                    const IT *kj = k + (j + jj) * ldk + d;
+                    acc[jj] = v_fma(qv, n == VL ? v_load_in(kj) : v_load_in_n(kj, n), acc[jj]);
+                }
+            }
+            v_hsum_block(acc, s + r * lds + j);
+        }
+        for (; j < nk; j++) s[r * lds + j] = FNIO(dot_row)(D, q0, k + j * ldk);
+    }
     if (kscale)   /* quantized keys: the row's scale applies to its whole dot product */
         for (r = 0; r < nr; r++)
             for (int64_t j = 0; j < nk; j++) s[r * lds + j] *= kscale[j];
 }
+#undef QK_ACC
 #endif
 
 #ifndef ATTN_HAVE_pv_rows
