@@ -79,6 +79,8 @@ C_SOURCES = [
     "csrc/driver/interrupt.c",
     "csrc/driver/sdpa.c",
     "csrc/driver/gemm.c",
+    "csrc/driver/softmax.c",
+    "csrc/driver/vision.c",
     "csrc/arch/kern_portable.c",
     "csrc/arch/kern_portable_f64.c",
 ]
@@ -146,7 +148,8 @@ def extensions():
         "attncore._core",
         sources=["attncore/_core.pyx"] + C_SOURCES,
         include_dirs=INCLUDE_DIRS,
-        depends=[os.path.join(root, f) for root, _, files in os.walk("csrc") for f in files],
+        depends=[os.path.join(root, f) for root, _, files in os.walk("csrc") for f in files]
+        + [os.path.join("attncore", f) for f in os.listdir("attncore") if f.endswith((".pxi", ".pxd"))],
     )
     return cythonize(
         [ext],

@@ -664,3 +664,8 @@ def openmp_enabled():
 def single_threaded_after_fork():
     """True in a child forked after this process ran a multi-threaded region."""
     return bool(attn_single_threaded_after_fork())
+
+
+# -- further families, each in its own include file (one owner per file) --------
+include "_softmax.pxi"
+include "_vision.pxi"
