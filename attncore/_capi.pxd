@@ -40,6 +40,16 @@ cdef extern from "attncore/attn.h" nogil:
         double drop_scale
         void *weights
         void *lse
+        int offset_bottom_right
+        int64_t window_left, window_right
+        const void *alibi
+        const int64_t *al_boff
+        int64_t al_sh
+        double softcap
+        const void *sinks
+        int64_t sk_sh
+        const int64_t *seq_lq
+        const int64_t *seq_lk
         const void *k_scale
         const int64_t *ks_boff
         int64_t ks_sh
@@ -52,7 +62,7 @@ cdef extern from "attncore/attn.h" nogil:
     ctypedef struct attn_plan_info:
         int path
         int additive_form
-        int64_t rows_per_unit, units, chunks, chunk_len, key_block
+        int64_t rows_per_unit, units, chunks, chunk_len, key_block, key_blocks
         int threads
 
     ctypedef struct attn_linear_desc:

@@ -145,21 +145,23 @@ cdef bint _guard_wanted(double work):
 cdef class _SdpaCall:
     """A filled attn_sdpa_desc and the buffers it points into."""
     cdef attn_sdpa_desc d
-    cdef _Tensor tq, tk, tv, to, tm, tvl, tks, tvs
-    cdef _Buf bw, blse, bws
+    cdef _Tensor tq, tk, tv, to, tm, tvl, tks, tvs, tal
+    cdef _Buf bw, blse, bws, bsk
+    cdef object varlen      # (per-batch offsets, lengths) arrays kept alive for C
     cdef int io
     cdef int isa, threads
 
     def __cinit__(self):
         self.tq, self.tk, self.tv, self.to, self.tm = _Tensor(), _Tensor(), _Tensor(), _Tensor(), _Tensor()
-        self.tvl, self.tks, self.tvs = _Tensor(), _Tensor(), _Tensor()
-        self.bw, self.blse, self.bws = _Buf(), _Buf(), _Buf()
+        self.tvl, self.tks, self.tvs, self.tal = _Tensor(), _Tensor(), _Tensor(), _Tensor()
+        self.bw, self.blse, self.bws, self.bsk = _Buf(), _Buf(), _Buf(), _Buf()
+        self.varlen = None
 
     cdef int setup(self, int io, int isa, int num_threads, tuple dims, tuple batch,
                    q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
                    valid_lens, double scale, uint32_t drop_threshold,
                    uint64_t drop_seed, double drop_scale, weights, lse, int score_kind,
-                   w_score, k_scale, v_scale) except -1:
+                   w_score, k_scale, v_scale, dict variants) except -1:
         cdef attn_sdpa_desc *d = &self.d
         cdef int64_t nb = dims[0]
         self.io, self.isa, self.threads = io, isa, num_threads
@@ -192,6 +194,9 @@ cdef class _SdpaCall:
         d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
         d.cancellable, d.cancel_epoch = 0, 0
         d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
+        _set_variants(d, variants, batch, nb, self.tal, self.bsk)
+        if variants and variants.get("varlen") is not None:
+            self.varlen = _set_varlen(d, variants["varlen"], self.tq, self.tk, self.tv, self.to)
         if k_scale is not None:
             # (..., Hkv, Lk) float32, contiguous along the keys
             self.tks.load(k_scale, batch, nb, 2)
@@ -211,6 +216,50 @@ cdef class _SdpaCall:
         return 0
 
 
+cdef int _set_variants(attn_sdpa_desc *d, dict v, tuple batch, int64_t nb, _Tensor tal,
+                       _Buf bsk) except -1:
+    """The score variants (attn.h): window, ALiBi slopes (batch + (Hq,),
+    broadcast), softcap, sinks ((Hq,) contiguous), bottom-right positions."""
+    d.offset_bottom_right = 0
+    d.window_left = d.window_right = -1
+    d.alibi, d.al_boff, d.al_sh = NULL, NULL, 0
+    d.softcap = 0
+    d.sinks, d.sk_sh = NULL, 0
+    d.seq_lq = d.seq_lk = NULL
+    if not v:
+        return 0
+    d.offset_bottom_right = v.get("bottom_right", False)
+    d.window_left, d.window_right = v.get("window", (-1, -1))
+    d.softcap = v.get("softcap", 0.0)
+    if v.get("alibi") is not None:
+        tal.load(v["alibi"], batch, nb, 1)
+        d.alibi, d.al_boff, d.al_sh = tal.view.buf, tal.boff, tal.core[0]
+    if v.get("sinks") is not None:
+        d.sinks, d.sk_sh = bsk.get(v["sinks"]), 1
+    return 0
+
+
+cdef object _set_varlen(attn_sdpa_desc *d, tuple cu, _Tensor tq, _Tensor tk, _Tensor tv,
+                        _Tensor to):
+    """Packed sequences: batch b's rows start at cu_q[b] / cu_k[b] of the
+    (H, total, D) arrays; its lengths are the differences. Rewrites the batch
+    offsets (the arrays were loaded with one batch element per sequence and
+    stride 0) and returns the arrays C points into."""
+    cdef int64_t b
+    cu_q, cu_k = cu
+    lq = np.ascontiguousarray(np.diff(cu_q), dtype=np.int64)
+    lk = np.ascontiguousarray(np.diff(cu_k), dtype=np.int64)
+    cdef const int64_t[::1] cq = cu_q, ck = cu_k
+    cdef const int64_t[::1] vlq = lq, vlk = lk
+    for b in range(d.B):
+        tq.boff[b] = cq[b] * d.q_sl
+        to.boff[b] = cq[b] * d.o_sl
+        tk.boff[b] = ck[b] * d.k_sl
+        tv.boff[b] = ck[b] * d.v_sl
+    d.seq_lq, d.seq_lk = &vlq[0], &vlk[0]
+    return (lq, lk)
+
+
 cdef str _dims_text(attn_sdpa_desc d):
     return (f"B={d.B} Hq={d.Hq} Hkv={d.Hkv} Lq={d.Lq} Lk={d.Lk} D={d.D} Dv={d.Dv}")
 
@@ -219,7 +268,7 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
          q, k, v, out, int mask_kind, mask, int causal, int64_t causal_offset,
          valid_lens, double scale, uint32_t drop_threshold, uint64_t drop_seed,
          double drop_scale, weights, lse, int score_kind=ATTN_SCORE_DOT, w_score=None,
-         bint plan_only=False, k_scale=None, v_scale=None):
+         bint plan_only=False, k_scale=None, v_scale=None, dict variants=None):
     """Run attn_sdpa_<io> for the public function `op` (named in errors); io
     is IO_F32, IO_F64, IO_BF16 or IO_F16 (q/k/v/out of that type, 16-bit ones
     as uint16 or float16 arrays; masks, weights and lse in the compute type).
@@ -233,7 +282,7 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
     cdef attn_status st
     call.setup(io, isa, num_threads, dims, batch, q, k, v, out, mask_kind, mask, causal,
                causal_offset, valid_lens, scale, drop_threshold, drop_seed,
-               drop_scale, weights, lse, score_kind, w_score, k_scale, v_scale)
+               drop_scale, weights, lse, score_kind, w_score, k_scale, v_scale, variants)
     if not plan_only:
         call.run(op)
         return None
@@ -255,7 +304,8 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
         _raise(st, op, _dims_text(call.d))
     return dict(path=PATH_NAMES[info.path], additive_form=ADDITIVE_FORMS[info.additive_form],
                 rows_per_unit=info.rows_per_unit, units=info.units, chunks=info.chunks,
-                chunk_len=info.chunk_len, key_block=info.key_block, threads=info.threads)
+                chunk_len=info.chunk_len, key_block=info.key_block, key_blocks=info.key_blocks,
+                threads=info.threads)
 
 
 cdef object _ndarray = np.ndarray
@@ -377,6 +427,8 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
         d.weights, d.lse = NULL, NULL
         d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
+        d.offset_bottom_right, d.window_left, d.window_right, d.softcap = 0, -1, -1, 0
+        d.alibi, d.al_boff, d.al_sh, d.sinks, d.sk_sh, d.seq_lq, d.seq_lk = NULL, NULL, 0, NULL, 0, NULL, NULL
         d.cancellable, d.cancel_epoch = 0, 0
         st = _run_sdpa(&d, io, isa, threads)
         if st != ATTN_OK:

@@ -112,13 +112,21 @@ def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params
 
 def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask=None,
         is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
-        return_weights=False, return_lse=False, kv=None):
+        return_weights=False, return_lse=False, kv=None, window=None, alibi_slopes=None,
+        softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
     keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
     other families -- with p.v as values. kv: (kernel entry, k scales, v
     scales) when k and p.v are a KV cache's compact storage (KVCache.attend).
     Returns out[, weights][, lse] (or, inside plan_info, the kernel's plan as
-    a dict without running it)."""
+    a dict without running it). window, alibi_slopes, softcap, sinks and
+    cu_seqlens_q/k: see scaled_dot_product_attention."""
+    variants = _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_seqlens_q,
+                         cu_seqlens_k, attn_mask, valid_lens, return_weights)
+    if variants.get("varlen") is not None:
+        return _run_varlen(op, p, q, k, variants, scale=scale, is_causal=is_causal,
+                           dropout_p=dropout_p, seed=seed, num_threads=num_threads, out=out,
+                           return_lse=return_lse)
     batch, Hq, Hkv, Lq, Lk, Dv = p.batch, p.Hq, p.Hkv, p.Lq, p.Lk, p.Dv
     compute, result = p.compute, p.result
     D = q.shape[-1]
@@ -128,6 +136,8 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     return_lse = V.flag(op, "return_lse", return_lse)
 
     causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
+    if not causal and variants.get("bottom_right"):
+        offset = Lk - Lq   # windows and ALiBi count positions from the bottom right
     drop_threshold, drop_seed, drop_scale = V.dropout(op, dropout_p, seed)
     threads = V.num_threads(op, num_threads)
     mask_kind, mask = V.mask(op, attn_mask, scores_shape, compute, result)
@@ -159,9 +169,10 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         call = (op, io_code, _config.active_isa(), threads, (nb, Hq, Hkv, Lq, Lk, D, Dv), batch,
                 bits(q), kbits, vbits, bits(res), mask_kind, mask, causal, offset, vl,
                 scale, drop_threshold, drop_seed, drop_scale, weights, lse, score_kind, w_score)
+        extra = dict(k_scale=k_scale, v_scale=v_scale, variants=variants or None)
         if _plan_only.get():
-            return _core.sdpa(*call, plan_only=True, k_scale=k_scale, v_scale=v_scale)
-        _core.sdpa(*call, k_scale=k_scale, v_scale=v_scale)
+            return _core.sdpa(*call, plan_only=True, **extra)
+        _core.sdpa(*call, **extra)
     elif _plan_only.get():
         return None
 
@@ -183,6 +194,104 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         lse = _arrays.to_torch(lse, lse.dtype.name) if lse is not None else None   # float32/64
     results = tuple(x for x in (res, weights, lse) if x is not None)
     return results if len(results) > 1 else results[0]
+
+
+def _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_q, cu_k, attn_mask,
+              valid_lens, return_weights):
+    """The score variants for the C descriptor (empty dict: none)."""
+    v = {}
+    if window is not None:
+        v["window"] = V.window(op, window)
+    if softcap is not None:
+        cap = V.real_number(op, "softcap", softcap)
+        if not cap > 0:
+            raise ValueError(f"{op}: softcap must be > 0 (or None); got {cap}")
+        v["softcap"] = cap
+    if alibi_slopes is not None:
+        v["alibi"] = V.per_head(op, "alibi_slopes", alibi_slopes, p.batch, p.Hq, p.compute)
+    if sinks is not None:
+        v["sinks"] = V.per_head(op, "sinks", sinks, (), p.Hq, p.compute)
+    if (cu_q is None) != (cu_k is None):
+        raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k go together")
+    if cu_q is not None:
+        if p.batch != () or p.query_ndim not in (2, 3):
+            raise ValueError(f"{op}: with cu_seqlens the inputs are packed (H, total, D) (or "
+                             f"(total, D)); got query {p.query_shape}")
+        for name, given in (("attn_mask", attn_mask), ("valid_lens", valid_lens)):
+            if given is not None:
+                raise ValueError(f"{op}: {name} is not supported with cu_seqlens (each sequence's "
+                                 f"keys are its own; use is_causal / window)")
+        if return_weights:
+            raise ValueError(f"{op}: return_weights is not supported with cu_seqlens")
+        cq = V.cu_seqlens(op, "cu_seqlens_q", cu_q, p.Lq)
+        ck = V.cu_seqlens(op, "cu_seqlens_k", cu_k, p.Lk)
+        if cq.size != ck.size:
+            raise ValueError(f"{op}: cu_seqlens_q has {cq.size - 1} sequences, cu_seqlens_k "
+                             f"{ck.size - 1}")
+        v["varlen"] = (cq, ck)
+    # positions: bottom-right aligned unless is_causal asks for top-left
+    positional = "window" in v or "alibi" in v or "varlen" in v
+    if positional:
+        top_left = is_causal is True or is_causal is np.True_ or is_causal == "top_left"
+        v["bottom_right"] = not top_left
+    return v
+
+
+def _run_varlen(op, p, q, k, variants, *, scale, is_causal, dropout_p, seed, num_threads, out,
+                return_lse):
+    """Packed sequences: one kernel call, one batch element per sequence
+    (batch offsets at cu_seqlens, lengths their differences)."""
+    cq, ck = variants["varlen"]
+    nseq, Hq, Hkv, Dv = cq.size - 1, p.Hq, p.Hkv, p.Dv
+    Lq, Lk = int(np.diff(cq).max(initial=0)), int(np.diff(ck).max(initial=0))
+    causal = 0 if (is_causal is None or is_causal is False or is_causal is np.False_) else 1
+    V.causal_offset(op, is_causal, Lq, Lk)   # validates the value
+    drop_threshold, drop_seed, drop_scale = V.dropout(op, dropout_p, seed)
+    threads = V.num_threads(op, num_threads)
+    total_q = p.Lq
+    out_shape = (Hq, total_q, Dv)
+    if out is not None:
+        V.output(op, out, out_shape[1:] if p.flat else out_shape, p.result)
+    io = p.io
+    q, k, v = (_layout.for_kernel(a) for a in (q, k, p.v))
+    res = _layout.empty(out_shape, io)
+    lse = _layout.empty((nseq, Hq, Lq), p.compute) if return_lse else None
+    result = None
+    if nseq and Hq and Lq:
+        io_code, bits = _io_code(io)
+        # each packed (H, total, D) array is read as nseq batch elements of
+        # (H, Lq, D) (a leading size-1 dim broadcasts with stride 0); their
+        # batch offsets are rewritten from cu_seqlens in C
+        qb, kb, vb, ob = (bits(a)[None] for a in (q, k, v, res))
+        call = (op, io_code, _config.active_isa(), threads, (nseq, Hq, Hkv, Lq, Lk, p.Dq, Dv), (nseq,),
+                qb, kb, vb, ob, _core.MASK_NONE, None, causal, 0, None, scale, drop_threshold,
+                drop_seed, drop_scale, None, lse, SCORE_DOT, None)
+        if _plan_only.get():
+            return _core.sdpa(*call, plan_only=True, variants=variants)
+        _core.sdpa(*call, variants=variants)
+    if _plan_only.get():
+        return None
+    if p.flat:
+        res = res[0]
+    if out is not None:
+        np.copyto(out, res, casting="unsafe")
+        res = out
+    elif p.result != io:
+        res = res.astype(p.result)
+    if return_lse:
+        packed = np.full((Hq, total_q), -np.inf, p.compute)
+        for b in range(nseq):
+            n = cq[b + 1] - cq[b]
+            packed[:, cq[b]:cq[b + 1]] = lse[b, :, :n]
+        result = (res, packed[0] if p.flat else packed)
+    else:
+        result = res
+    if p.torch_dtype is not None and out is None:
+        if isinstance(result, tuple):
+            result = (_arrays.to_torch(result[0], p.torch_dtype), _arrays.to_torch(result[1], result[1].dtype.name))
+        else:
+            result = _arrays.to_torch(result, p.torch_dtype)
+    return result
 
 
 def _io_code(io):

@@ -273,3 +273,62 @@ def output(op, out, shape, dtype):
     if not out.flags.writeable:
         raise ValueError(f"{op}: out is read-only")
     return out
+
+
+def window(op, value):
+    """window=(left, right): keys p - left .. p + right around the query's
+    position p; None (or -1) on a side leaves it unbounded. -> (left, right)
+    with -1 for unbounded."""
+    if value is None:
+        return -1, -1
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: window must be a pair (left, right), e.g. window=({value}, 0) for "
+                        f"{value} keys before the query (Mistral's sliding_window={value + 1} "
+                        f"is window=({value}, 0)); got {value!r}")
+    try:
+        left, right = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: window must be a pair (left, right) of ints or None; got {value!r}") from None
+    sides = []
+    for name, side in (("left", left), ("right", right)):
+        if side is None:
+            sides.append(-1)
+            continue
+        if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)) or side < -1:
+            raise ValueError(f"{op}: window {name} must be an int >= 0 (or None / -1: unbounded); "
+                             f"got {side!r}")
+        sides.append(int(side))
+    return tuple(sides)
+
+
+def per_head(op, name, value, batch, Hq, dtype):
+    """A per-head float array (ALiBi slopes, sinks) broadcast to batch + (Hq,)."""
+    if value is None:
+        return None
+    a = native(as_array(value, name, op))
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{op}: {name} must be a float array; got dtype {a.dtype}")
+    target = tuple(batch) + (Hq,)
+    try:
+        np.broadcast_to(a, target)
+    except ValueError:
+        raise ValueError(f"{op}: {name} of shape {a.shape} does not broadcast to (..., Hq) = "
+                         f"{target}") from None
+    if a.ndim > len(target):
+        raise ValueError(f"{op}: {name} has shape {a.shape}; expected (Hq,) = ({Hq},) or batch + "
+                         f"(Hq,) = {target}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def cu_seqlens(op, name, value, total):
+    """Offsets of packed sequences: 1-D ints, 0 first, non-decreasing,
+    `total` last. -> int64 array."""
+    a = native(as_array(value, name, op))
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer) or a.ndim != 1 or a.size < 2:
+        raise TypeError(f"{op}: {name} must be a 1-D int array of sequence offsets (0, ..., total); "
+                        f"got {a.dtype} {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a[0] != 0 or a[-1] != total or (np.diff(a) < 0).any():
+        raise ValueError(f"{op}: {name} must start at 0, never decrease and end at the packed length "
+                         f"{total}; got {a.tolist() if a.size < 20 else a}")
+    return a

@@ -26,7 +26,11 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                                  enable_gqa: bool = False, *, return_weights: bool = False,
                                  return_lse: bool = False, num_threads: Optional[int] = None,
                                  out: Optional[np.ndarray] = None, seed: Optional[int] = None,
-                                 valid_lens: OptArray = None) -> Result:
+                                 valid_lens: OptArray = None,
+                                 window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+                                 alibi_slopes: OptArray = None, softcap: Optional[Scalar] = None,
+                                 sinks: OptArray = None, cu_seqlens_q: OptArray = None,
+                                 cu_seqlens_k: OptArray = None) -> Result:
     """Scaled dot-product attention, fused (flash-style) on the CPU.
 
     ``out = softmax(query @ key^T * scale + mask) @ value``, computed block by
@@ -72,7 +76,31 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
         Dropout seed (a random one when omitted).
     valid_lens : int array, optional
         d2l-style lengths: shape (...,) (one per batch element) or (..., Lq)
-        (one per query row); query rows see keys j < valid_len.
+        (one per query row); query rows see keys j < valid_len. A 3-D
+        (B, L, D) input takes d2l's (B,) or (B, Lq).
+    window : (left, right), optional
+        Sliding-window (local) attention: query i sees keys p_i - left ..
+        p_i + right (None or -1: that side unbounded), where p_i is its key
+        position: i + Lk - Lq (bottom-right, as in KV-cache decoding and
+        flash-attn), or i with is_causal=True / "top_left". Mistral's
+        sliding_window=W is window=(W - 1, 0) with is_causal. Key blocks
+        outside every row's window are never visited.
+    alibi_slopes : (Hq,) or (..., Hq) float array, optional
+        ALiBi (BLOOM, MPT): -slope_h * |p_i - j| is added to the scaled score.
+    softcap : float > 0, optional
+        Logit soft-capping (Gemma 2): score -> softcap * tanh(score / softcap),
+        on the scaled score before masks.
+    sinks : (Hq,) float array, optional
+        Attention sinks (gpt-oss): one learned logit per query head joins
+        every row's softmax denominator (it has no value): weights sum to
+        less than 1, and a row with no visible key gives zeros, lse = sink.
+    cu_seqlens_q, cu_seqlens_k : (n + 1,) int arrays, optional
+        Packed variable-length batches: query (Hq, total_q, D), key/value
+        (Hkv, total_k, D); sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b+1]
+        of the queries and cu_seqlens_k[b]:cu_seqlens_k[b+1] of the keys,
+        and attends only to its own keys (causal and windows per sequence).
+        No padding is stored or computed. lse comes back packed (Hq, total_q).
+        (Masks, valid_lens and return_weights do not combine with it.)
 
     Returns
     -------
@@ -90,13 +118,17 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     >>> attncore.scaled_dot_product_attention(q, k, v, is_causal=True).shape
     (2, 4, 16, 8)
     """
+    variants = dict(window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
+                    cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     if (valid_lens is None and out is None and return_weights is False and return_lse is False
-            and type(dropout_p) is float and dropout_p == 0.0 and not _engine.planning()):
+            and type(dropout_p) is float and dropout_p == 0.0 and not _engine.planning()
+            and window is None and alibi_slopes is None and softcap is None and sinks is None
+            and cu_seqlens_q is None):
         res = _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads)
         if res is not None:
             return res
     return _sdpa(_SDPA, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                 return_weights, return_lse, num_threads, out, seed, valid_lens)
+                 return_weights, return_lse, num_threads, out, seed, valid_lens, **variants)
 
 
 def dot_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask: OptArray = None,
@@ -140,7 +172,7 @@ def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thread
 
 
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-          return_weights, return_lse, num_threads, out, seed, valid_lens):
+          return_weights, return_lse, num_threads, out, seed, valid_lens, **variants):
     p = _engine.prepare(op, query, key, value, enable_gqa=enable_gqa, native_half=True)
     if p.Dk != p.Dq:
         raise ValueError(f"{op}: query and key must have the same head_dim (last dim); "
@@ -150,7 +182,7 @@ def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
     return _engine.run(op, p, p.q, p.k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                        is_causal=is_causal, dropout_p=dropout_p, seed=seed, valid_lens=valid_lens,
                        num_threads=num_threads, out=out, return_weights=return_weights,
-                       return_lse=return_lse)
+                       return_lse=return_lse, **variants)
 
 
 def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.ndarray, np.ndarray]:

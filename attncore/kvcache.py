@@ -221,14 +221,16 @@ class KVCache:
                attn_mask: Any = None, valid_lens: Any = None, dropout_p: float = 0.0,
                seed: Optional[int] = None, num_threads: Optional[int] = None,
                out: Optional[np.ndarray] = None, return_weights: bool = False,
-               return_lse: bool = False) -> Result:
+               return_lse: bool = False, window: Any = None, alibi_slopes: Any = None,
+               softcap: Any = None, sinks: Any = None) -> Result:
         """Attention of `query` over every cached position, reading the storage
         directly (no decoded copy): ``scaled_dot_product_attention(query,
         keys, values, enable_gqa=True, ...)`` with the queries as the newest
         positions (bottom-right causal alignment by default).
 
         query : (B, Hq, Lq, Dh) in the cache's dtype (float32 for the compact
-        formats), Hq a multiple of the cache's heads. Other arguments as in
+        formats), Hq a multiple of the cache's heads. Other arguments --
+        masks, windows, ALiBi, soft-capping, sinks -- as in
         :func:`attncore.scaled_dot_product_attention`. Returns (B, Hq, Lq, Dh)
         (and weights / lse as asked).
 
@@ -264,7 +266,8 @@ class KVCache:
         return _engine.run(op, p, q, k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                            is_causal=is_causal, dropout_p=dropout_p, seed=seed,
                            valid_lens=valid_lens, num_threads=num_threads, out=out,
-                           return_weights=return_weights, return_lse=return_lse, kv=kv)
+                           return_weights=return_weights, return_lse=return_lse, kv=kv,
+                           window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
 
     def reset(self) -> None:
         """Forget every cached position (buffers are kept for reuse)."""

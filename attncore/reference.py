@@ -29,19 +29,21 @@ def dropout_keep(seed, counter, dropout_p):
     return bits >= threshold
 
 
-def softmax_row(scores):
+def softmax_row(scores, sink=None):
     """(weights, lse) of one row of scores; -inf = masked out.
-    No visible key -> zero weights and lse -inf. Any NaN -> all NaN."""
-    if any(math.isnan(s) for s in scores):
+    No visible key -> zero weights and lse -inf. Any NaN -> all NaN.
+    sink: an extra logit in the denominator with no weight of its own."""
+    if any(math.isnan(s) for s in scores) or (sink is not None and math.isnan(sink)):
         return [math.nan] * len(scores), math.nan
-    if not scores:
+    logits = scores + ([sink] if sink is not None else [])
+    if not logits:
         return [], -math.inf
-    top = max(scores)
+    top = max(logits)
     if top == -math.inf:
         return [0.0] * len(scores), -math.inf
-    exps = [math.exp(s - top) for s in scores]  # inf - inf = nan: Inf scores give NaN
+    exps = [math.exp(s - top) for s in logits]  # inf - inf = nan: Inf scores give NaN
     total = math.fsum(exps)
-    return [e / total for e in exps], top + math.log(total)
+    return [e / total for e in exps[:len(scores)]], top + math.log(total)
 
 
 def _lists(x, batch, core):
@@ -86,7 +88,7 @@ def _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim):
 
 
 def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_causal,
-               dropout_p, seed, valid_lens, query_ndim):
+               dropout_p, seed, valid_lens, query_ndim, variants=None):
     """Shared loop: score_fn(b, h, g, i, j) -> raw score; the rest is common.
     Returns nested lists out (nb, Hq, Lq, Dv), weights (nb, Hq, Lq, Lk), lse (nb, Hq, Lq)."""
     nb = int(np.prod(batch, dtype=np.int64))
@@ -98,6 +100,18 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
         mask = np.broadcast_to(m, scores_shape).reshape(nb, Hq, Lq, Lk).tolist()
     offset = _causal_offset(is_causal, Lq, Lk)
     lens = _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim)
+    variants = variants or {}
+    # key position of query i: top-left with is_causal True / "top_left",
+    # otherwise bottom-right (windows and ALiBi, as in flash-attn)
+    top_left = is_causal is True or is_causal is np.True_ or is_causal == "top_left"
+    qpos_offset = 0 if top_left else Lk - Lq
+    window = variants.get("window")
+    softcap = variants.get("softcap")
+    slopes = variants.get("alibi")
+    if slopes is not None:
+        slopes = np.broadcast_to(np.asarray(slopes, np.float64), tuple(batch) + (Hq,)).reshape(-1, Hq).tolist()
+    sinks = variants.get("sinks")
+    sinks = None if sinks is None else np.asarray(sinks, np.float64).reshape(Hq).tolist()
     group = Hq // Hkv if Hkv else 1
     out, weights, lse = [], [], []
     for b in range(nb):
@@ -107,8 +121,13 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
             oh, wh, lh = [], [], []
             for i in range(Lq):
                 scores = []
+                p_i = i + qpos_offset
                 for j in range(Lk):
                     s = score_fn(b, h, g, i, j)
+                    if softcap is not None:
+                        s = softcap * math.tanh(s / softcap)
+                    if slopes is not None:
+                        s = s - slopes[b][h] * abs(p_i - j)
                     if mask is not None:
                         if is_bool:
                             if not mask[b][h][i][j]:
@@ -119,8 +138,12 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
                         s = -math.inf
                     if lens is not None and j >= lens[b][h][i]:
                         s = -math.inf
+                    if window is not None:
+                        left, right = window
+                        if (left >= 0 and j < p_i - left) or (right >= 0 and j > p_i + right):
+                            s = -math.inf
                     scores.append(s)
-                w, row_lse = softmax_row(scores)
+                w, row_lse = softmax_row(scores, None if sinks is None else sinks[h])
                 if dropout_p:
                     for j in range(Lk):
                         counter = ((b * Hq + h) * Lq + i) * Lk + j
@@ -155,7 +178,7 @@ def _finish(out, weights, lse, batch, Hq, Lq, Lk, Dv, flat, return_weights, retu
 
 
 def _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
-         return_weights, return_lse):
+         return_weights, return_lse, variants=None):
     """Common driver: make_score(Q, K) -> score(b, h, g, i, j) over nested lists."""
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
     query_ndim = q.ndim
@@ -170,7 +193,7 @@ def _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, v
     K = _lists(k, batch, (Hkv, Lk, Dk))
     Vl = _lists(v, batch, (Hkv, Lk, Dv))
     o, w, s = _attention(make_score(Q, K), Q, K, Vl, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask,
-                         is_causal, dropout_p, seed, valid_lens, query_ndim)
+                         is_causal, dropout_p, seed, valid_lens, query_ndim, variants)
     return _finish(o, w, s, batch, Hq, Lq, Lk, Dv, flat, return_weights, return_lse)
 
 
@@ -184,8 +207,12 @@ def _dot(x, y):
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, *,
                                  return_weights=False, return_lse=False, num_threads=None,
-                                 out=None, seed=None, valid_lens=None):
-    """Reference SDPA: score = scale * sum_d q_d k_d, then masks, softmax, sum.
+                                 out=None, seed=None, valid_lens=None, window=None,
+                                 alibi_slopes=None, softcap=None, sinks=None, cu_seqlens_q=None,
+                                 cu_seqlens_k=None):
+    """Reference SDPA: score = scale * sum_d q_d k_d, soft-capped, minus the
+    ALiBi distance term, then masks, windows, softmax (with the sink logit),
+    sum. Packed sequences (cu_seqlens) are computed one by one.
 
     Shapes as attncore.scaled_dot_product_attention: (..., Hq, Lq, D),
     (..., Hkv, Lk, D), (..., Hkv, Lk, Dv) -> (..., Hq, Lq, Dv), float64.
@@ -200,12 +227,39 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if scale is None:
         D = np.shape(query)[-1]
         scale = 1.0 / math.sqrt(D) if D else 1.0
+    if cu_seqlens_q is not None:
+        return _packed(query, key, value, is_causal, scale, cu_seqlens_q, cu_seqlens_k, return_lse,
+                       dropout_p=dropout_p, seed=seed, window=window, alibi_slopes=alibi_slopes,
+                       softcap=softcap, sinks=sinks)
+    variants = dict(window=None if window is None else tuple(-1 if x is None else x for x in window),
+                    alibi=alibi_slopes, softcap=softcap, sinks=sinks)
 
     def make_score(Q, K):
         return lambda b, h, g, i, j: scale * _dot(Q[b][h][i], K[b][g][j])
 
     return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
-                return_weights, return_lse)
+                return_weights, return_lse, variants)
+
+
+def _packed(query, key, value, is_causal, scale, cu_q, cu_k, return_lse, **kw):
+    """Packed sequences, each its own attention problem ((H, total, D) inputs)."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
+    flat = q.ndim == 2
+    if flat:
+        q, k, v = q[None], k[None], v[None]
+    outs, lses = [], []
+    for b in range(len(cu_q) - 1):
+        a, z = int(cu_q[b]), int(cu_q[b + 1])
+        c, e = int(cu_k[b]), int(cu_k[b + 1])
+        o, lse = scaled_dot_product_attention(q[:, a:z], k[:, c:e], v[:, c:e], is_causal=is_causal,
+                                              scale=scale, enable_gqa=True, return_lse=True, **kw)
+        outs.append(o)
+        lses.append(lse)
+    out = np.concatenate(outs, axis=1)
+    lse = np.concatenate(lses, axis=1)
+    if flat:
+        out, lse = out[0], lse[0]
+    return (out, lse) if return_lse else out
 
 
 def general_attention(query, key, value, weight, attn_mask=None, is_causal=False, scale=1.0, *,

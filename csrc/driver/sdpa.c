@@ -43,6 +43,13 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
     if (d->valid_lens && !d->vl_boff) return ATTN_EINVAL;
     if (d->score_kind != ATTN_SCORE_DOT && d->score_kind != ATTN_SCORE_ADDITIVE) return ATTN_EINVAL;
     if (d->score_kind == ATTN_SCORE_ADDITIVE && d->D > 0 && !d->w_score) return ATTN_EINVAL;
+    if (d->window_left < -1 || d->window_right < -1 || !(d->softcap >= 0)) return ATTN_EINVAL;
+    if (d->alibi && !d->al_boff) return ATTN_EINVAL;
+    if ((d->seq_lq == NULL) != (d->seq_lk == NULL)) return ATTN_EINVAL;
+    if (d->seq_lq)
+        for (int64_t b = 0; b < d->B; b++)
+            if (d->seq_lq[b] < 0 || d->seq_lq[b] > d->Lq || d->seq_lk[b] < 0 || d->seq_lk[b] > d->Lk)
+                return ATTN_EINVAL;
     /* every size product the driver forms must fit in int64 */
     int64_t rows = attn_mul_checked(attn_mul_checked(d->B, d->Hq), d->Lq);
     if (rows < 0 || attn_mul_checked(rows, d->Lk) < 0) return ATTN_EINVAL;

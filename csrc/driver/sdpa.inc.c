@@ -51,7 +51,11 @@ typedef struct {
     T *w;              /* weights row, or NULL */
     T *lse;            /* lse element, or NULL */
     const char *mrow;  /* mask row base (bytes), or NULL */
-    int64_t pos;       /* last visible key (causal, valid_lens), else INT64_MAX */
+    int64_t pos;       /* last visible key (causal, window, valid_lens, Lk_b), else INT64_MAX */
+    int64_t first;     /* first visible key (window), else 0 */
+    int64_t qpos;      /* the query's key position p_i (ALiBi) */
+    T alibi;           /* -log2e * its head's ALiBi slope, or 0 */
+    T sink;            /* its head's sink logit in log2 units, or -inf */
     uint64_t counter;  /* dropout counter of (row, key 0) */
 } SDPA_FN(row_ref);
 
@@ -62,8 +66,9 @@ typedef struct {
     const KIO_KV *kio_kv; /* reads the keys and values (KVT, maybe with scales) */
     const KIO_T *kio_t;   /* the output entries for T: split-K partials */
     int rows_path;     /* 1: decode-shaped rows path; 0: panel path */
-    int limited;       /* rows have a last visible key (causal or valid_lens) */
-    int prep_always;   /* every block needs a prep pass (masks, weights) */
+    int limited;       /* rows have a key range (causal, window, valid_lens, varlen) */
+    int windowed;      /* rows have a first visible key (a window's left side) */
+    int prep_always;   /* every block needs a prep pass (masks, weights, ALiBi, softcap) */
     int prep_log2;     /* the prep pass takes scores to log2 units (additive
                         * masks and recorded weights need them; -inf fills
                         * do not, and leaving the scaling to the softmax's
@@ -94,6 +99,7 @@ typedef struct {
     int64_t ub, chunk;      /* base unit, key chunk */
     int64_t kbeg, kend;     /* keys this unit visits */
     int64_t minpos;         /* smallest last-visible key of its rows */
+    int64_t maxfirst;       /* largest first-visible key of its rows */
     const KVT *kh, *vh;     /* K/V of its kv head, key 0 */
     const T *ksc, *vsc;     /* their scales (quantized K/V), or NULL */
     int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
@@ -105,7 +111,8 @@ typedef struct {
 
 static int64_t SDPA_FN(align_elems)(int64_t n) { return attn_round_up(n, ATTN_ALIGN / (int64_t)sizeof(T)); }
 
-/* The rows of base unit `ub` (a unit before key splitting). Returns the count. */
+/* The rows of base unit `ub` (a unit before key splitting). Returns the
+ * count (0 for a panel past the end of a short varlen sequence). */
 static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
 {
     const attn_sdpa_desc *d = P->d;
@@ -116,7 +123,10 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
     int64_t hkv = t % d->Hkv;
     int64_t b = t / d->Hkv;
     int64_t first = panel * P->W;
-    int64_t nr = attn_min64(P->W, P->rows_per_group - first);
+    int64_t lq_b = d->seq_lq ? d->seq_lq[b] : d->Lq, lk_b = d->seq_lk ? d->seq_lk[b] : d->Lk;
+    int64_t rows_in_group = d->seq_lq ? lq_b : P->rows_per_group;   /* varlen: never stacked */
+    int64_t nr = attn_min64(P->W, rows_in_group - first);
+    int64_t offset = d->offset_bottom_right ? lk_b - lq_b : d->causal_offset;
     size_t msize = d->mask_kind == ATTN_MASK_BOOL ? 1 : sizeof(T);
 
     for (int64_t r = 0; r < nr; r++) {
@@ -134,12 +144,20 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
                       ? (const char *)d->mask +
                             (d->m_boff[b] + hq * d->m_sh + i * d->m_si) * (int64_t)msize
                       : NULL;
-        x->pos = d->causal ? i + d->causal_offset : INT64_MAX;
+        /* the row's visible key range [first, pos] */
+        int64_t p = i + offset;
+        x->qpos = p;
+        x->pos = d->causal ? p : INT64_MAX;
+        if (d->window_right >= 0 && d->window_right <= d->Lk) x->pos = attn_min64(x->pos, p + d->window_right);
         if (d->valid_lens)
             x->pos = attn_min64(x->pos, d->valid_lens[d->vl_boff[b] + hq * d->vl_sh + i * d->vl_si] - 1);
+        if (lk_b < d->Lk) x->pos = attn_min64(x->pos, lk_b - 1);
+        x->first = d->window_left >= 0 && d->window_left <= d->Lk + d->Lq ? attn_max64(p - d->window_left, 0) : 0;
+        x->alibi = d->alibi ? (T)(-ATTN_LOG2E) * ((const T *)d->alibi)[d->al_boff[b] + hq * d->al_sh] : 0;
+        x->sink = d->sinks ? (T)ATTN_LOG2E * ((const T *)d->sinks)[hq * d->sk_sh] : (T)-INFINITY;
         x->counter = (uint64_t)flat * (uint64_t)d->Lk;
     }
-    return (int)nr;
+    return nr > 0 ? (int)nr : 0;
 }
 
 /* Rows, K/V and the key range of unit u. */
@@ -161,49 +179,95 @@ static void SDPA_FN(build_unit)(const PLAN *P, int64_t u, UNIT *U)
     U->kbeg = U->chunk * P->chunk_len;
     U->kend = attn_min64(d->Lk, U->kbeg + P->chunk_len);
     U->minpos = INT64_MAX;
+    U->maxfirst = 0;
     if (P->limited) {
-        int64_t maxpos = INT64_MIN;
+        /* the union of the rows' key ranges: blocks outside it are never visited */
+        int64_t maxpos = INT64_MIN, minfirst = INT64_MAX;
         for (int r = 0; r < U->nr; r++) {
             maxpos = attn_max64(maxpos, U->rows[r].pos);
             U->minpos = attn_min64(U->minpos, U->rows[r].pos);
+            minfirst = attn_min64(minfirst, U->rows[r].first);
+            U->maxfirst = attn_max64(U->maxfirst, U->rows[r].first);
         }
-        U->kend = attn_min64(U->kend, maxpos + 1);
+        if (maxpos != INT64_MAX) U->kend = attn_min64(U->kend, maxpos + 1);   /* (no overflow) */
+        if (U->nr > 0) U->kbeg = attn_max64(U->kbeg, minfirst);
     }
 }
 
-/* Whether block [j0, j0 + nk) needs a prep pass: masks and weights always,
- * causal / valid-length limits only in blocks past a row's last key. */
+/* Whether block [j0, j0 + nk) needs a prep pass: masks, weights, ALiBi and
+ * soft-capping always; key-range limits only in blocks that cross a row's
+ * last key or (window) first key. */
 static int SDPA_FN(needs_prep)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk)
 {
-    return P->prep_always || (P->limited && j0 + nk - 1 > U->minpos);
+    return P->prep_always || (P->limited && (j0 + nk - 1 > U->minpos || j0 < U->maxfirst));
 }
 
-/* The prep pass's description of block [j0, j0 + nk); arrays have W entries. */
+/* The prep pass's description of block [j0, j0 + nk); the per-row arrays
+ * have W entries (lanes past nr are padding). */
+typedef struct {
+    const void *mrows[ATTN_MAX_LANES];
+    int64_t lo[ATTN_MAX_LANES], lim[ATTN_MAX_LANES];
+    T alibi_m[ATTN_MAX_LANES], alibi_p[ATTN_MAX_LANES];
+    T *wrows[ATTN_MAX_LANES];
+} SDPA_FN(prep_rows_buf);
+
 static void SDPA_FN(describe_prep)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, PREP *x,
-                                   const void **mrows, int64_t *lim, T **wrows)
+                                   SDPA_FN(prep_rows_buf) *buf)
 {
     const attn_sdpa_desc *d = P->d;
     size_t msize = d->mask_kind == ATTN_MASK_BOOL ? 1 : sizeof(T);
     x->nr = U->nr;
     x->nk = nk;
     x->c = P->prep_log2 ? P->csoft : (T)1;
+    x->capx = x->capl = 0;
+    if (d->softcap > 0) {
+        x->capx = (T)(fabs(d->scale) / d->softcap);
+        x->capl = (T)(d->softcap * ATTN_LOG2E);
+    }
     x->mask_kind = d->mask_kind;
     x->msj = d->m_sj;
     x->mrows = NULL;
-    x->lim = NULL;
+    x->lo = x->lim = NULL;
+    x->alibi_m = x->alibi_p = NULL;
     x->wrows = NULL;
     if (d->mask_kind != ATTN_MASK_NONE) {
-        for (int r = 0; r < U->nr; r++) mrows[r] = U->rows[r].mrow + j0 * d->m_sj * (int64_t)msize;
-        x->mrows = mrows;
+        for (int r = 0; r < U->nr; r++) buf->mrows[r] = U->rows[r].mrow + j0 * d->m_sj * (int64_t)msize;
+        x->mrows = buf->mrows;
     }
     if (P->limited) {
         for (int r = 0; r < U->nr; r++)
-            lim[r] = U->rows[r].pos == INT64_MAX ? INT64_MAX : U->rows[r].pos + 1 - j0;
-        x->lim = lim;
+            buf->lim[r] = U->rows[r].pos == INT64_MAX ? INT64_MAX : U->rows[r].pos + 1 - j0;
+        x->lim = buf->lim;
+    }
+    if (P->windowed) {
+        for (int r = 0; r < U->nr; r++) buf->lo[r] = U->rows[r].first - j0;
+        x->lo = buf->lo;
+    }
+    if (d->alibi) {
+        for (int64_t r = 0; r < P->W; r++) {
+            buf->alibi_m[r] = r < U->nr ? U->rows[r].alibi : (T)0;
+            buf->alibi_p[r] = r < U->nr ? (T)(U->rows[r].qpos - j0) : (T)0;
+        }
+        x->alibi_m = buf->alibi_m;
+        x->alibi_p = buf->alibi_p;
     }
     if (d->weights) {
-        for (int r = 0; r < U->nr; r++) wrows[r] = U->rows[r].w + j0;
-        x->wrows = wrows;
+        for (int r = 0; r < U->nr; r++) buf->wrows[r] = U->rows[r].w + j0;
+        x->wrows = buf->wrows;
+    }
+}
+
+/* The online softmax's starting state: m = -inf, l = 0 -- or, with
+ * attention sinks, the sink logit as if it were one more key whose value
+ * is zero (m = sink, l = 1), counted once: in the first key chunk. */
+static void SDPA_FN(softmax_start)(const PLAN *P, const UNIT *U, T *m, T *l, T *lc, T *alpha)
+{
+    for (int64_t r = 0; r < P->W; r++) {
+        int sink = P->d->sinks && U->chunk == 0 && r < U->nr && U->rows[r].sink != -INFINITY;
+        m[r] = sink ? U->rows[r].sink : (T)-INFINITY;
+        l[r] = sink ? (T)1 : (T)0;
+        lc[r] = 0;
+        alpha[r] = 1;
     }
 }
 
@@ -288,9 +352,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
     T *ocbuf = scratch + P->off_oc, *m = scratch + P->off_m, *l = scratch + P->off_l;
     T *lc = scratch + P->off_lc, *alpha = scratch + P->off_a, *cmax = scratch + P->off_c;
-    const void *mrows[ATTN_MAX_LANES];
-    int64_t lim[ATTN_MAX_LANES];
-    T *wrows[ATTN_MAX_LANES];
+    SDPA_FN(prep_rows_buf) pbuf;
     const QT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
@@ -300,7 +362,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
     memset(obuf, 0, (size_t)ot_elems * sizeof(T));
     memset(ocbuf, 0, (size_t)ot_elems * sizeof(T));
-    for (int64_t r = 0; r < W; r++) { m[r] = -INFINITY; l[r] = 0; lc[r] = 0; alpha[r] = 1; }
+    SDPA_FN(softmax_start)(P, U, m, l, lc, alpha);
 
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
@@ -339,7 +401,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
         T c = P->csoft;
         if (prep) {
             PREP x;
-            SDPA_FN(describe_prep)(P, U, j0, nk, &x, mrows, lim, wrows);
+            SDPA_FN(describe_prep)(P, U, j0, nk, &x, &pbuf);
             kt->prep_panel(&x, sbuf);
             if (P->prep_log2) c = 1;
         }
@@ -360,16 +422,14 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
     T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
     T *ocbuf = scratch + P->off_oc, *m = scratch + P->off_m, *l = scratch + P->off_l;
     T *lc = scratch + P->off_lc, *alpha = scratch + P->off_a;
-    const void *mrows[ATTN_MAX_LANES];
-    int64_t lim[ATTN_MAX_LANES];
-    T *wrows[ATTN_MAX_LANES];
+    SDPA_FN(prep_rows_buf) pbuf;
     const QT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
     P->kio_q->stage_rows(U->nr, D, qrows, P->qsign, qbuf, P->ld_q);
     memset(obuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     memset(ocbuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
-    for (int64_t r = 0; r < P->W; r++) { m[r] = -INFINITY; l[r] = 0; lc[r] = 0; alpha[r] = 1; }
+    SDPA_FN(softmax_start)(P, U, m, l, lc, alpha);
 
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
@@ -380,7 +440,7 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
         T c = P->csoft;
         if (SDPA_FN(needs_prep)(P, U, j0, nk)) {
             PREP x;
-            SDPA_FN(describe_prep)(P, U, j0, nk, &x, mrows, lim, wrows);
+            SDPA_FN(describe_prep)(P, U, j0, nk, &x, &pbuf);
             kt->prep_rows(&x, sbuf, P->ld_s);
             if (P->prep_log2) c = 1;
         }
@@ -483,9 +543,12 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->kio_kv = kio_kv;
     P->kio_t = kio_t;
     P->G = d->Hq / d->Hkv;
-    P->limited = d->causal || d->valid_lens != NULL;
-    P->prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL;
-    P->prep_log2 = d->mask_kind == ATTN_MASK_ADD || d->weights != NULL;
+    P->windowed = d->window_left >= 0;
+    P->limited = d->causal || d->valid_lens != NULL || d->seq_lk != NULL || P->windowed ||
+                 d->window_right >= 0;
+    int biased = d->alibi != NULL || d->softcap > 0;   /* every score changes */
+    P->prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL || biased;
+    P->prep_log2 = d->mask_kind == ATTN_MASK_ADD || d->weights != NULL || biased;
     if (d->score_kind == ATTN_SCORE_ADDITIVE) {
         P->qsign = (T)(2.0 * ATTN_LOG2E);
         P->csoft = 1;
@@ -505,16 +568,18 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     /* Decode-shaped problems (all rows of a kv head fit one rows-path unit)
      * take the rows path; everything else takes panels. (The rows path
      * computes dot-product scores only.) */
-    int64_t stacked_rows = P->G * d->Lq;
+    /* (varlen batches never stack heads: a row block is one head's rows of
+     * one sequence) */
+    int64_t stacked_rows = d->seq_lq ? d->Lq : P->G * d->Lq;
     P->rows_path = stacked_rows <= kt->rows_max && d->score_kind == ATTN_SCORE_DOT;
     if (P->rows_path) {
         P->W = kt->rows_max;
         P->rows_per_group = stacked_rows;
-        P->ngroups = 1;
+        P->ngroups = d->seq_lq ? P->G : 1;
         P->bk = kt->bk_rows;
     } else {
         P->W = kt->nr;
-        int stack = d->Lq < kt->nr;
+        int stack = d->Lq < kt->nr && !d->seq_lq;
         P->rows_per_group = stack ? stacked_rows : d->Lq;
         P->ngroups = stack ? 1 : P->G;
         P->bk = kt->bk_panel;
@@ -587,6 +652,13 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->chunk_len = P->chunk_len;
     info->key_block = P->bk;
     info->threads = attn_region_threads(num_threads, info->units, SDPA_FN(work)(P));
+    /* the blocks each unit's loop nest would visit */
+    info->key_blocks = 0;
+    for (int64_t u = 0; u < info->units; u++) {
+        UNIT U;
+        SDPA_FN(build_unit)(P, u, &U);
+        if (U.nr > 0 && U.kend > U.kbeg) info->key_blocks += (U.kend - U.kbeg + P->bk - 1) / P->bk;
+    }
 }
 
 attn_status SDPA_FN(attn_sdpa_plan)(const attn_sdpa_desc *d, int isa, int num_threads,

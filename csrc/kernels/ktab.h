@@ -52,17 +52,25 @@
 
 #define ATTN_DECLARE_KTAB(T, TAG)                                              \
     /* What a block's prep pass does to its score tile, in this order:      */ \
-    /*  multiply by c (if c != 1), apply the mask, hide keys j >= lim[r]    */ \
-    /*  (causal limit / valid length, relative to the block's first key),   */ \
-    /*  copy the log2-unit scores to wrows[r] (recorded weights).           */ \
+    /*  soft-cap (cap > 0: s -> capl tanh(s * capx), to log2 units) or       */ \
+    /*  multiply by c (if c != 1), apply the mask, add the ALiBi ramp, hide  */ \
+    /*  keys j < lo[r] and j >= lim[r] (window, causal limit, valid length, */ \
+    /*  relative to the block's first key), copy the log2-unit scores to    */ \
+    /*  wrows[r] (recorded weights).                                        */ \
     typedef struct {                                                           \
         int nr;                   /* rows in the unit                       */ \
         int64_t nk;               /* keys in the block                      */ \
         T c;                      /* |scale| log2 e, or 1                   */ \
+        T capx, capl;             /* soft-cap: |scale| / cap, cap log2 e    */ \
         int mask_kind;            /* ATTN_MASK_*                            */ \
         const void *const *mrows; /* per row: mask of the block's key 0     */ \
         int64_t msj;              /* mask stride along keys (elements)      */ \
+        const int64_t *lo;        /* per row: first visible key, or NULL    */ \
         const int64_t *lim;       /* per row: first hidden key, or NULL     */ \
+        /* ALiBi, or NULL: per row, log2e * (-slope) and the key (relative  */ \
+        /* to the block's first) at the query's position: the ramp is       */ \
+        /* alibi_m[r] * |j - alibi_p[r]|                                    */ \
+        const T *alibi_m; const T *alibi_p;                                    \
         T *const *wrows;          /* per row: weights of key 0, or NULL     */ \
     } attn_prep_##TAG;                                                         \
                                                                                \

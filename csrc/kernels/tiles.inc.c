@@ -71,6 +71,14 @@ static inline T FN(kahan_update_scalar)(T alpha, T x, T *total, T *comp)
     return t;
 }
 
+/* tanh(x) = 1 - 2 / (1 + 2^(2 log2e x)), exactly as additive_panel computes it
+ * (also the soft-cap of the prep passes). */
+static inline vec FN(tanh_vec)(vec x)
+{
+    vec r = v_inv1p_exp2_shifted(v_fma(x, v_set1((T)(2.0 * ATTN_LOG2E)), v_set1((T)INV1P_SHIFT)));
+    return v_fma(v_set1((T)-2), r, v_set1((T)1));
+}
+
 /* ------------------------------------------------------------------------ */
 /* panel path                                                                */
 /* ------------------------------------------------------------------------ */
@@ -163,10 +171,12 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
 
 #ifndef ATTN_HAVE_prep_panel
 /*
- * A block's prep pass on St[nk][NR] (attn_prep in ktab.h): to log2 units,
- * then the mask, the per-row key limit, and a copy into the weights rows.
+ * A block's prep pass on St[nk][NR] (attn_prep in ktab.h): to log2 units
+ * (soft-capped or scaled), then the mask, the ALiBi ramp, the per-row key
+ * range (window start lo, limit lim) and a copy into the weights rows.
  *   bool mask (uint8):  St[j][r] = m ? St[j][r] : -inf
  *   additive mask (T):  St[j][r] += log2(e) * m
+ *   ALiBi:              St[j][r] += alibi_m[r] * |j - alibi_p[r]|
  * Full VL x VL blocks of contiguous mask rows go through the register
  * transpose when the ISA has one.
  */
@@ -174,7 +184,11 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
 {
     const int nr = x->nr;
     const int64_t nk = x->nk;
-    if (x->c != (T)1) {
+    if (x->capx != (T)0) {
+        vec cx = v_set1(x->capx), cl = v_set1(x->capl);
+        for (int64_t i = 0; i < nk * NR; i += VL)
+            v_store(st + i, v_mul(cl, FN(tanh_vec)(v_mul(cx, v_load(st + i)))));
+    } else if (x->c != (T)1) {
         vec cv = v_set1(x->c);
         for (int64_t i = 0; i < nk * NR; i += VL) v_store(st + i, v_mul(cv, v_load(st + i)));
     }
@@ -200,6 +214,21 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
             }
         }
     }
+    if (x->alibi_m) {
+        /* alibi_m / alibi_p hold NR values (lanes past nr padded) */
+        for (int u = 0; u < NV; u++) {
+            vec mv = v_load(x->alibi_m + u * VL), pv = v_load(x->alibi_p + u * VL);
+            for (int64_t j = 0; j < nk; j++) {
+                vec dist = v_sub(v_set1((T)j), pv);
+                dist = v_max(dist, v_sub(v_zero(), dist));
+                T *p = st + j * NR + u * VL;
+                v_store(p, v_fma(mv, dist, v_load(p)));
+            }
+        }
+    }
+    if (x->lo)
+        for (int r = 0; r < nr; r++)
+            for (int64_t j = 0; j < nk && j < x->lo[r]; j++) st[j * NR + r] = -INFINITY;
     if (x->lim)
         for (int r = 0; r < nr; r++)
             for (int64_t j = x->lim[r] > 0 ? x->lim[r] : 0; j < nk; j++) st[j * NR + r] = -INFINITY;
@@ -367,8 +396,12 @@ static void FN(prep_rows)(const PREP_TYPE *x, T *s, int64_t lds)
     const T log2e = (T)ATTN_LOG2E;
     for (int r = 0; r < nr; r++) {
         T *row = s + r * lds;
-        if (x->c != (T)1) {
-            /* whole vectors: S rows have room up to a multiple of VL */
+        /* whole vectors: S rows have room up to a multiple of VL */
+        if (x->capx != (T)0) {
+            vec cx = v_set1(x->capx), cl = v_set1(x->capl);
+            for (int64_t j = 0; j < nk; j += VL)
+                v_store(row + j, v_mul(cl, FN(tanh_vec)(v_mul(cx, v_load(row + j)))));
+        } else if (x->c != (T)1) {
             vec cv = v_set1(x->c);
             for (int64_t j = 0; j < nk; j += VL) v_store(row + j, v_mul(cv, v_load(row + j)));
         }
@@ -379,6 +412,15 @@ static void FN(prep_rows)(const PREP_TYPE *x, T *s, int64_t lds)
             const T *m = (const T *)x->mrows[r];
             for (int64_t j = 0; j < nk; j++) row[j] += log2e * m[j * x->msj];
         }
+        if (x->alibi_m) {
+            T mr = x->alibi_m[r], pr = x->alibi_p[r];
+            for (int64_t j = 0; j < nk; j++) {
+                T dist = (T)j - pr;
+                row[j] += mr * (dist < 0 ? -dist : dist);
+            }
+        }
+        if (x->lo)
+            for (int64_t j = 0; j < nk && j < x->lo[r]; j++) row[j] = -INFINITY;
         if (x->lim)
             for (int64_t j = x->lim[r] > 0 ? x->lim[r] : 0; j < nk; j++) row[j] = -INFINITY;
         if (x->wrows)
@@ -552,13 +594,6 @@ static void FN(additive_panel_tanh)(int64_t H, const T *k, int64_t ldk, int64_t 
 /* ------------------------------------------------------------------------ */
 /* vector math entries                                                       */
 /* ------------------------------------------------------------------------ */
-
-/* tanh(x) = 1 - 2 / (1 + 2^(2 log2e x)), exactly as additive_panel computes it. */
-static inline vec FN(tanh_vec)(vec x)
-{
-    vec r = v_inv1p_exp2_shifted(v_fma(x, v_set1((T)(2.0 * ATTN_LOG2E)), v_set1((T)INV1P_SHIFT)));
-    return v_fma(v_set1((T)-2), r, v_set1((T)1));
-}
 
 static void FN(tanh_array)(int64_t n, const T *x, T *y)
 {

@@ -96,6 +96,27 @@ typedef struct {
     void *weights;  /* NULL, or contiguous (B, Hq, Lq, Lk) of the dtype */
     void *lse;      /* NULL, or contiguous (B, Hq, Lq) of the dtype */
 
+    /* Variants of the scores (zero / NULL when unused). Query i of batch b
+     * sits at key position p_i = i + offset_b: offset_b = causal_offset, or
+     * Lk_b - Lq_b when offset_bottom_right (varlen batches differ). Key j is
+     * visible when it passes the mask, j <= p_i (causal), j < valid_len,
+     * p_i - window_left <= j <= p_i + window_right (each side only when >= 0)
+     * and j < Lk_b. */
+    int offset_bottom_right;
+    int64_t window_left, window_right;   /* -1: that side unbounded */
+    /* ALiBi: -slope * |p_i - j| is added to the scaled score; slopes (T) of
+     * query head h, batch b at alibi[al_boff[b] + h * al_sh] */
+    const void *alibi; const int64_t *al_boff; int64_t al_sh;
+    /* logit soft-capping: score -> softcap * tanh(score / softcap), applied
+     * to the scaled score before masks and biases (Gemma 2); 0: none */
+    double softcap;
+    /* attention sinks: one extra logit per query head, sinks[h * sk_sh] (T),
+     * in every row's softmax denominator with no value (gpt-oss) */
+    const void *sinks; int64_t sk_sh;
+    /* packed variable-length batches: sequence b has seq_lq[b] <= Lq queries
+     * and seq_lk[b] <= Lk keys (its rows start at the batch offsets) */
+    const int64_t *seq_lq, *seq_lk;
+
     /* Quantized keys/values (the _kvi8 entry): key j of kv head h, batch b
      * is k[...] * k_scale[ks_boff[b] + h * ks_sh + j] (float32), likewise
      * for v. NULL for every other entry. */
@@ -132,6 +153,8 @@ typedef struct {
     int64_t chunks;         /* key chunks per row (> 1: split-K with a merge) */
     int64_t chunk_len;      /* keys per chunk */
     int64_t key_block;      /* keys per block inside a chunk */
+    int64_t key_blocks;     /* key blocks the units visit in all (causal, windows and
+                             * varlen lengths skip the rest) */
     int threads;            /* threads the region would use */
 } attn_plan_info;
 

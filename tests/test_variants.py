@@ -1,0 +1,228 @@
+"""Score variants in the fused kernel (issue 10 item 7): sliding windows,
+ALiBi, logit soft-capping, attention sinks and packed variable-length
+batches -- against the pure-Python reference, against the textbook formula
+with an explicit mask, against torch with that mask, on every level and on
+the panel, rows and split-K paths; and the skipped blocks are never
+visited."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import reference as R
+
+from _guard import guarded_allocations, guarded_copy
+from _paths import assert_plan
+from _tolerances import assert_close
+
+SDPA = attncore.scaled_dot_product_attention
+SLOPES = np.array([0.5, 0.25, 0.125, 0.0625])
+
+
+def data(rng, dtype, B=2, Hq=4, Hkv=2, Lq=9, Lk=40, D=8):
+    return (rng.standard_normal((B, Hq, Lq, D)).astype(dtype),
+            rng.standard_normal((B, Hkv, Lk, D)).astype(dtype),
+            rng.standard_normal((B, Hkv, Lk, D)).astype(dtype))
+
+
+def formula(q, k, v, *, window=None, alibi=None, softcap=None, sinks=None, top_left=False,
+            causal=False):
+    """float64, with the window and ALiBi as explicit (Lq, Lk) terms."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    G = q.shape[-3] // k.shape[-3]
+    k, v = np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
+    p = np.arange(Lq)[:, None] + (0 if top_left else Lk - Lq)
+    j = np.arange(Lk)[None, :]
+    if alibi is not None:
+        s = s - np.asarray(alibi)[:, None, None] * np.abs(p - j)
+    visible = np.ones((Lq, Lk), bool)
+    if causal:
+        visible &= j <= p
+    if window is not None:
+        left, right = window
+        if left is not None:
+            visible &= j >= p - left
+        if right is not None:
+            visible &= j <= p + right
+    s = np.where(visible, s, -np.inf)
+    top = s.max(-1, keepdims=True, initial=-np.inf)
+    if sinks is not None:
+        sk = np.asarray(sinks)[:, None, None] * np.ones_like(top)
+        top = np.maximum(top, sk)
+    top = np.where(np.isneginf(top), 0, top)
+    e = np.exp(s - top)
+    total = e.sum(-1, keepdims=True) + (np.exp(sk - top) if sinks is not None else 0)
+    return np.where(total > 0, e / np.where(total > 0, total, 1), 0) @ v
+
+
+CASES = {
+    "window-causal": dict(window=(5, 0), is_causal="bottom_right"),
+    "window-two-sided": dict(window=(3, 2)),
+    "window-top-left": dict(window=(4, None), is_causal=True),
+    "alibi": dict(alibi_slopes=SLOPES),
+    "alibi-causal": dict(alibi_slopes=SLOPES, is_causal="bottom_right"),
+    "softcap": dict(softcap=2.0),
+    "sinks": dict(sinks=np.array([0.3, -1.0, 2.0, 0.0])),
+    "all": dict(window=(6, 0), alibi_slopes=SLOPES, softcap=3.0, sinks=np.zeros(4),
+                is_causal="bottom_right"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("shape", [dict(Lq=9, Lk=40), dict(Lq=1, Lk=300), dict(Lq=70, Lk=300)],
+                         ids=["small", "decode", "panel"])
+def test_against_reference(isa, dtype, case, shape):
+    rng = np.random.default_rng(len(case))
+    q, k, v = data(rng, dtype, **shape)
+    kw = dict(CASES[case], enable_gqa=True)
+    out, lse = SDPA(q, k, v, return_lse=True, **kw)
+    ref, ref_lse = R.scaled_dot_product_attention(q, k, v, return_lse=True, **kw)
+    assert_close(out, ref, "sdpa", dtype, scale=4.0)
+    fin = np.isfinite(ref_lse)
+    np.testing.assert_array_equal(np.isfinite(lse), fin)
+    assert_close(lse[fin], ref_lse[fin], "lse", dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("case", ["window", "alibi", "softcap", "sinks"])
+def test_split_decode_path(isa, case):
+    """Long decode rows split into key chunks: windows cut chunks away, sinks
+    count once (in the first chunk) however many chunks merge."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 4, 1, 32)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 2, 5000, 32)).astype(np.float32) for _ in range(2))
+    kw = {"window": dict(window=(700, 0)), "alibi": dict(alibi_slopes=SLOPES / 100),
+          "softcap": dict(softcap=1.5), "sinks": dict(sinks=np.array([5.0, 0.0, -3.0, 1.0]))}[case]
+    assert_plan(SDPA, q, k, v, enable_gqa=True, path="rows", split=True, **kw)
+    out = SDPA(q, k, v, enable_gqa=True, **kw)
+    ref = formula(q, k, v, window=kw.get("window"), alibi=kw.get("alibi_slopes"),
+                  softcap=kw.get("softcap"), sinks=kw.get("sinks"))
+    assert_close(out, ref, "sdpa", np.float32, scale=4.0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_against_explicit_mask_formula_larger(isa, case):
+    rng = np.random.default_rng(7)
+    q, k, v = data(rng, np.float32, B=1, Lq=257, Lk=513, D=64)
+    kw = CASES[case]
+    out = SDPA(q, k, v, enable_gqa=True, **kw)
+    top_left = kw.get("is_causal") is True
+    ref = formula(q, k, v, window=kw.get("window"), alibi=kw.get("alibi_slopes"),
+                  softcap=kw.get("softcap"), sinks=kw.get("sinks"), top_left=top_left,
+                  causal=bool(kw.get("is_causal")))
+    assert_close(out, ref, "sdpa", np.float32, scale=4.0)
+
+
+def test_against_torch_with_explicit_masks():
+    """torch has no window / ALiBi arguments: the same attention through its
+    SDPA with the equivalent float mask."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    q, k, v = data(rng, np.float32, B=1, Lq=33, Lk=100, D=16)
+    Lq, Lk = 33, 100
+    p = np.arange(Lq)[:, None] + Lk - Lq
+    j = np.arange(Lk)[None, :]
+    bias = -SLOPES[:, None, None] * np.abs(p - j) + np.where((j <= p) & (j >= p - 10), 0, -np.inf)
+    ours = SDPA(q, k, v, enable_gqa=True, window=(10, 0), alibi_slopes=SLOPES, is_causal="bottom_right")
+    theirs = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(x) for x in (q, k, v)), attn_mask=torch.from_numpy(bias.astype(np.float32)),
+        enable_gqa=True).numpy()
+    assert_close(ours, theirs.astype(np.float64), "sdpa", np.float32, scale=4.0)
+
+
+def test_window_blocks_are_never_visited():
+    """A 256-key window over 8192 keys: the units visit ~1/20 of the blocks of
+    the full attention (32-row panels widen each unit's range by 31 keys)."""
+    q = np.ones((1, 8, 8192, 64), np.float32)
+    full = assert_plan(SDPA, q, q, q)["key_blocks"]
+    causal = assert_plan(SDPA, q, q, q, is_causal=True)["key_blocks"]
+    window = assert_plan(SDPA, q, q, q, is_causal=True, window=(255, 0))["key_blocks"]
+    assert causal < 0.52 * full
+    assert window < full / 20, (window, full)
+    decode = assert_plan(SDPA, q[:, :, :1], q, q, is_causal="bottom_right", window=(255, 0))
+    assert decode["key_blocks"] <= 8 * 2        # 8 heads x the blocks covering 256 keys
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(is_causal=True), dict(is_causal="bottom_right"),
+                                dict(window=(3, 1)), dict(sinks=np.ones(4)),
+                                dict(alibi_slopes=SLOPES, is_causal="bottom_right")])
+def test_packed_variable_length_batches(isa, dtype, kw):
+    rng = np.random.default_rng(13)
+    cq, ck = np.array([0, 3, 3, 10, 11]), np.array([0, 20, 25, 40, 41])
+    q = rng.standard_normal((4, 11, 8)).astype(dtype)
+    k, v = (rng.standard_normal((2, 41, 8)).astype(dtype) for _ in range(2))
+    out, lse = SDPA(q, k, v, enable_gqa=True, cu_seqlens_q=cq, cu_seqlens_k=ck, return_lse=True, **kw)
+    assert out.shape == (4, 11, 8) and lse.shape == (4, 11)
+    for b in range(4):
+        a, z, c, e = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        one, one_lse = SDPA(q[:, a:z], k[:, c:e], v[:, c:e], enable_gqa=True, return_lse=True, **kw)
+        assert_close(out[:, a:z], one, "sdpa", dtype)
+        np.testing.assert_array_equal(np.isneginf(lse[:, a:z]), np.isneginf(one_lse))
+    ref = R.scaled_dot_product_attention(q, k, v, enable_gqa=True, cu_seqlens_q=cq, cu_seqlens_k=ck, **kw)
+    assert_close(out, ref, "sdpa", dtype)
+
+
+def test_packed_batches_skip_padding():
+    """Packed sequences of very different lengths do the work of their own
+    lengths, not of the longest one padded."""
+    cq = np.array([0, 4096, 4096 + 64])
+    q = np.ones((4, 4096 + 64, 32), np.float32)
+    packed = assert_plan(SDPA, q, q, q, cu_seqlens_q=cq, cu_seqlens_k=cq, is_causal=True)
+    dense = assert_plan(SDPA, q[:, :4096], q[:, :4096], q[:, :4096], is_causal=True)
+    assert packed["key_blocks"] <= dense["key_blocks"] * 1.02
+
+
+@pytest.mark.parametrize("bad,words", [
+    (dict(window=5), ["pair", "window=(5, 0)"]),
+    (dict(window=(-2, 0)), ["window left"]),
+    (dict(softcap=0.0), ["softcap"]),
+    (dict(alibi_slopes=np.ones(3)), ["alibi_slopes", "(3,)"]),
+    (dict(sinks=np.ones((2, 4))), ["sinks"]),
+    (dict(cu_seqlens_q=np.array([0, 5]), cu_seqlens_k=None), ["together"]),
+])
+def test_variant_errors(bad, words):
+    q = k = v = np.ones((1, 4, 5, 8), np.float32)
+    with pytest.raises((ValueError, TypeError)) as info:
+        SDPA(q, k, v, **bad)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_varlen_errors():
+    q = np.ones((2, 10, 8), np.float32)
+    cu = np.array([0, 4, 10])
+    with pytest.raises(ValueError, match="attn_mask is not supported with cu_seqlens"):
+        SDPA(q, q, q, cu_seqlens_q=cu, cu_seqlens_k=cu, attn_mask=np.ones((10, 10), bool))
+    with pytest.raises(ValueError, match="end at the packed length 10"):
+        SDPA(q, q, q, cu_seqlens_q=np.array([0, 4, 9]), cu_seqlens_k=cu)
+    with pytest.raises(ValueError, match="packed"):
+        SDPA(q[None], q[None], q[None], cu_seqlens_q=cu, cu_seqlens_k=cu)
+
+
+def test_variant_arrays_border_guard_pages(isa):
+    rng = np.random.default_rng(17)
+    for where in ("end", "start"):
+        q, k, v = (guarded_copy(x, where) for x in data(rng, np.float32, Lq=5, Lk=130))
+        slopes = guarded_copy(SLOPES.astype(np.float32), where)
+        sinks = guarded_copy(np.ones(4, np.float32), where)
+        with guarded_allocations():
+            out, lse = SDPA(q, k, v, enable_gqa=True, alibi_slopes=slopes, sinks=sinks, window=(20, 2),
+                            softcap=2.0, return_lse=True)
+        ref = R.scaled_dot_product_attention(q, k, v, enable_gqa=True, alibi_slopes=slopes, sinks=sinks,
+                                             window=(20, 2), softcap=2.0)
+        assert_close(out, ref, "sdpa", np.float32, scale=4.0)
+
+
+@pytest.mark.parametrize("storage", ["float32", "int8"])
+def test_kv_cache_decoding_with_variants(storage):
+    rng = np.random.default_rng(19)
+    k, v = (rng.standard_normal((1, 2, 900, 16)).astype(np.float32) for _ in range(2))
+    cache = attncore.KVCache(900, 2, 16, dtype=storage)
+    cache.append(k, v)
+    q = rng.standard_normal((1, 4, 1, 16)).astype(np.float32)
+    kw = dict(window=(127, 0), sinks=np.array([1.0, 0.0, -1.0, 2.0]), softcap=4.0)
+    out = cache.attend(q, **kw)
+    ref = formula(q, cache.keys, cache.values, window=(127, 0), sinks=kw["sinks"], softcap=4.0)
+    assert_close(out, ref, "sdpa", np.float32, scale=4.0)
