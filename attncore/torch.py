@@ -571,13 +571,10 @@ _HF_HINT = (" (attncore is for inference; to train, select torch's attention wit
 
 # HF keyword -> attncore keyword, for model features that need the kernel.
 _KERNEL_KEYWORDS = {"softcap": "softcap", "s_aux": "sinks"}
-# The ones the kernel does not have yet. Supporting one = deleting its line here:
-# the value is then passed to attncore.scaled_dot_product_attention under its
-# attncore keyword (eagerly, and through the custom op under torch.compile).
-_NOT_YET_IN_KERNEL = {
-    "softcap": "attention-logit soft-capping (softcap=, e.g. Gemma 2's config.attn_logit_softcapping)",
-    "s_aux": "attention sinks (s_aux=module.sinks, e.g. gpt-oss)",
-}
+# The ones the kernel does not have yet (none now; soft-capping and sinks
+# arrived with issue 10): a line here makes a model that uses the feature
+# raise NotImplementedError naming it, instead of passing it on.
+_NOT_YET_IN_KERNEL: dict = {}
 
 
 def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -601,9 +598,10 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
     key, value : Tensor (B, Hkv, Lk, D), (B, Hkv, Lk, Dv)
     attention_mask : Tensor (B, 1, Lq, Lk) bool or float, or None
     dropout, scaling, is_causal, softcap, s_aux, position_bias, cache :
-        As passed by transformers. ``softcap`` and ``s_aux`` (attention
-        sinks) raise NotImplementedError naming the feature; so does a paged
-        (continuous-batching) ``cache``. Other keywords are ignored.
+        As passed by transformers. ``softcap`` (Gemma 2's logit soft-capping)
+        and ``s_aux`` (gpt-oss's attention sinks) run in the kernel; a paged
+        (continuous-batching) ``cache`` raises NotImplementedError. Other
+        keywords are ignored.
 
     Returns
     -------

@@ -233,22 +233,52 @@ class _Layer(torch.nn.Module):
     is_causal = True
 
 
-def test_softcap_and_sinks_are_not_implemented_yet():
-    q = torch.randn(1, 4, 3, 8)
-    with pytest.raises(NotImplementedError, match="soft-capping"):
-        at.hf_attention(_Layer(), q, q, q, None, softcap=50.0)
-    with pytest.raises(NotImplementedError, match="attention sinks"):
-        at.hf_attention(_Layer(), q, q, q, None, s_aux=torch.zeros(4))
-    try:
-        from transformers import Gemma2Config, Gemma2ForCausalLM
-    except ImportError:
-        return
-    cfg = Gemma2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+def test_gemma2_softcap_matches_eager(calls):
+    """Gemma 2's attention-logit soft-capping runs in the kernel (sdpa cannot
+    do it: eager is the reference)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                       attn_logit_softcapping=5.0, attn_implementation="attncore")
-    with pytest.raises(NotImplementedError, match="Gemma2Attention uses attention-logit soft-capping"):
-        with torch.inference_mode():
-            Gemma2ForCausalLM(cfg).eval()(input_ids=torch.tensor([[1, 2, 3]]))
+                       attn_logit_softcapping=5.0, sliding_window=4, max_position_embeddings=64,
+                       pad_token_id=0)
+    ref, new = pair(Gemma2ForCausalLM, cfg, ref="eager")
+    ids, am = padded_batch(B=2, L=10, right=False)
+    with torch.inference_mode():
+        want_logits = ref(input_ids=ids, attention_mask=am).logits
+        got_logits = new(input_ids=ids, attention_mask=am).logits
+        want = ref.generate(input_ids=ids, attention_mask=am, **GREEDY)
+        got = new.generate(input_ids=ids, attention_mask=am, **GREEDY)
+    valid = am.bool()
+    torch.testing.assert_close(got_logits[valid], want_logits[valid], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got, want)
+    assert calls
+
+
+def test_gpt_oss_sinks_match_eager(calls):
+    """gpt-oss's attention sinks (s_aux) run in the kernel (sdpa ignores them)."""
+    try:
+        from transformers import GptOssConfig, GptOssForCausalLM
+    except ImportError:
+        pytest.skip("this transformers has no gpt-oss")
+    cfg = GptOssConfig(vocab_size=100, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                       num_experts_per_tok=1, sliding_window=4, max_position_embeddings=64,
+                       pad_token_id=0, layer_types=["sliding_attention", "full_attention"])
+    ref, new = pair(GptOssForCausalLM, cfg, ref="eager")
+    with torch.no_grad():
+        for layer in (*ref.model.layers, *new.model.layers):
+            layer.self_attn.sinks.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    ids, am = padded_batch(B=2, L=8, right=False)
+    with torch.inference_mode():
+        want_logits = ref(input_ids=ids, attention_mask=am).logits
+        got_logits = new(input_ids=ids, attention_mask=am).logits
+        want = ref.generate(input_ids=ids, attention_mask=am, **GREEDY)
+        got = new.generate(input_ids=ids, attention_mask=am, **GREEDY)
+    valid = am.bool()
+    torch.testing.assert_close(got_logits[valid], want_logits[valid], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got, want)
+    assert calls
 
 
 def test_hf_attention_under_torch_compile():
