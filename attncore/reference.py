@@ -264,7 +264,7 @@ def _packed(query, key, value, is_causal, scale, cu_q, cu_k, return_lse, **kw):
 
 def general_attention(query, key, value, weight, attn_mask=None, is_causal=False, scale=1.0, *,
                       return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
-                      enable_gqa=False):
+                      enable_gqa=False, dropout_p=0.0, seed=None):
     """Reference general attention: score = scale * sum_a sum_b q_a W_ab k_b."""
     W = np.asarray(weight, dtype=np.float64).tolist()
 
@@ -274,14 +274,15 @@ def general_attention(query, key, value, weight, attn_mask=None, is_causal=False
             return scale * sum(q[a] * _dot(W[a], k) for a in range(len(q)))
         return score
 
-    return _run(make_score, query, key, value, attn_mask, 0.0, is_causal, None, valid_lens,
+    return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
                 return_weights, return_lse)
 
 
 def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, attn_mask=None,
                        is_causal=False, *, return_weights=False, return_lse=False,
-                       num_threads=None, valid_lens=None, enable_gqa=False):
-    """Reference additive attention: score = sum_h w_h tanh(Wq_h . q + Wk_h . k + b_h)."""
+                       num_threads=None, valid_lens=None, enable_gqa=False, scale=1.0,
+                       dropout_p=0.0, seed=None):
+    """Reference additive attention: score = scale sum_h w_h tanh(Wq_h . q + Wk_h . k + b_h)."""
     Wq = np.asarray(w_query, dtype=np.float64).tolist()
     Wk = np.asarray(w_key, dtype=np.float64).tolist()
     w = np.asarray(w_score, dtype=np.float64).tolist()
@@ -290,25 +291,25 @@ def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, at
     def make_score(Q, K):
         def score(b, h, g, i, j):
             q, k = Q[b][h][i], K[b][g][j]
-            return sum(w[t] * math.tanh(_dot(Wq[t], q) + _dot(Wk[t], k) + bias[t])
-                       for t in range(len(w)))
+            return scale * sum(w[t] * math.tanh(_dot(Wq[t], q) + _dot(Wk[t], k) + bias[t])
+                               for t in range(len(w)))
         return score
 
-    return _run(make_score, query, key, value, attn_mask, 0.0, is_causal, None, valid_lens,
+    return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
                 return_weights, return_lse)
 
 
 def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None, is_causal=False,
                      *, return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
-                     enable_gqa=False):
-    """Reference concat attention: score = w^T [q; k] + b."""
+                     enable_gqa=False, scale=1.0, dropout_p=0.0, seed=None):
+    """Reference concat attention: score = scale (w^T [q; k] + b)."""
     wq = np.asarray(w_query, dtype=np.float64).tolist()
     wk = np.asarray(w_key, dtype=np.float64).tolist()
 
     def make_score(Q, K):
-        return lambda b, h, g, i, j: _dot(wq + wk, Q[b][h][i] + K[b][g][j]) + bias
+        return lambda b, h, g, i, j: scale * (_dot(wq + wk, Q[b][h][i] + K[b][g][j]) + bias)
 
-    return _run(make_score, query, key, value, attn_mask, 0.0, is_causal, None, valid_lens,
+    return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
                 return_weights, return_lse)
 
 

@@ -24,7 +24,8 @@ def general_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, weight
                       attn_mask: OptArray = None, is_causal: Causal = False, scale: Scalar = 1.0, *,
                       return_weights: bool = False, return_lse: bool = False,
                       num_threads: Optional[int] = None, valid_lens: OptArray = None,
-                      enable_gqa: bool = False) -> Result:
+                      enable_gqa: bool = False, dropout_p: Scalar = 0.0,
+                      seed: Optional[int] = None) -> Result:
     """Luong "general" (bilinear) attention: score(q, k) = scale * q^T W k.
 
     Parameters
@@ -32,7 +33,8 @@ def general_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, weight
     query : (..., Hq, Lq, Dq);  key : (..., Hkv, Lk, Dk);  value : (..., Hkv, Lk, Dv)
     weight : (Dq, Dk)
     attn_mask, is_causal, valid_lens, return_weights, return_lse, num_threads,
-    enable_gqa : as in :func:`attncore.scaled_dot_product_attention`.
+    enable_gqa, dropout_p, seed : as in :func:`attncore.scaled_dot_product_attention`
+        (dropout: the same counter RNG, keyed by (batch, head, i, j)).
     scale : float, default 1.0
 
     Computed as one GEMM, Q' = Q W, followed by the fused dot-product kernel.
@@ -57,7 +59,8 @@ def general_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, weight
     qw = _linalg.linear(p.q, W.T, num_threads=V.num_threads(op, num_threads), op=op)
     return _engine.run(op, p, qw, p.k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                        is_causal=is_causal, valid_lens=valid_lens, num_threads=num_threads,
-                       return_weights=return_weights, return_lse=return_lse)
+                       return_weights=return_weights, return_lse=return_lse,
+                       dropout_p=dropout_p, seed=seed)
 
 
 def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query: ArrayLike,
@@ -65,9 +68,10 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
                        attn_mask: OptArray = None, is_causal: Causal = False, *,
                        return_weights: bool = False, return_lse: bool = False,
                        num_threads: Optional[int] = None, valid_lens: OptArray = None,
-                       enable_gqa: bool = False) -> Result:
+                       enable_gqa: bool = False, scale: Scalar = 1.0, dropout_p: Scalar = 0.0,
+                       seed: Optional[int] = None) -> Result:
     """Additive (Bahdanau, "perceptron") attention:
-    score(q, k) = w_score^T tanh(W_q q + W_k k + bias).
+    score(q, k) = scale * w_score^T tanh(W_q q + W_k k + bias).
 
     Parameters
     ----------
@@ -75,7 +79,9 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
     w_query : (H, Dq);  w_key : (H, Dk);  w_score : (H,);  bias : (H,) or None
         H is the hidden size of the scoring perceptron.
     attn_mask, is_causal, valid_lens, return_weights, return_lse, num_threads,
-    enable_gqa : as in :func:`attncore.scaled_dot_product_attention`.
+    enable_gqa, dropout_p, seed : as in :func:`attncore.scaled_dot_product_attention`.
+    scale : float, default 1.0
+        Multiplies the score (folded into w_score).
 
     The projections Qp = Q W_q^T + b and Kp = K W_k^T are two GEMMs; the fused
     kernel then evaluates sum_h w_h tanh(Qp_ih + Kp_jh) tile by tile, straight
@@ -117,24 +123,28 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
     threads = V.num_threads(op, num_threads)
     qp = _linalg.linear(p.q, Wq, b, num_threads=threads, op=op)
     kp = _linalg.linear(p.k, Wk, num_threads=threads, op=op)
+    w = w * p.compute.type(V.real_number(op, "scale", scale))   # scale * w^T tanh(...)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
-                       num_threads=threads, return_weights=return_weights, return_lse=return_lse)
+                       num_threads=threads, return_weights=return_weights, return_lse=return_lse,
+                       dropout_p=dropout_p, seed=seed)
 
 
 def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query: ArrayLike,
                      w_key: ArrayLike, bias: Scalar = 0.0, attn_mask: OptArray = None,
                      is_causal: Causal = False, *, return_weights: bool = False,
                      return_lse: bool = False, num_threads: Optional[int] = None,
-                     valid_lens: OptArray = None, enable_gqa: bool = False) -> Result:
-    """Concat attention: score(q, k) = w^T [q; k] + b = w_query . q + w_key . k + b.
+                     valid_lens: OptArray = None, enable_gqa: bool = False, scale: Scalar = 1.0,
+                     dropout_p: Scalar = 0.0, seed: Optional[int] = None) -> Result:
+    """Concat attention: score(q, k) = scale * (w^T [q; k] + b) = scale * (w_query . q + w_key . k + b).
 
     Parameters
     ----------
     query : (..., Hq, Lq, Dq);  key : (..., Hkv, Lk, Dk);  value : (..., Hkv, Lk, Dv)
     w_query : (Dq,);  w_key : (Dk,);  bias : float
     attn_mask, is_causal, valid_lens, return_weights, return_lse, num_threads,
-    enable_gqa : as in :func:`attncore.scaled_dot_product_attention`.
+    enable_gqa, dropout_p, seed : as in :func:`attncore.scaled_dot_product_attention`.
+    scale : float, default 1.0
 
     The scores are a_i + c_j + b with a = Q w_query and c = K w_key (two
     GEMVs); the fused kernel takes them as a rank-2 dot product
@@ -163,6 +173,7 @@ def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query
     c = _linalg.linear(p.k, wk[None, :], num_threads=threads, op=op)
     qs = np.concatenate([a, np.ones_like(a)], axis=-1)
     ks = np.concatenate([np.ones_like(c), c], axis=-1)
-    return _engine.run(op, p, qs, ks, scale=1.0, attn_mask=attn_mask, is_causal=is_causal,
-                       valid_lens=valid_lens, num_threads=threads, return_weights=return_weights,
-                       return_lse=return_lse)
+    return _engine.run(op, p, qs, ks, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
+                       is_causal=is_causal, valid_lens=valid_lens, num_threads=threads,
+                       return_weights=return_weights, return_lse=return_lse, dropout_p=dropout_p,
+                       seed=seed)

@@ -190,3 +190,26 @@ def test_bad_weights(fn, args, exc, words):
         f(q, k, v, **args)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+@pytest.mark.parametrize("fn", ["general", "additive", "concat"])
+def test_dropout_and_scale_across_the_family(isa, dtype, rng, fn):
+    """dropout_p / seed on every scoring function (the counter RNG of SDPA:
+    the reference reproduces it bit for bit), scale on additive and concat."""
+    q, k, v = data(rng, dtype, Lk=40)
+    kw = dict(dropout_p=0.3, seed=7, return_weights=True, is_causal=True)
+    if fn == "general":
+        W = rng.standard_normal((6, 4)).astype(dtype)
+        args, kw["scale"] = (q, k, v, W), 0.5
+        fast, ref = attncore.general_attention(*args, **kw), R.general_attention(*args, **kw)
+    elif fn == "additive":
+        Wq, Wk = rng.standard_normal((9, 6)).astype(dtype), rng.standard_normal((9, 4)).astype(dtype)
+        w = rng.standard_normal(9).astype(dtype)
+        args, kw["scale"] = (q, k, v, Wq, Wk, w), 1.7
+        fast, ref = attncore.additive_attention(*args, **kw), R.additive_attention(*args, **kw)
+    else:
+        wq, wk = rng.standard_normal(6).astype(dtype), rng.standard_normal(4).astype(dtype)
+        args, kw["scale"] = (q, k, v, wq, wk, 0.25), -0.8
+        fast, ref = attncore.concat_attention(*args, **kw), R.concat_attention(*args, **kw)
+    compare(fast, ref, dtype)
+    assert (fast[1] == 0).any()   # some weights were dropped
