@@ -4,6 +4,7 @@ Layers (data flows top to bottom, once):
 
     attncore/functional.py   scaled_dot_product_attention, dot_attention, merge_attention
     attncore/scoring.py      general, additive and concat attention
+    attncore/weighting.py    sigmoid and hard attention (other weightings than the softmax)
     attncore/modules.py      MultiHeadAttention
     attncore/kvcache.py      KVCache (float or compact storage read by the decode kernels)
     attncore/_engine.py      the shared path: validation, masks, outputs -> the kernel
@@ -38,6 +39,8 @@ from .functional import dot_attention, merge_attention, scaled_dot_product_atten
 from .kvcache import KVCache
 from .modules import MultiHeadAttention
 from .scoring import additive_attention, concat_attention, general_attention
+from .softmax import kernel_regression, masked_softmax, softmax
+from .weighting import sigmoid_attention
 
 # Submodules reachable as attributes, imported on first use (optional extras
 # must not be imported by `import attncore`).
@@ -63,6 +66,10 @@ __all__ = [
     "general_attention",
     "additive_attention",
     "concat_attention",
+    "softmax",
+    "masked_softmax",
+    "kernel_regression",
+    "sigmoid_attention",
     "MultiHeadAttention",
     "KVCache",
     "config",

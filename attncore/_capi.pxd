@@ -40,6 +40,8 @@ cdef extern from "attncore/attn.h" nogil:
         double drop_scale
         void *weights
         void *lse
+        int weighting
+        double sigmoid_bias
         int offset_bottom_right
         int64_t window_left, window_right
         const void *alibi
@@ -128,6 +130,8 @@ cdef extern from "attncore/attn.h" nogil:
         ATTN_MASK_NONE
         ATTN_MASK_BOOL
         ATTN_MASK_ADD
+        ATTN_WEIGHTS_SOFTMAX
+        ATTN_WEIGHTS_SIGMOID
         ATTN_ISA_PORTABLE
         ATTN_ISA_AVX2
         ATTN_ISA_AVX512

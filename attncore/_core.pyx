@@ -220,6 +220,7 @@ cdef int _set_variants(attn_sdpa_desc *d, dict v, tuple batch, int64_t nb, _Tens
                        _Buf bsk) except -1:
     """The score variants (attn.h): window, ALiBi slopes (batch + (Hq,),
     broadcast), softcap, sinks ((Hq,) contiguous), bottom-right positions."""
+    d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
     d.offset_bottom_right = 0
     d.window_left = d.window_right = -1
     d.alibi, d.al_boff, d.al_sh = NULL, NULL, 0
@@ -228,6 +229,8 @@ cdef int _set_variants(attn_sdpa_desc *d, dict v, tuple batch, int64_t nb, _Tens
     d.seq_lq = d.seq_lk = NULL
     if not v:
         return 0
+    if v.get("sigmoid") is not None:
+        d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SIGMOID, v["sigmoid"]
     d.offset_bottom_right = v.get("bottom_right", False)
     d.window_left, d.window_right = v.get("window", (-1, -1))
     d.softcap = v.get("softcap", 0.0)
@@ -428,6 +431,7 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         d.weights, d.lse = NULL, NULL
         d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
         d.offset_bottom_right, d.window_left, d.window_right, d.softcap = 0, -1, -1, 0
+        d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
         d.alibi, d.al_boff, d.al_sh, d.sinks, d.sk_sh, d.seq_lq, d.seq_lk = NULL, NULL, 0, NULL, 0, NULL, NULL
         d.cancellable, d.cancel_epoch = 0, 0
         st = _run_sdpa(&d, io, isa, threads)

@@ -413,3 +413,103 @@ class MultiHeadAttention:
         elif not m.batch_first:
             out = out.transpose(1, 0, 2)
         return out, weights
+
+
+def sigmoid_attention(query, key, value, bias=0.0, scale=None, attn_mask=None, is_causal=False,
+                      enable_gqa=False, *, valid_lens=None, dropout_p=0.0, seed=None,
+                      return_weights=False, num_threads=None, window=None, alibi_slopes=None,
+                      softcap=None):
+    """Reference sigmoid attention: w_ij = sigmoid(score_ij + bias) with the
+    same score rules as SDPA (scale, soft-cap, ALiBi, masks), 0 for hidden
+    keys, out_i = sum_j w_ij v_j (no normalisation)."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    flat = q.ndim == 2
+    query_ndim = q.ndim
+    if flat:
+        q, k, v = q[None], k[None], v[None]
+    Hq, Lq, D = q.shape[-3:]
+    Hkv, Lk, Dv = k.shape[-3], k.shape[-2], v.shape[-1]
+    batch = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    Q, K, Vl = _lists(q, batch, (Hq, Lq, D)), _lists(k, batch, (Hkv, Lk, D)), _lists(v, batch, (Hkv, Lk, Dv))
+    nb = int(np.prod(batch, dtype=np.int64))
+    scores = _visible_scores(Q, K, Hq, Hkv, Lq, Lk, batch, scale, attn_mask, is_causal, valid_lens,
+                             query_ndim, window, alibi_slopes, softcap)
+    weights = np.zeros((nb, Hq, Lq, Lk))
+    out = np.zeros((nb, Hq, Lq, Dv))
+    group = Hq // Hkv
+    for b in range(nb):
+        for h in range(Hq):
+            for i in range(Lq):
+                for j in range(Lk):
+                    s = scores[b][h][i][j]
+                    if s == -math.inf:
+                        continue                      # hidden: weight 0, value not read
+                    x = s + bias
+                    w = math.nan if math.isnan(x) else (
+                        1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x)))
+                    if dropout_p:
+                        counter = ((b * Hq + h) * Lq + i) * Lk + j
+                        w = w / (1.0 - dropout_p) if dropout_keep(seed, counter, dropout_p) else 0.0
+                    weights[b, h, i, j] = w
+                    for c in range(Dv):
+                        out[b, h, i, c] += w * Vl[b][h // group][j][c]
+    out = out.reshape(tuple(batch) + (Hq, Lq, Dv))
+    weights = weights.reshape(tuple(batch) + (Hq, Lq, Lk))
+    if flat:
+        out, weights = out[0], weights[0]
+    return (out, weights) if return_weights else out
+
+
+def _visible_scores(Q, K, Hq, Hkv, Lq, Lk, batch, scale, attn_mask, is_causal, valid_lens,
+                    query_ndim, window, alibi_slopes, softcap):
+    """scores[b][h][i][j]: the scaled, soft-capped, ALiBi-biased, masked
+    score, -inf where the key is hidden (the rules of _attention)."""
+    nb = int(np.prod(batch, dtype=np.int64))
+    mask = None
+    if attn_mask is not None:
+        m = np.asarray(attn_mask)
+        is_bool = m.dtype == np.bool_
+        mask = np.broadcast_to(m, tuple(batch) + (Hq, Lq, Lk)).reshape(nb, Hq, Lq, Lk).tolist()
+    offset = _causal_offset(is_causal, Lq, Lk)
+    lens = _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim)
+    top_left = is_causal is True or is_causal is np.True_ or is_causal == "top_left"
+    qpos_offset = 0 if top_left else Lk - Lq
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = np.broadcast_to(np.asarray(alibi_slopes, np.float64), tuple(batch) + (Hq,)).reshape(-1, Hq).tolist()
+    group = Hq // Hkv if Hkv else 1
+    out = []
+    for b in range(nb):
+        ob = []
+        for h in range(Hq):
+            oh = []
+            for i in range(Lq):
+                row = []
+                p_i = i + qpos_offset
+                for j in range(Lk):
+                    s = scale * _dot(Q[b][h][i], K[b][h // group][j])
+                    if softcap is not None:
+                        s = softcap * math.tanh(s / softcap)
+                    if slopes is not None:
+                        s = s - slopes[b][h] * abs(p_i - j)
+                    if mask is not None:
+                        if is_bool:
+                            if not mask[b][h][i][j]:
+                                s = -math.inf
+                        else:
+                            s = s + mask[b][h][i][j]
+                    if offset is not None and j > i + offset:
+                        s = -math.inf
+                    if lens is not None and j >= lens[b][h][i]:
+                        s = -math.inf
+                    if window is not None:
+                        left, right = (-1 if x is None else x for x in window)
+                        if (left >= 0 and j < p_i - left) or (right >= 0 and j > p_i + right):
+                            s = -math.inf
+                    row.append(s)
+                oh.append(row)
+            ob.append(oh)
+        out.append(ob)
+    return out

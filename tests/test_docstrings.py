@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["attncore", "attncore.functional", "attncore.scoring", "attncore.modules",
+           "attncore.kvcache", "attncore.weighting", "attncore._engine",
            "attncore._config", "attncore.reference", "attncore.viz", "attncore.torch"]
 # optional extras the examples of a module need
 NEEDS = {"attncore.torch": ("torch", "transformers")}

@@ -69,6 +69,8 @@ typedef struct {
     int limited;       /* rows have a key range (causal, window, valid_lens, varlen) */
     int windowed;      /* rows have a first visible key (a window's left side) */
     int prep_always;   /* every block needs a prep pass (masks, weights, ALiBi, softcap) */
+    int sigmoid;       /* sigmoid attention: weights sigmoid(score + b), not a softmax */
+    T sigmoid_shift;   /* its b in log2 units */
     int prep_log2;     /* the prep pass takes scores to log2 units (additive
                         * masks and recorded weights need them; -inf fills
                         * do not, and leaving the scaling to the softmax's
@@ -251,10 +253,29 @@ static void SDPA_FN(describe_prep)(const PLAN *P, const UNIT *U, int64_t j0, int
         x->alibi_m = buf->alibi_m;
         x->alibi_p = buf->alibi_p;
     }
-    if (d->weights) {
+    if (d->weights && !P->sigmoid) {   /* (sigmoid: copied once the weights are final) */
         for (int r = 0; r < U->nr; r++) buf->wrows[r] = U->rows[r].w + j0;
         x->wrows = buf->wrows;
     }
+}
+
+/* Sigmoid attention: copy a block's final weights (after dropout) into the
+ * weights rows, with the prep entry reduced to its copy step. */
+static void SDPA_FN(copy_weights)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk,
+                                  SDPA_FN(prep_rows_buf) *buf, T *tile)
+{
+    PREP x;
+    memset(&x, 0, sizeof x);
+    x.nr = U->nr;
+    x.nk = nk;
+    x.c = 1;
+    x.mask_kind = ATTN_MASK_NONE;
+    for (int r = 0; r < U->nr; r++) buf->wrows[r] = U->rows[r].w + j0;
+    x.wrows = buf->wrows;
+    if (P->rows_path)
+        P->kt->prep_rows(&x, tile, P->ld_s);
+    else
+        P->kt->prep_panel(&x, tile);
 }
 
 /* The online softmax's starting state: m = -inf, l = 0 -- or, with
@@ -333,13 +354,21 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
     }
     QT *dst[ATTN_MAX_LANES];
     for (int r = 0; r < nr; r++) dst[r] = U->rows[r].out;
+    const T *Lnorm = P->sigmoid ? NULL : L;   /* sigmoid weights are not normalised */
     if (P->rows_path)
-        P->kio_q->finish_rows(nr, d->Dv, o, oc, P->ld_o, L, dst);
+        P->kio_q->finish_rows(nr, d->Dv, o, oc, P->ld_o, Lnorm, dst);
     else
-        P->kio_q->finish_panel(nr, d->Dv, o, oc, L, dst);
+        P->kio_q->finish_panel(nr, d->Dv, o, oc, Lnorm, dst);
     for (int r = 0; r < nr; r++) {
         if (U->rows[r].lse) *U->rows[r].lse = SDPA_FN(lse_of)(m[r], L[r]);
-        if (U->rows[r].w) SDPA_FN(finish_weights)(P, &U->rows[r], m[r], L[r], U->kbeg, U->kend);
+        if (!U->rows[r].w) continue;
+        if (P->sigmoid) {   /* keys outside the visited range have weight 0 */
+            T *w = U->rows[r].w;
+            for (int64_t j = 0; j < U->kbeg && j < d->Lk; j++) w[j] = 0;
+            for (int64_t j = attn_max64(U->kend, U->kbeg); j < d->Lk; j++) w[j] = 0;
+        } else {
+            SDPA_FN(finish_weights)(P, &U->rows[r], m[r], L[r], U->kbeg, U->kend);
+        }
     }
 }
 
@@ -405,8 +434,12 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
             kt->prep_panel(&x, sbuf);
             if (P->prep_log2) c = 1;
         }
-        kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
+        if (P->sigmoid)
+            kt->sigmoid(nk * W, sbuf, P->sigmoid_shift);   /* alpha stays 1 */
+        else
+            kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
+        if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
         kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
     }
     SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
@@ -444,8 +477,12 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
             kt->prep_rows(&x, sbuf, P->ld_s);
             if (P->prep_log2) c = 1;
         }
-        kt->softmax_rows(U->nr, nk, sbuf, P->ld_s, c, m, l, lc, alpha);
+        if (P->sigmoid)
+            for (int r = 0; r < U->nr; r++) kt->sigmoid(nk, sbuf + r * P->ld_s, P->sigmoid_shift);
+        else
+            kt->softmax_rows(U->nr, nk, sbuf, P->ld_s, c, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, P->ld_s, 1, j0, nk);
+        if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
         P->kio_kv->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, U->vsc ? U->vsc + j0 : NULL,
                            alpha, obuf, ocbuf, P->ld_o);
     }
@@ -464,6 +501,15 @@ static void SDPA_FN(merge_unit)(const PLAN *P, int64_t ub)
     const int64_t Dv = d->Dv, stride = P->W * (Dv + 2);
     const T *base = P->partial + ub * P->nchunks * stride;
     double wgt[ATTN_MAX_CHUNKS];
+    if (P->sigmoid) {   /* unnormalised: the chunks' outputs add */
+        for (int r = 0; r < nr; r++)
+            for (int64_t k = 0; k < Dv; k++) {
+                double acc = 0;
+                for (int64_t c = 0; c < P->nchunks; c++) acc += (double)base[c * stride + r * (Dv + 2) + k];
+                rows[r].out[k] = QT_FROM_T((T)acc);
+            }
+        return;
+    }
     for (int r = 0; r < nr; r++) {
         T mmax = -INFINITY;
         for (int64_t c = 0; c < P->nchunks; c++) {
@@ -546,7 +592,10 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->windowed = d->window_left >= 0;
     P->limited = d->causal || d->valid_lens != NULL || d->seq_lk != NULL || P->windowed ||
                  d->window_right >= 0;
-    int biased = d->alibi != NULL || d->softcap > 0;   /* every score changes */
+    P->sigmoid = d->weighting == ATTN_WEIGHTS_SIGMOID;
+    P->sigmoid_shift = (T)(d->sigmoid_bias * ATTN_LOG2E);
+    /* every score changes (and sigmoid weights come from log2-unit scores) */
+    int biased = d->alibi != NULL || d->softcap > 0 || P->sigmoid;
     P->prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL || biased;
     P->prep_log2 = d->mask_kind == ATTN_MASK_ADD || d->weights != NULL || biased;
     if (d->score_kind == ATTN_SCORE_ADDITIVE) {

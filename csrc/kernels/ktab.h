@@ -133,6 +133,9 @@
                              uint32_t threshold, T keep_scale);                \
         /* w[i] = exp2(w[i] - shift) * scale (w[i] - shift <= 0 or NaN)      */ \
         void (*weights_row)(int64_t n, T *w, T shift, T scale);                \
+        /* sigmoid attention's weights from log2-unit scores:               */ \
+        /* x[i] = 1 / (1 + 2^-(x[i] + shift)), exactly 0 at -inf, 1 at +inf */ \
+        void (*sigmoid)(int64_t n, T *x, T shift);                             \
         /* y = exp2(x), the softmax's vector exp (also for tests)           */ \
         void (*exp2)(int64_t n, const T *x, T *y);                             \
         /* y = tanh(x), the additive score's vector tanh (for tests)         */ \

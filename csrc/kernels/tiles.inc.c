@@ -616,6 +616,35 @@ static void FN(weights_row)(int64_t n, T *w, T shift, T scale)
 }
 #endif
 
+#ifndef ATTN_HAVE_sigmoid
+/*
+ * Sigmoid attention's weights, from scores t = x + shift in log2 units:
+ *   sigmoid = 2^min(t, 0) / (1 + 2^-|t|)
+ * Both exponents are <= 0, so nothing overflows; t = -inf (a masked key)
+ * gives exactly 0 and t = +inf exactly 1; NaN propagates (the max
+ * instructions return their second operand for NaN). Relative error: that
+ * of two exp2s and a division, a few ulp.
+ */
+static inline vec FN(sigmoid_vec)(vec t)
+{
+    vec neg = v_sub(v_zero(), t);
+    vec num = v_exp2(v_sub(v_zero(), v_max(v_zero(), neg)));    /* 2^min(t, 0) */
+    vec den = v_add(v_set1((T)1), v_exp2(v_sub(v_zero(), v_max(t, neg))));   /* 1 + 2^-|t| */
+    return v_div(num, den);
+}
+
+static void FN(sigmoid)(int64_t n, T *x, T shift)
+{
+    vec sh = v_set1(shift);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) v_store(x + i, FN(sigmoid_vec)(v_add(v_load(x + i), sh)));
+    if (i < n) {
+        int rest = (int)(n - i);
+        v_store_n(x + i, FN(sigmoid_vec)(v_add(v_load_n(x + i, rest), sh)), rest);
+    }
+}
+#endif
+
 static void FN(exp2_array)(int64_t n, const T *x, T *y)
 {
     int64_t i = 0;
@@ -644,6 +673,7 @@ const KTAB_TYPE KTAB_NAME = {
     .softmax_rows = FN(softmax_rows),
     .dropout_tile = FN(dropout_tile),
     .weights_row = FN(weights_row),
+    .sigmoid = FN(sigmoid),
     .exp2 = FN(exp2_array),
     .tanh = FN(tanh_array),
 };

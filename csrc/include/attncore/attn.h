@@ -48,6 +48,9 @@ enum {
                               /* q, k are the projected Qp + b and Kp, D = H     */
 };
 
+/* attn_sdpa_desc.weighting */
+enum { ATTN_WEIGHTS_SOFTMAX = 0, ATTN_WEIGHTS_SIGMOID = 1 };
+
 /* Mask kinds for attn_sdpa_desc.mask_kind. */
 enum {
     ATTN_MASK_NONE = 0,
@@ -116,6 +119,12 @@ typedef struct {
     /* packed variable-length batches: sequence b has seq_lq[b] <= Lq queries
      * and seq_lk[b] <= Lk keys (its rows start at the batch offsets) */
     const int64_t *seq_lq, *seq_lk;
+
+    /* How scores become weights: ATTN_WEIGHTS_SOFTMAX (normalised over the
+     * keys), or ATTN_WEIGHTS_SIGMOID: w = sigmoid(score + sigmoid_bias), no
+     * normalisation (sigmoid attention; lse is not defined). */
+    int weighting;
+    double sigmoid_bias;
 
     /* Quantized keys/values (the _kvi8 entry): key j of kv head h, batch b
      * is k[...] * k_scale[ks_boff[b] + h * ks_sh + j] (float32), likewise
