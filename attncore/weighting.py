@@ -51,7 +51,7 @@ def sigmoid_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, bias: 
     Example
     -------
     >>> import numpy as np, attncore
-    >>> q = k = np.zeros((1, 2, 4)); v = np.ones((1, 3, 4))
+    >>> q = np.zeros((1, 2, 4)); k = np.zeros((1, 3, 4)); v = np.ones((1, 3, 4))
     >>> attncore.sigmoid_attention(q, k, v)[0, 0]      # 3 keys x sigmoid(0) = 1.5
     array([1.5, 1.5, 1.5, 1.5])
     """
