@@ -513,3 +513,183 @@ def _visible_scores(Q, K, Hq, Hkv, Lq, Lk, batch, scale, attn_mask, is_causal, v
             ob.append(oh)
         out.append(ob)
     return out
+
+
+# -- softmax, masked_softmax, kernel_regression (attncore/softmax.py) ---------------
+
+def softmax(x, axis=-1, *, mask=None, valid_lens=None, out=None, num_threads=None):
+    """Reference softmax along `axis`: masked entries (bool mask False, or
+    j >= the row's valid length) get weight 0, a float mask is added, a row
+    with nothing left gives zeros, a NaN among the kept entries a NaN row.
+    `valid_lens` has the row shape (x's without the axis; size-1 dims
+    broadcast) or x's shape with size 1 at the axis. `out` and `num_threads`
+    are accepted and ignored. float64.
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.softmax([[0.0, 0.0], [1.0, 1.0]], axis=0, valid_lens=[1, 2])
+    array([[1. , 0.5],
+           [0. , 0.5]])
+    """
+    a = np.asarray(x, dtype=np.float64)
+    axis = axis % a.ndim
+    L = a.shape[axis]
+    moved = np.moveaxis(a, axis, -1)
+    rows_shape = moved.shape[:-1]
+    nrows = int(np.prod(rows_shape, dtype=np.int64))
+    rows = moved.reshape(nrows, L).tolist()
+    m, is_bool = None, False
+    if mask is not None:
+        mm = np.asarray(mask)
+        is_bool = mm.dtype == np.bool_
+        full = np.broadcast_to(mm if is_bool else mm.astype(np.float64), a.shape)
+        m = np.moveaxis(full, axis, -1).reshape(nrows, L).tolist()
+    lens = None
+    if valid_lens is not None:
+        v = np.asarray(valid_lens)
+        if v.ndim == a.ndim:
+            v = np.squeeze(v, axis)
+        lens = np.broadcast_to(v, rows_shape).reshape(nrows).tolist()
+    res = []
+    for r in range(nrows):
+        scores = []
+        for j in range(L):
+            s = rows[r][j]
+            if m is not None:
+                if is_bool:
+                    if not m[r][j]:
+                        s = -math.inf
+                else:
+                    s = s + m[r][j]
+            if lens is not None and j >= lens[r]:
+                s = -math.inf
+            scores.append(s)
+        res.append(softmax_row(scores)[0])
+    return np.moveaxis(np.array(res, dtype=np.float64).reshape(rows_shape + (L,)), -1, axis)
+
+
+def masked_softmax(scores, valid_lens, *, num_threads=None):
+    """Reference d2l masked_softmax: scores at j >= valid_len become -1e6, then
+    a softmax over the last axis. valid_lens: None, a scalar,
+    scores.shape[:-2] (per batch element, repeated over the second-to-last
+    dim) or scores.shape[:-1] (per row).
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.masked_softmax([[1.0, 1.0, 1.0]], [0])
+    array([[0.33333333, 0.33333333, 0.33333333]])
+    """
+    a = np.asarray(scores, dtype=np.float64)
+    if valid_lens is None:
+        return softmax(a, -1)
+    v = np.asarray(valid_lens)
+    K = a.shape[-1]
+    rows_shape = a.shape[:-1]
+    if v.ndim == 0:
+        full = np.broadcast_to(v, rows_shape)
+    elif a.ndim >= 2 and v.shape == a.shape[:-2]:
+        full = np.broadcast_to(v.reshape(v.shape + (1,)), rows_shape)
+    else:
+        full = v
+    nrows = int(np.prod(rows_shape, dtype=np.int64))
+    rows = a.reshape(nrows, K).tolist()
+    lens = np.asarray(full, dtype=np.float64).reshape(nrows).tolist()
+    res = []
+    for r in range(nrows):
+        res.append(softmax_row([s if j < lens[r] else -1e6 for j, s in enumerate(rows[r])])[0])
+    return np.array(res, dtype=np.float64).reshape(a.shape)
+
+
+def kernel_regression(x_query, x_key, y, bandwidth=1.0, *, kernel="gaussian", attn_mask=None,
+                      valid_lens=None, return_weights=False, num_threads=None):
+    """Reference Nadaraya-Watson regression: r2 = sum_c (q_c - k_c)^2 one term
+    at a time; gaussian score -r2 / (2 h^2), laplace -sqrt(r2) / h (softmax
+    over the visible keys, a float mask added), epanechnikov weights
+    max(1 - r2 / h^2, 0) / their sum. Shapes as attncore.kernel_regression
+    (a 1-D x is scalar points; y with one dim fewer than x_key is scalar
+    targets). float64.
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.kernel_regression([0.0], [-1.0, 1.0], [2.0, 4.0])
+    array([3.])
+    """
+    xq = np.asarray(x_query, dtype=np.float64)
+    xk = np.asarray(x_key, dtype=np.float64)
+    yy = np.asarray(y, dtype=np.float64)
+    xq = xq[:, None] if xq.ndim == 1 else xq
+    xk = xk[:, None] if xk.ndim == 1 else xk
+    scalar_y = yy.ndim == xk.ndim - 1
+    if scalar_y:
+        yy = yy[..., None]
+    batch = tuple(np.broadcast_shapes(xq.shape[:-2], xk.shape[:-2], yy.shape[:-2]))
+    Lq, D = xq.shape[-2:]
+    Lk, Dy = yy.shape[-2:]
+    nb = int(np.prod(batch, dtype=np.int64))
+    Q, Kx, Y = _lists(xq, batch, (Lq, D)), _lists(xk, batch, (Lk, D)), _lists(yy, batch, (Lk, Dy))
+    mask, is_bool = None, False
+    if attn_mask is not None:
+        mm = np.asarray(attn_mask)
+        is_bool = mm.dtype == np.bool_
+        mask = np.broadcast_to(mm if is_bool else mm.astype(np.float64),
+                               batch + (Lq, Lk)).reshape(nb, Lq, Lk).tolist()
+    lens = None
+    if valid_lens is not None:
+        v = np.asarray(valid_lens)
+        if v.ndim == len(batch) and v.ndim:
+            v = v.reshape(v.shape + (1,))
+        lens = np.broadcast_to(v, batch + (Lq,)).reshape(nb, Lq).tolist()
+    h = float(bandwidth)
+    out, weights = [], []
+    for b in range(nb):
+        for i in range(Lq):
+            r2s, visible = [], []
+            for j in range(Lk):
+                r2 = 0.0
+                for c in range(D):
+                    diff = Q[b][i][c] - Kx[b][j][c]
+                    r2 += diff * diff
+                r2s.append(r2)
+                vis = not (lens is not None and j >= lens[b][i])
+                if vis and mask is not None and is_bool and not mask[b][i][j]:
+                    vis = False
+                visible.append(vis)
+            if kernel == "epanechnikov":
+                ks = []
+                for j in range(Lk):
+                    k = 1.0 - r2s[j] / (h * h)
+                    ks.append((0.0 if k < 0 else k) if visible[j] else 0.0)
+                if any(math.isnan(k) for k in ks):
+                    w = [math.nan] * Lk
+                else:
+                    total = math.fsum(ks)
+                    w = [k / total for k in ks] if total > 0 else [0.0] * Lk
+            else:
+                scores = []
+                for j in range(Lk):
+                    if not visible[j]:
+                        scores.append(-math.inf)
+                        continue
+                    s = -r2s[j] / (2 * h * h) if kernel == "gaussian" else -math.sqrt(r2s[j]) / h
+                    if mask is not None and not is_bool:
+                        s = s + mask[b][i][j]
+                    scores.append(s)
+                w = softmax_row(scores)[0]
+            row = []
+            for c in range(Dy):
+                acc = 0.0
+                for j in range(Lk):
+                    if visible[j]:   # masked keys are not read
+                        acc += w[j] * Y[b][j][c]
+                row.append(acc)
+            out.append(row)
+            weights.append(w)
+    res = np.array(out, dtype=np.float64).reshape(batch + (Lq, Dy))
+    if scalar_y:
+        res = res[..., 0]
+    if return_weights:
+        return res, np.array(weights, dtype=np.float64).reshape(batch + (Lq, Lk))
+    return res
