@@ -40,7 +40,7 @@ from .kvcache import KVCache
 from .modules import MultiHeadAttention
 from .scoring import additive_attention, concat_attention, general_attention
 from .softmax import kernel_regression, masked_softmax, softmax
-from .weighting import sigmoid_attention
+from .weighting import hard_attention, sigmoid_attention
 
 # Submodules reachable as attributes, imported on first use (optional extras
 # must not be imported by `import attncore`).
@@ -70,6 +70,7 @@ __all__ = [
     "masked_softmax",
     "kernel_regression",
     "sigmoid_attention",
+    "hard_attention",
     "MultiHeadAttention",
     "KVCache",
     "config",

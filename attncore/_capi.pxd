@@ -42,6 +42,10 @@ cdef extern from "attncore/attn.h" nogil:
         void *lse
         int weighting
         double sigmoid_bias
+        int64_t hard_k
+        int hard_sample, hard_softmax
+        uint64_t hard_seed
+        int64_t *hard_indices
         int offset_bottom_right
         int64_t window_left, window_right
         const void *alibi
@@ -132,6 +136,7 @@ cdef extern from "attncore/attn.h" nogil:
         ATTN_MASK_ADD
         ATTN_WEIGHTS_SOFTMAX
         ATTN_WEIGHTS_SIGMOID
+        ATTN_WEIGHTS_HARD
         ATTN_ISA_PORTABLE
         ATTN_ISA_AVX2
         ATTN_ISA_AVX512

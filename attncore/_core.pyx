@@ -146,7 +146,7 @@ cdef class _SdpaCall:
     """A filled attn_sdpa_desc and the buffers it points into."""
     cdef attn_sdpa_desc d
     cdef _Tensor tq, tk, tv, to, tm, tvl, tks, tvs, tal
-    cdef _Buf bw, blse, bws, bsk
+    cdef _Buf bw, blse, bws, bsk, bhi
     cdef object varlen      # (per-batch offsets, lengths) arrays kept alive for C
     cdef int io
     cdef int isa, threads
@@ -154,7 +154,7 @@ cdef class _SdpaCall:
     def __cinit__(self):
         self.tq, self.tk, self.tv, self.to, self.tm = _Tensor(), _Tensor(), _Tensor(), _Tensor(), _Tensor()
         self.tvl, self.tks, self.tvs, self.tal = _Tensor(), _Tensor(), _Tensor(), _Tensor()
-        self.bw, self.blse, self.bws, self.bsk = _Buf(), _Buf(), _Buf(), _Buf()
+        self.bw, self.blse, self.bws, self.bsk, self.bhi = _Buf(), _Buf(), _Buf(), _Buf(), _Buf()
         self.varlen = None
 
     cdef int setup(self, int io, int isa, int num_threads, tuple dims, tuple batch,
@@ -194,7 +194,7 @@ cdef class _SdpaCall:
         d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
         d.cancellable, d.cancel_epoch = 0, 0
         d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
-        _set_variants(d, variants, batch, nb, self.tal, self.bsk)
+        _set_variants(d, variants, batch, nb, self.tal, self.bsk, self.bhi)
         if variants and variants.get("varlen") is not None:
             self.varlen = _set_varlen(d, variants["varlen"], self.tq, self.tk, self.tv, self.to)
         if k_scale is not None:
@@ -217,10 +217,11 @@ cdef class _SdpaCall:
 
 
 cdef int _set_variants(attn_sdpa_desc *d, dict v, tuple batch, int64_t nb, _Tensor tal,
-                       _Buf bsk) except -1:
+                       _Buf bsk, _Buf bhi) except -1:
     """The score variants (attn.h): window, ALiBi slopes (batch + (Hq,),
     broadcast), softcap, sinks ((Hq,) contiguous), bottom-right positions."""
     d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
+    d.hard_k, d.hard_sample, d.hard_softmax, d.hard_seed, d.hard_indices = 1, 0, 0, 0, NULL
     d.offset_bottom_right = 0
     d.window_left = d.window_right = -1
     d.alibi, d.al_boff, d.al_sh = NULL, NULL, 0
@@ -231,6 +232,10 @@ cdef int _set_variants(attn_sdpa_desc *d, dict v, tuple batch, int64_t nb, _Tens
         return 0
     if v.get("sigmoid") is not None:
         d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SIGMOID, v["sigmoid"]
+    if v.get("hard") is not None:   # (k, sample, softmax, seed, int64 indices array or None)
+        d.weighting = ATTN_WEIGHTS_HARD
+        d.hard_k, d.hard_sample, d.hard_softmax, d.hard_seed = v["hard"][:4]
+        d.hard_indices = <int64_t *>bhi.get(v["hard"][4])
     d.offset_bottom_right = v.get("bottom_right", False)
     d.window_left, d.window_right = v.get("window", (-1, -1))
     d.softcap = v.get("softcap", 0.0)
@@ -432,6 +437,7 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
         d.offset_bottom_right, d.window_left, d.window_right, d.softcap = 0, -1, -1, 0
         d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
+        d.hard_k, d.hard_sample, d.hard_softmax, d.hard_seed, d.hard_indices = 1, 0, 0, 0, NULL
         d.alibi, d.al_boff, d.al_sh, d.sinks, d.sk_sh, d.seq_lq, d.seq_lk = NULL, NULL, 0, NULL, 0, NULL, NULL
         d.cancellable, d.cancel_epoch = 0, 0
         st = _run_sdpa(&d, io, isa, threads)

@@ -113,7 +113,8 @@ def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params
 def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask=None,
         is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
         return_weights=False, return_lse=False, kv=None, window=None, alibi_slopes=None,
-        softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, sigmoid_bias=None):
+        softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, sigmoid_bias=None,
+        hard=None):
     """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
     keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
     other families -- with p.v as values. kv: (kernel entry, k scales, v
@@ -125,6 +126,8 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
                          cu_seqlens_k, attn_mask, valid_lens, return_weights)
     if sigmoid_bias is not None:   # sigmoid attention: w = sigmoid(score + b), not normalised
         variants["sigmoid"] = float(sigmoid_bias)
+    if hard is not None:           # hard attention: (k, sample, softmax, seed, indices or None)
+        variants["hard"] = hard
     if variants.get("varlen") is not None:
         return _run_varlen(op, p, q, k, variants, scale=scale, is_causal=is_causal,
                            dropout_p=dropout_p, seed=seed, num_threads=num_threads, out=out,

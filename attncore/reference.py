@@ -693,3 +693,73 @@ def kernel_regression(x_query, x_key, y, bandwidth=1.0, *, kernel="gaussian", at
     if return_weights:
         return res, np.array(weights, dtype=np.float64).reshape(batch + (Lq, Lk))
     return res
+
+
+_GUMBEL_STREAM = 0x6A09E667F3BCC909   # keeps hard attention's noise apart from dropout's
+
+
+def gumbel(seed, counter):
+    """The Gumbel noise hard_attention(mode="sample") adds to the score with
+    flat index `counter` in (B, Hq, Lq, Lk) (csrc/kernels/tiles.inc.c)."""
+    mixed = _mix64(seed ^ _GUMBEL_STREAM) | 1
+    u = ((_mix64(mixed ^ counter) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
+    return -math.log(-math.log(u))
+
+
+def hard_attention(query, key, value, mode="argmax", k=1, *, scale=None, seed=None, attn_mask=None,
+                   is_causal=False, valid_lens=None, enable_gqa=False, return_indices=False,
+                   num_threads=None, window=None, alibi_slopes=None, softcap=None):
+    """Reference hard attention: rank each row's visible scores (plus Gumbel
+    noise for "sample"), keep the k best (ties: the smaller key), and weight
+    their values by a softmax of their scores ("topk") or equally."""
+    q, k_, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    flat = q.ndim == 2
+    query_ndim = q.ndim
+    if flat:
+        q, k_, v = q[None], k_[None], v[None]
+    Hq, Lq, D = q.shape[-3:]
+    Hkv, Lk, Dv = k_.shape[-3], k_.shape[-2], v.shape[-1]
+    batch = np.broadcast_shapes(q.shape[:-3], k_.shape[:-3], v.shape[:-3])
+    Q, K, Vl = _lists(q, batch, (Hq, Lq, D)), _lists(k_, batch, (Hkv, Lk, D)), _lists(v, batch, (Hkv, Lk, Dv))
+    nb = int(np.prod(batch, dtype=np.int64))
+    scores = _visible_scores(Q, K, Hq, Hkv, Lq, Lk, batch, scale, attn_mask, is_causal, valid_lens,
+                             query_ndim, window, alibi_slopes, softcap)
+    out = np.zeros((nb, Hq, Lq, Dv))
+    idx = np.full((nb, Hq, Lq, k), -1, np.int64)
+    group = Hq // Hkv
+    for b in range(nb):
+        for h in range(Hq):
+            for i in range(Lq):
+                row = scores[b][h][i]
+                if any(math.isnan(s) for s in row):
+                    out[b, h, i] = math.nan
+                    continue
+                cand = []
+                for j, s in enumerate(row):
+                    if s == -math.inf:
+                        continue
+                    t = s
+                    if mode == "sample":
+                        t = s + gumbel(seed, ((b * Hq + h) * Lq + i) * Lk + j)
+                    cand.append((t, s, j))
+                cand.sort(key=lambda c: (-c[0], c[2]))
+                kept = cand[:k]
+                if not kept:
+                    continue
+                if mode == "topk":
+                    top = kept[0][0]
+                    w = [math.exp(t - top) for t, _, _ in kept]
+                else:
+                    w = [1.0] * len(kept)
+                total = math.fsum(w)
+                for n, (_, _, j) in enumerate(kept):
+                    idx[b, h, i, n] = j
+                    for c in range(Dv):
+                        out[b, h, i, c] += w[n] / total * Vl[b][h // group][j][c]
+    out = out.reshape(tuple(batch) + (Hq, Lq, Dv))
+    idx = idx.reshape(tuple(batch) + (Hq, Lq, k))
+    if flat:
+        out, idx = out[0], idx[0]
+    return (out, idx) if return_indices else out

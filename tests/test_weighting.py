@@ -102,3 +102,122 @@ def test_sigmoid_guard_pages_and_errors(isa):
                      np.float32, scale=4.0)
     with pytest.raises(TypeError, match="bias"):
         SIG(q, k, v, enable_gqa=True, bias="x")
+
+
+# -- hard attention ---------------------------------------------------------------
+
+HARD = attncore.hard_attention
+HARD_CASES = [dict(mode="argmax"), dict(mode="topk", k=5), dict(mode="sample", seed=3),
+              dict(mode="sample", k=4, seed=9), dict(mode="topk", k=3, is_causal=True, mask=True),
+              dict(mode="argmax", window=(30, 0), is_causal="bottom_right")]
+
+
+@pytest.mark.parametrize("kw", HARD_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("shape", [dict(Lq=9, Lk=40), dict(Lq=1, Lk=300), dict(Lq=70, Lk=300)],
+                         ids=["small", "decode", "panel"])
+def test_hard_against_reference_float64(isa, kw, shape):
+    """float64: the same keys as the reference (ties to the smaller key), the
+    same values (argmax / sample) or softmax mix (topk)."""
+    rng = np.random.default_rng(shape["Lk"] + len(kw))
+    q, k, v = data(rng, np.float64, Dv=5, **shape)
+    kw = dict(kw)
+    if kw.pop("mask", False):
+        kw["attn_mask"] = rng.random((shape["Lq"], shape["Lk"])) > 0.5
+    out, idx = HARD(q, k, v, enable_gqa=True, return_indices=True, **kw)
+    ref, ref_idx = R.hard_attention(q, k, v, enable_gqa=True, return_indices=True, **kw)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["argmax", "topk"])
+def test_hard_float32_picks_the_best_keys(isa, mode):
+    """float32 scores round differently from float64 near ties: the kept keys
+    are the best up to that rounding, and the output is their values' mix."""
+    rng = np.random.default_rng(4)
+    q, k, v = data(rng, np.float32, Lq=33, Lk=500, Dv=6)
+    kk = 1 if mode == "argmax" else 4
+    out, idx = HARD(q, k, v, mode=mode, k=kk, enable_gqa=True, return_indices=True)
+    s = (q.astype(np.float64) @ np.repeat(k, 2, axis=1).astype(np.float64).swapaxes(-1, -2)) / np.sqrt(8)
+    best = -np.sort(-s, axis=-1)[..., :kk]
+    got = np.take_along_axis(s, idx, axis=-1)
+    np.testing.assert_allclose(got, best, atol=1e-5)
+    vv = np.repeat(v, 2, axis=1).astype(np.float64)
+    picked = np.take_along_axis(vv[:, :, None], idx[..., None], axis=-2)   # (B, H, Lq, k, Dv)
+    w = np.exp(got - got[..., :1]) if mode == "topk" else np.ones_like(got)
+    w /= w.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, (w[..., None] * picked).sum(-2), rtol=1e-5, atol=1e-5)
+
+
+def test_hard_topk_against_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    q, k, v = (torch.from_numpy(x) for x in data(rng, np.float64, B=1, Hq=2, Hkv=2, Lq=20, Lk=100, Dv=3))
+    s = q @ k.transpose(-1, -2) / np.sqrt(8)
+    top, ti = torch.topk(s, 6, dim=-1)
+    ref = (torch.softmax(top, -1)[..., None] * v[:, :, None].expand(-1, -1, 20, -1, -1).gather(
+        3, ti[..., None].expand(-1, -1, -1, -1, 3))).sum(-2)
+    out, idx = HARD(q, k, v, mode="topk", k=6, return_indices=True)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(idx, ti)
+    torch.testing.assert_close(out, ref)
+
+
+def test_hard_sample_draws_from_the_softmax():
+    """Gumbel-max with the counter RNG: over many rows with the same scores,
+    the drawn keys follow softmax(scores) (within 4.5 sigma per key), and
+    the draw depends only on (seed, row, key)."""
+    n, logits = 40000, np.array([0.0, 1.0, 2.0, -1.0, 0.5])
+    q = np.ones((1, 1, n, 1)) * np.sqrt(1.0)      # score = logits_j (scale 1, D 1)
+    k = logits.reshape(1, 1, 5, 1)
+    v = np.arange(5.0).reshape(1, 1, 5, 1)
+    out, idx = HARD(q, k, v, mode="sample", seed=11, scale=1.0, return_indices=True)
+    freq = np.bincount(idx.ravel(), minlength=5) / n
+    p = np.exp(logits) / np.exp(logits).sum()
+    assert (np.abs(freq - p) < 4.5 * np.sqrt(p * (1 - p) / n)).all(), (freq, p)
+    np.testing.assert_array_equal(out[..., 0], idx[..., 0].astype(float))
+    again = HARD(q[:, :, :100], k, v, mode="sample", seed=11, scale=1.0, return_indices=True, num_threads=1)
+    np.testing.assert_array_equal(again[1], idx[:, :, :100])   # row counters, not call order
+    other = HARD(q, k, v, mode="sample", seed=12, scale=1.0, return_indices=True)[1]
+    assert (other != idx).mean() > 0.3
+
+
+def test_hard_masked_rows_nan_threads_and_guard_pages():
+    rng = np.random.default_rng(6)
+    q, k, v = data(rng, np.float32, Lq=5, Lk=140, Dv=3)
+    mask = np.ones((5, 140), bool)
+    mask[1] = False
+    out, idx = HARD(q, k, v, mode="topk", k=3, enable_gqa=True, attn_mask=mask, return_indices=True)
+    assert (out[:, :, 1] == 0).all() and (idx[:, :, 1] == -1).all()
+    few = np.zeros((5, 140), bool)
+    few[:, :2] = True                                  # fewer visible keys than k
+    _, idx = HARD(q, k, v, mode="topk", k=3, enable_gqa=True, attn_mask=few, return_indices=True)
+    assert (idx[..., 2] == -1).all() and (idx[..., :2] >= 0).all()
+    qn = q.copy()
+    qn[0, 0, 2, 0] = np.nan
+    out = HARD(qn, k, v, enable_gqa=True)
+    assert np.isnan(out[0, 0, 2]).all() and not np.isnan(out[0, 0, [0, 1, 3, 4]]).any()
+    base = HARD(q, k, v, mode="sample", k=2, seed=1, enable_gqa=True, num_threads=1)
+    for n in (2, 3):
+        np.testing.assert_array_equal(HARD(q, k, v, mode="sample", k=2, seed=1, enable_gqa=True,
+                                           num_threads=n), base)
+    for where in ("end", "start"):
+        gq, gk, gv = (guarded_copy(x, where) for x in (q, k, v))
+        with guarded_allocations():
+            o, i = HARD(gq, gk, gv, mode="topk", k=4, enable_gqa=True, return_indices=True)
+        r, ri = R.hard_attention(gq, gk, gv, mode="topk", k=4, enable_gqa=True, return_indices=True)
+        assert_close(o, r, "sdpa", np.float32)
+
+
+@pytest.mark.parametrize("bad,err,words", [
+    (dict(mode="max"), ValueError, ["mode"]),
+    (dict(mode="argmax", k=2), ValueError, ["topk", "k=2"]),
+    (dict(mode="topk", k=0), ValueError, ["k must be an int in [1, 64]"]),
+    (dict(mode="topk", k=65), ValueError, ["[1, 64]"]),
+    (dict(mode="sample", seed=-1), ValueError, ["seed"]),
+])
+def test_hard_errors(bad, err, words):
+    q = k = v = np.ones((1, 2, 3, 4), np.float32)
+    with pytest.raises(err) as info:
+        HARD(q, k, v, **bad)
+    for w in words:
+        assert w in str(info.value)

@@ -45,7 +45,11 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
     if (d->score_kind == ATTN_SCORE_ADDITIVE && d->D > 0 && !d->w_score) return ATTN_EINVAL;
     if (d->window_left < -1 || d->window_right < -1 || !(d->softcap >= 0)) return ATTN_EINVAL;
     if (d->alibi && !d->al_boff) return ATTN_EINVAL;
-    if (d->weighting != ATTN_WEIGHTS_SOFTMAX && d->weighting != ATTN_WEIGHTS_SIGMOID) return ATTN_EINVAL;
+    if (d->weighting < ATTN_WEIGHTS_SOFTMAX || d->weighting > ATTN_WEIGHTS_HARD) return ATTN_EINVAL;
+    if (d->weighting == ATTN_WEIGHTS_HARD &&
+        (d->hard_k < 1 || d->hard_k > ATTN_MAX_HARD_K || d->lse || d->weights || d->sinks ||
+         d->drop_threshold || d->score_kind != ATTN_SCORE_DOT))
+        return ATTN_EINVAL;
     if (d->weighting == ATTN_WEIGHTS_SIGMOID && (d->lse || d->sinks || d->score_kind != ATTN_SCORE_DOT))
         return ATTN_EINVAL;   /* no lse, sinks or additive scores for sigmoid weights */
     if ((d->seq_lq == NULL) != (d->seq_lk == NULL)) return ATTN_EINVAL;

@@ -57,6 +57,7 @@ typedef struct {
     T alibi;           /* -log2e * its head's ALiBi slope, or 0 */
     T sink;            /* its head's sink logit in log2 units, or -inf */
     uint64_t counter;  /* dropout counter of (row, key 0) */
+    int64_t flat;      /* the row's index in (B, Hq, Lq) */
 } SDPA_FN(row_ref);
 
 typedef struct {
@@ -70,6 +71,7 @@ typedef struct {
     int windowed;      /* rows have a first visible key (a window's left side) */
     int prep_always;   /* every block needs a prep pass (masks, weights, ALiBi, softcap) */
     int sigmoid;       /* sigmoid attention: weights sigmoid(score + b), not a softmax */
+    int hard;          /* hard attention: each row's top-k keys, gathered */
     T sigmoid_shift;   /* its b in log2 units */
     int prep_log2;     /* the prep pass takes scores to log2 units (additive
                         * masks and recorded weights need them; -inf fills
@@ -91,6 +93,7 @@ typedef struct {
     int64_t ld_q, ld_s, ld_o;
     int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L;
     int64_t off_kw, off_vw;   /* panel path, KVT != T: the K and V blocks widened to T */
+    int64_t off_hv, off_hi, off_hn;   /* hard attention: top-k values, indices, NaN flags */
     int64_t scratch_elems;
 } SDPA_FN(plan);
 
@@ -158,6 +161,7 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
         x->alibi = d->alibi ? (T)(-ATTN_LOG2E) * ((const T *)d->alibi)[d->al_boff[b] + hq * d->al_sh] : 0;
         x->sink = d->sinks ? (T)ATTN_LOG2E * ((const T *)d->sinks)[hq * d->sk_sh] : (T)-INFINITY;
         x->counter = (uint64_t)flat * (uint64_t)d->Lk;
+        x->flat = flat;
     }
     return nr > 0 ? (int)nr : 0;
 }
@@ -319,6 +323,46 @@ static void SDPA_FN(finish_weights)(const PLAN *P, const ROWREF *row, T m, T L, 
     }
 }
 
+/* Hard attention: the unit's top-k state, empty. */
+static void SDPA_FN(hard_start)(const PLAN *P, T *scratch)
+{
+    int64_t n = P->W * P->d->hard_k;
+    T *vals = scratch + P->off_hv;
+    int64_t *idx = (int64_t *)(void *)(scratch + P->off_hi);
+    int *nan = (int *)(void *)(scratch + P->off_hn);
+    for (int64_t i = 0; i < n; i++) { vals[i] = -INFINITY; idx[i] = -1; }
+    for (int64_t r = 0; r < P->W; r++) nan[r] = 0;
+}
+
+/* Hard attention: fold block [j0, j0 + nk) into the rows' top-k. */
+static void SDPA_FN(hard_select)(const PLAN *P, const UNIT *U, T *scratch, const T *s, int64_t rs,
+                                 int64_t js, int64_t j0, int64_t nk)
+{
+    const attn_sdpa_desc *d = P->d;
+    uint64_t counter[ATTN_MAX_LANES];
+    for (int r = 0; r < U->nr; r++) counter[r] = U->rows[r].counter + (uint64_t)j0;
+    /* a stream apart from dropout's (the reference mixes the same constant) */
+    uint64_t seed = d->hard_sample ? attn_mix64(d->hard_seed ^ 0x6A09E667F3BCC909ull) | 1u : 0;
+    P->kt->select_topk(U->nr, nk, s, rs, js, j0, (int)d->hard_k, seed, counter, scratch + P->off_hv,
+                       (int64_t *)(void *)(scratch + P->off_hi), (int *)(void *)(scratch + P->off_hn));
+}
+
+/* Hard attention: gather the output rows (and the kept indices). */
+static void SDPA_FN(hard_finish)(const PLAN *P, const UNIT *U, T *scratch)
+{
+    const attn_sdpa_desc *d = P->d;
+    const int64_t k = d->hard_k;
+    const int64_t *idx = (const int64_t *)(const void *)(scratch + P->off_hi);
+    T *rows[ATTN_MAX_LANES];
+    for (int r = 0; r < U->nr; r++) rows[r] = (T *)U->rows[r].out;
+    P->kt->gather_rows(U->nr, d->Dv, (int)k, scratch + P->off_hv, idx,
+                       (const int *)(const void *)(scratch + P->off_hn), d->hard_softmax,
+                       (const T *)U->vh, d->v_sl, rows);
+    if (d->hard_indices)
+        for (int r = 0; r < U->nr; r++)
+            for (int64_t t = 0; t < k; t++) d->hard_indices[U->rows[r].flat * k + t] = idx[r * k + t];
+}
+
 /* Natural-log log-sum-exp from the running max (log2 units) and sum. */
 static inline T SDPA_FN(lse_of)(T m, T L)
 {
@@ -392,6 +436,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     memset(obuf, 0, (size_t)ot_elems * sizeof(T));
     memset(ocbuf, 0, (size_t)ot_elems * sizeof(T));
     SDPA_FN(softmax_start)(P, U, m, l, lc, alpha);
+    if (P->hard) SDPA_FN(hard_start)(P, scratch);
 
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
@@ -434,6 +479,10 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
             kt->prep_panel(&x, sbuf);
             if (P->prep_log2) c = 1;
         }
+        if (P->hard) {   /* no softmax and no P V: the rows' top-k */
+            SDPA_FN(hard_select)(P, U, scratch, sbuf, 1, W, j0, nk);
+            continue;
+        }
         if (P->sigmoid)
             kt->sigmoid(nk * W, sbuf, P->sigmoid_shift);   /* alpha stays 1 */
         else
@@ -442,7 +491,10 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
         if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
         kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
     }
-    SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
+    if (P->hard)
+        SDPA_FN(hard_finish)(P, U, scratch);
+    else
+        SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
     return 0;
 }
 
@@ -463,6 +515,7 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
     memset(obuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     memset(ocbuf, 0, (size_t)(P->W * P->ld_o) * sizeof(T));
     SDPA_FN(softmax_start)(P, U, m, l, lc, alpha);
+    if (P->hard) SDPA_FN(hard_start)(P, scratch);
 
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
@@ -477,6 +530,10 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
             kt->prep_rows(&x, sbuf, P->ld_s);
             if (P->prep_log2) c = 1;
         }
+        if (P->hard) {
+            SDPA_FN(hard_select)(P, U, scratch, sbuf, P->ld_s, 1, j0, nk);
+            continue;
+        }
         if (P->sigmoid)
             for (int r = 0; r < U->nr; r++) kt->sigmoid(nk, sbuf + r * P->ld_s, P->sigmoid_shift);
         else
@@ -486,7 +543,10 @@ static int SDPA_FN(rows_unit)(const PLAN *P, const UNIT *U, T *scratch)
         P->kio_kv->pv_rows(nk, sbuf, P->ld_s, U->nr, vb, d->v_sl, Dv, U->vsc ? U->vsc + j0 : NULL,
                            alpha, obuf, ocbuf, P->ld_o);
     }
-    SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
+    if (P->hard)
+        SDPA_FN(hard_finish)(P, U, scratch);
+    else
+        SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
     return 0;
 }
 
@@ -593,9 +653,10 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->limited = d->causal || d->valid_lens != NULL || d->seq_lk != NULL || P->windowed ||
                  d->window_right >= 0;
     P->sigmoid = d->weighting == ATTN_WEIGHTS_SIGMOID;
+    P->hard = d->weighting == ATTN_WEIGHTS_HARD;
     P->sigmoid_shift = (T)(d->sigmoid_bias * ATTN_LOG2E);
     /* every score changes (and sigmoid weights come from log2-unit scores) */
-    int biased = d->alibi != NULL || d->softcap > 0 || P->sigmoid;
+    int biased = d->alibi != NULL || d->softcap > 0 || P->sigmoid || P->hard;
     P->prep_always = d->mask_kind != ATTN_MASK_NONE || d->weights != NULL || biased;
     P->prep_log2 = d->mask_kind == ATTN_MASK_ADD || d->weights != NULL || biased;
     if (d->score_kind == ATTN_SCORE_ADDITIVE) {
@@ -640,7 +701,7 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
      * (decode): a function of the problem size only, never of the thread
      * count, so the result is the same for any thread count. */
     P->nchunks = 1;
-    if (!d->weights && P->nbase < ATTN_SPLIT_MIN_UNITS && d->Lk >= 2 * ATTN_SPLIT_MIN_KEYS) {
+    if (!d->weights && !P->hard && P->nbase < ATTN_SPLIT_MIN_UNITS && d->Lk >= 2 * ATTN_SPLIT_MIN_KEYS) {
         int64_t want = (ATTN_SPLIT_TARGET_UNITS + P->nbase - 1) / P->nbase;
         int64_t most = d->Lk / ATTN_SPLIT_MIN_KEYS;
         P->nchunks = attn_min64(want, most);
@@ -671,7 +732,11 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_a = P->off_lc + lane_elems;
     P->off_c = P->off_a + lane_elems;
     P->off_L = P->off_c + lane_elems;
-    P->off_kw = P->off_vw = P->off_L + lane_elems;
+    P->off_hv = P->off_L + lane_elems;
+    int64_t hk = P->hard ? P->W * d->hard_k : 0;   /* (an int64 index takes two floats) */
+    P->off_hi = P->off_hv + SDPA_FN(align_elems)(hk);
+    P->off_hn = P->off_hi + SDPA_FN(align_elems)(hk * (int64_t)(sizeof(int64_t) / sizeof(T)));
+    P->off_kw = P->off_vw = P->off_hn + SDPA_FN(align_elems)(P->hard ? P->W : 0);
 #if !KV_SAME
     if (!P->rows_path) {
         P->off_vw = P->off_kw + SDPA_FN(align_elems)(P->bk * D1);
@@ -770,8 +835,9 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 {
     attn_status st = attn_sdpa_check(d);
     if (st != ATTN_OK) return st;
-    /* other storage types: dot-product scores only */
-    if (!(Q_SAME && KV_SAME) && d->score_kind != ATTN_SCORE_DOT) return ATTN_EINVAL;
+    /* other storage types: dot-product scores, softmax or sigmoid weights */
+    if (!(Q_SAME && KV_SAME) && (d->score_kind != ATTN_SCORE_DOT || d->weighting == ATTN_WEIGHTS_HARD))
+        return ATTN_EINVAL;
     if (SDPA_FN(scales_wrong)(d)) return ATTN_EINVAL;
     const KTAB *kt = KTAB_GET(isa);
     const KIO_Q *kio_q = KIO_Q_GET(isa);

@@ -49,6 +49,8 @@
 /* The widest unit any level may use (panel NR or rows-path rows): the
  * drivers' per-unit row arrays are this long. Every table asserts it. */
 #define ATTN_MAX_LANES 64
+/* The most keys hard attention keeps per row (its top-k). */
+#define ATTN_MAX_HARD_K 64
 
 #define ATTN_DECLARE_KTAB(T, TAG)                                              \
     /* What a block's prep pass does to its score tile, in this order:      */ \
@@ -133,6 +135,22 @@
                              uint32_t threshold, T keep_scale);                \
         /* w[i] = exp2(w[i] - shift) * scale (w[i] - shift <= 0 or NaN)      */ \
         void (*weights_row)(int64_t n, T *w, T shift, T scale);                \
+        /* hard attention: fold a block's scores into each row's top-k.     */ \
+        /* Score (r, j) is s[r * rs + j * js] (log2 units, -inf hidden),    */ \
+        /* key j0 + j; with seed_mixed != 0 Gumbel noise keyed by           */ \
+        /* counter[r] + j is added first (gumbel_log2 in tiles.inc.c). Row  */ \
+        /* r's best k (descending; ties: the smaller key) live in           */ \
+        /* vals[r*k..], idx[r*k..]; nan[r] is set by a NaN score.           */ \
+        void (*select_topk)(int nr, int64_t nk, const T *s, int64_t rs,        \
+                            int64_t js, int64_t j0, int k,                     \
+                            uint64_t seed_mixed, const uint64_t *counter,      \
+                            T *vals, int64_t *idx, int *nan);                  \
+        /* hard attention's output: rows[r][c] = sum_t w_t V[idx_t][c] over  */ \
+        /* the row's kept keys (idx >= 0), w = softmax of their vals        */ \
+        /* (softmax) or 1 / k; zeros with no key; NaN rows when nan[r]       */ \
+        void (*gather_rows)(int nr, int64_t Dv, int k, const T *vals,          \
+                            const int64_t *idx, const int *nan, int softmax,   \
+                            const T *v, int64_t ldv, T *const *rows);          \
         /* sigmoid attention's weights from log2-unit scores:               */ \
         /* x[i] = 1 / (1 + 2^-(x[i] + shift)), exactly 0 at -inf, 1 at +inf */ \
         void (*sigmoid)(int64_t n, T *x, T shift);                             \

@@ -645,6 +645,75 @@ static void FN(sigmoid)(int64_t n, T *x, T shift)
 }
 #endif
 
+/* ------------------------------------------------------------------------ */
+/* hard attention                                                            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Gumbel noise in log2 units for a draw from the softmax (the Gumbel-max
+ * trick: argmax_j (s_j + G_j) with G = -ln(-ln U) is distributed as
+ * softmax(s)). U in (0, 1) from 53 bits of the counter RNG; attncore's
+ * reference computes the same value in Python.
+ */
+static inline double FN(gumbel_log2)(uint64_t seed_mixed, uint64_t counter)
+{
+    double u = ((double)(attn_mix64(seed_mixed ^ counter) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return -log(-log(u)) * ATTN_LOG2E;
+}
+
+#ifndef ATTN_HAVE_select_topk
+static void FN(select_topk)(int nr, int64_t nk, const T *s, int64_t rs, int64_t js, int64_t j0, int k,
+                            uint64_t seed_mixed, const uint64_t *counter, T *vals, int64_t *idx,
+                            int *nan)
+{
+    for (int r = 0; r < nr; r++) {
+        T *vr = vals + (int64_t)r * k;
+        int64_t *ir = idx + (int64_t)r * k;
+        for (int64_t j = 0; j < nk; j++) {
+            T t = s[r * rs + j * js];
+            if (t == -INFINITY) continue;               /* hidden key */
+            if (t != t) { nan[r] = 1; continue; }
+            if (seed_mixed) t = (T)((double)t + FN(gumbel_log2)(seed_mixed, counter[r] + (uint64_t)j));
+            /* keys arrive in increasing order, so a tie never displaces */
+            if (ir[k - 1] >= 0 && !(t > vr[k - 1])) continue;
+            int pos = k - 1;
+            while (pos > 0 && (ir[pos - 1] < 0 || t > vr[pos - 1])) {
+                vr[pos] = vr[pos - 1];
+                ir[pos] = ir[pos - 1];
+                pos--;
+            }
+            vr[pos] = t;
+            ir[pos] = j0 + j;
+        }
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_gather_rows
+static void FN(gather_rows)(int nr, int64_t Dv, int k, const T *vals, const int64_t *idx,
+                            const int *nan, int softmax, const T *v, int64_t ldv, T *const *rows)
+{
+    for (int r = 0; r < nr; r++) {
+        const T *vr = vals + (int64_t)r * k;
+        const int64_t *ir = idx + (int64_t)r * k;
+        T *out = rows[r];
+        for (int64_t c = 0; c < Dv; c++) out[c] = nan[r] ? (T)NAN : (T)0;
+        if (nan[r] || ir[0] < 0) continue;
+        double w[ATTN_MAX_HARD_K], total = 0;
+        int n = 0;
+        for (; n < k && ir[n] >= 0; n++) {
+            w[n] = softmax ? exp2((double)vr[n] - (double)vr[0]) : 1.0;   /* vr[0] is the max */
+            total += w[n];
+        }
+        for (int t = 0; t < n; t++) {
+            const T *vrow = v + ir[t] * ldv;
+            T wt = (T)(w[t] / total);
+            for (int64_t c = 0; c < Dv; c++) out[c] += wt * vrow[c];
+        }
+    }
+}
+#endif
+
 static void FN(exp2_array)(int64_t n, const T *x, T *y)
 {
     int64_t i = 0;
@@ -674,6 +743,8 @@ const KTAB_TYPE KTAB_NAME = {
     .dropout_tile = FN(dropout_tile),
     .weights_row = FN(weights_row),
     .sigmoid = FN(sigmoid),
+    .select_topk = FN(select_topk),
+    .gather_rows = FN(gather_rows),
     .exp2 = FN(exp2_array),
     .tanh = FN(tanh_array),
 };

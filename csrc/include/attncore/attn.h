@@ -49,7 +49,7 @@ enum {
 };
 
 /* attn_sdpa_desc.weighting */
-enum { ATTN_WEIGHTS_SOFTMAX = 0, ATTN_WEIGHTS_SIGMOID = 1 };
+enum { ATTN_WEIGHTS_SOFTMAX = 0, ATTN_WEIGHTS_SIGMOID = 1, ATTN_WEIGHTS_HARD = 2 };
 
 /* Mask kinds for attn_sdpa_desc.mask_kind. */
 enum {
@@ -125,6 +125,17 @@ typedef struct {
      * normalisation (sigmoid attention; lse is not defined). */
     int weighting;
     double sigmoid_bias;
+    /* Hard attention (ATTN_WEIGHTS_HARD): each row keeps its hard_k best
+     * keys by score (ties: the smaller key); hard_sample adds Gumbel noise
+     * keyed by (hard_seed, b, h, i, j) first (a draw from the softmax);
+     * hard_softmax weights the kept keys by a softmax of their scores, else
+     * each kept key weighs 1 / hard_k (k = 1: the argmax's value row).
+     * hard_indices: NULL or contiguous (B, Hq, Lq, hard_k) int64, -1 for
+     * empty slots. float32 / float64 entries only; no lse, no split. */
+    int64_t hard_k;
+    int hard_sample, hard_softmax;
+    uint64_t hard_seed;
+    int64_t *hard_indices;
 
     /* Quantized keys/values (the _kvi8 entry): key j of kv head h, batch b
      * is k[...] * k_scale[ks_boff[b] + h * ks_sh + j] (float32), likewise
