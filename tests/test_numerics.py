@@ -226,3 +226,40 @@ def test_dropout_is_exactly_the_counter_rng(isa, dtype):
     keep = np.array([R.dropout_keep(11, c, 0.3) for c in range(w.size)]).reshape(w.shape)
     assert (w[~keep] == 0).all()
     np.testing.assert_allclose(w[keep], w0[keep] / 0.7, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_sigmoid_attention_bound(isa):
+    """(11) sigmoid attention: relative to sum_j w_j |v_j|, no Lk term."""
+    rng = np.random.default_rng(11)
+    D, scale = 32, 1 / math.sqrt(32)
+    q = rng.standard_normal((1, 2, 16, D)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 2, 3000, D)).astype(np.float32) for _ in range(2))
+    plan = plan_info(attncore.sigmoid_attention, q, k, v, bias=-2.0)
+    out = attncore.sigmoid_attention(q, k, v, bias=-2.0)
+    s = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2) * scale - 2.0
+    w = 1 / (1 + np.exp(-s))
+    ref = w @ v.astype(np.float64)
+    S = scale * (np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2)).max(-1)
+    mag = w @ np.abs(v.astype(np.float64))
+    bound = U[np.float32] * mag * (2 * S[..., None] * (math.ceil(D / 2) + 4) + 1.5 * plan["key_block"] + 12)
+    assert (np.abs(out - ref) <= bound).all()
+
+
+def test_hard_attention_keeps_the_best_keys_up_to_score_rounding(isa):
+    """(12) a key is kept over a better one only when their exact scores are
+    within twice the score error."""
+    rng = np.random.default_rng(12)
+    D, scale = 64, 1 / 8
+    q = rng.standard_normal((1, 2, 40, D)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 2, 2000, D)).astype(np.float32) for _ in range(2))
+    out, idx = attncore.hard_attention(q, k, v, mode="topk", k=5, return_indices=True)
+    s = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2) * scale
+    err = U[np.float32] * scale * (math.ceil(D / 2) + 4) * (
+        np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2))
+    kth_best = -np.sort(-s, axis=-1)[..., 4:5]
+    kept = np.take_along_axis(s, idx, axis=-1)
+    kept_err = np.take_along_axis(err, idx, axis=-1)
+    assert (kept >= kth_best - 2 * kept_err.max(-1, keepdims=True) - 2 * err.max(-1, keepdims=True)).all()
+    a, ai = attncore.hard_attention(q, k, v, return_indices=True)
+    picked = np.take_along_axis(v, ai, axis=-2)   # the argmax keys' value rows, exactly
+    np.testing.assert_array_equal(a, picked)
