@@ -2,7 +2,12 @@
 attention-family shapes, attncore vs each installed peer, measured in one
 process with implementations alternating over rounds (best time each).
 
-    python benchmarks/compare.py [--threads N] [--rounds R] [--suite sdpa,family]
+    python benchmarks/compare.py [--threads N] [--rounds R] [--suite sdpa,family,dtypes,variants,e2e]
+
+The header gives this machine's ceilings measured first in the same process:
+float32 GEMM (torch's BLAS when installed, else NumPy's) and read bandwidth
+(a sum over 512 MiB). "% of ceiling" is each rate over the ceiling of its
+kind: GFLOP/s rows over the GEMM rate, GB/s rows over the read bandwidth.
 """
 import argparse
 import os
@@ -13,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import family_peers as P  # noqa: E402
+import more_groups  # noqa: E402
 
 from attncore import _config, _peers  # noqa: E402
 from attncore.__main__ import progress, time_call  # noqa: E402
@@ -29,6 +35,12 @@ def cpu_model():
     return platform.processor() or "unknown CPU"
 
 
+def e2e_groups(threads):
+    import e2e
+
+    return e2e.e2e_groups(threads)
+
+
 def sdpa_groups(threads):
     for name, (B, Hq, Hkv, Lq, Lk, D, causal) in _peers.REFERENCE_SHAPES.items():
         label = (f"{name} {B}x{Hq}x{Lq}x{D}" if Hq == Hkv and Lq == Lk
@@ -40,7 +52,13 @@ def sdpa_groups(threads):
                 impls[peer] = build(q, k, v, causal, threads)
             except Exception:
                 impls[peer] = None
-        yield label, impls, _peers.attention_flops(B, Hq, Lq, Lk, D), "GFLOP/s"
+        if Lq == 1:   # a decode step reads K and V once: bandwidth is its ceiling
+            yield label, impls, 2 * B * Hkv * Lk * D * 4, "GB/s of K/V"
+        elif causal:  # the kernel skips the masked half; count what it computes
+            yield label, impls, _peers.attention_flops(B, Hq, Lq, Lk, D) * (Lk + 1) / (2 * Lk), \
+                "GFLOP/s (causal half)"
+        else:
+            yield label, impls, _peers.attention_flops(B, Hq, Lq, Lk, D), "GFLOP/s"
 
 
 def family_groups(threads):
@@ -67,18 +85,42 @@ def family_groups(threads):
                2 * M * N * K, "GFLOP/s")
 
 
+def ceilings(threads):
+    """(GEMM GFLOP/s, what ran it), (read GB/s, what ran it) with `threads` threads."""
+    import numpy as np
+
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    big = np.ones((512 << 20) // 4, np.float32)
+    if _peers.installed("torch"):
+        import torch
+
+        torch.set_num_threads(threads)
+        ta, tb, tbig = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(big)
+        gemm, read, who = (lambda: ta @ tb), (lambda: tbig.sum()), "torch"
+    else:
+        gemm, read, who = (lambda: a @ b), (lambda: big.sum()), "NumPy"
+    t_gemm = min(time_call(gemm) for _ in range(3))
+    t_read = min(time_call(read) for _ in range(3))
+    return (2 * n**3 / t_gemm / 1e9, f"{who} float32 GEMM {n}^3"), (big.nbytes / t_read / 1e9, f"{who} sum of 512 MiB")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=_config.default_threads())
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--suite", default="sdpa,family")
     args = parser.parse_args()
-    suites = {"sdpa": sdpa_groups, "family": family_groups}
-    print(f"{cpu_model()}, {os.cpu_count()} CPUs, {args.threads} threads, float32, "
-          f"ISA {_config.active_isa_name()}; best of {args.rounds} alternating rounds\n")
+    suites = {"sdpa": sdpa_groups, "family": family_groups, "dtypes": more_groups.dtype_groups,
+              "variants": more_groups.variant_groups, "e2e": e2e_groups}
+    (gemm, gemm_how), (bw, bw_how) = ceilings(args.threads)
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, {args.threads} threads, "
+          f"ISA {_config.active_isa_name()}; best of {args.rounds} alternating rounds")
+    print(f"ceilings: {gemm:.1f} GFLOP/s ({gemm_how}), {bw:.1f} GB/s read ({bw_how})\n")
     for suite in args.suite.split(","):
-        print(f"| {suite} | implementation | ms | rate | attncore speed-up |")
-        print("|---|---|---:|---:|---:|")
+        print(f"| {suite} | implementation | ms | rate | % of ceiling | attncore speed-up |")
+        print("|---|---|---:|---:|---:|---:|")
         for label, impls, work, unit in suites[suite](args.threads):
             impls = {n: f for n, f in impls.items() if f is not None}
             best = {n: float("inf") for n in impls}
@@ -90,7 +132,10 @@ def main():
             for n, t in best.items():
                 ratio = "" if n == "attncore" else f"{t / best['attncore']:.2f}x"
                 impl = f"**{n}**" if n == "attncore" else n
-                print(f"| {label} | {impl} | {t * 1e3:.2f} | {work / t / 1e9:.1f} {unit} | {ratio} |",
+                rate = work / t / 1e9
+                ceiling = gemm if unit.startswith("GFLOP/s") else bw if unit.startswith("GB/s") else None
+                share = f"{100 * rate / ceiling:.0f}%" if ceiling else ""
+                print(f"| {label} | {impl} | {t * 1e3:.2f} | {rate:.1f} {unit} | {share} | {ratio} |",
                       flush=True)
         print()
 
