@@ -77,6 +77,7 @@
 #define VISION_CL_MIN_BLOCK 16           /* channels-last pooling: channels per block */
 #define VISION_SUM_LANES 16              /* sum lanes (doubles, in registers) */
 #define VISION_MAX_LANES 32              /* max lanes (the dtype, in L1) */
+#define VISION_SUM_BLOCK 8               /* terms per lane summed in the dtype first */
 #define VISION_MAP_GROUP 4               /* planar maps: channels per pass over a row */
 
 /* max that propagates NaN (either argument) */
@@ -222,11 +223,12 @@ static inline void VFN(max_init)(T *ml)
     for (int j = 0; j < VISION_MAX_LANES; j++) ml[j] = (T)-INFINITY;
 }
 
+/* the lanes' max (they hold no NaN: see above) */
 static inline double VFN(max_lanes)(const T *ml)
 {
-    double m = (double)ml[0];
-    for (int j = 1; j < VISION_MAX_LANES; j++) m = vision_max(m, (double)ml[j]);
-    return m;
+    T m = ml[0];
+    for (int j = 1; j < VISION_MAX_LANES; j++) m = ml[j] > m ? ml[j] : m;
+    return (double)m;
 }
 
 /* sum of a run of len elements with stride s (times f[i] with stride fs,
@@ -248,6 +250,14 @@ static inline void VFN(sum_run)(const T *restrict p, int64_t s, const T *restric
             a[j] += (double)t;
         }
     } else {
+        /* blocks of VISION_SUM_BLOCK elements per lane are summed in T first */
+        for (; i + VISION_SUM_LANES * VISION_SUM_BLOCK <= len; i += VISION_SUM_LANES * VISION_SUM_BLOCK) {
+            T b[VISION_SUM_LANES];
+            for (int j = 0; j < VISION_SUM_LANES; j++) b[j] = p[(i + j) * s];
+            for (int k = 1; k < VISION_SUM_BLOCK; k++)
+                for (int j = 0; j < VISION_SUM_LANES; j++) b[j] += p[(i + k * VISION_SUM_LANES + j) * s];
+            for (int j = 0; j < VISION_SUM_LANES; j++) a[j] += (double)b[j];
+        }
         for (; i + VISION_SUM_LANES <= len; i += VISION_SUM_LANES)
             for (int j = 0; j < VISION_SUM_LANES; j++) a[j] += (double)p[(i + j) * s];
         for (int j = 0; i < len; i++, j++) a[j] += (double)p[i * s];
