@@ -39,6 +39,7 @@ from .functional import dot_attention, merge_attention, scaled_dot_product_atten
 from .kvcache import KVCache
 from .modules import MultiHeadAttention
 from .scoring import additive_attention, concat_attention, general_attention
+from .vision import cbam, channel_attention, reverse_attention, spatial_attention
 from .softmax import kernel_regression, masked_softmax, softmax
 from .weighting import hard_attention, sigmoid_attention
 
@@ -73,6 +74,10 @@ __all__ = [
     "hard_attention",
     "MultiHeadAttention",
     "KVCache",
+    "channel_attention",
+    "spatial_attention",
+    "cbam",
+    "reverse_attention",
     "config",
     "show_config",
     "__version__",

@@ -695,6 +695,189 @@ def kernel_regression(x_query, x_key, y, bandwidth=1.0, *, kernel="gaussian", at
     return res
 
 
+# -- channel and spatial attention for images (attncore.vision) --------------------
+
+def _vision_sigmoid(z):
+    """sigmoid without overflow: exact 0 / 1 at -inf / +inf, NaN -> NaN."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)  # z < 0 or NaN
+    return e / (1.0 + e)
+
+
+def _vision_sum(values):
+    """Exactly rounded sum (math.fsum), with IEEE's answers for non-finite terms."""
+    values = list(values)
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    pos, neg = math.inf in values, -math.inf in values
+    if pos and neg:
+        return math.nan
+    if pos or neg:
+        return math.inf if pos else -math.inf
+    return math.fsum(values)
+
+
+def _vision_max(values):
+    """max that propagates NaN (torch's max pooling)."""
+    values = list(values)
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def _vision_relu(h):
+    return h if (h > 0 or math.isnan(h)) else 0.0
+
+
+def _vision_images(x, layout):
+    """x as nested lists [n][c][h][w] (float64) and its layout."""
+    a = np.asarray(x, dtype=np.float64)
+    if layout == "NHWC":
+        a = a.transpose(0, 3, 1, 2)
+    return a.tolist(), a.shape
+
+
+def _vision_result(X, layout):
+    a = np.array(X, dtype=np.float64)
+    return a if layout == "NCHW" else a.transpose(0, 2, 3, 1)
+
+
+def _vision_mlp_scales(X, shape, w1, b1, w2, b2, pooling):
+    """s[n][c] = sigmoid(sum over poolings of w2 relu(w1 v + b1) + b2)."""
+    N, C, H, W = shape
+    W1 = np.asarray(w1, dtype=np.float64).reshape(np.shape(w1)[0], -1).tolist()
+    W2 = np.asarray(w2, dtype=np.float64).reshape(np.shape(w2)[0], -1).tolist()
+    Cr = len(W1)
+    B1 = [0.0] * Cr if b1 is None else np.asarray(b1, dtype=np.float64).tolist()
+    B2 = [0.0] * C if b2 is None else np.asarray(b2, dtype=np.float64).tolist()
+    kinds = {"avg": ["avg"], "max": ["max"], "avg+max": ["avg", "max"]}[pooling]
+    scales = []
+    for n in range(N):
+        y = [0.0] * C
+        for kind in kinds:
+            if kind == "avg":
+                v = [_vision_sum(X[n][c][h][w] for h in range(H) for w in range(W)) / (H * W)
+                     for c in range(C)]
+            else:
+                v = [_vision_max(X[n][c][h][w] for h in range(H) for w in range(W)) for c in range(C)]
+            hid = [_vision_relu(_vision_sum(W1[j][c] * v[c] for c in range(C)) + B1[j])
+                   for j in range(Cr)]
+            y = [y[c] + _vision_sum(W2[c][j] * hid[j] for j in range(Cr)) + B2[c] for c in range(C)]
+        scales.append([_vision_sigmoid(t) for t in y])
+    return scales
+
+
+def _vision_layout(layout, x, C=None, logits=None):
+    if layout is not None:
+        return layout
+    if C is not None:
+        return "NCHW" if np.shape(x)[1] == C else "NHWC"
+    if logits is not None:
+        return "NCHW" if np.shape(logits)[1] == 1 else "NHWC"
+    return "NCHW"
+
+
+def channel_attention(x, w1, b1, w2, b2, *, pooling="avg", layout=None, out=None, num_threads=None):
+    """Reference channel attention (SE / CBAM's channel module), float64:
+    out[n, c] = x[n, c] * sigmoid(sum over the poolings (avg: mean, max: max
+    over the pixels) of w2 relu(w1 v + b1) + b2). Shapes as
+    attncore.channel_attention; `out` and `num_threads` are ignored.
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.channel_attention([[[[2.0]]]], [[0.0]], None, [[0.0]], None)
+    array([[[[1.]]]])
+    """
+    layout = _vision_layout(layout, x, C=np.shape(w2)[0])
+    X, shape = _vision_images(x, layout)
+    s = _vision_mlp_scales(X, shape, w1, b1, w2, b2, pooling)
+    N, C, H, W = shape
+    return _vision_result([[[[X[n][c][h][w] * s[n][c] for w in range(W)] for h in range(H)]
+                            for c in range(C)] for n in range(N)], layout)
+
+
+def _vision_spatial(X, shape, weight, bias):
+    """t[n][h][w] = sigmoid(bias + sum over (map, i, j) of weight * map[h+i-kh//2][w+j-kw//2]),
+    maps = (mean, max) over the channels, zero padding (taps outside are left out)."""
+    N, C, H, W = shape
+    K = np.asarray(weight, dtype=np.float64)[0].tolist()   # (2, kh, kw)
+    kh, kw = len(K[0]), len(K[0][0])
+    b = 0.0 if bias is None else float(np.asarray(bias, dtype=np.float64).reshape(()))
+    t = []
+    for n in range(N):
+        maps = [[[_vision_sum(X[n][c][h][w] for c in range(C)) / C for w in range(W)] for h in range(H)],
+                [[_vision_max(X[n][c][h][w] for c in range(C)) for w in range(W)] for h in range(H)]]
+        rows = []
+        for h in range(H):
+            row = []
+            for w in range(W):
+                terms = [K[m][i][j] * maps[m][h + i - kh // 2][w + j - kw // 2]
+                         for m in range(2) for i in range(kh) for j in range(kw)
+                         if 0 <= h + i - kh // 2 < H and 0 <= w + j - kw // 2 < W]
+                row.append(_vision_sigmoid(_vision_sum(terms) + b))
+            rows.append(row)
+        t.append(rows)
+    return t
+
+
+def spatial_attention(x, weight, bias=None, *, layout=None, out=None, num_threads=None):
+    """Reference spatial attention (CBAM's spatial module), float64:
+    out[n, :, h, w] = x[n, :, h, w] * t[n, h, w] with t from the channel
+    mean and max maps through the (1, 2, kh, kw) convolution ('same' zero
+    padding) and a sigmoid. `out` and `num_threads` are ignored.
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.spatial_attention([[[[4.0]]]], [[[[0.0]], [[0.0]]]])
+    array([[[[2.]]]])
+    """
+    layout = _vision_layout(layout, x)
+    X, shape = _vision_images(x, layout)
+    t = _vision_spatial(X, shape, weight, bias)
+    N, C, H, W = shape
+    return _vision_result([[[[X[n][c][h][w] * t[n][h][w] for w in range(W)] for h in range(H)]
+                            for c in range(C)] for n in range(N)], layout)
+
+
+def cbam(x, w1, b1, w2, b2, weight, bias=None, *, pooling="avg+max", layout=None, out=None,
+         num_threads=None):
+    """Reference CBAM: spatial_attention(channel_attention(x, ...), ...) in float64
+    (the intermediate is not rounded).
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.cbam([[[[4.0]]]], [[0.0]], None, [[0.0]], None, [[[[0.0]], [[0.0]]]])
+    array([[[[1.]]]])
+    """
+    layout = _vision_layout(layout, x, C=np.shape(w2)[0])
+    x1 = channel_attention(x, w1, b1, w2, b2, pooling=pooling, layout=layout)
+    return spatial_attention(x1, weight, bias, layout=layout)
+
+
+def reverse_attention(x, logits, *, layout=None, out=None, num_threads=None):
+    """Reference reverse attention: out = x * (1 - sigmoid(logits)), computed
+    as x * sigmoid(-logits) (the same number, without cancellation), logits
+    per pixel (N|1, 1, H|1, W|1) for NCHW or (N|1, H|1, W|1, 1) for NHWC.
+
+    Example
+    -------
+    >>> from attncore import reference
+    >>> reference.reverse_attention([[[[2.0]]]], [[[[0.0]]]])
+    array([[[[1.]]]])
+    """
+    layout = _vision_layout(layout, x, logits=logits)
+    X, shape = _vision_images(x, layout)
+    N, C, H, W = shape
+    lg = np.asarray(logits, dtype=np.float64)
+    if layout == "NHWC":
+        lg = lg.transpose(0, 3, 1, 2)
+    L = np.broadcast_to(lg, (N, 1, H, W)).tolist()
+    return _vision_result([[[[X[n][c][h][w] * _vision_sigmoid(-L[n][0][h][w]) for w in range(W)]
+                             for h in range(H)] for c in range(C)] for n in range(N)], layout)
+
+
 _GUMBEL_STREAM = 0x6A09E667F3BCC909   # keeps hard attention's noise apart from dropout's
 
 
