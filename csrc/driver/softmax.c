@@ -1,9 +1,11 @@
 /*
  * Row softmax and Nadaraya-Watson kernel regression (attncore.softmax,
  * masked_softmax, kernel_regression): loop nests over a plan, one OpenMP
- * region per call. The vector exp is the active level's kernel-table entry
- * (attn_ktab_get_*(isa)->exp2); everything else here is plain C99 that the
- * compiler vectorises at the baseline ISA (no intrinsics outside csrc/arch/).
+ * region per call. The vector math is the active level's kernel table
+ * (csrc/kernels/ktab.h): softmax_rows / softmax_panel (max-shifted exp2 as
+ * one FMA, compensated sums) for the softmax, exp2 for the regression;
+ * everything else here is plain C99 that the compiler vectorises at the
+ * baseline ISA (no intrinsics outside csrc/arch/).
  *
  * This file instantiates its dtype-generic part twice by including itself
  * (ATTN_SOFTMAX_BODY): T = float and T = double.
@@ -11,31 +13,31 @@
  * ---- softmax: loop nest -------------------------------------------------
  *
  * The plan drops size-1 row dimensions and merges row dimensions that are
- * contiguous in every array (x, out, mask, valid_lens). Then:
+ * contiguous in every array (x, out, mask, valid_lens). With c = log2 e and
+ * s = x (+ additive mask, in T; masked: -inf, or d2l's fill value):
  *
  *   rows path (the axis has unit stride in x, or no row dimension does):
- *   for unit u in row ranges of ~SM_UNIT_ELEMS elements     <- omp for, dynamic
+ *   for unit u in row ranges of ~SM_UNIT_ELEMS elements      <- omp for, dynamic
  *       for row r in the unit (an odometer over the row dimensions)
- *           m = max_j s_j over kept entries  (s = x [+ mask], in double
- *               for float32)                                  pass 1: x
- *           no kept entry / NaN: write zeros / NaNs; next row
- *           t_j = (s_j - m) log2 e  -> T, masked: -inf (or fill - m)
- *               staged into the unit's chunk buffer; rows shorter than
- *               SM_CHUNK share one buffer (a batch)           pass 2: x
- *       per batch: exp2 on the whole buffer (kernel table), then per row
- *           sum (double; float64: compensated), out_j = e_j / sum
- *       rows longer than SM_CHUNK: chunks of it staged, exp2'd and summed,
- *           written to out raw, then out_j /= sum            pass 3: out
+ *           stage s_r into the buffer (a contiguous copy; rows shorter
+ *               than SM_CHUNK share it: a batch)                 reads x once
+ *       per batch: top_r = max s_r; m_r = c top_r            (pass 1)
+ *           for blocks of SM_BLOCK entries: softmax_rows      (pass 2)
+ *               p = exp2(c s - m_r) in place, l_r += sum p (compensated);
+ *               the max is preset, so its rescaling factor is exactly 1
+ *           out_r = p / l_r                                   (pass 3)
+ *       rows longer than SM_CHUNK: the three passes chunk by chunk through
+ *           the buffer (x read three times, out written once)
  *
  *   panel path (the axis is strided in x and a row dimension has unit
- *   stride in x, e.g. axis=0 of a C-ordered matrix): lanes = W rows that are
- *   adjacent in memory, so every pass reads lines of W contiguous values:
- *   for unit u in (outer row index, block of W lanes)       <- omp for, dynamic
- *       for j < L: m[r] = max(m[r], s_jr)                    pass 1
- *       for blocks of j: stage t_jr, exp2 on the block, sum[r] += e_jr
- *           (in j order per lane), write e (or keep it when the whole
- *           panel fits one block)                            pass 2
- *       out_jr = e_jr / sum[r]                               pass 3
+ *   stride, e.g. axis=0 of a C-ordered matrix): a unit is up to
+ *   SM_PANEL_LANES rows adjacent in memory (lanes), in groups of the
+ *   level's NR lanes, and every pass streams over whole lines:
+ *   for unit u in (outer row index, block of lanes)          <- omp for, dynamic
+ *       for line j: top[r] = max(top[r], s_jr)                (pass 1)
+ *       for blocks of lines: softmax_panel per group -> l[r]  (pass 2)
+ *       for blocks of lines: softmax_panel again (the same
+ *           exponentials, bit for bit), out_jr = p_jr / l[r]  (pass 3)
  *
  * ---- kernel regression: loop nest ----------------------------------------
  *
@@ -46,7 +48,9 @@
  *               s_j = score(|xq_i - xk_j|) in log2 units (the difference
  *                     first, squared, in double), + mask, or -inf
  *               m' = max(m, max_j s_j); l, acc *= exp2(m - m')   (online)
- *               e_j = exp2(s_j - m')  (kernel table); l += sum e, acc += e y
+ *               e_j = exp2(s_j - m')  (kernel table; s_j - m' in double,
+ *                     rounded once to T); l += sum e, acc += e y (double,
+ *                     compensated across blocks)
  *           out_i = acc / l (zeros when l == 0)
  *           weights: the scores again, exp2(s_j - m) / l      (return_weights)
  *   epanechnikov: e_j = max(1 - r^2/h^2, 0) directly, no max, no rescaling.
@@ -54,19 +58,20 @@
  * ---- determinism ----------------------------------------------------------
  *
  * Every output row is computed by exactly one unit, with a sequence of
- * operations fixed by the problem's shape and layout (the unit sizes, chunk
- * and block lengths are constants or functions of the sizes, never of the
- * thread count), and the vector exp2 is elementwise. Results are therefore
- * bitwise identical for any number of threads.
+ * operations fixed by the problem's shape and layout (unit sizes, batches,
+ * chunk and block lengths are constants or functions of the sizes, never of
+ * the thread count; the kernels are elementwise per row or lane). Results
+ * are therefore bitwise identical for any number of threads.
  *
  * ---- preconditions ----------------------------------------------------------
  *
- * The kernel-table exp2 takes n >= 0 contiguous values and may work in
- * place; the buffers handed to it are scratch of at least n elements. Every
- * pointer formed here is inside its array: row offsets come from the
- * descriptor's strides and sizes, which the Cython layer takes from the
- * arrays themselves; the descriptor check rejects sizes whose products
- * overflow int64.
+ * The kernels get contiguous scratch they may overwrite: softmax_rows nr
+ * rows of nk <= lds entries, lds apart; softmax_panel St[nk][NR] with NR =
+ * the level's nr and m/l/lc/alpha of NR entries (padding lanes hold -inf:
+ * their p and l are exactly 0); exp2 n values. Every pointer formed here
+ * is inside its array: row offsets come from the descriptor's strides and
+ * sizes, which the Cython layer takes from the arrays themselves; the
+ * descriptor check rejects sizes whose products overflow int64.
  */
 #ifndef ATTN_SOFTMAX_BODY
 
@@ -80,8 +85,9 @@
 #define SM_CHUNK 4096        /* elements of the staging buffer (one exp2 call) */
 #define SM_BATCH_ROWS 512    /* most short rows one buffer holds */
 #define SM_UNIT_ELEMS 16384  /* rows path: elements per work unit (at least one row) */
-#define SM_PANEL_BYTES 256   /* panel path: lanes * sizeof(T) */
-#define SM_MAX_LANES 64      /* = SM_PANEL_BYTES / sizeof(float): the per-lane arrays */
+#define SM_BLOCK 128         /* rows path: entries per kernel call (bounds its sums) */
+#define SM_PANEL_BLOCK 16    /* panel path: lines per kernel call (bounds its sums) */
+#define SM_PANEL_LANES 1024  /* panel path: most lanes per unit (whole lines streamed) */
 #define SM_WORK_PER_ELEM 8.0 /* multiply-add equivalents per element, for the thread count */
 #define KR_QUERY_BLOCK 8     /* kernel regression: query rows per work unit */
 #define KR_KEY_BLOCK 256     /* kernel regression: keys per block */
@@ -172,7 +178,7 @@ static attn_status sm_check(const attn_softmax_desc *d)
 /* rows * L * SM_WORK_PER_ELEM, for attn_region_threads */
 static double sm_work(const sm_plan *P) { return (double)P->rows * (double)P->d->L * SM_WORK_PER_ELEM; }
 
-static void sm_make_plan(sm_plan *P, const attn_softmax_desc *d, int64_t elem_size)
+static void sm_make_plan(sm_plan *P, const attn_softmax_desc *d, int64_t nr)
 {
     memset(P, 0, sizeof *P);
     P->d = d;
@@ -226,7 +232,7 @@ static void sm_make_plan(sm_plan *P, const attn_softmax_desc *d, int64_t elem_si
             P->vs[k] = P->vs[k + 1];
         }
         P->nd = nd - 1;
-        P->W = attn_min64(attn_min64(SM_PANEL_BYTES / elem_size, SM_MAX_LANES), P->lanes);
+        P->W = attn_min64(SM_PANEL_LANES / nr * nr, P->lanes);
         P->lane_blocks = (P->lanes + P->W - 1) / P->W;
         P->outer = P->rows / P->lanes;
         P->units = P->outer * P->lane_blocks;
@@ -303,20 +309,6 @@ static attn_status kr_check(const attn_kreg_desc *d)
 
 #define SMF(name) SM_CAT(name, TAG)
 
-/* exp2's argument, as T, for a natural-log difference d <= 0 (or NaN, or
- * -inf for a masked entry). float32: d comes in double (exact for float
- * inputs), so the argument is rounded once; below -256 it is clamped (exp2
- * gives 0 below -126 anyway, and the conversion stays in range). */
-static inline T SMF(arg)(double d)
-{
-    double t = d * ATTN_LOG2E;
-#if IS_F32
-    return (T)(t < -256.0 ? -256.0 : t);
-#else
-    return t;
-#endif
-}
-
 /* The normalised weight e / sum. float32: e times the double reciprocal,
  * rounded once; float64: a division. */
 #if IS_F32
@@ -374,22 +366,6 @@ static inline void SMF(accumulate)(double *s, double *c, double v)
 #endif
 }
 
-/* max of n values x[j * s], NaN ignored; -inf for n == 0 */
-static double SMF(max_plain)(const T *x, int64_t s, int64_t n)
-{
-    T a[8];
-    for (int k = 0; k < 8; k++) a[k] = (T)-INFINITY;
-    int64_t j = 0;
-    if (s == 1) {
-        for (; j + 8 <= n; j += 8)
-            for (int k = 0; k < 8; k++) a[k] = x[j + k] > a[k] ? x[j + k] : a[k];
-    }
-    for (; j < n; j++) a[0] = x[j * s] > a[0] ? x[j * s] : a[0];
-    T m = a[0];
-    for (int k = 1; k < 8; k++) m = a[k] > m ? a[k] : m;
-    return (double)m;
-}
-
 /* ---- softmax: one row ---- */
 
 typedef struct {
@@ -414,124 +390,198 @@ static void SMF(row_at)(const sm_plan *P, const sm_pos *p, int64_t lane, SMF(row
     if (R->len > d->L) R->len = d->L;
 }
 
-/* Pass 1: the largest score among the kept entries (and the fill value
- * when an entry is masked in fill mode); -inf when there is none. */
-static double SMF(row_max)(const sm_plan *P, const SMF(row) *R)
+/* The score a masked entry gets: -inf (weight 0), or d2l's fill value. */
+static inline T SMF(masked_value)(const attn_softmax_desc *d)
 {
-    const attn_softmax_desc *d = P->d;
-    const int64_t n = R->len, xs = d->x_sl, ms = d->m_sl;
-    double m = -INFINITY;
-    int masked = n < d->L;
-    if (R->mb) {
-        for (int64_t j = 0; j < n; j++) {
-            if (R->mb[j * ms]) {
-                double v = (double)R->x[j * xs];
-                m = v > m ? v : m;
-            } else {
-                masked = 1;
-            }
-        }
-    } else if (R->ma) {
-        for (int64_t j = 0; j < n; j++) {
-            double v = (double)R->x[j * xs] + (double)R->ma[j * ms];
-            m = v > m ? v : m;
-        }
-    } else {
-        m = SMF(max_plain)(R->x, xs, n);
-    }
-    if (d->fill_masked && masked && d->fill > m) m = d->fill;
-    return m;
+    return d->fill_masked ? (T)d->fill : (T)-INFINITY;
 }
 
-/* A row without a finite maximum: NaN if a kept entry is NaN, else zeros
- * (no entry kept, or all of them -inf). */
-static void SMF(row_special)(const sm_plan *P, const SMF(row) *R)
-{
-    const attn_softmax_desc *d = P->d;
-    const int64_t xs = d->x_sl, ms = d->m_sl, os = d->o_sl;
-    int nan = 0;
-    for (int64_t j = 0; j < R->len && !nan; j++) {
-        if (R->mb && !R->mb[j * ms]) continue;
-        double v = (double)R->x[j * xs] + (R->ma ? (double)R->ma[j * ms] : 0.0);
-        nan = v != v;
-    }
-    T value = nan ? (T)NAN : (T)0;
-    for (int64_t j = 0; j < d->L; j++) R->o[j * os] = value;
-}
-
-/* Pass 2's staging: t[jj] = exp2 argument of entry j0 + jj, jj < n. */
-static void SMF(row_stage)(const sm_plan *P, const SMF(row) *R, double m, int64_t j0, int64_t n, T *t)
+/* s[jj] = the score of entry j0 + jj, jj < n: x (+ the additive mask, in
+ * T), or the masked value. A contiguous copy the kernels can work in. */
+static void SMF(row_stage)(const sm_plan *P, const SMF(row) *R, int64_t j0, int64_t n, T *s)
 {
     const attn_softmax_desc *d = P->d;
     const int64_t xs = d->x_sl, ms = d->m_sl;
-    const T tm = d->fill_masked ? SMF(arg)(d->fill - m) : (T)-INFINITY;
+    const T tm = SMF(masked_value)(d);
     int64_t nv = attn_max64(0, attn_min64(n, R->len - j0));
     const T *x = R->x + j0 * xs;
     if (R->mb) {
         const unsigned char *mb = R->mb + j0 * ms;
-        for (int64_t jj = 0; jj < nv; jj++) t[jj] = mb[jj * ms] ? SMF(arg)((double)x[jj * xs] - m) : tm;
+        for (int64_t jj = 0; jj < nv; jj++) s[jj] = mb[jj * ms] ? x[jj * xs] : tm;
     } else if (R->ma) {
         const T *ma = R->ma + j0 * ms;
-        for (int64_t jj = 0; jj < nv; jj++)
-            t[jj] = SMF(arg)(((double)x[jj * xs] + (double)ma[jj * ms]) - m);
+        for (int64_t jj = 0; jj < nv; jj++) s[jj] = x[jj * xs] + ma[jj * ms];
     } else if (xs == 1) {
-        for (int64_t jj = 0; jj < nv; jj++) t[jj] = SMF(arg)((double)x[jj] - m);
+        if (nv > 0) memcpy(s, x, (size_t)nv * sizeof(T));
     } else {
-        for (int64_t jj = 0; jj < nv; jj++) t[jj] = SMF(arg)((double)x[jj * xs] - m);
+        for (int64_t jj = 0; jj < nv; jj++) s[jj] = x[jj * xs];
     }
-    for (int64_t jj = nv; jj < n; jj++) t[jj] = tm;
+    for (int64_t jj = nv; jj < n; jj++) s[jj] = tm;
 }
 
-/* out_j = e_j / sum for j < n */
-static void SMF(row_write)(T *o, int64_t os, const T *e, int64_t n, double sum)
+/* max of n contiguous values; -inf for n == 0. A NaN may or may not win:
+ * either way the row comes out NaN (its exp2 reaches the sum). float32
+ * compares order-preserving integer keys of the bit patterns, which the
+ * compiler vectorises at the baseline ISA (a float max reduction it does
+ * not, without -ffast-math). */
+#if IS_F32
+static inline int32_t SMF(key)(float f)
 {
-    const double r = SM_RECIP(sum);
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t neg = 0u - (u >> 31);
+    return (int32_t)(u ^ (neg >> 1));
+}
+
+static T SMF(vmax)(const T *s, int64_t n)
+{
+    int32_t a[16];
+    for (int k = 0; k < 16; k++) a[k] = INT32_MIN;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) {
+            int32_t v = SMF(key)(s[j + k]);
+            a[k] = v > a[k] ? v : a[k];
+        }
+    for (; j < n; j++) {
+        int32_t v = SMF(key)(s[j]);
+        a[0] = v > a[0] ? v : a[0];
+    }
+    int32_t m = a[0];
+    for (int k = 1; k < 16; k++) m = a[k] > m ? a[k] : m;
+    if (m == INT32_MIN) return (T)-INFINITY;
+    uint32_t u = (uint32_t)m;
+    u ^= (0u - (u >> 31)) >> 1;
+    T f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#else
+static T SMF(vmax)(const T *s, int64_t n)
+{
+    T a[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int k = 0; k < 4; k++) a[k] = s[j + k] > a[k] ? s[j + k] : a[k];
+    for (; j < n; j++) a[0] = s[j] > a[0] ? s[j] : a[0];
+    T m = a[0];
+    for (int k = 1; k < 4; k++) m = a[k] > m ? a[k] : m;
+    return m;
+}
+#endif
+
+/* Running max of two maxima, NaN sticky. */
+static inline T SMF(max2)(T a, T b) { return (b > a || b != b) ? b : a; }
+
+/* The sum the kernels accumulated (l - lc), as the normalisation factor:
+ * out = p * r (float32: r = 1/sum rounded once), out = p / sum (float64). */
+typedef struct {
+    double sum;
+    T r;
+} SMF(norm);
+
+static inline SMF(norm) SMF(norm_of)(T l, T lc)
+{
+    /* a zero sum means every p is 0 (nothing kept): they stay 0 */
+    SMF(norm) z;
+    double sum = (double)l - (double)lc;
+    z.sum = sum == 0 ? 1.0 : sum;
+    z.r = sum == 0 ? (T)0 : (T)(1.0 / sum);
+    return z;
+}
+
+#if IS_F32
+#undef SM_SCALE
+#undef SM_PSCALE
+#define SM_SCALE(p, z) ((p) * (z).r)
+#define SM_PSCALE(p, r, sum) ((p) * (r))
+#else
+#undef SM_SCALE
+#undef SM_PSCALE
+#define SM_SCALE(p, z) ((p) / (z).sum)
+#define SM_PSCALE(p, r, sum) ((p) / (sum))
+#endif
+
+/* out_j = p_j / sum for j < n (a row with nothing kept: zeros; a NaN sum:
+ * NaNs). */
+static void SMF(row_write)(T *o, int64_t os, const T *p, int64_t n, SMF(norm) z)
+{
     if (os == 1) {
-        for (int64_t j = 0; j < n; j++) o[j] = SM_NORM(e[j], sum, r);
+        for (int64_t j = 0; j < n; j++) o[j] = SM_SCALE(p[j], z);
     } else {
-        for (int64_t j = 0; j < n; j++) o[j * os] = SM_NORM(e[j], sum, r);
+        for (int64_t j = 0; j < n; j++) o[j * os] = SM_SCALE(p[j], z);
     }
 }
 
-/* A row longer than the staging buffer: chunks staged, exp2'd, summed and
- * written raw; then normalised in place in out. */
-static void SMF(row_long)(const sm_plan *P, const KTAB *kt, const SMF(row) *R, double m, T *buf)
+/* Per-thread scratch of the softmax: the staging buffer and per-row state
+ * (rows path: one entry per row of a batch; panel path: one per lane). */
+#define SM_LANES_MAX (SM_PANEL_LANES + ATTN_MAX_LANES)
+typedef struct {
+    T buf[SM_CHUNK];
+    T m[SM_BATCH_ROWS], l[SM_BATCH_ROWS], lc[SM_BATCH_ROWS], alpha[SM_BATCH_ROWS];
+    T *o[SM_BATCH_ROWS];          /* rows path: the batch's output rows */
+    T line[SM_LANES_MAX];         /* panel path */
+    T pm[SM_LANES_MAX], pl[SM_LANES_MAX], plc[SM_LANES_MAX], palpha[SM_LANES_MAX];
+    T pl2[SM_LANES_MAX], plc2[SM_LANES_MAX];
+    int64_t plen[SM_LANES_MAX];
+    T pzr[SM_LANES_MAX];
+    double pzs[SM_LANES_MAX];
+} SMF(sm_scratch);
+
+/* Rows staged in buf[nrec][L] (L <= SM_CHUNK): their maxima (pass 1), the
+ * kernel's exp2 and sums block by block with the max preset, so that its
+ * rescaling factor is exactly 1 (pass 2), then out = p / sum (pass 3). */
+static void SMF(flush)(const sm_plan *P, const KTAB *kt, SMF(sm_scratch) *S, int nrec)
+{
+    const attn_softmax_desc *d = P->d;
+    const int64_t L = d->L;
+    const T c = (T)ATTN_LOG2E;
+    for (int k = 0; k < nrec; k++) {
+        T top = SMF(vmax)(S->buf + k * L, L);
+        S->m[k] = c * top;
+        S->l[k] = 0;
+        S->lc[k] = 0;
+    }
+    for (int64_t j0 = 0; j0 < L; j0 += SM_BLOCK)
+        kt->softmax_rows(nrec, attn_min64(SM_BLOCK, L - j0), S->buf + j0, L, c, S->m, S->l, S->lc,
+                         S->alpha);
+    for (int k = 0; k < nrec; k++)
+        SMF(row_write)(S->o[k], d->o_sl, S->buf + k * L, L, SMF(norm_of)(S->l[k], S->lc[k]));
+}
+
+/* A row longer than the staging buffer, chunk by chunk through it: its max
+ * (pass 1), the kernel's sum with the max preset (pass 2), the same
+ * exponentials again, normalised into out (pass 3). x is read three times,
+ * out written once. */
+static void SMF(row_long)(const sm_plan *P, const KTAB *kt, const SMF(row) *R, SMF(sm_scratch) *S)
 {
     const attn_softmax_desc *d = P->d;
     const int64_t L = d->L, os = d->o_sl;
-    double sum = 0, comp = 0;
+    const T c = (T)ATTN_LOG2E;
+    T top = (T)-INFINITY;
     for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
         int64_t n = attn_min64(SM_CHUNK, L - j0);
-        SMF(row_stage)(P, R, m, j0, n, buf);
-        kt->exp2(n, buf, buf);
-        SMF(accumulate)(&sum, &comp, SMF(sum)(buf, n));
-        T *o = R->o + j0 * os;
-        for (int64_t jj = 0; jj < n; jj++) o[jj * os] = buf[jj];
+        SMF(row_stage)(P, R, j0, n, S->buf);
+        top = SMF(max2)(top, SMF(vmax)(S->buf, n));
     }
-    sum -= comp;
-    const double r = SM_RECIP(sum);
-    for (int64_t j = 0; j < L; j++) R->o[j * os] = SM_NORM(R->o[j * os], sum, r);
-}
-
-/* Scratch of the rows path: the staging buffer, then the batch's rows. */
-typedef struct {
-    T *o;
-    int64_t off;
-} SMF(batch_rec);
-
-static void SMF(flush)(const sm_plan *P, const KTAB *kt, T *buf, int64_t used, const SMF(batch_rec) *rec,
-                       int nrec)
-{
-    const attn_softmax_desc *d = P->d;
-    kt->exp2(used, buf, buf);
-    for (int k = 0; k < nrec; k++) {
-        const T *e = buf + rec[k].off;
-        SMF(row_write)(rec[k].o, d->o_sl, e, d->L, SMF(sum)(e, d->L));
+    S->m[0] = c * top;
+    S->l[0] = S->lc[0] = 0;
+    for (int pass = 2; pass <= 3; pass++) {
+        SMF(norm) z = SMF(norm_of)(S->l[0], S->lc[0]);
+        for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
+            int64_t n = attn_min64(SM_CHUNK, L - j0);
+            SMF(row_stage)(P, R, j0, n, S->buf);
+            T *l = pass == 2 ? S->l : S->l + 1, *lc = pass == 2 ? S->lc : S->lc + 1;
+            for (int64_t b0 = 0; b0 < n; b0 += SM_BLOCK)
+                kt->softmax_rows(1, attn_min64(SM_BLOCK, n - b0), S->buf + b0, n, c, S->m, l, lc, S->alpha);
+            if (pass == 3) SMF(row_write)(R->o + j0 * os, os, S->buf, n, z);
+        }
+        S->l[1] = S->lc[1] = 0;
     }
 }
 
 /* The rows path's loop nest for one unit. Returns 1 if interrupted. */
-static int SMF(rows_unit)(const sm_plan *P, const KTAB *kt, int64_t u, T *buf, SMF(batch_rec) *rec)
+static int SMF(rows_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_scratch) *S)
 {
     const attn_softmax_desc *d = P->d;
     const int64_t L = d->L;
@@ -539,182 +589,158 @@ static int SMF(rows_unit)(const sm_plan *P, const KTAB *kt, int64_t u, T *buf, S
     int64_t nrows = attn_min64(P->rows_per_unit, P->rows - first);
     sm_pos p;
     sm_pos_set(P, first, &p);
-    int64_t used = 0;
     int nrec = 0;
     for (int64_t r = 0; r < nrows; r++, sm_pos_next(P, &p)) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         SMF(row) R;
         SMF(row_at)(P, &p, 0, &R);
-        double m = SMF(row_max)(P, &R);
-        if (!(m > -INFINITY)) {
-            SMF(row_special)(P, &R);
+        if (L > SM_CHUNK) {   /* (then every row is long: no batch) */
+            SMF(row_long)(P, kt, &R, S);
             continue;
         }
-        if (L > SM_CHUNK) {
-            SMF(row_long)(P, kt, &R, m, buf);
-            continue;
-        }
-        if (used + L > SM_CHUNK || nrec == SM_BATCH_ROWS) {
-            SMF(flush)(P, kt, buf, used, rec, nrec);
-            used = 0;
+        if ((nrec + 1) * L > SM_CHUNK || nrec == SM_BATCH_ROWS) {
+            SMF(flush)(P, kt, S, nrec);
             nrec = 0;
         }
-        SMF(row_stage)(P, &R, m, 0, L, buf + used);
-        rec[nrec].o = R.o;
-        rec[nrec].off = used;
-        nrec++;
-        used += L;
+        SMF(row_stage)(P, &R, 0, L, S->buf + nrec * L);
+        S->o[nrec++] = R.o;
     }
-    if (nrec) SMF(flush)(P, kt, buf, used, rec, nrec);
+    if (nrec) SMF(flush)(P, kt, S, nrec);
     return 0;
 }
 
 /* ---- softmax: the panel path ---- */
 
-/* Per-lane state of a panel (W lanes at most). */
-typedef struct {
-    double m[SM_MAX_LANES];     /* the max; +inf for dead lanes (see below) */
-    double sum[SM_MAX_LANES], comp[SM_MAX_LANES], r[SM_MAX_LANES];
-    int64_t len[SM_MAX_LANES];
-    T tm[SM_MAX_LANES];         /* the masked entries' argument */
-    int masked[SM_MAX_LANES];
-    int dead[SM_MAX_LANES];     /* no finite max: the lane is zeros (or NaN) */
-    T deadval[SM_MAX_LANES];
-} SMF(lanes);
-
-/* Score of entry (j, lane r) with its mask; *keep = 0 when masked. */
-static inline double SMF(panel_score)(const sm_plan *P, const T *xj, const unsigned char *mbj, const T *maj,
-                                      int64_t j, int64_t r, int64_t len, int *keep)
-{
-    if (j >= len || (mbj && !mbj[r * P->m_ls])) {
-        *keep = 0;
-        return -INFINITY;
-    }
-    *keep = 1;
-    double v = (double)xj[r * P->x_ls];
-    if (maj) v += (double)maj[r * P->m_ls];
-    return v;
-}
-
-static int SMF(panel_unit)(const sm_plan *P, const KTAB *kt, int64_t u, T *buf, SMF(lanes) *S)
+/* Line j of the panel (lanes = rows) staged for the kernel: lane r goes to
+ * t[(r / NR) gs + r % NR] (gs = NR: one contiguous line), its score for
+ * r < nl, -inf for the padding lanes up to the next multiple of NR. */
+static void SMF(panel_line)(const sm_plan *P, const SMF(row) *R0, const int64_t *len, int64_t j,
+                            int64_t nl, int64_t NR, int64_t gs, T *t)
 {
     const attn_softmax_desc *d = P->d;
-    const int64_t L = d->L, xsl = d->x_sl, osl = d->o_sl, msl = d->m_sl;
-    const int64_t xls = P->x_ls, ols = P->o_ls;
+    const T *x = R0->x + j * d->x_sl;
+    const int64_t xls = P->x_ls, mls = P->m_ls;
+    const int general = R0->mb || R0->ma || d->valid_lens;
+    const T tm = SMF(masked_value)(d);
+    const unsigned char *mb = R0->mb ? R0->mb + j * d->m_sl : NULL;
+    const T *ma = R0->ma ? R0->ma + j * d->m_sl : NULL;
+    for (int64_t g = 0, r0 = 0; r0 < nl; g++, r0 += NR) {
+        T *tg = t + g * gs;
+        int64_t n = attn_min64(NR, nl - r0);
+        if (general) {
+            for (int64_t r = 0; r < n; r++) {
+                int64_t lane = r0 + r;
+                T v = x[lane * xls];
+                if (ma) v = v + ma[lane * mls];
+                if (j >= len[lane] || (mb && !mb[lane * mls])) v = tm;
+                tg[r] = v;
+            }
+        } else if (xls == 1) {
+            const T *xg = x + r0;
+            for (int64_t r = 0; r < n; r++) tg[r] = xg[r];
+        } else {
+            for (int64_t r = 0; r < n; r++) tg[r] = x[(r0 + r) * xls];
+        }
+        for (int64_t r = n; r < NR; r++) tg[r] = (T)-INFINITY;
+    }
+}
+
+/* Lines [j0, j0 + n) staged for the kernel: group g (lanes g NR .. g NR +
+ * NR) as St_g[jj][NR] at buf + g n NR. */
+static void SMF(panel_stage)(const sm_plan *P, const SMF(row) *R0, const int64_t *len, int64_t j0, int64_t n,
+                             int64_t nl, int64_t NR, T *buf)
+{
+    for (int64_t jj = 0; jj < n; jj++) SMF(panel_line)(P, R0, len, j0 + jj, nl, NR, n * NR, buf + jj * NR);
+}
+
+/*
+ * The panel path's loop nest for one unit: W lanes (rows adjacent in
+ * memory), G = ceil(W / NR) kernel panels, every pass streaming over whole
+ * lines of the unit:
+ *   pass 1: top[r] = max_j s_jr                      (reads x)
+ *   pass 2: l[r] = sum_j exp2(c s_jr - c top[r])      (reads x; the kernel)
+ *   pass 3: out_jr = exp2(c s_jr - c top[r]) / l[r]   (reads x, writes out)
+ * The exponentials of pass 3 are those of pass 2, bit for bit (same
+ * inputs, same preset max); x is read three times and out written once,
+ * which costs less memory traffic than storing and rescaling them.
+ */
+static int SMF(panel_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_scratch) *S)
+{
+    const attn_softmax_desc *d = P->d;
+    const int64_t L = d->L, osl = d->o_sl, ols = P->o_ls, NR = kt->nr;
+    const T c = (T)ATTN_LOG2E;
     int64_t outer = u / P->lane_blocks, l0 = (u % P->lane_blocks) * P->W;
     int64_t nl = attn_min64(P->W, P->lanes - l0);
+    int64_t G = (nl + NR - 1) / NR, nt = G * NR;
     sm_pos p;
     sm_pos_set(P, outer, &p);
-    SMF(row) R;
-    SMF(row_at)(P, &p, l0, &R);   /* lane l0's row: the panel's base pointers */
-    const T *xb = R.x;
-    T *ob = R.o;
-    const unsigned char *mb = R.mb;
-    const T *ma = R.ma;
-    const int general = mb || ma || d->valid_lens;
+    SMF(row) R0;
+    SMF(row_at)(P, &p, l0, &R0);   /* lane l0's row: the panel's base pointers */
+    T *ob = R0.o;
+    T *line = S->line, *m = S->pm, *l = S->pl, *lc = S->plc, *alpha = S->palpha;
+    int64_t *len = S->plen;
     if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
+    for (int64_t r = 0; r < nl; r++)
+        len[r] = d->valid_lens ? attn_min64(attn_max64(d->valid_lens[p.ov + (l0 + r) * P->v_ls], 0), L) : L;
 
-    /* pass 1: the lanes' maxima */
-    for (int64_t r = 0; r < nl; r++) {
-        S->m[r] = -INFINITY;
-        S->masked[r] = 0;
-        S->len[r] = d->valid_lens ? attn_min64(attn_max64(d->valid_lens[p.ov + (l0 + r) * P->v_ls], 0), L) : L;
-    }
+    /* pass 1: the lanes' maxima (elementwise over lanes: vectorised) */
+    const int direct = !R0.mb && !R0.ma && !d->valid_lens && P->x_ls == 1;
+    for (int64_t r = 0; r < nt; r++) m[r] = (T)-INFINITY;
     for (int64_t j = 0; j < L; j++) {
-        const T *xj = xb + j * xsl;
-        if (!general) {
-            for (int64_t r = 0; r < nl; r++) {
-                double v = (double)xj[r * xls];
-                S->m[r] = v > S->m[r] ? v : S->m[r];
-            }
-            continue;
-        }
-        const unsigned char *mbj = mb ? mb + j * msl : NULL;
-        const T *maj = ma ? ma + j * msl : NULL;
-        for (int64_t r = 0; r < nl; r++) {
-            int keep;
-            double v = SMF(panel_score)(P, xj, mbj, maj, j, r, S->len[r], &keep);
-            if (!keep) S->masked[r] = 1;
-            else S->m[r] = v > S->m[r] ? v : S->m[r];
-        }
+        const T *v = line;
+        if (direct) v = R0.x + j * d->x_sl;   /* read in place */
+        else SMF(panel_line)(P, &R0, len, j, nl, NR, NR, line);
+        for (int64_t r = 0; r < nl; r++) m[r] = v[r] > m[r] ? v[r] : m[r];
     }
-    for (int64_t r = 0; r < nl; r++) {
-        if (d->fill_masked && S->masked[r] && d->fill > S->m[r]) S->m[r] = d->fill;
-        S->dead[r] = !(S->m[r] > -INFINITY);
-        S->tm[r] = d->fill_masked ? SMF(arg)(d->fill - S->m[r]) : (T)-INFINITY;
-        S->sum[r] = 0;
-        S->comp[r] = 0;
-        if (S->dead[r]) {
-            /* zeros, or NaN when a kept entry is NaN */
-            int nan = 0;
-            for (int64_t j = 0; j < L && !nan; j++) {
-                int keep;
-                double v = SMF(panel_score)(P, xb + j * xsl, mb ? mb + j * msl : NULL, ma ? ma + j * msl : NULL,
-                                            j, r, S->len[r], &keep);
-                nan = keep && v != v;
-            }
-            S->deadval[r] = nan ? (T)NAN : (T)0;
-            S->m[r] = INFINITY;   /* its staged arguments are -inf or NaN: harmless */
-            S->tm[r] = (T)-INFINITY;
-        }
+    for (int64_t r = 0; r < nt; r++) {
+        m[r] = c * m[r];
+        l[r] = 0;
+        lc[r] = 0;
     }
 
-    /* pass 2: stage, exp2 and sum a block of lines at a time */
-    const int64_t jb = attn_max64(1, SM_CHUNK / nl);
-    const int single = L <= jb;
+    /* pass 2: the sums (the kernel's rescaling factor is exactly 1: the max
+     * is preset), lines of a block go to the kernel SM_PANEL_BLOCK at most */
+    const int64_t jb = attn_max64(1, attn_min64(SM_PANEL_BLOCK, SM_CHUNK / nt));
     for (int64_t j0 = 0; j0 < L; j0 += jb) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t n = attn_min64(jb, L - j0);
-        for (int64_t jj = 0; jj < n; jj++) {
-            int64_t j = j0 + jj;
-            const T *xj = xb + j * xsl;
-            T *t = buf + jj * nl;
-            if (!general) {
-                for (int64_t r = 0; r < nl; r++) t[r] = SMF(arg)((double)xj[r * xls] - S->m[r]);
-                continue;
-            }
-            const unsigned char *mbj = mb ? mb + j * msl : NULL;
-            const T *maj = ma ? ma + j * msl : NULL;
-            for (int64_t r = 0; r < nl; r++) {
-                int keep;
-                double v = SMF(panel_score)(P, xj, mbj, maj, j, r, S->len[r], &keep);
-                t[r] = keep ? SMF(arg)(v - S->m[r]) : S->tm[r];
-            }
-        }
-        kt->exp2(n * nl, buf, buf);
-        for (int64_t jj = 0; jj < n; jj++) {
-            const T *e = buf + jj * nl;
-#if IS_F32
-            for (int64_t r = 0; r < nl; r++) S->sum[r] += (double)e[r];
-#else
-            for (int64_t r = 0; r < nl; r++) {
-                double y = e[r] - S->comp[r];
-                double t = S->sum[r] + y;
-                S->comp[r] = (t - S->sum[r]) - y;
-                S->sum[r] = t;
-            }
-#endif
-        }
-        if (!single) {
-            for (int64_t jj = 0; jj < n; jj++) {
-                T *o = ob + (j0 + jj) * osl;
-                const T *e = buf + jj * nl;
-                for (int64_t r = 0; r < nl; r++) o[r * ols] = e[r];
-            }
-        }
+        SMF(panel_stage)(P, &R0, len, j0, n, nl, NR, S->buf);
+        for (int64_t g = 0; g < G; g++)
+            kt->softmax_panel(n, S->buf + g * n * NR, c, NULL, m + g * NR, l + g * NR, lc + g * NR,
+                              alpha + g * NR);
     }
 
-    /* pass 3: normalise */
+    /* pass 3: the same exponentials again, normalised into out */
+    T *zr = S->pzr;
+    double *zs = S->pzs;
     for (int64_t r = 0; r < nl; r++) {
-        S->sum[r] -= S->comp[r];
-        S->r[r] = SM_RECIP(S->sum[r]);
+        SMF(norm) z = SMF(norm_of)(l[r], lc[r]);
+        zr[r] = z.r;
+        zs[r] = z.sum;
     }
-    for (int64_t j = 0; j < L; j++) {
-        T *o = ob + j * osl;
-        const T *e = single ? buf + j * nl : NULL;
-        for (int64_t r = 0; r < nl; r++) {
-            T v = single ? e[r] : o[r * ols];
-            o[r * ols] = S->dead[r] ? S->deadval[r] : SM_NORM(v, S->sum[r], S->r[r]);
+    for (int64_t j0 = 0; j0 < L; j0 += jb) {
+        if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
+        int64_t n = attn_min64(jb, L - j0);
+        SMF(panel_stage)(P, &R0, len, j0, n, nl, NR, S->buf);
+        for (int64_t g = 0; g < G; g++)   /* (its sums go to scratch: l is final) */
+            kt->softmax_panel(n, S->buf + g * n * NR, c, NULL, m + g * NR, S->pl2 + g * NR,
+                              S->plc2 + g * NR, alpha + g * NR);
+        for (int64_t jj = 0; jj < n; jj++) {
+            T *o = ob + (j0 + jj) * osl;
+            for (int64_t g = 0; g < G; g++) {
+                const T *e = S->buf + (g * n + jj) * NR;
+                T *og = o + g * NR * ols;
+                const T *zrg = zr + g * NR;
+                const double *zsg = zs + g * NR;
+                int64_t nr = attn_min64(NR, nl - g * NR);
+                (void)zrg;
+                (void)zsg;
+                if (ols == 1) {
+                    for (int64_t r = 0; r < nr; r++) og[r] = SM_PSCALE(e[r], zrg[r], zsg[r]);
+                } else {
+                    for (int64_t r = 0; r < nr; r++) og[r * ols] = SM_PSCALE(e[r], zrg[r], zsg[r]);
+                }
+            }
         }
     }
     return 0;
@@ -728,9 +754,10 @@ attn_status SMF(attn_softmax_plan)(const attn_softmax_desc *d, int isa, int num_
     attn_status st = sm_check(d);
     if (st != ATTN_OK) return st;
     if (!info) return ATTN_EINVAL;
-    if (!KTAB_GET(isa)) return ATTN_EISA;
+    const KTAB *kt = KTAB_GET(isa);
+    if (!kt) return ATTN_EISA;
     sm_plan P;
-    sm_make_plan(&P, d, (int64_t)sizeof(T));
+    sm_make_plan(&P, d, kt->nr);
     sm_fill_info(&P, num_threads, info);
     if (P.rows == 0 || d->L == 0) info->units = 0;
     return ATTN_OK;
@@ -742,8 +769,9 @@ attn_status SMF(attn_softmax)(const attn_softmax_desc *d, int isa, int num_threa
     if (st != ATTN_OK) return st;
     const KTAB *kt = KTAB_GET(isa);
     if (!kt) return ATTN_EISA;
+    if (kt->nr > ATTN_MAX_LANES || kt->nr > SM_BATCH_ROWS || kt->nr < 1) return ATTN_EISA;
     sm_plan P;
-    sm_make_plan(&P, d, (int64_t)sizeof(T));
+    sm_make_plan(&P, d, kt->nr);
     if (P.rows == 0 || d->L == 0) return ATTN_OK;
 
     int nthreads = attn_region_threads(num_threads, P.units, sm_work(&P));
@@ -753,21 +781,17 @@ attn_status SMF(attn_softmax)(const attn_softmax_desc *d, int isa, int num_threa
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
     {
-        T *buf = (T *)attn_scratch_alloc_n(SM_CHUNK, sizeof(T));
-        void *aux = P.panel ? attn_scratch_alloc(sizeof(SMF(lanes)))
-                            : attn_scratch_alloc_n(SM_BATCH_ROWS, sizeof(SMF(batch_rec)));
-        if (!buf || !aux) attn_flag_set(&failed);
+        SMF(sm_scratch) *S = (SMF(sm_scratch) *)attn_scratch_alloc(sizeof(SMF(sm_scratch)));
+        if (!S) attn_flag_set(&failed);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t u = 0; u < P.units; u++) {
             if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
-            int stop = P.panel ? SMF(panel_unit)(&P, kt, u, buf, (SMF(lanes) *)aux)
-                               : SMF(rows_unit)(&P, kt, u, buf, (SMF(batch_rec) *)aux);
+            int stop = P.panel ? SMF(panel_unit)(&P, kt, u, S) : SMF(rows_unit)(&P, kt, u, S);
             if (stop) attn_flag_set(&interrupted);
         }
-        attn_scratch_free(aux);
-        attn_scratch_free(buf);
+        attn_scratch_free(S);
     }
     if (failed) return ATTN_ENOMEM;
     return interrupted ? ATTN_EINTR : ATTN_OK;
@@ -791,8 +815,7 @@ typedef struct {
 } SMF(kr_tile);
 
 /* Scores of keys [j0, j0 + n) for query xq, in log2 units (epanechnikov:
- * the kernel values themselves); -inf (0) where masked. Returns 1 if a kept
- * score is NaN. */
+ * the kernel values themselves); -inf (0) where masked. */
 static int SMF(kr_scores)(const SMF(kr_plan) *K, const T *xq, const T *xk0, const unsigned char *mb,
                           const T *ma, int64_t j0, int64_t n, double *s)
 {
@@ -816,7 +839,6 @@ static int SMF(kr_scores)(const SMF(kr_plan) *K, const T *xq, const T *xk0, cons
             s[jj] = acc;
         }
     }
-    int nan = 0;
     switch (d->kernel) {
     case ATTN_KR_GAUSSIAN:
         for (int64_t jj = 0; jj < n; jj++) s[jj] = -(s[jj] * K->cs);
@@ -838,8 +860,29 @@ static int SMF(kr_scores)(const SMF(kr_plan) *K, const T *xq, const T *xk0, cons
     } else if (ma) {
         for (int64_t jj = 0; jj < n; jj++) s[jj] += (double)ma[(j0 + jj) * msj] * ATTN_LOG2E;
     }
+    return 0;
+}
+
+/* Whether a score of the block is NaN (only asked when no score of the row
+ * so far was above -inf: otherwise a NaN reaches the sums by itself). */
+static int SMF(kr_any_nan)(const double *s, int64_t n)
+{
+    int nan = 0;
     for (int64_t jj = 0; jj < n; jj++) nan |= s[jj] != s[jj];
     return nan;
+}
+
+/* max of n scores, NaN ignored; -inf for n == 0 (eight independent chains) */
+static double SMF(kr_max)(const double *s, int64_t n)
+{
+    double a[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) a[k] = s[j + k] > a[k] ? s[j + k] : a[k];
+    for (; j < n; j++) a[0] = s[j] > a[0] ? s[j] : a[0];
+    double m = a[0];
+    for (int k = 1; k < 8; k++) m = a[k] > m ? a[k] : m;
+    return m;
 }
 
 /* e_j (T) from the scores: exp2(s_j - m) (or the epanechnikov values) */
@@ -849,14 +892,9 @@ static void SMF(kr_exp)(const SMF(kr_plan) *K, const double *s, double m, int64_
         for (int64_t jj = 0; jj < n; jj++) e[jj] = (T)s[jj];
         return;
     }
-    for (int64_t jj = 0; jj < n; jj++) {
-        double t = s[jj] - m;
-#if IS_F32
-        e[jj] = (T)(t < -256.0 ? -256.0 : t);
-#else
-        e[jj] = t;
-#endif
-    }
+    /* t <= 0 in double (the difference exact), rounded once to T; below
+     * float's range it becomes -inf (IEEE conversion), whose exp2 is 0 */
+    for (int64_t jj = 0; jj < n; jj++) e[jj] = (T)(s[jj] - m);
     K->kt->exp2(n, e, e);
 }
 
@@ -883,12 +921,14 @@ static void SMF(kr_row)(const SMF(kr_plan) *K, int64_t b, int64_t i, SMF(kr_tile
     for (int64_t c = 0; c < Dy; c++) acc[c] = accc[c] = 0;
     for (int64_t j0 = 0; j0 < len; j0 += KR_KEY_BLOCK) {
         int64_t n = attn_min64(KR_KEY_BLOCK, len - j0);
-        nan |= SMF(kr_scores)(K, xq, xk0, mb, ma, j0, n, tile->s);
+        SMF(kr_scores)(K, xq, xk0, mb, ma, j0, n, tile->s);
         if (!epan) {
-            double bm = -INFINITY;
-            for (int64_t jj = 0; jj < n; jj++) bm = tile->s[jj] > bm ? tile->s[jj] : bm;
+            double bm = SMF(kr_max)(tile->s, n);
             if (!(bm > m)) bm = m;
-            if (bm == -INFINITY) continue;   /* nothing visible yet */
+            if (bm == -INFINITY) {   /* nothing visible yet (or NaN) */
+                nan |= SMF(kr_any_nan)(tile->s, n);
+                continue;
+            }
             if (bm > m && m > -INFINITY) {
                 /* online softmax: rescale the running sums to the new max */
                 double alpha = exp2(m - bm);
