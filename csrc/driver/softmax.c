@@ -21,10 +21,11 @@
  *       for row r in the unit (an odometer over the row dimensions)
  *           stage s_r into the buffer (a contiguous copy; rows shorter
  *               than SM_CHUNK share it: a batch)                 reads x once
- *       per batch: top_r = max s_r; m_r = c top_r            (pass 1)
+ *       per batch: top_r = max s_r; s_r -= top_r               (pass 1)
  *           for blocks of SM_BLOCK entries: softmax_rows      (pass 2)
- *               p = exp2(c s - m_r) in place, l_r += sum p (compensated);
- *               the max is preset, so its rescaling factor is exactly 1
+ *               p = exp2(c s) in place, l_r += sum p (compensated);
+ *               its running max is preset to max s = 0, so its rescaling
+ *               factor is exactly 1 (and no rounded c top is subtracted)
  *           out_r = p / l_r                                   (pass 3)
  *       rows longer than SM_CHUNK: the three passes chunk by chunk through
  *           the buffer (x read three times, out written once)
@@ -35,7 +36,8 @@
  *   level's NR lanes, and every pass streams over whole lines:
  *   for unit u in (outer row index, block of lanes)          <- omp for, dynamic
  *       for line j: top[r] = max(top[r], s_jr)                (pass 1)
- *       for blocks of lines: softmax_panel per group -> l[r]  (pass 2)
+ *       for blocks of lines: s - top staged, softmax_panel
+ *           per group -> l[r] (max preset to 0, as above)     (pass 2)
  *       for blocks of lines: softmax_panel again (the same
  *           exponentials, bit for bit), out_jr = p_jr / l[r]  (pass 3)
  *
@@ -470,6 +472,21 @@ static T SMF(vmax)(const T *s, int64_t n)
 }
 #endif
 
+/* The shift of a row with maximum `top`: top itself, or 0 when nothing is
+ * above -inf (so that -inf - -inf never makes a NaN). The staged scores
+ * are s - shift (rounded once, as in x - max), and the kernels' running max
+ * is preset to their maximum, c * 0 = 0 (or -inf): the kernels never
+ * subtract a rounded c * top, which for |top| beyond 2^24 (float32) would
+ * be off by more than a unit and underflow every exponential. */
+static inline T SMF(shift_of)(T top) { return top == (T)-INFINITY ? (T)0 : top; }
+static inline T SMF(preset_of)(T top) { return top == (T)-INFINITY ? (T)-INFINITY : (T)0; }
+
+static void SMF(subtract)(T *s, int64_t n, T shift)
+{
+    if (shift != 0)
+        for (int64_t j = 0; j < n; j++) s[j] -= shift;
+}
+
 /* Running max of two maxima, NaN sticky. */
 static inline T SMF(max2)(T a, T b) { return (b > a || b != b) ? b : a; }
 
@@ -524,6 +541,7 @@ typedef struct {
     T pm[SM_LANES_MAX], pl[SM_LANES_MAX], plc[SM_LANES_MAX], palpha[SM_LANES_MAX];
     T pl2[SM_LANES_MAX], plc2[SM_LANES_MAX];
     int64_t plen[SM_LANES_MAX];
+    T pshift[SM_LANES_MAX];
     T pzr[SM_LANES_MAX];
     double pzs[SM_LANES_MAX];
 } SMF(sm_scratch);
@@ -538,7 +556,8 @@ static void SMF(flush)(const sm_plan *P, const KTAB *kt, SMF(sm_scratch) *S, int
     const T c = (T)ATTN_LOG2E;
     for (int k = 0; k < nrec; k++) {
         T top = SMF(vmax)(S->buf + k * L, L);
-        S->m[k] = c * top;
+        SMF(subtract)(S->buf + k * L, L, SMF(shift_of)(top));
+        S->m[k] = SMF(preset_of)(top);
         S->l[k] = 0;
         S->lc[k] = 0;
     }
@@ -564,13 +583,15 @@ static void SMF(row_long)(const sm_plan *P, const KTAB *kt, const SMF(row) *R, S
         SMF(row_stage)(P, R, j0, n, S->buf);
         top = SMF(max2)(top, SMF(vmax)(S->buf, n));
     }
-    S->m[0] = c * top;
+    const T shift = SMF(shift_of)(top);
+    S->m[0] = SMF(preset_of)(top);
     S->l[0] = S->lc[0] = 0;
     for (int pass = 2; pass <= 3; pass++) {
         SMF(norm) z = SMF(norm_of)(S->l[0], S->lc[0]);
         for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
             int64_t n = attn_min64(SM_CHUNK, L - j0);
             SMF(row_stage)(P, R, j0, n, S->buf);
+            SMF(subtract)(S->buf, n, shift);
             T *l = pass == 2 ? S->l : S->l + 1, *lc = pass == 2 ? S->lc : S->lc + 1;
             for (int64_t b0 = 0; b0 < n; b0 += SM_BLOCK)
                 kt->softmax_rows(1, attn_min64(SM_BLOCK, n - b0), S->buf + b0, n, c, S->m, l, lc, S->alpha);
@@ -645,12 +666,19 @@ static void SMF(panel_line)(const sm_plan *P, const SMF(row) *R0, const int64_t 
     }
 }
 
-/* Lines [j0, j0 + n) staged for the kernel: group g (lanes g NR .. g NR +
- * NR) as St_g[jj][NR] at buf + g n NR. */
+/* Lines [j0, j0 + n) staged for the kernel, shifted by their lanes' maxima:
+ * group g (lanes g NR .. g NR + NR) as St_g[jj][NR] at buf + g n NR. */
 static void SMF(panel_stage)(const sm_plan *P, const SMF(row) *R0, const int64_t *len, int64_t j0, int64_t n,
-                             int64_t nl, int64_t NR, T *buf)
+                             int64_t nl, int64_t NR, const T *shift, T *buf)
 {
+    int64_t G = (nl + NR - 1) / NR;
     for (int64_t jj = 0; jj < n; jj++) SMF(panel_line)(P, R0, len, j0 + jj, nl, NR, n * NR, buf + jj * NR);
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t jj = 0; jj < n; jj++) {
+            T *t = buf + (g * n + jj) * NR;
+            const T *sh = shift + g * NR;
+            for (int64_t r = 0; r < NR; r++) t[r] -= sh[r];
+        }
 }
 
 /*
@@ -692,8 +720,10 @@ static int SMF(panel_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_s
         else SMF(panel_line)(P, &R0, len, j, nl, NR, NR, line);
         for (int64_t r = 0; r < nl; r++) m[r] = v[r] > m[r] ? v[r] : m[r];
     }
+    T *shift = S->pshift;
     for (int64_t r = 0; r < nt; r++) {
-        m[r] = c * m[r];
+        shift[r] = SMF(shift_of)(m[r]);
+        m[r] = SMF(preset_of)(m[r]);
         l[r] = 0;
         lc[r] = 0;
     }
@@ -704,7 +734,7 @@ static int SMF(panel_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_s
     for (int64_t j0 = 0; j0 < L; j0 += jb) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t n = attn_min64(jb, L - j0);
-        SMF(panel_stage)(P, &R0, len, j0, n, nl, NR, S->buf);
+        SMF(panel_stage)(P, &R0, len, j0, n, nl, NR, shift, S->buf);
         for (int64_t g = 0; g < G; g++)
             kt->softmax_panel(n, S->buf + g * n * NR, c, NULL, m + g * NR, l + g * NR, lc + g * NR,
                               alpha + g * NR);
@@ -721,7 +751,7 @@ static int SMF(panel_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_s
     for (int64_t j0 = 0; j0 < L; j0 += jb) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t n = attn_min64(jb, L - j0);
-        SMF(panel_stage)(P, &R0, len, j0, n, nl, NR, S->buf);
+        SMF(panel_stage)(P, &R0, len, j0, n, nl, NR, shift, S->buf);
         for (int64_t g = 0; g < G; g++)   /* (its sums go to scratch: l is final) */
             kt->softmax_panel(n, S->buf + g * n * NR, c, NULL, m + g * NR, S->pl2 + g * NR,
                               S->plc2 + g * NR, alpha + g * NR);
