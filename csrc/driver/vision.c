@@ -47,10 +47,12 @@
  * results are bitwise identical for any thread count and schedule (they
  * may differ in the last bits between the two loop nests).
  *
- * Numerics. Pooled values, the MLP, the maps and the convolution are
- * computed in double for both dtypes (float32 data are widened exactly);
- * x * s_c and the final product are rounded to the dtype, as a framework
- * computing in the dtype would. sigmoid(z) is 1 / (1 + exp(-z)) for z >= 0
+ * Numerics (docs/numerics.md, (V1)-(V4)). Pooled values, the MLP, the
+ * maps and the convolution are computed in double for both dtypes (float32
+ * data are widened exactly), except that average pooling first sums
+ * VISION_SUM_BLOCK = 8 terms per lane in the dtype (half the conversions;
+ * error <= 7 u of the sum of |x|); x * s_c and the final product are rounded
+ * to the dtype, as a framework computing in the dtype would. sigmoid(z) is 1 / (1 + exp(-z)) for z >= 0
  * and e / (1 + e), e = exp(z), otherwise: exp never overflows, sigmoid(+inf)
  * = 1 and sigmoid(-inf) = 0 exactly, NaN propagates. Max pooling and the
  * max map propagate NaN (as torch does); ReLU keeps NaN.
@@ -232,9 +234,11 @@ static inline double VFN(max_lanes)(const T *ml)
 }
 
 /* sum of a run of len elements with stride s (times f[i] with stride fs,
- * each product rounded to T, when f is given) into the sum lanes */
+ * each product rounded to T, when f is given) into the sum lanes; with
+ * `blocks` (and no f), VISION_SUM_BLOCK terms per lane are summed in T
+ * first (pooling: float32 data converted to double half as often) */
 static inline void VFN(sum_run)(const T *restrict p, int64_t s, const T *restrict f, int64_t fs, int64_t len,
-                                double *restrict lanes)
+                                int blocks, double *restrict lanes)
 {
     double a[VISION_SUM_LANES];
     for (int j = 0; j < VISION_SUM_LANES; j++) a[j] = lanes[j];
@@ -251,7 +255,8 @@ static inline void VFN(sum_run)(const T *restrict p, int64_t s, const T *restric
         }
     } else {
         /* blocks of VISION_SUM_BLOCK elements per lane are summed in T first */
-        for (; i + VISION_SUM_LANES * VISION_SUM_BLOCK <= len; i += VISION_SUM_LANES * VISION_SUM_BLOCK) {
+        for (; blocks && i + VISION_SUM_LANES * VISION_SUM_BLOCK <= len;
+             i += VISION_SUM_LANES * VISION_SUM_BLOCK) {
             T b[VISION_SUM_LANES];
             for (int j = 0; j < VISION_SUM_LANES; j++) b[j] = p[(i + j) * s];
             for (int k = 1; k < VISION_SUM_BLOCK; k++)
@@ -317,7 +322,7 @@ static void VFN(pool_planar)(const attn_vision_desc *d, const attn_vision_plan_i
         VFN(max_init)(ml);
         const T *xc = x + c * d->x_sc;
         if (contiguous) {
-            VFN(sum_run)(xc + p0, 1, NULL, 0, p1 - p0, sl);
+            VFN(sum_run)(xc + p0, 1, NULL, 0, p1 - p0, 1, sl);
             if (want_max) VFN(max_run)(xc + p0, 1, NULL, 0, p1 - p0, ml);
         } else {
             int64_t h = p0 / W, w = p0 % W;
@@ -325,10 +330,10 @@ static void VFN(pool_planar)(const attn_vision_desc *d, const attn_vision_plan_i
                 const int64_t len = attn_min64(W - w, p1 - p);
                 const T *row = xc + h * d->x_sh + w * sw;
                 if (sw == 1) {
-                    VFN(sum_run)(row, 1, NULL, 0, len, sl);
+                    VFN(sum_run)(row, 1, NULL, 0, len, 1, sl);
                     if (want_max) VFN(max_run)(row, 1, NULL, 0, len, ml);
                 } else {
-                    VFN(sum_run)(row, sw, NULL, 0, len, sl);
+                    VFN(sum_run)(row, sw, NULL, 0, len, 1, sl);
                     if (want_max) VFN(max_run)(row, sw, NULL, 0, len, ml);
                 }
                 p += len;
@@ -557,7 +562,7 @@ static inline void VFN(map_pixel)(const T *restrict px, int64_t s, int64_t C, co
     T ml[VISION_MAX_LANES];
     for (int j = 0; j < VISION_SUM_LANES; j++) sl[j] = 0.0;
     VFN(max_init)(ml);
-    VFN(sum_run)(px, s, sc, 1, C, sl);
+    VFN(sum_run)(px, s, sc, 1, C, 0, sl);
     VFN(max_run)(px, s, sc, 1, C, ml);
     *ms = vision_sum_lanes(sl);
     *mm = VFN(max_lanes)(ml);
