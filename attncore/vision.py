@@ -342,7 +342,7 @@ def channel_attention(x: ArrayLike, w1: ArrayLike, b1: OptArray, w2: ArrayLike, 
     -------
     An array of x's shape, dtype and memory order. Bitwise the same for any
     ``num_threads``. Pooling and the MLP run in float64; the products are
-    rounded to x's dtype (error bound: docs/numerics.md, (11)). A NaN in a
+    rounded to x's dtype (error bound: docs/numerics.md, (V3)). A NaN in a
     channel makes its pooled values NaN (so, through the MLP, the image's
     output NaN, as in torch).
 
