@@ -6,9 +6,11 @@ import pytest
 
 MODULES = ["attncore", "attncore.functional", "attncore.scoring", "attncore.modules",
            "attncore.kvcache", "attncore.weighting", "attncore._engine",
-           "attncore._config", "attncore.reference", "attncore.viz", "attncore.torch"]
+           "attncore._config", "attncore.reference", "attncore.viz", "attncore.torch",
+           "attncore.vision"]
 # optional extras the examples of a module need
-NEEDS = {"attncore.torch": ("torch", "transformers")}
+NEEDS = {"attncore.torch": ("torch", "transformers"),
+         "attncore.vision": ("torch",)}     # channel_params / spatial_params take torch layers
 
 
 @pytest.mark.parametrize("name", MODULES)
