@@ -363,7 +363,8 @@ static inline void SMF(accumulate)(double *s, double *c, double v)
 #else
     double y = v - *c;
     double t = *s + y;
-    *c = (t - *s) - y;
+    double cc = (t - *s) - y;
+    *c = cc == cc ? cc : 0.0;   /* an infinite term leaves the sum infinite, not NaN */
     *s = t;
 #endif
 }
