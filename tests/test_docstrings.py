@@ -7,7 +7,7 @@ import pytest
 MODULES = ["attncore", "attncore.functional", "attncore.scoring", "attncore.modules",
            "attncore.kvcache", "attncore.weighting", "attncore._engine",
            "attncore._config", "attncore.reference", "attncore.viz", "attncore.torch",
-           "attncore.vision"]
+           "attncore.vision", "attncore.softmax"]
 # optional extras the examples of a module need
 NEEDS = {"attncore.torch": ("torch", "transformers"),
          "attncore.vision": ("torch",)}     # channel_params / spatial_params take torch layers
