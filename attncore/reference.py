@@ -528,7 +528,7 @@ def softmax(x, axis=-1, *, mask=None, valid_lens=None, out=None, num_threads=Non
     Example
     -------
     >>> from attncore import reference
-    >>> reference.softmax([[0.0, 0.0], [1.0, 1.0]], axis=0, valid_lens=[1, 2])
+    >>> reference.softmax([[0.0, 1.0], [0.0, 1.0]], axis=0, valid_lens=[1, 2])
     array([[1. , 0.5],
            [0. , 0.5]])
     """
