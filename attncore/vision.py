@@ -51,8 +51,11 @@ from ._types import ArrayLike, OptArray, Result
 _C: Any = _core
 
 LAYOUTS = ("NCHW", "NHWC")
-_POOLINGS = {"avg": 1, "max": 2, "avg+max": 3}
-_SPATIAL_NONE, _SPATIAL_CONV, _SPATIAL_LOGITS = 0, 1, 2
+# the C enums (csrc/include/attncore/vision.h), through attncore/_vision.pxi
+_POOLINGS = {"avg": _C.VISION_POOL_AVG, "max": _C.VISION_POOL_MAX,
+             "avg+max": _C.VISION_POOL_AVG | _C.VISION_POOL_MAX}
+_SPATIAL_NONE, _SPATIAL_CONV, _SPATIAL_LOGITS = (_C.VISION_SPATIAL_NONE, _C.VISION_SPATIAL_CONV,
+                                                 _C.VISION_SPATIAL_LOGITS)
 _AXES = {"NCHW": "(N, C, H, W)", "NHWC": "(N, H, W, C)"}
 
 __all__ = ["channel_attention", "spatial_attention", "cbam", "reverse_attention",

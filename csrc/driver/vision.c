@@ -225,12 +225,15 @@ static inline void VFN(max_init)(T *ml)
     for (int j = 0; j < VISION_MAX_LANES; j++) ml[j] = (T)-INFINITY;
 }
 
-/* the lanes' max (they hold no NaN: see above) */
+/* the lanes' max (they hold no NaN: see above), folded as a tree (a chain
+ * of 31 dependent compares would cost more than the lanes' loads) */
 static inline double VFN(max_lanes)(const T *ml)
 {
-    T m = ml[0];
-    for (int j = 1; j < VISION_MAX_LANES; j++) m = ml[j] > m ? ml[j] : m;
-    return (double)m;
+    T m[VISION_MAX_LANES];
+    for (int j = 0; j < VISION_MAX_LANES; j++) m[j] = ml[j];
+    for (int w = VISION_MAX_LANES / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) m[j] = m[j + w] > m[j] ? m[j + w] : m[j];
+    return (double)m[0];
 }
 
 /* sum of a run of len elements with stride s (times f[i] with stride fs,
