@@ -320,3 +320,21 @@ def test_masked_softmax_errors():
         attncore.masked_softmax(X, np.array([True, False]))
     with pytest.raises(TypeError, match="scores must be float32 or float64"):
         attncore.masked_softmax(np.zeros((2, 3), int), np.array([1, 2]))
+
+
+def test_misaligned_byteswapped_and_field_inputs_are_read_right(rng):
+    x = rng.standard_normal((5, 37)).astype(np.float32)
+    ref = softmax_np(x)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    mis = np.frombuffer(raw.data, np.float32, count=x.size, offset=1).reshape(x.shape)
+    mis[...] = x
+    check(attncore.softmax(mis), ref, np.float32)
+    check(attncore.softmax(x.astype(">f4")), ref, np.float32)
+    rec = np.zeros(x.shape, [("a", np.int8), ("x", np.float32)])
+    rec["x"] = x
+    check(attncore.softmax(rec["x"], 0), softmax_np(x, 0), np.float32)
+    m = np.zeros(x.shape, [("a", np.int8), ("m", np.bool_)])["m"]
+    check(attncore.softmax(x, mask=~m), ref, np.float32)
+    xq = x[0].astype(">f8")
+    np.testing.assert_allclose(attncore.kernel_regression(xq, xq, xq), R.kernel_regression(xq, xq, xq),
+                               rtol=1e-12)
