@@ -160,7 +160,7 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     weights = _layout.empty(scores_shape, compute) if return_weights else None
     lse = _layout.empty(batch + (Hq, Lq), compute) if return_lse else None
     if w_score is not None:
-        w_score = np.ascontiguousarray(w_score, dtype=compute)
+        w_score = _layout.contiguous(w_score, compute)
 
     nb = math.prod(batch)
     if nb and Hq and Lq:

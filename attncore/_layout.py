@@ -18,15 +18,23 @@ def for_kernel(x, unit_last=True):
     (everything but masks and valid lengths)."""
     if not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
+    # x.copy(), not np.ascontiguousarray: that returns a contiguous but
+    # misaligned array as it is
     if not x.flags.aligned:
-        return np.ascontiguousarray(x)
+        return x.copy(order="C")
     item = x.itemsize
     if unit_last and x.ndim and x.shape[-1] > 1 and x.strides[-1] != item:
-        return np.ascontiguousarray(x)
+        return x.copy(order="C")
     for s in x.strides:
         if s % item:
-            return np.ascontiguousarray(x)
+            return x.copy(order="C")
     return x
+
+
+def contiguous(x, dtype=None):
+    """np.ascontiguousarray(x, dtype) that is also native and aligned (the
+    former alone returns a contiguous misaligned array as it is)."""
+    return for_kernel(np.ascontiguousarray(x, dtype=dtype))
 
 
 def is_kernel_ready(x, unit_last=True):

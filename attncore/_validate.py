@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, _layout
 
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_NDIM = _core.MAX_NDIM
@@ -259,7 +259,7 @@ def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
     if vl.size and (vl.min() < 0 or vl.max() > Lk):
         raise ValueError(f"{op}: valid_lens must be in [0, Lk={Lk}]; got values from "
                          f"{vl.min()} to {vl.max()}")
-    return np.ascontiguousarray(aligned, dtype=np.int64)
+    return _layout.contiguous(aligned, np.int64)
 
 
 def output(op, out, shape, dtype):
@@ -317,7 +317,7 @@ def per_head(op, name, value, batch, Hq, dtype):
     if a.ndim > len(target):
         raise ValueError(f"{op}: {name} has shape {a.shape}; expected (Hq,) = ({Hq},) or batch + "
                          f"(Hq,) = {target}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return _layout.contiguous(a, dtype)
 
 
 def cu_seqlens(op, name, value, total):
@@ -327,7 +327,7 @@ def cu_seqlens(op, name, value, total):
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer) or a.ndim != 1 or a.size < 2:
         raise TypeError(f"{op}: {name} must be a 1-D int array of sequence offsets (0, ..., total); "
                         f"got {a.dtype} {a.shape}")
-    a = np.ascontiguousarray(a, dtype=np.int64)
+    a = _layout.contiguous(a, np.int64)
     if a[0] != 0 or a[-1] != total or (np.diff(a) < 0).any():
         raise ValueError(f"{op}: {name} must start at 0, never decrease and end at the packed length "
                          f"{total}; got {a.tolist() if a.size < 20 else a}")

@@ -476,7 +476,7 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
             raise ValueError(f"{op}: valid_lens of shape {v.shape} does not match the batch "
                              f"{batch} and queries Lq={Lq}")
         _check_range(op, "valid_lens", v, Lk, "Lk")
-        vl = np.ascontiguousarray(vl, dtype=np.int64)
+        vl = _layout.contiguous(vl, np.int64)
 
     xq, xk, y3 = (_layout.for_kernel(t) for t in (xq, xk, y3))
     if m is not None:

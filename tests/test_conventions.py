@@ -186,6 +186,26 @@ def test_misaligned_inputs_and_masks(isa, dtype, rng):
     np.testing.assert_array_equal(got, ref)
 
 
+def test_misaligned_small_arrays_are_copied_aligned(rng):
+    """valid_lens, ALiBi slopes, sinks and cu_seqlens are read by the kernels
+    too: a misaligned one must arrive aligned (UBSan under tools/sanitize.sh)."""
+    from attncore import _layout
+    vl = misaligned(np.array([5, 7], np.int64))
+    assert _layout.contiguous(vl, np.int64).flags.aligned
+    assert _layout.for_kernel(vl).flags.aligned
+    q, k, v = (rng.standard_normal((2, 3, 7, 8)).astype(np.float32) for _ in range(3))
+    slopes = rng.random(3).astype(np.float32)
+    sinks = rng.standard_normal(3).astype(np.float32)
+    got = SDPA(q, k, v, valid_lens=vl, alibi_slopes=misaligned(slopes), sinks=misaligned(sinks))
+    ref = SDPA(q, k, v, valid_lens=np.array([5, 7]), alibi_slopes=slopes, sinks=sinks)
+    np.testing.assert_array_equal(got, ref)
+    cu = np.array([0, 3, 7], np.int64)
+    qp, kp, vp = (rng.standard_normal((2, 7, 8)).astype(np.float32) for _ in range(3))
+    np.testing.assert_array_equal(
+        SDPA(qp, kp, vp, cu_seqlens_q=misaligned(cu), cu_seqlens_k=misaligned(cu)),
+        SDPA(qp, kp, vp, cu_seqlens_q=cu, cu_seqlens_k=cu))
+
+
 def test_structured_field_mask_is_not_misread(rng):
     """A float32 mask taken as a field of a packed structured array (strides
     (20, 5), unaligned) used to give NaN where a contiguous copy was right."""
