@@ -60,7 +60,9 @@ def test_ctrl_c_stops_a_long_call_quickly(which):
     assert line and line[0] == "interrupted", (line, p.stderr.read())
     assert "ok" in rest
     print(f"{which}: KeyboardInterrupt {latency * 1000:.0f} ms after SIGINT")
-    assert latency < 0.25, f"KeyboardInterrupt arrived {latency:.3f} s after SIGINT"
+    # a sanitized build (tools/sanitize.sh) runs the kernels several times slower
+    limit = 2.0 if os.environ.get("ATTNCORE_SANITIZER") == "1" else 0.25
+    assert latency < limit, f"KeyboardInterrupt arrived {latency:.3f} s after SIGINT"
 
 
 HANDLER_CHILD = r"""
