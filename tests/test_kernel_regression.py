@@ -213,3 +213,12 @@ def test_errors_name_arguments_and_shapes():
         KR(x, x, y, valid_lens=np.ones(4, int))
     with pytest.raises(TypeError, match="return_weights must be True or False"):
         KR(x, x, y, return_weights=1)
+
+
+def test_misaligned_valid_lens_and_mask_are_copied(rng):
+    xq, xk = rng.random((2, 3, 1)), rng.random((2, 9, 1))
+    y = rng.standard_normal((2, 9))
+    raw = np.zeros(2 * 3 * 8 + 1, np.uint8)
+    vl = np.frombuffer(raw.data, np.int64, count=6, offset=1).reshape(2, 3)
+    vl[...] = [[1, 5, 9], [0, 2, 3]]
+    check(KR(xq, xk, y, valid_lens=vl), R.kernel_regression(xq, xk, y, valid_lens=vl.copy()), np.float64)
