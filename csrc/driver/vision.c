@@ -28,39 +28,43 @@
  * MLPs, a barrier, band units (image, band).
  *
  * Loop nests. PLANAR when the channel stride is not the smallest (NCHW
- * memory): pooling runs along each channel's rows, maps accumulate
- * channel after channel into rows of W doubles, and the rescale runs along
- * rows. CHANNELS_LAST (x_sc == 1, NHWC memory): pooling accumulates a
- * pixel's C values into C running sums, maps reduce a pixel's channels in 8
- * lanes, and the rescale runs along the channels. Inner loops are written
- * for the compiler to vectorise at -O3 (no intrinsics in drivers); unit
- * strides get their own inlined instance.
+ * memory): pooling runs along each channel's pixels (one run per chunk
+ * when the plane is contiguous), maps add VISION_MAP_GROUP channels at a
+ * time into rows of W doubles, and the rescale runs along rows (the band
+ * as one run when contiguous). CHANNELS_LAST (x_sc == 1, NHWC memory):
+ * pooling adds a pixel's C values into C running sums, maps reduce a
+ * pixel's channels in lanes, and the rescale runs along the channels.
+ * Inner loops are written for the compiler to vectorise at -O3 (no
+ * intrinsics in drivers); unit strides get their own inlined instance.
  *
  * Determinism. Every value is computed by a fixed sequence of operations
- * that depends only on the problem (sizes, strides): pooling sums have 8
- * fixed lanes per pooling chunk (planar) or one chain per channel and chunk
- * (channels-last), chunks are combined in chunk order, the MLP dot products
- * have 4 fixed lanes, a map value reduces its channels in a fixed order, a
- * convolution sums its taps in (map, row, column) order skipping the taps
- * outside the image. Channel blocks, bands and the schedule change who
- * computes a value, never how; halo rows are recomputed bit for bit. So
- * results are bitwise identical for any thread count and schedule (they
+ * that depends only on the problem (sizes, strides): pooling sums run in
+ * fixed lanes per pooling chunk (planar) or one chain per channel and
+ * chunk (channels-last), chunks are combined in chunk order, the MLP dot
+ * products have 4 fixed lanes, a map value reduces its channels in a fixed
+ * order, a convolution sums its taps in (map, row, column) order skipping
+ * the taps outside the image. Channel blocks, bands and the schedule change
+ * who computes a value, never how; halo rows are recomputed bit for bit.
+ * So results are bitwise identical for any thread count and schedule (they
  * may differ in the last bits between the two loop nests).
  *
  * Numerics (docs/numerics.md, (V1)-(V4)). Pooled values, the MLP, the
  * maps and the convolution are computed in double for both dtypes (float32
  * data are widened exactly), except that average pooling first sums
  * VISION_SUM_BLOCK = 8 terms per lane in the dtype (half the conversions;
- * error <= 7 u of the sum of |x|); x * s_c and the final product are rounded
- * to the dtype, as a framework computing in the dtype would. sigmoid(z) is 1 / (1 + exp(-z)) for z >= 0
- * and e / (1 + e), e = exp(z), otherwise: exp never overflows, sigmoid(+inf)
- * = 1 and sigmoid(-inf) = 0 exactly, NaN propagates. Max pooling and the
- * max map propagate NaN (as torch does); ReLU keeps NaN.
+ * error <= 7 u of the sum of |x|); x * s_c and the final product are
+ * rounded to the dtype, as a framework computing in the dtype would.
+ * sigmoid(z) is 1 / (1 + exp(-z)) for z >= 0 and e / (1 + e), e = exp(z),
+ * otherwise: exp never overflows, sigmoid(+inf) = 1 and sigmoid(-inf) = 0
+ * exactly, NaN propagates. Max pooling and the max map propagate NaN (as
+ * torch does): their lanes skip NaN (a plain compare vectorises), and a
+ * run whose sum is NaN is searched for one. ReLU keeps NaN.
  *
- * Preconditions (checked by vision_check; the Python layer guarantees them):
- * sizes >= 0 with N*C*H*W representable; x and out do not overlap (out =
- * x is not supported: a band's rescale would overwrite the halo rows another
- * band still reads); weights C-contiguous of the dtype; KH, KW odd.
+ * Preconditions (vision_check checks sizes, kinds and pointers; attncore.vision
+ * guarantees the rest): sizes >= 0 with N*C*H*W representable; KH, KW odd;
+ * weights C-contiguous of the dtype; x and logits do not overlap out (in
+ * place is not supported here: a band's rescale would overwrite halo rows
+ * another band still reads -- the Python layer writes to a temporary then).
  * Interrupts: a cancellable call polls the SIGINT count before each unit.
  */
 #ifndef VISION_T
