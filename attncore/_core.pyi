@@ -40,3 +40,26 @@ def compiler() -> str: ...
 def default_threads() -> int: ...
 def openmp_enabled() -> bool: ...
 def single_threaded_after_fork() -> bool: ...
+
+# attncore/_softmax.pxi
+SOFTMAX_MAX_DIMS: int
+SOFTMAX_PATH_NAMES: dict[int, str]
+KR_KERNELS: dict[str, int]
+def softmax(op: str, f64: bool, isa: int, num_threads: int, x: Any, out: Any, axis: int,
+            mask_kind: int, mask: Any, valid_lens: Any, fill_masked: bool, fill: float,
+            plan_only: bool = ...) -> Any: ...
+def kernel_regression(op: str, f64: bool, isa: int, num_threads: int, dims: tuple, batch: tuple,
+                      xq: Any, xk: Any, y: Any, out: Any, kernel: int, bandwidth: float,
+                      mask_kind: int, mask: Any, valid_lens: Any, weights: Any) -> None: ...
+
+# attncore/_vision.pxi
+VISION_POOL_AVG: int
+VISION_POOL_MAX: int
+VISION_SPATIAL_NONE: int
+VISION_SPATIAL_CONV: int
+VISION_SPATIAL_LOGITS: int
+VISION_NESTS: dict[int, str]
+VISION_SCHEDULES: dict[int, str]
+def vision(op: str, f64: bool, num_threads: int, x: Any, out: Any, pool: int, w1: Any, b1: Any,
+           w2: Any, b2: Any, spatial: int, conv_w: Any, conv_b: float, logits: Any,
+           plan_only: bool = ...) -> Any: ...

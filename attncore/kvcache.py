@@ -180,18 +180,18 @@ class KVCache:
         """Append keys/values of shape (B, H, T, Dh) (T new positions), in the
         cache's dtype (float32 for the compact formats, which store them
         rounded or quantized)."""
-        key = V.native(V.as_array(key, "key", "KVCache.append"))
-        value = V.native(V.as_array(value, "value", "KVCache.append"))
+        k: np.ndarray = V.native(V.as_array(key, "key", "KVCache.append"))
+        v: np.ndarray = V.native(V.as_array(value, "value", "KVCache.append"))
         expect = f"(B, {self.num_heads}, T, {self.head_dim})"
-        for name, a in (("key", key), ("value", value)):
+        for name, a in (("key", k), ("value", v)):
             if a.ndim != 4 or a.shape[1] != self.num_heads or a.shape[3] != self.head_dim:
                 raise ValueError(f"KVCache.append: {name} must have shape {expect}; got {a.shape}")
             if a.dtype != self.dtype:
                 raise TypeError(f"KVCache.append: {name} has dtype {a.dtype}; the cache takes "
                                 f"{self.dtype} (stored as {self.storage})")
-        if key.shape != value.shape:
-            raise ValueError(f"KVCache.append: key {key.shape} and value {value.shape} differ")
-        batch, steps = key.shape[0], key.shape[2]
+        if k.shape != v.shape:
+            raise ValueError(f"KVCache.append: key {k.shape} and value {v.shape} differ")
+        batch, steps = k.shape[0], k.shape[2]
         if self._k is None:
             self._allocate(batch, self.max_len)
         assert self._k is not None and self._v is not None
@@ -208,12 +208,13 @@ class KVCache:
                 capacity *= 2
             self._allocate(batch, capacity)
         at = slice(self._length, need)
-        for data, scale, x in ((self._k, self._ks, key), (self._v, self._vs, value)):
+        for data, scale, x in ((self._k, self._ks, k), (self._v, self._vs, v)):
             if self.storage in ("float32", "float64", "float16"):
                 data[:, :, at] = x
             elif self.storage == "bfloat16":
                 data[:, :, at] = to_bfloat16_bits(x)
             else:
+                assert scale is not None   # int8 storage always has its scales
                 data[:, :, at], scale[:, :, at] = quantize_int8(x)
         self._length = need
 
@@ -243,7 +244,7 @@ class KVCache:
         array([[[[2., 2.]]]], dtype=float32)
         """
         op = "KVCache.attend"
-        if self._k is None:
+        if self._k is None or self._v is None:
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         q = V.native(V.as_array(query, "query", op))
         if q.dtype != self.dtype:
@@ -256,7 +257,10 @@ class KVCache:
         k, v = self._k[:, :, :n], self._v[:, :, :n]
         kv = None
         if self._entry is not None:
-            scales = (self._ks[:, :, :n], self._vs[:, :, :n]) if self.storage == "int8" else (None, None)
+            scales: tuple = (None, None)
+            if self.storage == "int8":
+                assert self._ks is not None and self._vs is not None
+                scales = (self._ks[:, :, :n], self._vs[:, :, :n])
             kv = (self._entry,) + scales
         if scale is None:
             scale = 1.0 / np.sqrt(Dh)

@@ -20,18 +20,13 @@ own dtype.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
-from . import _arrays, _config, _layout
-from . import _core as _compiled
+from . import _arrays, _config, _core, _layout
 from . import _validate as V
 from ._types import ArrayLike, OptArray, Result, Scalar
-
-# the extension's entry points for this module (attncore/_softmax.pxi), which
-# the stub attncore/_core.pyi does not list
-_core: Any = _compiled
 
 D2L_MASK_VALUE = -1e6   # what d2l's sequence_mask writes into masked scores
 KERNELS = tuple(_core.KR_KERNELS)
