@@ -131,20 +131,6 @@ static void FNIO(stage_rows)(int nr, int64_t D, const IT *const *rows, T sign, T
 }
 #endif
 
-/* Dot product of a padded query row (zeros past D) with a key row of length D. */
-static inline T FNIO(dot_row)(int64_t D, const T *q, const IT *k)
-{
-    vec acc0 = v_zero(), acc1 = v_zero();
-    int64_t d = 0;
-    for (; d + 2 * VL <= D; d += 2 * VL) {
-        acc0 = v_fma(v_load(q + d), v_load_in(k + d), acc0);
-        acc1 = v_fma(v_load(q + d + VL), v_load_in(k + d + VL), acc1);
-    }
-    for (; d + VL <= D; d += VL) acc0 = v_fma(v_load(q + d), v_load_in(k + d), acc0);
-    if (d < D) acc0 = v_fma(v_load(q + d), v_load_in_n(k + d, (int)(D - d)), acc0);
-    return v_hsum(v_add(acc0, acc1));
-}
-
 #ifndef ATTN_HAVE_qk_rows
 /* One row-block x key-block of dot products: acc[rr * QK_KEYS + jj] over d
  * for rows q[rr], keys k + jj * ldk (QK_ROWS rows, QK_KEYS keys). */
@@ -156,8 +142,15 @@ static inline T FNIO(dot_row)(int64_t D, const T *q, const IT *k)
  * along d -- every key vector is loaded once for four rows -- and the block's
  * QK_ACC partial-sum vectors are reduced together (v_hsum_block: one
  * shuffle/add tree instead of QK_ACC horizontal sums). Leftover rows take
- * QK_ACC keys at a time; leftover keys one at a time. Key rows are read with
- * masked tails (Qs is zero-padded, so its full loads are safe).
+ * QK_ACC keys at a time. Key rows are read with masked tails (Qs is
+ * zero-padded, so its full loads are safe).
+ *
+ * Every S[r][j], in every branch below (full block, leftover keys, leftover
+ * rows), is the same arithmetic: one FMA chain over d in VL steps, then the
+ * same reduction tree (each output of v_hsum_block has the same tree; unused
+ * slots are zero vectors). So a row's scores do not depend on where the row
+ * or the key sits in the call -- a token projected in a batch of 3 or of 18,
+ * or in a GQA group of 4 or 6, gets bitwise the same numbers.
  */
 static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT *k,
                           int64_t ldk, int64_t nk, const T *kscale, T *s, int64_t lds)
@@ -190,28 +183,55 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
             for (int rr = 0; rr < QK_ROWS; rr++)
                 for (int jj = 0; jj < QK_KEYS; jj++) s[(r + rr) * lds + j + jj] = sums[rr * QK_KEYS + jj];
         }
-        for (; j < nk; j++)
-            for (int rr = 0; rr < QK_ROWS; rr++) s[(r + rr) * lds + j] = FNIO(dot_row)(D, q[rr], k + j * ldk);
-    }
-    for (; r < nr; r++) {
-        const T *q0 = qs + r * ldq;
-        int64_t j = 0;
-        for (; j + QK_ACC <= nk; j += QK_ACC) {
+        if (j < nk) {   /* fewer than QK_KEYS keys left: same block, missing keys zero */
+            int left = (int)(nk - j);
             vec acc[QK_ACC];
-#pragma GCC unroll 16
             for (int i = 0; i < QK_ACC; i++) acc[i] = v_zero();
             for (int64_t d = 0; d < D; d += VL) {
                 int n = D - d < VL ? (int)(D - d) : VL;
-                vec qv = v_load(q0 + d);
-#pragma GCC unroll 16
-                for (int jj = 0; jj < QK_ACC; jj++) {
+                for (int jj = 0; jj < left; jj++) {
                     const IT *kj = k + (j + jj) * ldk + d;
-                    acc[jj] = v_fma(qv, n == VL ? v_load_in(kj) : v_load_in_n(kj, n), acc[jj]);
+                    vec kv = n == VL ? v_load_in(kj) : v_load_in_n(kj, n);
+                    for (int rr = 0; rr < QK_ROWS; rr++)
+                        acc[rr * QK_KEYS + jj] = v_fma(v_load(q[rr] + d), kv, acc[rr * QK_KEYS + jj]);
                 }
             }
-            v_hsum_block(acc, s + r * lds + j);
+            v_hsum_block(acc, sums);
+            for (int rr = 0; rr < QK_ROWS; rr++)
+                for (int jj = 0; jj < left; jj++) s[(r + rr) * lds + j + jj] = sums[rr * QK_KEYS + jj];
         }
-        for (; j < nk; j++) s[r * lds + j] = FNIO(dot_row)(D, q0, k + j * ldk);
+    }
+    for (; r < nr; r++) {
+        const T *q0 = qs + r * ldq;
+        for (int64_t j = 0; j < nk; j += QK_ACC) {
+            int cnt = nk - j < QK_ACC ? (int)(nk - j) : QK_ACC;
+            vec acc[QK_ACC];
+#pragma GCC unroll 16
+            for (int i = 0; i < QK_ACC; i++) acc[i] = v_zero();
+            if (cnt == QK_ACC) {
+                for (int64_t d = 0; d < D; d += VL) {
+                    int n = D - d < VL ? (int)(D - d) : VL;
+                    vec qv = v_load(q0 + d);
+#pragma GCC unroll 16
+                    for (int jj = 0; jj < QK_ACC; jj++) {
+                        const IT *kj = k + (j + jj) * ldk + d;
+                        acc[jj] = v_fma(qv, n == VL ? v_load_in(kj) : v_load_in_n(kj, n), acc[jj]);
+                    }
+                }
+                v_hsum_block(acc, s + r * lds + j);
+            } else {   /* the last keys: same chains, unused slots zero */
+                for (int64_t d = 0; d < D; d += VL) {
+                    int n = D - d < VL ? (int)(D - d) : VL;
+                    vec qv = v_load(q0 + d);
+                    for (int jj = 0; jj < cnt; jj++) {
+                        const IT *kj = k + (j + jj) * ldk + d;
+                        acc[jj] = v_fma(qv, n == VL ? v_load_in(kj) : v_load_in_n(kj, n), acc[jj]);
+                    }
+                }
+                v_hsum_block(acc, sums);
+                for (int jj = 0; jj < cnt; jj++) s[r * lds + j + jj] = sums[jj];
+            }
+        }
     }
     if (kscale)   /* quantized keys: the row's scale applies to its whole dot product */
         for (r = 0; r < nr; r++)
