@@ -1,6 +1,6 @@
 """attncore for PyTorch and Hugging Face transformers (extras ``torch`` and ``hf``).
 
-Three integrations, each a line or two of glue for the user:
+Four integrations, each a line or two of glue for the user:
 
 ``scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)``
     torch.nn.functional.scaled_dot_product_attention's signature and
@@ -11,11 +11,17 @@ Three integrations, each a line or two of glue for the user:
     a ``torch.nn.MultiheadAttention`` subclass that shares the module's
     Parameters and runs attncore whenever no gradient is needed; ``patch``
     swaps every ``nn.MultiheadAttention`` of a model (also inside
-    ``nn.Transformer*`` layers) in place.
+    ``nn.Transformer*`` layers) in place. ``forward(..., kv_cache=KVCache(...))``
+    decodes incrementally.
 ``register()``
     registers the attention implementation ``"attncore"`` (attention function
     and mask function) with Hugging Face transformers, for
     ``from_pretrained(..., attn_implementation="attncore")``.
+``AttncoreCache(model.config, dtype="int8")``
+    a transformers ``Cache`` for ``generate(past_key_values=...)`` that keeps
+    each layer's keys/values in an attncore KVCache (float32, bfloat16,
+    float16 or int8 storage), read in place by the "attncore" attention.
+    Built on first use (importing transformers only then).
 
 attncore computes forward passes only: a tensor that requires grad while grad
 mode is on is a TypeError (use ``torch.no_grad()`` / ``torch.inference_mode()``),
@@ -34,8 +40,10 @@ Example
 >>> at.scaled_dot_product_attention(q, k, v, is_causal=True).shape
 torch.Size([1, 2, 3, 4])
 """
+import importlib.util
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,6 +52,11 @@ from . import functional as _functional
 
 __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "patch", "register",
            "hf_attention", "ATTN_IMPLEMENTATION"]
+# AttncoreCache is built from transformers' classes on first use (module
+# __getattr__ at the end); star imports list it only where transformers is
+# installed (find_spec imports nothing)
+if importlib.util.find_spec("transformers") is not None:
+    __all__ += ["AttncoreCache"]
 
 _SDPA = "attncore.torch.scaled_dot_product_attention"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -278,6 +291,19 @@ class MultiheadAttention(nn.MultiheadAttention):
     Differences from torch: a query row with every key masked gives zeros
     (torch's weights path gives NaN); dropout patterns differ.
 
+    Incremental decoding: ``forward(..., kv_cache=cache)`` with an
+    :class:`attncore.KVCache` (``num_heads`` = this module's heads, ``head_dim``
+    = embed_dim // num_heads, any storage dtype: float32, "bfloat16",
+    "float16", "int8"; float32/float64 modules) appends this call's projected
+    keys/values (B, H, Lk_new, Dh) to the cache and attends over every cached
+    position, reading the storage directly, as
+    ``attncore.MultiHeadAttention(kv_cache=...)`` does: the queries are the
+    newest positions (bottom-right causal alignment, so no ``is_causal`` or
+    causal ``attn_mask`` is needed); ``key_padding_mask`` (B, len(cache)) and
+    ``attn_mask`` (Lq, len(cache)) cover all cached positions. It needs
+    attncore's path: where torch's forward would run instead
+    (``last_fallback``), a kv_cache is a TypeError.
+
     Example
     -------
     >>> import torch, attncore.torch as at
@@ -293,6 +319,16 @@ class MultiheadAttention(nn.MultiheadAttention):
     ...     ref, _ = mha(x, x, x)
     >>> y.shape, w.shape, torch.allclose(y, ref, atol=1e-5)
     (torch.Size([2, 10, 64]), torch.Size([2, 10, 10]), True)
+
+    Token-by-token decoding against an int8 KV cache:
+
+    >>> import attncore
+    >>> cache = attncore.KVCache(max_len=16, num_heads=4, head_dim=16, dtype="int8")
+    >>> with torch.inference_mode():
+    ...     y0, _ = fast(x[:, :6], x[:, :6], x[:, :6], kv_cache=cache)        # prefill
+    ...     y1, _ = fast(x[:, 6:7], x[:, 6:7], x[:, 6:7], kv_cache=cache)     # one new token
+    >>> len(cache), y1.shape
+    (7, torch.Size([2, 1, 64]))
     """
 
     def __init__(self, *args, **kwargs):
@@ -346,17 +382,22 @@ class MultiheadAttention(nn.MultiheadAttention):
     # -- forward ---------------------------------------------------------------
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+                average_attn_weights=True, is_causal=False, *, kv_cache=None):
         """See the class docstring; torch.nn.MultiheadAttention.forward's
-        signature and conventions."""
+        signature and conventions, plus ``kv_cache`` (an attncore.KVCache)
+        for incremental decoding."""
         why = self._why_not_attncore(query, key, value, key_padding_mask, attn_mask, need_weights)
         self.last_fallback = why
         if why:
+            if kv_cache is not None:
+                # torch's own forward knows no cache: running it would drop the cached positions
+                raise TypeError(f"MultiheadAttention: kv_cache needs attncore's forward, which cannot "
+                                f"run here: {why}")
             return super().forward(query, key, value, key_padding_mask=key_padding_mask,
                                    need_weights=need_weights, attn_mask=attn_mask,
                                    average_attn_weights=average_attn_weights, is_causal=is_causal)
         return self._attncore_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
-                                      average_attn_weights, is_causal)
+                                      average_attn_weights, is_causal, kv_cache)
 
     def _tensors(self, query, key, value):
         params = (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight,
@@ -390,7 +431,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         return ""
 
     def _attncore_forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
-                          average_attn_weights, is_causal):
+                          average_attn_weights, is_causal, kv_cache=None):
         E, H = self.embed_dim, self.num_heads
         Dh = E // H
         # projections, exactly as torch chooses them (packed for self-attention)
@@ -434,6 +475,12 @@ class MultiheadAttention(nn.MultiheadAttention):
                                "Transformer module method `generate_square_subsequent_mask` to "
                                "create this mask.")
         use_causal = bool(is_causal) and key_padding_mask is None and not need_weights
+        if kv_cache is not None:
+            self._check_kv_cache(kv_cache, query.dtype, Dh)
+            kv_cache.append(heads(k).numpy(), heads(v).numpy())
+            # the masks now cover every cached position; the causal structure is the
+            # cache's bottom-right alignment, not the top-left is_causal shortcut
+            Lk, use_causal = len(kv_cache), False
         mask = self._sdpa_mask(key_padding_mask, None if use_causal else attn_mask, B, Lq, Lk,
                                unbatched, query.dtype)
         dropout_p = float(self.dropout) if self.training else 0.0
@@ -441,7 +488,15 @@ class MultiheadAttention(nn.MultiheadAttention):
         # attncore writes its output into the rows the output projection reads
         buf = q.new_empty((B, Lq, H, Dh) if bdim == 0 else (Lq, B, H, Dh))
         out_view = buf.transpose(1, 2) if bdim == 0 else buf.permute(1, 2, 0, 3)
-        if _is_compiling():
+        if kv_cache is not None:
+            # the new positions are the newest: bottom-right causal alignment, as
+            # attncore.MultiHeadAttention(kv_cache=...) does; the storage is read directly
+            seed = int(_draw_seed()) if dropout_p > 0 else None
+            res = kv_cache.attend(heads(q).numpy(), attn_mask=None if mask is None else mask.numpy(),
+                                  is_causal="bottom_right", dropout_p=dropout_p, seed=seed,
+                                  out=out_view.numpy(), return_weights=bool(need_weights))
+            weights = torch.from_numpy(res[1]) if need_weights else None
+        elif _is_compiling():
             res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
             buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
             weights = None
@@ -457,6 +512,25 @@ class MultiheadAttention(nn.MultiheadAttention):
             out = out.squeeze(0)
             weights = weights.squeeze(0) if weights is not None else None
         return out, weights
+
+    def _check_kv_cache(self, kv_cache, dtype, Dh):
+        """TypeError / ValueError unless `kv_cache` is an attncore.KVCache this
+        layer can append to and attend over with queries of `dtype`."""
+        from .kvcache import KVCache
+
+        if not isinstance(kv_cache, KVCache):
+            raise TypeError(f"MultiheadAttention: kv_cache must be an attncore.KVCache; got "
+                            f"{type(kv_cache).__name__}")
+        if _is_compiling():
+            raise NotImplementedError("MultiheadAttention: kv_cache runs eagerly only (the "
+                                      "KVCache is NumPy storage outside torch.compile's graph)")
+        if (kv_cache.num_heads, kv_cache.head_dim) != (self.num_heads, Dh):
+            raise ValueError(f"MultiheadAttention: kv_cache holds {kv_cache.num_heads} heads of size "
+                             f"{kv_cache.head_dim}; this layer needs {self.num_heads} heads of size "
+                             f"{Dh}")
+        if dtype != getattr(torch, kv_cache.dtype.name):
+            raise TypeError(f"MultiheadAttention: kv_cache takes {kv_cache.dtype} keys, values and "
+                            f"queries (stored as {kv_cache.storage}); this call's query is {dtype}")
 
     def _sdpa_mask(self, key_padding_mask, attn_mask, B, Lq, Lk, unbatched, dtype):
         """torch's MHA masks (bool True = not allowed, or float added) -> one
@@ -603,6 +677,11 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
         (continuous-batching) ``cache`` raises NotImplementedError. Other
         keywords are ignored.
 
+    With an :class:`AttncoreCache` as ``past_key_values``, `key` and `value`
+    are the placeholders its layers return; the attention then runs on that
+    layer's attncore KVCache (``KVCache.attend``: the compact storage is
+    read directly, with `attention_mask` as the mask).
+
     Returns
     -------
     (Tensor (B, Lq, Hq, Dv) contiguous, None)
@@ -640,6 +719,9 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
     # as sdpa: causality from the flag only when there is no mask (the mask
     # already has it), and never for one query row (it sees every cached key)
     is_causal = bool(query.shape[2] > 1 and attention_mask is None and is_causal)
+    if isinstance(key, _AttncoreCacheRef) or isinstance(value, _AttncoreCacheRef):
+        return _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling,
+                             position_bias, extras), None
     if position_bias is not None:
         from transformers.integrations.sdpa_attention import create_position_bias_mask
 
@@ -688,3 +770,444 @@ def register():
     AttentionInterface.register(ATTN_IMPLEMENTATION, hf_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
     return ATTN_IMPLEMENTATION
+
+
+# -- 4. Hugging Face: a KV cache in attncore's storage -----------------------
+
+_CACHE_OP = "AttncoreCache"
+_CACHE_HINT = (" (the cache stores detached values; decode under torch.inference_mode() or "
+               "torch.no_grad())")
+_CACHE_STORAGE = ("float32", "bfloat16", "float16", "int8")
+_TORCH_CACHE_STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16",
+                        torch.float16: "float16", torch.int8: "int8"}
+# the model dtypes whose keys/values the cache takes (stored from their float32 value:
+# exact for the 16-bit types)
+_CACHE_MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Layer types whose cache is the plain key/value history. A sliding-window layer
+# keeps every position too (unlike transformers' DynamicSlidingWindowLayer):
+# transformers builds its mask from get_mask_sizes(), so the mask then spans the
+# whole history and applies the window itself. Chunked, linear-attention,
+# KV-sharing ("dummy") and other layer types need caches of their own.
+_CACHE_LAYER_TYPES = ("full_attention", "sliding_attention")
+# a layer's KVCache starts with room for this many positions beyond the first
+# update (then doubles as needed), unless max_cache_len is given
+_CACHE_HEADROOM = 256
+
+
+class _AttncoreCacheRef(Tensor):
+    """What an AttncoreCache layer's update() hands back to the attention layer
+    in place of its keys or values: a tensor with their shape and dtype that
+    holds no values (one NaN, expanded with stride 0: no memory), carrying
+    the cache layer (``.layer``), ``.which`` ("keys" / "values") and
+    ``.length`` (the cached positions it stands for). hf_attention recognises
+    it and runs the attention on the layer's KVCache.
+
+    Anything else done with it -- another attention implementation (sdpa,
+    eager, flex), indexing, arithmetic, ``.to()`` -- raises TypeError through
+    ``__torch_function__`` instead of computing on a placeholder; only
+    metadata (shape, size, dim, dtype, device, requires_grad) can be read,
+    which is what transformers reads before calling the attention function.
+    """
+
+    _METADATA = frozenset({Tensor.shape.__get__, Tensor.size, Tensor.dim, Tensor.ndim.__get__,
+                           Tensor.dtype.__get__, Tensor.device.__get__,
+                           Tensor.requires_grad.__get__, Tensor.is_floating_point, Tensor.numel})
+
+    @staticmethod
+    def __new__(cls, layer, which, shape, dtype):
+        base = torch.full((), float("nan"), dtype=dtype).expand(shape)
+        ref = Tensor._make_subclass(cls, base)
+        ref.layer, ref.which, ref.length = layer, which, shape[2]
+        return ref
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in cls._METADATA:
+            return super().__torch_function__(func, types, args, kwargs or {})
+        refs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, _AttncoreCacheRef)]
+        which = refs[0].which if refs else "keys/values"     # refs may sit inside a list arg
+        storage = refs[0].layer.storage if refs else "compact"
+        name = getattr(func, "__name__", repr(func))
+        raise TypeError(
+            f"{name}() got the {which} that an attncore.torch.AttncoreCache layer returned: they "
+            f"hold no values (the cache's {storage} storage is read by "
+            f"attn_implementation='attncore' only). Run the model with "
+            f"model.set_attn_implementation('attncore') (after attncore.torch.register()), and "
+            f"build the cache from that model's config, AttncoreCache(model.config, ...): with "
+            f"any other implementation in that config, update() returns decoded keys/values")
+
+    def __repr__(self):
+        return (f"<{self.which} of an AttncoreCache layer: shape {tuple(self.shape)}, "
+                f"{self.layer.storage} storage, no values>")
+
+
+def _cache_storage(dtype):
+    """AttncoreCache's dtype argument -> a KVCache storage name."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in _TORCH_CACHE_STORAGE:
+            return _TORCH_CACHE_STORAGE[dtype]
+    elif isinstance(dtype, str):
+        if dtype in _CACHE_STORAGE:
+            return dtype
+    else:
+        raise TypeError(f"{_CACHE_OP}: dtype must be a string or a torch.dtype; got "
+                        f"{type(dtype).__name__}")
+    raise ValueError(f"{_CACHE_OP}: dtype must be 'float32', 'bfloat16', 'float16' or 'int8' "
+                     f"(or torch.float32 / bfloat16 / float16 / int8); got {dtype!r}")
+
+
+def _layer_types(config):
+    """The layer types transformers' own caches would build for `config` (a
+    decoder text config)."""
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
+    except ImportError:
+        get_layer_types_and_kwargs = None
+    if get_layer_types_and_kwargs is not None:
+        return list(get_layer_types_and_kwargs(config)[0])
+    # transformers without it: the config's layer_types, else what its
+    # DynamicCache inferred (a sliding window on every layer, or none)
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return list(types)
+    sliding = getattr(config, "sliding_window", None) is not None
+    kind = "sliding_attention" if sliding else "full_attention"
+    return [kind] * config.num_hidden_layers
+
+
+def _float32_array(t):
+    """A key/value tensor as a float32 NumPy array (a view for float32)."""
+    t = t.detach()
+    return (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
+
+
+def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling, position_bias,
+                  extras):
+    """hf_attention with AttncoreCache placeholders as key/value: the attention
+    of `query` (B, Hq, Lq, D) over the KVCache of the layer that returned them,
+    read in its storage by KVCache.attend. Returns (B, Lq, Hq, D) contiguous in
+    the query's dtype."""
+    op = "attn_implementation='attncore' with an AttncoreCache"
+    if not (isinstance(key, _AttncoreCacheRef) and isinstance(value, _AttncoreCacheRef)
+            and key.layer is value.layer and (key.which, value.which) == ("keys", "values")):
+        raise TypeError(f"{op}: key and value must be the pair that one AttncoreCache layer's "
+                        f"update() returned; got {type(key).__name__} {tuple(key.shape)} and "
+                        f"{type(value).__name__} {tuple(value.shape)}")
+    if _is_compiling():
+        raise NotImplementedError(f"{op}: runs eagerly only (the KVCache is NumPy storage "
+                                  f"outside torch.compile's graph)")
+    kv = key.layer.kv
+    n = len(kv)
+    if key.length != n:
+        raise ValueError(f"{op}: key and value stand for {key.length} cached positions, but the "
+                         f"layer now holds {n}: they come from an earlier update()")
+    if query.device.type != "cpu":
+        raise TypeError(f"{op}: query is on {query.device}; attncore runs on the CPU")
+    Lq = query.shape[-2]
+    if position_bias is not None:   # merged into a float mask, as sdpa does
+        from transformers.integrations.sdpa_attention import create_position_bias_mask
+
+        attention_mask = create_position_bias_mask(position_bias, attention_mask, is_causal,
+                                                   query, key)
+        is_causal = False
+    mask = None
+    if attention_mask is not None:
+        if attention_mask.dim() < 2 or tuple(attention_mask.shape[-2:]) != (Lq, n):
+            raise ValueError(f"{op}: attention_mask must end in (Lq, cached positions) = "
+                             f"({Lq}, {n}); got {tuple(attention_mask.shape)}")
+        if attention_mask.dtype == torch.bool:
+            mask = attention_mask.numpy()
+        elif attention_mask.is_floating_point():   # added to the scores, like the float32 queries
+            mask = attention_mask.detach().to(torch.float32).numpy()
+        else:
+            raise TypeError(f"{op}: attention_mask must be bool (True = attend) or float (added); "
+                            f"got {attention_mask.dtype}")
+    kwargs = {}
+    for name, val in extras.items():   # softcap (a float), sinks (Hq,)
+        kwargs[name] = _float32_array(val) if isinstance(val, Tensor) else val
+    if dropout > 0:
+        kwargs.update(dropout_p=float(dropout), seed=int(_draw_seed()))
+    B, Hq, _, D = query.shape
+    # the kernel writes (B, Hq, Lq, D) results straight into the (B, Lq, Hq, D)
+    # rows the output projection reads
+    buf = torch.empty((B, Lq, Hq, D), dtype=torch.float32)
+    kv.attend(_float32_array(query), attn_mask=mask, scale=scaling,
+              is_causal="bottom_right" if is_causal else False,
+              out=buf.numpy().transpose(0, 2, 1, 3), **kwargs)
+    return buf if query.dtype == torch.float32 else buf.to(query.dtype)
+
+
+_ATTNCORE_CACHE_DOC = """A Hugging Face transformers ``Cache`` whose layers keep their keys and
+    values in attncore KVCaches, in float32, bfloat16, float16 or int8 storage
+    (int8: one float32 scale per token and head), read in place by the
+    attention: pass it as ``past_key_values=`` to ``model.generate(...)`` or to
+    the model's forward.
+
+    Named like transformers' own ``DynamicCache`` / ``QuantizedCache`` (a
+    ``Cache`` subclass, with one ``AttncoreLayer`` -- a ``CacheLayerMixin``
+    -- per decoder layer).
+
+    How it works: each layer's ``update(key_states, value_states)`` appends the
+    new (B, Hkv, T, D) keys/values to its ``attncore.KVCache`` (``.kv``;
+    ``grow=True``) and, when the model runs ``attn_implementation="attncore"``
+    (read from `config` at every call), returns placeholders of shape
+    (B, Hkv, len, D) that hold no values; the attncore attention function
+    recognises them and runs ``KVCache.attend`` on the stored (compact) data:
+    no decoded copy per step. Under any other implementation (sdpa, eager,
+    ...) ``update`` returns the stored keys/values decoded to the model's
+    dtype (a copy per call: correct, not fast), so the cache's numerics are
+    the same either way. A placeholder that reaches anything but the
+    attncore attention function raises TypeError. Every position is read
+    from the storage, the prompt's included (the prefill is not computed
+    from the unrounded keys/values).
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        The model's config (``model.config``): its decoder text config gives
+        the layers and the attention implementation.
+    dtype : "float32" | "bfloat16" | "float16" | "int8" (or the torch dtype)
+        The storage. Against a float32 cache, each attention output moves by
+        at most ``2 eps_s V + eps_v`` (docs/numerics.md, statement (10)).
+    max_cache_len : int, optional
+        Positions to allocate at the first update (default: the prompt's
+        length + 256); the storage doubles when it fills up.
+
+    Supported: full-attention and sliding-window layers (a sliding layer
+    keeps every position, and transformers' mask applies the window: memory
+    grows like a full layer's), batches with left padding (the 4-D mask is
+    passed to ``KVCache.attend``), a prompt's prefill and later chunks
+    (bottom-right causal), GQA (K/V not repeated), beam search
+    (``reorder_cache``), ``crop`` (assisted generation), and
+    ``batch_repeat_interleave`` / ``batch_select_indices``. Keys and values
+    of float32, bfloat16 or float16 models on the CPU, with equal key and
+    value head sizes. Layer types other than full / sliding attention are a
+    ValueError; ``torch.compile`` is not supported (``is_compileable`` is
+    False, so ``generate`` does not compile). ``reset()`` drops the storage
+    (a new batch size may follow).
+
+    Example
+    -------
+    >>> import torch, attncore.torch as at
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> _ = at.register()
+    >>> cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                   num_attention_heads=4, num_key_value_heads=2, attn_implementation="attncore")
+    >>> model = LlamaForCausalLM(cfg).eval()
+    >>> cache = at.AttncoreCache(model.config, dtype="int8")
+    >>> with torch.inference_mode():
+    ...     out = model.generate(torch.tensor([[1, 2, 3]]), past_key_values=cache,
+    ...                          max_new_tokens=4, do_sample=False, pad_token_id=0)
+    >>> out.shape, cache.get_seq_length(), cache.layers[0].kv.storage
+    (torch.Size([1, 7]), 6, 'int8')
+    >>> cache.layers[0].kv.keys.shape                  # (B, Hkv, cached positions, D), decoded
+    (1, 2, 6, 8)
+    """
+
+
+def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
+    from .kvcache import KVCache
+
+    class AttncoreLayer(CacheLayerMixin):
+        """One decoder layer's keys/values in an attncore KVCache (``.kv``,
+        made at the first update); see :class:`AttncoreCache`."""
+
+        is_compileable = False   # NumPy storage: generate() must not torch.compile around it
+        is_croppable = True      # crop() shortens the KVCache
+        is_sliding = False       # keeps every position, also for sliding-window layers
+
+        def __init__(self, storage, max_cache_len, config):
+            # CacheLayerMixin.__init__ is not called: it assigns self.keys /
+            # self.values, which are read-only (decoded) properties here
+            self.storage = storage
+            self.max_cache_len = max_cache_len
+            self._config = config   # its _attn_implementation is read at every update
+            self.kv = None
+            self.dtype = None       # the model's key/value dtype
+            self.is_initialized = False
+
+        def __repr__(self):
+            return f"AttncoreLayer({self.kv!r})" if self.kv is not None else \
+                f"AttncoreLayer(empty, dtype={self.storage})"
+
+        def lazy_initialization(self, key_states, value_states):
+            for name, t in (("key_states", key_states), ("value_states", value_states)):
+                if not isinstance(t, Tensor) or t.dim() != 4:
+                    raise ValueError(f"{_CACHE_OP}: {name} must be a (B, H, T, D) tensor; got "
+                                     f"{getattr(t, 'shape', type(t).__name__)}")
+                if t.dtype not in _CACHE_MODEL_DTYPES:
+                    raise TypeError(f"{_CACHE_OP}: {name} has dtype {t.dtype}; the cache takes "
+                                    f"float32, bfloat16 or float16 keys/values")
+                if t.device.type != "cpu":
+                    raise TypeError(f"{_CACHE_OP}: {name} is on {t.device}; attncore runs on the CPU")
+            if key_states.shape != value_states.shape or key_states.dtype != value_states.dtype:
+                raise ValueError(f"{_CACHE_OP}: key_states {tuple(key_states.shape)} "
+                                 f"{key_states.dtype} and value_states "
+                                 f"{tuple(value_states.shape)} {value_states.dtype} differ (a "
+                                 f"KVCache holds keys and values of one head size)")
+            B, H, T, D = key_states.shape
+            room = T + _CACHE_HEADROOM if self.max_cache_len is None else max(self.max_cache_len, T)
+            self.kv = KVCache(room, H, D, batch_size=B, dtype=self.storage, grow=True)
+            self.dtype = key_states.dtype
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            """Append (B, Hkv, T, D) keys/values; return placeholders (attncore
+            attention) or the decoded (B, Hkv, len, D) keys/values (any other
+            implementation)."""
+            _check_no_grad(f"{_CACHE_OP}.update", _CACHE_HINT, key_states=key_states,
+                           value_states=value_states)
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            for name, t in (("key_states", key_states), ("value_states", value_states)):
+                if t.dtype != self.dtype:
+                    raise TypeError(f"{_CACHE_OP}: {name} has dtype {t.dtype}; this layer's cache "
+                                    f"holds {self.dtype} keys/values")
+            self.kv.append(_float32_array(key_states), _float32_array(value_states))
+            if self._config._attn_implementation == ATTN_IMPLEMENTATION:
+                shape = (key_states.shape[0], self.kv.num_heads, len(self.kv), self.kv.head_dim)
+                return (_AttncoreCacheRef(self, "keys", shape, self.dtype),
+                        _AttncoreCacheRef(self, "values", shape, self.dtype))
+            # another implementation computes the attention itself from tensors
+            return self.keys, self.values
+
+        @property
+        def keys(self):
+            """(B, Hkv, len, D) the stored keys decoded to the model's dtype (a
+            copy), or None before the first update."""
+            return self._decoded(self.kv.keys) if self.kv is not None and len(self.kv) else None
+
+        @property
+        def values(self):
+            """(B, Hkv, len, D) the stored values decoded (see keys)."""
+            return self._decoded(self.kv.values) if self.kv is not None and len(self.kv) else None
+
+        def _decoded(self, a):
+            # float32 storage hands out a view of its buffer, which later appends,
+            # crops and reorders rewrite: copy it
+            a = a.copy() if self.storage == "float32" else a
+            return torch.from_numpy(a).to(self.dtype)
+
+        def get_seq_length(self):
+            return len(self.kv) if self.kv is not None else 0
+
+        def get_mask_sizes(self, query_length):
+            # (kv_length, kv_offset): every cached position plus the new ones
+            return self.get_seq_length() + query_length, 0
+
+        def get_max_length(self):
+            return -1   # grows without a limit
+
+        def reset(self):
+            # drop the storage: the next update starts a new KVCache, of any batch size
+            self.kv, self.dtype, self.is_initialized = None, None, False
+
+        # KVCache has no public truncation or batch reordering; the methods below
+        # edit its state in place: _length (valid positions) and the (B, H,
+        # capacity, D) buffers _k, _v (+ the (B, H, capacity) int8 scales _ks, _vs).
+
+        def crop(self, tokens_to_remove):
+            """Drop the last ``-tokens_to_remove`` positions (a negative int, as
+            transformers' DynamicLayer.crop takes it)."""
+            if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int):
+                raise TypeError(f"{_CACHE_OP}.crop: tokens_to_remove must be an int; got "
+                                f"{type(tokens_to_remove).__name__}")
+            if tokens_to_remove > 0:
+                raise ValueError(f"{_CACHE_OP}.crop: tokens_to_remove must be <= 0 (minus the "
+                                 f"number of positions to drop); got {tokens_to_remove}")
+            if tokens_to_remove and self.kv is not None:
+                self.kv._length = max(0, self.kv._length + tokens_to_remove)
+
+        def _take_batch(self, op, name, index):
+            """Keep the batch rows `index` (1-D ints, or bools of length B) in
+            that order: fresh buffers, the capacity unchanged."""
+            kv = self.kv
+            if kv is None or kv._k is None:
+                return
+            B = kv._k.shape[0]
+            idx = index.detach().cpu().numpy() if isinstance(index, Tensor) else np.asarray(index)
+            if idx.dtype == np.bool_ and idx.shape == (B,):
+                idx = np.flatnonzero(idx)
+            if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+                raise ValueError(f"{_CACHE_OP}.{op}: {name} must be 1-D integer indices into the "
+                                 f"batch (or a ({B},) bool mask); got shape {idx.shape}, {idx.dtype}")
+            if idx.size and (idx.min() < -B or idx.max() >= B):
+                raise ValueError(f"{_CACHE_OP}.{op}: {name} must index a batch of {B}; got values "
+                                 f"in [{idx.min()}, {idx.max()}]")
+            for buf in ("_k", "_v", "_ks", "_vs"):
+                a = getattr(kv, buf)
+                if a is not None:
+                    setattr(kv, buf, np.ascontiguousarray(a[idx]))
+
+        def reorder_cache(self, beam_idx):
+            """Beam search: batch row i becomes row ``beam_idx[i]``."""
+            self._take_batch("reorder_cache", "beam_idx", beam_idx)
+
+        def batch_select_indices(self, indices):
+            self._take_batch("batch_select_indices", "indices", indices)
+
+        def batch_repeat_interleave(self, repeats):
+            if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+                raise ValueError(f"{_CACHE_OP}.batch_repeat_interleave: repeats must be a positive "
+                                 f"int; got {repeats!r}")
+            if self.kv is not None and self.kv._k is not None:
+                B = self.kv._k.shape[0]
+                self._take_batch("batch_repeat_interleave", "repeats", np.repeat(np.arange(B), repeats))
+
+    class AttncoreCache(Cache):
+        __doc__ = _ATTNCORE_CACHE_DOC
+
+        def __init__(self, config, dtype, max_cache_len=None):
+            if not isinstance(config, PretrainedConfig):
+                raise TypeError(f"{_CACHE_OP}: config must be the model's transformers config "
+                                f"(model.config); got {type(config).__name__}")
+            storage = _cache_storage(dtype)
+            if max_cache_len is not None and (isinstance(max_cache_len, bool) or
+                                              not isinstance(max_cache_len, int) or max_cache_len < 1):
+                raise ValueError(f"{_CACHE_OP}: max_cache_len must be a positive int or None; got "
+                                 f"{max_cache_len!r}")
+            text = config.get_text_config(decoder=True)
+            types = _layer_types(text)
+            unsupported = sorted(set(types) - set(_CACHE_LAYER_TYPES))
+            if unsupported:
+                raise ValueError(f"{_CACHE_OP}: the model has layer types {unsupported}; the cache "
+                                 f"supports {list(_CACHE_LAYER_TYPES)} only (use transformers' "
+                                 f"DynamicCache for this model)")
+            self.storage = storage
+            super().__init__(layers=[AttncoreLayer(storage, max_cache_len, text) for _ in types])
+
+    for cls in (AttncoreLayer, AttncoreCache):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+    return {"AttncoreLayer": AttncoreLayer, "AttncoreCache": AttncoreCache}
+
+
+_HF_CACHE_CLASSES = None
+
+
+def _hf_cache_classes():
+    """AttncoreLayer and AttncoreCache, built at first use: they subclass
+    transformers' CacheLayerMixin and Cache, and importing transformers when
+    ``attncore.torch`` is imported would cost torch-only users about 2 s."""
+    global _HF_CACHE_CLASSES
+    if _HF_CACHE_CLASSES is None:
+        try:
+            from transformers import PretrainedConfig
+            from transformers.cache_utils import Cache, CacheLayerMixin
+        except ImportError as exc:
+            raise ImportError("attncore.torch.AttncoreCache needs Hugging Face transformers "
+                              "(pip install 'attncore[hf]')") from exc
+        _HF_CACHE_CLASSES = _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig)
+    return _HF_CACHE_CLASSES
+
+
+def __getattr__(name):
+    # module attribute hook (PEP 562): attncore.torch.AttncoreCache builds the classes
+    if name in ("AttncoreCache", "AttncoreLayer"):
+        cls = _hf_cache_classes()[name]
+        globals()[name] = cls   # later lookups do not come here
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# doctest finds the example of the lazily built class here
+__test__ = {"AttncoreCache": _ATTNCORE_CACHE_DOC}
