@@ -242,7 +242,12 @@ def check_mha(fast, ref, args, kw):
         want = ref(*args, **kw)
         got = fast(*args, **kw)
     assert fast.last_fallback == "", fast.last_fallback
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-6)
+    # absolute tolerance in units of the output's largest entry: after the
+    # SGD step in test_mha_shares_parameters outputs reach ~700, where both
+    # torch and attncore are ~2e-4 from a float64 run (cancellation leaves
+    # small entries with that absolute error too)
+    scale = max(1.0, want[0].abs().max().item())
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-6 * scale)
     if want[1] is None:
         assert got[1] is None
     else:
