@@ -13,7 +13,10 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "pos
                                 reason="POSIX signals")
 
 CHILD = r"""
-import sys, time, numpy as np, attncore
+import signal, sys, time, numpy as np, attncore
+# a background job (nohup, CI) may start with SIGINT ignored, which Python
+# keeps: install Python's own handler, as in an interactive session
+signal.signal(signal.SIGINT, signal.default_int_handler)
 which = sys.argv[1]
 rng = np.random.default_rng(0)
 if which == "kernel_regression":      # 4e9 pairs: many seconds on 2 cores
