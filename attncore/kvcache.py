@@ -278,6 +278,56 @@ class KVCache:
                            return_weights=return_weights, return_lse=return_lse, kv=kv,
                            window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
 
+    @property
+    def batch(self) -> Optional[int]:
+        """The batch size of the stored keys/values (None before the first append)."""
+        return None if self._k is None else self._k.shape[0]
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` positions (0 <= length <= len(cache)),
+        e.g. to drop rejected speculative tokens.
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2)
+        >>> cache.append(np.ones((1, 1, 5, 2), np.float32), np.ones((1, 1, 5, 2), np.float32))
+        >>> cache.truncate(3); len(cache)
+        3
+        """
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
+            raise TypeError(f"KVCache.truncate: length must be an int; got {type(length).__name__}")
+        if not 0 <= length <= self._length:
+            raise ValueError(f"KVCache.truncate: length must be in [0, len(cache)={self._length}]; "
+                             f"got {length}")
+        self._length = int(length)
+
+    def select_batch(self, indices: ArrayLike) -> None:
+        """Keep the batch rows ``indices`` in that order (1-D ints; repeats
+        allowed, so beam search's reordering and expansion are both this):
+        row i of the cache becomes old row ``indices[i]``. Capacity unchanged.
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=4, num_heads=1, head_dim=1)
+        >>> kv = np.arange(2, dtype=np.float32).reshape(2, 1, 1, 1)   # batch rows 0 and 1
+        >>> cache.append(kv, kv)
+        >>> cache.select_batch([1, 1, 0]); cache.keys[:, 0, 0, 0]
+        array([1., 1., 0.], dtype=float32)
+        """
+        op = "KVCache.select_batch"
+        if self._k is None:
+            raise ValueError(f"{op}: the cache is empty (append keys and values first)")
+        B = self._k.shape[0]
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"{op}: indices must be 1-D integers into the batch of {B}; got "
+                             f"shape {idx.shape}, dtype {idx.dtype}")
+        if idx.size == 0 or idx.min() < -B or idx.max() >= B:
+            raise ValueError(f"{op}: indices must be a non-empty selection of rows of a batch of "
+                             f"{B}; got {idx.tolist() if idx.size < 20 else idx}")
+        for name in ("_k", "_v", "_ks", "_vs"):
+            buf = getattr(self, name)
+            if buf is not None:
+                setattr(self, name, np.ascontiguousarray(buf[idx]))
+
     def reset(self) -> None:
         """Forget every cached position (buffers are kept for reuse)."""
         self._length = 0

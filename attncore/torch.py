@@ -1102,10 +1102,6 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
             # drop the storage: the next update starts a new KVCache, of any batch size
             self.kv, self.dtype, self.is_initialized = None, None, False
 
-        # KVCache has no public truncation or batch reordering; the methods below
-        # edit its state in place: _length (valid positions) and the (B, H,
-        # capacity, D) buffers _k, _v (+ the (B, H, capacity) int8 scales _ks, _vs).
-
         def crop(self, tokens_to_remove):
             """Drop the last ``-tokens_to_remove`` positions (a negative int, as
             transformers' DynamicLayer.crop takes it)."""
@@ -1116,28 +1112,26 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
                 raise ValueError(f"{_CACHE_OP}.crop: tokens_to_remove must be <= 0 (minus the "
                                  f"number of positions to drop); got {tokens_to_remove}")
             if tokens_to_remove and self.kv is not None:
-                self.kv._length = max(0, self.kv._length + tokens_to_remove)
+                self.kv.truncate(max(0, len(self.kv) + tokens_to_remove))
 
         def _take_batch(self, op, name, index):
             """Keep the batch rows `index` (1-D ints, or bools of length B) in
             that order: fresh buffers, the capacity unchanged."""
             kv = self.kv
-            if kv is None or kv._k is None:
+            if kv is None or kv.batch is None:
                 return
-            B = kv._k.shape[0]
+            B = kv.batch
             idx = index.detach().cpu().numpy() if isinstance(index, Tensor) else np.asarray(index)
             if idx.dtype == np.bool_ and idx.shape == (B,):
                 idx = np.flatnonzero(idx)
             if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
                 raise ValueError(f"{_CACHE_OP}.{op}: {name} must be 1-D integer indices into the "
                                  f"batch (or a ({B},) bool mask); got shape {idx.shape}, {idx.dtype}")
-            if idx.size and (idx.min() < -B or idx.max() >= B):
-                raise ValueError(f"{_CACHE_OP}.{op}: {name} must index a batch of {B}; got values "
-                                 f"in [{idx.min()}, {idx.max()}]")
-            for buf in ("_k", "_v", "_ks", "_vs"):
-                a = getattr(kv, buf)
-                if a is not None:
-                    setattr(kv, buf, np.ascontiguousarray(a[idx]))
+            if idx.size == 0 or idx.min() < -B or idx.max() >= B:
+                raise ValueError(f"{_CACHE_OP}.{op}: {name} must select rows of a batch of {B}; "
+                                 f"got {idx.size} values" + (f" in [{idx.min()}, {idx.max()}]"
+                                                               if idx.size else ""))
+            kv.select_batch(idx)
 
         def reorder_cache(self, beam_idx):
             """Beam search: batch row i becomes row ``beam_idx[i]``."""
@@ -1150,8 +1144,8 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
             if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
                 raise ValueError(f"{_CACHE_OP}.batch_repeat_interleave: repeats must be a positive "
                                  f"int; got {repeats!r}")
-            if self.kv is not None and self.kv._k is not None:
-                B = self.kv._k.shape[0]
+            if self.kv is not None and self.kv.batch is not None:
+                B = self.kv.batch
                 self._take_batch("batch_repeat_interleave", "repeats", np.repeat(np.arange(B), repeats))
 
     class AttncoreCache(Cache):

@@ -397,7 +397,7 @@ def test_crop_reorder_and_batch_operations():
     torch.testing.assert_close(layer.keys, keys[[2, 2, 0, 0, 0, 0]], rtol=0, atol=0)
     cache.batch_select_indices(torch.tensor([1, 2]))
     torch.testing.assert_close(layer.keys, keys[[2, 0]], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="beam_idx must index a batch of 2"):
+    with pytest.raises(ValueError, match="beam_idx must select rows of a batch of 2"):
         cache.reorder_cache(torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="tokens_to_remove must be <= 0"):
         cache.crop(2)
