@@ -80,6 +80,7 @@
 #define VISION_POOL_CHUNK 1024           /* pixels per pooling chunk */
 #define VISION_FIT_BYTES (1 << 20)       /* an image up to this size is one band */
 #define VISION_BAND_BYTES (256 << 10)    /* else bands of about this much of x */
+#define VISION_BAND_PIXELS (1 << 16)     /* without a convolution: pixels per band */
 #define VISION_CL_MIN_BLOCK 16           /* channels-last pooling: channels per block */
 #define VISION_SUM_LANES 16              /* sum lanes (doubles, in registers) */
 #define VISION_MAX_LANES 32              /* max lanes (the dtype, in L1) */
@@ -169,14 +170,19 @@ static void vision_make_plan(const attn_vision_desc *d, size_t item, int num_thr
     p->schedule = (threads == 1 || N % threads == 0 || N >= 4 * (int64_t)threads)
                       ? ATTN_VISION_FUSED : ATTN_VISION_PHASED;
 
-    /* bands: the whole image when it fits in cache, else about
-     * VISION_BAND_BYTES of x with at least 2 (KH - 1) rows (halo <= 50%) */
+    /* bands. The convolution reads x twice (maps, rescale): the whole image
+     * when it fits in cache, else about VISION_BAND_BYTES of x with at least
+     * 2 (KH - 1) rows (halo <= 50%). Otherwise x is read once per band and
+     * bands only bound the pixel scales' scratch: VISION_BAND_PIXELS (long
+     * runs per channel stream better than short ones) */
     double row_bytes = (double)W * (double)C * (double)item;
     int64_t rows = H;
-    if (row_bytes * (double)H > (double)VISION_FIT_BYTES) {
+    if (conv && row_bytes * (double)H > (double)VISION_FIT_BYTES) {
         double r = (double)VISION_BAND_BYTES / row_bytes;
         rows = r >= (double)H ? H : (int64_t)r;
-        if (conv) rows = attn_max64(rows, 2 * (d->KH - 1));
+        rows = attn_max64(rows, 2 * (d->KH - 1));
+    } else if (!conv) {
+        rows = attn_min64(H, attn_max64(1, VISION_BAND_PIXELS / W));
     }
     if (p->schedule == ATTN_VISION_PHASED)   /* enough units to balance the threads */
         rows = attn_min64(rows, vision_ceil_div(H, vision_ceil_div(2 * (int64_t)threads, N)));
