@@ -373,13 +373,15 @@ cdef bint _mask_fits(_View *m, int ndim, int64_t B, int64_t Hq, int64_t Lq, int6
 
 
 cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, object out_dtype,
-                        is_causal, scale, enable_gqa, int threads, int isa):
+                        is_causal, scale, enable_gqa, int threads, int isa,
+                        _View *ks=NULL, _View *vs=NULL):
     """The fast path's shared part: check the sizes and options of the common
     call, allocate the output (NumPy), fill the descriptor and run. m is a
-    4-D bool mask view (already aligned to the scores) or NULL. None if the
-    call is not the common case."""
+    4-D bool mask view (already aligned to the scores) or NULL; ks/vs the
+    (B, Hkv, Lk) float32 scales of an int8 KV cache (io IO_F32_KVI8) or NULL.
+    None if the call is not the common case."""
     cdef attn_sdpa_desc d
-    cdef int64_t boff[5][FAST_MAX_BATCH]
+    cdef int64_t boff[7][FAST_MAX_BATCH]
     cdef int64_t b, B = q.shape[0], Hq = q.shape[1], Lq = q.shape[2], D = q.shape[3]
     cdef int64_t Hkv = k.shape[1], Lk = k.shape[2], Dv = v.shape[3]
     cdef double sc
@@ -435,6 +437,12 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
         d.weights, d.lse = NULL, NULL
         d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
+        if ks != NULL:
+            for b in range(B):
+                boff[5][b] = b * ks.strides[0]
+                boff[6][b] = b * vs.strides[0]
+            d.k_scale, d.ks_boff, d.ks_sh = ks.buf, boff[5], ks.strides[1]
+            d.v_scale, d.vs_boff, d.vs_sh = vs.buf, boff[6], vs.strides[1]
         d.offset_bottom_right, d.window_left, d.window_right, d.softcap = 0, -1, -1, 0
         d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
         d.hard_k, d.hard_sample, d.hard_softmax, d.hard_seed, d.hard_indices = 1, 0, 0, 0, NULL
@@ -446,6 +454,73 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
     finally:
         PyBuffer_Release(&bo)
     return out
+
+
+cdef void _view_of_cache(_View *out, Py_buffer *view, int64_t length):
+    """A view of a KVCache buffer (C-contiguous, aligned: the cache allocates
+    it) -- (B, H, capacity, D) keys/values or (B, H, capacity) scales --
+    cut to its first `length` positions; strides in items."""
+    cdef int kk
+    out.buf = view.buf
+    for kk in range(view.ndim):
+        out.shape[kk] = view.shape[kk]
+        out.strides[kk] = view.strides[kk] // view.itemsize
+    out.shape[2] = length
+
+
+def kv_attend_fast(str op, q, k, v, ks, vs, int64_t length, int io, is_causal, scale,
+                   num_threads, int isa):
+    """KVCache.attend's common call: a NumPy query (B, Hq, Lq, D) in the
+    cache's compute dtype against the first `length` positions of the
+    cache's own buffers k, v (B, Hkv, capacity, D) -- float32 (io IO_F32),
+    float64 (IO_F64) or a compact storage (IO_F32_KV*; ks, vs: the int8
+    cache's scales (B, Hkv, capacity), else None) -- with no mask, dropout
+    or extra outputs. The cache made its buffers (C-contiguous, aligned);
+    the query is checked here. Returns the output, or None when the call is
+    not that common case (the caller takes the general path)."""
+    cdef Py_buffer bq, bk, bv, bks, bvs
+    cdef bint hq = False, hk = False, hv = False, hks = False, hvs = False
+    cdef _View vq, vk, vv, vks, vvs
+    cdef int itemsize = 8 if io == 1 else 4
+    out_dtype = _F64 if io == 1 else _F32
+    if type(q) is not _ndarray or q.dtype is not out_dtype:
+        return None
+    threads = _fast_threads(num_threads)
+    if threads < 0:
+        return None
+    try:
+        PyObject_GetBuffer(q, &bq, PyBUF_RECORDS_RO)
+        hq = True
+        if not _view_from_buffer(&vq, &bq, itemsize):
+            return None
+        PyObject_GetBuffer(k, &bk, PyBUF_RECORDS_RO)
+        hk = True
+        PyObject_GetBuffer(v, &bv, PyBUF_RECORDS_RO)
+        hv = True
+        _view_of_cache(&vk, &bk, length)
+        _view_of_cache(&vv, &bv, length)
+        if ks is None:
+            return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
+                               threads, isa)
+        PyObject_GetBuffer(ks, &bks, PyBUF_RECORDS_RO)
+        hks = True
+        PyObject_GetBuffer(vs, &bvs, PyBUF_RECORDS_RO)
+        hvs = True
+        _view_of_cache(&vks, &bks, length)
+        _view_of_cache(&vvs, &bvs, length)
+        return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
+                           threads, isa, &vks, &vvs)
+    finally:
+        if hvs:
+            PyBuffer_Release(&bvs)
+        if hks:
+            PyBuffer_Release(&bks)
+        if hv:
+            PyBuffer_Release(&bv)
+        if hk:
+            PyBuffer_Release(&bk)
+        if hq:
+            PyBuffer_Release(&bq)
 
 
 cdef int _fast_threads(num_threads):

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _core, _engine
+from . import _config, _core, _engine
 from . import _validate as V
 from ._types import ArrayLike, Result
 
@@ -251,6 +251,18 @@ class KVCache:
         op = "KVCache.attend"
         if self._k is None or self._v is None:
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
+        if (attn_mask is None and valid_lens is None and out is None and return_weights is False
+                and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
+                and window is None and alibi_slopes is None and softcap is None and sinks is None
+                and self._length and not _engine.planning()):
+            # the common decode call, without the general path's Python layers
+            io = self._entry if self._entry is not None else (
+                _core.IO_F64 if self.dtype == np.float64 else _core.IO_F32)
+            res = _core.kv_attend_fast(op, query, self._k, self._v, self._ks, self._vs,
+                                       self._length, io, is_causal, scale, num_threads,
+                                       _config.active_isa())
+            if res is not None:
+                return res
         q = V.native(V.as_array(query, "query", op))
         if q.dtype != self.dtype:
             raise TypeError(f"{op}: query has dtype {q.dtype}; this cache takes {self.dtype}")

@@ -68,6 +68,45 @@ def test_attend_matches_the_formula_on_the_stored_values(isa, storage, shape):
     assert (np.abs(out - f32).max(-1) <= bound).all(), np.max(np.abs(out - f32).max(-1) / bound)
 
 
+@pytest.mark.parametrize("storage", FORMATS + ["float64"])
+@pytest.mark.parametrize("Lq, is_causal", [(1, "bottom_right"), (3, "bottom_right"), (3, False)])
+def test_attend_fast_path_is_the_general_path_bitwise(storage, Lq, is_causal, monkeypatch):
+    """KVCache.attend's common call (no mask, dropout or extra outputs) takes
+    _core.kv_attend_fast, which reads the first len(cache) positions of
+    buffers with spare capacity; it gives the general path's result bit for
+    bit (the same kernel entry and descriptor), which the formula checks."""
+    reached = []
+    fast = _core.kv_attend_fast
+    monkeypatch.setattr(_core, "kv_attend_fast",
+                        lambda *a: reached.append(fast(*a)) or reached[-1])
+    dt = np.float64 if storage == "float64" else np.float32
+    rng = np.random.default_rng(Lq)
+    cache = attncore.KVCache(50, 2, 20, dtype=storage)
+    for n in (30, 7):       # 37 of 50 positions used
+        cache.append(*(rng.standard_normal((2, 2, n, 20)).astype(dt) for _ in range(2)))
+    q = rng.standard_normal((2, 6, Lq, 20)).astype(dt)
+    out = cache.attend(q, is_causal=is_causal)
+    assert len(reached) == 1 and reached[0] is out
+    general, _ = cache.attend(q, is_causal=is_causal, return_lse=True)
+    assert len(reached) == 1
+    np.testing.assert_array_equal(out, general)
+    kd, vd = decoded(cache)
+    ref = sdpa_numpy(q, kd, vd, causal_offset=37 - Lq if is_causal else None)[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attend_fast_path_leaves_the_checks_to_the_general_path():
+    """Calls the fast path does not take come out with the general path's errors."""
+    cache = attncore.KVCache(8, 2, 4, dtype="int8")
+    cache.append(np.ones((1, 2, 3, 4), np.float32), np.ones((1, 2, 3, 4), np.float32))
+    with pytest.raises(TypeError, match="query has dtype float64; this cache takes float32"):
+        cache.attend(np.ones((1, 2, 1, 4)))
+    with pytest.raises(ValueError, match=r"query must have shape \(B=1, Hq \(a multiple of 2\)"):
+        cache.attend(np.ones((1, 3, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="query must have shape"):
+        cache.attend(np.ones((1, 2, 1, 5), np.float32))
+
+
 @pytest.mark.parametrize("storage", ["bfloat16", "float16", "int8"])
 def test_compact_storage_takes_its_own_kernel_entry(storage):
     """No decoded float copy is made: the plan runs on the storage entry, on
