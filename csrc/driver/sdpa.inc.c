@@ -431,7 +431,6 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
     P->kio_q->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
     if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
-    T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
     int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
     memset(obuf, 0, (size_t)ot_elems * sizeof(T));
     memset(ocbuf, 0, (size_t)ot_elems * sizeof(T));
@@ -449,6 +448,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
         kb = U->kh + j0 * d->k_sl;
         vb = U->vh + j0 * d->v_sl;
 #else
+        T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
         P->kio_kv->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, D);
         P->kio_kv->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, Dv);
         kb = kwide;
