@@ -928,6 +928,13 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
     if dropout > 0:
         kwargs.update(dropout_p=float(dropout), seed=int(_draw_seed()))
     B, Hq, _, D = query.shape
+    if Lq == 1 and mask is None and not kwargs:
+        # a decode step's common call (KVCache.attend's fast path): (B, Hq, 1, D)
+        # is already the (B, 1, Hq, D) rows the output projection reads
+        res = torch.from_numpy(kv.attend(_float32_array(query), scale=scaling,
+                                         is_causal="bottom_right" if is_causal else False))
+        res = res.transpose(1, 2)
+        return res if query.dtype == torch.float32 else res.to(query.dtype)
     # the kernel writes (B, Hq, Lq, D) results straight into the (B, Lq, Hq, D)
     # rows the output projection reads
     buf = torch.empty((B, Lq, Hq, D), dtype=torch.float32)
