@@ -217,6 +217,15 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
     }
 }
 
+/* Lanes past n take `fill`: vmaskmovps never touches the masked-off
+ * elements (no fault past the end of a row), then a blend. */
+#define V_HAS_LOAD_NF 1
+static inline vec v_load_nf(const T *p, int n, T fill)
+{
+    __m256i m = lanes_(n);
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+
 #include "../kernels/tiles.inc.c"
 
 /* The rows path's QK block: 4 rows x 2 keys; 8 vectors -> their 8

@@ -224,6 +224,11 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
     }
 }
 
+/* Lanes past n take `fill` (a masked load with pass-through: p[n..] is never
+ * touched, so a row ending at an unreadable page is safe). */
+#define V_HAS_LOAD_NF 1
+static inline vec v_load_nf(const T *p, int n, T fill) { return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), lanes_(n), p); }
+
 #include "../kernels/tiles.inc.c"
 
 /* The rows path's QK block (tiles_io.inc.c): 4 rows x 4 keys, reduced by one

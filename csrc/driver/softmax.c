@@ -2,8 +2,9 @@
  * Row softmax and Nadaraya-Watson kernel regression (attncore.softmax,
  * masked_softmax, kernel_regression): loop nests over a plan, one OpenMP
  * region per call. The vector math is the active level's kernel table
- * (csrc/kernels/ktab.h): softmax_rows / softmax_panel (max-shifted exp2 as
- * one FMA, compensated sums) for the softmax, exp2 for the regression;
+ * (csrc/kernels/ktab.h): row_max / exp_sum_row / scale_row on the rows
+ * path and softmax_panel on the panel path (max-shifted exp2, compensated
+ * sums) for the softmax, exp2 for the regression;
  * everything else here is plain C99 that the compiler vectorises at the
  * baseline ISA (no intrinsics outside csrc/arch/).
  *
@@ -19,16 +20,26 @@
  *   rows path (the axis has unit stride in x, or no row dimension does):
  *   for unit u in row ranges of ~SM_UNIT_ELEMS elements      <- omp for, dynamic
  *       for row r in the unit (an odometer over the row dimensions)
- *           stage s_r into the buffer (a contiguous copy; rows shorter
- *               than SM_CHUNK share it: a batch)                 reads x once
- *       per batch: top_r = max s_r; s_r -= top_r               (pass 1)
- *           for blocks of SM_BLOCK entries: softmax_rows      (pass 2)
- *               p = exp2(c s) in place, l_r += sum p (compensated);
- *               its running max is preset to max s = 0, so its rescaling
- *               factor is exactly 1 (and no rounded c top is subtracted)
- *           out_r = p / l_r                                   (pass 3)
- *       rows longer than SM_CHUNK: the three passes chunk by chunk through
- *           the buffer (x read three times, out written once)
+ *           contiguous in x and out, nothing masked: the row in place,
+ *               no staging (row_direct on x, p written into out)
+ *           otherwise stage s_r into the buffer (a contiguous copy; rows
+ *               shorter than SM_CHUNK share it: a batch)     reads x once
+ *       per row (row_direct, the level's row kernels):
+ *           top_r = row_max s_r                               (pass 1)
+ *           p = exp2(c fl(s_r - shift_r)), shift_r = top_r (0 when
+ *               nothing is above -inf), l_r += sum p in blocks of
+ *               128, compensated: exp_sum_row                 (pass 2)
+ *           out_r = p * fl(1/l_r) (float64: p / l_r): scale_row (pass 3)
+ *       rows longer than SM_CHUNK that need staging: the three passes
+ *           chunk by chunk through the buffer (x read three times, out
+ *           written once; the same block sums as row_direct)
+ *
+ *   rows of L >= SM_SPLIT_MIN read in place: exp_sum_row per segment of
+ *   SM_SEG entries, the segments' sums added in segment order
+ *   (row_segmented); fewer such rows than threads: a unit is a segment, so
+ *   threads share a row (softmax_split, the same numbers): segment maxima
+ *   | barrier | exp_sum_row per segment with the row's max | barrier |
+ *   the row's sum, out scaled in place
  *
  *   panel path (the axis is strided in x and a row dimension has unit
  *   stride, e.g. axis=0 of a C-ordered matrix): a unit is up to
@@ -37,7 +48,7 @@
  *   for unit u in (outer row index, block of lanes)          <- omp for, dynamic
  *       for line j: top[r] = max(top[r], s_jr)                (pass 1)
  *       for blocks of lines: s - top staged, softmax_panel
- *           per group -> l[r] (max preset to 0, as above)     (pass 2)
+ *           per group -> l[r] (max preset to 0: rescaling by 1) (pass 2)
  *       for blocks of lines: softmax_panel again (the same
  *           exponentials, bit for bit), out_jr = p_jr / l[r]  (pass 3)
  *
@@ -67,8 +78,10 @@
  *
  * ---- preconditions ----------------------------------------------------------
  *
- * The kernels get contiguous scratch they may overwrite: softmax_rows nr
- * rows of nk <= lds entries, lds apart; softmax_panel St[nk][NR] with NR =
+ * The kernels get contiguous rows: row_max and exp_sum_row read n entries
+ * of the staged buffer or of x itself (a row with unit stride), exp_sum_row
+ * writes n entries of the buffer or of out, scale_row n entries of out
+ * (os apart); softmax_panel St[nk][NR] with NR =
  * the level's nr and m/l/lc/alpha of NR entries (padding lanes hold -inf:
  * their p and l are exactly 0); exp2 n values. Every pointer formed here
  * is inside its array: row offsets come from the descriptor's strides and
@@ -87,7 +100,8 @@
 #define SM_CHUNK 4096        /* elements of the staging buffer (one exp2 call) */
 #define SM_BATCH_ROWS 512    /* most short rows one buffer holds */
 #define SM_UNIT_ELEMS 16384  /* rows path: elements per work unit (at least one row) */
-#define SM_BLOCK 128         /* rows path: entries per kernel call (bounds its sums) */
+#define SM_SEG 65536         /* rows path: entries per segment of a split row (a multiple of 128) */
+#define SM_SPLIT_MIN (2 * SM_SEG) /* rows path: contiguous unmasked rows this long go by segments */
 #define SM_PANEL_BLOCK 16    /* panel path: lines per kernel call (bounds its sums) */
 #define SM_PANEL_LANES 1024  /* panel path: most lanes per unit (whole lines streamed) */
 #define SM_WORK_PER_ELEM 8.0 /* multiply-add equivalents per element, for the thread count */
@@ -113,6 +127,8 @@ typedef struct {
     int64_t lanes, x_ls, o_ls, m_ls, v_ls;   /* panel: the lane dimension */
     int64_t W, lane_blocks; /* panel: lanes per unit, units per outer row */
     int64_t rows_per_unit;  /* rows path */
+    int64_t segs;           /* rows path: segments of a long row read in place (0: none) */
+    int split;              /* rows path: a unit is a segment (the threads share rows) */
     int64_t units;
 } sm_plan;
 
@@ -242,6 +258,22 @@ static void sm_make_plan(sm_plan *P, const attn_softmax_desc *d, int64_t nr)
         P->outer = P->rows;
         P->rows_per_unit = attn_max64(1, SM_UNIT_ELEMS / attn_max64(d->L, 1));
         P->units = (P->rows + P->rows_per_unit - 1) / P->rows_per_unit;
+        if (d->L >= SM_SPLIT_MIN && d->x_sl == 1 && d->o_sl == 1 && !has_m && !has_v)
+            P->segs = (d->L + SM_SEG - 1) / SM_SEG;   /* long rows read in place */
+    }
+}
+
+/* Long rows read in place are shared by the threads (a unit per segment)
+ * only when there are fewer rows than threads: the split costs two more
+ * barriers, and its results are those of the unsplit rows, bit for bit
+ * (softmax_split), so the choice may depend on the thread count. */
+static void sm_choose_split(sm_plan *P, int num_threads)
+{
+    if (!P->segs || P->panel) return;
+    int64_t su = attn_mul_checked(P->rows, P->segs);
+    if (su > 0 && P->rows < attn_region_threads(num_threads, su, sm_work(P))) {
+        P->split = 1;
+        P->units = su;
     }
 }
 
@@ -422,71 +454,16 @@ static void SMF(row_stage)(const sm_plan *P, const SMF(row) *R, int64_t j0, int6
     for (int64_t jj = nv; jj < n; jj++) s[jj] = tm;
 }
 
-/* max of n contiguous values; -inf for n == 0. A NaN may or may not win:
- * either way the row comes out NaN (its exp2 reaches the sum). float32
- * compares order-preserving integer keys of the bit patterns, which the
- * compiler vectorises at the baseline ISA (a float max reduction it does
- * not, without -ffast-math). */
-#if IS_F32
-static inline int32_t SMF(key)(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t neg = 0u - (u >> 31);
-    return (int32_t)(u ^ (neg >> 1));
-}
-
-static T SMF(vmax)(const T *s, int64_t n)
-{
-    int32_t a[16];
-    for (int k = 0; k < 16; k++) a[k] = INT32_MIN;
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) {
-            int32_t v = SMF(key)(s[j + k]);
-            a[k] = v > a[k] ? v : a[k];
-        }
-    for (; j < n; j++) {
-        int32_t v = SMF(key)(s[j]);
-        a[0] = v > a[0] ? v : a[0];
-    }
-    int32_t m = a[0];
-    for (int k = 1; k < 16; k++) m = a[k] > m ? a[k] : m;
-    if (m == INT32_MIN) return (T)-INFINITY;
-    uint32_t u = (uint32_t)m;
-    u ^= (0u - (u >> 31)) >> 1;
-    T f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-#else
-static T SMF(vmax)(const T *s, int64_t n)
-{
-    T a[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
-        for (int k = 0; k < 4; k++) a[k] = s[j + k] > a[k] ? s[j + k] : a[k];
-    for (; j < n; j++) a[0] = s[j] > a[0] ? s[j] : a[0];
-    T m = a[0];
-    for (int k = 1; k < 4; k++) m = a[k] > m ? a[k] : m;
-    return m;
-}
-#endif
-
 /* The shift of a row with maximum `top`: top itself, or 0 when nothing is
- * above -inf (so that -inf - -inf never makes a NaN). The staged scores
- * are s - shift (rounded once, as in x - max), and the kernels' running max
+ * above -inf (so that -inf - -inf never makes a NaN). The exponents are
+ * c fl(s - shift) (the difference rounded once, as in x - max: exp_sum_row
+ * on the rows path, the staged lines on the panel path), and the panel
+ * kernel's running max
  * is preset to their maximum, c * 0 = 0 (or -inf): the kernels never
  * subtract a rounded c * top, which for |top| beyond 2^24 (float32) would
  * be off by more than a unit and underflow every exponential. */
 static inline T SMF(shift_of)(T top) { return top == (T)-INFINITY ? (T)0 : top; }
 static inline T SMF(preset_of)(T top) { return top == (T)-INFINITY ? (T)-INFINITY : (T)0; }
-
-static void SMF(subtract)(T *s, int64_t n, T shift)
-{
-    if (shift != 0)
-        for (int64_t j = 0; j < n; j++) s[j] -= shift;
-}
 
 /* Running max of two maxima, NaN sticky. */
 static inline T SMF(max2)(T a, T b) { return (b > a || b != b) ? b : a; }
@@ -536,7 +513,6 @@ static void SMF(row_write)(T *o, int64_t os, const T *p, int64_t n, SMF(norm) z)
 #define SM_LANES_MAX (SM_PANEL_LANES + ATTN_MAX_LANES)
 typedef struct {
     T buf[SM_CHUNK];
-    T m[SM_BATCH_ROWS], l[SM_BATCH_ROWS], lc[SM_BATCH_ROWS], alpha[SM_BATCH_ROWS];
     T *o[SM_BATCH_ROWS];          /* rows path: the batch's output rows */
     T line[SM_LANES_MAX];         /* panel path */
     T pm[SM_LANES_MAX], pl[SM_LANES_MAX], plc[SM_LANES_MAX], palpha[SM_LANES_MAX];
@@ -547,58 +523,114 @@ typedef struct {
     double pzs[SM_LANES_MAX];
 } SMF(sm_scratch);
 
-/* Rows staged in buf[nrec][L] (L <= SM_CHUNK): their maxima (pass 1), the
- * kernel's exp2 and sums block by block with the max preset, so that its
- * rescaling factor is exactly 1 (pass 2), then out = p / sum (pass 3). */
+/* out = p scaled by the row's normalisation (see norm_of): float32 the
+ * level's scale_row by r = fl(1/sum); float64 row_write, a division. p may
+ * be o when os == 1. */
+static inline void SMF(row_scale)(const KTAB *kt, T *o, int64_t os, const T *p, int64_t n, SMF(norm) z)
+{
+#if IS_F32
+    kt->scale_row(n, p, z.r, o, os);
+#else
+    (void)kt;
+    SMF(row_write)(o, os, p, n, z);
+#endif
+}
+
+/* One row of L contiguous scores s (staged, or x itself): its max (pass 1),
+ * p = exp2(c fl(s - shift)) with the compensated sum in blocks of 128
+ * (pass 2, the level's exp_sum_row; p may be s), then out = p scaled
+ * (pass 3; p may be o when os == 1). */
+static void SMF(row_direct)(const KTAB *kt, const T *s, int64_t L, T *p, T *o, int64_t os)
+{
+    T top = kt->row_max(L, s);
+    T l = 0, lc = 0;
+    kt->exp_sum_row(L, s, SMF(shift_of)(top), p, &l, &lc);
+    SMF(row_scale)(kt, o, os, p, L, SMF(norm_of)(l, lc));
+}
+
+/* The sum of a row read in segments: the segments' sums (l, lc pairs) added
+ * in segment order. float32 in double (16 terms at 1M entries: far below a
+ * float's unit), handed to norm_of as hi + lo; float64 compensated. */
+typedef struct {
+    double sd;   /* float32 */
+    T tl, tc;    /* float64 */
+} SMF(seg_sum);
+
+static inline void SMF(seg_add)(SMF(seg_sum) *a, T l, T lc)
+{
+#if IS_F32
+    a->sd += (double)l - (double)lc;
+#else
+    T y = (l - lc) - a->tc, t = a->tl + y, c = (t - a->tl) - y;
+    a->tc = c == c ? c : (T)0;
+    a->tl = t;
+#endif
+}
+
+static inline SMF(norm) SMF(seg_norm)(const SMF(seg_sum) *a)
+{
+#if IS_F32
+    T hi = (T)a->sd, lo = (T)((double)hi - a->sd);
+    return SMF(norm_of)(hi, lo);
+#else
+    return SMF(norm_of)(a->tl, a->tc);
+#endif
+}
+
+/* A long row read in place (P->segs segments of SM_SEG entries) on one
+ * thread: the numbers of softmax_split, bit for bit (its max is the max of
+ * the segments' maxima, exact in any order; each segment's sum starts from
+ * 0; the same combination). */
+static void SMF(row_segmented)(const sm_plan *P, const KTAB *kt, const T *x, T *o)
+{
+    const int64_t L = P->d->L, ns = P->segs;
+    const T shift = SMF(shift_of)(kt->row_max(L, x));
+    SMF(seg_sum) a = {0, 0, 0};
+    for (int64_t k = 0; k < ns; k++) {
+        int64_t j0 = k * SM_SEG, n = attn_min64(SM_SEG, L - j0);
+        T l = 0, lc = 0;
+        kt->exp_sum_row(n, x + j0, shift, o + j0, &l, &lc);
+        SMF(seg_add)(&a, l, lc);
+    }
+    SMF(row_scale)(kt, o, 1, o, L, SMF(seg_norm)(&a));
+}
+
+/* Rows staged in buf[nrec][L] (L <= SM_CHUNK), each by row_direct in place. */
 static void SMF(flush)(const sm_plan *P, const KTAB *kt, SMF(sm_scratch) *S, int nrec)
 {
     const attn_softmax_desc *d = P->d;
     const int64_t L = d->L;
-    const T c = (T)ATTN_LOG2E;
-    for (int k = 0; k < nrec; k++) {
-        T top = SMF(vmax)(S->buf + k * L, L);
-        SMF(subtract)(S->buf + k * L, L, SMF(shift_of)(top));
-        S->m[k] = SMF(preset_of)(top);
-        S->l[k] = 0;
-        S->lc[k] = 0;
-    }
-    for (int64_t j0 = 0; j0 < L; j0 += SM_BLOCK)
-        kt->softmax_rows(nrec, attn_min64(SM_BLOCK, L - j0), S->buf + j0, L, c, S->m, S->l, S->lc,
-                         S->alpha);
-    for (int k = 0; k < nrec; k++)
-        SMF(row_write)(S->o[k], d->o_sl, S->buf + k * L, L, SMF(norm_of)(S->l[k], S->lc[k]));
+    for (int k = 0; k < nrec; k++) SMF(row_direct)(kt, S->buf + k * L, L, S->buf + k * L, S->o[k], d->o_sl);
 }
 
-/* A row longer than the staging buffer, chunk by chunk through it: its max
- * (pass 1), the kernel's sum with the max preset (pass 2), the same
- * exponentials again, normalised into out (pass 3). x is read three times,
- * out written once. */
+/* A row longer than the staging buffer that cannot be read in place
+ * (masked, or strided), chunk by chunk through it: its max (pass 1), the
+ * sum (pass 2), the same exponentials again, scaled into out (pass 3). x
+ * is read three times, out written once. SM_CHUNK is a multiple of the
+ * kernel's 128-entry sum blocks, so the sum is the one row_direct forms. */
 static void SMF(row_long)(const sm_plan *P, const KTAB *kt, const SMF(row) *R, SMF(sm_scratch) *S)
 {
     const attn_softmax_desc *d = P->d;
     const int64_t L = d->L, os = d->o_sl;
-    const T c = (T)ATTN_LOG2E;
     T top = (T)-INFINITY;
     for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
         int64_t n = attn_min64(SM_CHUNK, L - j0);
         SMF(row_stage)(P, R, j0, n, S->buf);
-        top = SMF(max2)(top, SMF(vmax)(S->buf, n));
+        top = SMF(max2)(top, kt->row_max(n, S->buf));
     }
     const T shift = SMF(shift_of)(top);
-    S->m[0] = SMF(preset_of)(top);
-    S->l[0] = S->lc[0] = 0;
-    for (int pass = 2; pass <= 3; pass++) {
-        SMF(norm) z = SMF(norm_of)(S->l[0], S->lc[0]);
-        for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
-            int64_t n = attn_min64(SM_CHUNK, L - j0);
-            SMF(row_stage)(P, R, j0, n, S->buf);
-            SMF(subtract)(S->buf, n, shift);
-            T *l = pass == 2 ? S->l : S->l + 1, *lc = pass == 2 ? S->lc : S->lc + 1;
-            for (int64_t b0 = 0; b0 < n; b0 += SM_BLOCK)
-                kt->softmax_rows(1, attn_min64(SM_BLOCK, n - b0), S->buf + b0, n, c, S->m, l, lc, S->alpha);
-            if (pass == 3) SMF(row_write)(R->o + j0 * os, os, S->buf, n, z);
-        }
-        S->l[1] = S->lc[1] = 0;
+    T l = 0, lc = 0, l2 = 0, lc2 = 0;
+    for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
+        int64_t n = attn_min64(SM_CHUNK, L - j0);
+        SMF(row_stage)(P, R, j0, n, S->buf);
+        kt->exp_sum_row(n, S->buf, shift, S->buf, &l, &lc);
+    }
+    SMF(norm) z = SMF(norm_of)(l, lc);
+    for (int64_t j0 = 0; j0 < L; j0 += SM_CHUNK) {
+        int64_t n = attn_min64(SM_CHUNK, L - j0);
+        SMF(row_stage)(P, R, j0, n, S->buf);
+        kt->exp_sum_row(n, S->buf, shift, S->buf, &l2, &lc2);
+        SMF(row_scale)(kt, R->o + j0 * os, os, S->buf, n, z);
     }
 }
 
@@ -611,11 +643,19 @@ static int SMF(rows_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_sc
     int64_t nrows = attn_min64(P->rows_per_unit, P->rows - first);
     sm_pos p;
     sm_pos_set(P, first, &p);
+    const int direct = d->x_sl == 1 && d->o_sl == 1 && d->mask_kind == ATTN_MASK_NONE && !d->valid_lens;
     int nrec = 0;
     for (int64_t r = 0; r < nrows; r++, sm_pos_next(P, &p)) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         SMF(row) R;
         SMF(row_at)(P, &p, 0, &R);
+        if (direct) {   /* contiguous in x and out, nothing masked: no staging */
+            if (P->segs)
+                SMF(row_segmented)(P, kt, R.x, R.o);
+            else
+                SMF(row_direct)(kt, R.x, L, R.o, R.o, 1);
+            continue;
+        }
         if (L > SM_CHUNK) {   /* (then every row is long: no batch) */
             SMF(row_long)(P, kt, &R, S);
             continue;
@@ -777,6 +817,71 @@ static int SMF(panel_unit)(const sm_plan *P, const KTAB *kt, int64_t u, SMF(sm_s
     return 0;
 }
 
+/* ---- softmax: long rows split into segments ---- */
+
+/*
+ * Rows of L >= SM_SPLIT_MIN entries, contiguous in x and out and not
+ * masked, fewer than the threads (sm_choose_split), in segments of SM_SEG
+ * entries (the last one shorter); a unit is one segment, so the threads
+ * share a row. Three loops over the units, a barrier after each:
+ *   1. M[u] = row_max of the segment                          (reads x)
+ *   2. shift = the row's max over its segments' M (exact, in any order);
+ *      exp_sum_row into out with its own sums l[u], lc[u]    (reads x)
+ *   3. the row's sum: its segments' sums in segment order (seg_add); out
+ *      scaled in place by the normalisation             (reads, writes out)
+ * These are row_segmented's operations, so a row gets the same bits split
+ * or not, for any thread count: the segments are fixed by L, and the sum's
+ * 128-entry blocks are those of row_direct (SM_SEG is a multiple of 128),
+ * only their compensated chain restarts at each segment.
+ */
+static attn_status SMF(softmax_split)(const sm_plan *P, const KTAB *kt, int nthreads)
+{
+    const attn_softmax_desc *d = P->d;
+    const int64_t L = d->L, ns = P->segs, nu = P->units;
+    T *st = (T *)attn_scratch_alloc_n(attn_mul_checked(nu, 3), sizeof(T));
+    if (!st) return ATTN_ENOMEM;
+    T *M = st, *l = st + nu, *lc = st + 2 * nu;
+    int interrupted = 0;
+    (void)nthreads; /* unused without OpenMP */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+    for (int phase = 1; phase <= 3; phase++) {
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t u = 0; u < nu; u++) {
+            if (attn_flag_get(&interrupted)) continue;
+            if (attn_cancelled(d->cancellable, d->cancel_epoch)) {
+                attn_flag_set(&interrupted);
+                continue;
+            }
+            const int64_t row = u / ns, seg = u % ns, j0 = seg * SM_SEG;
+            const int64_t n = attn_min64(SM_SEG, L - j0);
+            sm_pos p;
+            sm_pos_set(P, row, &p);
+            const T *x = (const T *)d->x + p.ox + j0;
+            T *o = (T *)d->out + p.oo + j0;
+            const int64_t u0 = row * ns;
+            if (phase == 1) {
+                M[u] = kt->row_max(n, x);
+            } else if (phase == 2) {
+                T top = (T)-INFINITY;
+                for (int64_t k = u0; k < u0 + ns; k++) top = M[k] > top ? M[k] : top;
+                l[u] = lc[u] = 0;
+                kt->exp_sum_row(n, x, SMF(shift_of)(top), o, &l[u], &lc[u]);
+            } else {
+                SMF(seg_sum) a = {0, 0, 0};
+                for (int64_t k = u0; k < u0 + ns; k++) SMF(seg_add)(&a, l[k], lc[k]);
+                SMF(norm) z = SMF(seg_norm)(&a);
+                SMF(row_scale)(kt, o, 1, o, n, z);
+            }
+        }
+    }
+    attn_scratch_free(st);
+    return interrupted ? ATTN_EINTR : ATTN_OK;
+}
+
 /* ---- softmax: entry points ---- */
 
 attn_status SMF(attn_softmax_plan)(const attn_softmax_desc *d, int isa, int num_threads,
@@ -789,6 +894,7 @@ attn_status SMF(attn_softmax_plan)(const attn_softmax_desc *d, int isa, int num_
     if (!kt) return ATTN_EISA;
     sm_plan P;
     sm_make_plan(&P, d, kt->nr);
+    sm_choose_split(&P, num_threads);
     sm_fill_info(&P, num_threads, info);
     if (P.rows == 0 || d->L == 0) info->units = 0;
     return ATTN_OK;
@@ -805,7 +911,9 @@ attn_status SMF(attn_softmax)(const attn_softmax_desc *d, int isa, int num_threa
     sm_make_plan(&P, d, kt->nr);
     if (P.rows == 0 || d->L == 0) return ATTN_OK;
 
+    sm_choose_split(&P, num_threads);
     int nthreads = attn_region_threads(num_threads, P.units, sm_work(&P));
+    if (P.split) return SMF(softmax_split)(&P, kt, nthreads);
     int failed = 0, interrupted = 0;
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP

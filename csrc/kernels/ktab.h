@@ -154,6 +154,17 @@
         /* sigmoid attention's weights from log2-unit scores:               */ \
         /* x[i] = 1 / (1 + 2^-(x[i] + shift)), exactly 0 at -inf, 1 at +inf */ \
         void (*sigmoid)(int64_t n, T *x, T shift);                             \
+        /* ---- row softmax (csrc/driver/softmax.c), contiguous rows ----   */ \
+        /* max of x[0..n), NaN ignored, -inf for n == 0 (a NaN score still   */ \
+        /* makes its row NaN: its exp2 reaches the sum)                     */ \
+        T (*row_max)(int64_t n, const T *x);                                   \
+        /* p[j] = exp2(fl(x[j] - shift) * log2e) for j < n (shift >= every   */ \
+        /* x[j], or 0 when none is above -inf); l += sum p in blocks of 128, */ \
+        /* Kahan-compensated in lc (sum = l - lc). p may be x.              */ \
+        void (*exp_sum_row)(int64_t n, const T *x, T shift, T *p, T *l,       \
+                            T *lc);                                            \
+        /* out[j * os] = p[j] * r for j < n; p may be out (os == 1)          */ \
+        void (*scale_row)(int64_t n, const T *p, T r, T *out, int64_t os);     \
         /* y = exp2(x), the softmax's vector exp (also for tests)           */ \
         void (*exp2)(int64_t n, const T *x, T *y);                             \
         /* y = tanh(x), the additive score's vector tanh (for tests)         */ \

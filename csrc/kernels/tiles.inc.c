@@ -17,6 +17,7 @@
  *   v_load v_store v_load_n v_store_n v_set1 v_zero v_add v_sub v_mul v_div
  *   v_fma v_max v_hsum v_hmax v_neginf_to_zero v_nan_to_zero v_keep_nonzero
  *   v_exp2
+ *   v_load_nf (optional, with V_HAS_LOAD_NF): lanes past n take a fill value
  *   v_exp2_nonpos        exp2 for x <= 0 or NaN (may equal v_exp2); also
  *                        right for x a few ulp above 0
  *   v_inv1p_exp2_shifted, INV1P_SHIFT
@@ -714,6 +715,122 @@ static void FN(gather_rows)(int nr, int64_t Dv, int k, const T *vals, const int6
 }
 #endif
 
+/* ------------------------------------------------------------------------ */
+/* row softmax (csrc/driver/softmax.c)                                       */
+/* ------------------------------------------------------------------------ */
+
+#ifndef V_HAS_LOAD_NF
+/* Lanes i < n from p, the others `fill`; p[n..] is never read. (A level
+ * with masked loads that take a pass-through value defines V_HAS_LOAD_NF
+ * and its own v_load_nf.) */
+static inline vec v_load_nf(const T *p, int n, T fill)
+{
+    T t[VL];
+    for (int i = 0; i < VL; i++) t[i] = i < n ? p[i] : fill;
+    return v_load(t);
+}
+#endif
+
+/* Entries per compensated block of exp_sum_row: the plain sum of a block
+ * stays within a few ulp of its value, and the blocks are added with Kahan
+ * compensation, so the row sum's error does not grow with the row length. */
+#define SOFTMAX_SUM_BLOCK 128
+
+#ifndef ATTN_HAVE_row_max
+/*
+ * max of x[0..n); -inf when n == 0. NaN entries are ignored (each step is
+ * v_max(x, running), which keeps the running max when x is NaN, on every
+ * level): the softmax does not need them here, because exp2 of a NaN score
+ * reaches the row sum and makes the whole row NaN. Four accumulators, so
+ * the loads and not the max latency set the pace.
+ */
+static T FN(row_max)(int64_t n, const T *x)
+{
+    const vec ninf = v_set1((T)-INFINITY);
+    vec m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+    int64_t j = 0;
+    for (; j + 4 * VL <= n; j += 4 * VL) {
+        m0 = v_max(v_load(x + j), m0);
+        m1 = v_max(v_load(x + j + VL), m1);
+        m2 = v_max(v_load(x + j + 2 * VL), m2);
+        m3 = v_max(v_load(x + j + 3 * VL), m3);
+    }
+    for (; j + VL <= n; j += VL) m0 = v_max(v_load(x + j), m0);
+    /* the tail: lanes past n are -inf, which cannot raise the max */
+    if (j < n) m1 = v_max(v_load_nf(x + j, (int)(n - j), (T)-INFINITY), m1);
+    return v_hmax(v_max(v_max(m0, m1), v_max(m2, m3)));
+}
+#endif
+
+#ifndef ATTN_HAVE_exp_sum_row
+/*
+ * p[j] = exp2(c (x[j] - shift)) for j < n, c = fl(log2 e); l (with its
+ * compensation lc: the sum is l - lc) += sum_j p[j]. p may be x.
+ *
+ * The exponent is fl(fl(x - shift) * c): the difference rounded once, as in
+ * every x - max formula, then one multiply. Not fma(x, c, -fl(c shift)): the
+ * rounding of c shift is an absolute error of u |c shift|, which for a row
+ * far from 0 (|shift| above 2^24 in float32) exceeds a unit of the exponent
+ * and would scale every weight of the row by up to 2^(u |c shift|)
+ * (docs/numerics.md, S1: no term in |x|). shift is the row's max, or 0
+ * when nothing is above -inf, so the exponents are <= 0 or NaN:
+ * v_exp2_nonpos. Sums: blocks of SOFTMAX_SUM_BLOCK entries in
+ * two vector accumulators, each block added to l with Kahan compensation.
+ */
+static void FN(exp_sum_row)(int64_t n, const T *x, T shift, T *p, T *l, T *lc)
+{
+    const vec cv = v_set1((T)ATTN_LOG2E), sh = v_set1(shift);
+    for (int64_t b0 = 0; b0 < n; b0 += SOFTMAX_SUM_BLOCK) {
+        const int64_t b1 = b0 + SOFTMAX_SUM_BLOCK < n ? b0 + SOFTMAX_SUM_BLOCK : n;
+        vec s0 = v_zero(), s1 = v_zero();
+        int64_t j = b0;
+        for (; j + 2 * VL <= b1; j += 2 * VL) {
+            vec p0 = v_exp2_nonpos(v_mul(v_sub(v_load(x + j), sh), cv));
+            vec p1 = v_exp2_nonpos(v_mul(v_sub(v_load(x + j + VL), sh), cv));
+            v_store(p + j, p0);
+            v_store(p + j + VL, p1);
+            s0 = v_add(s0, p0);
+            s1 = v_add(s1, p1);
+        }
+        if (j + VL <= b1) {
+            vec p0 = v_exp2_nonpos(v_mul(v_sub(v_load(x + j), sh), cv));
+            v_store(p + j, p0);
+            s0 = v_add(s0, p0);
+            j += VL;
+        }
+        if (j < b1) {
+            /* lanes past the end are -inf: (-inf - shift) c = -inf, whose
+             * exp2 is exactly 0, so they add nothing to the sum */
+            int rest = (int)(b1 - j);
+            vec p0 = v_exp2_nonpos(v_mul(v_sub(v_load_nf(x + j, rest, (T)-INFINITY), sh), cv));
+            v_store_n(p + j, p0, rest);
+            s1 = v_add(s1, p0);
+        }
+        FN(kahan_update_scalar)((T)1, v_hsum(v_add(s0, s1)), l, lc);
+    }
+}
+#endif
+
+#ifndef ATTN_HAVE_scale_row
+/* out[j * os] = p[j] * r for j < n; p may be out (os == 1). */
+static void FN(scale_row)(int64_t n, const T *p, T r, T *out, int64_t os)
+{
+    if (os != 1) {
+        for (int64_t j = 0; j < n; j++) out[j * os] = p[j] * r;
+        return;
+    }
+    const vec rv = v_set1(r);
+    int64_t j = 0;
+    for (; j + 2 * VL <= n; j += 2 * VL) {
+        vec a = v_mul(v_load(p + j), rv), b = v_mul(v_load(p + j + VL), rv);
+        v_store(out + j, a);
+        v_store(out + j + VL, b);
+    }
+    for (; j + VL <= n; j += VL) v_store(out + j, v_mul(v_load(p + j), rv));
+    if (j < n) v_store_n(out + j, v_mul(v_load_n(p + j, (int)(n - j)), rv), (int)(n - j));
+}
+#endif
+
 static void FN(exp2_array)(int64_t n, const T *x, T *y)
 {
     int64_t i = 0;
@@ -745,6 +862,9 @@ const KTAB_TYPE KTAB_NAME = {
     .sigmoid = FN(sigmoid),
     .select_topk = FN(select_topk),
     .gather_rows = FN(gather_rows),
+    .row_max = FN(row_max),
+    .exp_sum_row = FN(exp_sum_row),
+    .scale_row = FN(scale_row),
     .exp2 = FN(exp2_array),
     .tanh = FN(tanh_array),
 };
