@@ -29,6 +29,7 @@ import math
 import threading
 
 import numpy as np
+from attncore import _layout
 
 from attncore._capi cimport *
 
@@ -372,6 +373,16 @@ cdef bint _mask_fits(_View *m, int ndim, int64_t B, int64_t Hq, int64_t Lq, int6
     return True
 
 
+cdef int64_t _SPREAD_MIN_ITEMS = _layout.SPREAD_MIN_ITEMS
+cdef int64_t _SPREAD_MIN_REUSE = _layout.SPREAD_MIN_REUSE
+
+
+cdef inline bint _spread(_View *x, int64_t L, int64_t D, int64_t reuse):
+    """attncore._layout.is_spread for a 4-D view (strides in items)."""
+    cdef int64_t row = x.strides[2] if x.strides[2] >= 0 else -x.strides[2]
+    return reuse >= _SPREAD_MIN_REUSE and row >= 2 * (D if D > 1 else 1) and L * row >= _SPREAD_MIN_ITEMS
+
+
 cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, object out_dtype,
                         is_causal, scale, enable_gqa, int threads, int isa,
                         _View *ks=NULL, _View *vs=NULL):
@@ -395,6 +406,8 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         return None
     if Hq != Hkv and enable_gqa is not True:
         return None
+    if ks == NULL and (_spread(k, Lk, D, (Hq // Hkv) * Lq) or _spread(v, Lk, Dv, (Hq // Hkv) * Lq)):
+        return None   # the general path reads a dense copy (attncore._layout.is_spread)
     if is_causal is False or is_causal is None:
         d.causal, d.causal_offset = 0, 0
     elif is_causal is True or (type(is_causal) is str and is_causal == "top_left"):

@@ -31,6 +31,36 @@ def for_kernel(x, unit_last=True):
     return x
 
 
+# Key/value rows spread out in memory -- heads interleaved, e.g. a (B, L, H, D)
+# buffer read as (B, H, L, D), which is how transformers' models pass K/V --
+# are read again by every panel of query rows, and once one head's rows span
+# megabytes every re-read pays TLB and cache-set misses (measured: causal
+# 1x8x8192x64 from such views 30% slower than from dense ones). A dense copy
+# costs one pass over K/V and is repaid when every row is read by many query
+# rows; a decode step (one query row per head) reads them once and keeps them
+# in place. The kernels give the same bits either way.
+SPREAD_MIN_ITEMS = 1 << 20   # one matrix's span (rows x row stride), in items
+SPREAD_MIN_REUSE = 64        # query rows reading each key/value row
+
+
+def is_spread(shape, strides_items, reuse):
+    """Whether a (..., L, D) key/value matrix with these strides (in items)
+    and `reuse` query rows per row is worth a dense copy (see above). Shared
+    with the Cython fast path, which declines such calls."""
+    if len(shape) < 2 or reuse < SPREAD_MIN_REUSE:
+        return False
+    L, D, row = shape[-2], shape[-1], abs(strides_items[-2])
+    return row >= 2 * max(D, 1) and L * row >= SPREAD_MIN_ITEMS
+
+
+def dense_if_spread(x, reuse):
+    """x (kernel-ready, (..., L, D)) itself, or a C-contiguous copy when its
+    rows are spread out and read by `reuse` query rows each (is_spread)."""
+    if is_spread(x.shape, [s // x.itemsize for s in x.strides], reuse):
+        return np.ascontiguousarray(x)
+    return x
+
+
 def contiguous(x, dtype=None):
     """np.ascontiguousarray(x, dtype) that is also native and aligned (the
     former alone returns a contiguous misaligned array as it is)."""

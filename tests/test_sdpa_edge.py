@@ -107,3 +107,33 @@ def test_zero_scale_fully_masked_rows(isa, dtype, how):
     ref = R.scaled_dot_product_attention(q, k, v, scale=0.0, **kw)
     assert not np.isnan(out).any()
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("Lq, copied", [(64, True), (1, False)])
+def test_spread_key_value_rows_are_read_from_a_dense_copy(monkeypatch, Lq, copied):
+    """K/V rows spread out in memory (heads interleaved: a (B, L, H, D) buffer
+    read as (B, H, L, D), as transformers passes them) are copied dense once
+    when many query rows re-read them (attncore._layout.is_spread); the fast
+    path declines those calls, and the result is bit for bit the one from
+    dense arrays. A decode-shaped call reads them in place."""
+    from attncore import _config, _core, _layout
+
+    rng = np.random.default_rng(7)
+    B, H, Lk, D = 1, 8, 2048, 64          # one head's rows span 2048 x 512 items
+    q = rng.standard_normal((B, H, Lq, D), dtype=np.float32)
+    k, v = (np.ascontiguousarray(rng.standard_normal((B, Lk, H, D), dtype=np.float32))
+            .transpose(0, 2, 1, 3) for _ in range(2))
+    assert _layout.is_spread(k.shape, [s // 4 for s in k.strides], H // H * Lq) is copied
+    fast = _core.sdpa_fast("scaled_dot_product_attention", q, k, v, True, None, False, 2,
+                           _config.active_isa())
+    assert (fast is None) is copied
+    copies = []
+    dense_if_spread = _layout.dense_if_spread
+    monkeypatch.setattr(_layout, "dense_if_spread",
+                        lambda x, reuse: copies.append(dense_if_spread(x, reuse) is not x) or
+                        dense_if_spread(x, reuse))
+    out = attncore.scaled_dot_product_attention(q, k, v, is_causal=True)
+    dense = attncore.scaled_dot_product_attention(q, np.ascontiguousarray(k), np.ascontiguousarray(v),
+                                                  is_causal=True)
+    np.testing.assert_array_equal(out, dense)
+    assert copies[:2] == ([True, True] if copied else [])
