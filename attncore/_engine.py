@@ -156,9 +156,11 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
 
     io = p.io
     q, k, v = (_layout.for_kernel(a) for a in (q, k, p.v))
-    if kv is None:   # (a KV cache's own storage is dense)
+    if kv is None:   # (kv: a compact KV cache's storage, dense by construction)
         reuse = (Hq // Hkv) * Lq if Hkv else 0
-        k, v = _layout.dense_if_spread(k, reuse), _layout.dense_if_spread(v, reuse)
+        same = v is k
+        k = _layout.dense_if_spread(k, reuse)
+        v = k if same else _layout.dense_if_spread(v, reuse)
     if mask is not None:
         mask = _layout.for_kernel(mask, unit_last=False)
     res = _direct_output(out, p.flat, io, (q, k, v, mask))

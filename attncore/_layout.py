@@ -54,11 +54,14 @@ def is_spread(shape, strides_items, reuse):
 
 
 def dense_if_spread(x, reuse):
-    """x (kernel-ready, (..., L, D)) itself, or a C-contiguous copy when its
-    rows are spread out and read by `reuse` query rows each (is_spread)."""
-    if is_spread(x.shape, [s // x.itemsize for s in x.strides], reuse):
-        return np.ascontiguousarray(x)
-    return x
+    """x (kernel-ready, (..., L, D)) itself, or a dense copy when its rows
+    are spread out and read by `reuse` query rows each (is_spread).
+    Broadcast (stride-0) dimensions stay broadcast: the copy holds the
+    distinct data once, not once per batch or head."""
+    if not is_spread(x.shape, [s // x.itemsize for s in x.strides], reuse):
+        return x
+    distinct = x[tuple(slice(0, 1) if s == 0 else slice(None) for s in x.strides)]
+    return np.broadcast_to(np.ascontiguousarray(distinct), x.shape)
 
 
 def contiguous(x, dtype=None):

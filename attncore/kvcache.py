@@ -93,7 +93,8 @@ class KVCache:
     head_dim : int
         Size of one head.
     batch_size : int, optional
-        Allocate now for this batch size; otherwise at the first append.
+        Allocate now for this batch size; otherwise at the first append. An
+        empty cache (new, reset or truncated to 0) takes any batch size.
     dtype : float32 (default), float64, "bfloat16", "float16" or "int8"
         Storage. The compact ones hold half (16-bit) or a quarter (int8, plus
         a float32 scale per position and head) of the bytes, which is what a
@@ -197,12 +198,13 @@ class KVCache:
         if k.shape != v.shape:
             raise ValueError(f"KVCache.append: key {k.shape} and value {v.shape} differ")
         batch, steps = k.shape[0], k.shape[2]
-        if self._k is None:
+        if self._k is None or (self._length == 0 and batch != self._k.shape[0]):
+            # an empty cache (new, or reset) takes any batch size
             self._allocate(batch, self.max_len)
         assert self._k is not None and self._v is not None
         if batch != self._k.shape[0]:
             raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
-                             f"{self._k.shape[0]} (reset() the cache for a new batch)")
+                             f"{self._k.shape[0]} (reset() the cache to start a new batch)")
         need = self._length + steps
         if need > self._k.shape[2]:
             if not self.grow:
@@ -329,9 +331,11 @@ class KVCache:
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         B = self._k.shape[0]
         idx = np.asarray(indices)
-        if idx.ndim != 1 or idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"{op}: indices must be 1-D integers into the batch of {B}; got "
-                             f"shape {idx.shape}, dtype {idx.dtype}")
+        if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"{op}: indices must be integers into the batch of {B}; got dtype "
+                            f"{idx.dtype}")
+        if idx.ndim != 1:
+            raise ValueError(f"{op}: indices must be 1-D; got shape {idx.shape}")
         if idx.size == 0 or idx.min() < -B or idx.max() >= B:
             raise ValueError(f"{op}: indices must be a non-empty selection of rows of a batch of "
                              f"{B}; got {idx.tolist() if idx.size < 20 else idx}")

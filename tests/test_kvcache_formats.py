@@ -167,3 +167,31 @@ def test_cache_errors():
     with pytest.raises(ValueError, match="multiple of 1"):
         cache.attend(np.ones((1, 1, 1, 3), np.float32))
     assert _core.IO_F32_KVI8 == 6
+
+
+@pytest.mark.parametrize("storage", ["float32", "int8"])
+def test_select_batch_then_reset_takes_any_batch(storage):
+    """Beam expansion changes the cache's batch; after reset() an empty cache
+    takes a batch of any size again (and truncate/select_batch check their
+    arguments)."""
+    cache = attncore.KVCache(4, 1, 2, dtype=storage)
+    kv = np.arange(4, dtype=np.float32).reshape(2, 1, 1, 2)
+    cache.append(kv, kv)
+    cache.select_batch([0, 0, 1, 1])
+    assert cache.batch == 4 and len(cache) == 1
+    np.testing.assert_allclose(cache.keys[:, 0, 0, 0], [0, 0, 2, 2], rtol=0.01)
+    with pytest.raises(ValueError, match="batch size 2 differs from the cache's 4"):
+        cache.append(kv, kv)
+    cache.reset()
+    cache.append(kv, kv)
+    assert cache.batch == 2 and len(cache) == 1
+    with pytest.raises(TypeError, match="indices must be integers"):
+        cache.select_batch([0.5])
+    with pytest.raises(ValueError, match="indices must be 1-D"):
+        cache.select_batch([[0]])
+    with pytest.raises(ValueError, match="non-empty selection of rows of a batch of 2"):
+        cache.select_batch([2])
+    with pytest.raises(ValueError, match=r"length must be in \[0, len\(cache\)=1\]"):
+        cache.truncate(2)
+    cache.truncate(0)
+    assert len(cache) == 0

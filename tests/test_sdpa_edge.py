@@ -137,3 +137,21 @@ def test_spread_key_value_rows_are_read_from_a_dense_copy(monkeypatch, Lq, copie
                                                   is_causal=True)
     np.testing.assert_array_equal(out, dense)
     assert copies[:2] == ([True, True] if copied else [])
+
+
+def test_dense_copy_of_spread_rows_keeps_broadcast_dims():
+    """The dense copy holds the distinct data once: a K/V broadcast over the
+    batch (stride 0) stays broadcast, and the result is unchanged."""
+    from attncore import _layout
+
+    rng = np.random.default_rng(8)
+    base = np.ascontiguousarray(rng.standard_normal((1, 2048, 8, 64), dtype=np.float32))
+    k = np.broadcast_to(base.transpose(0, 2, 1, 3), (3, 8, 2048, 64))
+    d = _layout.dense_if_spread(k, reuse=64)
+    assert d is not k and d.strides[0] == 0 and d.base is not None
+    assert d.base.nbytes == base.nbytes if isinstance(d.base, np.ndarray) else True
+    np.testing.assert_array_equal(d, k)
+    q = rng.standard_normal((3, 8, 64, 64), dtype=np.float32)
+    out = attncore.scaled_dot_product_attention(q, k, k)
+    dense = attncore.scaled_dot_product_attention(q, np.ascontiguousarray(k), np.ascontiguousarray(k))
+    np.testing.assert_array_equal(out, dense)

@@ -150,5 +150,29 @@ def test_kernel_regression_matches_formula(problem):
     ref, ref_w = kernel_regression_np(xq, xk, y, h, kernel, mask=kw.get("attn_mask"),
                                       valid_lens=kw.get("valid_lens"))
     assert out.shape == ref.shape and w.shape == ref_w.shape
+    if dtype == np.float64:
+        # docs/numerics.md (S3): in float64 the scores themselves are rounded,
+        # so the bound grows with S, the largest |score| (natural units)
+        D = 1 if xq.ndim == 1 else xq.shape[-1]
+        u, n = 2.0**-53, max(xk.shape[0] if xk.ndim == 1 else xk.shape[-2], 2)
+        bound = u * (2 * (D + 3) * score_scale(xq, xk, h, kernel) + 2 * np.log(n) + 12)
+        Y = float(np.abs(y).max()) if y.size else 0.0
+        np.testing.assert_allclose(w, ref_w, rtol=0, atol=max(bound, 1e-13))
+        np.testing.assert_allclose(out, ref, rtol=0, atol=max(bound * Y, 4e-13))
+        return
     check(w, ref_w, dtype)
     check(out, ref, dtype, scale=4)
+
+
+def score_scale(xq, xk, h, kernel):
+    """S of docs/numerics.md (S3): the largest |score| in natural units over
+    all query/key pairs (a bound for every row's visible keys)."""
+    q, k = np.asarray(xq, np.float64), np.asarray(xk, np.float64)
+    if q.ndim == 1:                       # d2l's scalar points
+        q, k = q[:, None], k[:, None]
+    r2 = ((q[..., :, None, :] - k[..., None, :, :]) ** 2).sum(-1)
+    if r2.size == 0:
+        return 0.0
+    if kernel == "laplace":
+        return float(np.sqrt(r2.max()) / h)
+    return float(r2.max() / (2 * h * h))   # gaussian (epanechnikov: no exp, a loose bound)

@@ -22,8 +22,10 @@
  *
  * Schedules. FUSED: one unit is a whole image (pool, MLP, bands in order),
  * so the image is read from memory once and re-read from cache when it
- * fits (up to VISION_FIT_BYTES it is one band; bigger images stream in bands
- * of about VISION_BAND_BYTES). PHASED, when there are too few images for
+ * fits (with a convolution: up to VISION_FIT_BYTES it is one band, bigger
+ * images stream in bands of about VISION_BAND_BYTES; without one, x is read
+ * once per band and bands of VISION_BAND_PIXELS pixels only bound the
+ * scratch). PHASED, when there are too few images for
  * the threads: pool units (image, chunk, channel block), a barrier, the
  * MLPs, a barrier, band units (image, band).
  *
