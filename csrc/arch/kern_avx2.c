@@ -261,16 +261,6 @@ static inline void v_hsum_block(const vec a[8], T *out)
 #define KIO_NAME attn_kio_avx2_f32
 #define IO_DTYPE "float32"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* 8 lanes of 16-bit inputs; a partial vector goes through a zeroed local
  * copy (AVX2 has no 16-bit masked loads), so nothing past p + n is read */
@@ -295,16 +285,6 @@ static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli
 #define KIO_NAME attn_kio_avx2_bf16
 #define IO_DTYPE "bfloat16"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* float16: F16C (part of this level's flags and checked at run time) */
 #define IT uint16_t
@@ -318,16 +298,6 @@ static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli
 #define KIO_NAME attn_kio_avx2_f16
 #define IO_DTYPE "float16"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* int8 keys/values of the quantized KV cache (scales applied by the entries) */
 static inline vec v_load_i8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }

@@ -269,16 +269,6 @@ static inline void v_hsum_block(const vec a[16], T *out)
 #define KIO_NAME attn_kio_avx512_f32
 #define IO_DTYPE "float32"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* bfloat16: the top half of a float32 -- widen the 16-bit lanes and shift */
 static inline vec bf16_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
@@ -295,16 +285,6 @@ static inline vec v_load_bf16_n(const uint16_t *p, int n) { return bf16_widen(_m
 #define KIO_NAME attn_kio_avx512_bf16
 #define IO_DTYPE "bfloat16"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* float16: vcvtph2ps (AVX512F) */
 static inline vec v_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
@@ -320,16 +300,6 @@ static inline vec v_load_f16_n(const uint16_t *p, int n) { return _mm512_cvtph_p
 #define KIO_NAME attn_kio_avx512_f16
 #define IO_DTYPE "float16"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* int8 keys/values of the quantized KV cache (scales applied by the entries) */
 static inline vec v_load_i8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }

@@ -50,16 +50,6 @@ static inline void v_hsum_block(const vec a[4], T *out)
 #define KIO_NAME attn_kio_portable_f32
 #define IO_DTYPE "float32"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* 16-bit inputs through the scalar conversions of vmath.h */
 static inline vec v_load_bf16_n(const uint16_t *p, int n)
@@ -85,16 +75,6 @@ static inline vec v_load_f16_n(const uint16_t *p, int n)
 #define KIO_NAME attn_kio_portable_bf16
 #define IO_DTYPE "bfloat16"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 #define IT uint16_t
 #define IO_SAME 0
@@ -107,16 +87,6 @@ static inline vec v_load_f16_n(const uint16_t *p, int n)
 #define KIO_NAME attn_kio_portable_f16
 #define IO_DTYPE "float16"
 #include "../kernels/tiles_io.inc.c"
-#undef IT
-#undef IO_SAME
-#undef v_load_in
-#undef v_load_in_n
-#undef in_to_T
-#undef T_to_out
-#undef FNIO
-#undef KIO_TYPE
-#undef KIO_NAME
-#undef IO_DTYPE
 
 /* int8 keys/values of the quantized KV cache (scales applied by the entries) */
 static inline vec v_load_i8_n(const int8_t *p, int n)

@@ -20,7 +20,8 @@
  *   IO_KV_ONLY          1 for storage types that hold keys/values only (int8
  *                       with scales): the Q and output entries are NULL
  *
- * and the SIMD mapping of tiles.inc.c. Same preconditions as there.
+ * and the SIMD mapping of tiles.inc.c. Same preconditions as there. The
+ * file #undefs these parameters at its end, ready for the next IT.
  *
  * Where the conversion runs: the rows path (decode, bound by memory
  * bandwidth) converts in its vector loads, so it reads half the bytes for
@@ -364,5 +365,16 @@ const KIO_TYPE KIO_NAME = {
     .pv_rows = FNIO(pv_rows),
 };
 
+/* the parameters are consumed: the next instantiation defines its own */
 #undef NR
 #undef IO_KV_ONLY
+#undef IT
+#undef IO_SAME
+#undef v_load_in
+#undef v_load_in_n
+#undef in_to_T
+#undef T_to_out
+#undef FNIO
+#undef KIO_TYPE
+#undef KIO_NAME
+#undef IO_DTYPE
