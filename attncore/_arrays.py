@@ -55,6 +55,19 @@ def torch_dtype_name(t):
     return str(t.dtype).replace("torch.", "")
 
 
+def deliver(res, out, result, torch_dtype):
+    """A computed array as the caller gets it: copied into `out` when one
+    was given (and `out` returned), else in the `result` dtype, as a torch
+    tensor of `torch_dtype` when the inputs were tensors."""
+    if out is not None:
+        if res is not out:
+            np.copyto(out, res, casting="unsafe")
+        return out
+    if res.dtype != result:
+        res = res.astype(result)
+    return to_torch(res, torch_dtype) if torch_dtype is not None else res
+
+
 def to_torch(a, dtype_name):
     """A NumPy result as a torch tensor of dtype `dtype_name` (zero copy when
     the dtypes match)."""

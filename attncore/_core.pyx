@@ -51,6 +51,7 @@ MAX_NDIM = MAX_DIMS
 IO_F32, IO_F64, IO_BF16, IO_F16 = 0, 1, 2, 3
 # float32 queries over a KV cache stored as bfloat16, float16, or int8 with scales
 IO_F32_KVBF16, IO_F32_KVF16, IO_F32_KVI8 = 4, 5, 6
+cdef int _IO_F64 = IO_F64
 
 # Calls estimated above this many multiply-adds install the Ctrl-C guard
 # (two sigaction calls, about a microsecond): about 0.1 ms of work.
@@ -469,15 +470,16 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
     return out
 
 
-cdef void _view_of_cache(_View *out, Py_buffer *view, int64_t length):
-    """A view of a KVCache buffer (C-contiguous, aligned: the cache allocates
-    it) -- (B, H, capacity, D) keys/values or (B, H, capacity) scales --
-    cut to its first `length` positions; strides in items."""
+cdef void _view_of_cache(_View *out, _Buf buf, object arr, int64_t length) except *:
+    """A view of a KVCache buffer (C-contiguous, aligned to its item: the
+    cache allocates it) -- (B, H, capacity, D) keys/values or (B, H,
+    capacity) scales -- cut to its first `length` positions; strides in
+    items. `buf` holds the buffer until it is released."""
     cdef int kk
-    out.buf = view.buf
-    for kk in range(view.ndim):
-        out.shape[kk] = view.shape[kk]
-        out.strides[kk] = view.strides[kk] // view.itemsize
+    out.buf = buf.get(arr)
+    for kk in range(buf.view.ndim):
+        out.shape[kk] = buf.view.shape[kk]
+        out.strides[kk] = buf.view.strides[kk] // buf.view.itemsize
     out.shape[2] = length
 
 
@@ -488,52 +490,30 @@ def kv_attend_fast(str op, q, k, v, ks, vs, int64_t length, int io, is_causal, s
     cache's own buffers k, v (B, Hkv, capacity, D) -- float32 (io IO_F32),
     float64 (IO_F64) or a compact storage (IO_F32_KV*; ks, vs: the int8
     cache's scales (B, Hkv, capacity), else None) -- with no mask, dropout
-    or extra outputs. The cache made its buffers (C-contiguous, aligned);
-    the query is checked here. Returns the output, or None when the call is
-    not that common case (the caller takes the general path)."""
-    cdef Py_buffer bq, bk, bv, bks, bvs
-    cdef bint hq = False, hk = False, hv = False, hks = False, hvs = False
+    or extra outputs. The cache made its buffers; the query is checked
+    here. Returns the output, or None when the call is not that common case
+    (the caller takes the general path)."""
+    cdef _Buf bq = _Buf(), bk = _Buf(), bv = _Buf(), bks = _Buf(), bvs = _Buf()
     cdef _View vq, vk, vv, vks, vvs
-    cdef int itemsize = 8 if io == 1 else 4
-    out_dtype = _F64 if io == 1 else _F32
+    cdef bint f64 = io == _IO_F64
+    out_dtype = _F64 if f64 else _F32
     if type(q) is not _ndarray or q.dtype is not out_dtype:
         return None
     threads = _fast_threads(num_threads)
     if threads < 0:
         return None
-    try:
-        PyObject_GetBuffer(q, &bq, PyBUF_RECORDS_RO)
-        hq = True
-        if not _view_from_buffer(&vq, &bq, itemsize):
-            return None
-        PyObject_GetBuffer(k, &bk, PyBUF_RECORDS_RO)
-        hk = True
-        PyObject_GetBuffer(v, &bv, PyBUF_RECORDS_RO)
-        hv = True
-        _view_of_cache(&vk, &bk, length)
-        _view_of_cache(&vv, &bv, length)
-        if ks is None:
-            return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
-                               threads, isa)
-        PyObject_GetBuffer(ks, &bks, PyBUF_RECORDS_RO)
-        hks = True
-        PyObject_GetBuffer(vs, &bvs, PyBUF_RECORDS_RO)
-        hvs = True
-        _view_of_cache(&vks, &bks, length)
-        _view_of_cache(&vvs, &bvs, length)
+    bq.get(q)
+    if not _view_from_buffer(&vq, &bq.view, 8 if f64 else 4):
+        return None
+    _view_of_cache(&vk, bk, k, length)
+    _view_of_cache(&vv, bv, v, length)
+    if ks is None:
         return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
-                           threads, isa, &vks, &vvs)
-    finally:
-        if hvs:
-            PyBuffer_Release(&bvs)
-        if hks:
-            PyBuffer_Release(&bks)
-        if hv:
-            PyBuffer_Release(&bv)
-        if hk:
-            PyBuffer_Release(&bk)
-        if hq:
-            PyBuffer_Release(&bq)
+                           threads, isa)
+    _view_of_cache(&vks, bks, ks, length)
+    _view_of_cache(&vvs, bvs, vs, length)
+    return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
+                       threads, isa, &vks, &vvs)
 
 
 cdef int _fast_threads(num_threads):

@@ -130,15 +130,7 @@ def _run_softmax(op, a, axis, out, mask_kind, mask, vl, fill_masked, threads, co
         if plan_only:
             return _core.softmax(*call, plan_only=True)
         _core.softmax(*call)
-    if out is not None:
-        if res is not out:
-            np.copyto(out, res, casting="unsafe")
-        return out
-    if result != compute:
-        res = res.astype(result)
-    if torch_dtype is not None:
-        return _arrays.to_torch(res, torch_dtype)
-    return res
+    return _arrays.deliver(res, out, result, torch_dtype)
 
 
 def _input(op, x, name="x"):

@@ -285,15 +285,7 @@ def _run(op, x, layout, out, num_threads, *, pool=0, mlp=None, weight=None, bias
     if xl.size:
         _C.vision(*call)
     res = _user(target, layout)
-    if out is not None:
-        if res is not out:
-            np.copyto(out, res, casting="unsafe")
-        return out
-    if result != compute:
-        res = res.astype(result)
-    if torch_dtype is not None:
-        res = _arrays.to_torch(res, torch_dtype)
-    return res
+    return _arrays.deliver(res, out, result, torch_dtype)
 
 
 def _pooling(op, pooling):
