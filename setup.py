@@ -31,6 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
+    "avx512bf16": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512bf16"],
+    # avx512bf16 with its BF16 instructions emulated: tests its layouts on any AVX-512 CPU
+    "avx512bf16emu": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
 }
 ISA_PROBES = {
     "avx2": """
@@ -54,7 +57,16 @@ ISA_PROBES = {
             _mm512_mask_storeu_ps(out, (__mmask16)3, a);
             return (int)_mm512_reduce_add_ps(a) + (int)out[0];
         }""",
+    "avx512bf16": """
+        #include <immintrin.h>
+        int main(void) {
+            __m512 a = _mm512_set1_ps(1.0f);
+            __m512bh b = _mm512_cvtne2ps_pbh(a, a);
+            a = _mm512_dpbf16_ps(a, b, b);
+            return (int)_mm512_reduce_add_ps(a);
+        }""",
 }
+ISA_PROBES["avx512bf16emu"] = ISA_PROBES["avx512"]
 OPENMP_PROBE = """
     #include <omp.h>
     int main(void) {

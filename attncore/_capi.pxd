@@ -70,6 +70,8 @@ cdef extern from "attncore/attn.h" nogil:
         int additive_form
         int64_t rows_per_unit, units, chunks, chunk_len, key_block, key_blocks
         int threads
+        int native_pairs
+        int widened_chunks
 
     ctypedef struct attn_linear_desc:
         int64_t M, N, K

@@ -315,7 +315,8 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
     return dict(path=PATH_NAMES[info.path], additive_form=ADDITIVE_FORMS[info.additive_form],
                 rows_per_unit=info.rows_per_unit, units=info.units, chunks=info.chunks,
                 chunk_len=info.chunk_len, key_block=info.key_block, key_blocks=info.key_blocks,
-                threads=info.threads)
+                threads=info.threads, native_pairs=bool(info.native_pairs),
+                widened_chunks=bool(info.widened_chunks))
 
 
 cdef object _ndarray = np.ndarray

@@ -21,7 +21,7 @@ from _guard import guarded, guarded_allocations, guarded_copy
 from _oracle import sdpa_numpy
 from _tolerances import assert_close
 
-LEVELS = _config.supported_isas()
+from conftest import SUPPORTED_ISAS as LEVELS   # (bfloat16's native pairs: test_bf16_pairs.py)
 DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16}
 WHERE = ["end", "start"]
 # key lengths at and around the key blocks (126/128/132/256), the split

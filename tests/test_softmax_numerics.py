@@ -12,7 +12,7 @@ import pytest
 import attncore
 from attncore import _config
 
-LEVELS = _config.supported_isas()
+from conftest import SUPPORTED_ISAS as LEVELS   # (not the emulated avx512bf16emu)
 LONGDOUBLE_OK = np.finfo(np.longdouble).eps < np.finfo(np.float64).eps
 
 

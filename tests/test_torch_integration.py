@@ -14,6 +14,7 @@ F = torch.nn.functional
 
 import attncore  # noqa: E402
 import attncore.torch as at  # noqa: E402
+from conftest import pairs_active  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # vs torch in float64 on the same (rounded) inputs: half types add one rounding
@@ -24,7 +25,11 @@ TOL = {torch.float32: dict(rtol=2e-5, atol=1e-5), torch.float64: dict(rtol=1e-12
 
 def assert_close(got, ref, dtype=torch.float32):
     assert got.dtype == dtype
-    torch.testing.assert_close(got.double(), ref.double(), **TOL[dtype])
+    tol = TOL[dtype]
+    if dtype == torch.bfloat16 and pairs_active():
+        # (4b): + 2^-8 V for the weights rounded before P V (|v| < 4.5 here)
+        tol = dict(tol, atol=tol["atol"] + 2 ** -8 * 4.5)
+    torch.testing.assert_close(got.double(), ref.double(), **tol)
 
 
 def inputs(B=2, Hq=4, Hkv=4, Lq=9, Lk=13, D=16, Dv=None, dtype=torch.float32, seed=0):

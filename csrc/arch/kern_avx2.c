@@ -272,6 +272,23 @@ static inline __m128i load8_u16_n(const uint16_t *p, int n)
     return _mm_loadu_si128((const __m128i *)tmp);
 }
 
+/* VL float32 -> 16-bit patterns at p, as attn_f32_to_bf16 / attn_f32_to_f16
+ * (round to nearest even, NaN quieted): the output transpose's stores */
+static inline void store8_bf16(uint16_t *p, vec x)
+{
+    __m256i b = _mm256_castps_si256(x);
+    __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                                     _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1))));
+    r = _mm256_srli_epi32(r, 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x40)), nan);
+    _mm_storeu_si128((__m128i *)(void *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+static inline void store8_f16(uint16_t *p, vec x)
+{
+    _mm_storeu_si128((__m128i *)(void *)p, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 /* bfloat16: widen the 16-bit lanes and shift */
 static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
 #define IT uint16_t
@@ -280,6 +297,7 @@ static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli
 #define v_load_in_n(p, n) bf16_widen(load8_u16_n((p), (n)))
 #define in_to_T(x) attn_bf16_to_f32(x)
 #define T_to_out(x) attn_f32_to_bf16(x)
+#define v_store_out(p, x) store8_bf16((p), (x))
 #define FNIO(name) name##_avx2_io_bf16
 #define KIO_TYPE attn_kio_bf16
 #define KIO_NAME attn_kio_avx2_bf16
@@ -293,6 +311,7 @@ static inline vec bf16_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli
 #define v_load_in_n(p, n) _mm256_cvtph_ps(load8_u16_n((p), (n)))
 #define in_to_T(x) attn_f16_to_f32(x)
 #define T_to_out(x) attn_f32_to_f16(x)
+#define v_store_out(p, x) store8_f16((p), (x))
 #define FNIO(name) name##_avx2_io_f16
 #define KIO_TYPE attn_kio_f16
 #define KIO_NAME attn_kio_avx2_f16

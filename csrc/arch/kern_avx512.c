@@ -10,6 +10,16 @@
 #include <immintrin.h>
 #include <math.h>
 #include "../kernels/ktab.h"
+
+/* The level this translation unit builds. kern_avx512bf16.c includes this
+ * file with its own LEVEL (and its native bfloat16 entries), so one set of
+ * AVX-512 kernels serves both levels under separate names. */
+#ifndef LEVEL
+#define LEVEL avx512
+#define ISA_NAME "avx512"
+#endif
+#define LEVEL_CAT_(a, l, b) a##_##l##_##b
+#define LEVEL_CAT(a, l, b) LEVEL_CAT_(a, l, b)
 #include "../kernels/vmath.h"
 
 typedef float T;
@@ -30,11 +40,10 @@ typedef __m512 vec;
 #define BK_ROWS 256
 #define GEMM_KC 512
 #define GEMM_MC 64
-#define FN(name) name##_avx512_f32
+#define FN(name) LEVEL_CAT(name, LEVEL, f32)
 #define KTAB_TYPE attn_ktab_f32
 #define PREP_TYPE attn_prep_f32
-#define KTAB_NAME attn_ktab_avx512_f32
-#define ISA_NAME "avx512"
+#define KTAB_NAME LEVEL_CAT(attn_ktab, LEVEL, f32)
 
 static inline __mmask16 lanes_(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 static inline vec v_load(const T *p) { return _mm512_loadu_ps(p); }
@@ -264,11 +273,24 @@ static inline void v_hsum_block(const vec a[16], T *out)
 #define v_load_in_n(p, n) v_load_n((p), (n))
 #define in_to_T(x) (x)
 #define T_to_out(x) (x)
-#define FNIO(name) name##_avx512_io_f32
+#define FNIO(name) LEVEL_CAT(name, LEVEL, io_f32)
 #define KIO_TYPE attn_kio_f32
-#define KIO_NAME attn_kio_avx512_f32
+#define KIO_NAME LEVEL_CAT(attn_kio, LEVEL, f32)
 #define IO_DTYPE "float32"
 #include "../kernels/tiles_io.inc.c"
+
+/* VL float32 -> bfloat16 patterns at p, as attn_f32_to_bf16 (nearest even,
+ * NaN quieted): the output transpose's stores */
+static inline void store16_bf16(uint16_t *p, vec x)
+{
+    __m512i b = _mm512_castps_si512(x);
+    __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                     _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1))));
+    r = _mm512_srli_epi32(r, 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256((__m256i *)(void *)p, _mm512_cvtepi32_epi16(r));
+}
 
 /* bfloat16: the top half of a float32 -- widen the 16-bit lanes and shift */
 static inline vec bf16_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
@@ -280,9 +302,13 @@ static inline vec v_load_bf16_n(const uint16_t *p, int n) { return bf16_widen(_m
 #define v_load_in_n(p, n) v_load_bf16_n((p), (n))
 #define in_to_T(x) attn_bf16_to_f32(x)
 #define T_to_out(x) attn_f32_to_bf16(x)
-#define FNIO(name) name##_avx512_io_bf16
+#define v_store_out(p, x) store16_bf16((p), (x))
+#define FNIO(name) LEVEL_CAT(name, LEVEL, io_bf16)
+#ifdef BF16_NATIVE_ENTRIES
+#define KIO_EXTRA BF16_NATIVE_ENTRIES
+#endif
 #define KIO_TYPE attn_kio_bf16
-#define KIO_NAME attn_kio_avx512_bf16
+#define KIO_NAME LEVEL_CAT(attn_kio, LEVEL, bf16)
 #define IO_DTYPE "bfloat16"
 #include "../kernels/tiles_io.inc.c"
 
@@ -295,9 +321,10 @@ static inline vec v_load_f16_n(const uint16_t *p, int n) { return _mm512_cvtph_p
 #define v_load_in_n(p, n) v_load_f16_n((p), (n))
 #define in_to_T(x) attn_f16_to_f32(x)
 #define T_to_out(x) attn_f32_to_f16(x)
-#define FNIO(name) name##_avx512_io_f16
+#define v_store_out(p, x) _mm256_storeu_si256((__m256i *)(void *)(p), _mm512_cvtps_ph((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+#define FNIO(name) LEVEL_CAT(name, LEVEL, io_f16)
 #define KIO_TYPE attn_kio_f16
-#define KIO_NAME attn_kio_avx512_f16
+#define KIO_NAME LEVEL_CAT(attn_kio, LEVEL, f16)
 #define IO_DTYPE "float16"
 #include "../kernels/tiles_io.inc.c"
 
@@ -311,8 +338,8 @@ static inline vec v_load_i8_n(const int8_t *p, int n) { return _mm512_cvtepi32_p
 #define v_load_in_n(p, n) v_load_i8_n((p), (n))
 #define in_to_T(x) ((T)(x))
 #define T_to_out(x) ((int8_t)0)   /* unused: no int8 outputs */
-#define FNIO(name) name##_avx512_io_i8
+#define FNIO(name) LEVEL_CAT(name, LEVEL, io_i8)
 #define KIO_TYPE attn_kio_i8
-#define KIO_NAME attn_kio_avx512_i8
+#define KIO_NAME LEVEL_CAT(attn_kio, LEVEL, i8)
 #define IO_DTYPE "int8"
 #include "../kernels/tiles_io.inc.c"

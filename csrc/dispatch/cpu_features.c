@@ -7,6 +7,8 @@
  * and OS can run every instruction those flags allow:
  *   avx2:   AVX, AVX2, FMA, F16C (+ OSXSAVE and the OS saving xmm/ymm state)
  *   avx512: AVX512 F, VL, BW, DQ (+ the OS saving opmask/zmm state)
+ *   avx512bf16: avx512 + AVX512_BF16
+ *   avx512bf16emu: as avx512 (the BF16 instructions are emulated); tests only
  * The choice of level (ATTNCORE_ISA or the best supported) is made by the
  * Python layer at import and passed to every call, so tests can run every
  * level in one process.
@@ -120,6 +122,12 @@ int attn_isa_built(int isa)
 #ifdef ATTN_BUILT_AVX512
     case ATTN_ISA_AVX512: return 1;
 #endif
+#ifdef ATTN_BUILT_AVX512BF16EMU
+    case ATTN_ISA_AVX512BF16EMU: return 1;
+#endif
+#ifdef ATTN_BUILT_AVX512BF16
+    case ATTN_ISA_AVX512BF16: return 1;
+#endif
     default: return 0;
     }
 }
@@ -131,7 +139,10 @@ static int cpu_runs(int isa)
     case ATTN_ISA_PORTABLE: return 1;
     case ATTN_ISA_AVX2: return c->avx && c->avx2 && c->fma && c->f16c && c->os_ymm;
     case ATTN_ISA_AVX512:
+    case ATTN_ISA_AVX512BF16EMU:
         return c->avx512f && c->avx512vl && c->avx512bw && c->avx512dq && c->os_zmm;
+    case ATTN_ISA_AVX512BF16:
+        return cpu_runs(ATTN_ISA_AVX512) && c->avx512bf16;
     default: return 0;
     }
 }
@@ -141,13 +152,14 @@ int attn_isa_supported(int isa) { return attn_isa_built(isa) && cpu_runs(isa); }
 int attn_isa_best(void)
 {
     for (int isa = ATTN_ISA_COUNT - 1; isa > 0; isa--)
-        if (attn_isa_supported(isa)) return isa;
+        if (isa != ATTN_ISA_AVX512BF16EMU && attn_isa_supported(isa)) return isa;
     return ATTN_ISA_PORTABLE;
 }
 
 const char *attn_isa_name(int isa)
 {
-    static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512"};
+    static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512bf16emu",
+                                                  "avx512bf16"};
     return isa >= 0 && isa < ATTN_ISA_COUNT ? names[isa] : "unknown";
 }
 
@@ -155,6 +167,12 @@ const attn_ktab_f32 *attn_ktab_get_f32(int isa)
 {
     if (!attn_isa_supported(isa)) return NULL;
     switch (isa) {
+#ifdef ATTN_BUILT_AVX512BF16
+    case ATTN_ISA_AVX512BF16: return &attn_ktab_avx512bf16_f32;
+#endif
+#ifdef ATTN_BUILT_AVX512BF16EMU
+    case ATTN_ISA_AVX512BF16EMU: return &attn_ktab_avx512bf16emu_f32;
+#endif
 #ifdef ATTN_BUILT_AVX512
     case ATTN_ISA_AVX512: return &attn_ktab_avx512_f32;
 #endif
@@ -182,6 +200,8 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
     {                                                                          \
         if (!attn_isa_supported(isa)) return NULL;                             \
         switch (isa) {                                                         \
+        ATTN_KIO_CASE_AVX512BF16(TAG)                                          \
+        ATTN_KIO_CASE_AVX512BF16EMU(TAG)                                       \
         ATTN_KIO_CASE_AVX512(TAG)                                              \
         ATTN_KIO_CASE_AVX2(TAG)                                                \
         default: return &attn_kio_portable_##TAG;                              \
@@ -191,6 +211,16 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
 #define ATTN_KIO_CASE_AVX512(TAG) case ATTN_ISA_AVX512: return &attn_kio_avx512_##TAG;
 #else
 #define ATTN_KIO_CASE_AVX512(TAG)
+#endif
+#ifdef ATTN_BUILT_AVX512BF16
+#define ATTN_KIO_CASE_AVX512BF16(TAG) case ATTN_ISA_AVX512BF16: return &attn_kio_avx512bf16_##TAG;
+#else
+#define ATTN_KIO_CASE_AVX512BF16(TAG)
+#endif
+#ifdef ATTN_BUILT_AVX512BF16EMU
+#define ATTN_KIO_CASE_AVX512BF16EMU(TAG) case ATTN_ISA_AVX512BF16EMU: return &attn_kio_avx512bf16emu_##TAG;
+#else
+#define ATTN_KIO_CASE_AVX512BF16EMU(TAG)
 #endif
 #ifdef ATTN_BUILT_AVX2
 #define ATTN_KIO_CASE_AVX2(TAG) case ATTN_ISA_AVX2: return &attn_kio_avx2_##TAG;

@@ -60,6 +60,10 @@ typedef struct {
     int64_t flat;      /* the row's index in (B, Hq, Lq) */
 } SDPA_FN(row_ref);
 
+#ifndef KV_PAIRS
+#define KV_PAIRS 0
+#endif
+
 typedef struct {
     const attn_sdpa_desc *d;
     const KTAB *kt;
@@ -67,6 +71,8 @@ typedef struct {
     const KIO_KV *kio_kv; /* reads the keys and values (KVT, maybe with scales) */
     const KIO_T *kio_t;   /* the output entries for T: split-K partials */
     int rows_path;     /* 1: decode-shaped rows path; 0: panel path */
+    int pairs;         /* panel path on the level's native 16-bit dot products
+                        * (kio_kv->qk_panel2 / pv_panel2), K and V read as they are */
     int limited;       /* rows have a key range (causal, window, valid_lens, varlen) */
     int windowed;      /* rows have a first visible key (a window's left side) */
     int prep_always;   /* every block needs a prep pass (masks, weights, ALiBi, softcap) */
@@ -93,6 +99,8 @@ typedef struct {
     int64_t ld_q, ld_s, ld_o;
     int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L;
     int64_t off_kw, off_vw;   /* panel path, KVT != T: the K and V blocks widened to T */
+    int wide_chunk;    /* ... kept for a whole key chunk per thread (wide_cache) */
+    int64_t off_wf;    /* its per-block "widened" flags (wide_chunk) */
     int64_t off_hv, off_hi, off_hn;   /* hard attention: top-k values, indices, NaN flags */
     int64_t scratch_elems;
 } SDPA_FN(plan);
@@ -109,6 +117,13 @@ typedef struct {
     const T *ksc, *vsc;     /* their scales (quantized K/V), or NULL */
     int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
 } SDPA_FN(unit);
+
+/* Which kv head's key chunk a thread's widened K/V belong to (wide_chunk):
+ * consecutive units are panels of the same head, so a thread widens each of
+ * its blocks once instead of once per panel. */
+typedef struct {
+    int64_t kvrow, chunk;   /* -1: nothing widened yet */
+} SDPA_FN(wide_cache);
 
 #define PLAN SDPA_FN(plan)
 #define ROWREF SDPA_FN(row_ref)
@@ -417,7 +432,7 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
 }
 
 /* The panel path's loop nest for one unit. Returns 1 if interrupted. */
-static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
+static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN(wide_cache) *wc)
 {
     const attn_sdpa_desc *d = P->d;
     const KTAB *kt = P->kt;
@@ -429,7 +444,10 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
     const QT *qrows[ATTN_MAX_LANES];
 
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
-    P->kio_q->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
+    if (P->pairs)   /* (QT is KVT here) */
+        P->kio_kv->pack_qt2(U->nr, D, (const KVT *const *)qrows, P->qsign, (KVT *)qbuf);
+    else
+        P->kio_q->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
     if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
     int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
     memset(obuf, 0, (size_t)ot_elems * sizeof(T));
@@ -442,19 +460,42 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
         int64_t nk = attn_min64(P->bk, U->kend - j0);
         /* K and V blocks as T: read in place, or widened once (16-bit and
          * quantized storage; scales applied there) */
-        const T *kb, *vb;
+        const T *kb = NULL, *vb = NULL;
         int64_t ldk = d->k_sl, ldv = d->v_sl;
 #if KV_SAME
         kb = U->kh + j0 * d->k_sl;
         vb = U->vh + j0 * d->v_sl;
 #else
-        T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
-        P->kio_kv->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, D);
-        P->kio_kv->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, Dv);
-        kb = kwide;
-        vb = vwide;
-        ldk = D;
-        ldv = Dv;
+        if (!P->pairs) {
+            T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
+            int fresh = 1;
+            if (P->wide_chunk) {   /* this chunk's keys from its start, each block widened once */
+                T *flags = scratch + P->off_wf;
+                int64_t c0 = U->chunk * P->chunk_len, blk = (j0 - c0) / P->bk;
+                if (wc->kvrow != U->kvrow || wc->chunk != U->chunk) {
+                    for (int64_t i = 0; i * P->bk < P->chunk_len; i++) flags[i] = 0;
+                    wc->kvrow = U->kvrow;
+                    wc->chunk = U->chunk;
+                }
+                kwide += (j0 - c0) * D;
+                vwide += (j0 - c0) * Dv;
+                /* (blocks start at chunk start + a multiple of bk, or at a
+                 * window's first key: only the aligned ones are shared) */
+                int aligned = (j0 - c0) % P->bk == 0;
+                /* a flag holds how many of the block's keys are widened: a
+                 * causal unit may have cut the block short */
+                fresh = !aligned || flags[blk] < (T)nk;
+                if (aligned && fresh) flags[blk] = (T)nk;
+            }
+            if (fresh) {
+                P->kio_kv->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, D);
+                P->kio_kv->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, Dv);
+            }
+            kb = kwide;
+            vb = vwide;
+            ldk = D;
+            ldv = Dv;
+        }
 #endif
         int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
         /* the QK kernel can fold the column maxima on the way out unless a
@@ -469,6 +510,8 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
                                    P->score_c, sbuf);
         else if (P->additive_form == ATTN_ADDITIVE_TANH)
             kt->additive_panel_tanh(D, kb, ldk, nk, qbuf, P->wneg, P->score_c, sbuf);
+        else if (P->pairs)
+            P->kio_kv->qk_panel2(D, U->kh + j0 * d->k_sl, d->k_sl, nk, (const KVT *)qbuf, sbuf, colmax);
         else
             kt->qk_panel(D, kb, ldk, nk, qbuf, sbuf, W, 0, colmax);
 
@@ -489,7 +532,11 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch)
             kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
         if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
-        kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
+        if (P->pairs)   /* V packed into key pairs in the widening scratch */
+            P->kio_kv->pv_panel2(nk, U->vh + j0 * d->v_sl, d->v_sl, Dv, sbuf, alpha, obuf, ocbuf,
+                                 (KVT *)(scratch + P->off_vw));
+        else
+            kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
     }
     if (P->hard)
         SDPA_FN(hard_finish)(P, U, scratch);
@@ -694,6 +741,8 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         P->ngroups = stack ? 1 : P->G;
         P->bk = kt->bk_panel;
     }
+    P->pairs = KV_PAIRS && !P->rows_path && kio_kv->qk_panel2 != NULL &&
+               P->additive_form == ATTN_ADDITIVE_NONE;
     P->npanels = (P->rows_per_group + P->W - 1) / P->W;
     P->nbase = d->B * d->Hkv * P->ngroups * P->npanels;
 
@@ -739,8 +788,15 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_kw = P->off_vw = P->off_hn + SDPA_FN(align_elems)(P->hard ? P->W : 0);
 #if !KV_SAME
     if (!P->rows_path) {
-        P->off_vw = P->off_kw + SDPA_FN(align_elems)(P->bk * D1);
-        P->scratch_elems = P->off_vw + SDPA_FN(align_elems)(P->bk * Dv1);
+        /* widened K/V for a whole chunk when several panels of a kv head
+         * would otherwise widen the same blocks again (and it fits) */
+        int64_t reuse = P->ngroups * P->npanels;
+        double bytes = (double)P->chunk_len * (double)(D1 + Dv1) * sizeof(T);
+        P->wide_chunk = !P->pairs && reuse >= ATTN_WIDE_CHUNK_MIN_PANELS && bytes <= ATTN_WIDE_CHUNK_MAX_BYTES;
+        int64_t keys = P->wide_chunk ? P->chunk_len : P->bk;
+        P->off_vw = P->off_kw + SDPA_FN(align_elems)(keys * D1);
+        P->off_wf = P->off_vw + SDPA_FN(align_elems)(keys * Dv1);
+        P->scratch_elems = P->off_wf + SDPA_FN(align_elems)(P->wide_chunk ? (P->chunk_len + P->bk - 1) / P->bk : 0);
         return ATTN_OK;
     }
 #endif
@@ -759,6 +815,8 @@ static double SDPA_FN(work)(const PLAN *P)
 static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *info)
 {
     info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
+    info->native_pairs = P->pairs;
+    info->widened_chunks = P->wide_chunk;
     info->additive_form = P->additive_form;
     info->rows_per_unit = P->W;
     info->units = P->nbase * P->nchunks;
@@ -864,6 +922,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     {
         T *scratch = (T *)attn_scratch_alloc_n(P.scratch_elems, sizeof(T));
         if (!scratch) attn_flag_set(&failed);
+        SDPA_FN(wide_cache) wc = {-1, -1};
         if (P.fk) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -879,7 +938,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
             UNIT U;
             SDPA_FN(build_unit)(&P, u, &U);
             int stop = P.rows_path ? SDPA_FN(rows_unit)(&P, &U, scratch)
-                                   : SDPA_FN(panel_unit)(&P, &U, scratch);
+                                   : SDPA_FN(panel_unit)(&P, &U, scratch, &wc);
             if (stop) attn_flag_set(&interrupted);
         }
         /* (implicit barrier) */
@@ -903,3 +962,4 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #undef SDPA_FN
 #undef SDPA_CAT
 #undef SDPA_CAT_
+#undef KV_PAIRS

@@ -215,6 +215,21 @@ ATTN_DECLARE_KTAB(double, f64)
         /* division when L is NULL)                                         */ \
         void (*finish_rows)(int nr, int64_t Dv, const T *o, const T *oc,       \
                             int64_t ldo, const T *L, IT *const *rows);         \
+                                                                               \
+        /* ---- panel path on native 16-bit dot products (NULL unless the  */ \
+        /* level multiplies IT pairs itself: AVX512-BF16's vdpbf16ps) ----  */ \
+        /* Q2[p][r] = the pair (sign Q_r[2p], sign Q_r[2p+1]) (0 past D; 0   */ \
+        /* lanes past nr), p < ceil(D / 2), sign = +-1 (exact)              */ \
+        void (*pack_qt2)(int nr, int64_t D, const IT *const *rows, T sign,     \
+                         IT *q2);                                              \
+        /* St[j][:] = sum_d K[j][d] Q2[d / 2][:] for j < nk (St rows NR      */ \
+        /* apart, colmax as in qk_panel), reading the IT rows of K in place */ \
+        void (*qk_panel2)(int64_t D, const IT *k, int64_t ldk, int64_t nk,    \
+                          const IT *q2, T *st, T *colmax);                     \
+        /* pv_panel on P = St rounded to IT (St is overwritten) and the IT   */ \
+        /* rows of V, packed into key pairs in vpairs (ceil(nk/2) Dv pairs)  */ \
+        void (*pv_panel2)(int64_t nk, const IT *v, int64_t ldv, int64_t Dv,   \
+                          T *st, const T *alpha, T *ot, T *ct, IT *vpairs);    \
     } attn_kio_##TAG;
 
 ATTN_DECLARE_KIO(float, float, f32)
@@ -247,6 +262,22 @@ extern const attn_kio_f32 attn_kio_avx512_f32;
 extern const attn_kio_bf16 attn_kio_avx512_bf16;
 extern const attn_kio_f16 attn_kio_avx512_f16;
 extern const attn_kio_i8 attn_kio_avx512_i8;
+#endif
+/* AVX512-BF16 (and its emulation on any AVX-512 CPU, for the tests): the
+ * AVX-512 tables under their own names, with native bfloat16 entries. */
+#ifdef ATTN_BUILT_AVX512BF16
+extern const attn_ktab_f32 attn_ktab_avx512bf16_f32;
+extern const attn_kio_f32 attn_kio_avx512bf16_f32;
+extern const attn_kio_bf16 attn_kio_avx512bf16_bf16;
+extern const attn_kio_f16 attn_kio_avx512bf16_f16;
+extern const attn_kio_i8 attn_kio_avx512bf16_i8;
+#endif
+#ifdef ATTN_BUILT_AVX512BF16EMU
+extern const attn_ktab_f32 attn_ktab_avx512bf16emu_f32;
+extern const attn_kio_f32 attn_kio_avx512bf16emu_f32;
+extern const attn_kio_bf16 attn_kio_avx512bf16emu_bf16;
+extern const attn_kio_f16 attn_kio_avx512bf16emu_f16;
+extern const attn_kio_i8 attn_kio_avx512bf16emu_i8;
 #endif
 
 /* The tables for a supported ISA level (csrc/dispatch), or NULL. */

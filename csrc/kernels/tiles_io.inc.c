@@ -13,6 +13,8 @@
  *   in_to_T(x)          one IT element as T (exact)
  *   T_to_out(x)         one T value as IT (round to nearest even; NaN stays
  *                       NaN, +-inf stays +-inf)
+ *   v_store_out(p, x)   optional (16-bit IT, levels with a register
+ *                       transpose): VL values of x stored as T_to_out would
  *   QK_ROWS, QK_KEYS    the rows-path QK register block (QK_ROWS x QK_KEYS
  *                       dot products at once), and
  *   v_hsum_block(acc, out)  out[i] = horizontal sum of acc[i], i < QK_ROWS * QK_KEYS
@@ -52,6 +54,17 @@ static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *q
         for (; d0 + VL <= D; d0 += VL)
             for (int r0 = 0; r0 < NR; r0 += VL)
                 v_transpose(rows + r0, d0, sign, qt + d0 * NR + r0, NR);
+    }
+#elif defined(V_HAS_TRANSPOSE)
+    if (nr == NR) {   /* VL x VL blocks widened into a stage, then transposed */
+        T stage[VL * VL];
+        const T *srows[VL];
+        for (int i = 0; i < VL; i++) srows[i] = stage + i * VL;
+        for (; d0 + VL <= D; d0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL) {
+                for (int i = 0; i < VL; i++) v_store(stage + i * VL, v_load_in(rows[r0 + i] + d0));
+                v_transpose(srows, 0, sign, qt + d0 * NR + r0, NR);
+            }
     }
 #endif
     for (int64_t d = d0; d < D; d++) {
@@ -110,6 +123,22 @@ static void FNIO(finish_panel)(int nr, int64_t Dv, T *ot, const T *ct, const T *
                 v_untranspose(ot + c0 * NR + r0, NR, ones + r0, rows + r0, c0);
         for (int r = 0; r < nr; r++)
             for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r];
+        return;
+    }
+#elif defined(V_HAS_TRANSPOSE) && defined(v_store_out)
+    if (nr == NR) {   /* VL x VL blocks transposed into a stage, then narrowed */
+        T ones[ATTN_MAX_LANES], stage[VL * VL];
+        T *srows[VL];
+        for (int r = 0; r < NR; r++) ones[r] = 1;
+        for (int i = 0; i < VL; i++) srows[i] = stage + i * VL;
+        int64_t c0 = 0;
+        for (; c0 + VL <= Dv; c0 += VL)
+            for (int r0 = 0; r0 < NR; r0 += VL) {
+                v_untranspose(ot + c0 * NR + r0, NR, ones + r0, srows, 0);
+                for (int i = 0; i < VL; i++) v_store_out(rows[r0 + i] + c0, v_load(stage + i * VL));
+            }
+        for (int r = 0; r < nr; r++)
+            for (int64_t c = c0; c < Dv; c++) rows[r][c] = T_to_out(ot[c * NR + r]);
         return;
     }
 #endif
@@ -387,6 +416,9 @@ static void FNIO(finish_rows)(int nr, int64_t Dv, const T *o, const T *oc, int64
 
 const KIO_TYPE KIO_NAME = {
     .dtype = IO_DTYPE,
+#ifdef KIO_EXTRA
+    KIO_EXTRA   /* the level's own entries (the native 16-bit ones) */
+#endif
 #if IO_KV_ONLY
     .pack_qt = NULL,
     .finish_panel = NULL,
@@ -410,6 +442,7 @@ const KIO_TYPE KIO_NAME = {
 /* the parameters are consumed: the next instantiation defines its own */
 #undef NR
 #undef ROWS_PF_BYTES
+#undef KIO_EXTRA
 #undef IO_KV_ONLY
 #undef IT
 #undef IO_SAME
@@ -417,6 +450,7 @@ const KIO_TYPE KIO_NAME = {
 #undef v_load_in_n
 #undef in_to_T
 #undef T_to_out
+#undef v_store_out
 #undef FNIO
 #undef KIO_TYPE
 #undef KIO_NAME

@@ -33,12 +33,16 @@ typedef enum {
                         /* the outputs are incomplete                              */
 } attn_status;
 
-/* Kernel levels, in increasing order. */
+/* Kernel levels, in increasing order. avx512bf16emu is avx512bf16 with its
+ * AVX512-BF16 instructions emulated (for tests on any AVX-512 CPU): never
+ * the best level. */
 typedef enum {
     ATTN_ISA_PORTABLE = 0,
     ATTN_ISA_AVX2 = 1,
     ATTN_ISA_AVX512 = 2,
-    ATTN_ISA_COUNT = 3
+    ATTN_ISA_AVX512BF16EMU = 3,
+    ATTN_ISA_AVX512BF16 = 4,
+    ATTN_ISA_COUNT = 5
 } attn_isa;
 
 /* Score kinds for attn_sdpa_desc.score_kind. */
@@ -176,6 +180,10 @@ typedef struct {
     int64_t key_blocks;     /* key blocks the units visit in all (causal, windows and
                              * varlen lengths skip the rest) */
     int threads;            /* threads the region would use */
+    int native_pairs;       /* panel path on the level's native 16-bit dot products
+                             * (bfloat16 on avx512bf16: K and V read as they are) */
+    int widened_chunks;     /* panel path, 16-bit or int8 K/V: each thread keeps a
+                             * key chunk widened to float32 across panels */
 } attn_plan_info;
 
 attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,

@@ -1,0 +1,70 @@
+"""16-bit and int8 K/V on the panel path: each thread widens a kv head's key
+chunk to float32 once and reuses it across that head's panels (instead of
+widening every block once per panel). Each test asserts through the plan
+that it reaches that path, checks against float32 attention over the same
+(widened) values, and that the thread count does not change a bit: the
+widened values are the same whichever panel widened them, including a block
+that a causal unit widened only in part before a later one needs all of it."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import reference as R
+from attncore._engine import plan_info
+
+from _tolerances import assert_close
+
+SDPA = attncore.scaled_dot_product_attention
+
+
+def half_inputs(rng, dtype, B, Hq, Hkv, Lq, Lk, D, Dv):
+    return (rng.standard_normal((B, Hq, Lq, D)).astype(dtype), rng.standard_normal((B, Hkv, Lk, D)).astype(dtype),
+            rng.standard_normal((B, Hkv, Lk, Dv)).astype(dtype))
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", [dict(is_causal=True), dict(is_causal="bottom_right"), dict(),
+                                  dict(window=(100, 0))])
+def test_half_inputs_reuse_widened_chunks(isa, kind, case, rng):
+    if kind == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.float16
+    q, k, v = half_inputs(rng, dtype, 1, 3, 1, 300, 333, 40, 24)
+    kw = dict(case, enable_gqa=True)
+    fn = SDPA
+    plan = plan_info(fn, q, k, v, **kw)
+    if plan["native_pairs"]:
+        pytest.skip("this level multiplies bfloat16 pairs natively (test_bf16_pairs.py)")
+    assert plan["path"] == "panel" and plan["widened_chunks"], plan
+    one = fn(q, k, v, num_threads=1, **kw)
+    two = fn(q, k, v, num_threads=2, **kw)
+    assert one.tobytes() == two.tobytes()
+    ref = fn(*(a.astype(np.float32) for a in (q, k, v)), **kw)   # float32, same values
+    np.testing.assert_allclose(one.astype(np.float32), ref, rtol=2.0**-8, atol=2.0**-9)
+
+
+def test_int8_cache_prefill_reuses_widened_chunks(isa, rng):
+    """A long query block over an int8 KVCache (the scales applied in the
+    widening) against float32 attention over the dequantized cache."""
+    cache = attncore.KVCache(max_len=600, num_heads=2, head_dim=32, dtype="int8")
+    k = rng.standard_normal((1, 2, 520, 32)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 520, 32)).astype(np.float32)
+    cache.append(k, v)
+    q = rng.standard_normal((1, 4, 200, 32)).astype(np.float32)
+    plan = plan_info(cache.attend, q)
+    assert plan["path"] == "panel" and plan["widened_chunks"], plan
+    one = cache.attend(q, num_threads=1)
+    two = cache.attend(q, num_threads=2)
+    assert one.tobytes() == two.tobytes()
+    kd, vd = cache.keys, cache.values   # the stored values, dequantized
+    ref = R.scaled_dot_product_attention(q.astype(np.float64), kd.astype(np.float64), vd.astype(np.float64),
+                                         is_causal="bottom_right", enable_gqa=True)
+    assert_close(one, ref, "sdpa", np.float32)
+
+
+def test_few_panels_or_big_chunks_widen_per_block(isa, rng):
+    """One panel per kv head (nothing to reuse) widens block by block."""
+    q, k, v = half_inputs(rng, np.float16, 1, 1, 1, 20, 300, 16, 16)
+    plan = plan_info(SDPA, q, k, v)
+    assert plan["path"] == "panel" and not plan["widened_chunks"]
