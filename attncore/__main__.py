@@ -62,7 +62,7 @@ def self_check():
                 worst = max(worst, float(np.abs(got - want).max()))
         passed = worst < 1e-5
         ok &= passed
-        print(f"  {level:<9} {'ok  ' if passed else 'FAIL'} (max error {worst:.1e})")
+        print(f"  {level:<13} {'ok  ' if passed else 'FAIL'} (max error {worst:.1e})")
     return ok
 
 
