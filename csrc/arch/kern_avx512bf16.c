@@ -7,7 +7,10 @@
  *
  * With ATTN_BF16_EMULATED defined (kern_avx512bf16emu.c, AVX-512 flags
  * only) the two AVX512-BF16 instructions used here are emulated with
- * AVX-512F, bit for bit (see dp2 and pair_bits below). That level,
+ * AVX-512F, bit for bit (see dp2 and pair_bits below) except in corners no
+ * attention input reaches: a sum that lands within 2^-150 below 2^-126
+ * (the emulation flushes after rounding, the instruction before), and
+ * which payload survives when both FMA operands are NaN. That level,
  * "avx512bf16emu", is never chosen automatically: it exists so that the
  * pair layouts, edges and driver wiring of this file are tested on every
  * AVX-512 CPU, while "avx512bf16" itself runs (and is tested) where the CPU
@@ -51,11 +54,12 @@ static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t
 
 #ifdef ATTN_BF16_EMULATED
 /* bfloat16 halves (hi: element 2i+1, lo: element 2i) as float32, with
- * subnormals read as zero, as the instruction does */
+ * subnormals read as a zero of their sign, as the instruction's DAZ does */
 static inline __m512 bf16_half_daz(__m512i bits)
 {
-    return _mm512_maskz_mov_ps(_mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7F800000)),
-                               _mm512_castsi512_ps(bits));
+    __mmask16 normal = _mm512_test_epi32_mask(bits, _mm512_set1_epi32(0x7F800000));
+    return _mm512_castsi512_ps(
+        _mm512_mask_mov_epi32(_mm512_and_si512(bits, _mm512_set1_epi32((int)0x80000000)), normal, bits));
 }
 static inline __m512 ftz(__m512 x)
 {
