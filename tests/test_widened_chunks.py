@@ -63,7 +63,7 @@ def test_int8_cache_prefill_reuses_widened_chunks(isa, rng):
     assert_close(one, ref, "sdpa", np.float32)
 
 
-def test_few_panels_or_big_chunks_widen_per_block(isa, rng):
+def test_one_panel_per_head_widens_per_block(isa, rng):
     """One panel per kv head (nothing to reuse) widens block by block."""
     q, k, v = half_inputs(rng, np.float16, 1, 1, 1, 20, 300, 16, 16)
     plan = plan_info(SDPA, q, k, v)

@@ -279,17 +279,21 @@ static inline void v_hsum_block(const vec a[16], T *out)
 #define IO_DTYPE "float32"
 #include "../kernels/tiles_io.inc.c"
 
-/* VL float32 -> bfloat16 patterns at p, as attn_f32_to_bf16 (nearest even,
- * NaN quieted): the output transpose's stores */
-static inline void store16_bf16(uint16_t *p, vec x)
+/* VL float32 -> bfloat16 patterns as attn_f32_to_bf16 (nearest even, NaN
+ * quieted), each in the low half of its 32-bit lane */
+static inline __m512i bf16_bits(vec x)
 {
     __m512i b = _mm512_castps_si512(x);
     __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
                                                      _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1))));
     r = _mm512_srli_epi32(r, 16);
     __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40)));
-    _mm256_storeu_si256((__m256i *)(void *)p, _mm512_cvtepi32_epi16(r));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40)));
+}
+/* ... stored at p: the output transpose's stores */
+static inline void store16_bf16(uint16_t *p, vec x)
+{
+    _mm256_storeu_si256((__m256i *)(void *)p, _mm512_cvtepi32_epi16(bf16_bits(x)));
 }
 
 /* bfloat16: the top half of a float32 -- widen the 16-bit lanes and shift */

@@ -79,18 +79,14 @@ static inline __m512 dp2(__m512 acc, __m512i a, __m512i b)
     acc = ftz(_mm512_fmadd_ps(ah, bh, acc));
     return ftz(_mm512_fmadd_ps(al, bl, acc));
 }
-/* float32 -> bfloat16 as vcvtne2ps2bf16: nearest even, NaN quieted,
- * subnormal inputs and results 0; in the low half of each 32-bit lane */
+/* float32 -> bfloat16 as vcvtne2ps2bf16: kern_avx512.c's nearest-even
+ * bf16_bits, except that subnormal inputs give a zero of their sign; in the
+ * low half of each 32-bit lane */
 static inline __m512i bf16_round(__m512 x)
 {
     __m512i b = _mm512_castps_si512(x);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-    __m512i absb = _mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF));
-    __mmask16 nan = _mm512_cmpgt_epi32_mask(absb, _mm512_set1_epi32(0x7F800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40)));
     __mmask16 sub = _mm512_testn_epi32_mask(b, _mm512_set1_epi32(0x7F800000));
-    return _mm512_mask_mov_epi32(r, sub, _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x8000)));
+    return _mm512_mask_mov_epi32(bf16_bits(x), sub, _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x8000)));
 }
 /* the pairs (lo[i], hi[i]) of two float32 vectors, rounded to bfloat16 */
 static inline __m512i pair_bits(__m512 lo, __m512 hi)

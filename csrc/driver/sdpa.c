@@ -162,7 +162,6 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_KV attn_kio_bf16
 #define KIO_KV_GET attn_kio_get_bf16
 #include "sdpa.inc.c"
-#undef KV_PAIRS
 #undef QT
 #undef KVT
 #undef Q_SAME

@@ -431,6 +431,44 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
     }
 }
 
+#if !KV_SAME
+/* The K and V block at key j0 (nk keys) widened to T, rows D and Dv apart:
+ * into the block scratch, or (wide_chunk) into its place in the thread's
+ * widened chunk, skipped when an earlier unit of the same head and chunk
+ * already widened at least these keys of it. */
+static void SDPA_FN(widened_block)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
+                                   SDPA_FN(wide_cache) *wc, const T **kb, const T **vb)
+{
+    const attn_sdpa_desc *d = P->d;
+    T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
+    int fresh = 1;
+    if (P->wide_chunk) {
+        T *flags = scratch + P->off_wf;
+        int64_t c0 = U->chunk * P->chunk_len, blk = (j0 - c0) / P->bk;
+        if (wc->kvrow != U->kvrow || wc->chunk != U->chunk) {
+            for (int64_t i = 0; i * P->bk < P->chunk_len; i++) flags[i] = 0;
+            wc->kvrow = U->kvrow;
+            wc->chunk = U->chunk;
+        }
+        kwide += (j0 - c0) * d->D;
+        vwide += (j0 - c0) * d->Dv;
+        /* blocks start at chunk start + a multiple of bk, or at a window's
+         * first key: only the aligned ones are shared (the others rewrite
+         * the same values). A flag holds how many of the block's keys are
+         * widened: a causal unit may have cut the block short. */
+        int aligned = (j0 - c0) % P->bk == 0;
+        fresh = !aligned || flags[blk] < (T)nk;
+        if (aligned && fresh) flags[blk] = (T)nk;
+    }
+    if (fresh) {
+        P->kio_kv->widen(nk, d->D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, d->D);
+        P->kio_kv->widen(nk, d->Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, d->Dv);
+    }
+    *kb = kwide;
+    *vb = vwide;
+}
+#endif
+
 /* The panel path's loop nest for one unit. Returns 1 if interrupted. */
 static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN(wide_cache) *wc)
 {
@@ -467,32 +505,7 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN
         vb = U->vh + j0 * d->v_sl;
 #else
         if (!P->pairs) {
-            T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
-            int fresh = 1;
-            if (P->wide_chunk) {   /* this chunk's keys from its start, each block widened once */
-                T *flags = scratch + P->off_wf;
-                int64_t c0 = U->chunk * P->chunk_len, blk = (j0 - c0) / P->bk;
-                if (wc->kvrow != U->kvrow || wc->chunk != U->chunk) {
-                    for (int64_t i = 0; i * P->bk < P->chunk_len; i++) flags[i] = 0;
-                    wc->kvrow = U->kvrow;
-                    wc->chunk = U->chunk;
-                }
-                kwide += (j0 - c0) * D;
-                vwide += (j0 - c0) * Dv;
-                /* (blocks start at chunk start + a multiple of bk, or at a
-                 * window's first key: only the aligned ones are shared) */
-                int aligned = (j0 - c0) % P->bk == 0;
-                /* a flag holds how many of the block's keys are widened: a
-                 * causal unit may have cut the block short */
-                fresh = !aligned || flags[blk] < (T)nk;
-                if (aligned && fresh) flags[blk] = (T)nk;
-            }
-            if (fresh) {
-                P->kio_kv->widen(nk, D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, D);
-                P->kio_kv->widen(nk, Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, Dv);
-            }
-            kb = kwide;
-            vb = vwide;
+            SDPA_FN(widened_block)(P, U, j0, nk, scratch, wc, &kb, &vb);
             ldk = D;
             ldv = Dv;
         }
