@@ -31,7 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
-    "avx512bf16": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512bf16"],
+    "avx512vnni": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni"],
+    "avx512bf16": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni", "-mavx512bf16"],
     # avx512bf16 with its BF16 instructions emulated: tests its layouts on any AVX-512 CPU
     "avx512bf16emu": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
 }
@@ -57,10 +58,18 @@ ISA_PROBES = {
             _mm512_mask_storeu_ps(out, (__mmask16)3, a);
             return (int)_mm512_reduce_add_ps(a) + (int)out[0];
         }""",
+    "avx512vnni": """
+        #include <immintrin.h>
+        int main(void) {
+            __m512i a = _mm512_set1_epi16(3);
+            a = _mm512_dpwssd_epi32(a, a, _mm512_cvtepi8_epi16(_mm256_set1_epi8(-2)));
+            return _mm512_reduce_add_epi32(a) > 0 ? 0 : 1;
+        }""",
     "avx512bf16": """
         #include <immintrin.h>
         int main(void) {
-            __m512 a = _mm512_set1_ps(1.0f);
+            __m512i v = _mm512_dpwssd_epi32(_mm512_set1_epi16(3), _mm512_set1_epi16(3), _mm512_set1_epi16(3));
+            __m512 a = _mm512_cvtepi32_ps(v);
             __m512bh b = _mm512_cvtne2ps_pbh(a, a);
             a = _mm512_dpbf16_ps(a, b, b);
             return (int)_mm512_reduce_add_ps(a);

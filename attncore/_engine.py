@@ -33,9 +33,10 @@ def plan_info(fn, *args, **kwargs):
     ("panel" or "rows"), the additive form ("product", "tanh" or None),
     rows_per_unit, units, chunks (> 1: split-K), chunk_len, key_block,
     threads, native_pairs (bfloat16 on the avx512bf16 levels: the panel
-    path multiplies bfloat16 pairs natively) and widened_chunks (16-bit or
+    path multiplies bfloat16 pairs natively), widened_chunks (16-bit or
     int8 K/V on the panel path, widened once per key chunk and thread
-    instead of once per panel). Internal: tests use it to assert that they reach the path they
+    instead of once per panel) and int8_vnni (int8 K/V on the rows path of
+    a VNNI level: integer products, docs/numerics.md (10)). Internal: tests use it to assert that they reach the path they
     name.
 
     Example

@@ -343,6 +343,11 @@ static inline vec v_load_i8_n(const int8_t *p, int n) { return _mm512_cvtepi32_p
 #define in_to_T(x) ((T)(x))
 #define T_to_out(x) ((int8_t)0)   /* unused: no int8 outputs */
 #define FNIO(name) LEVEL_CAT(name, LEVEL, io_i8)
+#ifdef I8_QK_ROWS   /* the level's own int8 products (kern_avx512vnni.c) */
+#define KIO_QK_ROWS I8_QK_ROWS
+#define KIO_PV_ROWS I8_PV_ROWS
+#define KIO_EXTRA .int8_vnni = 1,
+#endif
 #define KIO_TYPE attn_kio_i8
 #define KIO_NAME LEVEL_CAT(attn_kio, LEVEL, i8)
 #define IO_DTYPE "int8"

@@ -1,9 +1,10 @@
 /*
- * The avx512bf16 level: every AVX-512 kernel (kern_avx512.c, included below
- * under this level's names) plus bfloat16 attention on the panel path that
- * multiplies bfloat16 pairs natively with AVX512-BF16's vdpbf16ps instead of
- * widening K and V blocks to float32. Compiled with the AVX-512 flags and
- * -mavx512bf16 (setup.py); dispatch checks AVX512_BF16 at run time.
+ * The avx512bf16 level: every avx512vnni kernel (kern_avx512vnni.c and
+ * kern_avx512.c, included below under this level's names) plus bfloat16
+ * attention on the panel path that multiplies bfloat16 pairs natively with
+ * AVX512-BF16's vdpbf16ps instead of widening K and V blocks to float32.
+ * Compiled with the AVX-512 flags, -mavx512vnni and -mavx512bf16
+ * (setup.py); dispatch checks AVX512_VNNI and AVX512_BF16 at run time.
  *
  * With ATTN_BF16_EMULATED defined (kern_avx512bf16emu.c, AVX-512 flags
  * only) the two AVX512-BF16 instructions used here are emulated with
@@ -46,7 +47,13 @@ static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t
 #define BF16_NATIVE_ENTRIES \
     .pack_qt2 = pack_qt2_native, .qk_panel2 = qk_panel2_native, .pv_panel2 = pv_panel2_native,
 
+/* the real level also has kern_avx512vnni.c's int8 scores (every AVX512-BF16
+ * CPU has VNNI); the emulated one stays on plain AVX-512 */
+#ifdef ATTN_BF16_EMULATED
 #include "kern_avx512.c"
+#else
+#include "kern_avx512vnni.c"
+#endif
 
 #define PNR (NV * VL)   /* query lanes of a panel (32) */
 

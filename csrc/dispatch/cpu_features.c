@@ -7,7 +7,8 @@
  * and OS can run every instruction those flags allow:
  *   avx2:   AVX, AVX2, FMA, F16C (+ OSXSAVE and the OS saving xmm/ymm state)
  *   avx512: AVX512 F, VL, BW, DQ (+ the OS saving opmask/zmm state)
- *   avx512bf16: avx512 + AVX512_BF16
+ *   avx512vnni: avx512 + AVX512_VNNI
+ *   avx512bf16: avx512vnni + AVX512_BF16 (every such CPU has VNNI)
  *   avx512bf16emu: as avx512 (the BF16 instructions are emulated); tests only
  * The choice of level (ATTNCORE_ISA or the best supported) is made by the
  * Python layer at import and passed to every call, so tests can run every
@@ -23,7 +24,7 @@
 
 typedef struct {
     int init;
-    int avx, avx2, fma, f16c, avx512f, avx512vl, avx512bw, avx512dq, avx512bf16, amx_tile;
+    int avx, avx2, fma, f16c, avx512f, avx512vl, avx512bw, avx512dq, avx512vnni, avx512bf16, amx_tile;
     int os_ymm, os_zmm;
     char names[160];
 } cpu_info;
@@ -70,6 +71,7 @@ static void detect(cpu_info *c)
         c->avx512dq = (b >> 17) & 1;
         c->avx512bw = (b >> 30) & 1;
         c->avx512vl = (b >> 31) & 1;
+        c->avx512vnni = (cx >> 11) & 1;
         c->amx_tile = (d >> 24) & 1;
     }
     if (__get_cpuid_count(7, 1, &a, &b, &cx, &d)) c->avx512bf16 = (a >> 5) & 1;
@@ -83,6 +85,7 @@ static void detect(cpu_info *c)
     append(c->names, n, "avx512vl", c->avx512vl);
     append(c->names, n, "avx512bw", c->avx512bw);
     append(c->names, n, "avx512dq", c->avx512dq);
+    append(c->names, n, "avx512_vnni", c->avx512vnni);
     append(c->names, n, "avx512_bf16", c->avx512bf16);
     append(c->names, n, "amx_tile", c->amx_tile);
     append(c->names, n, "os_ymm", c->os_ymm);
@@ -122,6 +125,9 @@ int attn_isa_built(int isa)
 #ifdef ATTN_BUILT_AVX512
     case ATTN_ISA_AVX512: return 1;
 #endif
+#ifdef ATTN_BUILT_AVX512VNNI
+    case ATTN_ISA_AVX512VNNI: return 1;
+#endif
 #ifdef ATTN_BUILT_AVX512BF16EMU
     case ATTN_ISA_AVX512BF16EMU: return 1;
 #endif
@@ -141,8 +147,10 @@ static int cpu_runs(int isa)
     case ATTN_ISA_AVX512:
     case ATTN_ISA_AVX512BF16EMU:
         return c->avx512f && c->avx512vl && c->avx512bw && c->avx512dq && c->os_zmm;
+    case ATTN_ISA_AVX512VNNI:
+        return cpu_runs(ATTN_ISA_AVX512) && c->avx512vnni;
     case ATTN_ISA_AVX512BF16:
-        return cpu_runs(ATTN_ISA_AVX512) && c->avx512bf16;
+        return cpu_runs(ATTN_ISA_AVX512VNNI) && c->avx512bf16;
     default: return 0;
     }
 }
@@ -158,8 +166,8 @@ int attn_isa_best(void)
 
 const char *attn_isa_name(int isa)
 {
-    static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512bf16emu",
-                                                  "avx512bf16"};
+    static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512vnni",
+                                                  "avx512bf16emu", "avx512bf16"};
     return isa >= 0 && isa < ATTN_ISA_COUNT ? names[isa] : "unknown";
 }
 
@@ -172,6 +180,9 @@ const attn_ktab_f32 *attn_ktab_get_f32(int isa)
 #endif
 #ifdef ATTN_BUILT_AVX512BF16EMU
     case ATTN_ISA_AVX512BF16EMU: return &attn_ktab_avx512bf16emu_f32;
+#endif
+#ifdef ATTN_BUILT_AVX512VNNI
+    case ATTN_ISA_AVX512VNNI: return &attn_ktab_avx512vnni_f32;
 #endif
 #ifdef ATTN_BUILT_AVX512
     case ATTN_ISA_AVX512: return &attn_ktab_avx512_f32;
@@ -202,6 +213,7 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
         switch (isa) {                                                         \
         ATTN_KIO_CASE_AVX512BF16(TAG)                                          \
         ATTN_KIO_CASE_AVX512BF16EMU(TAG)                                       \
+        ATTN_KIO_CASE_AVX512VNNI(TAG)                                          \
         ATTN_KIO_CASE_AVX512(TAG)                                              \
         ATTN_KIO_CASE_AVX2(TAG)                                                \
         default: return &attn_kio_portable_##TAG;                              \
@@ -211,6 +223,11 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
 #define ATTN_KIO_CASE_AVX512(TAG) case ATTN_ISA_AVX512: return &attn_kio_avx512_##TAG;
 #else
 #define ATTN_KIO_CASE_AVX512(TAG)
+#endif
+#ifdef ATTN_BUILT_AVX512VNNI
+#define ATTN_KIO_CASE_AVX512VNNI(TAG) case ATTN_ISA_AVX512VNNI: return &attn_kio_avx512vnni_##TAG;
+#else
+#define ATTN_KIO_CASE_AVX512VNNI(TAG)
 #endif
 #ifdef ATTN_BUILT_AVX512BF16
 #define ATTN_KIO_CASE_AVX512BF16(TAG) case ATTN_ISA_AVX512BF16: return &attn_kio_avx512bf16_##TAG;

@@ -830,6 +830,7 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
     info->native_pairs = P->pairs;
     info->widened_chunks = P->wide_chunk;
+    info->int8_vnni = P->rows_path && P->kio_kv->int8_vnni;
     info->additive_form = P->additive_form;
     info->rows_per_unit = P->W;
     info->units = P->nbase * P->nchunks;

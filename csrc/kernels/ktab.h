@@ -205,6 +205,9 @@ ATTN_DECLARE_KTAB(double, f64)
         void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
                         const IT *k, int64_t ldk, int64_t nk,                  \
                         const T *kscale, T *s, int64_t lds);                   \
+        /* 1 when qk_rows / pv_rows multiply int8 K/V in integers (VNNI):  */ \
+        /* query rows and weights rounded to int16 (docs/numerics.md (10)) */ \
+        int int8_vnni;                                                         \
         /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] (vscale[j]) V[j][:],   */ \
         /* compensated; with vscale, P is scaled in place first             */ \
         void (*pv_rows)(int64_t nk, T *p, int64_t ldp, int nr,                 \
@@ -265,6 +268,13 @@ extern const attn_kio_i8 attn_kio_avx512_i8;
 #endif
 /* AVX512-BF16 (and its emulation on any AVX-512 CPU, for the tests): the
  * AVX-512 tables under their own names, with native bfloat16 entries. */
+#ifdef ATTN_BUILT_AVX512VNNI
+extern const attn_ktab_f32 attn_ktab_avx512vnni_f32;
+extern const attn_kio_f32 attn_kio_avx512vnni_f32;
+extern const attn_kio_bf16 attn_kio_avx512vnni_bf16;
+extern const attn_kio_f16 attn_kio_avx512vnni_f16;
+extern const attn_kio_i8 attn_kio_avx512vnni_i8;
+#endif
 #ifdef ATTN_BUILT_AVX512BF16
 extern const attn_ktab_f32 attn_ktab_avx512bf16_f32;
 extern const attn_kio_f32 attn_kio_avx512bf16_f32;

@@ -21,6 +21,10 @@
  *   FNIO(name)          the ISA/IT-suffixed name; KIO_TYPE, KIO_NAME, IO_DTYPE
  *   IO_KV_ONLY          1 for storage types that hold keys/values only (int8
  *                       with scales): the Q and output entries are NULL
+ *   KIO_QK_ROWS,        optional: the level's own qk_rows / pv_rows entries
+ *   KIO_PV_ROWS         (declared before the include; they may call the
+ *                       defaults below, FNIO(qk_rows) / FNIO(pv_rows), for
+ *                       the inputs they do not take)
  *
  * and the SIMD mapping of tiles.inc.c. Same preconditions as there. The
  * file #undefs these parameters at its end, ready for the next IT.
@@ -435,14 +439,24 @@ const KIO_TYPE KIO_NAME = {
 #else
     .widen = FNIO(widen),
 #endif
+#ifdef KIO_QK_ROWS
+    .qk_rows = KIO_QK_ROWS,
+#else
     .qk_rows = FNIO(qk_rows),
+#endif
+#ifdef KIO_PV_ROWS
+    .pv_rows = KIO_PV_ROWS,
+#else
     .pv_rows = FNIO(pv_rows),
+#endif
 };
 
 /* the parameters are consumed: the next instantiation defines its own */
 #undef NR
 #undef ROWS_PF_BYTES
 #undef KIO_EXTRA
+#undef KIO_QK_ROWS
+#undef KIO_PV_ROWS
 #undef IO_KV_ONLY
 #undef IT
 #undef IO_SAME

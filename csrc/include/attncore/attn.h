@@ -33,16 +33,18 @@ typedef enum {
                         /* the outputs are incomplete                              */
 } attn_status;
 
-/* Kernel levels, in increasing order. avx512bf16emu is avx512bf16 with its
- * AVX512-BF16 instructions emulated (for tests on any AVX-512 CPU): never
- * the best level. */
+/* Kernel levels, in increasing order. avx512vnni is avx512 with the int8
+ * KV cache's scores on VNNI; avx512bf16 has VNNI too. avx512bf16emu is
+ * avx512bf16 with its AVX512-BF16 instructions emulated and without VNNI
+ * (for tests on any AVX-512 CPU): never the best level. */
 typedef enum {
     ATTN_ISA_PORTABLE = 0,
     ATTN_ISA_AVX2 = 1,
     ATTN_ISA_AVX512 = 2,
-    ATTN_ISA_AVX512BF16EMU = 3,
-    ATTN_ISA_AVX512BF16 = 4,
-    ATTN_ISA_COUNT = 5
+    ATTN_ISA_AVX512VNNI = 3,
+    ATTN_ISA_AVX512BF16EMU = 4,
+    ATTN_ISA_AVX512BF16 = 5,
+    ATTN_ISA_COUNT = 6
 } attn_isa;
 
 /* Score kinds for attn_sdpa_desc.score_kind. */
@@ -184,6 +186,8 @@ typedef struct {
                              * (bfloat16 on avx512bf16: K and V read as they are) */
     int widened_chunks;     /* panel path, 16-bit or int8 K/V: each thread keeps a
                              * key chunk widened to float32 across panels */
+    int int8_vnni;          /* rows path over int8 K/V on VNNI: query rows and
+                             * weights rounded to int16, integer products */
 } attn_plan_info;
 
 attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,

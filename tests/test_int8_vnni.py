@@ -1,0 +1,190 @@
+"""The int8 KV cache's decode kernels on VNNI (avx512vnni, avx512bf16):
+query rows and weights rounded to int16, products exact in int32
+(csrc/arch/kern_avx512vnni.c, docs/numerics.md (10)). Each test asserts
+through the plan that it runs on that path; on CPUs without AVX512_VNNI
+they skip.
+
+The two roundings are checked apart: the scores through the log-sum-exp
+(which does not depend on the weights' rounding) against an exact model of
+the int16 query, and the layout of P V (key pairs, column order, tails,
+odd key counts) with inputs that make every weight exact."""
+import numpy as np
+import pytest
+
+import attncore
+from attncore import _config
+from attncore._engine import plan_info
+
+from _guard import guarded_allocations
+from _oracle import sdpa_numpy
+from test_kvcache_formats import decoded, vnni_bound, vnni_qmax
+
+VNNI_ISAS = [n for n in _config.supported_isas() if n in ("avx512vnni", "avx512bf16")]
+pytestmark = pytest.mark.skipif(not VNNI_ISAS, reason="no level with AVX512_VNNI on this CPU")
+
+
+@pytest.fixture(params=VNNI_ISAS or ["none"])
+def vnni_isa(request):
+    with _config.use_isa(request.param):
+        yield request.param
+
+
+def int8_cache(k, v):
+    cache = attncore.KVCache(k.shape[2], k.shape[1], k.shape[3], dtype="int8")
+    cache.append(k, v)
+    return cache
+
+
+def assert_vnni_plan(cache, q):
+    plan = plan_info(cache.attend, q)
+    assert plan["path"] == "rows" and plan["int8_vnni"], plan
+    return plan
+
+
+def model_lse(q, cache, scale):
+    """log sum_j exp(scale s_j) with the kernel's scores: the query row
+    rounded as quantize_rows does (float32 steps, nearest even), the
+    integer dot product exact, then (float)sum * (qs * ks) in float32."""
+    D = q.shape[-1]
+    qmax = np.float32(vnni_qmax(D))
+    m = np.abs(q).max(-1, keepdims=True).astype(np.float32)
+    inv = np.where(m > 0, qmax / np.where(m > 0, m, 1), 0).astype(np.float32)
+    q16 = np.rint((q * inv).astype(np.float32)).astype(np.int64)
+    qs = (m / qmax).astype(np.float32)
+    G = q.shape[1] // cache.num_heads
+    k8 = np.repeat(cache._k[:, :, :len(cache)].astype(np.int64), G, axis=1)
+    ks = np.repeat(cache._ks[:, :, :len(cache)], G, axis=1)
+    sums = (q16 @ np.swapaxes(k8, -1, -2)).astype(np.float32)          # exact: |sum| < 2^31
+    s = (sums * (qs * ks[:, :, None, :]).astype(np.float32)).astype(np.float64)
+    t = abs(scale) * s
+    top = t.max(-1, keepdims=True)
+    return (top + np.log(np.exp(t - top).sum(-1, keepdims=True)))[..., 0]
+
+
+@pytest.mark.parametrize("Hkv, G, Lk, D", [(2, 4, 300, 128), (1, 8, 33, 64), (3, 1, 7, 20), (2, 3, 257, 33),
+                                           (1, 5, 64, 1), (1, 4, 1000, 200), (2, 2, 5, 31)])
+def test_scores_are_the_int16_query_model(vnni_isa, Hkv, G, Lk, D):
+    """The log-sum-exp equals the exact int16-query model to float32
+    rounding; the same query in float32 is farther off than that, so the
+    comparison sees the rounding (and would see a layout error)."""
+    rng = np.random.default_rng(D * 1000 + Lk)
+    k = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32) * 3
+    v = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32)
+    q = rng.standard_normal((1, Hkv * G, 1, D), dtype=np.float32) * 2
+    with guarded_allocations():
+        cache = int8_cache(k, v)
+        assert_vnni_plan(cache, q)
+        _, lse = cache.attend(q, return_lse=True)
+    scale = 1 / np.sqrt(D)
+    want = model_lse(q, cache, scale)
+    np.testing.assert_allclose(lse, want, rtol=1e-6, atol=2e-6)
+    # the float32 query (no int16 rounding) misses in at least one row -- except
+    # at D = 1, where the rounded row is exact (q = +-max|q|)
+    kd, _ = decoded(cache)
+    exact = np.log(np.exp(scale * (q.astype(np.float64) @ np.swapaxes(np.repeat(kd, G, 1), -1, -2))).sum(-1))
+    assert D == 1 or np.abs(exact - want).max() > 4e-6
+
+
+@pytest.mark.parametrize("G", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("Lk, D", [(1, 1), (2, 17), (3, 64), (31, 65), (256, 128), (257, 96), (700, 130)])
+def test_weights_layout_is_exact_on_exact_weights(vnni_isa, G, Lk, D):
+    """q = 0: every weight is 1, and with every value row holding the same
+    max |v| (127 after quantization, one scale) every int16 weight is 32767
+    exactly: the output must be the plain mean of the stored values. Covers
+    the key pairs (odd Lk: a last key without a partner), the unpacked
+    column order and its restoration, partial column tiles (D % 64) and the
+    row groups of four."""
+    rng = np.random.default_rng(Lk * 7 + D)
+    k = rng.standard_normal((1, 2, Lk, D), dtype=np.float32)
+    v = rng.integers(-127, 128, size=(1, 2, Lk, D)).astype(np.float32) / 64
+    v[..., rng.integers(0, D)] = 127 / 64          # every row's max |v|: one scale for all
+    q = np.zeros((1, 2 * G, 1, D), np.float32)
+    with guarded_allocations():
+        cache = int8_cache(k, v)
+        assert_vnni_plan(cache, q)
+        out = cache.attend(q)
+    _, vd = decoded(cache)
+    want = np.repeat(vd.mean(axis=2, keepdims=True), G, axis=1)
+    np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("Hkv, G, Lq, Lk, D", [(2, 4, 1, 3000, 128), (1, 6, 1, 513, 40), (2, 1, 3, 100, 7),
+                                               (1, 8, 1, 1, 64)])
+def test_output_within_the_documented_bound(vnni_isa, Hkv, G, Lq, Lk, D):
+    """docs/numerics.md (10): within 2 eps_q V + eps_p of the formula on the
+    stored values (float64)."""
+    rng = np.random.default_rng(Lk + D)
+    k = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32)
+    v = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32)
+    q = rng.standard_normal((1, Hkv * G, Lq, D), dtype=np.float32)
+    with guarded_allocations():
+        cache = int8_cache(k, v)
+        plan = assert_vnni_plan(cache, q)
+        out = cache.attend(q)
+    kd, vd = decoded(cache)
+    ref = sdpa_numpy(q, kd, vd, causal_offset=Lk - Lq)[0]
+    bound = vnni_bound(q, kd, vd, 1 / np.sqrt(D), plan["key_block"])
+    assert (np.abs(out - ref).max(-1) <= bound).all()
+    # and in practice far inside it: the weights' term is a worst case
+    assert np.abs(out - ref).max() <= 2e-4 * np.abs(vd).max()
+
+
+def test_a_query_row_with_nan_or_inf_is_nan_and_leaves_its_group_alone(vnni_isa):
+    """A row holding a NaN or an infinity scores NaN (as its float32 scores
+    would make its output NaN); the other rows of its GQA group are rounded
+    on their own, so they come out bitwise as without it."""
+    rng = np.random.default_rng(3)
+    k, v = (rng.standard_normal((1, 1, 90, 32), dtype=np.float32) for _ in range(2))
+    q = rng.standard_normal((1, 4, 1, 32), dtype=np.float32)
+    cache = int8_cache(k, v)
+    assert_vnni_plan(cache, q)
+    clean = cache.attend(q)
+    for bad in (np.nan, np.inf, -np.inf):
+        q2 = q.copy()
+        q2[0, 1, 0, 5] = bad
+        out = cache.attend(q2)
+        assert np.isnan(out[0, 1]).all()
+        np.testing.assert_array_equal(np.delete(out, 1, axis=1), np.delete(clean, 1, axis=1))
+
+
+@pytest.mark.parametrize("mag", [0.0, 1e-39, 1e-30, 1e-10, 1e6])
+def test_query_magnitudes_from_zero_to_huge(vnni_isa, mag):
+    """Zero, subnormal, tiny and large query rows (a subnormal or tiny row is
+    scaled by 2^64 before its rounding): finite, within the bound."""
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((1, 1, 70, 16), dtype=np.float32)
+    v = rng.standard_normal((1, 1, 70, 16), dtype=np.float32)
+    q = (rng.standard_normal((1, 4, 1, 16)) * mag).astype(np.float32)
+    cache = int8_cache(k, v)
+    assert_vnni_plan(cache, q)
+    out = cache.attend(q)
+    kd, vd = decoded(cache)
+    ref = sdpa_numpy(q, kd, vd, causal_offset=69)[0]
+    assert np.isfinite(out).all()
+    bound = vnni_bound(q, kd, vd, 0.25, 256)
+    assert (np.abs(out - ref).max(-1) <= bound).all()
+
+
+def test_results_do_not_depend_on_the_thread_count(vnni_isa):
+    rng = np.random.default_rng(9)
+    k, v = (rng.standard_normal((2, 4, 5000, 64), dtype=np.float32) for _ in range(2))
+    q = rng.standard_normal((2, 16, 1, 64), dtype=np.float32)
+    cache = int8_cache(k, v)
+    assert_vnni_plan(cache, q)
+    outs = [cache.attend(q, num_threads=n) for n in (1, 2, 3)]
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+
+
+def test_other_levels_and_the_panel_path_do_not_take_it():
+    """Only the VNNI levels' rows path: avx512's int8 decode and any prefill
+    (panel path, K/V widened to float32) keep the float32 products."""
+    rng = np.random.default_rng(1)
+    k, v = (rng.standard_normal((1, 2, 600, 64), dtype=np.float32) for _ in range(2))
+    cache = int8_cache(k, v)
+    decode = rng.standard_normal((1, 8, 1, 64), dtype=np.float32)
+    prefill = rng.standard_normal((1, 8, 600, 64), dtype=np.float32)
+    for name in _config.supported_isas():
+        with _config.use_isa(name):
+            assert plan_info(cache.attend, decode)["int8_vnni"] == (name in VNNI_ISAS)
+            assert not plan_info(cache.attend, prefill)["int8_vnni"]
