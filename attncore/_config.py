@@ -1,7 +1,7 @@
 """Kernel level (ISA) selection, threads and introspection.
 
-The level is chosen once at import: ``ATTNCORE_ISA=portable|avx2|avx512|avx512bf16``
-(or ``avx512bf16emu``, the avx512bf16 kernels with their BF16 instructions
+The level is chosen once at import:
+``ATTNCORE_ISA=portable|avx2|avx512|avx512vnni|avx512bf16`` (or ``avx512bf16emu``, the avx512bf16 kernels with their BF16 instructions
 emulated, for tests; never chosen by itself) if
 set (an unknown or unsupported value is an error, never a silent fallback),
 else the best level this build and CPU support. Every kernel call passes the
@@ -87,7 +87,7 @@ def config() -> dict:
     Example
     -------
     >>> import attncore
-    >>> attncore.config()["isa_active"] in ("portable", "avx2", "avx512", "avx512bf16", "avx512bf16emu")
+    >>> attncore.config()["isa_active"] in attncore.config()["isa_supported"]
     True
     """
     from . import __version__
