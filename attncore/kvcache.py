@@ -55,20 +55,22 @@ def from_bfloat16_bits(bits):
 
 def quantize_int8(x):
     """Symmetric int8 quantization with one scale per row of the last axis:
-    x ~ q * scale, scale = max|x| / 127 (1 for an all-zero row), q in
+    x ~ q * scale, scale = max|x| / 127 (0 for an all-zero row, so that
+    every row's scale * 127 is its own max |x|: the int16 weights of the
+    VNNI decode are rounded against it, docs/numerics.md (10)), q in
     [-127, 127] rounded to nearest. A row with a NaN or infinite value gets a
     NaN scale (and q = 0), so the NaN reaches every score that uses it.
     Returns (q int8, scale float32 with x's shape minus the last axis)."""
     x = np.asarray(x, np.float32)
     if np.isfinite(x).all():   # the usual case, in fewer passes (same numbers)
         top = np.abs(x).max(axis=-1, initial=0.0)
-        scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-        q = np.rint(x / scale[..., None])
+        scale = (top / 127.0).astype(np.float32)
+        q = np.rint(x / np.where(scale > 0, scale, 1)[..., None])
         return np.clip(q, -127, 127, out=q).astype(np.int8), scale
     finite = np.isfinite(x).all(axis=-1)
     top = np.where(finite, np.abs(np.where(np.isfinite(x), x, 0)).max(axis=-1, initial=0.0), 0)
-    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-    q = np.rint(np.where(np.isfinite(x), x, 0) / scale[..., None])
+    scale = (top / 127.0).astype(np.float32)
+    q = np.rint(np.where(np.isfinite(x), x, 0) / np.where(scale > 0, scale, 1)[..., None])
     q = np.clip(q, -127, 127).astype(np.int8)
     scale = np.where(finite, scale, np.float32(np.nan)).astype(np.float32)
     q[~finite] = 0

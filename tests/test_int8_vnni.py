@@ -188,3 +188,22 @@ def test_other_levels_and_the_panel_path_do_not_take_it():
         with _config.use_isa(name):
             assert plan_info(cache.attend, decode)["int8_vnni"] == (name in VNNI_ISAS)
             assert not plan_info(cache.attend, prefill)["int8_vnni"]
+
+
+def test_an_all_zero_value_row_does_not_coarsen_its_block(vnni_isa):
+    """An all-zero value row is stored with scale 0 (not 1), so it cannot set
+    the block's int16 weight step: with q = 0 (equal weights) and small
+    values, the output stays the exact mean (with scale 1 the zero row's
+    weight would be the block's largest and round every other to 0)."""
+    rng = np.random.default_rng(11)
+    k = rng.standard_normal((1, 1, 40, 32), dtype=np.float32)
+    v = rng.integers(-127, 128, size=(1, 1, 40, 32)).astype(np.float32) * 1e-6
+    v[..., 3] = 127e-6                                   # one scale for every nonzero row
+    v[0, 0, 17] = 0
+    q = np.zeros((1, 4, 1, 32), np.float32)
+    cache = int8_cache(k, v)
+    assert cache._vs[0, 0, 17] == 0
+    assert_vnni_plan(cache, q)
+    out = cache.attend(q)
+    _, vd = decoded(cache)
+    np.testing.assert_allclose(out, np.repeat(vd.mean(axis=2, keepdims=True), 4, axis=1), rtol=2e-6, atol=1e-12)

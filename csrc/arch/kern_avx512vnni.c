@@ -19,7 +19,8 @@
  * VNNI_MAX_D the float32 kernel runs instead. A row holding a NaN or an
  * infinity scores NaN. The integer sums are exact, so a score does not depend on
  * the order of the additions, the block or the thread; it is then
- * (float)sum * (qs * kscale_j), two roundings.
+ * (float)sum * (qs * kscale_j): three roundings (the conversion is exact
+ * below 2^24).
  */
 #include <stdint.h>
 #include "../kernels/ktab.h"
@@ -124,8 +125,8 @@ static void quantize_rows(int rows, int64_t D, const float *qs, int64_t ldq, int
         for (int64_t d = 0; d < D32; d += 16) {
             int n = D - d >= 16 ? 16 : D - d > 0 ? (int)(D - d) : 0;
             __m512 x = _mm512_mul_ps(v_load_n(q + d, n), _mm512_set1_ps(pre));
-            /* nearest even (MXCSR's default); |x| inv <= qmax (1 + 2^-23) rounds to <= qmax */
-            __m512i xi = _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));
+            /* nearest even (whatever MXCSR says); |x| inv <= qmax (1 + 2^-23) rounds to <= qmax */
+            __m512i xi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             _mm256_storeu_si256((__m256i *)(void *)(dst + d), _mm512_cvtsepi32_epi16(xi));
         }
     }
@@ -279,8 +280,8 @@ static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const
             __m512 x1 = n1 ? _mm512_mul_ps(_mm512_mul_ps(v_load_n(w + j + 16, n1), _mm512_set1_ps(pre)), inv)
                            : _mm512_setzero_ps();
             /* int16 of weights j..j+31 in order; adjacent int16 pairs are the int32 pairs */
-            __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(x0));
-            __m256i hi = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(x1));
+            __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvt_roundps_epi32(x0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            __m256i hi = _mm512_cvtsepi32_epi16(_mm512_cvt_roundps_epi32(x1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             int np = (int)((nk - j + 1) / 2 < 16 ? (nk - j + 1) / 2 : 16);
             __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             _mm512_mask_storeu_epi32(pairs + j / 2, np >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << np) - 1), both);

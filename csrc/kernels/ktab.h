@@ -209,7 +209,7 @@ ATTN_DECLARE_KTAB(double, f64)
         /* query rows and weights rounded to int16 (docs/numerics.md (10)) */ \
         int int8_vnni;                                                         \
         /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] (vscale[j]) V[j][:],   */ \
-        /* compensated; with vscale, P is scaled in place first             */ \
+        /* compensated; P is scratch afterwards (scaled or packed in place) */ \
         void (*pv_rows)(int64_t nk, T *p, int64_t ldp, int nr,                 \
                         const IT *v, int64_t ldv, int64_t Dv,                  \
                         const T *vscale, const T *alpha, T *o, T *oc,          \
@@ -266,8 +266,8 @@ extern const attn_kio_bf16 attn_kio_avx512_bf16;
 extern const attn_kio_f16 attn_kio_avx512_f16;
 extern const attn_kio_i8 attn_kio_avx512_i8;
 #endif
-/* AVX512-BF16 (and its emulation on any AVX-512 CPU, for the tests): the
- * AVX-512 tables under their own names, with native bfloat16 entries. */
+/* AVX512-VNNI: the AVX-512 tables under their own names, with the int8
+ * cache's integer entries. */
 #ifdef ATTN_BUILT_AVX512VNNI
 extern const attn_ktab_f32 attn_ktab_avx512vnni_f32;
 extern const attn_kio_f32 attn_kio_avx512vnni_f32;
@@ -275,6 +275,8 @@ extern const attn_kio_bf16 attn_kio_avx512vnni_bf16;
 extern const attn_kio_f16 attn_kio_avx512vnni_f16;
 extern const attn_kio_i8 attn_kio_avx512vnni_i8;
 #endif
+/* AVX512-BF16 (and its emulation on any AVX-512 CPU, for the tests): the
+ * AVX-512 tables under their own names, with native bfloat16 entries. */
 #ifdef ATTN_BUILT_AVX512BF16
 extern const attn_ktab_f32 attn_ktab_avx512bf16_f32;
 extern const attn_kio_f32 attn_kio_avx512bf16_f32;
