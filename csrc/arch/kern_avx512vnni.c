@@ -189,7 +189,7 @@ static inline __attribute__((always_inline)) void vnni_rows(int rows, int64_t D,
     int64_t j = 0;
     for (; j + 4 <= nk; j += 4) {
         if (prefetch)
-            for (int jj = 0; jj < 4; jj++) LEVEL_CAT(prefetch_span, LEVEL, io_i8)(k + (j + pf + jj) * ldk, D);
+            for (int jj = 0; jj < 4; jj++) LEVEL_CAT(prefetch_span, LEVEL, io_i8)(k, (j + pf + jj) * ldk, D);
         __m512i sum = vnni_block(rows, 4, D, q16, D32, k + j * ldk, ldk);
         __m512 ks = kscale ? _mm512_broadcast_f32x4(_mm_loadu_ps(kscale + j)) : _mm512_set1_ps(1.0f);
         __m512 out = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(qsv, ks));
@@ -330,8 +330,8 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
     if (cn == 64)   /* whole tiles of whole pairs: no branch in the loop */
         for (; jp < npairs; jp++, vj += 2 * ldv) {
             if (prefetch) {
-                __builtin_prefetch(vj + pf * ldv, 0, 3);
-                __builtin_prefetch(vj + (pf + 1) * ldv, 0, 3);
+                LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf) * ldv + c0, 64);
+                LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf + 1) * ldv + c0, 64);
             }
             __m512i a0 = k16_load(vj), a1 = k16_load(vj + 32);
             __m512i b0 = k16_load(vj + ldv), b1 = k16_load(vj + ldv + 32);
@@ -346,6 +346,10 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
         }
     for (; j0 + 2 * jp < j1; jp++, vj += 2 * ldv) {   /* partial tiles; an odd last key pairs with zeros */
         int partner = j0 + 2 * jp + 1 < j1;
+        if (prefetch) {
+            LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf) * ldv + c0, cn);
+            LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf + 1) * ldv + c0, cn);
+        }
         __m512i a0 = v16_load(vj, n0), a1 = v16_load(vj + 32, n1);
         __m512i b0 = partner ? v16_load(vj + ldv, n0) : _mm512_setzero_si512();
         __m512i b1 = partner ? v16_load(vj + ldv + 32, n1) : _mm512_setzero_si512();

@@ -175,10 +175,16 @@ static void FNIO(stage_rows)(int nr, int64_t D, const IT *const *rows, T sign, T
 #ifndef ROWS_PF_BYTES
 #define ROWS_PF_BYTES 8192
 #endif
-static inline void FNIO(prefetch_span)(const IT *p, int64_t n)
+/* Asks for the cache lines of elements [at, at + n) of the array at base.
+ * The addresses are formed as integers (they may lie past the array's end,
+ * where pointer arithmetic would be undefined) and start at the first
+ * element's line, so a row that does not start on a line boundary has its
+ * last line fetched too. */
+static inline void FNIO(prefetch_span)(const IT *base, int64_t at, int64_t n)
 {
-    const char *b = (const char *)p, *e = (const char *)(p + n);
-    for (; b < e; b += 64) __builtin_prefetch(b, 0, 3);
+    uintptr_t b = ((uintptr_t)base + (uintptr_t)(at * (int64_t)sizeof(IT))) & ~(uintptr_t)63;
+    uintptr_t e = (uintptr_t)base + (uintptr_t)((at + n) * (int64_t)sizeof(IT));
+    for (; b < e; b += 64) __builtin_prefetch((const void *)b, 0, 3);
 }
 
 #ifndef ATTN_HAVE_qk_rows
@@ -215,7 +221,7 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
         const int64_t kbytes = ldk * (int64_t)sizeof(IT), pf = kbytes > 0 ? ROWS_PF_BYTES / kbytes + QK_KEYS : 0;
         for (; j + QK_KEYS <= nk; j += QK_KEYS) {
             if (r == 0)
-                for (int jj = 0; jj < QK_KEYS; jj++) FNIO(prefetch_span)(k + (j + pf + jj) * ldk, D);
+                for (int jj = 0; jj < QK_KEYS; jj++) FNIO(prefetch_span)(k, (j + pf + jj) * ldk, D);
             vec acc[QK_ACC];
 #pragma GCC unroll 16
             for (int i = 0; i < QK_ACC; i++) acc[i] = v_zero();
@@ -270,6 +276,8 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
                 for (int jj = 0; jj < left; jj++) s[(r + rr) * lds + j + jj] = sums[rr * QK_KEYS + jj];
         }
     }
+    /* keys ahead to prefetch in the leftover rows (r == 0 there: no 4-row block ran) */
+    const int64_t kbytes1 = ldk * (int64_t)sizeof(IT), pf1 = kbytes1 > 0 ? ROWS_PF_BYTES / kbytes1 + QK_ACC : 0;
     for (; r < nr; r++) {
         const T *q0 = qs + r * ldq;
         for (int64_t j = 0; j < nk; j += QK_ACC) {
@@ -279,6 +287,8 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
             for (int i = 0; i < QK_ACC; i++) acc[i] = v_zero();
             if (cnt == QK_ACC) {
                 const IT *kb = k + j * ldk;
+                if (r == 0)
+                    for (int jj = 0; jj < QK_ACC; jj++) FNIO(prefetch_span)(k, (j + pf1 + jj) * ldk, D);
                 int64_t d = 0;
                 for (; d + VL <= D; d += VL) {
                     vec qv = v_load(q0 + d);
@@ -343,7 +353,7 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                 const int64_t vbytes = ldv * (int64_t)sizeof(IT), pf = vbytes > 0 ? ROWS_PF_BYTES / vbytes + 1 : 0;
                 for (int64_t j = 0; j < nk; j++) {
                     const IT *vj = v + j * ldv + c0;
-                    if (r0 == 0) FNIO(prefetch_span)(vj + pf * ldv, cn);
+                    if (r0 == 0) FNIO(prefetch_span)(v, (j + pf) * ldv + c0, cn);
                     vec x0 = v_load_in(vj), x1 = v_load_in(vj + VL), x2 = v_load_in(vj + 2 * VL),
                         x3 = v_load_in(vj + 3 * VL);
 #pragma GCC unroll 4
@@ -356,8 +366,10 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                     }
                 }
             } else {
+                const int64_t vbytes = ldv * (int64_t)sizeof(IT), pf = vbytes > 0 ? ROWS_PF_BYTES / vbytes + 1 : 0;
                 for (int64_t j = 0; j < nk; j++) {
                     const IT *vj = v + j * ldv + c0;
+                    if (r0 == 0) FNIO(prefetch_span)(v, (j + pf) * ldv + c0, cn);
                     vec x[4];
 #pragma GCC unroll 4
                     for (int u = 0; u < 4; u++) {
