@@ -91,6 +91,30 @@ static inline __m512i hsum_block_epi32(const __m512i a[16])
 #undef SI_
 }
 
+/* max |x[i]| for i < n; *bad set when some x[i] is a NaN or an infinity */
+static inline float row_absmax(const float *x, int64_t n, int *bad)
+{
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 nonfinite = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 a = _mm512_abs_ps(v_load_n(x + i, n - i < 16 ? (int)(n - i) : 16));
+        nonfinite |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.40282347e38f), _CMP_NLE_UQ);
+        amax = _mm512_max_ps(amax, a);
+    }
+    *bad = nonfinite != 0;
+    return _mm512_reduce_max_ps(amax);
+}
+
+/* For rounding values of magnitude <= m (> 0) to int16 within +-qmax: the
+ * factor qmax / (m pre), where pre is 2^64 for a tiny m (< 2^-60) and 1
+ * otherwise; the values are multiplied by pre first (exact), so that the
+ * factor stays finite. */
+static inline float int16_factor(float m, int qmax, float *pre)
+{
+    *pre = m < 0x1p-60f ? 0x1p64f : 1.0f;
+    return (float)qmax / (m * *pre);
+}
+
 /*
  * Rounds rows q[0..rows) (D floats each) to int16 in q16 (rows of D32,
  * zero-padded to the next 32) and stores their dequantization scales
@@ -104,24 +128,16 @@ static void quantize_rows(int rows, int64_t D, const float *qs, int64_t ldq, int
     for (int r = 0; r < rows; r++) {
         const float *q = qs + r * ldq;
         int16_t *dst = q16 + r * D32;
-        __m512 amax = _mm512_setzero_ps();
-        __mmask16 bad = 0;
-        for (int64_t d = 0; d < D; d += 16) {
-            __m512 a = _mm512_abs_ps(v_load_n(q + d, D - d < 16 ? (int)(D - d) : 16));
-            bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.40282347e38f), _CMP_NLE_UQ);   /* NaN, inf */
-            amax = _mm512_max_ps(amax, a);
-        }
-        float m = _mm512_reduce_max_ps(amax);
+        int bad;
+        float m = row_absmax(q, D, &bad);
         if (bad || m == 0) {
             for (int64_t d = 0; d < D32; d++) dst[d] = 0;
             qscale[r] = bad ? NAN : 0.0f;
             continue;
         }
-        /* a tiny row is first scaled by 2^64 (exact), so that qmax / m stays finite */
-        float pre = m < 0x1p-60f ? 0x1p64f : 1.0f;
-        m *= pre;
-        qscale[r] = m / (float)qmax / pre;
-        const __m512 inv = _mm512_set1_ps((float)qmax / m);
+        float pre;
+        const __m512 inv = _mm512_set1_ps(int16_factor(m, qmax, &pre));
+        qscale[r] = m * pre / (float)qmax / pre;
         for (int64_t d = 0; d < D32; d += 16) {
             int n = D - d >= 16 ? 16 : D - d > 0 ? (int)(D - d) : 0;
             __m512 x = _mm512_mul_ps(v_load_n(q + d, n), _mm512_set1_ps(pre));
@@ -256,22 +272,16 @@ static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const
 {
     for (int r = 0; r < rows; r++) {
         float *w = p + r * ldp;
-        __m512 amax = _mm512_setzero_ps();
-        __mmask16 bad = 0;
-        for (int64_t j = 0; j < nk; j += 16) {
-            int n = nk - j < 16 ? (int)(nk - j) : 16;
-            __m512 x = v_load_n(w + j, n);
-            if (vscale) x = _mm512_mul_ps(x, v_load_n(vscale + j, n));
-            v_store_n(w + j, x, n);
-            __m512 a = _mm512_abs_ps(x);
-            bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.40282347e38f), _CMP_NLE_UQ);
-            amax = _mm512_max_ps(amax, a);
-        }
-        float m = _mm512_reduce_max_ps(amax);
+        if (vscale)
+            for (int64_t j = 0; j < nk; j += 16) {
+                int n = nk - j < 16 ? (int)(nk - j) : 16;
+                v_store_n(w + j, _mm512_mul_ps(v_load_n(w + j, n), v_load_n(vscale + j, n)), n);
+            }
+        int bad;
+        float m = row_absmax(w, nk, &bad);
         pscale[r] = bad ? NAN : m / 32767.0f;
-        /* tiny rows (m < 2^-60) are scaled up first, exactly, as in quantize_rows */
-        float pre = !bad && m > 0 && m < 0x1p-60f ? 0x1p64f : 1.0f;
-        const __m512 inv = _mm512_set1_ps(bad || m == 0 ? 0.0f : 32767.0f / (m * pre));
+        float pre = 1.0f;
+        const __m512 inv = _mm512_set1_ps(bad || m == 0 ? 0.0f : int16_factor(m, 32767, &pre));
         int32_t *pairs = (int32_t *)(void *)w;
         for (int64_t j = 0; j < nk; j += 32) {   /* 32 weights -> 16 pairs, in place */
             int n0 = nk - j < 16 ? (int)(nk - j) : 16;
@@ -307,6 +317,22 @@ static inline __m512i cols_hi(__m512i a, __m512i b)
     return _mm512_permutex2var_epi32(a, _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31), b);
 }
 
+/* One key pair: the value pairs of rows a (key 2jp) and b (key 2jp + 1),
+ * 64 columns as two halves widened to int16, times each row's weight pair. */
+static inline __attribute__((always_inline)) void pair_step(int rows, __m512i a0, __m512i a1, __m512i b0,
+                                                            __m512i b1, const int32_t *const *p2, int64_t jp,
+                                                            __m512i acc[4][4])
+{
+    __m512i x[4] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0), _mm512_unpacklo_epi16(a1, b1),
+                    _mm512_unpackhi_epi16(a1, b1)};
+#pragma GCC unroll 4
+    for (int rr = 0; rr < rows; rr++) {
+        __m512i w = _mm512_set1_epi32(p2[rr][jp]);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) acc[rr][u] = dpwssd(acc[rr][u], x[u], w);
+    }
+}
+
 /*
  * sum[rr][c] (float32, 64 columns c0..c0+cn) += the exact int32 sums of
  * P2 pairs times value pairs over keys [j0, j1) (j1 - j0 <= PV_SUB, even
@@ -333,16 +359,8 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
                 LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf) * ldv + c0, 64);
                 LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf + 1) * ldv + c0, 64);
             }
-            __m512i a0 = k16_load(vj), a1 = k16_load(vj + 32);
-            __m512i b0 = k16_load(vj + ldv), b1 = k16_load(vj + ldv + 32);
-            __m512i x[4] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0),
-                            _mm512_unpacklo_epi16(a1, b1), _mm512_unpackhi_epi16(a1, b1)};
-#pragma GCC unroll 4
-            for (int rr = 0; rr < rows; rr++) {
-                __m512i w = _mm512_set1_epi32(p2[rr][jp]);
-#pragma GCC unroll 4
-                for (int u = 0; u < 4; u++) acc[rr][u] = dpwssd(acc[rr][u], x[u], w);
-            }
+            pair_step(rows, k16_load(vj), k16_load(vj + 32), k16_load(vj + ldv), k16_load(vj + ldv + 32), p2, jp,
+                      acc);
         }
     for (; j0 + 2 * jp < j1; jp++, vj += 2 * ldv) {   /* partial tiles; an odd last key pairs with zeros */
         int partner = j0 + 2 * jp + 1 < j1;
@@ -350,15 +368,8 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
             LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf) * ldv + c0, cn);
             LEVEL_CAT(prefetch_span, LEVEL, io_i8)(v, (j0 + 2 * jp + pf + 1) * ldv + c0, cn);
         }
-        __m512i a0 = v16_load(vj, n0), a1 = v16_load(vj + 32, n1);
-        __m512i b0 = partner ? v16_load(vj + ldv, n0) : _mm512_setzero_si512();
-        __m512i b1 = partner ? v16_load(vj + ldv + 32, n1) : _mm512_setzero_si512();
-        __m512i x[4] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0),
-                        _mm512_unpacklo_epi16(a1, b1), _mm512_unpackhi_epi16(a1, b1)};
-        for (int rr = 0; rr < rows; rr++) {
-            __m512i w = _mm512_set1_epi32(p2[rr][jp]);
-            for (int u = 0; u < 4; u++) acc[rr][u] = dpwssd(acc[rr][u], x[u], w);
-        }
+        pair_step(rows, v16_load(vj, n0), v16_load(vj + 32, n1), partner ? v16_load(vj + ldv, n0) : _mm512_setzero_si512(),
+                  partner ? v16_load(vj + ldv + 32, n1) : _mm512_setzero_si512(), p2, jp, acc);
     }
 #pragma GCC unroll 4
     for (int rr = 0; rr < rows; rr++) {
