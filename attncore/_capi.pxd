@@ -72,6 +72,7 @@ cdef extern from "attncore/attn.h" nogil:
         int threads
         int native_pairs
         int widened_chunks
+        int value_tiles
         int int8_vnni
 
     ctypedef struct attn_linear_desc:

@@ -35,8 +35,10 @@ def plan_info(fn, *args, **kwargs):
     threads, native_pairs (bfloat16 on the avx512bf16 levels: the panel
     path multiplies bfloat16 pairs natively), widened_chunks (16-bit or
     int8 K/V on the panel path, widened once per key chunk and thread
-    instead of once per panel) and int8_vnni (int8 K/V on the rows path of
-    a VNNI level: integer products, docs/numerics.md (10)). Internal: tests use it to assert that they reach the path they
+    instead of once per panel), value_tiles (the panel path keeps a key
+    chunk's V in column tiles per thread, read by P V as one contiguous
+    stream) and int8_vnni (int8 K/V on the rows path of a VNNI level:
+    integer products, docs/numerics.md (10)). Internal: tests use it to assert that they reach the path they
     name.
 
     Example

@@ -143,6 +143,40 @@ def test_split_k_chunk_edges(level, dtype, where, Lk):
         assert plan["chunks"] > 1 and plan["path"] == "rows", plan
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+@pytest.mark.parametrize("where", WHERE)
+def test_value_tiles_edges(level, dtype, where):
+    """Enough query panels per kv head that each thread stages V in column
+    tiles (value_tiles): value widths around the levels' tile widths (4, 6,
+    8) and vector widths, key counts across blocks, masks and causal."""
+    dtype = DTYPES[dtype]
+    rng = np.random.default_rng(8)
+    for n, Dv in enumerate([1, 5, 6, 7, 8, 9, 12, 17, 33, 64, 100]):
+        plan = sdpa_guarded(rng, dtype, where, 1, 2, 1, 70, [129, 300, 133][n % 3], [3, 16, 64][n % 3], Dv,
+                            mask=[None, "bool"][n % 2], causal=n % 3 == 1)
+        assert plan["path"] == "panel" and plan["value_tiles"], plan
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_value_tiles_int8_cache(level, where):
+    """A long query block over an int8 KVCache stages V in column tiles
+    with the scales applied; the storage and scales border guard pages."""
+    rng = np.random.default_rng(9)
+    for Dv in (7, 40):
+        k = rng.standard_normal((1, 1, 260, Dv), dtype=np.float32)
+        v = rng.standard_normal((1, 1, 260, Dv), dtype=np.float32)
+        q = guarded_copy(rng.standard_normal((1, 2, 70, Dv), dtype=np.float32), where)
+        with guarded_allocations():
+            cache = attncore.KVCache(260, 1, Dv, dtype="int8")
+            cache.append(k, v)
+            out = cache.attend(q)
+        plan = plan_info(cache.attend, q)
+        assert plan["path"] == "panel" and plan["value_tiles"], plan
+        kd, vd = cache.keys.astype(np.float64), cache.values.astype(np.float64)
+        ref = sdpa_numpy(q, kd, vd, causal_offset=260 - 70)[0]
+        assert_close(out, ref, "sdpa", np.float32)
+
+
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_reversed_and_strided_views(level, dtype):
     """Views that run backwards through memory (negative strides) with the

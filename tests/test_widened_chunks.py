@@ -4,7 +4,9 @@ widening every block once per panel). Each test asserts through the plan
 that it reaches that path, checks against float32 attention over the same
 (widened) values, and that the thread count does not change a bit: the
 widened values are the same whichever panel widened them, including a block
-that a causal unit widened only in part before a later one needs all of it."""
+that a causal unit widened only in part before a later one needs all of it.
+The same reuse stages V in column tiles for every storage type (value_tiles:
+P V then reads one contiguous stream per tile), which must not change a bit."""
 import numpy as np
 import pytest
 
@@ -36,7 +38,7 @@ def test_half_inputs_reuse_widened_chunks(isa, kind, case, rng):
     plan = plan_info(fn, q, k, v, **kw)
     if plan["native_pairs"]:
         pytest.skip("this level multiplies bfloat16 pairs natively (test_bf16_pairs.py)")
-    assert plan["path"] == "panel" and plan["widened_chunks"], plan
+    assert plan["path"] == "panel" and plan["widened_chunks"] and plan["value_tiles"], plan
     one = fn(q, k, v, num_threads=1, **kw)
     two = fn(q, k, v, num_threads=2, **kw)
     assert one.tobytes() == two.tobytes()
@@ -53,7 +55,7 @@ def test_int8_cache_prefill_reuses_widened_chunks(isa, rng):
     cache.append(k, v)
     q = rng.standard_normal((1, 4, 200, 32)).astype(np.float32)
     plan = plan_info(cache.attend, q)
-    assert plan["path"] == "panel" and plan["widened_chunks"], plan
+    assert plan["path"] == "panel" and plan["widened_chunks"] and plan["value_tiles"], plan
     one = cache.attend(q, num_threads=1)
     two = cache.attend(q, num_threads=2)
     assert one.tobytes() == two.tobytes()
@@ -67,4 +69,23 @@ def test_one_panel_per_head_widens_per_block(isa, rng):
     """One panel per kv head (nothing to reuse) widens block by block."""
     q, k, v = half_inputs(rng, np.float16, 1, 1, 1, 20, 300, 16, 16)
     plan = plan_info(SDPA, q, k, v)
-    assert plan["path"] == "panel" and not plan["widened_chunks"]
+    assert plan["path"] == "panel" and not plan["widened_chunks"] and not plan["value_tiles"]
+
+
+@pytest.mark.parametrize("kind", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("case", [dict(), dict(is_causal="top_left")])
+def test_value_tiles_do_not_change_a_bit(isa, kind, case, rng):
+    """The first panel's rows of a call that stages V in column tiles equal,
+    bit for bit, the same rows computed alone (one panel: V read in place or
+    widened by rows): P V sums each output in the same order either way."""
+    dtype = np.dtype(kind)
+    q, k, v = half_inputs(rng, dtype, 1, 2, 1, 150, 300, 24, 20)
+    big_plan = plan_info(SDPA, q, k, v, enable_gqa=True, **case)
+    assert big_plan["path"] == "panel" and big_plan["value_tiles"], big_plan
+    rows = big_plan["rows_per_unit"]
+    first = q[:, :, :rows]
+    small_plan = plan_info(SDPA, first, k, v, enable_gqa=True, **case)
+    assert not small_plan["value_tiles"] and small_plan["chunks"] == big_plan["chunks"] == 1, small_plan
+    big = SDPA(q, k, v, enable_gqa=True, **case)
+    small = SDPA(first, k, v, enable_gqa=True, **case)
+    assert big[:, :, :rows].tobytes() == small.tobytes()

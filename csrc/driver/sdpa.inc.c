@@ -98,9 +98,12 @@ typedef struct {
     /* scratch layout (elements, each part 64-byte aligned) */
     int64_t ld_q, ld_s, ld_o;
     int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L;
-    int64_t off_kw, off_vw;   /* panel path, KVT != T: the K and V blocks widened to T */
+    int64_t off_kw, off_vw;   /* panel path: K widened to T (KVT != T) and V widened
+                               * or in column tiles (value_tiles) */
     int wide_chunk;    /* ... kept for a whole key chunk per thread (wide_cache) */
-    int64_t off_wf;    /* its per-block "widened" flags (wide_chunk) */
+    int value_tiles;   /* V in column tiles of mr_pv (widen_tiles), tiles ld_vt apart */
+    int64_t ld_vt;
+    int64_t off_wf;    /* the chunk's per-block "staged" flags (wide_chunk) */
     int64_t off_hv, off_hi, off_hn;   /* hard attention: top-k values, indices, NaN flags */
     int64_t scratch_elems;
 } SDPA_FN(plan);
@@ -118,8 +121,8 @@ typedef struct {
     int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
 } SDPA_FN(unit);
 
-/* Which kv head's key chunk a thread's widened K/V belong to (wide_chunk):
- * consecutive units are panels of the same head, so a thread widens each of
+/* Which kv head's key chunk a thread's staged K/V belong to (wide_chunk):
+ * consecutive units are panels of the same head, so a thread stages each of
  * its blocks once instead of once per panel. */
 typedef struct {
     int64_t kvrow, chunk;   /* -1: nothing widened yet */
@@ -431,17 +434,24 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
     }
 }
 
-#if !KV_SAME
-/* The K and V block at key j0 (nk keys) widened to T, rows D and Dv apart:
- * into the block scratch, or (wide_chunk) into its place in the thread's
- * widened chunk, skipped when an earlier unit of the same head and chunk
- * already widened at least these keys of it. */
-static void SDPA_FN(widened_block)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
-                                   SDPA_FN(wide_cache) *wc, const T **kb, const T **vb)
+/*
+ * The K and V block at key j0 (nk keys) as the panel kernels read them:
+ *   K: in place (KVT == T), or widened to T with rows D apart;
+ *   V: in place, widened to T with rows Dv apart, or (value_tiles) in column
+ *      tiles of mr_pv, tiles ld_vt apart (*ldv is then 0).
+ * Staged parts go into the block scratch, or (wide_chunk) into their place in
+ * the thread's staged chunk -- key j of the chunk always lands at the same
+ * place, whichever block staged it -- skipped when an earlier unit of the
+ * same head and chunk already staged at least these keys of the block.
+ */
+static void SDPA_FN(staged_block)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
+                                  SDPA_FN(wide_cache) *wc, const T **kb, int64_t *ldk, const T **vb,
+                                  int64_t *ldv)
 {
     const attn_sdpa_desc *d = P->d;
     T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
     int fresh = 1;
+    int64_t at = 0;   /* the block's first key in the staging buffers */
     if (P->wide_chunk) {
         T *flags = scratch + P->off_wf;
         int64_t c0 = U->chunk * P->chunk_len, blk = (j0 - c0) / P->bk;
@@ -450,24 +460,44 @@ static void SDPA_FN(widened_block)(const PLAN *P, const UNIT *U, int64_t j0, int
             wc->kvrow = U->kvrow;
             wc->chunk = U->chunk;
         }
-        kwide += (j0 - c0) * d->D;
-        vwide += (j0 - c0) * d->Dv;
+        at = j0 - c0;
         /* blocks start at chunk start + a multiple of bk, or at a window's
          * first key: only the aligned ones are shared (the others rewrite
          * the same values). A flag holds how many of the block's keys are
-         * widened: a causal unit may have cut the block short. */
+         * staged: a causal unit may have cut the block short. */
         int aligned = (j0 - c0) % P->bk == 0;
         fresh = !aligned || flags[blk] < (T)nk;
         if (aligned && fresh) flags[blk] = (T)nk;
     }
-    if (fresh) {
-        P->kio_kv->widen(nk, d->D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, d->D);
-        P->kio_kv->widen(nk, d->Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, d->Dv);
-    }
+#if KV_SAME
+    (void)kwide;
+    *kb = U->kh + j0 * d->k_sl;
+    *ldk = d->k_sl;
+#else
+    kwide += at * d->D;
+    if (fresh) P->kio_kv->widen(nk, d->D, U->kh + j0 * d->k_sl, d->k_sl, U->ksc ? U->ksc + j0 : NULL, kwide, d->D);
     *kb = kwide;
-    *vb = vwide;
-}
+    *ldk = d->D;
 #endif
+    if (P->value_tiles) {
+        vwide += at * P->kt->mr_pv;
+        if (fresh)
+            P->kio_kv->widen_tiles(nk, d->Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL,
+                                   vwide, P->ld_vt);
+        *vb = vwide;
+        *ldv = 0;
+        return;
+    }
+#if KV_SAME
+    *vb = U->vh + j0 * d->v_sl;
+    *ldv = d->v_sl;
+#else
+    vwide += at * d->Dv;
+    if (fresh) P->kio_kv->widen(nk, d->Dv, U->vh + j0 * d->v_sl, d->v_sl, U->vsc ? U->vsc + j0 : NULL, vwide, d->Dv);
+    *vb = vwide;
+    *ldv = d->Dv;
+#endif
+}
 
 /* The panel path's loop nest for one unit. Returns 1 if interrupted. */
 static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN(wide_cache) *wc)
@@ -496,20 +526,12 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN
     for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
         if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
         int64_t nk = attn_min64(P->bk, U->kend - j0);
-        /* K and V blocks as T: read in place, or widened once (16-bit and
-         * quantized storage; scales applied there) */
+        /* K and V blocks as T: read in place, or staged once (widened from
+         * 16-bit and quantized storage, scales applied there; V in column
+         * tiles) */
         const T *kb = NULL, *vb = NULL;
-        int64_t ldk = d->k_sl, ldv = d->v_sl;
-#if KV_SAME
-        kb = U->kh + j0 * d->k_sl;
-        vb = U->vh + j0 * d->v_sl;
-#else
-        if (!P->pairs) {
-            SDPA_FN(widened_block)(P, U, j0, nk, scratch, wc, &kb, &vb);
-            ldk = D;
-            ldv = Dv;
-        }
-#endif
+        int64_t ldk = 0, ldv = 0;
+        if (!P->pairs) SDPA_FN(staged_block)(P, U, j0, nk, scratch, wc, &kb, &ldk, &vb, &ldv);
         int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
         /* the QK kernel can fold the column maxima on the way out unless a
          * prep pass still changes this block */
@@ -548,6 +570,10 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN
         if (P->pairs)   /* V packed into key pairs in the widening scratch */
             P->kio_kv->pv_panel2(nk, U->vh + j0 * d->v_sl, d->v_sl, Dv, sbuf, alpha, obuf, ocbuf,
                                  (KVT *)(scratch + P->off_vw));
+        else if (P->value_tiles)   /* one contiguous tile of mr_pv columns at a time */
+            for (int64_t c0 = 0; c0 < Dv; c0 += kt->mr_pv)
+                kt->pv_panel(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv, kt->mr_pv, sbuf, alpha,
+                             obuf + c0 * W, ocbuf + c0 * W);
         else
             kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
     }
@@ -799,20 +825,27 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_hi = P->off_hv + SDPA_FN(align_elems)(hk);
     P->off_hn = P->off_hi + SDPA_FN(align_elems)(hk * (int64_t)(sizeof(int64_t) / sizeof(T)));
     P->off_kw = P->off_vw = P->off_hn + SDPA_FN(align_elems)(P->hard ? P->W : 0);
-#if !KV_SAME
-    if (!P->rows_path) {
-        /* widened K/V for a whole chunk when several panels of a kv head
-         * would otherwise widen the same blocks again (and it fits) */
-        int64_t reuse = P->ngroups * P->npanels;
-        double bytes = (double)P->chunk_len * (double)(D1 + Dv1) * sizeof(T);
+    if (!P->rows_path && !P->hard) {
+        /* Staged K/V for a whole chunk when several panels of a kv head
+         * would otherwise stage the same blocks again (and it fits): K
+         * widened to T (KVT != T), V in column tiles, whose P V reads one
+         * contiguous stream (benchmarks/NOTES.md). Without that reuse, V is
+         * read in place or widened block by block as it is stored. */
+        int64_t reuse = P->ngroups * P->npanels, dv_tiles = attn_round_up(Dv1, kt->mr_pv);
+        double bytes = (double)P->chunk_len * (double)((KV_SAME ? 0 : D1) + dv_tiles) * sizeof(T);
         P->wide_chunk = !P->pairs && reuse >= ATTN_WIDE_CHUNK_MIN_PANELS && bytes <= ATTN_WIDE_CHUNK_MAX_BYTES;
+        P->value_tiles = P->wide_chunk;
         int64_t keys = P->wide_chunk ? P->chunk_len : P->bk;
-        P->off_vw = P->off_kw + SDPA_FN(align_elems)(keys * D1);
-        P->off_wf = P->off_vw + SDPA_FN(align_elems)(keys * Dv1);
+        P->ld_vt = keys * kt->mr_pv;
+        /* K widened (KVT != T); V in tiles, or widened, or (pairs) packed
+         * into key pairs (pv_panel2's vpairs, at most bk Dv KVT elements) */
+        int64_t k_elems = KV_SAME ? 0 : keys * D1;
+        int64_t v_elems = P->value_tiles ? keys * dv_tiles : KV_SAME ? 0 : keys * Dv1;
+        P->off_vw = P->off_kw + SDPA_FN(align_elems)(k_elems);
+        P->off_wf = P->off_vw + SDPA_FN(align_elems)(v_elems);
         P->scratch_elems = P->off_wf + SDPA_FN(align_elems)(P->wide_chunk ? (P->chunk_len + P->bk - 1) / P->bk : 0);
         return ATTN_OK;
     }
-#endif
     P->scratch_elems = P->off_kw;
     return ATTN_OK;
 }
@@ -829,7 +862,8 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
 {
     info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
     info->native_pairs = P->pairs;
-    info->widened_chunks = P->wide_chunk;
+    info->widened_chunks = P->wide_chunk && !KV_SAME;
+    info->value_tiles = P->value_tiles;
     info->int8_vnni = P->rows_path && P->kio_kv->int8_vnni;
     info->additive_form = P->additive_form;
     info->rows_per_unit = P->W;

@@ -193,6 +193,13 @@ ATTN_DECLARE_KTAB(double, f64)
         /* IT is T: read in place)                                          */ \
         void (*widen)(int64_t n, int64_t D, const IT *src, int64_t lds,        \
                       const T *scale, T *dst, int64_t ldd);                    \
+        /* V staged for pv_panel in column tiles of mr_pv: element (j, c)   */ \
+        /* at dst[(c / mr_pv) * ldt + j * mr_pv + c % mr_pv] = src[j][c]    */ \
+        /* (* scale[j] if scale), 0 for c in [D, D rounded up to mr_pv),    */ \
+        /* j < n. Each tile is then one contiguous stream of mr_pv-wide     */ \
+        /* rows, which pv_panel reads as a block with Dv = ldv = mr_pv.     */ \
+        void (*widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds,  \
+                            const T *scale, T *dst, int64_t ldt);              \
         /* rows[r][c] = (Ot - Ct)[c][r] / L[r] (0 where L[r] == 0), or       */ \
         /* without the division when L is NULL; Ot is overwritten           */ \
         void (*finish_panel)(int nr, int64_t Dv, T *ot, const T *ct,           \

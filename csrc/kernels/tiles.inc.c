@@ -136,6 +136,7 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
                         acc[m][v] = v_zero();
                     }
             }
+#pragma GCC unroll 2
             for (int64_t d = half ? dsplit : 0; d < dend; d++, b += NR) {
                 vec bv[NV];
 #pragma GCC unroll 4
@@ -344,6 +345,7 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
         const T *b = pt;
         if (full) {
             const T *a = v + c0;
+#pragma GCC unroll 2
             for (int64_t j = 0; j < nk; j++, b += NR, a += ldv) {
                 vec bv[NV];
 #pragma GCC unroll 4

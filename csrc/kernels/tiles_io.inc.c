@@ -95,6 +95,37 @@ static void FNIO(widen)(int64_t n, int64_t D, const IT *src, int64_t lds, const 
 }
 #endif
 
+/*
+ * V in column tiles of MR_PV (ktab.h's widen_tiles): tile t holds columns
+ * [t MR_PV, (t + 1) MR_PV) of every row, rows MR_PV apart, tiles ldt apart.
+ * pv_panel then broadcasts from one contiguous stream instead of touching a
+ * new value row -- a new cache line -- at every key. Each tile is written in
+ * pieces of at most VL lanes; columns past D are zeros (the loads fill them).
+ */
+static void FNIO(widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds, const T *scale, T *dst,
+                              int64_t ldt)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const IT *s = src + j * lds;
+        vec sc = v_set1(scale ? scale[j] : (T)1);
+        T *row = dst + j * MR_PV;
+        for (int64_t c0 = 0; c0 < D; c0 += MR_PV, row += ldt)
+            for (int i = 0; i < MR_PV; i += VL) {
+                int lanes = MR_PV - i < VL ? MR_PV - i : VL;   /* this piece of the tile */
+                int64_t left = D - c0 - i;                     /* source columns left */
+                int take = left < lanes ? (int)(left > 0 ? left : 0) : lanes;
+                vec x = take == VL ? v_load_in(s + c0 + i)
+                      : take > 0   ? v_load_in_n(s + c0 + i, take)
+                                   : v_zero();
+                if (scale) x = v_mul(sc, x);
+                if (lanes == VL)
+                    v_store(row + i, x);
+                else
+                    v_store_n(row + i, x, lanes);
+            }
+    }
+}
+
 #if !IO_KV_ONLY && !defined(ATTN_HAVE_finish_panel)
 /*
  * Panel output: rows[r][c] = (Ot[c][r] - Ct[c][r]) / L[r] for r < nr, c < Dv,
@@ -451,6 +482,7 @@ const KIO_TYPE KIO_NAME = {
 #else
     .widen = FNIO(widen),
 #endif
+    .widen_tiles = FNIO(widen_tiles),
 #ifdef KIO_QK_ROWS
     .qk_rows = KIO_QK_ROWS,
 #else

@@ -186,6 +186,8 @@ typedef struct {
                              * (bfloat16 on avx512bf16: K and V read as they are) */
     int widened_chunks;     /* panel path, 16-bit or int8 K/V: each thread keeps a
                              * key chunk widened to float32 across panels */
+    int value_tiles;        /* panel path: each thread keeps a key chunk's V in
+                             * column tiles (any storage type) across panels */
     int int8_vnni;          /* rows path over int8 K/V on VNNI: query rows and
                              * weights rounded to int16, integer products */
 } attn_plan_info;
