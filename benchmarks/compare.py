@@ -4,10 +4,14 @@ process with implementations alternating over rounds (best time each).
 
     python benchmarks/compare.py [--threads N] [--rounds R] [--suite sdpa,family,dtypes,variants,e2e]
 
-The header gives this machine's ceilings measured first in the same process:
-float32 GEMM (torch's BLAS when installed, else NumPy's) and read bandwidth
-(a sum over 512 MiB). "% of ceiling" is each rate over the ceiling of its
-kind: GFLOP/s rows over the GEMM rate, GB/s rows over the read bandwidth.
+The ceilings are this machine's float32 GEMM (torch's BLAS when installed,
+else NumPy's) and read bandwidth (a sum over 512 MiB). The header gives
+them as measured first; then each shape times the ceiling of its kind in
+the same alternating rounds as the implementations (a "ceiling" row), and
+"% of ceiling" is each rate over that: GFLOP/s rows over the GEMM rate,
+GB/s rows over the read bandwidth. On a shared machine whose speed drifts
+by tens of percent over minutes, only a ceiling timed next to the shape
+gives a meaningful share.
 """
 import argparse
 import os
@@ -85,8 +89,9 @@ def family_groups(threads):
                2 * M * N * K, "GFLOP/s")
 
 
-def ceilings(threads):
-    """(GEMM GFLOP/s, what ran it), (read GB/s, what ran it) with `threads` threads."""
+def ceiling_probes(threads):
+    """{"GFLOP/s": (fn, flop, what), "GB/s": (fn, bytes, what)}: the GEMM and
+    read-bandwidth probes with `threads` threads."""
     import numpy as np
 
     n = 2048
@@ -101,9 +106,17 @@ def ceilings(threads):
         gemm, read, who = (lambda: ta @ tb), (lambda: tbig.sum()), "torch"
     else:
         gemm, read, who = (lambda: a @ b), (lambda: big.sum()), "NumPy"
-    t_gemm = min(time_call(gemm) for _ in range(3))
-    t_read = min(time_call(read) for _ in range(3))
-    return (2 * n**3 / t_gemm / 1e9, f"{who} float32 GEMM {n}^3"), (big.nbytes / t_read / 1e9, f"{who} sum of 512 MiB")
+    return {"GFLOP/s": (gemm, 2 * n**3, f"{who} float32 GEMM {n}^3"),
+            "GB/s": (read, big.nbytes, f"{who} sum of 512 MiB")}
+
+
+def ceilings(probes):
+    """(GEMM GFLOP/s, what ran it), (read GB/s, what ran it), best of 3."""
+    out = []
+    for kind in ("GFLOP/s", "GB/s"):
+        fn, work, what = probes[kind]
+        out.append((work / min(time_call(fn) for _ in range(3)) / 1e9, what))
+    return out
 
 
 def main():
@@ -114,7 +127,8 @@ def main():
     args = parser.parse_args()
     suites = {"sdpa": sdpa_groups, "family": family_groups, "dtypes": more_groups.dtype_groups,
               "variants": more_groups.variant_groups, "e2e": e2e_groups}
-    (gemm, gemm_how), (bw, bw_how) = ceilings(args.threads)
+    probes = ceiling_probes(args.threads)
+    (gemm, gemm_how), (bw, bw_how) = ceilings(probes)
     print(f"{cpu_model()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"ISA {_config.active_isa_name()}; best of {args.rounds} alternating rounds")
     print(f"ceilings: {gemm:.1f} GFLOP/s ({gemm_how}), {bw:.1f} GB/s read ({bw_how})\n")
@@ -123,20 +137,25 @@ def main():
         print("|---|---|---:|---:|---:|---:|")
         for label, impls, work, unit in suites[suite](args.threads):
             impls = {n: f for n, f in impls.items() if f is not None}
+            kind = next((k for k in probes if unit.startswith(k)), None)
+            if kind:   # the ceiling, timed in the same rounds
+                impls["ceiling"] = probes[kind][0]
             best = {n: float("inf") for n in impls}
             for r in range(args.rounds):
                 for n, f in impls.items():
                     progress(r, args.rounds, f"{label[:30]} {n}")
                     best[n] = min(best[n], time_call(f))
             progress(args.rounds, args.rounds, "")
+            ceiling = probes[kind][1] / best.pop("ceiling") / 1e9 if kind else None
             for n, t in best.items():
                 ratio = "" if n == "attncore" else f"{t / best['attncore']:.2f}x"
                 impl = f"**{n}**" if n == "attncore" else n
                 rate = work / t / 1e9
-                ceiling = gemm if unit.startswith("GFLOP/s") else bw if unit.startswith("GB/s") else None
                 share = f"{100 * rate / ceiling:.0f}%" if ceiling else ""
                 print(f"| {label} | {impl} | {t * 1e3:.2f} | {rate:.1f} {unit} | {share} | {ratio} |",
                       flush=True)
+            if kind:
+                print(f"| {label} | ceiling: {probes[kind][2]} | | {ceiling:.1f} {kind} | 100% | |", flush=True)
         print()
 
 
