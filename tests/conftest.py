@@ -2,9 +2,9 @@
 a seeded generator, and the hypothesis profile.
 
 For tools/sanitize.sh (one pytest run per kernel level, under ASan/UBSan):
-- ATTNCORE_TEST_ONLY_ISA=1: tests parametrized by kernel level (the `isa`
-  fixture, or a `level` parameter) run only the active level (ATTNCORE_ISA,
-  else the best one); the other levels are deselected.
+- ATTNCORE_TEST_ONLY_ISA=1: tests parametrized by kernel level (a parameter
+  named in LEVEL_PARAMS) run only the active level (ATTNCORE_ISA, else the
+  best one); the other levels are deselected.
 - ATTNCORE_TEST_EMULATED_AS_REAL=1: the emulated avx512bf16emu level joins
   the `isa` fixture (see EMULATED_ISAS).
 - ATTNCORE_SANITIZER=1: tests marked `no_sanitizer` are skipped; NO_SANITIZER
@@ -47,9 +47,13 @@ NO_SANITIZER = {
 }
 
 
+# the parameters that name a kernel level (fixtures and parametrize)
+LEVEL_PARAMS = ("isa", "level", "pair_isa", "vnni_isa")
+
+
 def _level_param(item):
     params = item.callspec.params if hasattr(item, "callspec") else {}
-    return params.get("isa", params.get("level", params.get("pair_isa")))
+    return next((params[name] for name in LEVEL_PARAMS if name in params), None)
 
 
 def pytest_collection_modifyitems(config, items):
