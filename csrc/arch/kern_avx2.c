@@ -134,15 +134,17 @@ static inline vec v_inv1p_exp2_shifted(vec x)
     return v_recip(_mm256_fmadd_ps(p, pow2i(_mm256_cvtps_epi32(n)), _mm256_set1_ps(1.0f)));
 }
 
-/* exp2 on the softmax's domain, x <= 0 or NaN (x = score - running max;
- * also right a few ulp above 0): no upper clamp, and for n in [-126, 0]
- * 2^n is one normal float, so one multiply replaces v_exp2's two. The
- * result is bitwise v_exp2's: p 2^n is the same exact product, rounded
- * once either way (p 2^half is exact, a power-of-two scaling of a normal
- * number). x < -126 (and -inf) -> 0; NaN survives max (2nd operand). */
+/* exp2 on the softmax's domain, x <= 0 or NaN (x = score - running max,
+ * which rounding can put up to half an ulp of the max above 0): for n in
+ * [-126, 127] 2^n is one normal float, so one multiply replaces v_exp2's
+ * two. The result is bitwise v_exp2's for x < 127.5: p 2^n is the same
+ * exact product, rounded once either way (p 2^half is exact, a
+ * power-of-two scaling of a normal number). From 127.5 up it is +inf (the
+ * clamp at 128 makes 2^n inf instead of wrapping the exponent bits).
+ * x < -126 (and -inf) -> 0; NaN survives min and max (2nd operand). */
 static inline vec v_exp2_nonpos(vec x)
 {
-    vec xc = _mm256_max_ps(_mm256_set1_ps(-127.0f), x);
+    vec xc = _mm256_min_ps(_mm256_set1_ps(128.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), x));
     vec n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     vec r = _mm256_mul_ps(exp2_p6(_mm256_sub_ps(xc, n)), pow2i(_mm256_cvtps_epi32(n)));
     vec keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);

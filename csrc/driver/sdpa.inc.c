@@ -125,7 +125,7 @@ typedef struct {
  * consecutive units are panels of the same head, so a thread stages each of
  * its blocks once instead of once per panel. */
 typedef struct {
-    int64_t kvrow, chunk;   /* -1: nothing widened yet */
+    int64_t kvrow, chunk;   /* -1: nothing staged yet */
 } SDPA_FN(wide_cache);
 
 #define PLAN SDPA_FN(plan)
@@ -825,6 +825,8 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_hi = P->off_hv + SDPA_FN(align_elems)(hk);
     P->off_hn = P->off_hi + SDPA_FN(align_elems)(hk * (int64_t)(sizeof(int64_t) / sizeof(T)));
     P->off_kw = P->off_vw = P->off_hn + SDPA_FN(align_elems)(P->hard ? P->W : 0);
+    /* (hard attention reads float32/float64 K/V in place: other storage
+     * types are refused before planning, so it stages nothing) */
     if (!P->rows_path && !P->hard) {
         /* Staged K/V for a whole chunk when several panels of a kv head
          * would otherwise stage the same blocks again (and it fits): K
@@ -834,7 +836,8 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         int64_t reuse = P->ngroups * P->npanels, dv_tiles = attn_round_up(Dv1, kt->mr_pv);
         double bytes = (double)P->chunk_len * (double)((KV_SAME ? 0 : D1) + dv_tiles) * sizeof(T);
         P->wide_chunk = !P->pairs && reuse >= ATTN_WIDE_CHUNK_MIN_PANELS && bytes <= ATTN_WIDE_CHUNK_MAX_BYTES;
-        P->value_tiles = P->wide_chunk;
+        /* (the K/V table comes from the same level as kt: same tile width) */
+        P->value_tiles = P->wide_chunk && kio_kv->tile_width == kt->mr_pv;
         int64_t keys = P->wide_chunk ? P->chunk_len : P->bk;
         P->ld_vt = keys * kt->mr_pv;
         /* K widened (KVT != T); V in tiles, or widened, or (pairs) packed

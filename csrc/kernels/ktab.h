@@ -200,6 +200,7 @@ ATTN_DECLARE_KTAB(double, f64)
         /* rows, which pv_panel reads as a block with Dv = ldv = mr_pv.     */ \
         void (*widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds,  \
                             const T *scale, T *dst, int64_t ldt);              \
+        int tile_width;   /* widen_tiles' mr_pv (its level's ktab's)        */ \
         /* rows[r][c] = (Ot - Ct)[c][r] / L[r] (0 where L[r] == 0), or       */ \
         /* without the division when L is NULL; Ot is overwritten           */ \
         void (*finish_panel)(int nr, int64_t Dv, T *ot, const T *ct,           \

@@ -19,7 +19,9 @@
  *   v_exp2
  *   v_load_nf (optional, with V_HAS_LOAD_NF): lanes past n take a fill value
  *   v_exp2_nonpos        exp2 for x <= 0 or NaN (may equal v_exp2); also
- *                        right for x a few ulp above 0
+ *                        right for x a few ulp above 0, and +inf (never a
+ *                        wrapped value) for large x: the softmax's x can
+ *                        exceed 0 by half an ulp of the running max
  *   v_inv1p_exp2_shifted, INV1P_SHIFT
  *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
  *                        (vmath.h); callers add the shift to a scalar for free

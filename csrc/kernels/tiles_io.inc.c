@@ -31,9 +31,11 @@
  *
  * Where the conversion runs: the rows path (decode, bound by memory
  * bandwidth) converts in its vector loads, so it reads half the bytes for
- * 16-bit inputs; the panel path widens each K and V block once into a T
- * scratch (`widen`) and runs tiles.inc.c's micro-kernels on it -- every
- * element is then reused by NR query lanes. Q is staged and the output
+ * 16-bit inputs; the panel path stages each K and V block once into a T
+ * scratch (`widen` for K and V, `widen_tiles` for V in column tiles, which
+ * float32 V also takes when a kv head has enough panels to reuse it) and
+ * runs tiles.inc.c's micro-kernels on it -- every element is then reused by
+ * NR query lanes. Q is staged and the output
  * finished once per unit, with scalar conversions where IT is not T.
  */
 
@@ -114,7 +116,10 @@ static void FNIO(widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds, 
                 int lanes = MR_PV - i < VL ? MR_PV - i : VL;   /* this piece of the tile */
                 int64_t left = D - c0 - i;                     /* source columns left */
                 int take = left < lanes ? (int)(left > 0 ? left : 0) : lanes;
-                vec x = take == VL ? v_load_in(s + c0 + i)
+                /* a whole vector when the row has one left (only `lanes` of
+                 * it are stored): cheaper than a masked load, which AVX2
+                 * does element by element for 8- and 16-bit types */
+                vec x = left >= VL ? v_load_in(s + c0 + i)
                       : take > 0   ? v_load_in_n(s + c0 + i, take)
                                    : v_zero();
                 if (scale) x = v_mul(sc, x);
@@ -483,6 +488,7 @@ const KIO_TYPE KIO_NAME = {
     .widen = FNIO(widen),
 #endif
     .widen_tiles = FNIO(widen_tiles),
+    .tile_width = MR_PV,
 #ifdef KIO_QK_ROWS
     .qk_rows = KIO_QK_ROWS,
 #else
