@@ -42,7 +42,6 @@ static void pv_rows_i8_vnni(int64_t nk, float *p, int64_t ldp, int nr, const int
 /* the longest query row taken in int16 (int16 staging of 4 rows: 16 KiB) */
 #define VNNI_MAX_D 2048
 #define VNNI_ROWS 4   /* rows x keys per register block: QK_ROWS x QK_KEYS */
-#define VNNI_PF_BYTES 8192   /* prefetch distance, as the float kernels' ROWS_PF_BYTES */
 
 /* the largest int16 query magnitude whose D products with int8 keys cannot
  * overflow an int32 sum */
@@ -201,7 +200,7 @@ static inline __attribute__((always_inline)) void vnni_rows(int rows, int64_t D,
     float qsl[16];
     for (int i = 0; i < 16; i++) qsl[i] = i / 4 < rows ? qscale[i / 4] : 0.0f;
     const __m512 qsv = _mm512_loadu_ps(qsl);
-    const int64_t pf = ldk > 0 ? VNNI_PF_BYTES / ldk + 4 : 0;   /* keys ahead (int8: ldk bytes a key) */
+    const int64_t pf = LEVEL_CAT(rows_ahead, LEVEL, io_i8)(ldk, 4);   /* keys ahead to prefetch */
     int64_t j = 0;
     for (; j + 4 <= nk; j += 4) {
         if (prefetch)
@@ -349,7 +348,7 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
 #pragma GCC unroll 4
         for (int u = 0; u < 4; u++) acc[rr][u] = _mm512_setzero_si512();
     const int n0 = cn >= 32 ? 32 : (int)cn, n1 = cn >= 64 ? 32 : cn > 32 ? (int)(cn - 32) : 0;
-    const int64_t pf = ldv > 0 ? VNNI_PF_BYTES / ldv + 2 : 0;
+    const int64_t pf = LEVEL_CAT(rows_ahead, LEVEL, io_i8)(ldv, 2);   /* value rows ahead */
     const int64_t npairs = (j1 - j0) / 2;
     const int8_t *vj = v + j0 * ldv + c0;
     int64_t jp = 0;

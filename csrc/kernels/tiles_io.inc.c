@@ -211,6 +211,13 @@ static void FNIO(stage_rows)(int nr, int64_t D, const IT *const *rows, T sign, T
 #ifndef ROWS_PF_BYTES
 #define ROWS_PF_BYTES 8192
 #endif
+/* Rows (ld elements apart) to prefetch ahead: ROWS_PF_BYTES of them, plus
+ * `block` (the rows one step of the caller reads); 0 when ld is 0. */
+static inline int64_t FNIO(rows_ahead)(int64_t ld, int64_t block)
+{
+    const int64_t bytes = ld * (int64_t)sizeof(IT);
+    return bytes > 0 ? ROWS_PF_BYTES / bytes + block : 0;
+}
 /* Asks for the cache lines of elements [at, at + n) of the array at base.
  * The addresses are formed as integers (they may lie past the array's end,
  * where pointer arithmetic would be undefined) and start at the first
@@ -253,8 +260,7 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
         const T *q[QK_ROWS];
         for (int rr = 0; rr < QK_ROWS; rr++) q[rr] = qs + (r + rr) * ldq;
         int64_t j = 0;
-        /* keys ahead to prefetch: ROWS_PF_BYTES of rows, at least a block's worth */
-        const int64_t kbytes = ldk * (int64_t)sizeof(IT), pf = kbytes > 0 ? ROWS_PF_BYTES / kbytes + QK_KEYS : 0;
+        const int64_t pf = FNIO(rows_ahead)(ldk, QK_KEYS);   /* keys ahead to prefetch */
         for (; j + QK_KEYS <= nk; j += QK_KEYS) {
             if (r == 0)
                 for (int jj = 0; jj < QK_KEYS; jj++) FNIO(prefetch_span)(k, (j + pf + jj) * ldk, D);
@@ -313,7 +319,7 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
         }
     }
     /* keys ahead to prefetch in the leftover rows (r == 0 there: no 4-row block ran) */
-    const int64_t kbytes1 = ldk * (int64_t)sizeof(IT), pf1 = kbytes1 > 0 ? ROWS_PF_BYTES / kbytes1 + QK_ACC : 0;
+    const int64_t pf1 = FNIO(rows_ahead)(ldk, QK_ACC);
     for (; r < nr; r++) {
         const T *q0 = qs + r * ldq;
         for (int64_t j = 0; j < nk; j += QK_ACC) {
@@ -374,6 +380,7 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
     if (vscale)   /* quantized values: fold each row's scale into its weights */
         for (int r = 0; r < nr; r++)
             for (int64_t j = 0; j < nk; j++) p[r * ldp + j] *= vscale[j];
+    const int64_t pf = FNIO(rows_ahead)(ldv, 1);   /* value rows ahead to prefetch */
     for (int r0 = 0; r0 < nr; r0 += 4) {
         int rn = nr - r0 < 4 ? nr - r0 : 4;
         for (int64_t c0 = 0; c0 < Dv; c0 += 4 * VL) {
@@ -386,7 +393,6 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                 for (int u = 0; u < 4; u++) acc[r][u] = v_zero();
             const T *p0 = p + r0 * ldp;
             if (rn == 4 && cn == 4 * VL) {
-                const int64_t vbytes = ldv * (int64_t)sizeof(IT), pf = vbytes > 0 ? ROWS_PF_BYTES / vbytes + 1 : 0;
                 for (int64_t j = 0; j < nk; j++) {
                     const IT *vj = v + j * ldv + c0;
                     if (r0 == 0) FNIO(prefetch_span)(v, (j + pf) * ldv + c0, cn);
@@ -402,7 +408,6 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                     }
                 }
             } else {
-                const int64_t vbytes = ldv * (int64_t)sizeof(IT), pf = vbytes > 0 ? ROWS_PF_BYTES / vbytes + 1 : 0;
                 for (int64_t j = 0; j < nk; j++) {
                     const IT *vj = v + j * ldv + c0;
                     if (r0 == 0) FNIO(prefetch_span)(v, (j + pf) * ldv + c0, cn);
