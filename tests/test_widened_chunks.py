@@ -1,7 +1,7 @@
 """16-bit and int8 K/V on the panel path: each thread widens a kv head's key
 chunk to float32 once and reuses it across that head's panels (instead of
 widening every block once per panel). Each test asserts through the plan
-that it reaches that path, checks against float32 attention over the same
+that it reaches that path, checks against float64 attention over the same
 (widened) values, and that the thread count does not change a bit: the
 widened values are the same whichever panel widened them, including a block
 that a causal unit widened only in part before a later one needs all of it.
