@@ -35,6 +35,10 @@ ISA_FLAGS = {
     "avx512bf16": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni", "-mavx512bf16"],
     # avx512bf16 with its BF16 instructions emulated: tests its layouts on any AVX-512 CPU
     "avx512bf16emu": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
+    "amxbf16": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni", "-mavx512bf16",
+                "-mamx-tile", "-mamx-bf16"],
+    # amxbf16 with its AMX and BF16 instructions emulated: tests its tile layouts on any AVX-512 CPU
+    "amxbf16emu": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
 }
 ISA_PROBES = {
     "avx2": """
@@ -75,7 +79,25 @@ ISA_PROBES = {
             return (int)_mm512_reduce_add_ps(a);
         }""",
 }
+ISA_PROBES["amxbf16"] = """
+    #include <immintrin.h>
+    int main(void) {
+        unsigned char cfg[64] = {1};
+        float out[16 * 16];
+        __m512 a = _mm512_dpbf16_ps(_mm512_setzero_ps(), _mm512_cvtne2ps_pbh(_mm512_set1_ps(1), _mm512_set1_ps(1)),
+                                    _mm512_cvtne2ps_pbh(_mm512_set1_ps(1), _mm512_set1_ps(1)));
+        for (int t = 0; t < 3; t++) { cfg[16 + 2 * t] = 64; cfg[48 + t] = 16; }
+        _tile_loadconfig(cfg);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_dpbf16ps(0, 1, 2);
+        _tile_stored(0, out, 64);
+        _tile_release();
+        return (int)out[0] + (int)_mm512_reduce_add_ps(a);
+    }"""
 ISA_PROBES["avx512bf16emu"] = ISA_PROBES["avx512"]
+ISA_PROBES["amxbf16emu"] = ISA_PROBES["avx512"]
 OPENMP_PROBE = """
     #include <omp.h>
     int main(void) {

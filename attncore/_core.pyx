@@ -315,7 +315,7 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
     return dict(path=PATH_NAMES[info.path], additive_form=ADDITIVE_FORMS[info.additive_form],
                 rows_per_unit=info.rows_per_unit, units=info.units, chunks=info.chunks,
                 chunk_len=info.chunk_len, key_block=info.key_block, key_blocks=info.key_blocks,
-                threads=info.threads, native_pairs=bool(info.native_pairs),
+                threads=info.threads, native_pairs=bool(info.native_pairs), amx_tiles=bool(info.amx_tiles),
                 widened_chunks=bool(info.widened_chunks), value_tiles=bool(info.value_tiles),
                 int8_vnni=bool(info.int8_vnni))
 

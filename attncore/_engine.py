@@ -32,8 +32,9 @@ def plan_info(fn, *args, **kwargs):
     attention functions), without running it: a dict with the path
     ("panel" or "rows"), the additive form ("product", "tanh" or None),
     rows_per_unit, units, chunks (> 1: split-K), chunk_len, key_block,
-    threads, native_pairs (bfloat16 on the avx512bf16 levels: the panel
-    path multiplies bfloat16 pairs natively), widened_chunks (16-bit or
+    threads, native_pairs (bfloat16 on the avx512bf16 and amxbf16 levels:
+    the panel path multiplies bfloat16 pairs natively), amx_tiles (those
+    products on AMX tiles: amxbf16), widened_chunks (16-bit or
     int8 K/V on the panel path, widened once per key chunk and thread
     instead of once per panel), value_tiles (the panel path keeps a key
     chunk's V in column tiles per thread, read by P V as one contiguous

@@ -5,8 +5,8 @@ For tools/sanitize.sh (one pytest run per kernel level, under ASan/UBSan):
 - ATTNCORE_TEST_ONLY_ISA=1: tests parametrized by kernel level (a parameter
   named in LEVEL_PARAMS) run only the active level (ATTNCORE_ISA, else the
   best one); the other levels are deselected.
-- ATTNCORE_TEST_EMULATED_AS_REAL=1: the emulated avx512bf16emu level joins
-  the `isa` fixture (see EMULATED_ISAS).
+- ATTNCORE_TEST_EMULATED_AS_REAL=1: the emulated levels (avx512bf16emu,
+  amxbf16emu) join the `isa` fixture (see EMULATED_ISAS).
 - ATTNCORE_SANITIZER=1: tests marked `no_sanitizer` are skipped; NO_SANITIZER
   below marks the existing ones that cannot work under ASan for reasons
   unrelated to memory safety.
@@ -25,14 +25,22 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("ci")
 
-# avx512bf16emu runs avx512's kernels except bfloat16's panel path (native
-# pairs, emulated): the general `isa` fixture leaves it out, and the tests of
-# that path (test_bf16_pairs.py) run it with PAIR_ISAS.
-# ATTNCORE_TEST_EMULATED_AS_REAL=1 (with ATTNCORE_ISA=avx512bf16emu) runs the
-# whole suite as a CPU with AVX512_BF16 would: every test on the pair level.
-EMULATED_ISAS = set() if os.environ.get("ATTNCORE_TEST_EMULATED_AS_REAL") == "1" else {"avx512bf16emu"}
+# avx512bf16emu and amxbf16emu run avx512's kernels except bfloat16's panel
+# path (native pairs, emulated): the general `isa` fixture leaves them out,
+# and the tests of that path (test_bf16_pairs.py) run them with PAIR_ISAS.
+# ATTNCORE_TEST_EMULATED_AS_REAL=1 (with ATTNCORE_ISA=<an emulated level>)
+# runs the whole suite as a CPU with AVX512_BF16 (or AMX) would.
+EMULATED_ISAS = set() if os.environ.get("ATTNCORE_TEST_EMULATED_AS_REAL") == "1" else {"avx512bf16emu", "amxbf16emu"}
 SUPPORTED_ISAS = [n for n in _config.supported_isas() if n not in EMULATED_ISAS]
-PAIR_ISAS = [n for n in _config.supported_isas() if n.startswith("avx512bf16")]
+
+
+def is_pair_level(name):
+    """Whether a level runs bfloat16 prefill on native pairs: vdpbf16ps
+    (avx512bf16) or AMX tiles (amxbf16), or their emulations."""
+    return name.startswith(("avx512bf16", "amxbf16"))
+
+
+PAIR_ISAS = [n for n in _config.supported_isas() if is_pair_level(n)]
 
 # "file.py::test_name" (all parametrizations) -> why it cannot run under ASan
 NO_SANITIZER = {
@@ -88,9 +96,9 @@ def dtype(request):
 
 def pairs_active():
     """Whether the active level runs bfloat16 prefill on native pairs
-    (avx512bf16 / avx512bf16emu): its weights are rounded to bfloat16 before
-    P V, which adds up to 2^-8 V to bfloat16 outputs (docs/numerics.md (4b))."""
-    return _config.active_isa_name().startswith("avx512bf16")
+    (is_pair_level): its weights are rounded to bfloat16 before P V, which
+    adds up to 2^-8 V to bfloat16 outputs (docs/numerics.md (4b))."""
+    return is_pair_level(_config.active_isa_name())
 
 
 def stable_seed(text):

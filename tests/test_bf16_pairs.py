@@ -1,6 +1,7 @@
 """bfloat16 attention on native pair dot products (the avx512bf16 level's
-vdpbf16ps, and avx512bf16emu, the same kernels with the instructions
-emulated, which runs on any AVX-512 CPU). Every test asserts, through the
+vdpbf16ps, the amxbf16 level's AMX tiles, and avx512bf16emu / amxbf16emu,
+the same kernels with the instructions emulated, which run on any AVX-512
+CPU). Every test asserts, through the
 kernel's plan, that it reached the pairs path; results are checked against
 float64 with docs/numerics.md (4b)'s bound: the float32 bound of (1), plus
 2^-8 V for the weights rounded to bfloat16 before P V, plus the output's
@@ -16,7 +17,7 @@ from attncore import reference as R
 from attncore._engine import plan_info
 
 from _guard import guarded_copy
-from conftest import PAIR_ISAS, SUPPORTED_ISAS
+from conftest import PAIR_ISAS, SUPPORTED_ISAS, is_pair_level
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes (bfloat16 for NumPy) not installed")
 BF16 = ml_dtypes.bfloat16
@@ -76,6 +77,7 @@ def test_pairs_path_matches_float64(pair_isa, shape, case, rng):
         kw["attn_mask"] = rng.standard_normal((Lq, Lk)).astype(np.float32)
     plan = plan_info(SDPA, q, k, v, **kw)
     assert plan["path"] == "panel" and plan["native_pairs"], plan
+    assert plan["amx_tiles"] == pair_isa.startswith("amxbf16"), plan
     out = SDPA(q, k, v, **kw)
     assert out.dtype == BF16 and out.shape == (B, Hq, Lq, Dv)
     check(out, q, k, v, **kw)
@@ -116,7 +118,7 @@ def test_other_levels_widen(rng):
     q, k, v = bf16(rng, (1, 1, 64, 16)), bf16(rng, (1, 1, 64, 16)), bf16(rng, (1, 1, 64, 16))
     for name in SUPPORTED_ISAS:
         with _config.use_isa(name):
-            assert plan_info(SDPA, q, k, v)["native_pairs"] == name.startswith("avx512bf16")
+            assert plan_info(SDPA, q, k, v)["native_pairs"] == is_pair_level(name)
             h = [a.astype(np.float16) for a in (q, k, v)]
             assert not plan_info(SDPA, *h)["native_pairs"]
 
@@ -158,6 +160,38 @@ def test_guard_pages_head_sizes_1_to_160(pair_isa, where):
         k = guarded_copy(bf16(rng, (1, 1, Lk, D)), where)
         v = guarded_copy(bf16(rng, (1, 1, Lk, Dv)), where)
         out = guarded_copy(np.zeros((1, 1, Lq, Dv), BF16), where)
-        assert plan_info(SDPA, q, k, v)["native_pairs"]
+        plan = plan_info(SDPA, q, k, v)
+        assert plan["native_pairs"] and plan["amx_tiles"] == pair_isa.startswith("amxbf16"), plan
         SDPA(q, k, v, out=out, is_causal=D % 4 == 0)
         check(out, q, k, v, is_causal=D % 4 == 0)
+
+
+def test_amx_tiles_only_on_the_amx_levels(rng):
+    """AMX tiles run bfloat16 prefill on amxbf16 / amxbf16emu only; float16
+    and decode keep their paths there."""
+    q, k, v = bf16(rng, (1, 2, 64, 32)), bf16(rng, (1, 2, 80, 32)), bf16(rng, (1, 2, 80, 32))
+    for name in _config.supported_isas():
+        with _config.use_isa(name):
+            assert plan_info(SDPA, q, k, v)["amx_tiles"] == name.startswith("amxbf16"), name
+            h = [a.astype(np.float16) for a in (q, k, v)]
+            assert not plan_info(SDPA, *h)["amx_tiles"]
+            assert not plan_info(SDPA, q[:, :, :1], k, v)["amx_tiles"]
+
+
+@pytest.mark.parametrize("D", [31, 32, 33, 47, 63, 64, 65, 96, 127, 128, 129])
+def test_amx_steps_and_key_tiles(D, rng):
+    """The tile edges of the AMX kernels (on amxbf16 where the CPU has AMX,
+    and amxbf16emu): whole and partial 32-element steps of d with even and
+    odd D, key tiles ending inside a 16-row tile and exactly on one, blocks
+    of 128 keys, value columns on and off the 16-column tiles."""
+    levels = [n for n in PAIR_ISAS if n.startswith("amxbf16")]
+    if not levels:
+        pytest.skip("no AMX level runs here (amxbf16emu needs AVX-512)")
+    for Lk in (1, 15, 16, 17, 32, 33, 128, 129, 161):
+        Dv = (D * 3) % 70 + 1
+        q, k, v = bf16(rng, (1, 2, 37, D)), bf16(rng, (1, 2, Lk, D)), bf16(rng, (1, 2, Lk, Dv))
+        for name in levels:
+            with _config.use_isa(name):
+                assert plan_info(SDPA, q, k, v)["amx_tiles"]
+                check(SDPA(q, k, v), q, k, v)
+                check(SDPA(q, k, v, is_causal=True), q, k, v, is_causal=True)

@@ -19,7 +19,7 @@ from _guard import guarded_allocations
 from _oracle import sdpa_numpy
 from test_kvcache_formats import decoded, vnni_bound, vnni_qmax
 
-VNNI_ISAS = [n for n in _config.supported_isas() if n in ("avx512vnni", "avx512bf16")]
+VNNI_ISAS = [n for n in _config.supported_isas() if n in ("avx512vnni", "avx512bf16", "amxbf16")]
 pytestmark = pytest.mark.skipif(not VNNI_ISAS, reason="no level with AVX512_VNNI on this CPU")
 
 

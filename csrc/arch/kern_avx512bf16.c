@@ -44,8 +44,10 @@ static void qk_panel2_native(int64_t D, const uint16_t *k, int64_t ldk, int64_t 
                              float *st, float *colmax);
 static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
                              const float *alpha, float *ot, float *ct, uint16_t *vpairs);
+#ifndef BF16_NATIVE_ENTRIES   /* (kern_amxbf16.c puts its tile products here) */
 #define BF16_NATIVE_ENTRIES \
     .pack_qt2 = pack_qt2_native, .qk_panel2 = qk_panel2_native, .pv_panel2 = pv_panel2_native,
+#endif
 
 /* the real level also has kern_avx512vnni.c's int8 scores (every AVX512-BF16
  * CPU has VNNI); the emulated one stays on plain AVX-512 */

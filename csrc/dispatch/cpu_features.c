@@ -10,12 +10,20 @@
  *   avx512vnni: avx512 + AVX512_VNNI
  *   avx512bf16: avx512vnni + AVX512_BF16 (every such CPU has VNNI)
  *   avx512bf16emu: as avx512 (the BF16 instructions are emulated); tests only
+ *   amxbf16: avx512bf16 + AMX-TILE, AMX-BF16, the OS saving tile state
+ *            (XCR0 bits 17, 18) and, on Linux, this process's permission
+ *            to use it (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here)
+ *   amxbf16emu: as avx512 (AMX and BF16 instructions emulated); tests only
  * The choice of level (ATTNCORE_ISA or the best supported) is made by the
  * Python layer at import and passed to every call, so tests can run every
  * level in one process.
  */
 #include <string.h>
 #include "../kernels/ktab.h"
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
 #define ATTN_X86 1
@@ -24,9 +32,9 @@
 
 typedef struct {
     int init;
-    int avx, avx2, fma, f16c, avx512f, avx512vl, avx512bw, avx512dq, avx512vnni, avx512bf16, amx_tile;
-    int os_ymm, os_zmm;
-    char names[160];
+    int avx, avx2, fma, f16c, avx512f, avx512vl, avx512bw, avx512dq, avx512vnni, avx512bf16, amx_tile, amx_bf16;
+    int os_ymm, os_zmm, os_tiles;
+    char names[192];
 } cpu_info;
 
 static cpu_info g_cpu;
@@ -39,6 +47,22 @@ static unsigned long long read_xcr0(void)
     return ((unsigned long long)hi << 32) | lo;
 }
 #endif
+
+/* Linux enables the 8 KiB tile data state per process, on request (since
+ * 5.16): without it the first tile instruction raises SIGILL. Elsewhere
+ * XCR0 alone decides. */
+static int tile_permission(void)
+{
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    const long ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    unsigned long long perm = 0;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &perm) != 0) return 0;
+    return (perm >> XFEATURE_XTILEDATA) & 1;
+#else
+    return 1;
+#endif
+}
 
 static void append(char *buf, size_t size, const char *name, int present)
 {
@@ -63,6 +87,7 @@ static void detect(cpu_info *c)
             unsigned long long xcr0 = read_xcr0();
             c->os_ymm = (xcr0 & 0x6) == 0x6;      /* xmm + ymm state */
             c->os_zmm = (xcr0 & 0xe6) == 0xe6;    /* + opmask, zmm hi256, hi16 zmm */
+            c->os_tiles = (xcr0 & 0x60000) == 0x60000;   /* XTILECFG + XTILEDATA */
         }
     }
     if (__get_cpuid_count(7, 0, &a, &b, &cx, &d)) {
@@ -72,9 +97,11 @@ static void detect(cpu_info *c)
         c->avx512bw = (b >> 30) & 1;
         c->avx512vl = (b >> 31) & 1;
         c->avx512vnni = (cx >> 11) & 1;
+        c->amx_bf16 = (d >> 22) & 1;
         c->amx_tile = (d >> 24) & 1;
     }
     if (__get_cpuid_count(7, 1, &a, &b, &cx, &d)) c->avx512bf16 = (a >> 5) & 1;
+    if (c->amx_tile && c->os_tiles) c->os_tiles = tile_permission();
 #endif
     size_t n = sizeof c->names;
     append(c->names, n, "avx", c->avx);
@@ -88,8 +115,10 @@ static void detect(cpu_info *c)
     append(c->names, n, "avx512_vnni", c->avx512vnni);
     append(c->names, n, "avx512_bf16", c->avx512bf16);
     append(c->names, n, "amx_tile", c->amx_tile);
+    append(c->names, n, "amx_bf16", c->amx_bf16);
     append(c->names, n, "os_ymm", c->os_ymm);
     append(c->names, n, "os_zmm", c->os_zmm);
+    append(c->names, n, "os_tiles", c->os_tiles);
     c->init = 1;
 }
 
@@ -134,6 +163,12 @@ int attn_isa_built(int isa)
 #ifdef ATTN_BUILT_AVX512BF16
     case ATTN_ISA_AVX512BF16: return 1;
 #endif
+#ifdef ATTN_BUILT_AMXBF16EMU
+    case ATTN_ISA_AMXBF16EMU: return 1;
+#endif
+#ifdef ATTN_BUILT_AMXBF16
+    case ATTN_ISA_AMXBF16: return 1;
+#endif
     default: return 0;
     }
 }
@@ -146,11 +181,14 @@ static int cpu_runs(int isa)
     case ATTN_ISA_AVX2: return c->avx && c->avx2 && c->fma && c->f16c && c->os_ymm;
     case ATTN_ISA_AVX512:
     case ATTN_ISA_AVX512BF16EMU:
+    case ATTN_ISA_AMXBF16EMU:
         return c->avx512f && c->avx512vl && c->avx512bw && c->avx512dq && c->os_zmm;
     case ATTN_ISA_AVX512VNNI:
         return cpu_runs(ATTN_ISA_AVX512) && c->avx512vnni;
     case ATTN_ISA_AVX512BF16:
         return cpu_runs(ATTN_ISA_AVX512VNNI) && c->avx512bf16;
+    case ATTN_ISA_AMXBF16:
+        return cpu_runs(ATTN_ISA_AVX512BF16) && c->amx_tile && c->amx_bf16 && c->os_tiles;
     default: return 0;
     }
 }
@@ -160,14 +198,15 @@ int attn_isa_supported(int isa) { return attn_isa_built(isa) && cpu_runs(isa); }
 int attn_isa_best(void)
 {
     for (int isa = ATTN_ISA_COUNT - 1; isa > 0; isa--)
-        if (isa != ATTN_ISA_AVX512BF16EMU && attn_isa_supported(isa)) return isa;
+        if (isa != ATTN_ISA_AVX512BF16EMU && isa != ATTN_ISA_AMXBF16EMU && attn_isa_supported(isa))
+            return isa;
     return ATTN_ISA_PORTABLE;
 }
 
 const char *attn_isa_name(int isa)
 {
     static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512vnni",
-                                                  "avx512bf16emu", "avx512bf16"};
+                                                  "avx512bf16emu", "avx512bf16", "amxbf16emu", "amxbf16"};
     return isa >= 0 && isa < ATTN_ISA_COUNT ? names[isa] : "unknown";
 }
 
@@ -175,6 +214,12 @@ const attn_ktab_f32 *attn_ktab_get_f32(int isa)
 {
     if (!attn_isa_supported(isa)) return NULL;
     switch (isa) {
+#ifdef ATTN_BUILT_AMXBF16
+    case ATTN_ISA_AMXBF16: return &attn_ktab_amxbf16_f32;
+#endif
+#ifdef ATTN_BUILT_AMXBF16EMU
+    case ATTN_ISA_AMXBF16EMU: return &attn_ktab_amxbf16emu_f32;
+#endif
 #ifdef ATTN_BUILT_AVX512BF16
     case ATTN_ISA_AVX512BF16: return &attn_ktab_avx512bf16_f32;
 #endif
@@ -211,6 +256,8 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
     {                                                                          \
         if (!attn_isa_supported(isa)) return NULL;                             \
         switch (isa) {                                                         \
+        ATTN_KIO_CASE_AMXBF16(TAG)                                             \
+        ATTN_KIO_CASE_AMXBF16EMU(TAG)                                          \
         ATTN_KIO_CASE_AVX512BF16(TAG)                                          \
         ATTN_KIO_CASE_AVX512BF16EMU(TAG)                                       \
         ATTN_KIO_CASE_AVX512VNNI(TAG)                                          \
@@ -238,6 +285,16 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
 #define ATTN_KIO_CASE_AVX512BF16EMU(TAG) case ATTN_ISA_AVX512BF16EMU: return &attn_kio_avx512bf16emu_##TAG;
 #else
 #define ATTN_KIO_CASE_AVX512BF16EMU(TAG)
+#endif
+#ifdef ATTN_BUILT_AMXBF16
+#define ATTN_KIO_CASE_AMXBF16(TAG) case ATTN_ISA_AMXBF16: return &attn_kio_amxbf16_##TAG;
+#else
+#define ATTN_KIO_CASE_AMXBF16(TAG)
+#endif
+#ifdef ATTN_BUILT_AMXBF16EMU
+#define ATTN_KIO_CASE_AMXBF16EMU(TAG) case ATTN_ISA_AMXBF16EMU: return &attn_kio_amxbf16emu_##TAG;
+#else
+#define ATTN_KIO_CASE_AMXBF16EMU(TAG)
 #endif
 #ifdef ATTN_BUILT_AVX2
 #define ATTN_KIO_CASE_AVX2(TAG) case ATTN_ISA_AVX2: return &attn_kio_avx2_##TAG;

@@ -841,9 +841,11 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         int64_t keys = P->wide_chunk ? P->chunk_len : P->bk;
         P->ld_vt = keys * kt->mr_pv;
         /* K widened (KVT != T); V in tiles, or widened, or (pairs) packed
-         * into key pairs (pv_panel2's vpairs, at most bk Dv KVT elements) */
+         * into key pairs or transposed (pv_panel2's vpairs, see ktab.h) */
         int64_t k_elems = KV_SAME ? 0 : keys * D1;
         int64_t v_elems = P->value_tiles ? keys * dv_tiles : KV_SAME ? 0 : keys * Dv1;
+        if (P->pairs)   /* pv_panel2's vpairs (ktab.h): whole tiles of 32 keys x 16 columns */
+            v_elems = attn_round_up(keys, 32) * attn_round_up(Dv1, 16);
         P->off_vw = P->off_kw + SDPA_FN(align_elems)(k_elems);
         P->off_wf = P->off_vw + SDPA_FN(align_elems)(v_elems);
         P->scratch_elems = P->off_wf + SDPA_FN(align_elems)(P->wide_chunk ? (P->chunk_len + P->bk - 1) / P->bk : 0);
@@ -865,6 +867,7 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
 {
     info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
     info->native_pairs = P->pairs;
+    info->amx_tiles = P->pairs && P->kio_kv->amx_tiles;
     info->widened_chunks = P->wide_chunk && !KV_SAME;
     info->value_tiles = P->value_tiles;
     info->int8_vnni = P->rows_path && P->kio_kv->int8_vnni;

@@ -234,13 +234,16 @@ ATTN_DECLARE_KTAB(double, f64)
         void (*pack_qt2)(int nr, int64_t D, const IT *const *rows, T sign,     \
                          IT *q2);                                              \
         /* St[j][:] = sum_d K[j][d] Q2[d / 2][:] for j < nk (St rows NR      */ \
-        /* apart, colmax as in qk_panel), reading the IT rows of K in place */ \
+        /* apart, colmax as in qk_panel), reading the IT rows of K in place;*/ \
+        /* rows nk..round_up(nk, 16) may be written too (St's padding)      */ \
         void (*qk_panel2)(int64_t D, const IT *k, int64_t ldk, int64_t nk,    \
                           const IT *q2, T *st, T *colmax);                     \
         /* pv_panel on P = St rounded to IT (St is overwritten) and the IT   */ \
-        /* rows of V, packed into key pairs in vpairs (ceil(nk/2) Dv pairs)  */ \
+        /* rows of V, packed into vpairs (room: round_up(nk, 32) x           */ \
+        /* round_up(Dv, 16) IT elements; St has round_up(nk, 16) rows)       */ \
         void (*pv_panel2)(int64_t nk, const IT *v, int64_t ldv, int64_t Dv,   \
                           T *st, const T *alpha, T *ot, T *ct, IT *vpairs);    \
+        int amx_tiles;    /* 1 when qk_panel2 / pv_panel2 run on AMX tiles  */ \
     } attn_kio_##TAG;
 
 ATTN_DECLARE_KIO(float, float, f32)
@@ -298,6 +301,22 @@ extern const attn_kio_f32 attn_kio_avx512bf16emu_f32;
 extern const attn_kio_bf16 attn_kio_avx512bf16emu_bf16;
 extern const attn_kio_f16 attn_kio_avx512bf16emu_f16;
 extern const attn_kio_i8 attn_kio_avx512bf16emu_i8;
+#endif
+/* AMX-BF16 (and its emulation): the avx512bf16 tables under their own
+ * names, bfloat16 prefill's products on tiles. */
+#ifdef ATTN_BUILT_AMXBF16
+extern const attn_ktab_f32 attn_ktab_amxbf16_f32;
+extern const attn_kio_f32 attn_kio_amxbf16_f32;
+extern const attn_kio_bf16 attn_kio_amxbf16_bf16;
+extern const attn_kio_f16 attn_kio_amxbf16_f16;
+extern const attn_kio_i8 attn_kio_amxbf16_i8;
+#endif
+#ifdef ATTN_BUILT_AMXBF16EMU
+extern const attn_ktab_f32 attn_ktab_amxbf16emu_f32;
+extern const attn_kio_f32 attn_kio_amxbf16emu_f32;
+extern const attn_kio_bf16 attn_kio_amxbf16emu_bf16;
+extern const attn_kio_f16 attn_kio_amxbf16emu_f16;
+extern const attn_kio_i8 attn_kio_amxbf16emu_i8;
 #endif
 
 /* The tables for a supported ISA level (csrc/dispatch), or NULL. */

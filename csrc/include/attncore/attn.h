@@ -34,9 +34,10 @@ typedef enum {
 } attn_status;
 
 /* Kernel levels, in increasing order. avx512vnni is avx512 with the int8
- * KV cache's scores on VNNI; avx512bf16 has VNNI too. avx512bf16emu is
- * avx512bf16 with its AVX512-BF16 instructions emulated and without VNNI
- * (for tests on any AVX-512 CPU): never the best level. */
+ * KV cache's scores on VNNI; avx512bf16 has VNNI too; amxbf16 is
+ * avx512bf16 with bfloat16 prefill on AMX tiles. avx512bf16emu and
+ * amxbf16emu are those levels with their BF16 / AMX instructions emulated
+ * and without VNNI (for tests on any AVX-512 CPU): never the best level. */
 typedef enum {
     ATTN_ISA_PORTABLE = 0,
     ATTN_ISA_AVX2 = 1,
@@ -44,7 +45,9 @@ typedef enum {
     ATTN_ISA_AVX512VNNI = 3,
     ATTN_ISA_AVX512BF16EMU = 4,
     ATTN_ISA_AVX512BF16 = 5,
-    ATTN_ISA_COUNT = 6
+    ATTN_ISA_AMXBF16EMU = 6,
+    ATTN_ISA_AMXBF16 = 7,
+    ATTN_ISA_COUNT = 8
 } attn_isa;
 
 /* Score kinds for attn_sdpa_desc.score_kind. */
@@ -183,7 +186,9 @@ typedef struct {
                              * varlen lengths skip the rest) */
     int threads;            /* threads the region would use */
     int native_pairs;       /* panel path on the level's native 16-bit dot products
-                             * (bfloat16 on avx512bf16: K and V read as they are) */
+                             * (bfloat16 on avx512bf16 / amxbf16: K and V read as
+                             * they are) */
+    int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
     int widened_chunks;     /* panel path, 16-bit or int8 K/V: each thread keeps a
                              * key chunk widened to float32 across panels */
     int value_tiles;        /* panel path: each thread keeps a key chunk's V in

@@ -1,0 +1,330 @@
+/*
+ * The amxbf16 level: every avx512bf16 kernel (kern_avx512bf16.c, included
+ * below under this level's names) except bfloat16 prefill's two products,
+ * which run on AMX tiles (TDPBF16PS: a 16 x 16 float32 tile += a 16 x 32
+ * bfloat16 tile times a 16-pair x 16 tile). Compiled with avx512bf16's flags
+ * plus -mamx-tile -mamx-bf16 (setup.py); dispatch checks AMX-TILE,
+ * AMX-BF16, the OS's tile state in XCR0 and Linux's per-process permission
+ * (arch_prctl ARCH_REQ_XCOMP_PERM), all at run time.
+ *
+ * With ATTN_AMX_EMULATED defined (kern_amxbf16emu.c, AVX-512 flags only)
+ * the tile registers are thread-local arrays and the six tile instructions
+ * used here are emulated (emu_* below), following the SDM's definitions:
+ * loads and stores touch exactly rows x colsb bytes, TDPBF16PS rounds each
+ * of the pair's two products' additions to float32 (nearest even) with
+ * subnormal inputs read as 0 and subnormal results flushed, and a shape
+ * the instruction would refuse (#UD) aborts. That level, "amxbf16emu", is
+ * never chosen automatically: it runs this file's layouts, edges and tile
+ * shapes on every AVX-512 CPU, so that the real level's logic is tested
+ * here too. (The hardware's order inside one TDPBF16PS may differ from the
+ * SDM's pseudocode in the last bit; the tests bound errors against float64,
+ * they do not compare the two levels bit for bit.)
+ *
+ * Layouts (the pair layouts of kern_avx512bf16.c, PNR = 32 query lanes):
+ *   QK  St[j][r] = K[j] . Q[r]:  C = St rows j0..j0+15, lanes 0-15 / 16-31
+ *       (two tiles, rows PNR floats apart); A = 16 K rows read in place
+ *       (32 elements = 16 pairs of each row per step); B = Q2 rows
+ *       p0..p0+15 (pairs of d), lanes 0-15 / 16-31.
+ *   PV  Ot[c][r] += sum_j V[j][c] P[j][r]:  C = Ot rows c0..c0+15 (staged,
+ *       then added with Kahan compensation); A = Vt, V transposed (row c:
+ *       32 keys per step); B = P2 rows jp0..jp0+15 (key pairs), written
+ *       over St as in pv_panel2_native.
+ * A key tile that runs past nk, and an odd D's last pair, are staged into a
+ * zero-padded 16 x 32 buffer so that no load reads past K's rows; Vt and P2
+ * are zero-padded to whole steps of 32 keys.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include "../kernels/ktab.h"
+
+#ifndef LEVEL
+#define LEVEL amxbf16
+#define ISA_NAME "amxbf16"
+#endif
+
+static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk, const uint16_t *q2,
+                          float *st, float *colmax);
+static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
+                          const float *alpha, float *ot, float *ct, uint16_t *vpairs);
+#define BF16_NATIVE_ENTRIES \
+    .pack_qt2 = pack_qt2_native, .qk_panel2 = qk_panel2_amx, .pv_panel2 = pv_panel2_amx, .amx_tiles = 1,
+
+#include "kern_avx512bf16.c"
+
+#define TROWS 16       /* rows of every tile used here */
+#define TPAIRS 16      /* pairs per tile row (64 bytes): one step along k */
+#define TKEYS 32       /* keys (or elements of d) per step */
+
+_Static_assert(PNR == 2 * TROWS, "a panel is two tiles of 16 query lanes");
+_Static_assert(BK_PANEL % TKEYS == 0, "St holds whole key tiles and P2 whole steps (pv_panel2 pads to 32 keys)");
+
+/* the tiles (one configuration serves both products); plain numbers, as
+ * GCC's tile intrinsics paste them into the instruction's register name */
+#define TC0 0
+#define TC1 1
+#define TA 2
+#define TB0 3
+#define TB1 4
+#define TA_REM 5
+#define TB0_REM 6
+#define TB1_REM 7
+
+/* LDTILECFG's 64-byte operand, palette 1 */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+_Static_assert(sizeof(amx_config) == 64, "the tile configuration is 64 bytes");
+
+/* ---- the tile instructions, native or emulated ---- */
+
+#ifdef ATTN_AMX_EMULATED
+typedef struct {
+    int rows, colsb;
+    uint8_t b[TROWS][64];
+} emu_tile;
+static __thread emu_tile emu_t[8];
+static __thread int emu_configured;
+
+static void emu_fail(const char *what)
+{
+    fprintf(stderr, "attncore: emulated AMX: %s (the instruction would raise #UD)\n", what);
+    abort();
+}
+static void emu_loadconfig(const amx_config *c)
+{
+    if (c->palette != 1 || c->start_row != 0) emu_fail("unsupported palette");
+    for (int t = 0; t < 8; t++) {
+        if (c->rows[t] > TROWS || c->colsb[t] > 64 || (c->rows[t] == 0) != (c->colsb[t] == 0))
+            emu_fail("bad tile shape in the configuration");
+        emu_t[t].rows = c->rows[t];
+        emu_t[t].colsb = c->colsb[t];
+        memset(emu_t[t].b, 0, sizeof emu_t[t].b);
+    }
+    emu_configured = 1;
+}
+static emu_tile *emu_use(int t)
+{
+    if (!emu_configured || emu_t[t].rows == 0) emu_fail("tile used without a configuration");
+    return &emu_t[t];
+}
+static void emu_release(void) { emu_configured = 0; }
+static void emu_zero(int t) { memset(emu_use(t)->b, 0, sizeof emu_t[t].b); }
+static void emu_load(int t, const void *base, int64_t stride)
+{
+    emu_tile *x = emu_use(t);
+    memset(x->b, 0, sizeof x->b);
+    for (int r = 0; r < x->rows; r++) memcpy(x->b[r], (const uint8_t *)base + r * stride, (size_t)x->colsb);
+}
+static void emu_store(int t, void *base, int64_t stride)
+{
+    emu_tile *x = emu_use(t);
+    for (int r = 0; r < x->rows; r++) memcpy((uint8_t *)base + r * stride, x->b[r], (size_t)x->colsb);
+}
+/* TDPBF16PS c, a, b: c[m][n] += a[m].bf16[2k] b[k].bf16[2n], then
+ * + a[m].bf16[2k+1] b[k].bf16[2n+1], for k < a.colsb / 4 (SDM order) */
+static void emu_dp(int tc, int ta, int tb)
+{
+    emu_tile *c = emu_use(tc), *a = emu_use(ta), *b = emu_use(tb);
+    if (c->rows != a->rows || a->colsb / 4 != b->rows || c->colsb != b->colsb || (a->colsb & 3))
+        emu_fail("TDPBF16PS tile shapes do not match");
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000);
+    const __mmask16 cols = lanes_(c->colsb / 4);
+    for (int m = 0; m < c->rows; m++) {
+        __m512 acc = _mm512_maskz_loadu_ps(cols, c->b[m]);
+        for (int k = 0; k < a->colsb / 4; k++) {
+            int32_t pair;
+            memcpy(&pair, a->b[m] + 4 * k, 4);
+            __m512i av = _mm512_set1_epi32(pair), bv = _mm512_maskz_loadu_epi32(cols, b->b[k]);
+            __m512 alo = bf16_half_daz(_mm512_slli_epi32(av, 16)), blo = bf16_half_daz(_mm512_slli_epi32(bv, 16));
+            __m512 ahi = bf16_half_daz(_mm512_and_si512(av, hi)), bhi = bf16_half_daz(_mm512_and_si512(bv, hi));
+            acc = ftz(_mm512_fmadd_ps(alo, blo, acc));
+            acc = ftz(_mm512_fmadd_ps(ahi, bhi, acc));
+        }
+        _mm512_mask_storeu_ps(c->b[m], cols, acc);
+    }
+}
+#define T_CONFIG(cfg) emu_loadconfig(cfg)
+#define T_RELEASE() emu_release()
+#define T_ZERO(t) emu_zero(t)
+#define T_LOAD(t, p, stride) emu_load((t), (p), (stride))
+#define T_STORE(t, p, stride) emu_store((t), (p), (stride))
+#define T_DP(c, a, b) emu_dp((c), (a), (b))
+#else
+#define T_CONFIG(cfg) _tile_loadconfig(cfg)
+#define T_RELEASE() _tile_release()
+#define T_ZERO(t) _tile_zero(t)
+#define T_LOAD(t, p, stride) _tile_loadd(t, (p), (stride))
+#define T_STORE(t, p, stride) _tile_stored(t, (p), (stride))
+#define T_DP(c, a, b) _tile_dpbf16ps(c, a, b)
+#endif
+
+/*
+ * Every call configures the tiles itself and releases them at the end: the
+ * configuration is per thread and other libraries in the process (oneDNN
+ * under torch, say) load their own between our calls. rem_pairs (0..16)
+ * shapes the three *_REM tiles for a last step shorter than 16 pairs.
+ */
+static void amx_configure(int rem_pairs)
+{
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = TC0; t <= TB1; t++) {
+        cfg.rows[t] = TROWS;
+        cfg.colsb[t] = 64;
+    }
+    if (rem_pairs) {
+        cfg.rows[TA_REM] = TROWS;
+        cfg.colsb[TA_REM] = (uint16_t)(4 * rem_pairs);
+        cfg.rows[TB0_REM] = cfg.rows[TB1_REM] = (uint8_t)rem_pairs;
+        cfg.colsb[TB0_REM] = cfg.colsb[TB1_REM] = 64;
+    }
+    T_CONFIG(&cfg);
+}
+
+/* stage[r][0..32) = K row r's elements [0, n) then zeros, rows r >= nrows
+ * zero: a key tile's step that may not be read in place */
+static void stage_k_step(int nrows, const uint16_t *src, int64_t ldk, int n, uint16_t *stage)
+{
+    memset(stage, 0, TROWS * TKEYS * sizeof *stage);
+    for (int r = 0; r < nrows; r++) memcpy(stage + r * TKEYS, src + r * ldk, (size_t)n * sizeof *stage);
+}
+
+static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk, const uint16_t *q2,
+                          float *st, float *colmax)
+{
+    const int64_t steps = D / TKEYS;   /* whole steps of 32 elements of d */
+    const int tail = (int)(D - steps * TKEYS), rem = (tail + 1) / 2;   /* then tail elements in rem pairs */
+    const int64_t kbytes = ldk * (int64_t)sizeof *k, q2bytes = PNR * 4;
+    uint16_t stage[TROWS * TKEYS] __attribute__((aligned(64)));
+    amx_configure(rem);
+    for (int64_t j0 = 0; j0 < nk; j0 += TROWS) {
+        const int kr = nk - j0 < TROWS ? (int)(nk - j0) : TROWS;   /* keys in this tile */
+        const uint16_t *kt = k + j0 * ldk;
+        T_ZERO(TC0);
+        T_ZERO(TC1);
+        for (int64_t s = 0; s < steps; s++) {
+            const uint16_t *b = q2 + s * TPAIRS * PNR * 2;
+            if (kr == TROWS) {
+                T_LOAD(TA, kt + s * TKEYS, kbytes);
+            } else {
+                stage_k_step(kr, kt + s * TKEYS, ldk, TKEYS, stage);
+                T_LOAD(TA, stage, TKEYS * 2);
+            }
+            T_LOAD(TB0, b, q2bytes);
+            T_LOAD(TB1, b + 2 * TROWS, q2bytes);
+            T_DP(TC0, TA, TB0);
+            T_DP(TC1, TA, TB1);
+        }
+        if (rem) {   /* the last 1..31 elements (1..16 pairs; an odd tail ends with partner 0) */
+            const uint16_t *b = q2 + steps * TPAIRS * PNR * 2;
+            if (kr == TROWS && !(tail & 1)) {
+                T_LOAD(TA_REM, kt + steps * TKEYS, kbytes);
+            } else {
+                stage_k_step(kr, kt + steps * TKEYS, ldk, tail, stage);
+                T_LOAD(TA_REM, stage, TKEYS * 2);
+            }
+            T_LOAD(TB0_REM, b, q2bytes);
+            T_LOAD(TB1_REM, b + 2 * TROWS, q2bytes);
+            T_DP(TC0, TA_REM, TB0_REM);
+            T_DP(TC1, TA_REM, TB1_REM);
+        }
+        /* rows past nk (zero keys) land in St's padding (BK_PANEL % 16 == 0) */
+        float *c = st + j0 * PNR;
+        T_STORE(TC0, c, q2bytes);
+        T_STORE(TC1, c + TROWS, q2bytes);
+        if (colmax) {
+            __m512 m0 = _mm512_loadu_ps(colmax), m1 = _mm512_loadu_ps(colmax + TROWS);
+            for (int r = 0; r < kr; r++) {
+                m0 = _mm512_max_ps(m0, _mm512_loadu_ps(c + r * PNR));
+                m1 = _mm512_max_ps(m1, _mm512_loadu_ps(c + r * PNR + TROWS));
+            }
+            _mm512_storeu_ps(colmax, m0);
+            _mm512_storeu_ps(colmax + TROWS, m1);
+        }
+    }
+    T_RELEASE();
+}
+
+/*
+ * Vt[c][j] = V[j][c] for c < round16(Dv), j < nkp = round32(nk), zero past
+ * Dv and nk; as 32-bit words, word jp of row c is the key pair
+ * (V[2jp][c], V[2jp+1][c]). Built 16 x 16 words at a time: the pairs of 32
+ * keys for 16 columns (as pack_v_pairs), then one gather per column.
+ */
+static void pack_vt(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, int64_t nkp, uint16_t *vt)
+{
+    uint32_t w[TPAIRS * TROWS] __attribute__((aligned(64)));
+    const __m512i by_column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                 _mm512_set1_epi32(TROWS));
+    const int64_t words = nkp / 2;   /* 32-bit words per Vt row */
+    for (int64_t c0 = 0; c0 < Dv; c0 += TROWS) {
+        const int nc = Dv - c0 < TROWS ? (int)(Dv - c0) : TROWS;
+        const __mmask16 mk = lanes_(nc);
+        for (int64_t j0 = 0; j0 < nkp; j0 += TKEYS) {
+            for (int jp = 0; jp < TPAIRS; jp++) {
+                int64_t j = j0 + 2 * jp;
+                __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+                if (j < nk) lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, v + j * ldv + c0));
+                if (j + 1 < nk) hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, v + (j + 1) * ldv + c0));
+                _mm512_store_si512(w + jp * TROWS, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+            uint32_t *dst = (uint32_t *)(void *)vt + c0 * words + j0 / 2;
+            for (int c = 0; c < TROWS; c++)   /* row c0 + c: word jp = w[jp][c] */
+                _mm512_storeu_si512(dst + c * words,
+                                    _mm512_i32gather_epi32(_mm512_add_epi32(by_column, _mm512_set1_epi32(c)), w, 4));
+        }
+    }
+}
+
+static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
+                          const float *alpha, float *ot, float *ct, uint16_t *vpairs)
+{
+    const int64_t np = (nk + 1) / 2, nkp = (nk + TKEYS - 1) / TKEYS * TKEYS, npp = nkp / 2;
+    uint32_t *p2 = (uint32_t *)(void *)st;
+    for (int64_t jp = 0; jp < np; jp++) {   /* P2 over St, as pv_panel2_native */
+        int64_t j = 2 * jp;
+        for (int u = 0; u < NV; u++) {
+            __m512 lo = _mm512_loadu_ps(st + j * PNR + u * VL);
+            __m512 hi = j + 1 < nk ? _mm512_loadu_ps(st + (j + 1) * PNR + u * VL) : _mm512_setzero_ps();
+            _mm512_storeu_si512(p2 + jp * PNR + u * VL, pair_bits(lo, hi));
+        }
+    }
+    /* whole steps: pairs past nk are 0 (St rows there were read above) */
+    memset(p2 + np * PNR, 0, (size_t)(npp - np) * PNR * sizeof *p2);
+    uint16_t *vt = vpairs;   /* round16(Dv) x nkp: within the plan's vpairs scratch */
+    pack_vt(nk, v, ldv, Dv, nkp, vt);
+
+    float part[TROWS * PNR] __attribute__((aligned(64)));
+    __m512 al[NV];
+    for (int u = 0; u < NV; u++) al[u] = _mm512_loadu_ps(alpha + u * VL);
+    amx_configure(0);
+    for (int64_t c0 = 0; c0 < Dv; c0 += TROWS) {
+        T_ZERO(TC0);
+        T_ZERO(TC1);
+        for (int64_t j0 = 0; j0 < nkp; j0 += TKEYS) {
+            const uint32_t *b = p2 + (j0 / 2) * PNR;
+            T_LOAD(TA, vt + c0 * nkp + j0, nkp * 2);
+            T_LOAD(TB0, b, PNR * 4);
+            T_LOAD(TB1, b + TROWS, PNR * 4);
+            T_DP(TC0, TA, TB0);
+            T_DP(TC1, TA, TB1);
+        }
+        T_STORE(TC0, part, PNR * 4);
+        T_STORE(TC1, part + TROWS, PNR * 4);
+        const int nc = Dv - c0 < TROWS ? (int)(Dv - c0) : TROWS;
+        for (int m = 0; m < nc; m++)
+            for (int u = 0; u < NV; u++) {
+                float *po = ot + (c0 + m) * PNR + u * VL, *pc = ct + (c0 + m) * PNR + u * VL;
+                __m512 total = _mm512_loadu_ps(po), comp = _mm512_loadu_ps(pc);
+                FN(kahan_update)(al[u], _mm512_load_ps(part + m * PNR + u * VL), &total, &comp);
+                _mm512_storeu_ps(po, total);
+                _mm512_storeu_ps(pc, comp);
+            }
+    }
+    T_RELEASE();
+}
