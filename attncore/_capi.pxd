@@ -71,10 +71,10 @@ cdef extern from "attncore/attn.h" nogil:
         int64_t rows_per_unit, units, chunks, chunk_len, key_block, key_blocks
         int threads
         int native_pairs
-        int amx_tiles
         int widened_chunks
         int value_tiles
         int int8_vnni
+        int amx_tiles
 
     ctypedef struct attn_linear_desc:
         int64_t M, N, K

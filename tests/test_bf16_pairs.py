@@ -183,7 +183,8 @@ def test_amx_steps_and_key_tiles(D, rng):
     """The tile edges of the AMX kernels (on amxbf16 where the CPU has AMX,
     and amxbf16emu): whole and partial 32-element steps of d with even and
     odd D, key tiles ending inside a 16-row tile and exactly on one, blocks
-    of 128 keys, value columns on and off the 16-column tiles."""
+    of 128 keys, value columns on and off the 16-column tiles. One panel
+    per head: P V transposes each block itself (no staged chunk)."""
     levels = [n for n in PAIR_ISAS if n.startswith("amxbf16")]
     if not levels:
         pytest.skip("no AMX level runs here (amxbf16emu needs AVX-512)")
@@ -192,6 +193,63 @@ def test_amx_steps_and_key_tiles(D, rng):
         q, k, v = bf16(rng, (1, 2, 37, D)), bf16(rng, (1, 2, Lk, D)), bf16(rng, (1, 2, Lk, Dv))
         for name in levels:
             with _config.use_isa(name):
-                assert plan_info(SDPA, q, k, v)["amx_tiles"]
+                plan = plan_info(SDPA, q, k, v)
+                assert plan["amx_tiles"] and not plan["value_tiles"], plan
                 check(SDPA(q, k, v), q, k, v)
                 check(SDPA(q, k, v, is_causal=True), q, k, v, is_causal=True)
+
+
+AMX_LEVELS = [n for n in PAIR_ISAS if n.startswith("amxbf16")]
+
+
+@pytest.mark.skipif(not AMX_LEVELS, reason="no AMX level runs here (amxbf16emu needs AVX-512)")
+@pytest.mark.parametrize("case", ["plain", "causal", "window", "window_far", "gqa_mask"])
+def test_amx_values_staged_per_chunk(case, rng):
+    """With 4 or more panels per kv head the AMX levels stage each key
+    chunk's V transposed once per thread (plan value_tiles), and P V reads
+    its whole 32-key steps there in place. Causal units that cut a block
+    short, and blocks a sliding window starts off the block grid, must not
+    spoil the blocks later panels reuse; key counts and value widths off
+    the tile grid. Against float64, and bitwise the same on 1 and 2
+    threads."""
+    B, Hq, Hkv, Lq, Lk, D, Dv = (1, 4, 2, 150, 333, 40, 21) if case == "gqa_mask" else (1, 2, 2, 300, 333, 64, 37)
+    q, k, v = bf16(rng, (B, Hq, Lq, D)), bf16(rng, (B, Hkv, Lk, D)), bf16(rng, (B, Hkv, Lk, Dv))
+    kw = {"enable_gqa": Hq != Hkv}
+    if case == "causal":
+        kw["is_causal"] = True
+    elif case == "window":
+        kw["window"] = (37, 5)
+    elif case == "window_far":
+        kw["window"] = (100, 0)
+    elif case == "gqa_mask":
+        kw["attn_mask"] = rng.random((Lq, Lk)) < 0.8
+    for name in AMX_LEVELS:
+        with _config.use_isa(name):
+            plan = plan_info(SDPA, q, k, v, **kw)
+            assert plan["amx_tiles"] and plan["value_tiles"] and not plan["widened_chunks"], plan
+            one = SDPA(q, k, v, num_threads=1, **kw)
+            two = SDPA(q, k, v, num_threads=2, **kw)
+            assert one.tobytes() == two.tobytes()
+            check(one, q, k, v, **kw)
+
+
+@pytest.mark.skipif(not AMX_LEVELS, reason="no AMX level runs here (amxbf16emu needs AVX-512)")
+@pytest.mark.parametrize("where", ["end", "start"])
+def test_amx_staged_values_guard_pages(where):
+    """The chunk-staged path (value_tiles on an AMX level) with Q, K, V and
+    the output against an unreadable page, value widths 1..40 and key
+    counts across the 16-, 32- and 128-key edges."""
+    rng = np.random.default_rng(41)
+    for Dv in range(1, 41):
+        Lk = [1, 15, 16, 17, 31, 32, 33, 127, 128, 129, 160, 255, 256, 257][Dv % 14]
+        D = [1, 2, 31, 32, 33, 64][Dv % 6]
+        q = guarded_copy(bf16(rng, (1, 1, 130, D)), where)
+        k = guarded_copy(bf16(rng, (1, 1, Lk, D)), where)
+        v = guarded_copy(bf16(rng, (1, 1, Lk, Dv)), where)
+        out = guarded_copy(np.zeros((1, 1, 130, Dv), BF16), where)
+        for name in AMX_LEVELS:
+            with _config.use_isa(name):
+                plan = plan_info(SDPA, q, k, v)
+                assert plan["amx_tiles"] and plan["value_tiles"], plan
+                SDPA(q, k, v, out=out, is_causal=Dv % 2 == 0)
+                check(out, q, k, v, is_causal=Dv % 2 == 0)

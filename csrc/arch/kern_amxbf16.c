@@ -25,13 +25,16 @@
  *       (two tiles, rows PNR floats apart); A = 16 K rows read in place
  *       (32 elements = 16 pairs of each row per step); B = Q2 rows
  *       p0..p0+15 (pairs of d), lanes 0-15 / 16-31.
- *   PV  Ot[c][r] += sum_j V[j][c] P[j][r]:  C = Ot rows c0..c0+15 (staged,
+ *   PV  Ot[c][r] += sum_j V[j][c] P[j][r]:  C = Ot rows c0..c0+15 (stored,
  *       then added with Kahan compensation); A = Vt, V transposed (row c:
  *       32 keys per step); B = P2 rows jp0..jp0+15 (key pairs), written
- *       over St as in pv_panel2_native.
- * A key tile that runs past nk, and an odd D's last pair, are staged into a
- * zero-padded 16 x 32 buffer so that no load reads past K's rows; Vt and P2
- * are zero-padded to whole steps of 32 keys.
+ *       over St as in pv_panel2_native and zero-padded to whole steps.
+ *       Vt is staged once per key chunk and thread by the driver when
+ *       several panels share it (stage_vt2, plan value_tiles), else
+ *       transposed per block into the vpairs scratch.
+ * A key tile that runs past nk, an odd D's last pair and a block's last
+ * 1..31 keys of Vt are copied into a zero-padded 16 x 32 buffer first, so
+ * that no load reads past K's rows or another block's staged keys.
  */
 #include <stdint.h>
 #include <string.h>
@@ -47,9 +50,12 @@
 static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk, const uint16_t *q2,
                           float *st, float *colmax);
 static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
-                          const float *alpha, float *ot, float *ct, uint16_t *vpairs);
-#define BF16_NATIVE_ENTRIES \
-    .pack_qt2 = pack_qt2_native, .qk_panel2 = qk_panel2_amx, .pv_panel2 = pv_panel2_amx, .amx_tiles = 1,
+                          const float *alpha, float *ot, float *ct, uint16_t *vpairs,
+                          const uint16_t *vt, int64_t ldvt);
+static void stage_vt2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, uint16_t *vt, int64_t ldvt);
+#define BF16_NATIVE_ENTRIES                                                                      \
+    .pack_qt2 = pack_qt2_native, .qk_panel2 = qk_panel2_amx, .pv_panel2 = pv_panel2_amx,        \
+    .stage_vt2 = stage_vt2_amx, .amx_tiles = 1,
 
 #include "kern_avx512bf16.c"
 
@@ -97,6 +103,10 @@ static void emu_fail(const char *what)
 static void emu_loadconfig(const amx_config *c)
 {
     if (c->palette != 1 || c->start_row != 0) emu_fail("unsupported palette");
+    for (int i = 0; i < 14; i++)
+        if (c->reserved[i]) emu_fail("reserved configuration bytes not zero");   /* (#GP) */
+    for (int t = 8; t < 16; t++)
+        if (c->rows[t] || c->colsb[t]) emu_fail("tiles 8-15 configured");
     for (int t = 0; t < 8; t++) {
         if (c->rows[t] > TROWS || c->colsb[t] > 64 || (c->rows[t] == 0) != (c->colsb[t] == 0))
             emu_fail("bad tile shape in the configuration");
@@ -129,7 +139,9 @@ static void emu_store(int t, void *base, int64_t stride)
 static void emu_dp(int tc, int ta, int tb)
 {
     emu_tile *c = emu_use(tc), *a = emu_use(ta), *b = emu_use(tb);
-    if (c->rows != a->rows || a->colsb / 4 != b->rows || c->colsb != b->colsb || (a->colsb & 3))
+    if (tc == ta || tc == tb || ta == tb) emu_fail("TDPBF16PS operands are not three distinct tiles");
+    if (c->rows != a->rows || a->colsb / 4 != b->rows || c->colsb != b->colsb || (a->colsb & 3) ||
+        (c->colsb & 3) || (b->colsb & 3))
         emu_fail("TDPBF16PS tile shapes do not match");
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000);
     const __mmask16 cols = lanes_(c->colsb / 4);
@@ -154,10 +166,15 @@ static void emu_dp(int tc, int ta, int tb)
 #define T_STORE(t, p, stride) emu_store((t), (p), (stride))
 #define T_DP(c, a, b) emu_dp((c), (a), (b))
 #else
-#define T_CONFIG(cfg) _tile_loadconfig(cfg)
+/* GCC's tile intrinsics are asm statements that pass the address alone:
+ * they do not tell the compiler which memory they read (the configuration,
+ * a staged K step, P2 and Vt written just before). The empty asm with a
+ * memory clobber makes every earlier store happen first. */
+#define T_READS_MEMORY() __asm__ volatile("" ::: "memory")
+#define T_CONFIG(cfg) do { T_READS_MEMORY(); _tile_loadconfig(cfg); } while (0)
 #define T_RELEASE() _tile_release()
 #define T_ZERO(t) _tile_zero(t)
-#define T_LOAD(t, p, stride) _tile_loadd(t, (p), (stride))
+#define T_LOAD(t, p, stride) do { T_READS_MEMORY(); _tile_loadd(t, (p), (stride)); } while (0)
 #define T_STORE(t, p, stride) _tile_stored(t, (p), (stride))
 #define T_DP(c, a, b) _tile_dpbf16ps(c, a, b)
 #endif
@@ -166,7 +183,8 @@ static void emu_dp(int tc, int ta, int tb)
  * Every call configures the tiles itself and releases them at the end: the
  * configuration is per thread and other libraries in the process (oneDNN
  * under torch, say) load their own between our calls. rem_pairs (0..16)
- * shapes the three *_REM tiles for a last step shorter than 16 pairs.
+ * shapes the three *_REM tiles for qk's last step (d's last 1..31
+ * elements).
  */
 static void amx_configure(int rem_pairs)
 {
@@ -251,21 +269,22 @@ static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk,
 }
 
 /*
- * Vt[c][j] = V[j][c] for c < round16(Dv), j < nkp = round32(nk), zero past
- * Dv and nk; as 32-bit words, word jp of row c is the key pair
- * (V[2jp][c], V[2jp+1][c]). Built 16 x 16 words at a time: the pairs of 32
- * keys for 16 columns (as pack_v_pairs), then one gather per column.
+ * stage_vt2: vt[c][j] = V[j][c] for j < nk, c < round16(Dv) (0 past Dv),
+ * rows ldvt apart; nothing is written at j >= nk (a staged chunk's next
+ * block may already be there). As 32-bit words, a row holds key pairs
+ * (V[2jp][c], V[2jp+1][c]): built 16 x 16 words at a time, the pairs of 32
+ * keys for 16 columns (as pack_v_pairs), then one gather per column and a
+ * store of that column's keys.
  */
-static void pack_vt(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, int64_t nkp, uint16_t *vt)
+static void stage_vt2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, uint16_t *vt, int64_t ldvt)
 {
     uint32_t w[TPAIRS * TROWS] __attribute__((aligned(64)));
     const __m512i by_column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                  _mm512_set1_epi32(TROWS));
-    const int64_t words = nkp / 2;   /* 32-bit words per Vt row */
     for (int64_t c0 = 0; c0 < Dv; c0 += TROWS) {
         const int nc = Dv - c0 < TROWS ? (int)(Dv - c0) : TROWS;
         const __mmask16 mk = lanes_(nc);
-        for (int64_t j0 = 0; j0 < nkp; j0 += TKEYS) {
+        for (int64_t j0 = 0; j0 < nk; j0 += TKEYS) {
             for (int jp = 0; jp < TPAIRS; jp++) {
                 int64_t j = j0 + 2 * jp;
                 __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
@@ -273,18 +292,20 @@ static void pack_vt(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, int6
                 if (j + 1 < nk) hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, v + (j + 1) * ldv + c0));
                 _mm512_store_si512(w + jp * TROWS, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
             }
-            uint32_t *dst = (uint32_t *)(void *)vt + c0 * words + j0 / 2;
+            const int keys = nk - j0 < TKEYS ? (int)(nk - j0) : TKEYS;
+            const __mmask32 km = keys == TKEYS ? ~(__mmask32)0 : (((__mmask32)1 << keys) - 1);
             for (int c = 0; c < TROWS; c++)   /* row c0 + c: word jp = w[jp][c] */
-                _mm512_storeu_si512(dst + c * words,
-                                    _mm512_i32gather_epi32(_mm512_add_epi32(by_column, _mm512_set1_epi32(c)), w, 4));
+                _mm512_mask_storeu_epi16(vt + (c0 + c) * ldvt + j0, km,
+                                         _mm512_i32gather_epi32(_mm512_add_epi32(by_column, _mm512_set1_epi32(c)), w, 4));
         }
     }
 }
 
 static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
-                          const float *alpha, float *ot, float *ct, uint16_t *vpairs)
+                          const float *alpha, float *ot, float *ct, uint16_t *vpairs,
+                          const uint16_t *vt, int64_t ldvt)
 {
-    const int64_t np = (nk + 1) / 2, nkp = (nk + TKEYS - 1) / TKEYS * TKEYS, npp = nkp / 2;
+    const int64_t np = (nk + 1) / 2, npp = (np + TPAIRS - 1) / TPAIRS * TPAIRS;
     uint32_t *p2 = (uint32_t *)(void *)st;
     for (int64_t jp = 0; jp < np; jp++) {   /* P2 over St, as pv_panel2_native */
         int64_t j = 2 * jp;
@@ -296,19 +317,32 @@ static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv
     }
     /* whole steps: pairs past nk are 0 (St rows there were read above) */
     memset(p2 + np * PNR, 0, (size_t)(npp - np) * PNR * sizeof *p2);
-    uint16_t *vt = vpairs;   /* round16(Dv) x nkp: within the plan's vpairs scratch */
-    pack_vt(nk, v, ldv, Dv, nkp, vt);
+    if (!vt) {   /* not staged for the chunk: transpose the block here */
+        stage_vt2_amx(nk, v, ldv, Dv, vpairs, nk);
+        vt = vpairs;
+        ldvt = nk;
+    }
 
+    /* keys [0, whole) in whole steps read from vt in place; the last
+     * 1..31 keys from a zero-padded copy (vt holds other keys past nk) */
+    const int64_t whole = nk / TKEYS * TKEYS;
+    uint16_t stage[TROWS * TKEYS] __attribute__((aligned(64)));
     float part[TROWS * PNR] __attribute__((aligned(64)));
     __m512 al[NV];
     for (int u = 0; u < NV; u++) al[u] = _mm512_loadu_ps(alpha + u * VL);
     amx_configure(0);
     for (int64_t c0 = 0; c0 < Dv; c0 += TROWS) {
+        const uint16_t *rows = vt + c0 * ldvt;   /* 16 rows: vt has round16(Dv) */
         T_ZERO(TC0);
         T_ZERO(TC1);
-        for (int64_t j0 = 0; j0 < nkp; j0 += TKEYS) {
+        for (int64_t j0 = 0; j0 < nk; j0 += TKEYS) {
             const uint32_t *b = p2 + (j0 / 2) * PNR;
-            T_LOAD(TA, vt + c0 * nkp + j0, nkp * 2);
+            if (j0 < whole) {
+                T_LOAD(TA, rows + j0, ldvt * 2);
+            } else {
+                stage_k_step(TROWS, rows + j0, ldvt, (int)(nk - j0), stage);
+                T_LOAD(TA, stage, TKEYS * 2);
+            }
             T_LOAD(TB0, b, PNR * 4);
             T_LOAD(TB1, b + TROWS, PNR * 4);
             T_DP(TC0, TA, TB0);

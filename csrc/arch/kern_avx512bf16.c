@@ -43,7 +43,8 @@ static void pack_qt2_native(int nr, int64_t D, const uint16_t *const *rows, floa
 static void qk_panel2_native(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk, const uint16_t *q2,
                              float *st, float *colmax);
 static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
-                             const float *alpha, float *ot, float *ct, uint16_t *vpairs);
+                             const float *alpha, float *ot, float *ct, uint16_t *vpairs,
+                             const uint16_t *vt, int64_t ldvt);
 #ifndef BF16_NATIVE_ENTRIES   /* (kern_amxbf16.c puts its tile products here) */
 #define BF16_NATIVE_ENTRIES \
     .pack_qt2 = pack_qt2_native, .qk_panel2 = qk_panel2_native, .pv_panel2 = pv_panel2_native,
@@ -231,8 +232,10 @@ static void pack_v_pairs(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv,
  * row jp is written over St row jp after St rows 2jp and 2jp + 1 are read.
  */
 static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
-                             const float *alpha, float *ot, float *ct, uint16_t *vpairs)
+                             const float *alpha, float *ot, float *ct, uint16_t *vpairs,
+                             const uint16_t *vt, int64_t ldvt)
 {
+    (void)vt, (void)ldvt;   /* (no stage_vt2 here: always NULL) */
     const int64_t np = (nk + 1) / 2;
     uint32_t *p2 = (uint32_t *)(void *)st;
     for (int64_t jp = 0; jp < np; jp++) {

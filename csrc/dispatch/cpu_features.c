@@ -49,19 +49,34 @@ static unsigned long long read_xcr0(void)
 #endif
 
 /* Linux enables the 8 KiB tile data state per process, on request (since
- * 5.16): without it the first tile instruction raises SIGILL. Elsewhere
- * XCR0 alone decides. */
-static int tile_permission(void)
-{
+ * 5.16): without it the first tile instruction raises SIGILL. The grant
+ * lasts for the process and makes every later sigaltstack() need room for
+ * the larger signal frame, so it is asked for only when the amxbf16 level
+ * is built and the CPU could run it, on the first question about that
+ * level (the answer is cached). Elsewhere XCR0 alone decides. */
 #if defined(__linux__) && defined(SYS_arch_prctl)
+static int tile_permission_query(void)
+{
     const long ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
     unsigned long long perm = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &perm) == 0 && ((perm >> XFEATURE_XTILEDATA) & 1)) return 1;
     if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    perm = 0;
     if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &perm) != 0) return 0;
     return (perm >> XFEATURE_XTILEDATA) & 1;
+}
 #else
-    return 1;
+static int tile_permission_query(void) { return 1; }
 #endif
+
+static int tile_permission(void)
+{
+    static int asked = 0, granted = 0;   /* (first asked at import, under the GIL) */
+    if (!asked) {
+        granted = tile_permission_query();
+        asked = 1;
+    }
+    return granted;
 }
 
 static void append(char *buf, size_t size, const char *name, int present)
@@ -101,7 +116,6 @@ static void detect(cpu_info *c)
         c->amx_tile = (d >> 24) & 1;
     }
     if (__get_cpuid_count(7, 1, &a, &b, &cx, &d)) c->avx512bf16 = (a >> 5) & 1;
-    if (c->amx_tile && c->os_tiles) c->os_tiles = tile_permission();
 #endif
     size_t n = sizeof c->names;
     append(c->names, n, "avx", c->avx);
@@ -188,7 +202,8 @@ static int cpu_runs(int isa)
     case ATTN_ISA_AVX512BF16:
         return cpu_runs(ATTN_ISA_AVX512VNNI) && c->avx512bf16;
     case ATTN_ISA_AMXBF16:
-        return cpu_runs(ATTN_ISA_AVX512BF16) && c->amx_tile && c->amx_bf16 && c->os_tiles;
+        return attn_isa_built(ATTN_ISA_AMXBF16) && cpu_runs(ATTN_ISA_AVX512BF16) && c->amx_tile &&
+               c->amx_bf16 && c->os_tiles && tile_permission();
     default: return 0;
     }
 }

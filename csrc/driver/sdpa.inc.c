@@ -102,6 +102,7 @@ typedef struct {
                                * or in column tiles (value_tiles) */
     int wide_chunk;    /* ... kept for a whole key chunk per thread (wide_cache) */
     int value_tiles;   /* V in column tiles of mr_pv (widen_tiles), tiles ld_vt apart */
+    int pair_vt;       /* (pairs) V transposed for the chunk (stage_vt2), rows ld_vt apart */
     int64_t ld_vt;
     int64_t off_wf;    /* the chunk's per-block "staged" flags (wide_chunk) */
     int64_t off_hv, off_hi, off_hn;   /* hard attention: top-k values, indices, NaN flags */
@@ -444,6 +445,31 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
  * place, whichever block staged it -- skipped when an earlier unit of the
  * same head and chunk already staged at least these keys of the block.
  */
+/* wide_chunk: the block at key j0 (nk keys) in the thread's staged chunk:
+ * its first key's place there (*at, keys from the chunk's start), and
+ * whether it must be staged (1) or an earlier unit of the same head and
+ * chunk already staged at least these keys of the block (0). */
+static int SDPA_FN(chunk_slot)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
+                               SDPA_FN(wide_cache) *wc, int64_t *at)
+{
+    T *flags = scratch + P->off_wf;
+    int64_t c0 = U->chunk * P->chunk_len, blk = (j0 - c0) / P->bk;
+    if (wc->kvrow != U->kvrow || wc->chunk != U->chunk) {
+        for (int64_t i = 0; i * P->bk < P->chunk_len; i++) flags[i] = 0;
+        wc->kvrow = U->kvrow;
+        wc->chunk = U->chunk;
+    }
+    *at = j0 - c0;
+    /* blocks start at chunk start + a multiple of bk, or at a window's
+     * first key: only the aligned ones are shared (the others rewrite the
+     * same values). A flag holds how many of the block's keys are staged:
+     * a causal unit may have cut the block short. */
+    int aligned = (j0 - c0) % P->bk == 0;
+    int fresh = !aligned || flags[blk] < (T)nk;
+    if (aligned && fresh) flags[blk] = (T)nk;
+    return fresh;
+}
+
 static void SDPA_FN(staged_block)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
                                   SDPA_FN(wide_cache) *wc, const T **kb, int64_t *ldk, const T **vb,
                                   int64_t *ldv)
@@ -452,23 +478,7 @@ static void SDPA_FN(staged_block)(const PLAN *P, const UNIT *U, int64_t j0, int6
     T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
     int fresh = 1;
     int64_t at = 0;   /* the block's first key in the staging buffers */
-    if (P->wide_chunk) {
-        T *flags = scratch + P->off_wf;
-        int64_t c0 = U->chunk * P->chunk_len, blk = (j0 - c0) / P->bk;
-        if (wc->kvrow != U->kvrow || wc->chunk != U->chunk) {
-            for (int64_t i = 0; i * P->bk < P->chunk_len; i++) flags[i] = 0;
-            wc->kvrow = U->kvrow;
-            wc->chunk = U->chunk;
-        }
-        at = j0 - c0;
-        /* blocks start at chunk start + a multiple of bk, or at a window's
-         * first key: only the aligned ones are shared (the others rewrite
-         * the same values). A flag holds how many of the block's keys are
-         * staged: a causal unit may have cut the block short. */
-        int aligned = (j0 - c0) % P->bk == 0;
-        fresh = !aligned || flags[blk] < (T)nk;
-        if (aligned && fresh) flags[blk] = (T)nk;
-    }
+    if (P->wide_chunk) fresh = SDPA_FN(chunk_slot)(P, U, j0, nk, scratch, wc, &at);
 #if KV_SAME
     (void)kwide;
     *kb = U->kh + j0 * d->k_sl;
@@ -497,6 +507,19 @@ static void SDPA_FN(staged_block)(const PLAN *P, const UNIT *U, int64_t j0, int6
     *vb = vwide;
     *ldv = d->Dv;
 #endif
+}
+
+/* pair_vt: the block's V transposed in the thread's staged chunk (stage_vt2
+ * once per block and chunk), key j0 in column 0, rows ld_vt apart. */
+static const KVT *SDPA_FN(staged_vt)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
+                                     SDPA_FN(wide_cache) *wc)
+{
+    const attn_sdpa_desc *d = P->d;
+    int64_t at;
+    KVT *vt = (KVT *)(void *)(scratch + P->off_vw);
+    if (SDPA_FN(chunk_slot)(P, U, j0, nk, scratch, wc, &at))
+        P->kio_kv->stage_vt2(nk, U->vh + j0 * d->v_sl, d->v_sl, d->Dv, vt + at, P->ld_vt);
+    return vt + at;
 }
 
 /* The panel path's loop nest for one unit. Returns 1 if interrupted. */
@@ -530,8 +553,12 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN
          * 16-bit and quantized storage, scales applied there; V in column
          * tiles) */
         const T *kb = NULL, *vb = NULL;
+        const KVT *vt = NULL;   /* (pair_vt) */
         int64_t ldk = 0, ldv = 0;
-        if (!P->pairs) SDPA_FN(staged_block)(P, U, j0, nk, scratch, wc, &kb, &ldk, &vb, &ldv);
+        if (!P->pairs)
+            SDPA_FN(staged_block)(P, U, j0, nk, scratch, wc, &kb, &ldk, &vb, &ldv);
+        else if (P->pair_vt)
+            vt = SDPA_FN(staged_vt)(P, U, j0, nk, scratch, wc);
         int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
         /* the QK kernel can fold the column maxima on the way out unless a
          * prep pass still changes this block */
@@ -567,9 +594,9 @@ static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN
             kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
         if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
         if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
-        if (P->pairs)   /* V packed into key pairs in the widening scratch */
+        if (P->pairs)   /* V packed by the kernel in the widening scratch, or staged (vt) */
             P->kio_kv->pv_panel2(nk, U->vh + j0 * d->v_sl, d->v_sl, Dv, sbuf, alpha, obuf, ocbuf,
-                                 (KVT *)(scratch + P->off_vw));
+                                 (KVT *)(scratch + P->off_vw), vt, P->ld_vt);
         else if (P->value_tiles)   /* one contiguous tile of mr_pv columns at a time */
             for (int64_t c0 = 0; c0 < Dv; c0 += kt->mr_pv)
                 kt->pv_panel(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv, kt->mr_pv, sbuf, alpha,
@@ -833,19 +860,25 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
          * widened to T (KVT != T), V in column tiles, whose P V reads one
          * contiguous stream (benchmarks/NOTES.md). Without that reuse, V is
          * read in place or widened block by block as it is stored. */
+        /* (pairs: K is read in place; V, when the level reads it
+         * transposed (stage_vt2), is staged transposed, 16-column tiles) */
         int64_t reuse = P->ngroups * P->npanels, dv_tiles = attn_round_up(Dv1, kt->mr_pv);
-        double bytes = (double)P->chunk_len * (double)((KV_SAME ? 0 : D1) + dv_tiles) * sizeof(T);
-        P->wide_chunk = !P->pairs && reuse >= ATTN_WIDE_CHUNK_MIN_PANELS && bytes <= ATTN_WIDE_CHUNK_MAX_BYTES;
+        double bytes = P->pairs ? (double)P->chunk_len * (double)attn_round_up(Dv1, 16) * sizeof(KVT)
+                                : (double)P->chunk_len * (double)((KV_SAME ? 0 : D1) + dv_tiles) * sizeof(T);
+        P->wide_chunk = (!P->pairs || kio_kv->stage_vt2 != NULL) && reuse >= ATTN_WIDE_CHUNK_MIN_PANELS &&
+                        bytes <= ATTN_WIDE_CHUNK_MAX_BYTES;
         /* (the K/V table comes from the same level as kt: same tile width) */
-        P->value_tiles = P->wide_chunk && kio_kv->tile_width == kt->mr_pv;
+        P->value_tiles = P->wide_chunk && !P->pairs && kio_kv->tile_width == kt->mr_pv;
+        P->pair_vt = P->wide_chunk && P->pairs;
         int64_t keys = P->wide_chunk ? P->chunk_len : P->bk;
-        P->ld_vt = keys * kt->mr_pv;
+        P->ld_vt = P->pairs ? keys : keys * kt->mr_pv;
         /* K widened (KVT != T); V in tiles, or widened, or (pairs) packed
-         * into key pairs or transposed (pv_panel2's vpairs, see ktab.h) */
-        int64_t k_elems = KV_SAME ? 0 : keys * D1;
+         * by pv_panel2 into its vpairs (ktab.h), or staged transposed */
+        int64_t k_elems = KV_SAME || P->pairs ? 0 : keys * D1;
         int64_t v_elems = P->value_tiles ? keys * dv_tiles : KV_SAME ? 0 : keys * Dv1;
-        if (P->pairs)   /* pv_panel2's vpairs (ktab.h): whole tiles of 32 keys x 16 columns */
-            v_elems = attn_round_up(keys, 32) * attn_round_up(Dv1, 16);
+        if (P->pairs)   /* (KVT elements, as T: twice the room needed) */
+            v_elems = P->pair_vt ? keys * attn_round_up(Dv1, 16)
+                                 : attn_round_up(keys, 32) * attn_round_up(Dv1, 16);
         P->off_vw = P->off_kw + SDPA_FN(align_elems)(k_elems);
         P->off_wf = P->off_vw + SDPA_FN(align_elems)(v_elems);
         P->scratch_elems = P->off_wf + SDPA_FN(align_elems)(P->wide_chunk ? (P->chunk_len + P->bk - 1) / P->bk : 0);
@@ -868,8 +901,8 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->path = P->rows_path ? ATTN_PATH_ROWS : ATTN_PATH_PANEL;
     info->native_pairs = P->pairs;
     info->amx_tiles = P->pairs && P->kio_kv->amx_tiles;
-    info->widened_chunks = P->wide_chunk && !KV_SAME;
-    info->value_tiles = P->value_tiles;
+    info->widened_chunks = P->wide_chunk && !KV_SAME && !P->pairs;
+    info->value_tiles = P->value_tiles || P->pair_vt;
     info->int8_vnni = P->rows_path && P->kio_kv->int8_vnni;
     info->additive_form = P->additive_form;
     info->rows_per_unit = P->W;

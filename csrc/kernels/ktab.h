@@ -240,9 +240,17 @@ ATTN_DECLARE_KTAB(double, f64)
                           const IT *q2, T *st, T *colmax);                     \
         /* pv_panel on P = St rounded to IT (St is overwritten) and the IT   */ \
         /* rows of V, packed into vpairs (room: round_up(nk, 32) x           */ \
-        /* round_up(Dv, 16) IT elements; St has round_up(nk, 16) rows)       */ \
+        /* round_up(Dv, 16) IT elements; St has round_up(nk, 16) rows), or, */ \
+        /* when vt is not NULL, V already transposed by stage_vt2 (key 0 of */ \
+        /* the block in column 0, rows ldvt apart)                          */ \
         void (*pv_panel2)(int64_t nk, const IT *v, int64_t ldv, int64_t Dv,   \
-                          T *st, const T *alpha, T *ot, T *ct, IT *vpairs);    \
+                          T *st, const T *alpha, T *ot, T *ct, IT *vpairs,     \
+                          const IT *vt, int64_t ldvt);                         \
+        /* vt[c][j] = V[j][c] for j < nk, c < round_up(Dv, 16) (0 past Dv),  */ \
+        /* rows ldvt apart: V staged once per key chunk for pv_panel2 (NULL */ \
+        /* unless the level's pv_panel2 reads V transposed: amxbf16)        */ \
+        void (*stage_vt2)(int64_t nk, const IT *v, int64_t ldv, int64_t Dv,   \
+                          IT *vt, int64_t ldvt);                               \
         int amx_tiles;    /* 1 when qk_panel2 / pv_panel2 run on AMX tiles  */ \
     } attn_kio_##TAG;
 

@@ -188,13 +188,13 @@ typedef struct {
     int native_pairs;       /* panel path on the level's native 16-bit dot products
                              * (bfloat16 on avx512bf16 / amxbf16: K and V read as
                              * they are) */
-    int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
     int widened_chunks;     /* panel path, 16-bit or int8 K/V: each thread keeps a
                              * key chunk widened to float32 across panels */
     int value_tiles;        /* panel path: each thread keeps a key chunk's V in
                              * column tiles (any storage type) across panels */
     int int8_vnni;          /* rows path over int8 K/V on VNNI: query rows and
                              * weights rounded to int16, integer products */
+    int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
 } attn_plan_info;
 
 attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
