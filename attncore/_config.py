@@ -1,8 +1,9 @@
 """Kernel level (ISA) selection, threads and introspection.
 
 The level is chosen once at import:
-``ATTNCORE_ISA=portable|avx2|avx512|avx512vnni|avx512bf16`` (or ``avx512bf16emu``, the avx512bf16 kernels with their BF16 instructions
-emulated, for tests; never chosen by itself) if
+``ATTNCORE_ISA=portable|avx2|avx512|avx512vnni|avx512bf16|amxbf16`` (or ``avx512bf16emu`` /
+``amxbf16emu``, the avx512bf16 / amxbf16 kernels with their BF16 and AMX
+instructions emulated, for tests; never chosen by themselves) if
 set (an unknown or unsupported value is an error, never a silent fallback),
 else the best level this build and CPU support. Every kernel call passes the
 active level down to C, so tests can switch levels in one process with

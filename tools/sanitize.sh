@@ -25,8 +25,8 @@
 #     extra from pyproject.toml, and builds attncore._core in place in the copy
 #     with ATTNCORE_EXTRA_CFLAGS/LDFLAGS = ASan + UBSan flags, OpenMP kept
 #     (ATTNCORE_FAIL_NO_OPENMP=1: a lost OpenMP is an error);
-#  3. runs pytest once per level (avx512bf16emu included, as if it were a
-#     real level: ATTNCORE_TEST_EMULATED_AS_REAL=1) with ATTNCORE_ISA=<level>,
+#  3. runs pytest once per level (avx512bf16emu and amxbf16emu included, as
+#     if they were real levels: ATTNCORE_TEST_EMULATED_AS_REAL=1) with ATTNCORE_ISA=<level>,
 #     ATTNCORE_TEST_ONLY_ISA=1 (tests parametrized by kernel level run that
 #     level only) and ATTNCORE_SANITIZER=1 (tests marked `no_sanitizer` are
 #     skipped; see tests/conftest.py), the sanitizer runtimes in LD_PRELOAD
