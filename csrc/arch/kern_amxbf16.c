@@ -306,15 +306,7 @@ static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv
                           const uint16_t *vt, int64_t ldvt)
 {
     const int64_t np = (nk + 1) / 2, npp = (np + TPAIRS - 1) / TPAIRS * TPAIRS;
-    uint32_t *p2 = (uint32_t *)(void *)st;
-    for (int64_t jp = 0; jp < np; jp++) {   /* P2 over St, as pv_panel2_native */
-        int64_t j = 2 * jp;
-        for (int u = 0; u < NV; u++) {
-            __m512 lo = _mm512_loadu_ps(st + j * PNR + u * VL);
-            __m512 hi = j + 1 < nk ? _mm512_loadu_ps(st + (j + 1) * PNR + u * VL) : _mm512_setzero_ps();
-            _mm512_storeu_si512(p2 + jp * PNR + u * VL, pair_bits(lo, hi));
-        }
-    }
+    uint32_t *p2 = p2_over_st(nk, st);
     /* whole steps: pairs past nk are 0 (St rows there were read above) */
     memset(p2 + np * PNR, 0, (size_t)(npp - np) * PNR * sizeof *p2);
     if (!vt) {   /* not staged for the chunk: transpose the block here */

@@ -226,16 +226,12 @@ static void pack_v_pairs(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv,
     }
 }
 
-/*
- * Ot[c][:] = alpha Ot[c][:] + sum_jp Vp[jp][c] . P2[jp][:], compensated as in
- * pv_panel. St (float32 P, nk rows of NR) becomes P2 in place first: pair
- * row jp is written over St row jp after St rows 2jp and 2jp + 1 are read.
- */
-static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
-                             const float *alpha, float *ot, float *ct, uint16_t *vpairs,
-                             const uint16_t *vt, int64_t ldvt)
+/* St (float32 P, nk rows of NR) becomes P2, the weights' key pairs
+ * rounded to bfloat16, in place: pair row jp (keys 2jp, 2jp + 1; partner 0
+ * past nk) is written over St row jp after St rows 2jp and 2jp + 1 are
+ * read. Returns P2. */
+static uint32_t *p2_over_st(int64_t nk, float *st)
 {
-    (void)vt, (void)ldvt;   /* (no stage_vt2 here: always NULL) */
     const int64_t np = (nk + 1) / 2;
     uint32_t *p2 = (uint32_t *)(void *)st;
     for (int64_t jp = 0; jp < np; jp++) {
@@ -246,6 +242,18 @@ static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t
             _mm512_storeu_si512(p2 + jp * PNR + u * VL, pair_bits(lo, hi));
         }
     }
+    return p2;
+}
+
+/* Ot[c][:] = alpha Ot[c][:] + sum_jp Vp[jp][c] . P2[jp][:], compensated as in
+ * pv_panel, P2 = p2_over_st(St) */
+static void pv_panel2_native(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv, float *st,
+                             const float *alpha, float *ot, float *ct, uint16_t *vpairs,
+                             const uint16_t *vt, int64_t ldvt)
+{
+    (void)vt, (void)ldvt;   /* (no stage_vt2 here: always NULL) */
+    const int64_t np = (nk + 1) / 2;
+    uint32_t *p2 = p2_over_st(nk, st);
     uint32_t *vp = (uint32_t *)(void *)vpairs;
     pack_v_pairs(nk, v, ldv, Dv, vp);
 
