@@ -48,6 +48,23 @@ def test_env_override_unsupported_value_fails_loudly():
     assert r.returncode != 0 and "not supported" in r.stderr
 
 
+AMX_CPU = {"amx_tile", "amx_bf16", "os_tiles", "avx512_bf16", "avx512_vnni"} <= set(attncore.config()["cpu_features"])
+
+
+@pytest.mark.skipif(not AMX_CPU or "amxbf16" not in _config.built_isas(),
+                    reason="needs a CPU with AMX-BF16 whose OS saves tile state, and the amxbf16 build")
+def test_amx_permission_is_granted_in_a_plain_process():
+    """On an AMX CPU, a plain process gets Linux's tile permission and runs
+    amxbf16 by default (in this pytest process an alternate signal stack,
+    e.g. faulthandler's, may be too small for the tile state: the kernel
+    then refuses and the level falls back to avx512bf16, never faults)."""
+    r = run_python("import attncore; c = attncore.config(); print(c['isa_active'], ','.join(c['isa_supported']))",
+                   PYTHONFAULTHANDLER="")
+    assert r.returncode == 0, r.stderr
+    active, supported = r.stdout.split()
+    assert active == "amxbf16" and "amxbf16" in supported.split(","), r.stdout
+
+
 def test_default_is_best_supported():
     """The best supported level, never an emulated one."""
     r = run_python("import attncore; print(attncore.config()['isa_active'])")

@@ -435,16 +435,6 @@ static void SDPA_FN(finish_unit)(const PLAN *P, const UNIT *U, const T *m, const
     }
 }
 
-/*
- * The K and V block at key j0 (nk keys) as the panel kernels read them:
- *   K: in place (KVT == T), or widened to T with rows D apart;
- *   V: in place, widened to T with rows Dv apart, or (value_tiles) in column
- *      tiles of mr_pv, tiles ld_vt apart (*ldv is then 0).
- * Staged parts go into the block scratch, or (wide_chunk) into their place in
- * the thread's staged chunk -- key j of the chunk always lands at the same
- * place, whichever block staged it -- skipped when an earlier unit of the
- * same head and chunk already staged at least these keys of the block.
- */
 /* wide_chunk: the block at key j0 (nk keys) in the thread's staged chunk:
  * its first key's place there (*at, keys from the chunk's start), and
  * whether it must be staged (1) or an earlier unit of the same head and
@@ -470,6 +460,16 @@ static int SDPA_FN(chunk_slot)(const PLAN *P, const UNIT *U, int64_t j0, int64_t
     return fresh;
 }
 
+/*
+ * The K and V block at key j0 (nk keys) as the panel kernels read them:
+ *   K: in place (KVT == T), or widened to T with rows D apart;
+ *   V: in place, widened to T with rows Dv apart, or (value_tiles) in column
+ *      tiles of mr_pv, tiles ld_vt apart (*ldv is then 0).
+ * Staged parts go into the block scratch, or (wide_chunk) into their place in
+ * the thread's staged chunk -- key j of the chunk always lands at the same
+ * place, whichever block staged it -- skipped when an earlier unit of the
+ * same head and chunk already staged at least these keys of the block.
+ */
 static void SDPA_FN(staged_block)(const PLAN *P, const UNIT *U, int64_t j0, int64_t nk, T *scratch,
                                   SDPA_FN(wide_cache) *wc, const T **kb, int64_t *ldk, const T **vb,
                                   int64_t *ldv)
