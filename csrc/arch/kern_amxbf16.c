@@ -204,12 +204,13 @@ static void amx_configure(int rem_pairs)
     T_CONFIG(&cfg);
 }
 
-/* stage[r][0..32) = K row r's elements [0, n) then zeros, rows r >= nrows
- * zero: a key tile's step that may not be read in place */
-static void stage_k_step(int nrows, const uint16_t *src, int64_t ldk, int n, uint16_t *stage)
+/* stage[r][0..32) = elements [0, n) of row r of src (rows ld apart), then
+ * zeros; rows r >= nrows zero: a step of a K tile (or of Vt) that may not
+ * be read in place */
+static void stage_k_step(int nrows, const uint16_t *src, int64_t ld, int n, uint16_t *stage)
 {
     memset(stage, 0, TROWS * TKEYS * sizeof *stage);
-    for (int r = 0; r < nrows; r++) memcpy(stage + r * TKEYS, src + r * ldk, (size_t)n * sizeof *stage);
+    for (int r = 0; r < nrows; r++) memcpy(stage + r * TKEYS, src + r * ld, (size_t)n * sizeof *stage);
 }
 
 static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk, const uint16_t *q2,
