@@ -23,6 +23,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes (bfloat16 for Num
 BF16 = ml_dtypes.bfloat16
 SDPA = attncore.scaled_dot_product_attention
 pytestmark = pytest.mark.skipif(not PAIR_ISAS, reason="no AVX-512: no native bfloat16 pair level runs here")
+AMX_LEVELS = [n for n in PAIR_ISAS if n.startswith("amxbf16")]
 
 
 @pytest.fixture(params=PAIR_ISAS)
@@ -185,21 +186,17 @@ def test_amx_steps_and_key_tiles(D, rng):
     odd D, key tiles ending inside a 16-row tile and exactly on one, blocks
     of 128 keys, value columns on and off the 16-column tiles. One panel
     per head: P V transposes each block itself (no staged chunk)."""
-    levels = [n for n in PAIR_ISAS if n.startswith("amxbf16")]
-    if not levels:
+    if not AMX_LEVELS:
         pytest.skip("no AMX level runs here (amxbf16emu needs AVX-512)")
     for Lk in (1, 15, 16, 17, 32, 33, 128, 129, 161):
         Dv = (D * 3) % 70 + 1
         q, k, v = bf16(rng, (1, 2, 37, D)), bf16(rng, (1, 2, Lk, D)), bf16(rng, (1, 2, Lk, Dv))
-        for name in levels:
+        for name in AMX_LEVELS:
             with _config.use_isa(name):
                 plan = plan_info(SDPA, q, k, v)
                 assert plan["amx_tiles"] and not plan["value_tiles"], plan
                 check(SDPA(q, k, v), q, k, v)
                 check(SDPA(q, k, v, is_causal=True), q, k, v, is_causal=True)
-
-
-AMX_LEVELS = [n for n in PAIR_ISAS if n.startswith("amxbf16")]
 
 
 @pytest.mark.skipif(not AMX_LEVELS, reason="no AMX level runs here (amxbf16emu needs AVX-512)")

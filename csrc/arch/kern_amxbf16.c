@@ -213,12 +213,40 @@ static void stage_k_step(int nrows, const uint16_t *src, int64_t ld, int n, uint
     for (int r = 0; r < nrows; r++) memcpy(stage + r * TKEYS, src + r * ld, (size_t)n * sizeof *stage);
 }
 
+/* A step's A operand, whose tile reads `width` elements of 16 rows: the
+ * rows of src (ld elements apart) in place when all 16 exist and hold
+ * exactly width elements of this step, else their n elements copied into
+ * stage, zero-padded. *bytes: the operand's row stride. */
+static const uint16_t *a_operand(const uint16_t *src, int64_t ld, int nrows, int n, int width, uint16_t *stage,
+                                 int64_t *bytes)
+{
+    if (nrows == TROWS && n == width) {
+        *bytes = ld * (int64_t)sizeof *src;
+        return src;
+    }
+    stage_k_step(nrows, src, ld, n, stage);
+    *bytes = TKEYS * (int64_t)sizeof *stage;
+    return stage;
+}
+
+/* One step of a product into C = (TC0 | TC1): A from a (lda bytes per
+ * row), B's lanes 0-15 from b and lanes 16-31 64 bytes on, rows ldb bytes
+ * apart. (Tile numbers must be literals: hence a macro.) */
+#define AMX_STEP(ta, tb0, tb1, a, lda, b, ldb)                         \
+    do {                                                               \
+        T_LOAD(ta, (a), (lda));                                        \
+        T_LOAD(tb0, (b), (ldb));                                       \
+        T_LOAD(tb1, (const char *)(const void *)(b) + 64, (ldb));      \
+        T_DP(TC0, ta, tb0);                                            \
+        T_DP(TC1, ta, tb1);                                            \
+    } while (0)
+
 static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk, const uint16_t *q2,
                           float *st, float *colmax)
 {
     const int64_t steps = D / TKEYS;   /* whole steps of 32 elements of d */
     const int tail = (int)(D - steps * TKEYS), rem = (tail + 1) / 2;   /* then tail elements in rem pairs */
-    const int64_t kbytes = ldk * (int64_t)sizeof *k, q2bytes = PNR * 4;
+    const int64_t q2bytes = PNR * 4;
     uint16_t stage[TROWS * TKEYS] __attribute__((aligned(64)));
     amx_configure(rem);
     for (int64_t j0 = 0; j0 < nk; j0 += TROWS) {
@@ -226,31 +254,14 @@ static void qk_panel2_amx(int64_t D, const uint16_t *k, int64_t ldk, int64_t nk,
         const uint16_t *kt = k + j0 * ldk;
         T_ZERO(TC0);
         T_ZERO(TC1);
+        int64_t lda;
         for (int64_t s = 0; s < steps; s++) {
-            const uint16_t *b = q2 + s * TPAIRS * PNR * 2;
-            if (kr == TROWS) {
-                T_LOAD(TA, kt + s * TKEYS, kbytes);
-            } else {
-                stage_k_step(kr, kt + s * TKEYS, ldk, TKEYS, stage);
-                T_LOAD(TA, stage, TKEYS * 2);
-            }
-            T_LOAD(TB0, b, q2bytes);
-            T_LOAD(TB1, b + 2 * TROWS, q2bytes);
-            T_DP(TC0, TA, TB0);
-            T_DP(TC1, TA, TB1);
+            const uint16_t *a = a_operand(kt + s * TKEYS, ldk, kr, TKEYS, TKEYS, stage, &lda);
+            AMX_STEP(TA, TB0, TB1, a, lda, q2 + s * TPAIRS * PNR * 2, q2bytes);
         }
-        if (rem) {   /* the last 1..31 elements (1..16 pairs; an odd tail ends with partner 0) */
-            const uint16_t *b = q2 + steps * TPAIRS * PNR * 2;
-            if (kr == TROWS && !(tail & 1)) {
-                T_LOAD(TA_REM, kt + steps * TKEYS, kbytes);
-            } else {
-                stage_k_step(kr, kt + steps * TKEYS, ldk, tail, stage);
-                T_LOAD(TA_REM, stage, TKEYS * 2);
-            }
-            T_LOAD(TB0_REM, b, q2bytes);
-            T_LOAD(TB1_REM, b + 2 * TROWS, q2bytes);
-            T_DP(TC0, TA_REM, TB0_REM);
-            T_DP(TC1, TA_REM, TB1_REM);
+        if (rem) {   /* the last 1..31 elements in rem pairs (an odd tail: staged, partner 0) */
+            const uint16_t *a = a_operand(kt + steps * TKEYS, ldk, kr, tail, 2 * rem, stage, &lda);
+            AMX_STEP(TA_REM, TB0_REM, TB1_REM, a, lda, q2 + steps * TPAIRS * PNR * 2, q2bytes);
         }
         /* rows past nk (zero keys) land in St's padding (BK_PANEL % 16 == 0) */
         float *c = st + j0 * PNR;
@@ -316,9 +327,8 @@ static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv
         ldvt = nk;
     }
 
-    /* keys [0, whole) in whole steps read from vt in place; the last
-     * 1..31 keys from a zero-padded copy (vt holds other keys past nk) */
-    const int64_t whole = nk / TKEYS * TKEYS;
+    /* whole steps of 32 keys read from vt in place; the last 1..31 keys
+     * from a zero-padded copy (vt holds other keys past nk) */
     uint16_t stage[TROWS * TKEYS] __attribute__((aligned(64)));
     float part[TROWS * PNR] __attribute__((aligned(64)));
     __m512 al[NV];
@@ -329,17 +339,10 @@ static void pv_panel2_amx(int64_t nk, const uint16_t *v, int64_t ldv, int64_t Dv
         T_ZERO(TC0);
         T_ZERO(TC1);
         for (int64_t j0 = 0; j0 < nk; j0 += TKEYS) {
-            const uint32_t *b = p2 + (j0 / 2) * PNR;
-            if (j0 < whole) {
-                T_LOAD(TA, rows + j0, ldvt * 2);
-            } else {
-                stage_k_step(TROWS, rows + j0, ldvt, (int)(nk - j0), stage);
-                T_LOAD(TA, stage, TKEYS * 2);
-            }
-            T_LOAD(TB0, b, PNR * 4);
-            T_LOAD(TB1, b + TROWS, PNR * 4);
-            T_DP(TC0, TA, TB0);
-            T_DP(TC1, TA, TB1);
+            int64_t lda;
+            const int n = nk - j0 < TKEYS ? (int)(nk - j0) : TKEYS;
+            const uint16_t *a = a_operand(rows + j0, ldvt, TROWS, n, TKEYS, stage, &lda);
+            AMX_STEP(TA, TB0, TB1, a, lda, p2 + (j0 / 2) * PNR, PNR * 4);
         }
         T_STORE(TC0, part, PNR * 4);
         T_STORE(TC1, part + TROWS, PNR * 4);
