@@ -12,7 +12,8 @@
  *   avx512bf16emu: as avx512 (the BF16 instructions are emulated); tests only
  *   amxbf16: avx512bf16 + AMX-TILE, AMX-BF16, the OS saving tile state
  *            (XCR0 bits 17, 18) and, on Linux, this process's permission
- *            to use it (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here)
+ *            to use it (arch_prctl ARCH_REQ_XCOMP_PERM, asked for the first
+ *            time the level is considered: tile_permission)
  *   amxbf16emu: as avx512 (AMX and BF16 instructions emulated); tests only
  * The choice of level (ATTNCORE_ISA or the best supported) is made by the
  * Python layer at import and passed to every call, so tests can run every
