@@ -75,6 +75,7 @@ cdef extern from "attncore/attn.h" nogil:
         int value_tiles
         int int8_vnni
         int amx_tiles
+        int64_t group_panels
 
     ctypedef struct attn_linear_desc:
         int64_t M, N, K

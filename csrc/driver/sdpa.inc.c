@@ -21,6 +21,11 @@
  *       partial O, m, l)
  *   if keys were split into chunks: merge the partials in chunk order  <- omp for
  *
+ * Panel groups. When a kv head's K and V outgrow L2, a work item is up to
+ * group_panels units (panels) of the head, and the key-block loop runs
+ * outside the panels (block b of each unit, then block b + 1), each unit in
+ * its own state; every unit still runs exactly the operations above.
+ *
  * Units. Query rows are processed in panels of W rows: W = NR lanes on the
  * panel path, ROWS_MAX rows on the rows path (decode: taken when all G * Lq
  * rows of a kv head fit one unit). The G = Hq / Hkv query heads that share a
@@ -88,6 +93,9 @@ typedef struct {
     int64_t rows_per_group, ngroups, npanels;
     int64_t nchunks, chunk_len, bk;
     int64_t nbase;     /* units before key splitting */
+    int64_t group_panels;  /* panel path: panels of one kv head a work item runs
+                            * block by block together (panel_group) */
+    int64_t nitems;    /* work items: units, or groups of group_panels units */
     T qsign;           /* dot: sign of the scale (exact); additive: 2 log2(e) */
     T csoft;           /* dot: |scale| log2(e), taken by the softmax; additive: 1 */
     int additive_form; /* ATTN_ADDITIVE_* */
@@ -95,9 +103,13 @@ typedef struct {
     T score_c;         /* additive: log2(e) sum_h w_score[h] */
     T *fk;             /* additive, product form: e^(2 Kp), (B, Hkv, Lk, D) */
     T *partial;        /* nbase * nchunks * W * (Dv + 2) when nchunks > 1 */
-    /* scratch layout (elements, each part 64-byte aligned) */
+    /* scratch layout (elements, each part 64-byte aligned): group_panels
+     * blocks of one unit's state (Q at 0, then O, Oc, m, l, lc, alpha, L at
+     * these offsets inside the block, state_elems apart), then the parts
+     * every unit of the thread shares (S, colmax, ...) */
     int64_t ld_q, ld_s, ld_o;
-    int64_t off_s, off_o, off_oc, off_m, off_l, off_lc, off_a, off_c, off_L;
+    int64_t off_o, off_oc, off_m, off_l, off_lc, off_a, off_L, state_elems;
+    int64_t off_s, off_c;
     int64_t off_kw, off_vw;   /* panel path: K widened to T (KVT != T) and V widened
                                * or in column tiles (value_tiles) */
     int wide_chunk;    /* ... kept for a whole key chunk per thread (wide_cache) */
@@ -122,11 +134,13 @@ typedef struct {
     int64_t kvrow;          /* its kv head's key 0 in (B, Hkv, Lk) order */
 } SDPA_FN(unit);
 
-/* Which kv head's key chunk a thread's staged K/V belong to (wide_chunk):
- * consecutive units are panels of the same head, so a thread stages each of
- * its blocks once instead of once per panel. */
+/* What a thread's staged K/V hold. wide_chunk: which kv head's key chunk
+ * (consecutive units are panels of the same head, so a thread stages each
+ * of its blocks once instead of once per panel). Otherwise: which block, so
+ * that the panels of a group (panel_group) stage each block once. */
 typedef struct {
     int64_t kvrow, chunk;   /* -1: nothing staged yet */
+    int64_t j0, nk;         /* (block staging) the block's first key and length */
 } SDPA_FN(wide_cache);
 
 #define PLAN SDPA_FN(plan)
@@ -478,7 +492,17 @@ static void SDPA_FN(staged_block)(const PLAN *P, const UNIT *U, int64_t j0, int6
     T *kwide = scratch + P->off_kw, *vwide = scratch + P->off_vw;
     int fresh = 1;
     int64_t at = 0;   /* the block's first key in the staging buffers */
-    if (P->wide_chunk) fresh = SDPA_FN(chunk_slot)(P, U, j0, nk, scratch, wc, &at);
+    if (P->wide_chunk) {
+        fresh = SDPA_FN(chunk_slot)(P, U, j0, nk, scratch, wc, &at);
+    } else {
+        /* the block scratch still holds at least these keys of this block */
+        fresh = !(wc->kvrow == U->kvrow && wc->j0 == j0 && wc->nk >= nk);
+        if (fresh) {
+            wc->kvrow = U->kvrow;
+            wc->j0 = j0;
+            wc->nk = nk;
+        }
+    }
 #if KV_SAME
     (void)kwide;
     *kb = U->kh + j0 * d->k_sl;
@@ -522,92 +546,153 @@ static const KVT *SDPA_FN(staged_vt)(const PLAN *P, const UNIT *U, int64_t j0, i
     return vt + at;
 }
 
-/* The panel path's loop nest for one unit. Returns 1 if interrupted. */
-static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN(wide_cache) *wc)
+/* One unit's state on the panel path: state block g of the scratch (the
+ * plan's layout). */
+typedef struct {
+    T *q, *o, *oc, *m, *l, *lc, *alpha, *L;
+} SDPA_FN(panel_state);
+
+static SDPA_FN(panel_state) SDPA_FN(state_at)(const PLAN *P, T *scratch, int64_t g)
+{
+    T *b = scratch + g * P->state_elems;
+    SDPA_FN(panel_state) S = {b,             b + P->off_o,  b + P->off_oc, b + P->off_m,
+                              b + P->off_l,  b + P->off_lc, b + P->off_a,  b + P->off_L};
+    return S;
+}
+
+/* A unit's start: its queries staged, O = 0, the online softmax's m, l. */
+static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S,
+                                 T *scratch)
+{
+    const attn_sdpa_desc *d = P->d;
+    const QT *qrows[ATTN_MAX_LANES];
+    for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
+    if (P->pairs)   /* (QT is KVT here) */
+        P->kio_kv->pack_qt2(U->nr, d->D, (const KVT *const *)qrows, P->qsign, (KVT *)S->q);
+    else
+        P->kio_q->pack_qt(U->nr, d->D, qrows, P->qsign, S->q);
+    if (P->fk) P->kt->exp2(d->D * P->W, S->q, S->q);   /* Et = e^(2 (Qp + b)) */
+    int64_t ot_elems = attn_round_up(attn_max64(d->Dv, 1), P->kt->mr_pv) * P->W;
+    memset(S->o, 0, (size_t)ot_elems * sizeof(T));
+    memset(S->oc, 0, (size_t)ot_elems * sizeof(T));
+    SDPA_FN(softmax_start)(P, U, S->m, S->l, S->lc, S->alpha);
+    if (P->hard) SDPA_FN(hard_start)(P, scratch);
+}
+
+/* Key block [j0, j0 + nk) of a unit, nk = min(bk, kend - j0). */
+static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S,
+                                 int64_t j0, T *scratch, SDPA_FN(wide_cache) *wc)
 {
     const attn_sdpa_desc *d = P->d;
     const KTAB *kt = P->kt;
     const int64_t W = P->W, D = d->D, Dv = d->Dv;
-    T *qbuf = scratch, *sbuf = scratch + P->off_s, *obuf = scratch + P->off_o;
-    T *ocbuf = scratch + P->off_oc, *m = scratch + P->off_m, *l = scratch + P->off_l;
-    T *lc = scratch + P->off_lc, *alpha = scratch + P->off_a, *cmax = scratch + P->off_c;
+    T *sbuf = scratch + P->off_s, *cmax = scratch + P->off_c;
     SDPA_FN(prep_rows_buf) pbuf;
-    const QT *qrows[ATTN_MAX_LANES];
-
-    for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
-    if (P->pairs)   /* (QT is KVT here) */
-        P->kio_kv->pack_qt2(U->nr, D, (const KVT *const *)qrows, P->qsign, (KVT *)qbuf);
-    else
-        P->kio_q->pack_qt(U->nr, D, qrows, P->qsign, qbuf);
-    if (P->fk) kt->exp2(D * W, qbuf, qbuf);   /* Et = e^(2 (Qp + b)) */
-    int64_t ot_elems = attn_round_up(attn_max64(Dv, 1), kt->mr_pv) * W;
-    memset(obuf, 0, (size_t)ot_elems * sizeof(T));
-    memset(ocbuf, 0, (size_t)ot_elems * sizeof(T));
-    SDPA_FN(softmax_start)(P, U, m, l, lc, alpha);
-    if (P->hard) SDPA_FN(hard_start)(P, scratch);
-
-    for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
-        if (attn_cancelled(d->cancellable, d->cancel_epoch)) return 1;
-        int64_t nk = attn_min64(P->bk, U->kend - j0);
-        /* K and V blocks as T: read in place, or staged once (widened from
-         * 16-bit and quantized storage, scales applied there; V in column
-         * tiles) */
-        const T *kb = NULL, *vb = NULL;
-        const KVT *vt = NULL;   /* (pair_vt) */
-        int64_t ldk = 0, ldv = 0;
-        if (!P->pairs)
-            SDPA_FN(staged_block)(P, U, j0, nk, scratch, wc, &kb, &ldk, &vb, &ldv);
-        else if (P->pair_vt)
-            vt = SDPA_FN(staged_vt)(P, U, j0, nk, scratch, wc);
-        int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
-        /* the QK kernel can fold the column maxima on the way out unless a
-         * prep pass still changes this block */
-        T *colmax = NULL;
-        if (!prep && P->additive_form == ATTN_ADDITIVE_NONE) {
-            colmax = cmax;
-            for (int64_t r = 0; r < W; r++) colmax[r] = -INFINITY;
-        }
-        if (P->additive_form == ATTN_ADDITIVE_PRODUCT)
-            kt->additive_panel_exp(D, P->fk + (U->kvrow + j0) * D, D, nk, qbuf, P->wneg,
-                                   P->score_c, sbuf);
-        else if (P->additive_form == ATTN_ADDITIVE_TANH)
-            kt->additive_panel_tanh(D, kb, ldk, nk, qbuf, P->wneg, P->score_c, sbuf);
-        else if (P->pairs)
-            P->kio_kv->qk_panel2(D, U->kh + j0 * d->k_sl, d->k_sl, nk, (const KVT *)qbuf, sbuf, colmax);
-        else
-            kt->qk_panel(D, kb, ldk, nk, qbuf, sbuf, W, 0, colmax);
-
-        T c = P->csoft;
-        if (prep) {
-            PREP x;
-            SDPA_FN(describe_prep)(P, U, j0, nk, &x, &pbuf);
-            kt->prep_panel(&x, sbuf);
-            if (P->prep_log2) c = 1;
-        }
-        if (P->hard) {   /* no softmax and no P V: the rows' top-k */
-            SDPA_FN(hard_select)(P, U, scratch, sbuf, 1, W, j0, nk);
-            continue;
-        }
-        if (P->sigmoid)
-            kt->sigmoid(nk * W, sbuf, P->sigmoid_shift);   /* alpha stays 1 */
-        else
-            kt->softmax_panel(nk, sbuf, c, colmax, m, l, lc, alpha);
-        if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
-        if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
-        if (P->pairs)   /* V packed by the kernel in the widening scratch, or staged (vt) */
-            P->kio_kv->pv_panel2(nk, U->vh + j0 * d->v_sl, d->v_sl, Dv, sbuf, alpha, obuf, ocbuf,
-                                 (KVT *)(scratch + P->off_vw), vt, P->ld_vt);
-        else if (P->value_tiles)   /* one contiguous tile of mr_pv columns at a time */
-            for (int64_t c0 = 0; c0 < Dv; c0 += kt->mr_pv)
-                kt->pv_panel(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv, kt->mr_pv, sbuf, alpha,
-                             obuf + c0 * W, ocbuf + c0 * W);
-        else
-            kt->pv_panel(nk, vb, ldv, Dv, sbuf, alpha, obuf, ocbuf);
+    int64_t nk = attn_min64(P->bk, U->kend - j0);
+    /* K and V blocks as T: read in place, or staged once (widened from
+     * 16-bit and quantized storage, scales applied there; V in column
+     * tiles) */
+    const T *kb = NULL, *vb = NULL;
+    const KVT *vt = NULL;   /* (pair_vt) */
+    int64_t ldk = 0, ldv = 0;
+    if (!P->pairs)
+        SDPA_FN(staged_block)(P, U, j0, nk, scratch, wc, &kb, &ldk, &vb, &ldv);
+    else if (P->pair_vt)
+        vt = SDPA_FN(staged_vt)(P, U, j0, nk, scratch, wc);
+    int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
+    /* the QK kernel can fold the column maxima on the way out unless a
+     * prep pass still changes this block */
+    T *colmax = NULL;
+    if (!prep && P->additive_form == ATTN_ADDITIVE_NONE) {
+        colmax = cmax;
+        for (int64_t r = 0; r < W; r++) colmax[r] = -INFINITY;
     }
+    if (P->additive_form == ATTN_ADDITIVE_PRODUCT)
+        kt->additive_panel_exp(D, P->fk + (U->kvrow + j0) * D, D, nk, S->q, P->wneg, P->score_c, sbuf);
+    else if (P->additive_form == ATTN_ADDITIVE_TANH)
+        kt->additive_panel_tanh(D, kb, ldk, nk, S->q, P->wneg, P->score_c, sbuf);
+    else if (P->pairs)
+        P->kio_kv->qk_panel2(D, U->kh + j0 * d->k_sl, d->k_sl, nk, (const KVT *)S->q, sbuf, colmax);
+    else
+        kt->qk_panel(D, kb, ldk, nk, S->q, sbuf, W, 0, colmax);
+
+    T c = P->csoft;
+    if (prep) {
+        PREP x;
+        SDPA_FN(describe_prep)(P, U, j0, nk, &x, &pbuf);
+        kt->prep_panel(&x, sbuf);
+        if (P->prep_log2) c = 1;
+    }
+    if (P->hard) {   /* no softmax and no P V: the rows' top-k */
+        SDPA_FN(hard_select)(P, U, scratch, sbuf, 1, W, j0, nk);
+        return;
+    }
+    if (P->sigmoid)
+        kt->sigmoid(nk * W, sbuf, P->sigmoid_shift);   /* alpha stays 1 */
+    else
+        kt->softmax_panel(nk, sbuf, c, colmax, S->m, S->l, S->lc, S->alpha);
+    if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
+    if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
+    if (P->pairs)   /* V packed by the kernel in the widening scratch, or staged (vt) */
+        P->kio_kv->pv_panel2(nk, U->vh + j0 * d->v_sl, d->v_sl, Dv, sbuf, S->alpha, S->o, S->oc,
+                             (KVT *)(scratch + P->off_vw), vt, P->ld_vt);
+    else if (P->value_tiles)   /* one contiguous tile of mr_pv columns at a time */
+        for (int64_t c0 = 0; c0 < Dv; c0 += kt->mr_pv)
+            kt->pv_panel(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv, kt->mr_pv, sbuf, S->alpha,
+                         S->o + c0 * W, S->oc + c0 * W);
+    else
+        kt->pv_panel(nk, vb, ldv, Dv, sbuf, S->alpha, S->o, S->oc);
+}
+
+static void SDPA_FN(panel_end)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S, T *scratch)
+{
     if (P->hard)
         SDPA_FN(hard_finish)(P, U, scratch);
     else
-        SDPA_FN(finish_unit)(P, U, m, l, lc, scratch + P->off_L, obuf, ocbuf);
+        SDPA_FN(finish_unit)(P, U, S->m, S->l, S->lc, S->L, S->o, S->oc);
+}
+
+/* The panel path's loop nest for one unit. Returns 1 if interrupted. */
+static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN(wide_cache) *wc)
+{
+    SDPA_FN(panel_state) S = SDPA_FN(state_at)(P, scratch, 0);
+    SDPA_FN(panel_start)(P, U, &S, scratch);
+    for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
+        if (attn_cancelled(P->d->cancellable, P->d->cancel_epoch)) return 1;
+        SDPA_FN(panel_block)(P, U, &S, j0, scratch, wc);
+    }
+    SDPA_FN(panel_end)(P, U, &S, scratch);
+    return 0;
+}
+
+/* Work item `item` of a plan with panel groups: up to group_panels units
+ * (panels) of one kv head, run block by block -- block b of every unit,
+ * then block b + 1 -- so that a block of K and V is read into L2 once for
+ * them all. Each unit runs exactly panel_unit's operations, in its state
+ * block g. Returns 1 if interrupted. */
+static int SDPA_FN(panel_group)(const PLAN *P, int64_t item, T *scratch, SDPA_FN(wide_cache) *wc,
+                                UNIT *units)
+{
+    int64_t reuse = P->ngroups * P->npanels, gp = P->group_panels;
+    int64_t per_head = (reuse + gp - 1) / gp;
+    int64_t i = item % per_head, first = item / per_head * reuse + i * gp;
+    int64_t n = attn_min64(gp, reuse - i * gp), nblocks = 0;
+    SDPA_FN(panel_state) S[ATTN_PANEL_GROUP];
+    for (int64_t g = 0; g < n; g++) {
+        SDPA_FN(build_unit)(P, first + g, &units[g]);   /* (one chunk: unit = base unit) */
+        S[g] = SDPA_FN(state_at)(P, scratch, g);
+        SDPA_FN(panel_start)(P, &units[g], &S[g], scratch);
+        if (units[g].kend > units[g].kbeg)
+            nblocks = attn_max64(nblocks, (units[g].kend - units[g].kbeg + P->bk - 1) / P->bk);
+    }
+    for (int64_t b = 0; b < nblocks; b++) {
+        if (attn_cancelled(P->d->cancellable, P->d->cancel_epoch)) return 1;
+        for (int64_t g = 0; g < n; g++) {
+            int64_t j0 = units[g].kbeg + b * P->bk;
+            if (j0 < units[g].kend) SDPA_FN(panel_block)(P, &units[g], &S[g], j0, scratch, wc);
+        }
+    }
+    for (int64_t g = 0; g < n; g++) SDPA_FN(panel_end)(P, &units[g], &S[g], scratch);
     return 0;
 }
 
@@ -825,29 +910,51 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->nchunks = d->Lk > 0 ? (d->Lk + P->chunk_len - 1) / P->chunk_len : 1;
     if (P->nchunks > ATTN_MAX_CHUNKS) return ATTN_EINVAL;   /* cannot happen: want <= TARGET */
 
-    /* scratch: Q, S, O, Oc, then m, l, lc, alpha, colmax, L (W each) */
-    int64_t D1 = attn_max64(d->D, 1), Dv1 = attn_max64(d->Dv, 1), o_elems;
+    /* Panel groups: when a kv head's K and V (as the kernels read them)
+     * outgrow half the L2 cache, each pass of one panel over the keys
+     * streams them from L3 or memory; a work item then runs up to
+     * ATTN_PANEL_GROUP panels of the head block by block, so each block is
+     * read from outside L2 once per group (benchmarks/NOTES.md). Every panel
+     * still runs exactly its own sequence of operations: results are
+     * bitwise those of one panel per item. (Not with split keys, whose
+     * units of one panel are consecutive, nor hard attention, whose top-k
+     * state is per thread.) */
+    int64_t D1 = attn_max64(d->D, 1), Dv1 = attn_max64(d->Dv, 1), o_elems, q_elems, s_elems;
+    int64_t reuse = P->ngroups * P->npanels;
+    double kv_bytes = (double)attn_min64(d->Lk, P->chunk_len) * (double)(D1 + Dv1) * sizeof(T);
+    P->group_panels = 1;
+    if (!P->rows_path && !P->hard && P->nchunks == 1 && kv_bytes > ATTN_PANEL_GROUP_MIN_BYTES)
+        P->group_panels = attn_min64(reuse, ATTN_PANEL_GROUP);
+    /* items never straddle kv heads: each head's panels split into groups */
+    int64_t per_head = (reuse + P->group_panels - 1) / P->group_panels;
+    P->nitems = P->group_panels > 1 ? d->B * d->Hkv * per_head : P->nbase * P->nchunks;
+
+    /* scratch: group_panels x (Q, O, Oc, then m, l, lc, alpha, L: W each),
+     * then S and colmax (W) */
     if (P->rows_path) {
         P->ld_q = attn_round_up(D1, kt->vlen);
         P->ld_s = attn_round_up(P->bk, kt->vlen);
         P->ld_o = attn_round_up(Dv1, kt->vlen);
-        P->off_s = SDPA_FN(align_elems)(P->W * P->ld_q);
-        P->off_o = P->off_s + SDPA_FN(align_elems)(P->W * P->ld_s);
+        q_elems = P->W * P->ld_q;
+        s_elems = P->W * P->ld_s;
         o_elems = SDPA_FN(align_elems)(P->W * P->ld_o);
     } else {
-        P->off_s = SDPA_FN(align_elems)(D1 * P->W);
-        P->off_o = P->off_s + SDPA_FN(align_elems)(attn_round_up(P->bk, kt->mr_qk) * P->W);
+        q_elems = D1 * P->W;
+        s_elems = attn_round_up(P->bk, kt->mr_qk) * P->W;
         o_elems = SDPA_FN(align_elems)(attn_round_up(Dv1, kt->mr_pv) * P->W);
     }
+    int64_t lane_elems = SDPA_FN(align_elems)(P->W);
+    P->off_o = SDPA_FN(align_elems)(q_elems);
     P->off_oc = P->off_o + o_elems;
     P->off_m = P->off_oc + o_elems;
-    int64_t lane_elems = SDPA_FN(align_elems)(P->W);
     P->off_l = P->off_m + lane_elems;
     P->off_lc = P->off_l + lane_elems;
     P->off_a = P->off_lc + lane_elems;
-    P->off_c = P->off_a + lane_elems;
-    P->off_L = P->off_c + lane_elems;
-    P->off_hv = P->off_L + lane_elems;
+    P->off_L = P->off_a + lane_elems;
+    P->state_elems = P->off_L + lane_elems;
+    P->off_s = P->group_panels * P->state_elems;
+    P->off_c = P->off_s + SDPA_FN(align_elems)(s_elems);
+    P->off_hv = P->off_c + lane_elems;
     int64_t hk = P->hard ? P->W * d->hard_k : 0;   /* (an int64 index takes two floats) */
     P->off_hi = P->off_hv + SDPA_FN(align_elems)(hk);
     P->off_hn = P->off_hi + SDPA_FN(align_elems)(hk * (int64_t)(sizeof(int64_t) / sizeof(T)));
@@ -862,7 +969,7 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
          * read in place or widened block by block as it is stored. */
         /* (pairs: K is read in place; V, when the level reads it
          * transposed (stage_vt2), is staged transposed, 16-column tiles) */
-        int64_t reuse = P->ngroups * P->npanels, dv_tiles = attn_round_up(Dv1, kt->mr_pv);
+        int64_t dv_tiles = attn_round_up(Dv1, kt->mr_pv);
         double bytes = P->pairs ? (double)P->chunk_len * (double)attn_round_up(Dv1, 16) * sizeof(KVT)
                                 : (double)P->chunk_len * (double)((KV_SAME ? 0 : D1) + dv_tiles) * sizeof(T);
         P->wide_chunk = (!P->pairs || kio_kv->stage_vt2 != NULL) && reuse >= ATTN_WIDE_CHUNK_MIN_PANELS &&
@@ -910,7 +1017,8 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->chunks = P->nchunks;
     info->chunk_len = P->chunk_len;
     info->key_block = P->bk;
-    info->threads = attn_region_threads(num_threads, info->units, SDPA_FN(work)(P));
+    info->group_panels = P->group_panels;
+    info->threads = attn_region_threads(num_threads, P->nitems, SDPA_FN(work)(P));
     /* the blocks each unit's loop nest would visit */
     info->key_blocks = 0;
     for (int64_t u = 0; u < info->units; u++) {
@@ -999,8 +1107,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
         return st;
     }
 
-    int64_t nunits = P.nbase * P.nchunks;
-    int nthreads = attn_region_threads(num_threads, nunits, SDPA_FN(work)(&P));
+    int nthreads = attn_region_threads(num_threads, P.nitems, SDPA_FN(work)(&P));
     int failed = 0, interrupted = 0;
     (void)nthreads; /* unused without OpenMP */
 #ifdef _OPENMP
@@ -1009,7 +1116,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     {
         T *scratch = (T *)attn_scratch_alloc_n(P.scratch_elems, sizeof(T));
         if (!scratch) attn_flag_set(&failed);
-        SDPA_FN(wide_cache) wc = {-1, -1};
+        SDPA_FN(wide_cache) wc = {-1, -1, -1, -1};
         if (P.fk) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -1020,12 +1127,17 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t u = 0; u < nunits; u++) {
+        for (int64_t it = 0; it < P.nitems; it++) {
             if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
-            UNIT U;
-            SDPA_FN(build_unit)(&P, u, &U);
-            int stop = P.rows_path ? SDPA_FN(rows_unit)(&P, &U, scratch)
-                                   : SDPA_FN(panel_unit)(&P, &U, scratch, &wc);
+            UNIT U[ATTN_PANEL_GROUP];
+            int stop;
+            if (P.group_panels > 1) {
+                stop = SDPA_FN(panel_group)(&P, it, scratch, &wc, U);
+            } else {
+                SDPA_FN(build_unit)(&P, it, &U[0]);
+                stop = P.rows_path ? SDPA_FN(rows_unit)(&P, &U[0], scratch)
+                                   : SDPA_FN(panel_unit)(&P, &U[0], scratch, &wc);
+            }
             if (stop) attn_flag_set(&interrupted);
         }
         /* (implicit barrier) */

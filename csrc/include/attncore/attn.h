@@ -195,6 +195,8 @@ typedef struct {
     int int8_vnni;          /* rows path over int8 K/V on VNNI: query rows and
                              * weights rounded to int16, integer products */
     int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
+    int64_t group_panels;   /* panel path: panels of one kv head a work item runs
+                             * block by block together (1: one panel per item) */
 } attn_plan_info;
 
 attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
