@@ -88,7 +88,7 @@ def test_every_panel_equals_the_panel_run_alone(isa, kind, case, rng):
     rows = panel_rows()
     Lq = 4 * rows
     q, k, v = inputs(rng, storage(kind), 1, 16, 16, Lq, LK, 16, 16)
-    kw = limit_kwargs(case, Lq, LK)
+    kw = dict(limit_kwargs(case, Lq, LK), num_threads=2)
     plan = plan_info(SDPA, q, k, v, **kw)
     assert plan["path"] == "panel" and plan["group_panels"] == 4 and plan["chunks"] == 1, plan
     grouped = SDPA(q, k, v, **kw)
@@ -96,7 +96,7 @@ def test_every_panel_equals_the_panel_run_alone(isa, kind, case, rng):
     for p in range(4):
         part = slice(p * rows, (p + 1) * rows)
         pmask = None if mask is None else mask[part]
-        alone = plan_info(SDPA, q[:, :, part], k, v, attn_mask=pmask)
+        alone = plan_info(SDPA, q[:, :, part], k, v, attn_mask=pmask, num_threads=2)
         assert alone["group_panels"] == 1 and alone["chunks"] == 1, alone
         assert grouped[:, :, part].tobytes() == SDPA(q[:, :, part], k, v, attn_mask=pmask).tobytes(), p
 
@@ -107,18 +107,6 @@ def test_every_panel_equals_the_panel_run_alone(isa, kind, case, rng):
 # (fewer than 1024 keys), and keep the pure-Python oracle quick.
 SMALL = dict(Lk=300, D=256, Dv=256)
 
-
-@functools.lru_cache(maxsize=None)
-def oracle_case(name, Hq, Hkv, Lq, dtype_name):
-    """Inputs and float64 reference for one case: the same on every level,
-    so the slow oracle runs once."""
-    rng = np.random.default_rng(abs(hash((name, Hq, Hkv, Lq, dtype_name))) % 2**32)
-    q, k, v = inputs(rng, storage(dtype_name), 1, Hq, Hkv, Lq, SMALL["Lk"], SMALL["D"], SMALL["Dv"])
-    kw = dict(ORACLE_CASES[name], enable_gqa=True)
-    ref = R.scaled_dot_product_attention(*(a.astype(np.float64) for a in (q, k, v)), **kw)
-    return q, k, v, kw, ref
-
-
 ORACLE_CASES = {
     "window_left": dict(window=(100, 0)),
     "window_both": dict(window=(37, 5), return_lse=True),
@@ -127,14 +115,27 @@ ORACLE_CASES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def oracle_case(name, Lq):
+    """Inputs (3 query heads, 1 kv head) and the float64 reference for one
+    case: the same on every level with that panel width, so the slow oracle
+    runs once."""
+    rng = np.random.default_rng(sum(map(ord, name)) + Lq)
+    q, k, v = inputs(rng, np.float32, 1, 3, 1, Lq, SMALL["Lk"], SMALL["D"], SMALL["Dv"])
+    kw = dict(ORACLE_CASES[name], enable_gqa=True)
+    ref = R.scaled_dot_product_attention(*(a.astype(np.float64) for a in (q, k, v)), **kw)
+    return q, k, v, kw, ref
+
+
 @pytest.mark.parametrize("name", list(ORACLE_CASES))
 def test_groups_against_the_oracle(isa, name):
-    """3 query heads per kv head, 2 panels each: a group of 4 panels and a
-    last one of 2; windows start the panels of a group at different keys."""
-    rows = panel_rows()
-    q, k, v, kw, ref = oracle_case(name, 3, 1, 2 * rows - 3, "float32")
-    plan = plan_info(SDPA, q, k, v, **kw)
-    assert plan["path"] == "panel" and plan["group_panels"] == 4 and plan["chunks"] == 1, plan
+    """3 query heads per kv head, 2 panels each: on one thread a group of 4
+    panels and a last one of 2, whose panels start (windows) and stop
+    (causal) at different keys; on two threads one panel per item (too few
+    items to group), which must give the same bits."""
+    q, k, v, kw, ref = oracle_case(name, 2 * panel_rows() - 3)
+    assert plan_info(SDPA, q, k, v, num_threads=1, **kw)["group_panels"] == 4
+    assert plan_info(SDPA, q, k, v, num_threads=2, **kw)["group_panels"] == 1
     one = SDPA(q, k, v, num_threads=1, **kw)
     two = SDPA(q, k, v, num_threads=2, **kw)
     one, two, ref = (x if isinstance(x, tuple) else (x,) for x in (one, two, ref))
@@ -145,37 +146,49 @@ def test_groups_against_the_oracle(isa, name):
         assert_close(one[1], ref[1], "weights" if kw.get("return_weights") else "lse", np.float32)
 
 
+def test_groups_leave_every_thread_two_items(isa, rng):
+    """Groups shrink until each thread has at least two work items (a group
+    never idles a thread): 2 kv heads x 4 panels make 2 groups of 4 for one
+    thread, 4 items of 3 + 1 panels for two, and no groups for more."""
+    rows = panel_rows()
+    q, k, v = inputs(rng, np.float32, 1, 2, 2, 4 * rows, SMALL["Lk"], SMALL["D"], SMALL["Dv"])
+    assert [plan_info(SDPA, q, k, v, num_threads=t)["group_panels"] for t in (1, 2, 3, 4)] == [4, 3, 1, 1]
+
+
+# --- K/V widened block by block, shared by a group's panels -----------------
+
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
-def test_groups_share_blocks_widened_one_by_one(isa, kind):
+@pytest.mark.parametrize("case", [dict(window=(100, 0)), dict(is_causal=True)])
+def test_groups_share_blocks_widened_one_by_one(isa, kind, case, rng):
     """Two panels per kv head are too few to keep a widened chunk per
-    thread, so 16-bit K/V are widened block by block; the group's panels
-    share each widened block."""
-    q, k, v, kw, ref = oracle_case("window_left", 1, 1, 2 * panel_rows() - 5, kind)
-    plan = plan_info(SDPA, q, k, v, **kw)
+    thread, so 16-bit K/V are widened block by block, once for both panels
+    of a group. The result equals float32 attention over the widened values
+    (K/V read in place: no staging to share a bug with), narrowed."""
+    dtype = storage(kind)
+    q, k, v = inputs(rng, dtype, 1, 2, 2, 2 * panel_rows() - 5, SMALL["Lk"], SMALL["D"], SMALL["Dv"])
+    plan = plan_info(SDPA, q, k, v, num_threads=1, **case)
     if plan["native_pairs"]:
         pytest.skip("this level reads bfloat16 K/V as they are (test_bf16_pairs.py)")
     assert plan["group_panels"] == 2 and not plan["widened_chunks"] and plan["chunks"] == 1, plan
-    one = SDPA(q, k, v, num_threads=1, **kw)
-    assert one.tobytes() == SDPA(q, k, v, num_threads=2, **kw).tobytes()
-    np.testing.assert_allclose(one.astype(np.float64), ref, rtol=2.0**-8, atol=2.0**-9)
+    out = SDPA(q, k, v, num_threads=1, **case)
+    wide = SDPA(*(a.astype(np.float32) for a in (q, k, v)), num_threads=1, **case)
+    assert out.tobytes() == wide.astype(dtype).tobytes()
 
 
 def test_int8_cache_groups_share_scaled_blocks(isa, rng):
-    """An int8 KVCache read by two panels: each block dequantized (scales
-    applied) once for the group, against float64 attention over the
-    dequantized cache."""
+    """An int8 KVCache read by two panels per kv head: each block is
+    dequantized (scales applied) once for the group. The result equals
+    float32 attention over the dequantized cache, bit for bit."""
     L, D = SMALL["Lk"], SMALL["D"]
-    cache = attncore.KVCache(max_len=L, num_heads=1, head_dim=D, dtype="int8")
-    cache.append(rng.standard_normal((1, 1, L, D)).astype(np.float32),
-                 rng.standard_normal((1, 1, L, D)).astype(np.float32))
-    q = rng.standard_normal((1, 1, 2 * panel_rows() - 1, D)).astype(np.float32)
-    plan = plan_info(cache.attend, q)
+    cache = attncore.KVCache(max_len=L, num_heads=2, head_dim=D, dtype="int8")
+    cache.append(rng.standard_normal((1, 2, L, D)).astype(np.float32),
+                 rng.standard_normal((1, 2, L, D)).astype(np.float32))
+    q = rng.standard_normal((1, 2, 2 * panel_rows() - 1, D)).astype(np.float32)
+    plan = plan_info(cache.attend, q, num_threads=1)
     assert plan["group_panels"] == 2 and not plan["widened_chunks"] and plan["chunks"] == 1, plan
     out = cache.attend(q, num_threads=1)
-    assert out.tobytes() == cache.attend(q, num_threads=2).tobytes()
-    ref = R.scaled_dot_product_attention(q.astype(np.float64), cache.keys.astype(np.float64),
-                                         cache.values.astype(np.float64), is_causal="bottom_right")
-    assert_close(out, ref, "sdpa", np.float32)
+    ref = SDPA(q, cache.keys, cache.values, is_causal="bottom_right", num_threads=1)
+    assert out.tobytes() == ref.tobytes()
 
 
 def test_heads_that_fit_in_l2_are_not_grouped(isa, rng):

@@ -169,7 +169,9 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
 
     for (int64_t r = 0; r < nr; r++) {
         int64_t row = first + r, g, i;
-        if (P->ngroups == 1) { g = row / d->Lq; i = row % d->Lq; }
+        /* (stacked heads: one group holds all G heads' rows; a 64-bit
+         * division per row is worth avoiding when G == 1) */
+        if (P->ngroups == 1 && P->G > 1) { g = row / d->Lq; i = row % d->Lq; }
         else { g = group; i = row; }
         int64_t hq = hkv * P->G + g;
         ROWREF *x = &rows[r];
@@ -837,8 +839,11 @@ static void SDPA_FN(additive_key_exp)(const PLAN *P, int64_t t)
     P->kt->exp2(d->D, f, f);
 }
 
+/* The plan of a call. num_threads only sizes the panel groups (which never
+ * change a bit of the results). */
 static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KTAB *kt,
-                                      const KIO_Q *kio_q, const KIO_KV *kio_kv, const KIO_T *kio_t)
+                                      const KIO_Q *kio_q, const KIO_KV *kio_kv, const KIO_T *kio_t,
+                                      int num_threads)
 {
     memset(P, 0, sizeof *P);
     P->d = d;
@@ -916,15 +921,20 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
      * ATTN_PANEL_GROUP panels of the head block by block, so each block is
      * read from outside L2 once per group (benchmarks/NOTES.md). Every panel
      * still runs exactly its own sequence of operations: results are
-     * bitwise those of one panel per item. (Not with split keys, whose
-     * units of one panel are consecutive, nor hard attention, whose top-k
-     * state is per thread.) */
+     * bitwise those of one panel per item, and the group size may depend on
+     * the thread count: groups shrink until every thread has at least two
+     * items. (Not with split keys, whose units of one panel are consecutive,
+     * nor hard attention, whose top-k state is per thread.) */
     int64_t D1 = attn_max64(d->D, 1), Dv1 = attn_max64(d->Dv, 1), o_elems, q_elems, s_elems;
     int64_t reuse = P->ngroups * P->npanels;
     double kv_bytes = (double)attn_min64(d->Lk, P->chunk_len) * (double)(D1 + Dv1) * sizeof(T);
     P->group_panels = 1;
     if (!P->rows_path && !P->hard && P->nchunks == 1 && kv_bytes > ATTN_PANEL_GROUP_MIN_BYTES)
         P->group_panels = attn_min64(reuse, ATTN_PANEL_GROUP);
+    int64_t threads = num_threads > 0 ? num_threads : 1;
+    while (P->group_panels > 1 &&
+           d->B * d->Hkv * ((reuse + P->group_panels - 1) / P->group_panels) < 2 * threads)
+        P->group_panels--;
     /* items never straddle kv heads: each head's panels split into groups */
     int64_t per_head = (reuse + P->group_panels - 1) / P->group_panels;
     P->nitems = P->group_panels > 1 ? d->B * d->Hkv * per_head : P->nbase * P->nchunks;
@@ -1043,7 +1053,7 @@ attn_status SDPA_FN(attn_sdpa_plan)(const attn_sdpa_desc *d, int isa, int num_th
     memset(info, 0, sizeof *info);
     if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
     PLAN P;
-    st = SDPA_FN(make_plan)(&P, d, kt, kio_q, kio_kv, kio_t);
+    st = SDPA_FN(make_plan)(&P, d, kt, kio_q, kio_kv, kio_t, num_threads);
     if (st == ATTN_OK) SDPA_FN(fill_info)(&P, num_threads, info);
     return st;
 }
@@ -1100,7 +1110,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
     if (d->B == 0 || d->Hq == 0 || d->Lq == 0) return ATTN_OK;
 
     PLAN P;
-    st = SDPA_FN(make_plan)(&P, d, kt, kio_q, kio_kv, kio_t);
+    st = SDPA_FN(make_plan)(&P, d, kt, kio_q, kio_kv, kio_t, num_threads);
     if (st == ATTN_OK) st = SDPA_FN(alloc_plan)(&P);
     if (st != ATTN_OK) {
         SDPA_FN(free_plan)(&P);
