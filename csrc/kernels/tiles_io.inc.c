@@ -103,18 +103,15 @@ static void FNIO(widen)(int64_t n, int64_t D, const IT *src, int64_t lds, const 
  * pv_panel then broadcasts from one contiguous stream instead of touching a
  * new value row -- a new cache line -- at every key. Each tile is written in
  * pieces of at most VL lanes; columns past D are zeros (the loads fill them).
- * Tile by tile: the stores run down one contiguous tile (row by row, the
- * tiles' rows ldt apart -- often a multiple of 4 KiB -- would make every
- * store of a row alias the others in L1).
  */
 static void FNIO(widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds, const T *scale, T *dst,
                               int64_t ldt)
 {
-    for (int64_t c0 = 0; c0 < D; c0 += MR_PV, dst += ldt)
-        for (int64_t j = 0; j < n; j++) {
-            const IT *s = src + j * lds;
-            vec sc = v_set1(scale ? scale[j] : (T)1);
-            T *row = dst + j * MR_PV;
+    for (int64_t j = 0; j < n; j++) {
+        const IT *s = src + j * lds;
+        vec sc = v_set1(scale ? scale[j] : (T)1);
+        T *row = dst + j * MR_PV;
+        for (int64_t c0 = 0; c0 < D; c0 += MR_PV, row += ldt)
             for (int i = 0; i < MR_PV; i += VL) {
                 int lanes = MR_PV - i < VL ? MR_PV - i : VL;   /* this piece of the tile */
                 int64_t left = D - c0 - i;                     /* source columns left */
@@ -131,7 +128,7 @@ static void FNIO(widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds, 
                 else
                     v_store_n(row + i, x, lanes);
             }
-        }
+    }
 }
 
 #if !IO_KV_ONLY && !defined(ATTN_HAVE_finish_panel)
