@@ -103,9 +103,9 @@ def test_every_panel_equals_the_panel_run_alone(isa, kind, case, rng):
 
 # --- short keys, wide heads: against the float64 oracle --------------------
 
-# Lk = 300 keys of D = Dv = 256 (600 KiB as float32) are grouped, never split
+# Lk = 600 keys of D = Dv = 128 (600 KiB as float32) are grouped, never split
 # (fewer than 1024 keys), and keep the pure-Python oracle quick.
-SMALL = dict(Lk=300, D=256, Dv=256)
+SMALL = dict(Lk=600, D=128, Dv=128)
 
 ORACLE_CASES = {
     "window_left": dict(window=(100, 0)),
@@ -129,12 +129,13 @@ def oracle_case(name, Lq):
 
 @pytest.mark.parametrize("name", list(ORACLE_CASES))
 def test_groups_against_the_oracle(isa, name):
-    """3 query heads per kv head, 2 panels each: on one thread a group of 4
-    panels and a last one of 2, whose panels start (windows) and stop
+    """3 query heads per kv head, 2 panels each: on one thread two groups,
+    the last with fewer panels, whose panels start (windows) and stop
     (causal) at different keys; on two threads one panel per item (too few
     items to group), which must give the same bits."""
     q, k, v, kw, ref = oracle_case(name, 2 * panel_rows() - 3)
-    assert plan_info(SDPA, q, k, v, num_threads=1, **kw)["group_panels"] == 4
+    grouped = plan_info(SDPA, q, k, v, num_threads=1, **kw)["group_panels"]
+    assert 1 < grouped < 6 and 6 % grouped, grouped
     assert plan_info(SDPA, q, k, v, num_threads=2, **kw)["group_panels"] == 1
     one = SDPA(q, k, v, num_threads=1, **kw)
     two = SDPA(q, k, v, num_threads=2, **kw)

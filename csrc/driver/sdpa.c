@@ -29,12 +29,15 @@
  * bfloat16 about 10% against float32. */
 #define ATTN_WIDE_CHUNK_MIN_PANELS 4
 #define ATTN_WIDE_CHUNK_MAX_BYTES (4.0 * 1024 * 1024)
-/* Panel groups (sdpa.inc.c, make_plan): a work item runs up to this many
- * panels of one kv head block by block when the head's K and V, as float32,
- * exceed this many bytes (half of a 1 MiB L2; measured in
- * benchmarks/NOTES.md). */
-#define ATTN_PANEL_GROUP 4
+/* Panel groups (sdpa.inc.c, make_plan): a work item runs up to
+ * ATTN_PANEL_GROUP panels of one kv head block by block when the head's K
+ * and V, as the kernels read them, exceed ATTN_PANEL_GROUP_MIN_BYTES (half
+ * of a 1 MiB L2), as many as keep their states within
+ * ATTN_PANEL_GROUP_STATE_BYTES (with a key block of K and V, within a
+ * 512 KiB L2). Measured in benchmarks/NOTES.md. */
+#define ATTN_PANEL_GROUP 8
 #define ATTN_PANEL_GROUP_MIN_BYTES (512.0 * 1024)
+#define ATTN_PANEL_GROUP_STATE_BYTES (384.0 * 1024)
 
 uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter)
 {

@@ -915,30 +915,8 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->nchunks = d->Lk > 0 ? (d->Lk + P->chunk_len - 1) / P->chunk_len : 1;
     if (P->nchunks > ATTN_MAX_CHUNKS) return ATTN_EINVAL;   /* cannot happen: want <= TARGET */
 
-    /* Panel groups: when a kv head's K and V (as the kernels read them)
-     * outgrow half the L2 cache, each pass of one panel over the keys
-     * streams them from L3 or memory; a work item then runs up to
-     * ATTN_PANEL_GROUP panels of the head block by block, so each block is
-     * read from outside L2 once per group (benchmarks/NOTES.md). Every panel
-     * still runs exactly its own sequence of operations: results are
-     * bitwise those of one panel per item, and the group size may depend on
-     * the thread count: groups shrink until every thread has at least two
-     * items. (Not with split keys, whose units of one panel are consecutive,
-     * nor hard attention, whose top-k state is per thread.) */
     int64_t D1 = attn_max64(d->D, 1), Dv1 = attn_max64(d->Dv, 1), o_elems, q_elems, s_elems;
     int64_t reuse = P->ngroups * P->npanels;
-    double kv_bytes = (double)attn_min64(d->Lk, P->chunk_len) * (double)(D1 + Dv1) * sizeof(T);
-    P->group_panels = 1;
-    if (!P->rows_path && !P->hard && P->nchunks == 1 && kv_bytes > ATTN_PANEL_GROUP_MIN_BYTES)
-        P->group_panels = attn_min64(reuse, ATTN_PANEL_GROUP);
-    int64_t threads = num_threads > 0 ? num_threads : 1;
-    while (P->group_panels > 1 &&
-           d->B * d->Hkv * ((reuse + P->group_panels - 1) / P->group_panels) < 2 * threads)
-        P->group_panels--;
-    /* items never straddle kv heads: each head's panels split into groups */
-    int64_t per_head = (reuse + P->group_panels - 1) / P->group_panels;
-    P->nitems = P->group_panels > 1 ? d->B * d->Hkv * per_head : P->nbase * P->nchunks;
-
     /* scratch: group_panels x (Q, O, Oc, then m, l, lc, alpha, L: W each),
      * then S and colmax (W) */
     if (P->rows_path) {
@@ -962,6 +940,32 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->off_a = P->off_lc + lane_elems;
     P->off_L = P->off_a + lane_elems;
     P->state_elems = P->off_L + lane_elems;
+    /* Panel groups: when a kv head's K and V (as the kernels read them)
+     * outgrow half the L2 cache, each pass of one panel over the keys
+     * streams them from L3 or memory; a work item then runs up to
+     * ATTN_PANEL_GROUP panels of the head block by block, so each block is
+     * read from outside L2 once per group (benchmarks/NOTES.md), as many as
+     * keep the panels' states (Q, O, Oc) within ATTN_PANEL_GROUP_STATE_BYTES
+     * next to the blocks. Every panel
+     * still runs exactly its own sequence of operations: results are
+     * bitwise those of one panel per item, and the group size may depend on
+     * the thread count: groups shrink until every thread has at least two
+     * items. (Not with split keys, whose units of one panel are consecutive,
+     * nor hard attention, whose top-k state is per thread.) */
+    double kv_bytes = (double)attn_min64(d->Lk, P->chunk_len) * (double)(D1 + Dv1) * sizeof(T);
+    P->group_panels = 1;
+    if (!P->rows_path && !P->hard && P->nchunks == 1 && kv_bytes > ATTN_PANEL_GROUP_MIN_BYTES)
+        P->group_panels = attn_max64(1, attn_min64(attn_min64(reuse, ATTN_PANEL_GROUP),
+                                                   (int64_t)(ATTN_PANEL_GROUP_STATE_BYTES /
+                                                             ((double)P->state_elems * sizeof(T)))));
+    int64_t threads = num_threads > 0 ? num_threads : 1;
+    while (P->group_panels > 1 &&
+           d->B * d->Hkv * ((reuse + P->group_panels - 1) / P->group_panels) < 2 * threads)
+        P->group_panels--;
+    /* items never straddle kv heads: each head's panels split into groups */
+    int64_t per_head = (reuse + P->group_panels - 1) / P->group_panels;
+    P->nitems = P->group_panels > 1 ? d->B * d->Hkv * per_head : P->nbase * P->nchunks;
+
     P->off_s = P->group_panels * P->state_elems;
     P->off_c = P->off_s + SDPA_FN(align_elems)(s_elems);
     P->off_hv = P->off_c + lane_elems;
