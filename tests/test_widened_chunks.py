@@ -108,3 +108,19 @@ def test_value_tiles_under_windows(isa, window, rng):
     assert one.tobytes() == two.tobytes()
     ref = R.scaled_dot_product_attention(*(a.astype(np.float64) for a in (q, k, v)), **kw)
     assert_close(one, ref, "sdpa", np.float32)
+
+
+@pytest.mark.parametrize("kind", ["float32", "float16"])
+def test_value_tiles_with_split_keys(isa, kind, rng):
+    """Few panels and long keys: the keys split into chunks (merged after),
+    and each thread stages a chunk's V tiles for the units of that chunk,
+    which run one after the other. Against the float64 oracle, and the
+    thread count does not change a bit."""
+    rows = plan_info(SDPA, *half_inputs(rng, np.float32, 1, 1, 1, 64, 64, 8, 8))["rows_per_unit"]
+    q, k, v = half_inputs(rng, np.dtype(kind), 1, 1, 1, 4 * rows - 3, 1100, 16, 16)
+    plan = plan_info(SDPA, q, k, v, is_causal="bottom_right")
+    assert plan["path"] == "panel" and plan["chunks"] > 1 and plan["value_tiles"], plan
+    one = SDPA(q, k, v, is_causal="bottom_right", num_threads=1)
+    assert one.tobytes() == SDPA(q, k, v, is_causal="bottom_right", num_threads=2).tobytes()
+    ref = R.scaled_dot_product_attention(*(a.astype(np.float64) for a in (q, k, v)), is_causal="bottom_right")
+    np.testing.assert_allclose(one.astype(np.float64), ref, rtol=2.0**-10, atol=2.0**-11)

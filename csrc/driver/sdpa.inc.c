@@ -6,7 +6,7 @@
  *
  * Loop nest (one OpenMP region per call):
  *
- *   for unit u in (b, kv head, row group, row panel, key chunk)   <- omp for, dynamic
+ *   for unit u in (b, kv head, key chunk, row group, row panel)   <- omp for, dynamic
  *       stage the unit's queries                     pack_qt / stage_rows
  *       m = -inf, l = 0, O = 0 (and their compensations)
  *       for key block [j0, j0 + Bk) inside the chunk and the causal limit
@@ -205,8 +205,12 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
 static void SDPA_FN(build_unit)(const PLAN *P, int64_t u, UNIT *U)
 {
     const attn_sdpa_desc *d = P->d;
-    U->chunk = u % P->nchunks;
-    U->ub = u / P->nchunks;
+    /* units run kv head by kv head, and inside a head chunk by chunk, so
+     * that consecutive units (a thread's, under the dynamic schedule) share
+     * the head's staged chunk (wide_cache) */
+    int64_t reuse = P->ngroups * P->npanels, in_head = u % (P->nchunks * reuse);
+    U->chunk = in_head / reuse;
+    U->ub = u / (P->nchunks * reuse) * reuse + in_head % reuse;
     U->nr = SDPA_FN(build_rows)(P, U->ub, U->rows);
     int64_t t = U->ub / P->npanels / P->ngroups;   /* = b * Hkv + hkv */
     int64_t hkv = t % d->Hkv, b = t / d->Hkv;
