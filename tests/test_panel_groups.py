@@ -1,6 +1,6 @@
 """Panel groups: when a kv head's K and V (as float32) exceed 512 KiB, each
 panel's pass over the keys would stream them from outside L2, so a work item
-runs up to four panels of the head block by block (plan["group_panels"]),
+runs up to eight panels of the head block by block (plan["group_panels"]),
 each in its own state. Every panel still runs exactly its own sequence of
 operations. Each test asserts through the plan that it reaches a grouped
 plan, then checks the rows against the same rows computed without groups
@@ -98,7 +98,8 @@ def test_every_panel_equals_the_panel_run_alone(isa, kind, case, rng):
         pmask = None if mask is None else mask[part]
         alone = plan_info(SDPA, q[:, :, part], k, v, attn_mask=pmask, num_threads=2)
         assert alone["group_panels"] == 1 and alone["chunks"] == 1, alone
-        assert grouped[:, :, part].tobytes() == SDPA(q[:, :, part], k, v, attn_mask=pmask).tobytes(), p
+        assert grouped[:, :, part].tobytes() == SDPA(q[:, :, part], k, v, attn_mask=pmask,
+                                                     num_threads=2).tobytes(), p
 
 
 # --- short keys, wide heads: against the float64 oracle --------------------
@@ -159,12 +160,16 @@ def test_groups_leave_every_thread_two_items(isa, rng):
 # --- K/V widened block by block, shared by a group's panels -----------------
 
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
-@pytest.mark.parametrize("case", [dict(window=(100, 0)), dict(is_causal=True)])
+@pytest.mark.parametrize("case", [dict(), dict(is_causal="bottom_right"), dict(window=(100, 0))])
 def test_groups_share_blocks_widened_one_by_one(isa, kind, case, rng):
     """Two panels per kv head are too few to keep a widened chunk per
     thread, so 16-bit K/V are widened block by block, once for both panels
-    of a group. The result equals float32 attention over the widened values
-    (K/V read in place: no staging to share a bug with), narrowed."""
+    of a group: the second panel reuses the first one's block (whole blocks
+    without limits and under bottom-right causal; the last block there, cut
+    shorter for the first panel, and the windows' blocks, which start at
+    different keys per panel, are widened again). The result equals float32
+    attention over the widened values (K/V read in place: no staging to
+    share a bug with), narrowed."""
     dtype = storage(kind)
     q, k, v = inputs(rng, dtype, 1, 2, 2, 2 * panel_rows() - 5, SMALL["Lk"], SMALL["D"], SMALL["Dv"])
     plan = plan_info(SDPA, q, k, v, num_threads=1, **case)

@@ -112,10 +112,10 @@ def test_value_tiles_under_windows(isa, window, rng):
 
 @pytest.mark.parametrize("kind", ["float32", "float16"])
 def test_value_tiles_with_split_keys(isa, kind, rng):
-    """Few panels and long keys: the keys split into chunks (merged after),
-    and each thread stages a chunk's V tiles for the units of that chunk,
-    which run one after the other. Against the float64 oracle, and the
-    thread count does not change a bit."""
+    """Few panels and long keys: the keys split into chunks (merged after)
+    while each thread stages V in column tiles per chunk (the units of one
+    chunk run one after the other: a speed matter, benchmarks/NOTES.md).
+    Against the float64 oracle, and the thread count does not change a bit."""
     rows = plan_info(SDPA, *half_inputs(rng, np.float32, 1, 1, 1, 64, 64, 8, 8))["rows_per_unit"]
     q, k, v = half_inputs(rng, np.dtype(kind), 1, 1, 1, 4 * rows - 3, 1100, 16, 16)
     plan = plan_info(SDPA, q, k, v, is_causal="bottom_right")

@@ -1133,7 +1133,9 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #endif
     {
         T *scratch = (T *)attn_scratch_alloc_n(P.scratch_elems, sizeof(T));
-        if (!scratch) attn_flag_set(&failed);
+        /* a work item's units (about 6 KiB each: kept off the stack) */
+        UNIT *units = (UNIT *)attn_scratch_alloc_n(P.group_panels, sizeof(UNIT));
+        if (!scratch || !units) attn_flag_set(&failed);
         SDPA_FN(wide_cache) wc = {-1, -1, -1, -1};
         if (P.fk) {
 #ifdef _OPENMP
@@ -1147,14 +1149,13 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #endif
         for (int64_t it = 0; it < P.nitems; it++) {
             if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
-            UNIT U[ATTN_PANEL_GROUP];
             int stop;
             if (P.group_panels > 1) {
-                stop = SDPA_FN(panel_group)(&P, it, scratch, &wc, U);
+                stop = SDPA_FN(panel_group)(&P, it, scratch, &wc, units);
             } else {
-                SDPA_FN(build_unit)(&P, it, &U[0]);
-                stop = P.rows_path ? SDPA_FN(rows_unit)(&P, &U[0], scratch)
-                                   : SDPA_FN(panel_unit)(&P, &U[0], scratch, &wc);
+                SDPA_FN(build_unit)(&P, it, units);
+                stop = P.rows_path ? SDPA_FN(rows_unit)(&P, units, scratch)
+                                   : SDPA_FN(panel_unit)(&P, units, scratch, &wc);
             }
             if (stop) attn_flag_set(&interrupted);
         }
@@ -1166,6 +1167,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
             for (int64_t ub = 0; ub < P.nbase; ub++)
                 if (!attn_flag_get(&failed) && !attn_flag_get(&interrupted)) SDPA_FN(merge_unit)(&P, ub);
         }
+        attn_scratch_free(units);
         attn_scratch_free(scratch);
     }
     SDPA_FN(free_plan)(&P);
