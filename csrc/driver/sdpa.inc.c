@@ -94,7 +94,7 @@ typedef struct {
     int64_t nchunks, chunk_len, bk;
     int64_t nbase;     /* units before key splitting */
     int64_t group_panels;  /* panel path: panels of one kv head a work item runs
-                            * block by block together (panel_group) */
+                            * block by block together (panel_units) */
     int64_t nitems;    /* work items: units, or groups of group_panels units */
     T qsign;           /* dot: sign of the scale (exact); additive: 2 log2(e) */
     T csoft;           /* dot: |scale| log2(e), taken by the softmax; additive: 1 */
@@ -137,7 +137,7 @@ typedef struct {
 /* What a thread's staged K/V hold. wide_chunk: which kv head's key chunk
  * (consecutive units are panels of the same head, so a thread stages each
  * of its blocks once instead of once per panel). Otherwise: which block, so
- * that the panels of a group (panel_group) stage each block once. */
+ * that the panels of a group (panel_units) stage each block once. */
 typedef struct {
     int64_t kvrow, chunk;   /* -1: nothing staged yet */
     int64_t j0, nk;         /* (block staging) the block's first key and length */
@@ -658,34 +658,17 @@ static void SDPA_FN(panel_end)(const PLAN *P, const UNIT *U, const SDPA_FN(panel
         SDPA_FN(finish_unit)(P, U, S->m, S->l, S->lc, S->L, S->o, S->oc);
 }
 
-/* The panel path's loop nest for one unit. Returns 1 if interrupted. */
-static int SDPA_FN(panel_unit)(const PLAN *P, const UNIT *U, T *scratch, SDPA_FN(wide_cache) *wc)
+/* The panel path's loop nest for n units (n > 1: a panel group, one kv
+ * head's panels) run block by block -- block b of every unit, then block
+ * b + 1 -- so that a block of K and V is read into L2 once for them all.
+ * Each unit runs exactly the operations it runs alone, in its state block g.
+ * Returns 1 if interrupted. */
+static int SDPA_FN(panel_units)(const PLAN *P, const UNIT *units, int64_t n, T *scratch,
+                                SDPA_FN(wide_cache) *wc)
 {
-    SDPA_FN(panel_state) S = SDPA_FN(state_at)(P, scratch, 0);
-    SDPA_FN(panel_start)(P, U, &S, scratch);
-    for (int64_t j0 = U->kbeg; j0 < U->kend; j0 += P->bk) {
-        if (attn_cancelled(P->d->cancellable, P->d->cancel_epoch)) return 1;
-        SDPA_FN(panel_block)(P, U, &S, j0, scratch, wc);
-    }
-    SDPA_FN(panel_end)(P, U, &S, scratch);
-    return 0;
-}
-
-/* Work item `item` of a plan with panel groups: up to group_panels units
- * (panels) of one kv head, run block by block -- block b of every unit,
- * then block b + 1 -- so that a block of K and V is read into L2 once for
- * them all. Each unit runs exactly panel_unit's operations, in its state
- * block g. Returns 1 if interrupted. */
-static int SDPA_FN(panel_group)(const PLAN *P, int64_t item, T *scratch, SDPA_FN(wide_cache) *wc,
-                                UNIT *units)
-{
-    int64_t reuse = P->ngroups * P->npanels, gp = P->group_panels;
-    int64_t per_head = (reuse + gp - 1) / gp;
-    int64_t i = item % per_head, first = item / per_head * reuse + i * gp;
-    int64_t n = attn_min64(gp, reuse - i * gp), nblocks = 0;
     SDPA_FN(panel_state) S[ATTN_PANEL_GROUP];
+    int64_t nblocks = 0;
     for (int64_t g = 0; g < n; g++) {
-        SDPA_FN(build_unit)(P, first + g, &units[g]);   /* (one chunk: unit = base unit) */
         S[g] = SDPA_FN(state_at)(P, scratch, g);
         SDPA_FN(panel_start)(P, &units[g], &S[g], scratch);
         if (units[g].kend > units[g].kbeg)
@@ -700,6 +683,23 @@ static int SDPA_FN(panel_group)(const PLAN *P, int64_t item, T *scratch, SDPA_FN
     }
     for (int64_t g = 0; g < n; g++) SDPA_FN(panel_end)(P, &units[g], &S[g], scratch);
     return 0;
+}
+
+/* The units of work item `item`: unit `item` alone, or (panel groups) up to
+ * group_panels units of one kv head. Returns how many. */
+static int64_t SDPA_FN(item_units)(const PLAN *P, int64_t item, UNIT *units)
+{
+    if (P->group_panels == 1) {
+        SDPA_FN(build_unit)(P, item, units);
+        return 1;
+    }
+    int64_t reuse = P->ngroups * P->npanels, gp = P->group_panels;
+    int64_t per_head = (reuse + gp - 1) / gp;
+    int64_t i = item % per_head, first = item / per_head * reuse + i * gp;
+    int64_t n = attn_min64(gp, reuse - i * gp);
+    for (int64_t g = 0; g < n; g++)
+        SDPA_FN(build_unit)(P, first + g, &units[g]);   /* (one chunk: unit = base unit) */
+    return n;
 }
 
 /* The rows path's loop nest for one unit. Returns 1 if interrupted. */
@@ -950,13 +950,13 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
      * ATTN_PANEL_GROUP panels of the head block by block, so each block is
      * read from outside L2 once per group (benchmarks/NOTES.md), as many as
      * keep the panels' states (Q, O, Oc) within ATTN_PANEL_GROUP_STATE_BYTES
-     * next to the blocks. Every panel
-     * still runs exactly its own sequence of operations: results are
-     * bitwise those of one panel per item, and the group size may depend on
-     * the thread count: groups shrink until every thread has at least two
-     * items. (Not with split keys, whose units of one panel are consecutive,
-     * nor hard attention, whose top-k state is per thread.) */
-    double kv_bytes = (double)attn_min64(d->Lk, P->chunk_len) * (double)(D1 + Dv1) * sizeof(T);
+     * next to the blocks. Every panel still runs exactly its own sequence
+     * of operations: results are bitwise those of one panel per item, and
+     * the group size may depend on the thread count: groups shrink until
+     * every thread has at least two items. (Not with split keys, whose
+     * units of one panel are consecutive, nor hard attention, whose top-k
+     * state is per thread.) */
+    double kv_bytes = (double)d->Lk * (double)(D1 + Dv1) * sizeof(T);
     P->group_panels = 1;
     if (!P->rows_path && !P->hard && P->nchunks == 1 && kv_bytes > ATTN_PANEL_GROUP_MIN_BYTES)
         P->group_panels = attn_max64(1, attn_min64(attn_min64(reuse, ATTN_PANEL_GROUP),
@@ -966,9 +966,10 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     while (P->group_panels > 1 &&
            d->B * d->Hkv * ((reuse + P->group_panels - 1) / P->group_panels) < 2 * threads)
         P->group_panels--;
-    /* items never straddle kv heads: each head's panels split into groups */
+    /* items never straddle kv heads: each head's panels split into groups
+     * (group_panels == 1: nitems = nbase * nchunks, one unit each) */
     int64_t per_head = (reuse + P->group_panels - 1) / P->group_panels;
-    P->nitems = P->group_panels > 1 ? d->B * d->Hkv * per_head : P->nbase * P->nchunks;
+    P->nitems = d->B * d->Hkv * per_head * P->nchunks;
 
     P->off_s = P->group_panels * P->state_elems;
     P->off_c = P->off_s + SDPA_FN(align_elems)(s_elems);
@@ -1149,14 +1150,9 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #endif
         for (int64_t it = 0; it < P.nitems; it++) {
             if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
-            int stop;
-            if (P.group_panels > 1) {
-                stop = SDPA_FN(panel_group)(&P, it, scratch, &wc, units);
-            } else {
-                SDPA_FN(build_unit)(&P, it, units);
-                stop = P.rows_path ? SDPA_FN(rows_unit)(&P, units, scratch)
-                                   : SDPA_FN(panel_unit)(&P, units, scratch, &wc);
-            }
+            int64_t n = SDPA_FN(item_units)(&P, it, units);
+            int stop = P.rows_path ? SDPA_FN(rows_unit)(&P, units, scratch)
+                                   : SDPA_FN(panel_units)(&P, units, n, scratch, &wc);
             if (stop) attn_flag_set(&interrupted);
         }
         /* (implicit barrier) */
