@@ -68,26 +68,14 @@ static inline __m512i k16_load_n(const int8_t *p, int n)
     return _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(n >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << n) - 1), p));
 }
 
-/* v_hsum_block's shuffle/add tree on int32 lanes: lane i of the result is
- * the (exact) sum of a[i]'s 16 lanes */
+/* v_hsum_block's shuffle/add tree (kern_avx512.c) on int32 lanes: lane i
+ * of the result is the (exact) sum of a[i]'s 16 lanes */
 static inline __m512i hsum_block_epi32(const __m512i a[16])
 {
-#define PS_(x) _mm512_castsi512_ps(x)
-#define SI_(x) _mm512_castps_si512(x)
-    __m512i b[8], c[4], d0, d1;
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++)
-        b[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * k], a[2 * k + 1]),
-                                _mm512_unpackhi_epi32(a[2 * k], a[2 * k + 1]));
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++)
-        c[m] = _mm512_add_epi32(SI_(_mm512_shuffle_ps(PS_(b[2 * m]), PS_(b[2 * m + 1]), 0x44)),
-                                SI_(_mm512_shuffle_ps(PS_(b[2 * m]), PS_(b[2 * m + 1]), 0xEE)));
-    d0 = _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xDD));
-    d1 = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2], c[3], 0x88), _mm512_shuffle_i32x4(c[2], c[3], 0xDD));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(d0, d1, 0x88), _mm512_shuffle_i32x4(d0, d1, 0xDD));
-#undef PS_
-#undef SI_
+    __m512 x[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) x[i] = _mm512_castsi512_ps(a[i]);
+    return _mm512_castps_si512(hsum_tree16(x, 1));
 }
 
 /* max |x[i]| for i < n; *bad set when some x[i] is a NaN or an infinity */
