@@ -249,29 +249,31 @@ static inline vec v_load_nf(const T *p, int n, T fill) { return _mm512_mask_load
  *   d, f = 128-bit lane shuffles adding lanes -> f[4L + e] = total of a_4L+e */
 #define QK_ROWS 4
 #define QK_KEYS 4
-/* The tree on any 32-bit lanes: the shuffles only move bits, and the adds
- * are float32 adds, or exact int32 adds when int32 is set (a compile-time
- * constant at every call: kern_avx512vnni.c sums its int32 dot products
- * with the same tree). */
-static inline __attribute__((always_inline)) __m512 hsum_tree16(const __m512 a[16], int int32)
-{
-#define HSUM_ADD_(x, y) (int32 ? _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(x), _mm512_castps_si512(y))) \
-                               : _mm512_add_ps((x), (y)))
-    __m512 b[8], c[4], d0, d1;
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++)
-        b[k] = HSUM_ADD_(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++)
-        c[m] = HSUM_ADD_(_mm512_shuffle_ps(b[2 * m], b[2 * m + 1], 0x44),
-                         _mm512_shuffle_ps(b[2 * m], b[2 * m + 1], 0xEE));
-    d0 = HSUM_ADD_(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
-    d1 = HSUM_ADD_(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
-    return HSUM_ADD_(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
-#undef HSUM_ADD_
-}
+/* The tree, written once for any 32-bit lane type: V the vector type, ADD
+ * its lane add, LO32/HI32 the in-lane unpacks of 32-bit elements, LO64/HI64
+ * the 0x44/0xEE two-source shuffles, X128 the 128-bit lane shuffle.
+ * kern_avx512vnni.c instantiates it on int32 lanes (exact int32 adds) with
+ * its own integer shuffles: float-domain shuffles between integer adds made
+ * GCC add register copies (int8 decode 3% slower on one thread). */
+#define DEFINE_HSUM_TREE16(name, V, ADD, LO32, HI32, LO64, HI64, X128)                        \
+    static inline V name(const V a[16])                                                         \
+    {                                                                                           \
+        V b[8], c[4], d0, d1;                                                                   \
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)                                     \
+            b[k] = ADD(LO32(a[2 * k], a[2 * k + 1]), HI32(a[2 * k], a[2 * k + 1]));             \
+        _Pragma("GCC unroll 4") for (int m = 0; m < 4; m++)                                     \
+            c[m] = ADD(LO64(b[2 * m], b[2 * m + 1]), HI64(b[2 * m], b[2 * m + 1]));             \
+        d0 = ADD(X128(c[0], c[1], 0x88), X128(c[0], c[1], 0xDD));                               \
+        d1 = ADD(X128(c[2], c[3], 0x88), X128(c[2], c[3], 0xDD));                               \
+        return ADD(X128(d0, d1, 0x88), X128(d0, d1, 0xDD));                                     \
+    }
 
-static inline void v_hsum_block(const vec a[16], T *out) { _mm512_storeu_ps(out, hsum_tree16(a, 0)); }
+static inline __m512 shuffle_lo64_ps(__m512 a, __m512 b) { return _mm512_shuffle_ps(a, b, 0x44); }
+static inline __m512 shuffle_hi64_ps(__m512 a, __m512 b) { return _mm512_shuffle_ps(a, b, 0xEE); }
+DEFINE_HSUM_TREE16(hsum_tree16_ps, __m512, _mm512_add_ps, _mm512_unpacklo_ps, _mm512_unpackhi_ps, shuffle_lo64_ps,
+                   shuffle_hi64_ps, _mm512_shuffle_f32x4)
+
+static inline void v_hsum_block(const vec a[16], T *out) { _mm512_storeu_ps(out, hsum_tree16_ps(a)); }
 
 /* ---- the input/output tables (csrc/kernels/tiles_io.inc.c) ---- */
 

@@ -69,14 +69,17 @@ static inline __m512i k16_load_n(const int8_t *p, int n)
 }
 
 /* v_hsum_block's shuffle/add tree (kern_avx512.c) on int32 lanes: lane i
- * of the result is the (exact) sum of a[i]'s 16 lanes */
-static inline __m512i hsum_block_epi32(const __m512i a[16])
+ * of hsum_block_epi32(a) is the (exact) sum of a[i]'s 16 lanes */
+static inline __m512i shuffle_lo64_epi32(__m512i a, __m512i b)
 {
-    __m512 x[16];
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i++) x[i] = _mm512_castsi512_ps(a[i]);
-    return _mm512_castps_si512(hsum_tree16(x, 1));
+    return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), 0x44));
 }
+static inline __m512i shuffle_hi64_epi32(__m512i a, __m512i b)
+{
+    return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), 0xEE));
+}
+DEFINE_HSUM_TREE16(hsum_block_epi32, __m512i, _mm512_add_epi32, _mm512_unpacklo_epi32, _mm512_unpackhi_epi32,
+                   shuffle_lo64_epi32, shuffle_hi64_epi32, _mm512_shuffle_i32x4)
 
 /* max |x[i]| for i < n; *bad set when some x[i] is a NaN or an infinity */
 static inline float row_absmax(const float *x, int64_t n, int *bad)
