@@ -73,7 +73,7 @@ cdef extern from "attncore/attn.h" nogil:
         int native_pairs
         int widened_chunks
         int value_tiles
-        int int8_vnni
+        int int8_integer
         int amx_tiles
         int64_t group_panels
 

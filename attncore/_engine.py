@@ -38,10 +38,11 @@ def plan_info(fn, *args, **kwargs):
     int8 K/V on the panel path, widened once per key chunk and thread
     instead of once per panel), value_tiles (the panel path keeps a key
     chunk's V in column tiles per thread, read by P V as one contiguous
-    stream) and int8_vnni (int8 K/V on the rows path of a VNNI level:
-    integer products, docs/numerics.md (10)) and group_panels (the panel
-    path runs this many panels of a kv head block by block in one work item,
-    so that K and V too large for L2 are read once per group). Internal:
+    stream), int8_integer (int8 K/V on the rows path of a level that
+    multiplies them in integers, avx2 and the VNNI levels:
+    docs/numerics.md (10)) and group_panels (the panel path runs this
+    many panels of a kv head block by block in one work item, so that K
+    and V too large for L2 are read once per group). Internal:
     tests use it to assert that they reach the path they name.
 
     Example

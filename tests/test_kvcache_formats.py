@@ -42,32 +42,32 @@ def cache_bound(q, k, v, storage, scale):
     return 2 * eps_s * V + eps_v + 2e-5 * V
 
 
-def vnni_qmax(D):
+def int16_qmax(D):
     """docs/numerics.md (10): the int16 range a query row is rounded to."""
     return min(32767, (2**31 - 1) // (128 * D))
 
 
-def vnni_bound(q, kd, vd, scale, key_block):
-    """(10) on VNNI levels (plan int8_vnni): |out - the formula on the stored
+def integer_bound(q, kd, vd, scale, key_block):
+    """(10) on the integer levels (plan int8_integer): |out - the formula on the stored
     values| <= 2 eps_q V + eps_p per row, eps_q = |scale| max|q| / (2 QMAX)
     max_j sum_d |k_jd| (the int16 query), eps_p = key_block / 65534 V (the
     int16 weights), V = max |v|, plus the float32 rounding (1)."""
     G = q.shape[1] // kd.shape[1]
     k1 = np.repeat(np.abs(kd).sum(-1).max(-1), G, axis=1)[..., None]            # (B, Hq, 1)
     V = np.repeat(np.abs(vd).max(axis=(-1, -2)), G, axis=1)[..., None]
-    eps_q = abs(scale) * np.abs(q.astype(np.float64)).max(-1) / (2 * vnni_qmax(q.shape[-1])) * k1
+    eps_q = abs(scale) * np.abs(q.astype(np.float64)).max(-1) / (2 * int16_qmax(q.shape[-1])) * k1
     return 2 * eps_q * V + key_block / 65534 * V + 2e-5 * V + 2e-5
 
 
 def stored_values_error_ok(out, q, cache, ref, scale, rtol):
     """out against the formula on the stored values: within rtol (1), or on a
-    VNNI plan within vnni_bound as well."""
+    plan with int8_integer within integer_bound as well."""
     plan = plan_info(cache.attend, q)
-    if not plan["int8_vnni"]:
+    if not plan["int8_integer"]:
         np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol)
         return
     kd, vd = decoded(cache)
-    bound = vnni_bound(q, kd, vd, scale, plan["key_block"])
+    bound = integer_bound(q, kd, vd, scale, plan["key_block"])
     assert (np.abs(out - ref).max(-1) <= bound).all(), np.max(np.abs(out - ref).max(-1) / bound)
 
 
@@ -95,8 +95,8 @@ def test_attend_matches_the_formula_on_the_stored_values(isa, storage, shape):
     f32 = attncore.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal="bottom_right")
     bound = cache_bound(q, k, v, storage, 1 / np.sqrt(D))
     plan = plan_info(cache.attend, q)
-    if plan["int8_vnni"]:     # (10)'s int16 query and weights on top
-        bound = bound + vnni_bound(q, kd, vd, 1 / np.sqrt(D), plan["key_block"])
+    if plan["int8_integer"]:     # (10)'s int16 query and weights on top
+        bound = bound + integer_bound(q, kd, vd, 1 / np.sqrt(D), plan["key_block"])
     assert (np.abs(out - f32).max(-1) <= bound).all(), np.max(np.abs(out - f32).max(-1) / bound)
 
 

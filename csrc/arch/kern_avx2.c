@@ -341,6 +341,11 @@ static inline vec v_load_i8_n(const int8_t *p, int n)
     for (int i = 0; i < n; i++) tmp[i] = p[i];
     return v_load_i8(tmp);
 }
+/* the decode (rows) entries multiply in integers: defined below */
+static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, const int8_t *k, int64_t ldk,
+                            int64_t nk, const float *kscale, float *s, int64_t lds);
+static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int8_t *v, int64_t ldv, int64_t Dv,
+                            const float *vscale, const float *alpha, float *o, float *oc, int64_t ldo);
 #define IT int8_t
 #define IO_SAME 0
 #define IO_KV_ONLY 1
@@ -349,7 +354,415 @@ static inline vec v_load_i8_n(const int8_t *p, int n)
 #define in_to_T(x) ((T)(x))
 #define T_to_out(x) ((int8_t)0)   /* unused: no int8 outputs */
 #define FNIO(name) name##_avx2_io_i8
+#define KIO_QK_ROWS qk_rows_i8_avx2
+#define KIO_PV_ROWS pv_rows_i8_avx2
+#define KIO_EXTRA .int8_integer = 1,
 #define KIO_TYPE attn_kio_i8
 #define KIO_NAME attn_kio_avx2_i8
 #define IO_DTYPE "int8"
 #include "../kernels/tiles_io.inc.c"
+
+/* ---- The int8 cache's decode in integers (csrc/kernels/i8dot.h) ----
+ *
+ * Why: widening each int8 element to float32 (vpmovsxbd + vcvtdq2ps per 8)
+ * and one FMA per query row kept the FMA pipes full, so a decode step over
+ * an int8 cache ran at about twice its memory time (Zen 3: 1.30 ms against
+ * 2.94 ms from float32 at S6). Here each query row is rounded once to int16
+ * and vpmaddwd multiplies it with the keys widened to int16 (one vpmovsxbw
+ * per 16): 16 exact products summed in pairs, plus one vpaddd, per row and
+ * 16 elements. P V does the same with the weights rounded to int16 and two
+ * value rows interleaved. The integers, their rounding and their conversion
+ * are those of the VNNI levels (i8dot.h), so both give the same bits.
+ */
+#include "../kernels/i8dot.h"
+
+#define I8_ROWS 4   /* query rows per register block */
+
+/* max |x[i]| for i < n (n >= 1); *bad set when some x[i] is a NaN or an infinity */
+static inline float i8_row_absmax(const float *x, int64_t n, int *bad)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 amax = _mm256_setzero_ps(), nonfinite = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 a = _mm256_and_ps(absmask, n - i >= 8 ? v_load(x + i) : v_load_n(x + i, (int)(n - i)));
+        nonfinite = _mm256_or_ps(nonfinite, _mm256_cmp_ps(a, _mm256_set1_ps(3.40282347e38f), _CMP_NLE_UQ));
+        amax = _mm256_max_ps(amax, a);
+    }
+    *bad = _mm256_movemask_ps(nonfinite) != 0;
+    return v_hmax(amax);
+}
+
+/* a (8 floats) then b (8 floats), rounded to the nearest even integer
+ * whatever MXCSR says, as 16 saturated int16 in order (the callers keep
+ * |x| <= 32767 (1 + 2^-23), which rounds to <= 32767) */
+static inline __m256i i8_round16(__m256 a, __m256 b)
+{
+    __m256i ia = _mm256_cvttps_epi32(_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m256i ib = _mm256_cvttps_epi32(_mm256_round_ps(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm256_permute4x64_epi64(_mm256_packs_epi32(ia, ib), 0xD8);   /* packs interleaves 128-bit lanes */
+}
+
+/* 16 int8 values widened to int16; the _n form reads only the first n (0..16) */
+static inline __m256i i8_load16(const int8_t *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256i i8_load16_n(const int8_t *p, int n)
+{
+    int8_t tmp[16] = {0};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return i8_load16(tmp);
+}
+
+/*
+ * Rounds rows q[0..rows) (D floats each) to int16 in q16 (rows of D16,
+ * zero-padded to the next 16) and stores their dequantization scales
+ * max |q| / qmax in qscale. A row holding a NaN or an infinity gets the
+ * scale NaN: every score of it is NaN, and so is its output, as with
+ * float32 arithmetic.
+ */
+static void i8_quantize_rows(int rows, int64_t D, const float *qs, int64_t ldq, int qmax, int16_t *q16,
+                             int64_t D16, float *qscale)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *q = qs + r * ldq;
+        int16_t *dst = q16 + r * D16;
+        int bad;
+        float m = i8_row_absmax(q, D, &bad);
+        if (bad || m == 0) {
+            for (int64_t d = 0; d < D16; d++) dst[d] = 0;
+            qscale[r] = bad ? NAN : 0.0f;
+            continue;
+        }
+        float pre;
+        const __m256 inv = _mm256_set1_ps(i8dot_factor(m, qmax, &pre)), prev = _mm256_set1_ps(pre);
+        qscale[r] = m * pre / (float)qmax / pre;
+        for (int64_t d = 0; d < D16; d += 16) {
+            int n0 = D - d >= 8 ? 8 : (int)(D - d), n1 = D - d >= 16 ? 8 : D - d > 8 ? (int)(D - d - 8) : 0;
+            __m256 x0 = _mm256_mul_ps(_mm256_mul_ps(v_load_n(q + d, n0), prev), inv);
+            __m256 x1 = _mm256_mul_ps(_mm256_mul_ps(v_load_n(q + d + 8, n1), prev), inv);
+            _mm256_storeu_si256((__m256i *)(void *)(dst + d), i8_round16(x0, x1));
+        }
+    }
+}
+
+/* acc + the 8 sums of adjacent int16 products of a and b (vpmaddwd, then
+ * vpaddd). Inline asm because GCC 12 keeps each product in a fresh register
+ * and copies it back to the accumulator (one extra move per pair, measured:
+ * 8 moves per 8 products in the QK loop), as with kern_avx512vnni.c's
+ * dpwssd. a may come from memory. */
+static inline __m256i madd_acc(__m256i acc, __m256i a, __m256i b)
+{
+    __m256i t;
+    __asm__("vpmaddwd %2, %3, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t) : "xm"(a), "x"(b));
+    return acc;
+}
+
+/* v_hsum_block's tree on int32 lanes: lane i of the result is the (exact)
+ * sum of a[i]'s 8 lanes */
+static inline __m256i i8_hsum8(const __m256i a[8])
+{
+    __m256i b[4], c[2];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        b[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(a[2 * k], a[2 * k + 1]),
+                                _mm256_unpackhi_epi32(a[2 * k], a[2 * k + 1]));
+#pragma GCC unroll 2
+    for (int m = 0; m < 2; m++)
+        c[m] = _mm256_add_epi32(_mm256_unpacklo_epi64(b[2 * m], b[2 * m + 1]),
+                                _mm256_unpackhi_epi64(b[2 * m], b[2 * m + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(c[0], c[1], 0x20), _mm256_permute2x128_si256(c[0], c[1], 0x31));
+}
+
+/*
+ * One register block: the exact int32 dot products of `rows` int16 query
+ * rows with `nload` int8 keys, in lane rr * keys + jj (rows * keys <= 8;
+ * other lanes 0), along D (query rows zero-padded to 16, key rows read
+ * with a copied tail). Inlined with constant rows/keys, so the loops unroll.
+ */
+static inline __attribute__((always_inline)) __m256i i8_qk_block(int rows, int keys, int nload, int64_t D,
+                                                                const int16_t *q16, int64_t D16,
+                                                                const int8_t *kb, int64_t ldk)
+{
+    __m256i acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_si256();
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        __m256i qv[I8_ROWS];
+#pragma GCC unroll 4
+        for (int rr = 0; rr < rows; rr++) qv[rr] = _mm256_load_si256((const __m256i *)(const void *)(q16 + rr * D16 + d));
+#pragma GCC unroll 8
+        for (int jj = 0; jj < nload; jj++) {
+            __m256i kv = i8_load16(kb + jj * ldk + d);
+#pragma GCC unroll 4
+            for (int rr = 0; rr < rows; rr++)
+                acc[rr * keys + jj] = madd_acc(acc[rr * keys + jj], qv[rr], kv);
+        }
+    }
+    if (d < D) {
+        int n = (int)(D - d);
+        for (int jj = 0; jj < nload; jj++) {
+            __m256i kv = i8_load16_n(kb + jj * ldk + d, n);
+            for (int rr = 0; rr < rows; rr++) {
+                __m256i qv = _mm256_load_si256((const __m256i *)(const void *)(q16 + rr * D16 + d));
+                acc[rr * keys + jj] = madd_acc(acc[rr * keys + jj], qv, kv);
+            }
+        }
+    }
+    return i8_hsum8(acc);
+}
+
+/* keys per register block for `rows` query rows: 8 accumulators in all */
+static inline int i8_block_keys(int rows) { return rows == 1 ? 8 : rows == 2 ? 4 : 2; }
+
+/*
+ * S[r][j] for one group of `rows` (<= 4) query rows over all nk keys:
+ * S = (float)sum * (qscale[r] * kscale[j]). The scale vector's lane
+ * rr * keys + jj is qscale[rr] times the block's key scale jj.
+ */
+static inline __attribute__((always_inline)) void i8_qk_group(int rows, int64_t D, const int16_t *q16, int64_t D16,
+                                                              const float *qscale, const int8_t *k, int64_t ldk,
+                                                              int64_t nk, const float *kscale, float *s,
+                                                              int64_t lds, int prefetch)
+{
+    const int keys = i8_block_keys(rows);
+    float qsl[8], ksl[8], out[8];
+    for (int i = 0; i < 8; i++) qsl[i] = i / keys < rows ? qscale[i / keys] : 0.0f;
+    const __m256 qsv = _mm256_loadu_ps(qsl);
+    const int64_t pf = rows_ahead_avx2_io_i8(ldk, keys);   /* keys ahead to prefetch */
+    int64_t j = 0;
+    for (; j + keys <= nk; j += keys) {
+        if (prefetch)
+            for (int jj = 0; jj < keys; jj++) prefetch_span_avx2_io_i8(k, (j + pf + jj) * ldk, D);
+        __m256i sum = i8_qk_block(rows, keys, keys, D, q16, D16, k + j * ldk, ldk);
+        __m256 ks = !kscale   ? _mm256_set1_ps(1.0f)
+                  : keys == 2 ? _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(const void *)(kscale + j)))
+                  : keys == 4 ? _mm256_broadcast_ps((const __m128 *)(const void *)(kscale + j))
+                              : _mm256_loadu_ps(kscale + j);
+        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(qsv, ks)));
+        for (int rr = 0; rr < rows; rr++)
+            for (int jj = 0; jj < keys; jj++) s[rr * lds + j + jj] = out[rr * keys + jj];
+    }
+    if (j < nk) {   /* fewer keys left than a block: the same arithmetic, missing keys' lanes unused */
+        int left = (int)(nk - j);
+        __m256i sum = i8_qk_block(rows, keys, left, D, q16, D16, k + j * ldk, ldk);
+        for (int i = 0; i < 8; i++) ksl[i] = i % keys < left && kscale ? kscale[j + i % keys] : 1.0f;
+        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(qsv, _mm256_loadu_ps(ksl))));
+        for (int rr = 0; rr < rows; rr++)
+            for (int jj = 0; jj < left; jj++) s[rr * lds + j + jj] = out[rr * keys + jj];
+    }
+}
+
+static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, const int8_t *k, int64_t ldk,
+                            int64_t nk, const float *kscale, float *s, int64_t lds)
+{
+    if (D > I8DOT_MAX_D) {   /* int16 rows would lose bits: the float32 kernel */
+        qk_rows_avx2_io_i8(D, qs, ldq, nr, k, ldk, nk, kscale, s, lds);
+        return;
+    }
+    const int64_t D16 = (D + 15) & ~(int64_t)15;
+    int16_t q16[I8_ROWS * I8DOT_MAX_D] __attribute__((aligned(32)));
+    float qscale[I8_ROWS];
+    const int qmax = i8dot_qmax(D);
+    for (int r = 0; r < nr; r += I8_ROWS) {
+        int rows = nr - r < I8_ROWS ? nr - r : I8_ROWS;
+        i8_quantize_rows(rows, D, qs + r * ldq, ldq, qmax, q16, D16, qscale);
+        float *sr = s + r * lds;
+        int pf = r == 0;   /* the first group streams the keys from memory */
+        switch (rows) {
+        case 4: i8_qk_group(4, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+        case 3: i8_qk_group(3, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+        case 2: i8_qk_group(2, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+        default: i8_qk_group(1, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+        }
+    }
+}
+
+/* ---- P V in integers ----
+ *
+ * Each row's weights for the block, times the value rows' scales
+ * (p'_j = p_j vscale_j >= 0), are rounded to int16 against the row's
+ * largest: P16_j = round(p'_j / ps), ps = max_j p'_j / 32767. A key pair
+ * (j, j + 1) is one vpmaddwd operand: the row's P16 pair broadcast as an
+ * int32, against the two value rows widened to int16 and interleaved. The
+ * int32 sums are exact; every I8DOT_PV_SUB keys they are converted (times
+ * ps) into float32 block sums, which join O with the same compensated
+ * update as the float32 kernel.
+ */
+
+/* P2[r][jp] = the int16 pair (P16[r][2jp], P16[r][2jp+1]) as one int32,
+ * written over row r of p itself (pair jp lands at float index jp, which
+ * the loop has already read); the row's scale ps goes to pscale[r] (NaN for
+ * a row holding a NaN or an infinity: its output is NaN, as in float32). */
+static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const float *vscale, float *pscale)
+{
+    for (int r = 0; r < rows; r++) {
+        float *w = p + r * ldp;
+        if (vscale) {   /* (masked stores only at the tail: vmaskmovps stores are slow on AMD) */
+            int64_t j = 0;
+            for (; j + 8 <= nk; j += 8) v_store(w + j, _mm256_mul_ps(v_load(w + j), v_load(vscale + j)));
+            if (j < nk) {
+                int n = (int)(nk - j);
+                v_store_n(w + j, _mm256_mul_ps(v_load_n(w + j, n), v_load_n(vscale + j, n)), n);
+            }
+        }
+        int bad;
+        float m = i8_row_absmax(w, nk, &bad);
+        pscale[r] = bad ? NAN : m / 32767.0f;
+        float pre = 1.0f;
+        const __m256 inv = _mm256_set1_ps(bad || m == 0 ? 0.0f : i8dot_factor(m, 32767, &pre));
+        const __m256 prev = _mm256_set1_ps(pre);
+        int32_t *pairs = (int32_t *)(void *)w;
+        for (int64_t j = 0; j < nk; j += 16) {   /* 16 weights -> 8 pairs, in place */
+            int n0 = nk - j >= 8 ? 8 : (int)(nk - j), n1 = nk - j >= 16 ? 8 : nk - j > 8 ? (int)(nk - j - 8) : 0;
+            __m256 x0 = _mm256_mul_ps(_mm256_mul_ps(n0 == 8 ? v_load(w + j) : v_load_n(w + j, n0), prev), inv);
+            __m256 x1 = _mm256_mul_ps(_mm256_mul_ps(n1 == 8 ? v_load(w + j + 8) : v_load_n(w + j + 8, n1), prev), inv);
+            int np = (int)((nk - j + 1) / 2 < 8 ? (nk - j + 1) / 2 : 8);
+            /* int16 of weights j..j+15 in order: adjacent int16 pairs are the int32 pairs */
+            __m256i w16 = i8_round16(x0, x1);
+            if (np == 8)
+                _mm256_storeu_si256((__m256i *)(void *)(pairs + j / 2), w16);
+            else
+                _mm256_maskstore_epi32(pairs + j / 2, lanes_(np), w16);
+        }
+    }
+}
+
+/* One key pair, 16 columns: value rows a (key 2jp) and b (key 2jp + 1)
+ * widened to int16, interleaved, times each row's weight pair. Lanes of
+ * acc[rr][0] hold columns 0-3 and 8-11, of acc[rr][1] columns 4-7 and 12-15. */
+static inline __attribute__((always_inline)) void i8_pv_pair(int rows, __m256i a, __m256i b,
+                                                             const int32_t *const *p2, int64_t jp,
+                                                             __m256i acc[4][2])
+{
+    __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
+#pragma GCC unroll 4
+    for (int rr = 0; rr < rows; rr++) {
+        __m256i w = _mm256_set1_epi32(p2[rr][jp]);
+        acc[rr][0] = madd_acc(acc[rr][0], w, lo);
+        acc[rr][1] = madd_acc(acc[rr][1], w, hi);
+    }
+}
+
+/*
+ * P V walks the block's keys in chunks of I8_PV_CHUNK and, per chunk, every
+ * column tile of 16 (up to I8_PV_TILES of them; their int32 sums wait in
+ * memory between chunks): a chunk's value rows (4 KiB at Dv = 128) stay in
+ * L1 for all the tiles, and the first tile asks for the rows ahead, so the
+ * memory stream is spread over the whole computation. (Tile by tile over
+ * the whole block, the first tile waited on memory alone: P V took 44% of
+ * a one-thread int8 decode.) The sums are exact integers, so the order
+ * changes no bit.
+ */
+#define I8_PV_TILES 8    /* column tiles of 16 per pass: 128 columns */
+#define I8_PV_CHUNK 32   /* keys per pass over the tiles (even) */
+
+/*
+ * sums (one column tile's int32 sums: columns c0..c0+cn, cn <= 16, lanes
+ * as i8_pv_pair leaves them) += P2 pairs times value pairs for keys
+ * [ja, jb) of the block that starts at j0 (ja - j0 even; an odd last key
+ * pairs with zeros). With `prefetch`, the whole value rows (Dv) ahead of
+ * these keys are asked for.
+ */
+static inline __attribute__((always_inline)) void i8_pv_pairs(int rows, const int32_t *const *p2, int64_t j0,
+                                                              int64_t ja, int64_t jb, const int8_t *v, int64_t ldv,
+                                                              int64_t c0, int cn, int64_t Dv, __m256i sums[4][2],
+                                                              int prefetch)
+{
+    __m256i acc[4][2];
+#pragma GCC unroll 4
+    for (int rr = 0; rr < rows; rr++) acc[rr][0] = sums[rr][0], acc[rr][1] = sums[rr][1];
+    const int64_t pf = rows_ahead_avx2_io_i8(ldv, 2);   /* value rows ahead */
+    const int8_t *vj = v + ja * ldv + c0;
+    int64_t j = ja, jp = (ja - j0) / 2;   /* key, and its pair's index in the block */
+    if (cn == 16)   /* whole tiles of whole pairs: no branch in the loop but the prefetch's */
+        for (; j + 2 <= jb; j += 2, jp++, vj += 2 * ldv) {
+            if (prefetch) {
+                prefetch_span_avx2_io_i8(v, (j + pf) * ldv, Dv);
+                prefetch_span_avx2_io_i8(v, (j + pf + 1) * ldv, Dv);
+            }
+            i8_pv_pair(rows, i8_load16(vj), i8_load16(vj + ldv), p2, jp, acc);
+        }
+    for (; j < jb; j += 2, jp++, vj += 2 * ldv) {   /* partial tiles, and an odd last key */
+        int partner = j + 1 < jb;
+        if (prefetch) {
+            prefetch_span_avx2_io_i8(v, (j + pf) * ldv, Dv);
+            prefetch_span_avx2_io_i8(v, (j + pf + 1) * ldv, Dv);
+        }
+        i8_pv_pair(rows, i8_load16_n(vj, cn), partner ? i8_load16_n(vj + ldv, cn) : _mm256_setzero_si256(), p2, jp,
+                   acc);
+    }
+#pragma GCC unroll 4
+    for (int rr = 0; rr < rows; rr++) sums[rr][0] = acc[rr][0], sums[rr][1] = acc[rr][1];
+}
+
+static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t nk, float *p, int64_t ldp,
+                                                              const int8_t *v, int64_t ldv, int64_t Dv,
+                                                              const float *pscale, const float *alpha, float *o,
+                                                              float *oc, int64_t ldo, int prefetch)
+{
+    const int32_t *p2[4];
+    for (int rr = 0; rr < rows; rr++) p2[rr] = (const int32_t *)(const void *)(p + rr * ldp);
+    for (int64_t cg = 0; cg < Dv; cg += 16 * I8_PV_TILES) {
+        const int64_t tiles_left = (Dv - cg + 15) / 16;
+        const int ntiles = tiles_left < I8_PV_TILES ? (int)tiles_left : I8_PV_TILES;
+        __m256 sum[I8_PV_TILES][4][2];   /* float32 sums of the blocks, per tile, row, lane half */
+        __m256i isum[I8_PV_TILES][4][2];  /* the current block's int32 sums */
+        for (int t = 0; t < ntiles; t++)
+            for (int rr = 0; rr < rows; rr++) sum[t][rr][0] = sum[t][rr][1] = _mm256_setzero_ps();
+        for (int64_t j0 = 0; j0 < nk; j0 += I8DOT_PV_SUB) {
+            int64_t j1 = nk - j0 < I8DOT_PV_SUB ? nk : j0 + I8DOT_PV_SUB;
+            const int32_t *p2s[4];
+            for (int rr = 0; rr < rows; rr++) p2s[rr] = p2[rr] + j0 / 2;
+            for (int t = 0; t < ntiles; t++)
+                for (int rr = 0; rr < rows; rr++) isum[t][rr][0] = isum[t][rr][1] = _mm256_setzero_si256();
+            for (int64_t ja = j0; ja < j1; ja += I8_PV_CHUNK) {
+                int64_t jb = j1 - ja < I8_PV_CHUNK ? j1 : ja + I8_PV_CHUNK;
+                for (int t = 0; t < ntiles; t++) {
+                    int64_t c0 = cg + 16 * t;
+                    int cn = Dv - c0 < 16 ? (int)(Dv - c0) : 16;
+                    i8_pv_pairs(rows, p2s, j0, ja, jb, v, ldv, c0, cn, Dv, isum[t], prefetch && cg == 0 && t == 0);
+                }
+            }
+            for (int t = 0; t < ntiles; t++)
+                for (int rr = 0; rr < rows; rr++) {
+                    __m256 ps = _mm256_set1_ps(pscale[rr]);
+                    __m256i cols0_7 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x20);
+                    __m256i cols8_15 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x31);
+                    sum[t][rr][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols0_7), ps, sum[t][rr][0]);
+                    sum[t][rr][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols8_15), ps, sum[t][rr][1]);
+                }
+        }
+        for (int t = 0; t < ntiles; t++) {
+            int64_t c0 = cg + 16 * t;
+            int nvec = Dv - c0 > 8 ? 2 : 1;
+            for (int rr = 0; rr < rows; rr++) {
+                __m256 a = _mm256_set1_ps(alpha[rr]);
+                for (int u = 0; u < nvec; u++) {
+                    /* O rows are padded to whole vectors (ldo), so full loads are safe */
+                    float *po = o + rr * ldo + c0 + u * 8, *pc = oc + rr * ldo + c0 + u * 8;
+                    __m256 total = _mm256_loadu_ps(po), comp = _mm256_loadu_ps(pc);
+                    kahan_update_avx2_f32(a, sum[t][rr][u], &total, &comp);
+                    _mm256_storeu_ps(po, total);
+                    _mm256_storeu_ps(pc, comp);
+                }
+            }
+        }
+    }
+}
+
+static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int8_t *v, int64_t ldv, int64_t Dv,
+                            const float *vscale, const float *alpha, float *o, float *oc, int64_t ldo)
+{
+    float pscale[I8_ROWS];
+    for (int r = 0; r < nr; r += I8_ROWS) {
+        int rows = nr - r < I8_ROWS ? nr - r : I8_ROWS;
+        float *pr = p + r * ldp, *orow = o + r * ldo, *crow = oc + r * ldo;
+        i8_pack_weight_pairs(rows, nk, pr, ldp, vscale, pscale);
+        int pf = r == 0;   /* the first group streams the values from memory */
+        switch (rows) {
+        case 4: i8_pv_group(4, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
+        case 3: i8_pv_group(3, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
+        case 2: i8_pv_group(2, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
+        default: i8_pv_group(1, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
+        }
+    }
+}

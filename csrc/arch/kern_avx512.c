@@ -357,7 +357,7 @@ static inline vec v_load_i8_n(const int8_t *p, int n) { return _mm512_cvtepi32_p
 #ifdef I8_QK_ROWS   /* the level's own int8 products (kern_avx512vnni.c) */
 #define KIO_QK_ROWS I8_QK_ROWS
 #define KIO_PV_ROWS I8_PV_ROWS
-#define KIO_EXTRA .int8_vnni = 1,
+#define KIO_EXTRA .int8_integer = 1,
 #endif
 #define KIO_TYPE attn_kio_i8
 #define KIO_NAME LEVEL_CAT(attn_kio, LEVEL, i8)

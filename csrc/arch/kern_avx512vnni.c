@@ -16,7 +16,7 @@
  * qs * round(q / qs), qs = max_d |q_d| / QMAX: each element moves by at most
  * qs / 2 = max |q| / (2 QMAX). QMAX is 32767 while D 32767 * 128 < 2^31 (no
  * int32 overflow: |k| <= 128), else 2^31 / (128 D) rounded down; past
- * VNNI_MAX_D the float32 kernel runs instead. A row holding a NaN or an
+ * I8DOT_MAX_D the float32 kernel runs instead. A row holding a NaN or an
  * infinity scores NaN. The integer sums are exact, so a score does not depend on
  * the order of the additions, the block or the thread; it is then
  * (float)sum * (qs * kscale_j): three roundings (the conversion is exact
@@ -24,6 +24,7 @@
  */
 #include <stdint.h>
 #include "../kernels/ktab.h"
+#include "../kernels/i8dot.h"
 
 #ifndef LEVEL
 #define LEVEL avx512vnni
@@ -39,17 +40,7 @@ static void pv_rows_i8_vnni(int64_t nk, float *p, int64_t ldp, int nr, const int
 
 #include "kern_avx512.c"
 
-/* the longest query row taken in int16 (int16 staging of 4 rows: 16 KiB) */
-#define VNNI_MAX_D 2048
 #define VNNI_ROWS 4   /* rows x keys per register block: QK_ROWS x QK_KEYS */
-
-/* the largest int16 query magnitude whose D products with int8 keys cannot
- * overflow an int32 sum */
-static inline int vnni_qmax(int64_t D)
-{
-    int64_t lim = (int64_t)2147483647 / (128 * (D > 0 ? D : 1));
-    return lim < 32767 ? (int)lim : 32767;
-}
 
 /* acc += the 16 sums of adjacent int16 products of a and b (vpdpwssd).
  * Inline asm because GCC 12 copies the accumulator to a fresh register
@@ -95,16 +86,6 @@ static inline float row_absmax(const float *x, int64_t n, int *bad)
     return _mm512_reduce_max_ps(amax);
 }
 
-/* For rounding values of magnitude <= m (> 0) to int16 within +-qmax: the
- * factor qmax / (m pre), where pre is 2^64 for a tiny m (< 2^-60) and 1
- * otherwise; the values are multiplied by pre first (exact), so that the
- * factor stays finite. */
-static inline float int16_factor(float m, int qmax, float *pre)
-{
-    *pre = m < 0x1p-60f ? 0x1p64f : 1.0f;
-    return (float)qmax / (m * *pre);
-}
-
 /*
  * Rounds rows q[0..rows) (D floats each) to int16 in q16 (rows of D32,
  * zero-padded to the next 32) and stores their dequantization scales
@@ -126,7 +107,7 @@ static void quantize_rows(int rows, int64_t D, const float *qs, int64_t ldq, int
             continue;
         }
         float pre;
-        const __m512 inv = _mm512_set1_ps(int16_factor(m, qmax, &pre));
+        const __m512 inv = _mm512_set1_ps(i8dot_factor(m, qmax, &pre));
         qscale[r] = m * pre / (float)qmax / pre;
         for (int64_t d = 0; d < D32; d += 16) {
             int n = D - d >= 16 ? 16 : D - d > 0 ? (int)(D - d) : 0;
@@ -220,12 +201,12 @@ static void qk_rows_i8_vnni(int64_t D, const float *qs, int64_t ldq, int nr, con
                             int64_t nk, const float *kscale, float *s, int64_t lds)
 {
     const int64_t D32 = (D + 31) & ~(int64_t)31;
-    int16_t q16[VNNI_ROWS * VNNI_MAX_D] __attribute__((aligned(64)));
+    int16_t q16[VNNI_ROWS * I8DOT_MAX_D] __attribute__((aligned(64)));
     float qscale[VNNI_ROWS];
-    const int qmax = vnni_qmax(D);
+    const int qmax = i8dot_qmax(D);
     for (int r = 0; r < nr; r += VNNI_ROWS) {
         int rows = nr - r < VNNI_ROWS ? nr - r : VNNI_ROWS;
-        if (D > VNNI_MAX_D) {   /* int16 rows would lose bits: the float32 kernel */
+        if (D > I8DOT_MAX_D) {   /* int16 rows would lose bits: the float32 kernel */
             LEVEL_CAT(qk_rows, LEVEL, io_i8)(D, qs + r * ldq, ldq, rows, k, ldk, nk, kscale, s + r * lds, lds);
             continue;
         }
@@ -252,7 +233,7 @@ static void qk_rows_i8_vnni(int64_t D, const float *qs, int64_t ldq, int nr, con
  * PV_SUB keys they are converted (times ps) into float32 block sums, which
  * join O with the same compensated update as the float32 kernel.
  */
-#define PV_SUB 256   /* keys per int32 sum: 256 * 32767 * 128 < 2^31 */
+#define PV_SUB I8DOT_PV_SUB
 
 /* P2[r][jp] = the int16 pair (P16[r][2jp], P16[r][2jp+1]) as one int32,
  * written over row r of p itself (pair jp lands at float index jp, which
@@ -271,7 +252,7 @@ static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const
         float m = row_absmax(w, nk, &bad);
         pscale[r] = bad ? NAN : m / 32767.0f;
         float pre = 1.0f;
-        const __m512 inv = _mm512_set1_ps(bad || m == 0 ? 0.0f : int16_factor(m, 32767, &pre));
+        const __m512 inv = _mm512_set1_ps(bad || m == 0 ? 0.0f : i8dot_factor(m, 32767, &pre));
         int32_t *pairs = (int32_t *)(void *)w;
         for (int64_t j = 0; j < nk; j += 32) {   /* 32 weights -> 16 pairs, in place */
             int n0 = nk - j < 16 ? (int)(nk - j) : 16;

@@ -1029,7 +1029,7 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->amx_tiles = P->pairs && P->kio_kv->amx_tiles;
     info->widened_chunks = P->wide_chunk && !KV_SAME && !P->pairs;
     info->value_tiles = P->value_tiles || P->pair_vt;
-    info->int8_vnni = P->rows_path && P->kio_kv->int8_vnni;
+    info->int8_integer = P->rows_path && P->kio_kv->int8_integer;
     info->additive_form = P->additive_form;
     info->rows_per_unit = P->W;
     info->units = P->nbase * P->nchunks;

@@ -213,9 +213,9 @@ ATTN_DECLARE_KTAB(double, f64)
         void (*qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr,           \
                         const IT *k, int64_t ldk, int64_t nk,                  \
                         const T *kscale, T *s, int64_t lds);                   \
-        /* 1 when qk_rows / pv_rows multiply int8 K/V in integers (VNNI):  */ \
+        /* 1 when qk_rows / pv_rows multiply int8 K/V in integers (i8dot.h): */ \
         /* query rows and weights rounded to int16 (docs/numerics.md (10)) */ \
-        int int8_vnni;                                                         \
+        int int8_integer;                                                      \
         /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] (vscale[j]) V[j][:],   */ \
         /* compensated; P is scratch afterwards (scaled or packed in place) */ \
         void (*pv_rows)(int64_t nk, T *p, int64_t ldp, int nr,                 \

@@ -192,8 +192,9 @@ typedef struct {
                              * key chunk widened to float32 across panels */
     int value_tiles;        /* panel path: each thread keeps a key chunk's V in
                              * column tiles (any storage type) across panels */
-    int int8_vnni;          /* rows path over int8 K/V on VNNI: query rows and
-                             * weights rounded to int16, integer products */
+    int int8_integer;       /* rows path over int8 K/V on a level that multiplies
+                             * them in integers (avx2, the VNNI levels): query
+                             * rows and weights rounded to int16 */
     int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
     int64_t group_panels;   /* panel path: panels of one kv head a work item runs
                              * block by block together (1: one panel per item) */

@@ -1,0 +1,46 @@
+/*
+ * The int8 KV cache's decode in integers: the numerics that every level
+ * with its own int8 rows kernels shares (kern_avx2.c: vpmaddwd;
+ * kern_avx512vnni.c: vpdpwssd). docs/numerics.md (10).
+ *
+ * QK: each query row q is rounded once to int16, q ~ qs * round(q / qs),
+ * qs = max_d |q_d| / qmax, and multiplied with the int8 keys exactly in
+ * int32; the score is (float)sum * (qs * kscale_j).
+ * P V: each row's weights for the block, times the value rows' scales, are
+ * rounded to int16 against the row's largest (scale max / 32767); the
+ * products with the int8 values are exact in int32 and are converted
+ * every I8DOT_PV_SUB keys.
+ *
+ * Both kernels compute the same integers, so a level's choice of register
+ * block or instruction cannot change a result bit.
+ */
+#ifndef ATTN_I8DOT_H
+#define ATTN_I8DOT_H
+
+#include <stdint.h>
+
+/* the longest query row taken in int16 (4 staged rows: 16 KiB); past it
+ * the level's float32 kernel runs */
+#define I8DOT_MAX_D 2048
+/* keys per int32 sum of P V: 256 * 32767 * 128 < 2^31 */
+#define I8DOT_PV_SUB 256
+
+/* The largest int16 query magnitude whose D products with int8 keys
+ * (|k| <= 128) cannot overflow an int32 sum. */
+static inline int i8dot_qmax(int64_t D)
+{
+    int64_t lim = (int64_t)2147483647 / (128 * (D > 0 ? D : 1));
+    return lim < 32767 ? (int)lim : 32767;
+}
+
+/* For rounding values of magnitude <= m (> 0) to int16 within +-qmax: the
+ * factor qmax / (m pre), where pre is 2^64 for a tiny m (< 2^-60) and 1
+ * otherwise; the values are multiplied by pre first (exact), so that the
+ * factor stays finite. */
+static inline float i8dot_factor(float m, int qmax, float *pre)
+{
+    *pre = m < 0x1p-60f ? 0x1p64f : 1.0f;
+    return (float)qmax / (m * *pre);
+}
+
+#endif
