@@ -36,16 +36,6 @@ def int8_cache(k, v):
     return cache
 
 
-# the most stacked query rows (G * Lq) per kv head that a level's rows path
-# takes: 4 on avx2, 8 on the AVX-512 levels; more go the panel path
-ROWS_MAX = {"avx2": 4}
-
-
-def skip_past_rows_max(isa, rows):
-    if rows > ROWS_MAX.get(isa, 8):
-        pytest.skip(f"{isa}'s rows path takes at most {ROWS_MAX[isa]} stacked rows; {rows} go the panel path")
-
-
 def assert_integer_plan(cache, q):
     plan = plan_info(cache.attend, q)
     assert plan["path"] == "rows" and plan["int8_integer"], plan
@@ -78,7 +68,6 @@ def test_scores_are_the_int16_query_model(integer_isa, Hkv, G, Lk, D):
     """The log-sum-exp equals the exact int16-query model to float32
     rounding; the same query in float32 is farther off than that, so the
     comparison sees the rounding (and would see a layout error)."""
-    skip_past_rows_max(integer_isa, G)
     rng = np.random.default_rng(D * 1000 + Lk)
     k = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32) * 3
     v = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32)
@@ -106,7 +95,6 @@ def test_weights_layout_is_exact_on_exact_weights(integer_isa, G, Lk, D):
     the key pairs (odd Lk: a last key without a partner), the unpacked
     column order and its restoration, partial column tiles (D % 64 on VNNI,
     D % 16 on avx2) and the row groups of four."""
-    skip_past_rows_max(integer_isa, G)
     rng = np.random.default_rng(Lk * 7 + D)
     k = rng.standard_normal((1, 2, Lk, D), dtype=np.float32)
     v = rng.integers(-127, 128, size=(1, 2, Lk, D)).astype(np.float32) / 64
@@ -126,7 +114,6 @@ def test_weights_layout_is_exact_on_exact_weights(integer_isa, G, Lk, D):
 def test_output_within_the_documented_bound(integer_isa, Hkv, G, Lq, Lk, D):
     """docs/numerics.md (10): within 2 eps_q V + eps_p of the formula on the
     stored values (float64)."""
-    skip_past_rows_max(integer_isa, G * Lq)
     rng = np.random.default_rng(Lk + D)
     k = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32)
     v = rng.standard_normal((1, Hkv, Lk, D), dtype=np.float32)
