@@ -326,6 +326,7 @@ cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
 cdef object _F16 = np.dtype(np.float16)
 cdef object _I16 = np.dtype(np.int16)
+cdef object _U16 = np.dtype(np.uint16)
 cdef object _BOOL = np.dtype(np.bool_)
 DEF FAST_MAX_BATCH = 64
 
@@ -336,14 +337,14 @@ ctypedef struct _View:
     int64_t strides[4]      # in elements
 
 
-cdef bint _view_from_buffer(_View *out, Py_buffer *view, int itemsize):
-    """A 4-D native float buffer the kernels read as it is (aligned,
-    item-size strides, unit stride in the last dimension)."""
+cdef bint _view_from_buffer(_View *out, Py_buffer *view, int itemsize, char fmt):
+    """A 4-D native buffer of items `fmt` (struct format: f, d, e, or H for
+    bfloat16's bit patterns) the kernels read as it is (aligned, item-size
+    strides, unit stride in the last dimension)."""
     cdef int k
     if view.ndim != 4 or view.itemsize != itemsize or view.format == NULL:
         return False
-    if not ((view.format[0] == b'f' or view.format[0] == b'd' or view.format[0] == b'e')
-            and view.format[1] == 0):
+    if not (view.format[0] == fmt and view.format[1] == 0):
         return False
     if (<size_t>view.buf) % itemsize:
         return False
@@ -505,7 +506,7 @@ def kv_attend_fast(str op, q, k, v, ks, vs, int64_t length, int io, is_causal, s
     if threads < 0:
         return None
     bq.get(q)
-    if not _view_from_buffer(&vq, &bq.view, 8 if f64 else 4):
+    if not _view_from_buffer(&vq, &bq.view, 8 if f64 else 4, b'd' if f64 else b'f'):
         return None
     _view_of_cache(&vk, bk, k, length)
     _view_of_cache(&vv, bv, v, length)
@@ -541,18 +542,25 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
     cdef _View *pm = NULL
     cdef int kk
     cdef int itemsize, threads, io
+    cdef char fmt
     if type(q) is not _ndarray or type(k) is not _ndarray or type(v) is not _ndarray:
         return None
     dt = q.dtype
-    if dt is _F32:
-        itemsize, io = 4, IO_F32
-    elif dt is _F64:
-        itemsize, io = 8, IO_F64
-    elif dt is _F16:
-        itemsize, io = 2, IO_F16
-    else:
-        return None
+    out_dtype = dt
     if k.dtype is not dt or v.dtype is not dt:
+        return None
+    if dt is _F32:
+        itemsize, io, fmt = 4, IO_F32, b'f'
+    elif dt is _F64:
+        itemsize, io, fmt = 8, IO_F64, b'd'
+    elif dt is _F16:
+        itemsize, io, fmt = 2, IO_F16, b'e'
+    elif dt.itemsize == 2 and dt.kind == "V" and dt.name == "bfloat16":
+        # ml_dtypes.bfloat16: NumPy exports no buffer for it, so the kernels
+        # read its bit patterns (uint16 views) and write the output's
+        itemsize, io, fmt, out_dtype = 2, IO_BF16, b'H', _I16
+        q, k, v = q.view(_U16), k.view(_U16), v.view(_U16)
+    else:
         return None
     threads = _fast_threads(num_threads)
     if threads < 0:
@@ -564,8 +572,8 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
         hk = True
         PyObject_GetBuffer(v, &bv, PyBUF_RECORDS_RO)
         hv = True
-        if not (_view_from_buffer(&vq, &bq, itemsize) and _view_from_buffer(&vk, &bk, itemsize)
-                and _view_from_buffer(&vv, &bv, itemsize)):
+        if not (_view_from_buffer(&vq, &bq, itemsize, fmt) and _view_from_buffer(&vk, &bk, itemsize, fmt)
+                and _view_from_buffer(&vv, &bv, itemsize, fmt)):
             return None
         if mask is not None:
             if type(mask) is not _ndarray or mask.dtype is not _BOOL:
@@ -581,7 +589,8 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
             if not _mask_fits(&vm, bm.ndim, vq.shape[0], vq.shape[1], vq.shape[2], vk.shape[2]):
                 return None
             pm = &vm
-        return _sdpa_views(op, &vq, &vk, &vv, pm, io, dt, is_causal, scale, enable_gqa, threads, isa)
+        out = _sdpa_views(op, &vq, &vk, &vv, pm, io, out_dtype, is_causal, scale, enable_gqa, threads, isa)
+        return out if out is None or out_dtype is dt else out.view(dt)
     finally:
         if hm:
             PyBuffer_Release(&bm)
