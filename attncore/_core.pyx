@@ -555,7 +555,7 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
         itemsize, io, fmt = 8, IO_F64, b'd'
     elif dt is _F16:
         itemsize, io, fmt = 2, IO_F16, b'e'
-    elif dt.itemsize == 2 and dt.kind == "V" and dt.name == "bfloat16":
+    elif dt.itemsize == 2 and dt.kind == "V" and dt.name == "bfloat16" and dt.isnative:
         # ml_dtypes.bfloat16: NumPy exports no buffer for it, so the kernels
         # read its bit patterns (uint16 views) and write the output's
         itemsize, io, fmt, out_dtype = 2, IO_BF16, b'H', _I16

@@ -8,6 +8,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 #include "../kernels/ktab.h"
 #include "../kernels/vmath.h"
 
@@ -537,10 +538,18 @@ static inline __attribute__((always_inline)) void i8_qk_group(int rows, int64_t 
         if (prefetch)
             for (int jj = 0; jj < keys; jj++) prefetch_span_avx2_io_i8(k, (j + pf + jj) * ldk, D);
         __m256i sum = i8_qk_block(rows, keys, keys, D, q16, D16, k + j * ldk, ldk);
-        __m256 ks = !kscale   ? _mm256_set1_ps(1.0f)
-                  : keys == 2 ? _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(const void *)(kscale + j)))
-                  : keys == 4 ? _mm256_broadcast_ps((const __m128 *)(const void *)(kscale + j))
-                              : _mm256_loadu_ps(kscale + j);
+        __m256 ks;   /* lane rr * keys + jj: kscale[j + jj] */
+        if (!kscale) {
+            ks = _mm256_set1_ps(1.0f);
+        } else if (keys == 2) {
+            double two;   /* the two scales as one 8-byte pattern (kscale + j need not be 8-byte aligned) */
+            memcpy(&two, kscale + j, sizeof two);
+            ks = _mm256_castpd_ps(_mm256_set1_pd(two));
+        } else if (keys == 4) {
+            ks = _mm256_broadcast_ps((const __m128 *)(const void *)(kscale + j));
+        } else {
+            ks = _mm256_loadu_ps(kscale + j);
+        }
         _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(qsv, ks)));
         for (int rr = 0; rr < rows; rr++)
             for (int jj = 0; jj < keys; jj++) s[rr * lds + j + jj] = out[rr * keys + jj];
