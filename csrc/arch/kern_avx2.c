@@ -430,15 +430,14 @@ static void i8_quantize_rows(int rows, int64_t D, const float *qs, int64_t ldq, 
         const float *q = qs + r * ldq;
         int16_t *dst = q16 + r * D16;
         int bad;
+        float factor, pre;
         float m = i8_row_absmax(q, D, &bad);
-        if (bad || m == 0) {
+        qscale[r] = i8dot_query_rounding(m, bad, qmax, &factor, &pre);
+        if (factor == 0) {
             for (int64_t d = 0; d < D16; d++) dst[d] = 0;
-            qscale[r] = bad ? NAN : 0.0f;
             continue;
         }
-        float pre;
-        const __m256 inv = _mm256_set1_ps(i8dot_factor(m, qmax, &pre)), prev = _mm256_set1_ps(pre);
-        qscale[r] = m * pre / (float)qmax / pre;
+        const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
         for (int64_t d = 0; d < D16; d += 16) {
             int n0 = D - d >= 8 ? 8 : (int)(D - d), n1 = D - d >= 16 ? 8 : D - d > 8 ? (int)(D - d - 8) : 0;
             __m256 x0 = _mm256_mul_ps(_mm256_mul_ps(v_load_n(q + d, n0), prev), inv);
@@ -618,11 +617,10 @@ static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, co
             }
         }
         int bad;
+        float factor, pre;
         float m = i8_row_absmax(w, nk, &bad);
-        pscale[r] = bad ? NAN : m / 32767.0f;
-        float pre = 1.0f;
-        const __m256 inv = _mm256_set1_ps(bad || m == 0 ? 0.0f : i8dot_factor(m, 32767, &pre));
-        const __m256 prev = _mm256_set1_ps(pre);
+        pscale[r] = i8dot_weight_rounding(m, bad, &factor, &pre);
+        const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
         int32_t *pairs = (int32_t *)(void *)w;
         for (int64_t j = 0; j < nk; j += 16) {   /* 16 weights -> 8 pairs, in place */
             int n0 = nk - j >= 8 ? 8 : (int)(nk - j), n1 = nk - j >= 16 ? 8 : nk - j > 8 ? (int)(nk - j - 8) : 0;

@@ -100,15 +100,14 @@ static void quantize_rows(int rows, int64_t D, const float *qs, int64_t ldq, int
         const float *q = qs + r * ldq;
         int16_t *dst = q16 + r * D32;
         int bad;
+        float factor, pre;
         float m = row_absmax(q, D, &bad);
-        if (bad || m == 0) {
+        qscale[r] = i8dot_query_rounding(m, bad, qmax, &factor, &pre);
+        if (factor == 0) {
             for (int64_t d = 0; d < D32; d++) dst[d] = 0;
-            qscale[r] = bad ? NAN : 0.0f;
             continue;
         }
-        float pre;
-        const __m512 inv = _mm512_set1_ps(i8dot_factor(m, qmax, &pre));
-        qscale[r] = m * pre / (float)qmax / pre;
+        const __m512 inv = _mm512_set1_ps(factor);
         for (int64_t d = 0; d < D32; d += 16) {
             int n = D - d >= 16 ? 16 : D - d > 0 ? (int)(D - d) : 0;
             __m512 x = _mm512_mul_ps(v_load_n(q + d, n), _mm512_set1_ps(pre));
@@ -249,10 +248,10 @@ static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const
                 v_store_n(w + j, _mm512_mul_ps(v_load_n(w + j, n), v_load_n(vscale + j, n)), n);
             }
         int bad;
+        float factor, pre;
         float m = row_absmax(w, nk, &bad);
-        pscale[r] = bad ? NAN : m / 32767.0f;
-        float pre = 1.0f;
-        const __m512 inv = _mm512_set1_ps(bad || m == 0 ? 0.0f : i8dot_factor(m, 32767, &pre));
+        pscale[r] = i8dot_weight_rounding(m, bad, &factor, &pre);
+        const __m512 inv = _mm512_set1_ps(factor);
         int32_t *pairs = (int32_t *)(void *)w;
         for (int64_t j = 0; j < nk; j += 32) {   /* 32 weights -> 16 pairs, in place */
             int n0 = nk - j < 16 ? (int)(nk - j) : 16;

@@ -17,6 +17,7 @@
 #ifndef ATTN_I8DOT_H
 #define ATTN_I8DOT_H
 
+#include <math.h>
 #include <stdint.h>
 
 /* the longest query row taken in int16 (4 staged rows: 16 KiB); past it
@@ -41,6 +42,33 @@ static inline float i8dot_factor(float m, int qmax, float *pre)
 {
     *pre = m < 0x1p-60f ? 0x1p64f : 1.0f;
     return (float)qmax / (m * *pre);
+}
+
+/*
+ * A query row's rounding, from its max |q| (m) and whether it holds a NaN
+ * or an infinity (bad). Returns the row's dequantization scale
+ * max |q| / qmax: NaN for a bad row (its scores are NaN, as in float32), 0
+ * for an all-zero one. *factor and *pre: what the values are multiplied by
+ * before rounding (x pre, then x factor); *factor is 0 exactly when the
+ * row rounds to zeros (bad or all-zero).
+ */
+static inline float i8dot_query_rounding(float m, int bad, int qmax, float *factor, float *pre)
+{
+    *factor = 0.0f;
+    *pre = 1.0f;
+    if (bad || m == 0) return bad ? NAN : 0.0f;
+    *factor = i8dot_factor(m, qmax, pre);
+    return m * *pre / (float)qmax / *pre;
+}
+
+/* A row of P V weights' rounding to int16 (within +-32767), likewise: the
+ * scale max / 32767 (NaN for a bad row), and *factor 0 for a bad or
+ * all-zero row. */
+static inline float i8dot_weight_rounding(float m, int bad, float *factor, float *pre)
+{
+    *pre = 1.0f;
+    *factor = bad || m == 0 ? 0.0f : i8dot_factor(m, 32767, pre);
+    return bad ? NAN : m / 32767.0f;
 }
 
 #endif
