@@ -566,6 +566,21 @@ static SDPA_FN(panel_state) SDPA_FN(state_at)(const PLAN *P, T *scratch, int64_t
     return S;
 }
 
+/* Asks for the lines of each row's first `bytes` bytes (query rows before
+ * pack_qt stages them, output rows before finish_unit writes them). The
+ * rows are mostly in L3 or memory, and the staging loops would wait for
+ * their lines a few at a time (an 8 x 8 transpose touches 8 rows);
+ * requested together, the misses overlap (benchmarks/NOTES.md). A hint:
+ * it never faults and changes no result. */
+static void SDPA_FN(prefetch_rows)(const UNIT *U, int out, int64_t bytes)
+{
+    for (int r = 0; r < U->nr; r++) {
+        uintptr_t b = (uintptr_t)(out ? (const void *)U->rows[r].out : (const void *)U->rows[r].q);
+        uintptr_t e = b + (uintptr_t)bytes;
+        for (b &= ~(uintptr_t)63; b < e; b += 64) __builtin_prefetch((const void *)b, 0, 3);
+    }
+}
+
 /* A unit's start: its queries staged, O = 0, the online softmax's m, l. */
 static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S,
                                  T *scratch)
@@ -573,6 +588,7 @@ static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
     const attn_sdpa_desc *d = P->d;
     const QT *qrows[ATTN_MAX_LANES];
     for (int r = 0; r < U->nr; r++) qrows[r] = U->rows[r].q;
+    SDPA_FN(prefetch_rows)(U, 0, d->D * (int64_t)sizeof(QT));
     if (P->pairs)   /* (QT is KVT here) */
         P->kio_kv->pack_qt2(U->nr, d->D, (const KVT *const *)qrows, P->qsign, (KVT *)S->q);
     else
@@ -676,6 +692,8 @@ static int SDPA_FN(panel_units)(const PLAN *P, const UNIT *units, int64_t n, T *
     }
     for (int64_t b = 0; b < nblocks; b++) {
         if (attn_cancelled(P->d->cancellable, P->d->cancel_epoch)) return 1;
+        if (b == nblocks - 1 && P->nchunks == 1)   /* the output rows arrive during the last block */
+            for (int64_t g = 0; g < n; g++) SDPA_FN(prefetch_rows)(&units[g], 1, P->d->Dv * (int64_t)sizeof(QT));
         for (int64_t g = 0; g < n; g++) {
             int64_t j0 = units[g].kbeg + b * P->bk;
             if (j0 < units[g].kend) SDPA_FN(panel_block)(P, &units[g], &S[g], j0, scratch, wc);

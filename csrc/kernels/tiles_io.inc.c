@@ -123,7 +123,10 @@ static void FNIO(widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds, 
                       : take > 0   ? v_load_in_n(s + c0 + i, take)
                                    : v_zero();
                 if (scale) x = v_mul(sc, x);
-                if (lanes == VL)
+                /* a whole vector where it ends inside this call's rows of
+                 * the tile: its lanes past the piece land on later rows,
+                 * written after it (masked stores are slow on AMD) */
+                if (lanes == VL || j * MR_PV + i + VL <= n * MR_PV)
                     v_store(row + i, x);
                 else
                     v_store_n(row + i, x, lanes);
