@@ -210,6 +210,58 @@ def test_masked_keys_get_exactly_zero_weight_and_dead_rows_zeros(isa, dtype):
     np.testing.assert_allclose(w.sum(-1)[0, 0, [0, 1, 3]], 1, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
+@pytest.mark.parametrize("path", ["panel", "rows", "rows-split"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_huge_scores_keep_a_finite_exact_softmax(isa, dtype, path, masked):
+    """(10) Scores so large that half an ulp of the running max exceeds 1
+    (|scale| log2e max s >= 2^24 in float32, 2^53 in float64; here about
+    2^32 and 2^72) still give the softmax of the rounded scores: the
+    exponent's one-FMA form would overflow exp2 there (the rows became inf
+    and NaN, or picked the wrong keys). The scores are far apart, so the
+    exact answer is the mean of each row's tied top keys' values."""
+    rng = np.random.default_rng(10)
+    mag = 1e4 if dtype == np.float32 else 1e10
+    Lq, Lk = {"panel": (40, 300), "rows": (1, 300), "rows-split": (1, 40000)}[path]
+    D = 64
+    q = (rng.standard_normal((1, 1, Lq, D)) * mag).astype(dtype)
+    k = (rng.standard_normal((1, 1, Lk, D)) * mag).astype(dtype)
+    v = rng.standard_normal((1, 1, Lk, D)).astype(dtype)
+    k[0, 0, 5:9] = q[0, 0, 0]   # row 0: four tied top keys
+    mask = None
+    if masked:   # a prep pass (log2 units first) runs on every block
+        mask = rng.random((Lq, Lk)) < 0.9
+        mask[:, 5:9] = True
+    plan = plan_info(SDPA, q, k, v, scale=1.0, attn_mask=mask)
+    assert plan["path"] == path.split("-")[0] and (plan["chunks"] > 1) == (path == "rows-split"), plan
+    out, lse = SDPA(q, k, v, scale=1.0, attn_mask=mask, return_lse=True)
+    s = q[0, 0].astype(np.float64) @ k[0, 0].astype(np.float64).T
+    if masked:
+        s = np.where(mask, s, -np.inf)
+    top = s.max(-1, keepdims=True)
+    tied = s >= top - 1e-6 * np.abs(top)
+    expect = (tied[:, :, None] * v[0, 0].astype(np.float64)).sum(1) / tied.sum(1, keepdims=True)
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+    assert np.abs(out[0, 0] - expect).max() <= (1e-5 if dtype == np.float32 else 1e-13)
+    assert tied[0].sum() == 4
+
+
+def test_huge_scores_leave_the_other_lanes_bit_for_bit(isa, dtype):
+    """(10) In a panel, only the lanes (rows) of huge scores take the scores
+    to log2 units first: the other rows of the panel are bitwise unchanged."""
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((1, 1, 40, 64)).astype(dtype)
+    k = rng.standard_normal((1, 1, 300, 64)).astype(dtype)
+    v = rng.standard_normal((1, 1, 300, 64)).astype(dtype)
+    assert plan_info(SDPA, q, k, v)["path"] == "panel"
+    base = SDPA(q, k, v)
+    q2 = q.copy()
+    q2[0, 0, 3] *= 1e5 if dtype == np.float32 else 1e11   # one row of huge scores
+    out = SDPA(q2, k, v)
+    others = np.arange(40) != 3
+    assert np.array_equal(out[0, 0, others], base[0, 0, others])
+    assert np.isfinite(out).all()
+
+
 def test_nan_scores_poison_only_their_row(isa, dtype):
     """(8) A NaN in a visible score makes its row NaN (out and lse), nothing else."""
     q = np.ones((1, 1, 3, 4), dtype)

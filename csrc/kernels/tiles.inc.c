@@ -19,9 +19,10 @@
  *   v_exp2
  *   v_load_nf (optional, with V_HAS_LOAD_NF): lanes past n take a fill value
  *   v_exp2_nonpos        exp2 for x <= 0 or NaN (may equal v_exp2); also
- *                        right for x a few ulp above 0, and +inf (never a
- *                        wrapped value) for large x: the softmax's x can
- *                        exceed 0 by half an ulp of the running max
+ *                        right for x up to 1/2 (the softmax's x can exceed 0
+ *                        by half an ulp of the running max, kept
+ *                        below 1/2 by score_huge's rule), and +inf (never a
+ *                        wrapped value) for large x
  *   v_inv1p_exp2_shifted, INV1P_SHIFT
  *                        x -> 1 / (1 + 2^(x - INV1P_SHIFT)), the core of tanh
  *                        (vmath.h); callers add the shift to a scalar for free
@@ -39,6 +40,7 @@
  *     rounded up to MR_QK rows, Ot and Ct for Dv rounded up to MR_PV rows;
  *   - rows-path Qs and S rows are padded with zeros / room to a multiple of VL.
  */
+#include <float.h>
 #include "../driver/dropout.h"
 
 #define NR (NV * VL)
@@ -72,6 +74,52 @@ static inline T FN(kahan_update_scalar)(T alpha, T x, T *total, T *comp)
     *comp = c == c ? c : (T)0;
     *total = t;
     return t;
+}
+
+/*
+ * Huge scores. The softmax's exponent exp2(c s - m) runs as one FMA on the
+ * exact product c s, with m = c * (the top raw score) rounded: the top
+ * score's argument exceeds 0 by up to half an ulp of m. Below |m| = 2 / eps
+ * (2^24 in float, 2^53 in double) that is at most 1/2 (weights up to
+ * 2^(1/2), harmless). Above it half an ulp is 1 or more and grows with m:
+ * the exp2 overflows from 2^31 in float (scores of about 1e9, from inputs
+ * of magnitude 1e4 at D = 64) and the row turns to inf and NaN. A lane
+ * whose c * top is that large takes the scores to log2 units first,
+ * rounded (s' = c s, as a prep pass does), and its exponent is s' - m with
+ * m = max s': every argument <= 0 exactly, as in torch's formulation.
+ * Other lanes keep the FMA, bit for bit.
+ */
+static inline int FN(score_huge)(T ct)
+{
+    const T eps = sizeof(T) == sizeof(float) ? (T)FLT_EPSILON : (T)DBL_EPSILON;
+    T a = ct < 0 ? -ct : ct;
+    return a >= (T)2 / eps && a - a == 0;   /* (not inf, not NaN) */
+}
+
+/* Column group v0 of St[nk][NR] (VL lanes), whose c * top is ct: lanes
+ * with huge scores are scaled by c in place. Returns the exponent's factor
+ * per lane: 1 for those, c for the others. */
+static vec FN(log2_huge_lanes)(int64_t nk, T *st, vec ct, T c)
+{
+    T lane[VL], scale[VL], factor[VL];
+    v_store(lane, ct);
+    for (int i = 0; i < VL; i++) {
+        int huge = FN(score_huge)(lane[i]);
+        scale[i] = huge ? c : (T)1;   /* (times 1: exact) */
+        factor[i] = huge ? (T)1 : c;
+    }
+    vec sv = v_load(scale);
+    for (int64_t j = 0; j < nk; j++) v_store(st + j * NR, v_mul(v_load(st + j * NR), sv));
+    return v_load(factor);
+}
+
+static inline int FN(any_huge)(vec ct)
+{
+    T lane[VL];
+    v_store(lane, ct);
+    int any = 0;
+    for (int i = 0; i < VL; i++) any |= FN(score_huge)(lane[i]);
+    return any;
 }
 
 /* tanh(x) = 1 - 2 / (1 + 2^(2 log2e x)), exactly as additive_panel computes it
@@ -278,7 +326,8 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
 /*
  * Online softmax down the columns of St[nk][NR]:
  *   m_new = max(m, c * max_j St[j])  (max_j St[j] given as colmax when the
- *                                     QK kernel already folded it);
+ *                                     QK kernel already folded it; huge
+ *                                     scores: see score_huge);
  *   alpha = exp2(m - m_new);  St[j] = exp2(c St[j] - m_new)  (one FMA);
  *   l = alpha l + sum_j St[j]  (compensated);  m = m_new.
  * A column that has seen only -inf keeps m = -inf; it is shifted by 0 instead
@@ -301,22 +350,25 @@ static void FN(softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m, T *
             for (int64_t j = 0; j < nk; j++) top = v_max(top, v_load(st + j * NR + v * VL));
         }
         /* c == 1 leaves top unchanged, so -inf never meets a 0 * inf */
-        vec m_new = v_max(m_old, c == (T)1 ? top : v_mul(cv, top));
+        vec ctop = c == (T)1 ? top : v_mul(cv, top);
+        vec m_new = v_max(m_old, ctop);
+        vec cj = cv;   /* the exponent's factor: c, or 1 for lanes of huge scores */
+        if (c != (T)1 && FN(any_huge)(ctop)) cj = FN(log2_huge_lanes)(nk, st + v * VL, ctop, c);
         vec shift = v_neginf_to_zero(m_new);
         vec nshift = v_sub(v_zero(), shift);
         vec a = v_exp2(v_sub(m_old, shift));
         vec sum0 = v_zero(), sum1 = v_zero();
         int64_t j = 0;
         for (; j + 1 < nk; j += 2) {
-            vec p0 = v_exp2_nonpos(v_fma(v_load(st + j * NR + v * VL), cv, nshift));
-            vec p1 = v_exp2_nonpos(v_fma(v_load(st + (j + 1) * NR + v * VL), cv, nshift));
+            vec p0 = v_exp2_nonpos(v_fma(v_load(st + j * NR + v * VL), cj, nshift));
+            vec p1 = v_exp2_nonpos(v_fma(v_load(st + (j + 1) * NR + v * VL), cj, nshift));
             v_store(st + j * NR + v * VL, p0);
             v_store(st + (j + 1) * NR + v * VL, p1);
             sum0 = v_add(sum0, p0);
             sum1 = v_add(sum1, p1);
         }
         if (j < nk) {
-            vec p0 = v_exp2_nonpos(v_fma(v_load(st + j * NR + v * VL), cv, nshift));
+            vec p0 = v_exp2_nonpos(v_fma(v_load(st + j * NR + v * VL), cj, nshift));
             v_store(st + j * NR + v * VL, p0);
             sum0 = v_add(sum0, p0);
         }
@@ -465,18 +517,24 @@ static void FN(softmax_rows)(int nr, int64_t nk, T *s, int64_t lds, T c, T *m, T
         for (; j < nk; j++) top = row[j] > top ? row[j] : top;
         /* a NaN score must reach l; the max may drop it, the sum keeps it */
         T ctop = c == (T)1 ? top : c * top;
+        T crow = c;   /* the exponent's factor: c, or 1 for huge scores */
+        if (c != (T)1 && FN(score_huge)(ctop)) {   /* see score_huge */
+            for (j = 0; j + VL <= nk; j += VL) v_store(row + j, v_mul(v_load(row + j), cv));
+            for (; j < nk; j++) row[j] *= c;
+            crow = 1;
+        }
         T m_new = ctop > m[r] ? ctop : m[r];
         T shift = m_new == -INFINITY ? (T)0 : m_new;
-        vec nshift = v_set1(-shift);
+        vec nshift = v_set1(-shift), cr = v_set1(crow);
         vec sum = v_zero();
         for (j = 0; j + VL <= nk; j += VL) {
-            vec p = v_exp2_nonpos(v_fma(v_load(row + j), cv, nshift));
+            vec p = v_exp2_nonpos(v_fma(v_load(row + j), cr, nshift));
             v_store(row + j, p);
             sum = v_add(sum, p);
         }
         if (j < nk) {
             int n = (int)(nk - j);
-            vec p = v_exp2_nonpos(v_fma(v_load_n(row + j, n), cv, nshift));
+            vec p = v_exp2_nonpos(v_fma(v_load_n(row + j, n), cr, nshift));
             /* lanes past nk computed exp2(-shift); drop them */
             v_store_n(row + j, p, n);
             sum = v_add(sum, v_load_n(row + j, n));
