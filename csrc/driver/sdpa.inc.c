@@ -96,6 +96,7 @@ typedef struct {
     int64_t group_panels;  /* panel path: panels of one kv head a work item runs
                             * block by block together (panel_units) */
     int64_t nitems;    /* work items: units, or groups of group_panels units */
+    int64_t item_run;  /* items the threads take at a time (consecutive: one kv head's) */
     T qsign;           /* dot: sign of the scale (exact); additive: 2 log2(e) */
     T csoft;           /* dot: |scale| log2(e), taken by the softmax; additive: 1 */
     int additive_form; /* ATTN_ADDITIVE_* */
@@ -988,6 +989,19 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
      * (group_panels == 1: nitems = nbase * nchunks, one unit each) */
     int64_t per_head = (reuse + P->group_panels - 1) / P->group_panels;
     P->nitems = d->B * d->Hkv * per_head * P->nchunks;
+    /* Panel-path items go to the threads in runs of one kv head's items (or
+     * an equal part of them when heads are too few to keep the threads
+     * balanced): a thread then stages each K/V chunk once, where items dealt
+     * one by one had every thread widen and tile every head's K and V (at
+     * two threads, the 1-2% by which bfloat16 and float16 trailed float32 at
+     * S1; benchmarks/NOTES.md). Which thread runs a unit never changes what
+     * the unit computes. */
+    P->item_run = 1;
+    if (!P->rows_path) {
+        int64_t heads = d->B * d->Hkv, per_kv = per_head * P->nchunks, parts = 1;
+        while (heads * parts < 4 * threads && parts < per_kv) parts++;
+        P->item_run = (per_kv + parts - 1) / parts;
+    }
 
     P->off_s = P->group_panels * P->state_elems;
     P->off_c = P->off_s + SDPA_FN(align_elems)(s_elems);
@@ -1164,7 +1178,7 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
             /* (implicit barrier: F is complete) */
         }
 #ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, P.item_run)
 #endif
         for (int64_t it = 0; it < P.nitems; it++) {
             if (attn_flag_get(&failed) || attn_flag_get(&interrupted)) continue;
