@@ -135,27 +135,12 @@ static inline vec FN(tanh_vec)(vec x)
 /* ------------------------------------------------------------------------ */
 
 #ifndef ATTN_HAVE_qk_panel
-/*
- * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk, rows ldst apart
- * (St[j][:] += ... when accumulate is nonzero: the GEMM's blocks over D)
- *
- * Register tile: MR_QK keys x NV vectors of queries. Each step over d loads
- * NV vectors of Qt and broadcasts one element of each of the MR_QK key rows.
- * Rows past nk repeat the last key row (their St rows are never read), so the
- * inner loop has no edge cases. With colmax (NR values), the column maxima of
- * the tile are folded into it on the way out, saving the softmax a pass.
- *
- * Accuracy: the sum over d runs as two chains, d < D/2 and d >= D/2, the
- * first parked in St while the second starts from zero. The scores' rounding
- * error, which dominates attention's float32 error, is about halved (two
- * chains of D/2 instead of one of D; docs/numerics.md) for one extra store,
- * load and add per accumulator.
- */
-/* One tile of qk_panel: keys krow[0..MR_QK), St rows c + m * ldst, the
- * first mstore of them stored. Always inlined, so that attention's call
- * (ldst == NR, whole tiles, no accumulate) runs with constant offsets and no
- * per-row store branches: on Zen 3 the general form's spilled row offsets
- * and branches around the two chains' parking cost 8% of qk_panel's time. */
+/* One register tile of qk_panel (below): keys krow[0..MR_QK), St rows
+ * c + m * ldst, the first mstore of them stored. Always inlined, so that
+ * attention's call (ldst == NR, whole tiles, no accumulate) runs with
+ * constant row offsets and no per-row store branches around the two
+ * chains' parking (the general form kept the offsets on the stack: 1.5% of
+ * S1 on Zen 3, benchmarks/NOTES.md). */
 static inline __attribute__((always_inline)) void FN(qk_tile)(int64_t D, const T *const *krow,
                                                               const T *qt, T *c, int64_t ldst,
                                                               int mstore, int accumulate, T *colmax)
@@ -215,6 +200,22 @@ static inline __attribute__((always_inline)) void FN(qk_tile)(int64_t D, const T
     }
 }
 
+/*
+ * St[j][:] = sum_{d<D} K[j][d] * Qt[d][:]      for j < nk, rows ldst apart
+ * (St[j][:] += ... when accumulate is nonzero: the GEMM's blocks over D)
+ *
+ * Register tile: MR_QK keys x NV vectors of queries. Each step over d loads
+ * NV vectors of Qt and broadcasts one element of each of the MR_QK key rows.
+ * Rows past nk repeat the last key row (their St rows are never read), so the
+ * inner loop has no edge cases. With colmax (NR values), the column maxima of
+ * the tile are folded into it on the way out, saving the softmax a pass.
+ *
+ * Accuracy: the sum over d runs as two chains, d < D/2 and d >= D/2, the
+ * first parked in St while the second starts from zero. The scores' rounding
+ * error, which dominates attention's float32 error, is about halved (two
+ * chains of D/2 instead of one of D; docs/numerics.md) for one extra store,
+ * load and add per accumulator.
+ */
 static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
                          const T *qt, T *st, int64_t ldst, int accumulate, T *colmax)
 {
