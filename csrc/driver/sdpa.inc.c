@@ -577,8 +577,7 @@ static void SDPA_FN(prefetch_rows)(const UNIT *U, int out, int64_t bytes)
 {
     for (int r = 0; r < U->nr; r++) {
         uintptr_t b = (uintptr_t)(out ? (const void *)U->rows[r].out : (const void *)U->rows[r].q);
-        uintptr_t e = b + (uintptr_t)bytes;
-        for (b &= ~(uintptr_t)63; b < e; b += 64) __builtin_prefetch((const void *)b, 0, 3);
+        attn_prefetch_bytes(b, b + (uintptr_t)bytes);
     }
 }
 

@@ -46,6 +46,14 @@
 #define ATTN_LOG2E 1.44269504088896340736
 #define ATTN_LN2 0.69314718055994530942
 
+/* Asks for the cache lines of the bytes at addresses [b, e), from b's line
+ * on. The addresses are integers: they may lie past an array's end, where
+ * pointer arithmetic would be undefined, and a prefetch never faults. */
+static inline void attn_prefetch_bytes(uintptr_t b, uintptr_t e)
+{
+    for (b &= ~(uintptr_t)63; b < e; b += 64) __builtin_prefetch((const void *)b, 0, 3);
+}
+
 /* The widest unit any level may use (panel NR or rows-path rows): the
  * drivers' per-unit row arrays are this long. Every table asserts it. */
 #define ATTN_MAX_LANES 64
