@@ -228,8 +228,8 @@ static inline int64_t FNIO(rows_ahead)(int64_t ld, int64_t block)
  * last line fetched too. */
 static inline void FNIO(prefetch_span)(const IT *base, int64_t at, int64_t n)
 {
-    uintptr_t b = (uintptr_t)base + (uintptr_t)(at * (int64_t)sizeof(IT));
-    attn_prefetch_bytes(b, b + (uintptr_t)(n * (int64_t)sizeof(IT)));
+    attn_prefetch_bytes((uintptr_t)base + (uintptr_t)(at * (int64_t)sizeof(IT)),
+                        (uintptr_t)base + (uintptr_t)((at + n) * (int64_t)sizeof(IT)));
 }
 
 #ifndef ATTN_HAVE_qk_rows
