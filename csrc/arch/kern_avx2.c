@@ -23,6 +23,8 @@ typedef __m256 vec;
  * Zen 3 that was 1.4x (float32) to 2.0x (int8) faster than the half-empty
  * 16-lane panels the 4-row limit sent them to, for long contexts. */
 #define ROWS_MAX 8
+/* decode's P V tile: 4 rows x 3 vectors (tiles_io.inc.c: 16 registers) */
+#define PV_ROWS_VECS 3
 #define MR_ADD 3
 /* Cache blocks: the values measured on Zen 3 when they were global (128 keys
  * rounded up to whole 6-row tiles; St is 132 x 16, 8.25 KiB). */

@@ -14,6 +14,7 @@ typedef double T;
 #define MR_QK 4
 #define MR_PV 4
 #define ROWS_MAX 2
+#define PV_ROWS_VECS 3   /* 16 SSE registers (tiles_io.inc.c) */
 #define MR_ADD 4
 #define BK_PANEL 128
 #define BK_ROWS 256
