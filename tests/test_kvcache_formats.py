@@ -100,6 +100,36 @@ def test_attend_matches_the_formula_on_the_stored_values(isa, storage, shape):
     assert (np.abs(out - f32).max(-1) <= bound).all(), np.max(np.abs(out - f32).max(-1) / bound)
 
 
+@pytest.mark.parametrize("storage", FORMATS)
+def test_decode_value_tiles_across_sub_blocks_and_column_chunks(isa, storage):
+    """Decode's P V (pv_rows) walks key sub-blocks of at most 32 rows inside
+    each 256-key block and value columns in chunks of 6 register tiles (AVX2:
+    144 columns), pausing each tile's sums between sub-blocks: cache lengths
+    that end inside, at and just past a sub-block, head sizes at and around
+    the tile and chunk widths of every level, and 1 to 8 query rows per kv
+    head, up to the level's rows-path limit (row groups of 4 and their
+    remainders), against the formula on the
+    stored values, with the storage bordering guard pages."""
+    rng = np.random.default_rng(32)
+    lengths = [1, 31, 32, 33, 257, 300]
+    probe = attncore.KVCache(4, 1, 4, dtype=storage)
+    probe.append(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 4, 4), np.float32))
+    rows_max = plan_info(probe.attend, np.zeros((1, 1, 1, 4), np.float32))["rows_per_unit"]  # the level's
+    for n, D in enumerate([1, 7, 23, 24, 25, 64, 143, 144, 145, 152, 200, 290]):
+        G, Lk = 1 + n % rows_max, lengths[n % len(lengths)]
+        k = rng.standard_normal((1, 2, Lk, D), dtype=np.float32)
+        v = rng.standard_normal((1, 2, Lk, D), dtype=np.float32)
+        q = rng.standard_normal((1, 2 * G, 1, D), dtype=np.float32)
+        with guarded_allocations():
+            cache = attncore.KVCache(Lk, 2, D, dtype=storage)
+            cache.append(k, v)
+            out = cache.attend(q)
+        assert plan_info(cache.attend, q)["path"] == "rows"
+        kd, vd = decoded(cache)
+        ref = sdpa_numpy(q, kd, vd, causal_offset=Lk - 1)[0]
+        stored_values_error_ok(out, q, cache, ref, 1 / np.sqrt(D), rtol=2e-5)
+
+
 @pytest.mark.parametrize("storage", FORMATS + ["float64"])
 @pytest.mark.parametrize("Lq, is_causal", [(1, "bottom_right"), (3, "bottom_right"), (3, False)])
 def test_attend_fast_path_is_the_general_path_bitwise(storage, Lq, is_causal, monkeypatch):

@@ -380,24 +380,44 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
 #endif
 _Static_assert(PV_ROWS_VECS >= 1 && PV_ROWS_VECS <= 4, "pv_rows tiles are 1 to 4 vectors wide");
 
-/* One register tile of pv_rows over whole vectors: acc[r][u] = sum over
- * j < nk of P[r][j] V[j][c0 + u VL ..] for r < tr, u < tv, each sum one FMA
- * chain in key order. tr (rows) and tv (vectors) are constants at every call
- * (the function is always inlined), so the tile lives in registers. When
- * pf_n > 0, each key step asks for elements [c0, c0 + pf_n) of the value
- * row pf_rows ahead. */
+/* Keys per sub-block of pv_rows: every column tile passes over a
+ * sub-block's value rows while they are in L1, so at most PV_SUB_KEYS rows
+ * and PV_SUB_BYTES of them (L1 is 32 KiB or more, and the next sub-block's
+ * rows arrive while this one is read). */
+#ifndef PV_SUB_BYTES
+#define PV_SUB_BYTES 16384
+#endif
+#ifndef PV_SUB_KEYS
+#define PV_SUB_KEYS 32
+#endif
+#ifndef PV_PF_SUBS
+#define PV_PF_SUBS 1
+#endif
+/* Column tiles per chunk: the tiles' partial sums wait in a stack stash
+ * between sub-blocks (4 rows x PV_CHUNK_VECS vectors; AVX2: 18 vectors,
+ * 144 floats, one chunk for head sizes up to 144). */
+#define PV_CHUNK_VECS (6 * PV_ROWS_VECS)
+
+/* One register tile of pv_rows over whole vectors: st[r][u] = (fresh ? 0 :
+ * st[r][u]) + sum over j < nk of P[r][j] V[j][u VL ..] (p0: the tile's first
+ * weight, vt: its first value) for r < tr, u < tv, each sum one FMA chain in
+ * key order, held in registers across the keys. tr
+ * (rows) and tv (vectors) are constants at every call (the function is
+ * always inlined), so the tile lives in registers. When pf_n > 0, each key
+ * step asks for pf_n elements of the value row pf_rows ahead. */
 static inline __attribute__((always_inline)) void FNIO(pv_tile)(const int tr, const int tv, int64_t nk,
-                                                            const T *p0, int64_t ldp, const IT *v,
-                                                            int64_t ldv, int64_t c0, int64_t pf_rows,
-                                                            int64_t pf_n, vec acc[4][PV_ROWS_VECS])
+                                                            const T *p0, int64_t ldp, const IT *vt,
+                                                            int64_t ldv, int64_t pf_rows, int64_t pf_n,
+                                                            int fresh, vec (*st)[PV_CHUNK_VECS])
 {
+    vec acc[4][PV_ROWS_VECS];
 #pragma GCC unroll 4
     for (int r = 0; r < tr; r++)
 #pragma GCC unroll 4
-        for (int u = 0; u < tv; u++) acc[r][u] = v_zero();
+        for (int u = 0; u < tv; u++) acc[r][u] = fresh ? v_zero() : st[r][u];
     for (int64_t j = 0; j < nk; j++) {
-        const IT *vj = v + j * ldv + c0;
-        if (pf_n > 0) FNIO(prefetch_span)(v, (j + pf_rows) * ldv + c0, pf_n);
+        const IT *vj = vt + j * ldv;
+        if (pf_n > 0) FNIO(prefetch_span)(vt, (j + pf_rows) * ldv, pf_n);
         vec x[PV_ROWS_VECS];
 #pragma GCC unroll 4
         for (int u = 0; u < tv; u++) x[u] = v_load_in(vj + u * VL);
@@ -408,42 +428,79 @@ static inline __attribute__((always_inline)) void FNIO(pv_tile)(const int tr, co
             for (int u = 0; u < tv; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
         }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < tr; r++)
+#pragma GCC unroll 4
+        for (int u = 0; u < tv; u++) st[r][u] = acc[r][u];
 }
 
 /* pv_tile with tv (1 .. PV_ROWS_VECS) known only at run time: one branch per
  * tile, each arm a constant-width copy. */
 static inline __attribute__((always_inline)) void FNIO(pv_tile_nv)(const int tr, int nv, int64_t nk,
-                                                               const T *p0, int64_t ldp, const IT *v,
-                                                               int64_t ldv, int64_t c0, int64_t pf_rows,
-                                                               int64_t pf_n, vec acc[4][PV_ROWS_VECS])
+                                                               const T *p0, int64_t ldp, const IT *vt,
+                                                               int64_t ldv, int64_t pf_rows, int64_t pf_n,
+                                                               int fresh, vec (*st)[PV_CHUNK_VECS])
 {
     switch (nv) {
-    case 1: FNIO(pv_tile)(tr, 1, nk, p0, ldp, v, ldv, c0, pf_rows, pf_n, acc); break;
+    case 1: FNIO(pv_tile)(tr, 1, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
 #if PV_ROWS_VECS >= 2
-    case 2: FNIO(pv_tile)(tr, 2, nk, p0, ldp, v, ldv, c0, pf_rows, pf_n, acc); break;
+    case 2: FNIO(pv_tile)(tr, 2, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
 #endif
 #if PV_ROWS_VECS >= 3
-    case 3: FNIO(pv_tile)(tr, 3, nk, p0, ldp, v, ldv, c0, pf_rows, pf_n, acc); break;
+    case 3: FNIO(pv_tile)(tr, 3, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
 #endif
 #if PV_ROWS_VECS >= 4
-    case 4: FNIO(pv_tile)(tr, 4, nk, p0, ldp, v, ldv, c0, pf_rows, pf_n, acc); break;
+    case 4: FNIO(pv_tile)(tr, 4, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
 #endif
     default: break;
     }
 }
 
+/* pv_tile for a tile whose last vector is partial (cn elements): masked
+ * loads, so nothing past the row's end is touched. */
+static void FNIO(pv_tile_masked)(int tr, int64_t cn, int64_t nk, const T *p0, int64_t ldp,
+                                 const IT *vt, int64_t ldv, int64_t pf_rows, int64_t pf_n,
+                                 int fresh, vec (*st)[PV_CHUNK_VECS])
+{
+    const int nvec = (int)((cn + VL - 1) / VL);
+    vec acc[4][PV_ROWS_VECS];
+    for (int r = 0; r < tr; r++)
+        for (int u = 0; u < nvec; u++) acc[r][u] = fresh ? v_zero() : st[r][u];
+    for (int64_t j = 0; j < nk; j++) {
+        const IT *vj = vt + j * ldv;
+        if (pf_n > 0) FNIO(prefetch_span)(vt, (j + pf_rows) * ldv, pf_n);
+        vec x[PV_ROWS_VECS];
+        for (int u = 0; u < nvec; u++) {
+            int64_t left = cn - u * VL;
+            x[u] = left >= VL ? v_load_in(vj + u * VL) : v_load_in_n(vj + u * VL, (int)left);
+        }
+        for (int r = 0; r < tr; r++) {
+            vec s = v_set1(p0[r * ldp + j]);
+            for (int u = 0; u < nvec; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
+        }
+    }
+    for (int r = 0; r < tr; r++)
+        for (int u = 0; u < nvec; u++) st[r][u] = acc[r][u];
+}
+
 /*
  * O[r][:] = alpha[r] * O[r][:] + sum_{j<nk} P[r][j] * V[j][:]   for r < nr
- * Register tile: up to 4 rows x PV_ROWS_VECS vectors of the value row, over
- * the row's whole vectors (pv_tile, constant-sized arms); a partial last
- * vector (Dv not a multiple of VL) takes a masked tile, so nothing past Dv
- * is touched. The block's sums start from zero and are added to O with
- * Kahan compensation (Oc), as in pv_panel. Every sum is the same FMA chain
- * over j whatever the tile, so the tiling does not change a bit.
+ * Register tile: up to 4 rows x PV_ROWS_VECS vectors of the value row
+ * (pv_tile, constant-sized arms over whole vectors; a partial last vector,
+ * Dv not a multiple of VL, takes pv_tile_masked, so nothing past Dv is
+ * touched). The block's sums start from zero and are added to O with Kahan
+ * compensation (Oc), as in pv_panel. Every sum is one FMA chain over j in
+ * key order whatever the tiling (a chain paused between sub-blocks waits in
+ * the stash unrounded), so the tiling does not change a bit.
  *
- * Memory: the tiles of the first rows ask for their columns of the value
- * rows ROWS_PF_BYTES ahead. (Asking for whole rows in the first tile was
- * 1.08x faster for float32 but 0.95x for the 16-bit caches, Zen 3.)
+ * Loop order, for each group of 4 rows and chunk of PV_CHUNK_VECS columns:
+ * sub-blocks of keys (PV_SUB_BYTES of value rows), and in each every column
+ * tile. A tile reads only its columns of each row; the sub-block keeps the
+ * rows in L1 for the chunk's other tiles, so each value byte comes from
+ * memory once and in address order. (Column tiles over the whole 256-key
+ * block, 128 KiB at Dv = 128, read every row a few lines at a time, strided
+ * across memory, and re-read the rest from L2.) Each tile of the first rows
+ * asks for its columns of the rows one sub-block ahead.
  */
 static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, int64_t ldv,
                           int64_t Dv, const T *vscale, const T *alpha, T *o, T *oc, int64_t ldo)
@@ -451,52 +508,53 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
     if (vscale)   /* quantized values: fold each row's scale into its weights */
         for (int r = 0; r < nr; r++)
             for (int64_t j = 0; j < nk; j++) p[r * ldp + j] *= vscale[j];
-    const int64_t pf = FNIO(rows_ahead)(ldv, 1);   /* value rows ahead to prefetch */
-    const int64_t dv_whole = Dv / VL * VL;        /* elements in whole vectors */
+    const int64_t row_bytes = ldv * (int64_t)sizeof(IT);
+    int64_t sub = row_bytes > 0 ? PV_SUB_BYTES / row_bytes : PV_SUB_KEYS;   /* keys per sub-block */
+    sub = sub < 1 ? 1 : sub > PV_SUB_KEYS ? PV_SUB_KEYS : sub;
+    const int64_t pf = sub * PV_PF_SUBS;   /* rows ahead to prefetch */
+    const int64_t dv_whole = Dv / VL * VL;   /* elements in whole vectors */
+    vec stash[4][PV_CHUNK_VECS];
     for (int r0 = 0; r0 < nr; r0 += 4) {
-        int rn = nr - r0 < 4 ? nr - r0 : 4;
-        const T *p0 = p + r0 * ldp;
-        for (int64_t c0 = 0; c0 < Dv; c0 += PV_ROWS_VECS * VL) {
-            int64_t cn = Dv - c0 < PV_ROWS_VECS * VL ? Dv - c0 : PV_ROWS_VECS * VL;
-            int nvec = (int)((cn + VL - 1) / VL);
-            /* the first rows' tiles ask for their columns of the rows ahead */
-            int64_t pf_n = r0 == 0 ? cn : 0;
-            vec acc[4][PV_ROWS_VECS];
-            if (c0 + cn <= dv_whole) {
-                switch (rn) {
-                case 4: FNIO(pv_tile_nv)(4, nvec, nk, p0, ldp, v, ldv, c0, pf, pf_n, acc); break;
-                case 3: FNIO(pv_tile_nv)(3, nvec, nk, p0, ldp, v, ldv, c0, pf, pf_n, acc); break;
-                case 2: FNIO(pv_tile_nv)(2, nvec, nk, p0, ldp, v, ldv, c0, pf, pf_n, acc); break;
-                default: FNIO(pv_tile_nv)(1, nvec, nk, p0, ldp, v, ldv, c0, pf, pf_n, acc); break;
-                }
-            } else {   /* the row's last vector is partial: masked loads */
-                for (int r = 0; r < rn; r++)
-                    for (int u = 0; u < nvec; u++) acc[r][u] = v_zero();
-                for (int64_t j = 0; j < nk; j++) {
-                    const IT *vj = v + j * ldv + c0;
-                    if (pf_n > 0) FNIO(prefetch_span)(v, (j + pf) * ldv + c0, pf_n);
-                    vec x[PV_ROWS_VECS];
-                    for (int u = 0; u < nvec; u++) {
-                        int64_t left = cn - u * VL;
-                        x[u] = left >= VL ? v_load_in(vj + u * VL) : v_load_in_n(vj + u * VL, (int)left);
+        const int rn = nr - r0 < 4 ? nr - r0 : 4;
+        for (int64_t cc = 0; cc < Dv; cc += PV_CHUNK_VECS * VL) {
+            const int64_t cend = Dv - cc < PV_CHUNK_VECS * VL ? Dv : cc + PV_CHUNK_VECS * VL;
+            int64_t s0 = 0, sn;
+            do {   /* (once when nk is 0: O is still scaled by alpha) */
+                sn = nk - s0 < sub ? nk - s0 : sub;
+                const int last = s0 + sn == nk;
+                const T *p0 = p + r0 * ldp + s0;
+                for (int64_t c0 = cc; c0 < cend; c0 += PV_ROWS_VECS * VL) {
+                    const int64_t cn = cend - c0 < PV_ROWS_VECS * VL ? cend - c0 : PV_ROWS_VECS * VL;
+                    const int nvec = (int)((cn + VL - 1) / VL), u0 = (int)((c0 - cc) / VL);
+                    const IT *vt = v + s0 * ldv + c0;
+                    const int64_t pf_n = r0 == 0 ? cn : 0;   /* this tile's columns, a sub-block ahead */
+                    const int fresh = s0 == 0;
+                    vec (*st)[PV_CHUNK_VECS] = (vec (*)[PV_CHUNK_VECS]) & stash[0][u0];
+                    if (c0 + cn <= dv_whole) {
+                        switch (rn) {
+                        case 4: FNIO(pv_tile_nv)(4, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
+                        case 3: FNIO(pv_tile_nv)(3, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
+                        case 2: FNIO(pv_tile_nv)(2, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
+                        default: FNIO(pv_tile_nv)(1, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
+                        }
+                    } else {
+                        FNIO(pv_tile_masked)(rn, cn, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st);
                     }
+                    if (!last) continue;
                     for (int r = 0; r < rn; r++) {
-                        vec s = v_set1(p0[r * ldp + j]);
-                        for (int u = 0; u < nvec; u++) acc[r][u] = v_fma(s, x[u], acc[r][u]);
+                        vec a = v_set1(alpha[r0 + r]);
+                        for (int u = 0; u < nvec; u++) {
+                            /* O rows are padded to whole vectors (ldo), so full loads are safe */
+                            T *po = o + (r0 + r) * ldo + c0 + u * VL, *pc = oc + (r0 + r) * ldo + c0 + u * VL;
+                            vec total = v_load(po), comp = v_load(pc);
+                            FN(kahan_update)(a, st[r][u], &total, &comp);
+                            v_store(po, total);
+                            v_store(pc, comp);
+                        }
                     }
                 }
-            }
-            for (int r = 0; r < rn; r++) {
-                vec a = v_set1(alpha[r0 + r]);
-                for (int u = 0; u < nvec; u++) {
-                    /* O rows are padded to whole vectors (ldo), so full loads are safe */
-                    T *po = o + (r0 + r) * ldo + c0 + u * VL, *pc = oc + (r0 + r) * ldo + c0 + u * VL;
-                    vec total = v_load(po), comp = v_load(pc);
-                    FN(kahan_update)(a, acc[r][u], &total, &comp);
-                    v_store(po, total);
-                    v_store(pc, comp);
-                }
-            }
+                s0 += sn;
+            } while (s0 < nk);
         }
     }
 }
