@@ -390,31 +390,28 @@ _Static_assert(PV_ROWS_VECS >= 1 && PV_ROWS_VECS <= 4, "pv_rows tiles are 1 to 4
 #ifndef PV_SUB_KEYS
 #define PV_SUB_KEYS 32
 #endif
-#ifndef PV_PF_SUBS
-#define PV_PF_SUBS 1
-#endif
 /* Column tiles per chunk: the tiles' partial sums wait in a stack stash
  * between sub-blocks (4 rows x PV_CHUNK_VECS vectors; AVX2: 18 vectors,
  * 144 floats, one chunk for head sizes up to 144). */
 #define PV_CHUNK_VECS (6 * PV_ROWS_VECS)
 
-/* One register tile of pv_rows over whole vectors: st[r][u] = (fresh ? 0 :
- * st[r][u]) + sum over j < nk of P[r][j] V[j][u VL ..] (p0: the tile's first
- * weight, vt: its first value) for r < tr, u < tv, each sum one FMA chain in
- * key order, held in registers across the keys. tr
- * (rows) and tv (vectors) are constants at every call (the function is
- * always inlined), so the tile lives in registers. When pf_n > 0, each key
+/* One register tile of pv_rows over whole vectors, its sums kept in
+ * stash[r][u0 + u]: those = (fresh ? 0 : those) + sum over j < nk of
+ * P[r][j] V[j][u VL ..] (p0: the tile's first weight, vt: its first value)
+ * for r < tr, u < tv, each sum one FMA chain in key order. tr (rows) and tv
+ * (vectors) are constants at every call (the function is always inlined),
+ * so the sums live in registers across the keys. When pf_n > 0, each key
  * step asks for pf_n elements of the value row pf_rows ahead. */
 static inline __attribute__((always_inline)) void FNIO(pv_tile)(const int tr, const int tv, int64_t nk,
                                                             const T *p0, int64_t ldp, const IT *vt,
                                                             int64_t ldv, int64_t pf_rows, int64_t pf_n,
-                                                            int fresh, vec (*st)[PV_CHUNK_VECS])
+                                                            int fresh, vec stash[4][PV_CHUNK_VECS], int u0)
 {
     vec acc[4][PV_ROWS_VECS];
 #pragma GCC unroll 4
     for (int r = 0; r < tr; r++)
 #pragma GCC unroll 4
-        for (int u = 0; u < tv; u++) acc[r][u] = fresh ? v_zero() : st[r][u];
+        for (int u = 0; u < tv; u++) acc[r][u] = fresh ? v_zero() : stash[r][u0 + u];
     for (int64_t j = 0; j < nk; j++) {
         const IT *vj = vt + j * ldv;
         if (pf_n > 0) FNIO(prefetch_span)(vt, (j + pf_rows) * ldv, pf_n);
@@ -431,7 +428,7 @@ static inline __attribute__((always_inline)) void FNIO(pv_tile)(const int tr, co
 #pragma GCC unroll 4
     for (int r = 0; r < tr; r++)
 #pragma GCC unroll 4
-        for (int u = 0; u < tv; u++) st[r][u] = acc[r][u];
+        for (int u = 0; u < tv; u++) stash[r][u0 + u] = acc[r][u];
 }
 
 /* pv_tile with tv (1 .. PV_ROWS_VECS) known only at run time: one branch per
@@ -439,18 +436,18 @@ static inline __attribute__((always_inline)) void FNIO(pv_tile)(const int tr, co
 static inline __attribute__((always_inline)) void FNIO(pv_tile_nv)(const int tr, int nv, int64_t nk,
                                                                const T *p0, int64_t ldp, const IT *vt,
                                                                int64_t ldv, int64_t pf_rows, int64_t pf_n,
-                                                               int fresh, vec (*st)[PV_CHUNK_VECS])
+                                                               int fresh, vec stash[4][PV_CHUNK_VECS], int u0)
 {
     switch (nv) {
-    case 1: FNIO(pv_tile)(tr, 1, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
+    case 1: FNIO(pv_tile)(tr, 1, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, stash, u0); break;
 #if PV_ROWS_VECS >= 2
-    case 2: FNIO(pv_tile)(tr, 2, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
+    case 2: FNIO(pv_tile)(tr, 2, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, stash, u0); break;
 #endif
 #if PV_ROWS_VECS >= 3
-    case 3: FNIO(pv_tile)(tr, 3, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
+    case 3: FNIO(pv_tile)(tr, 3, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, stash, u0); break;
 #endif
 #if PV_ROWS_VECS >= 4
-    case 4: FNIO(pv_tile)(tr, 4, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, st); break;
+    case 4: FNIO(pv_tile)(tr, 4, nk, p0, ldp, vt, ldv, pf_rows, pf_n, fresh, stash, u0); break;
 #endif
     default: break;
     }
@@ -460,12 +457,12 @@ static inline __attribute__((always_inline)) void FNIO(pv_tile_nv)(const int tr,
  * loads, so nothing past the row's end is touched. */
 static void FNIO(pv_tile_masked)(int tr, int64_t cn, int64_t nk, const T *p0, int64_t ldp,
                                  const IT *vt, int64_t ldv, int64_t pf_rows, int64_t pf_n,
-                                 int fresh, vec (*st)[PV_CHUNK_VECS])
+                                 int fresh, vec stash[4][PV_CHUNK_VECS], int u0)
 {
     const int nvec = (int)((cn + VL - 1) / VL);
     vec acc[4][PV_ROWS_VECS];
     for (int r = 0; r < tr; r++)
-        for (int u = 0; u < nvec; u++) acc[r][u] = fresh ? v_zero() : st[r][u];
+        for (int u = 0; u < nvec; u++) acc[r][u] = fresh ? v_zero() : stash[r][u0 + u];
     for (int64_t j = 0; j < nk; j++) {
         const IT *vj = vt + j * ldv;
         if (pf_n > 0) FNIO(prefetch_span)(vt, (j + pf_rows) * ldv, pf_n);
@@ -480,7 +477,7 @@ static void FNIO(pv_tile_masked)(int tr, int64_t cn, int64_t nk, const T *p0, in
         }
     }
     for (int r = 0; r < tr; r++)
-        for (int u = 0; u < nvec; u++) st[r][u] = acc[r][u];
+        for (int u = 0; u < nvec; u++) stash[r][u0 + u] = acc[r][u];
 }
 
 /*
@@ -494,10 +491,10 @@ static void FNIO(pv_tile_masked)(int tr, int64_t cn, int64_t nk, const T *p0, in
  * the stash unrounded), so the tiling does not change a bit.
  *
  * Loop order, for each group of 4 rows and chunk of PV_CHUNK_VECS columns:
- * sub-blocks of keys (PV_SUB_BYTES of value rows), and in each every column
- * tile. A tile reads only its columns of each row; the sub-block keeps the
- * rows in L1 for the chunk's other tiles, so each value byte comes from
- * memory once and in address order. (Column tiles over the whole 256-key
+ * sub-blocks of keys (at most PV_SUB_KEYS rows and PV_SUB_BYTES), and in
+ * each every column tile. A tile reads only its columns of each row; the
+ * sub-block keeps the rows in L1 for the chunk's other tiles, so each value
+ * byte comes from memory once and in address order. (Column tiles over the whole 256-key
  * block, 128 KiB at Dv = 128, read every row a few lines at a time, strided
  * across memory, and re-read the rest from L2.) Each tile of the first rows
  * asks for its columns of the rows one sub-block ahead.
@@ -511,7 +508,7 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
     const int64_t row_bytes = ldv * (int64_t)sizeof(IT);
     int64_t sub = row_bytes > 0 ? PV_SUB_BYTES / row_bytes : PV_SUB_KEYS;   /* keys per sub-block */
     sub = sub < 1 ? 1 : sub > PV_SUB_KEYS ? PV_SUB_KEYS : sub;
-    const int64_t pf = sub * PV_PF_SUBS;   /* rows ahead to prefetch */
+    const int64_t pf = sub;   /* rows ahead to prefetch: one sub-block */
     const int64_t dv_whole = Dv / VL * VL;   /* elements in whole vectors */
     vec stash[4][PV_CHUNK_VECS];
     for (int r0 = 0; r0 < nr; r0 += 4) {
@@ -529,16 +526,15 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                     const IT *vt = v + s0 * ldv + c0;
                     const int64_t pf_n = r0 == 0 ? cn : 0;   /* this tile's columns, a sub-block ahead */
                     const int fresh = s0 == 0;
-                    vec (*st)[PV_CHUNK_VECS] = (vec (*)[PV_CHUNK_VECS]) & stash[0][u0];
                     if (c0 + cn <= dv_whole) {
                         switch (rn) {
-                        case 4: FNIO(pv_tile_nv)(4, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
-                        case 3: FNIO(pv_tile_nv)(3, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
-                        case 2: FNIO(pv_tile_nv)(2, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
-                        default: FNIO(pv_tile_nv)(1, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st); break;
+                        case 4: FNIO(pv_tile_nv)(4, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, stash, u0); break;
+                        case 3: FNIO(pv_tile_nv)(3, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, stash, u0); break;
+                        case 2: FNIO(pv_tile_nv)(2, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, stash, u0); break;
+                        default: FNIO(pv_tile_nv)(1, nvec, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, stash, u0); break;
                         }
                     } else {
-                        FNIO(pv_tile_masked)(rn, cn, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, st);
+                        FNIO(pv_tile_masked)(rn, cn, sn, p0, ldp, vt, ldv, pf, pf_n, fresh, stash, u0);
                     }
                     if (!last) continue;
                     for (int r = 0; r < rn; r++) {
@@ -547,7 +543,7 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                             /* O rows are padded to whole vectors (ldo), so full loads are safe */
                             T *po = o + (r0 + r) * ldo + c0 + u * VL, *pc = oc + (r0 + r) * ldo + c0 + u * VL;
                             vec total = v_load(po), comp = v_load(pc);
-                            FN(kahan_update)(a, st[r][u], &total, &comp);
+                            FN(kahan_update)(a, stash[r][u0 + u], &total, &comp);
                             v_store(po, total);
                             v_store(pc, comp);
                         }
