@@ -107,14 +107,14 @@ def test_decode_value_tiles_across_sub_blocks_and_column_chunks(isa, storage):
     144 columns), pausing each tile's sums between sub-blocks: cache lengths
     that end inside, at and just past a sub-block, head sizes at and around
     the tile and chunk widths of every level, and 1 to 8 query rows per kv
-    head, up to the level's rows-path limit (row groups of 4 and their
-    remainders), against the formula on the
-    stored values, with the storage bordering guard pages."""
+    head up to the level's rows-path limit (row groups of 4 and their
+    remainders), against the formula on the stored values, with the storage
+    bordering guard pages."""
     rng = np.random.default_rng(32)
     lengths = [1, 31, 32, 33, 257, 300]
     probe = attncore.KVCache(4, 1, 4, dtype=storage)
     probe.append(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 4, 4), np.float32))
-    rows_max = plan_info(probe.attend, np.zeros((1, 1, 1, 4), np.float32))["rows_per_unit"]  # the level's
+    rows_max = plan_info(probe.attend, np.zeros((1, 1, 1, 4), np.float32))["rows_per_unit"]
     for n, D in enumerate([1, 7, 23, 24, 25, 64, 143, 144, 145, 152, 200, 290]):
         G, Lk = 1 + n % rows_max, lengths[n % len(lengths)]
         k = rng.standard_normal((1, 2, Lk, D), dtype=np.float32)

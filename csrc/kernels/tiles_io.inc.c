@@ -207,9 +207,10 @@ static void FNIO(stage_rows)(int nr, int64_t D, const IT *const *rows, T sign, T
 /*
  * Decode streams K and V once from memory, and one core's hardware
  * prefetchers alone keep too few lines in flight for the read bandwidth
- * (Cascade Lake: ~7 GB/s per core without, ~10 with). The rows path asks for
- * the lines of the rows ROWS_PF_BYTES ahead of the ones it reads; a prefetch
- * never faults, so running past the block's (or the array's) end is harmless.
+ * (Cascade Lake: ~7 GB/s per core without, ~10 with). qk_rows asks for the
+ * lines of the key rows ROWS_PF_BYTES ahead of the ones it reads (pv_rows
+ * for its value columns one sub-block ahead, below); a prefetch never
+ * faults, so running past the block's (or the array's) end is harmless.
  */
 #ifndef ROWS_PF_BYTES
 #define ROWS_PF_BYTES 8192
