@@ -503,10 +503,12 @@ static inline __attribute__((always_inline)) __m256i i8_qk_block(int rows, int k
                 acc[rr * keys + jj] = madd_acc(acc[rr * keys + jj], qv[rr], kv);
         }
     }
-    if (d < D) {
+    if (d < D) {   /* (unrolled too: an accumulator indexed at run time would live in memory in every block) */
         int n = (int)(D - d);
+#pragma GCC unroll 8
         for (int jj = 0; jj < nload; jj++) {
             __m256i kv = i8_load16_n(kb + jj * ldk + d, n);
+#pragma GCC unroll 4
             for (int rr = 0; rr < rows; rr++) {
                 __m256i qv = _mm256_load_si256((const __m256i *)(const void *)(q16 + rr * D16 + d));
                 acc[rr * keys + jj] = madd_acc(acc[rr * keys + jj], qv, kv);
@@ -514,6 +516,25 @@ static inline __attribute__((always_inline)) __m256i i8_qk_block(int rows, int k
         }
     }
     return i8_hsum8(acc);
+}
+
+/* s[rr][jj] = lane rr * keys + jj of x, for a whole block (rows * keys
+ * = 8, or 6 for 3 rows): each row's keys are adjacent lanes, stored as one
+ * piece (no trip through memory to scatter them) */
+static inline __attribute__((always_inline)) void i8_store_block(int rows, int keys, __m256 x, float *s, int64_t lds)
+{
+    const __m128 lo = _mm256_castps256_ps128(x), hi = _mm256_extractf128_ps(x, 1);
+    if (keys == 8) {
+        _mm256_storeu_ps(s, x);
+    } else if (keys == 4) {
+        _mm_storeu_ps(s, lo);
+        if (rows > 1) _mm_storeu_ps(s + lds, hi);
+    } else {   /* keys == 2: a row's pair is a half of a 128-bit lane */
+        _mm_storel_pi((__m64 *)(void *)s, lo);
+        if (rows > 1) _mm_storeh_pi((__m64 *)(void *)(s + lds), lo);
+        if (rows > 2) _mm_storel_pi((__m64 *)(void *)(s + 2 * lds), hi);
+        if (rows > 3) _mm_storeh_pi((__m64 *)(void *)(s + 3 * lds), hi);
+    }
 }
 
 /* keys per register block for `rows` query rows: 8 accumulators in all */
@@ -536,8 +557,12 @@ static inline __attribute__((always_inline)) void i8_qk_group(int rows, int64_t 
     const int64_t pf = rows_ahead_avx2_io_i8(ldk, keys);   /* keys ahead to prefetch */
     int64_t j = 0;
     for (; j + keys <= nk; j += keys) {
-        if (prefetch)
-            for (int jj = 0; jj < keys; jj++) prefetch_span_avx2_io_i8(k, (j + pf + jj) * ldk, D);
+        if (prefetch) {
+            if (ldk == D)   /* the block's key rows are one span */
+                prefetch_span_avx2_io_i8(k, (j + pf) * ldk, keys * D);
+            else
+                for (int jj = 0; jj < keys; jj++) prefetch_span_avx2_io_i8(k, (j + pf + jj) * ldk, D);
+        }
         __m256i sum = i8_qk_block(rows, keys, keys, D, q16, D16, k + j * ldk, ldk);
         __m256 ks;   /* lane rr * keys + jj: kscale[j + jj] */
         if (!kscale) {
@@ -551,9 +576,7 @@ static inline __attribute__((always_inline)) void i8_qk_group(int rows, int64_t 
         } else {
             ks = _mm256_loadu_ps(kscale + j);
         }
-        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(qsv, ks)));
-        for (int rr = 0; rr < rows; rr++)
-            for (int jj = 0; jj < keys; jj++) s[rr * lds + j + jj] = out[rr * keys + jj];
+        i8_store_block(rows, keys, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(qsv, ks)), s + j, lds);
     }
     if (j < nk) {   /* fewer keys left than a block: the same arithmetic, missing keys' lanes unused */
         int left = (int)(nk - j);
