@@ -348,6 +348,7 @@ static inline vec v_load_i8_n(const int8_t *p, int n)
     for (int i = 0; i < n; i++) tmp[i] = p[i];
     return v_load_i8(tmp);
 }
+#include "../kernels/i8dot.h"
 /* the decode (rows) entries multiply in integers: defined below */
 static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, const int8_t *k, int64_t ldk,
                             int64_t nk, const float *kscale, float *s, int64_t lds);
@@ -363,7 +364,10 @@ static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int
 #define FNIO(name) name##_avx2_io_i8
 #define KIO_QK_ROWS qk_rows_i8_avx2
 #define KIO_PV_ROWS pv_rows_i8_avx2
-#define KIO_EXTRA .int8_integer = 1,
+/* 512-key blocks (two of pv_rows' weight sub-blocks): the per-block work
+ * (Q rounded, O's compensated update, the sums' setup) halves; Zen 3 S6
+ * int8 decode 1.04-1.07x (1024: no better) */
+#define KIO_EXTRA .int8_integer = 1, .bk_rows = 2 * I8DOT_PV_SUB,
 #define KIO_TYPE attn_kio_i8
 #define KIO_NAME attn_kio_avx2_i8
 #define IO_DTYPE "int8"
@@ -379,9 +383,10 @@ static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int
  * per 16): 16 exact products summed in pairs, plus one vpaddd, per row and
  * 16 elements. P V does the same with the weights rounded to int16 and two
  * value rows interleaved. The integers, their rounding and their conversion
- * are those of the VNNI levels (i8dot.h), so both give the same bits.
+ * are those of the VNNI levels (i8dot.h), so both give the same bits for
+ * the same key block (here 512 keys, there 256: the online softmax's
+ * blocks, and with them the weights, differ).
  */
-#include "../kernels/i8dot.h"
 
 #define I8_ROWS 4   /* query rows per register block */
 
@@ -615,9 +620,11 @@ static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, con
 
 /* ---- P V in integers ----
  *
- * Each row's weights for the block, times the value rows' scales
- * (p'_j = p_j vscale_j >= 0), are rounded to int16 against the row's
- * largest: P16_j = round(p'_j / ps), ps = max_j p'_j / 32767. A key pair
+ * Each row's weights for a sub-block of I8DOT_PV_SUB keys, times the value
+ * rows' scales (p'_j = p_j vscale_j >= 0), are rounded to int16 against the
+ * sub-block's largest: P16_j = round(p'_j / ps), ps = max_j p'_j / 32767
+ * (a key block of 512 is rounded as two sub-blocks, as the VNNI levels'
+ * blocks of 256 are: the same integers, and the same bound). A key pair
  * (j, j + 1) is one vpmaddwd operand: the row's P16 pair broadcast as an
  * int32, against the two value rows widened to int16 and interleaved. The
  * int32 sums are exact; every I8DOT_PV_SUB keys they are converted (times
@@ -625,10 +632,17 @@ static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, con
  * update as the float32 kernel.
  */
 
-/* P2[r][jp] = the int16 pair (P16[r][2jp], P16[r][2jp+1]) as one int32,
- * written over row r of p itself (pair jp lands at float index jp, which
- * the loop has already read); the row's scale ps goes to pscale[r] (NaN for
- * a row holding a NaN or an infinity: its output is NaN, as in float32). */
+/* The most sub-blocks one i8_pv_group pass takes (pv_rows splits longer
+ * blocks): the rows path's blocks are two. */
+#define I8_PV_MAX_SUBS 4
+
+/* P2[r][jp] = the int16 pair (P16[r][2jp], P16[r][2jp+1]) as one int32, for
+ * keys j < nk (<= I8_PV_MAX_SUBS sub-blocks), each sub-block rounded on its
+ * own: sub-block b's pairs start at float index b * I8DOT_PV_SUB, written
+ * over row r of p itself (its pair jp lands at float index jp of the
+ * sub-block, which the loop has already read), its scale ps at
+ * pscale[r * I8_PV_MAX_SUBS + b] (NaN for a sub-block holding a NaN or an
+ * infinity: the row's output is NaN, as in float32). */
 static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const float *vscale, float *pscale)
 {
     for (int r = 0; r < rows; r++) {
@@ -641,23 +655,28 @@ static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, co
                 v_store_n(w + j, _mm256_mul_ps(v_load_n(w + j, n), v_load_n(vscale + j, n)), n);
             }
         }
-        int bad;
-        float factor, pre;
-        float m = i8_row_absmax(w, nk, &bad);
-        pscale[r] = i8dot_weight_rounding(m, bad, &factor, &pre);
-        const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
-        int32_t *pairs = (int32_t *)(void *)w;
-        for (int64_t j = 0; j < nk; j += 16) {   /* 16 weights -> 8 pairs, in place */
-            int n0 = nk - j >= 8 ? 8 : (int)(nk - j), n1 = nk - j >= 16 ? 8 : nk - j > 8 ? (int)(nk - j - 8) : 0;
-            __m256 x0 = _mm256_mul_ps(_mm256_mul_ps(n0 == 8 ? v_load(w + j) : v_load_n(w + j, n0), prev), inv);
-            __m256 x1 = _mm256_mul_ps(_mm256_mul_ps(n1 == 8 ? v_load(w + j + 8) : v_load_n(w + j + 8, n1), prev), inv);
-            int np = (int)((nk - j + 1) / 2 < 8 ? (nk - j + 1) / 2 : 8);
-            /* int16 of weights j..j+15 in order: adjacent int16 pairs are the int32 pairs */
-            __m256i w16 = i8_round16(x0, x1);
-            if (np == 8)
-                _mm256_storeu_si256((__m256i *)(void *)(pairs + j / 2), w16);
-            else
-                _mm256_maskstore_epi32(pairs + j / 2, lanes_(np), w16);
+        for (int64_t j0 = 0; j0 < nk; j0 += I8DOT_PV_SUB) {
+            const int64_t n = nk - j0 < I8DOT_PV_SUB ? nk - j0 : I8DOT_PV_SUB;
+            float *ws = w + j0;
+            int bad;
+            float factor, pre;
+            float m = i8_row_absmax(ws, n, &bad);
+            pscale[r * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB] = i8dot_weight_rounding(m, bad, &factor, &pre);
+            const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
+            int32_t *pairs = (int32_t *)(void *)ws;
+            for (int64_t j = 0; j < n; j += 16) {   /* 16 weights -> 8 pairs, in place */
+                int n0 = n - j >= 8 ? 8 : (int)(n - j), n1 = n - j >= 16 ? 8 : n - j > 8 ? (int)(n - j - 8) : 0;
+                __m256 x0 = _mm256_mul_ps(_mm256_mul_ps(n0 == 8 ? v_load(ws + j) : v_load_n(ws + j, n0), prev), inv);
+                __m256 x1 =
+                    _mm256_mul_ps(_mm256_mul_ps(n1 == 8 ? v_load(ws + j + 8) : v_load_n(ws + j + 8, n1), prev), inv);
+                int np = (int)((n - j + 1) / 2 < 8 ? (n - j + 1) / 2 : 8);
+                /* int16 of weights j..j+15 in order: adjacent int16 pairs are the int32 pairs */
+                __m256i w16 = i8_round16(x0, x1);
+                if (np == 8)
+                    _mm256_storeu_si256((__m256i *)(void *)(pairs + j / 2), w16);
+                else
+                    _mm256_maskstore_epi32(pairs + j / 2, lanes_(np), w16);
+            }
         }
     }
 }
@@ -725,8 +744,6 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
                                                               const float *pscale, const float *alpha, float *o,
                                                               float *oc, int64_t ldo, int prefetch)
 {
-    const int32_t *p2[4];
-    for (int rr = 0; rr < rows; rr++) p2[rr] = (const int32_t *)(const void *)(p + rr * ldp);
     const int64_t pf = rows_ahead_avx2_io_i8(ldv, I8_PV_CHUNK);   /* value rows ahead */
     /* the prefetches of a chunk, spread over its first pass's tiles */
     const int64_t first_tiles = (Dv + 15) / 16 < I8_PV_TILES ? (Dv + 15) / 16 : I8_PV_TILES;
@@ -740,8 +757,8 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
             for (int rr = 0; rr < rows; rr++) sum[t][rr][0] = sum[t][rr][1] = _mm256_setzero_ps();
         for (int64_t j0 = 0; j0 < nk; j0 += I8DOT_PV_SUB) {
             int64_t j1 = nk - j0 < I8DOT_PV_SUB ? nk : j0 + I8DOT_PV_SUB;
-            const int32_t *p2s[4];
-            for (int rr = 0; rr < rows; rr++) p2s[rr] = p2[rr] + j0 / 2;
+            const int32_t *p2s[4];   /* the sub-block's pairs (i8_pack_weight_pairs) */
+            for (int rr = 0; rr < rows; rr++) p2s[rr] = (const int32_t *)(const void *)(p + rr * ldp + j0);
             for (int t = 0; t < ntiles; t++)
                 for (int rr = 0; rr < rows; rr++) isum[t][rr][0] = isum[t][rr][1] = _mm256_setzero_si256();
             for (int64_t ja = j0; ja < j1; ja += I8_PV_CHUNK) {
@@ -757,7 +774,7 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
             }
             for (int t = 0; t < ntiles; t++)
                 for (int rr = 0; rr < rows; rr++) {
-                    __m256 ps = _mm256_set1_ps(pscale[rr]);
+                    __m256 ps = _mm256_set1_ps(pscale[rr * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB]);
                     __m256i cols0_7 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x20);
                     __m256i cols8_15 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x31);
                     sum[t][rr][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols0_7), ps, sum[t][rr][0]);
@@ -785,17 +802,25 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
 static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int8_t *v, int64_t ldv, int64_t Dv,
                             const float *vscale, const float *alpha, float *o, float *oc, int64_t ldo)
 {
-    float pscale[I8_ROWS];
+    const int64_t most = I8_PV_MAX_SUBS * I8DOT_PV_SUB;   /* keys per pass */
+    static const float keep[I8_ROWS] = {1, 1, 1, 1};      /* later passes add to O as it is */
+    float pscale[I8_ROWS * I8_PV_MAX_SUBS];
     for (int r = 0; r < nr; r += I8_ROWS) {
         int rows = nr - r < I8_ROWS ? nr - r : I8_ROWS;
-        float *pr = p + r * ldp, *orow = o + r * ldo, *crow = oc + r * ldo;
-        i8_pack_weight_pairs(rows, nk, pr, ldp, vscale, pscale);
-        int pf = r == 0;   /* the first group streams the values from memory */
-        switch (rows) {
-        case 4: i8_pv_group(4, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
-        case 3: i8_pv_group(3, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
-        case 2: i8_pv_group(2, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
-        default: i8_pv_group(1, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
+        float *orow = o + r * ldo, *crow = oc + r * ldo;
+        for (int64_t j = 0; j < nk; j += most) {
+            const int64_t n = nk - j < most ? nk - j : most;
+            float *pr = p + r * ldp + j;
+            const int8_t *vj = v + j * ldv;
+            const float *a = j == 0 ? alpha + r : keep;
+            i8_pack_weight_pairs(rows, n, pr, ldp, vscale ? vscale + j : NULL, pscale);
+            int pf = r == 0;   /* the first group streams the values from memory */
+            switch (rows) {
+            case 4: i8_pv_group(4, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
+            case 3: i8_pv_group(3, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
+            case 2: i8_pv_group(2, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
+            default: i8_pv_group(1, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
+            }
         }
     }
 }

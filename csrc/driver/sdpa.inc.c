@@ -911,7 +911,7 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         P->W = kt->rows_max;
         P->rows_per_group = stacked_rows;
         P->ngroups = d->seq_lq ? P->G : 1;
-        P->bk = kt->bk_rows;
+        P->bk = P->kio_kv->bk_rows ? P->kio_kv->bk_rows : kt->bk_rows;
     } else {
         P->W = kt->nr;
         int stack = d->Lq < kt->nr && !d->seq_lq;

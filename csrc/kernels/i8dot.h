@@ -6,13 +6,15 @@
  * QK: each query row q is rounded once to int16, q ~ qs * round(q / qs),
  * qs = max_d |q_d| / qmax, and multiplied with the int8 keys exactly in
  * int32; the score is (float)sum * (qs * kscale_j).
- * P V: each row's weights for the block, times the value rows' scales, are
- * rounded to int16 against the row's largest (scale max / 32767); the
- * products with the int8 values are exact in int32 and are converted
- * every I8DOT_PV_SUB keys.
+ * P V: each row's weights for a sub-block of I8DOT_PV_SUB keys (a level's
+ * key block is one or more), times the value rows' scales, are rounded to
+ * int16 against the sub-block's largest (scale max / 32767); the products
+ * with the int8 values are exact in int32 and are converted once per
+ * sub-block.
  *
  * Both kernels compute the same integers, so a level's choice of register
- * block or instruction cannot change a result bit.
+ * block or instruction cannot change a result bit (for the same key block:
+ * it sets the online softmax's blocks, and so the weights).
  */
 #ifndef ATTN_I8DOT_H
 #define ATTN_I8DOT_H

@@ -224,6 +224,9 @@ ATTN_DECLARE_KTAB(double, f64)
         /* 1 when qk_rows / pv_rows multiply int8 K/V in integers (i8dot.h): */ \
         /* query rows and weights rounded to int16 (docs/numerics.md (10)) */ \
         int int8_integer;                                                      \
+        /* keys per block on the rows path when these entries read K/V (0:  */ \
+        /* the level's ktab bk_rows): the level's measured value for them   */ \
+        int bk_rows;                                                           \
         /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] (vscale[j]) V[j][:],   */ \
         /* compensated; P is scratch afterwards (scaled or packed in place) */ \
         void (*pv_rows)(int64_t nk, T *p, int64_t ldp, int nr,                 \
