@@ -364,9 +364,11 @@ static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int
 #define FNIO(name) name##_avx2_io_i8
 #define KIO_QK_ROWS qk_rows_i8_avx2
 #define KIO_PV_ROWS pv_rows_i8_avx2
-/* 512-key blocks (two of pv_rows' weight sub-blocks): the per-block work
- * (Q rounded, O's compensated update, the sums' setup) halves; Zen 3 S6
- * int8 decode 1.04-1.07x (1024: no better) */
+/* 512-key blocks (two of pv_rows' weight sub-blocks; where they divide the
+ * split's key chunks, sdpa.inc.c): the per-block work (Q rounded, O's
+ * compensated update, the sums' setup) halves; Zen 3 S6 int8 decode
+ * 1.02-1.07x (1024: 1.02-1.04x more, but it would split Lk = 2048 into
+ * half as many chunks) */
 #define KIO_EXTRA .int8_integer = 1, .bk_rows = 2 * I8DOT_PV_SUB,
 #define KIO_TYPE attn_kio_i8
 #define KIO_NAME attn_kio_avx2_i8

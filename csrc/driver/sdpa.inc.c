@@ -911,7 +911,7 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         P->W = kt->rows_max;
         P->rows_per_group = stacked_rows;
         P->ngroups = d->seq_lq ? P->G : 1;
-        P->bk = P->kio_kv->bk_rows ? P->kio_kv->bk_rows : kt->bk_rows;
+        P->bk = kt->bk_rows;   /* (the K/V entries' own block may replace it below) */
     } else {
         P->W = kt->nr;
         int stack = d->Lq < kt->nr && !d->seq_lq;
@@ -936,6 +936,11 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->chunk_len = d->Lk > 0 ? attn_round_up((d->Lk + P->nchunks - 1) / P->nchunks, P->bk) : 1;
     P->nchunks = d->Lk > 0 ? (d->Lk + P->chunk_len - 1) / P->chunk_len : 1;
     if (P->nchunks > ATTN_MAX_CHUNKS) return ATTN_EINVAL;   /* cannot happen: want <= TARGET */
+    /* The K/V entries' own (longer) rows-path block, where it divides the
+     * chunks: the split stays the one the level's block gives (rounding the
+     * chunks up to the longer block would leave fewer or unequal units) */
+    if (P->rows_path && P->kio_kv->bk_rows && P->chunk_len % P->kio_kv->bk_rows == 0)
+        P->bk = P->kio_kv->bk_rows;
 
     int64_t D1 = attn_max64(d->D, 1), Dv1 = attn_max64(d->Dv, 1), o_elems, q_elems, s_elems;
     int64_t reuse = P->ngroups * P->npanels;

@@ -225,7 +225,7 @@ ATTN_DECLARE_KTAB(double, f64)
         /* query rows and weights rounded to int16 (docs/numerics.md (10)) */ \
         int int8_integer;                                                      \
         /* keys per block on the rows path when these entries read K/V (0:  */ \
-        /* the level's ktab bk_rows): the level's measured value for them   */ \
+        /* the level's ktab bk_rows; taken where it divides the key chunks) */ \
         int bk_rows;                                                           \
         /* O[r][:] = alpha[r] O[r][:] + sum_j P[r][j] (vscale[j]) V[j][:],   */ \
         /* compensated; P is scratch afterwards (scaled or packed in place) */ \
