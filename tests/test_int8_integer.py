@@ -161,6 +161,29 @@ def test_each_256_keys_weights_are_rounded_against_their_own_largest(integer_isa
     assert np.abs(coarse - ref[0, 0, 0]).max() > 2e-5
 
 
+@pytest.mark.parametrize("Lk", [512, 1300, 2048, 3000, 8192])
+def test_the_longer_key_block_keeps_the_float32_caches_split(integer_isa, Lk):
+    """avx2 reads the int8 cache in 512-key blocks only where 512 divides the
+    key chunks that the level's own block (256) gives: the split -- how many
+    units, how long -- is the float32 cache's, so no shape gets fewer or
+    unequal units (Lk = 1300: two chunks of 768, not 1024 + 276)."""
+    rng = np.random.default_rng(Lk)
+    k = rng.standard_normal((1, 8, Lk, 32), dtype=np.float32)
+    q = rng.standard_normal((1, 32, 1, 32), dtype=np.float32)
+    plans = {}
+    for storage in ("float32", "int8"):
+        cache = attncore.KVCache(Lk, 8, 32, dtype=storage)
+        cache.append(k, k)
+        plans[storage] = plan_info(cache.attend, q)
+    assert plans["int8"]["int8_integer"]
+    for key in ("chunks", "chunk_len", "units"):
+        assert plans["int8"][key] == plans["float32"][key], (key, plans)
+    longer = integer_isa == "avx2" and plans["int8"]["chunk_len"] % 512 == 0
+    assert plans["int8"]["key_block"] == (512 if longer else plans["float32"]["key_block"])
+    if Lk in (2048, 8192) and integer_isa == "avx2":
+        assert plans["int8"]["key_block"] == 512
+
+
 def test_a_query_row_with_nan_or_inf_is_nan_and_leaves_its_group_alone(integer_isa):
     """A row holding a NaN or an infinity scores NaN (as its float32 scores
     would make its output NaN); the other rows of its GQA group are rounded
