@@ -392,18 +392,40 @@ static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int
 
 #define I8_ROWS 4   /* query rows per register block */
 
-/* max |x[i]| for i < n (n >= 1); *bad set when some x[i] is a NaN or an infinity */
-static inline float i8_row_absmax(const float *x, int64_t n, int *bad)
+/* max |x[i] (* scale[i])| for i < n (n >= 1), the products stored in out
+ * when scale is not NULL (out may be x: one pass over the row for both);
+ * *bad set when some value is a NaN or an infinity */
+static inline __attribute__((always_inline)) float i8_absmax_impl(const float *x, const float *scale, float *out,
+                                                                  int64_t n, int *bad)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 amax = _mm256_setzero_ps(), nonfinite = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) {
-        __m256 a = _mm256_and_ps(absmask, n - i >= 8 ? v_load(x + i) : v_load_n(x + i, (int)(n - i)));
+        const int left = n - i >= 8 ? 8 : (int)(n - i);
+        __m256 xi = left == 8 ? v_load(x + i) : v_load_n(x + i, left);
+        if (scale) {
+            xi = _mm256_mul_ps(xi, left == 8 ? v_load(scale + i) : v_load_n(scale + i, left));
+            if (left == 8)   /* (masked stores only at the tail: vmaskmovps stores are slow on AMD) */
+                v_store(out + i, xi);
+            else
+                v_store_n(out + i, xi, left);
+        }
+        __m256 a = _mm256_and_ps(absmask, xi);
         nonfinite = _mm256_or_ps(nonfinite, _mm256_cmp_ps(a, _mm256_set1_ps(3.40282347e38f), _CMP_NLE_UQ));
         amax = _mm256_max_ps(amax, a);
     }
     *bad = _mm256_movemask_ps(nonfinite) != 0;
     return v_hmax(amax);
+}
+
+/* max |x[i]| for i < n (n >= 1); *bad set when some x[i] is a NaN or an infinity */
+static inline float i8_row_absmax(const float *x, int64_t n, int *bad) { return i8_absmax_impl(x, NULL, NULL, n, bad); }
+
+/* x[i] *= scale[i] for i < n (n >= 1), returning max |x[i]| after it, in
+ * one pass; *bad as for i8_row_absmax */
+static inline float i8_scale_absmax(float *x, const float *scale, int64_t n, int *bad)
+{
+    return i8_absmax_impl(x, scale, x, n, bad);
 }
 
 /* a (8 floats) then b (8 floats), rounded to the nearest even integer
@@ -611,12 +633,24 @@ static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, con
         i8_quantize_rows(rows, D, qs + r * ldq, ldq, qmax, q16, D16, qscale);
         float *sr = s + r * lds;
         int pf = r == 0;   /* the first group streams the keys from memory */
-        switch (rows) {
-        case 4: i8_qk_group(4, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
-        case 3: i8_qk_group(3, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
-        case 2: i8_qk_group(2, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
-        default: i8_qk_group(1, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
-        }
+        /* a group of 4 rows (grouped-query decode) or 1 (one query row per
+         * kv head) at the common head sizes: a constant D, the d loop
+         * unrolled whole (Zen 3, harness: Q K 1.05x at D = 128) */
+        if (rows == 4 && D == 128)
+            i8_qk_group(4, 128, q16, 128, qscale, k, ldk, nk, kscale, sr, lds, pf);
+        else if (rows == 4 && D == 64)
+            i8_qk_group(4, 64, q16, 64, qscale, k, ldk, nk, kscale, sr, lds, pf);
+        else if (rows == 1 && D == 128)
+            i8_qk_group(1, 128, q16, 128, qscale, k, ldk, nk, kscale, sr, lds, pf);
+        else if (rows == 1 && D == 64)
+            i8_qk_group(1, 64, q16, 64, qscale, k, ldk, nk, kscale, sr, lds, pf);
+        else
+            switch (rows) {
+            case 4: i8_qk_group(4, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+            case 3: i8_qk_group(3, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+            case 2: i8_qk_group(2, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+            default: i8_qk_group(1, D, q16, D16, qscale, k, ldk, nk, kscale, sr, lds, pf); break;
+            }
     }
 }
 
@@ -638,6 +672,30 @@ static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, con
  * blocks): the rows path's blocks are two. */
 #define I8_PV_MAX_SUBS 4
 
+/* n weights ws[j] rounded to int16 as ws[j] x pre (if scaled) x factor,
+ * written in place as int32 pairs: pair jp = (ws[2jp], ws[2jp + 1]) at
+ * int32 index jp (an odd last weight pairs with 0) */
+static inline __attribute__((always_inline)) void i8_round_weight_pairs(float *ws, int64_t n, float factor,
+                                                                        float pre, int scaled)
+{
+    const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
+    int32_t *pairs = (int32_t *)(void *)ws;
+    for (int64_t j = 0; j < n; j += 16) {   /* 16 weights -> 8 pairs, in place */
+        int n0 = n - j >= 8 ? 8 : (int)(n - j), n1 = n - j >= 16 ? 8 : n - j > 8 ? (int)(n - j - 8) : 0;
+        __m256 x0 = n0 == 8 ? v_load(ws + j) : v_load_n(ws + j, n0);
+        __m256 x1 = n1 == 8 ? v_load(ws + j + 8) : v_load_n(ws + j + 8, n1);
+        if (scaled) x0 = _mm256_mul_ps(x0, prev), x1 = _mm256_mul_ps(x1, prev);
+        x0 = _mm256_mul_ps(x0, inv), x1 = _mm256_mul_ps(x1, inv);
+        int np = (int)((n - j + 1) / 2 < 8 ? (n - j + 1) / 2 : 8);
+        /* int16 of weights j..j+15 in order: adjacent int16 pairs are the int32 pairs */
+        __m256i w16 = i8_round16(x0, x1);
+        if (np == 8)
+            _mm256_storeu_si256((__m256i *)(void *)(pairs + j / 2), w16);
+        else
+            _mm256_maskstore_epi32(pairs + j / 2, lanes_(np), w16);
+    }
+}
+
 /* P2[r][jp] = the int16 pair (P16[r][2jp], P16[r][2jp+1]) as one int32, for
  * keys j < nk (<= I8_PV_MAX_SUBS sub-blocks), each sub-block rounded on its
  * own: sub-block b's pairs start at float index b * I8DOT_PV_SUB, written
@@ -649,36 +707,18 @@ static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, co
 {
     for (int r = 0; r < rows; r++) {
         float *w = p + r * ldp;
-        if (vscale) {   /* (masked stores only at the tail: vmaskmovps stores are slow on AMD) */
-            int64_t j = 0;
-            for (; j + 8 <= nk; j += 8) v_store(w + j, _mm256_mul_ps(v_load(w + j), v_load(vscale + j)));
-            if (j < nk) {
-                int n = (int)(nk - j);
-                v_store_n(w + j, _mm256_mul_ps(v_load_n(w + j, n), v_load_n(vscale + j, n)), n);
-            }
-        }
         for (int64_t j0 = 0; j0 < nk; j0 += I8DOT_PV_SUB) {
             const int64_t n = nk - j0 < I8DOT_PV_SUB ? nk - j0 : I8DOT_PV_SUB;
             float *ws = w + j0;
             int bad;
             float factor, pre;
-            float m = i8_row_absmax(ws, n, &bad);
+            /* p' = p vscale (when the values have scales), and its max */
+            float m = vscale ? i8_scale_absmax(ws, vscale + j0, n, &bad) : i8_row_absmax(ws, n, &bad);
             pscale[r * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB] = i8dot_weight_rounding(m, bad, &factor, &pre);
-            const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
-            int32_t *pairs = (int32_t *)(void *)ws;
-            for (int64_t j = 0; j < n; j += 16) {   /* 16 weights -> 8 pairs, in place */
-                int n0 = n - j >= 8 ? 8 : (int)(n - j), n1 = n - j >= 16 ? 8 : n - j > 8 ? (int)(n - j - 8) : 0;
-                __m256 x0 = _mm256_mul_ps(_mm256_mul_ps(n0 == 8 ? v_load(ws + j) : v_load_n(ws + j, n0), prev), inv);
-                __m256 x1 =
-                    _mm256_mul_ps(_mm256_mul_ps(n1 == 8 ? v_load(ws + j + 8) : v_load_n(ws + j + 8, n1), prev), inv);
-                int np = (int)((n - j + 1) / 2 < 8 ? (n - j + 1) / 2 : 8);
-                /* int16 of weights j..j+15 in order: adjacent int16 pairs are the int32 pairs */
-                __m256i w16 = i8_round16(x0, x1);
-                if (np == 8)
-                    _mm256_storeu_si256((__m256i *)(void *)(pairs + j / 2), w16);
-                else
-                    _mm256_maskstore_epi32(pairs + j / 2, lanes_(np), w16);
-            }
+            if (pre == 1.0f)   /* (x 1 is exact: the same integers without the multiply) */
+                i8_round_weight_pairs(ws, n, factor, 1.0f, 0);
+            else
+                i8_round_weight_pairs(ws, n, factor, pre, 1);
         }
     }
 }
@@ -768,9 +808,13 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
                 for (int t = 0; t < ntiles; t++) {
                     int64_t c0 = cg + 16 * t;
                     int cn = Dv - c0 < 16 ? (int)(Dv - c0) : 16;
-                    if (prefetch && cg == 0)   /* tile t asks for its share of the value rows pf ahead */
-                        for (int64_t r = ja + t * pf_share; r < ja + (t + 1) * pf_share && r < jb; r++)
-                            prefetch_span_avx2_io_i8(v, (r + pf) * ldv, Dv);
+                    if (prefetch && cg == 0) {   /* tile t asks for its share of the value rows pf ahead */
+                        const int64_t ra = ja + t * pf_share, rb = ra + pf_share < jb ? ra + pf_share : jb;
+                        if (ldv == Dv && ra < rb)   /* adjacent rows: one span */
+                            prefetch_span_avx2_io_i8(v, (ra + pf) * ldv, (rb - ra) * Dv);
+                        else
+                            for (int64_t r = ra; r < rb; r++) prefetch_span_avx2_io_i8(v, (r + pf) * ldv, Dv);
+                    }
                     i8_pv_pairs(rows, p2s, j0, ja, jb, v, ldv, c0, cn, isum[t]);
                 }
             }
