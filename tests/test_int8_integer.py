@@ -62,13 +62,13 @@ def model_lse(q, cache, scale):
     return (top + np.log(np.exp(t - top).sum(-1, keepdims=True)))[..., 0]
 
 
-# (avx2 has arms with a constant head size for groups of 4 rows and of 1
-# at D = 128 and 64: (2, 4, 300, 128), (1, 8, 33, 64), (2, 1, 301, 128),
-# (1, 1, 77, 64) reach them (odd key counts: the tail block too); the other
-# shapes reach the general arm)
+# (avx2 runs groups of 1-4 rows with a constant head size at D = 128 and
+# 64: G = 4, 8, 1, 3, 2, 5 (4 + 1) at those sizes reach those arms, odd key
+# counts their tail blocks; the other head sizes reach the general arm)
 @pytest.mark.parametrize("Hkv, G, Lk, D", [(2, 4, 300, 128), (1, 8, 33, 64), (3, 1, 7, 20), (2, 3, 257, 33),
                                            (1, 5, 64, 1), (1, 4, 1000, 200), (2, 2, 5, 31), (2, 1, 301, 128),
-                                           (1, 1, 77, 64), (1, 4, 45, 96)])
+                                           (1, 1, 77, 64), (1, 4, 45, 96), (1, 3, 129, 128), (2, 2, 65, 64),
+                                           (1, 5, 31, 128), (1, 7, 90, 64)])
 def test_scores_are_the_int16_query_model(integer_isa, Hkv, G, Lk, D):
     """The log-sum-exp equals the exact int16-query model to float32
     rounding; the same query in float32 is farther off than that, so the
