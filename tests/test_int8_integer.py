@@ -68,7 +68,7 @@ def model_lse(q, cache, scale):
 @pytest.mark.parametrize("Hkv, G, Lk, D", [(2, 4, 300, 128), (1, 8, 33, 64), (3, 1, 7, 20), (2, 3, 257, 33),
                                            (1, 5, 64, 1), (1, 4, 1000, 200), (2, 2, 5, 31), (2, 1, 301, 128),
                                            (1, 1, 77, 64), (1, 4, 45, 96), (1, 3, 129, 128), (2, 2, 65, 64),
-                                           (1, 5, 31, 128), (1, 7, 90, 64)])
+                                           (1, 5, 31, 128), (1, 7, 90, 64), (1, 2, 33, 128)])
 def test_scores_are_the_int16_query_model(integer_isa, Hkv, G, Lk, D):
     """The log-sum-exp equals the exact int16-query model to float32
     rounding; the same query in float32 is farther off than that, so the
@@ -268,3 +268,26 @@ def test_an_all_zero_value_row_does_not_coarsen_its_block(integer_isa):
     out = cache.attend(q)
     _, vd = decoded(cache)
     np.testing.assert_allclose(out, np.repeat(vd.mean(axis=2, keepdims=True), 4, axis=1), rtol=2e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("mag", [1e-25, 1e-36])
+def test_tiny_values_keep_their_weights_step(integer_isa, mag):
+    """Values this small give value scales below 2^-60, so a block's largest
+    weight times its value scale is too: its rounding pre-scales the
+    weights by 2^64 before the int16 step (i8dot_factor). Skipping that
+    pre-scale would round every weight to 0 and the output to 0. With
+    q = 0 (equal weights) the output is the decoded values' mean, over
+    sub-blocks of 256 with a ragged tail and scales that differ per key."""
+    rng = np.random.default_rng(12)
+    Lk = 700
+    k = rng.standard_normal((1, 1, Lk, 32), dtype=np.float32)
+    v = ((1 + 0.5 * rng.standard_normal((1, 1, Lk, 32))) * mag * rng.uniform(0.5, 2, (1, 1, Lk, 1))).astype(np.float32)
+    q = np.zeros((1, 4, 1, 32), np.float32)
+    cache = int8_cache(k, v)
+    assert cache._vs.max() < 2.0 ** -60
+    assert_integer_plan(cache, q)
+    out = cache.attend(q)
+    _, vd = decoded(cache)
+    want = np.repeat(vd.mean(axis=2, keepdims=True), 4, axis=1)
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-4 * np.abs(vd).max())
+    assert np.abs(want).min() > 100 * 2e-4 * np.abs(vd).max()   # the comparison is not against ~0
