@@ -586,12 +586,7 @@ static inline __attribute__((always_inline)) void i8_qk_group(int rows, int64_t 
     const int64_t pf = rows_ahead_avx2_io_i8(ldk, keys);   /* keys ahead to prefetch */
     int64_t j = 0;
     for (; j + keys <= nk; j += keys) {
-        if (prefetch) {
-            if (ldk == D)   /* the block's key rows are one span */
-                prefetch_span_avx2_io_i8(k, (j + pf) * ldk, keys * D);
-            else
-                for (int jj = 0; jj < keys; jj++) prefetch_span_avx2_io_i8(k, (j + pf + jj) * ldk, D);
-        }
+        if (prefetch) prefetch_rows_avx2_io_i8(k, j + pf, keys, ldk, D);
         __m256i sum = i8_qk_block(rows, keys, keys, D, q16, D16, k + j * ldk, ldk);
         __m256 ks;   /* lane rr * keys + jj: kscale[j + jj] */
         if (!kscale) {
@@ -671,12 +666,13 @@ static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, con
  * blocks): the rows path's blocks are two. */
 #define I8_PV_MAX_SUBS 4
 
-/* n weights ws[j] rounded to int16 as ws[j] x pre (if scaled) x factor,
- * written in place as int32 pairs: pair jp = (ws[2jp], ws[2jp + 1]) at
- * int32 index jp (an odd last weight pairs with 0) */
+/* n weights ws[j] rounded to int16 as ws[j] x pre x factor (pre 1: no
+ * multiply, x 1 being exact), written in place as int32 pairs: pair jp =
+ * (ws[2jp], ws[2jp + 1]) at int32 index jp (an odd last weight pairs with 0) */
 static inline __attribute__((always_inline)) void i8_round_weight_pairs(float *ws, int64_t n, float factor,
-                                                                        float pre, int scaled)
+                                                                        float pre)
 {
+    const int scaled = pre != 1.0f;
     const __m256 inv = _mm256_set1_ps(factor), prev = _mm256_set1_ps(pre);
     int32_t *pairs = (int32_t *)(void *)ws;
     for (int64_t j = 0; j < n; j += 16) {   /* 16 weights -> 8 pairs, in place */
@@ -714,10 +710,10 @@ static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, co
             /* p' = p vscale (when the values have scales), and its max */
             float m = vscale ? i8_scale_absmax(ws, vscale + j0, n, &bad) : i8_row_absmax(ws, n, &bad);
             pscale[r * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB] = i8dot_weight_rounding(m, bad, &factor, &pre);
-            if (pre == 1.0f)   /* (x 1 is exact: the same integers without the multiply) */
-                i8_round_weight_pairs(ws, n, factor, 1.0f, 0);
+            if (pre == 1.0f)   /* (a constant: the common arm has no multiply by pre) */
+                i8_round_weight_pairs(ws, n, factor, 1.0f);
             else
-                i8_round_weight_pairs(ws, n, factor, pre, 1);
+                i8_round_weight_pairs(ws, n, factor, pre);
         }
     }
 }
@@ -809,10 +805,7 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
                     int cn = Dv - c0 < 16 ? (int)(Dv - c0) : 16;
                     if (prefetch && cg == 0) {   /* tile t asks for its share of the value rows pf ahead */
                         const int64_t ra = ja + t * pf_share, rb = ra + pf_share < jb ? ra + pf_share : jb;
-                        if (ldv == Dv && ra < rb)   /* adjacent rows: one span */
-                            prefetch_span_avx2_io_i8(v, (ra + pf) * ldv, (rb - ra) * Dv);
-                        else
-                            for (int64_t r = ra; r < rb; r++) prefetch_span_avx2_io_i8(v, (r + pf) * ldv, Dv);
+                        if (ra < rb) prefetch_rows_avx2_io_i8(v, ra + pf, rb - ra, ldv, Dv);
                     }
                     i8_pv_pairs(rows, p2s, j0, ja, jb, v, ldv, c0, cn, isum[t]);
                 }

@@ -232,6 +232,15 @@ static inline void FNIO(prefetch_span)(const IT *base, int64_t at, int64_t n)
     attn_prefetch_bytes((uintptr_t)base + (uintptr_t)(at * (int64_t)sizeof(IT)),
                         (uintptr_t)base + (uintptr_t)((at + n) * (int64_t)sizeof(IT)));
 }
+/* Asks for the first n elements of rows [row, row + nrows) (ld apart):
+ * one span when the rows are adjacent (ld == n), else a span per row. */
+static inline void FNIO(prefetch_rows)(const IT *base, int64_t row, int64_t nrows, int64_t ld, int64_t n)
+{
+    if (ld == n)
+        FNIO(prefetch_span)(base, row * ld, nrows * n);
+    else
+        for (int64_t r = row; r < row + nrows; r++) FNIO(prefetch_span)(base, r * ld, n);
+}
 
 #ifndef ATTN_HAVE_qk_rows
 /* One row-block x key-block of dot products: acc[rr * QK_KEYS + jj] over d
