@@ -548,7 +548,7 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                      * sub-block's bytes, in address order, spread over its key steps;
                      * else for its own columns of the row a sub-block ahead */
                     int64_t pf_at = pf * ldv, pf_step = ldv, pf_n = r0 == 0 ? cn : 0;
-                    if (r0 == 0 && whole_rows) {
+                    if (r0 == 0 && whole_rows && sn > 0) {   /* (sn is 0 when nk is) */
                         const int64_t t = (c0 - cc) / (PV_ROWS_VECS * VL);
                         const int64_t share = (sub * ldv + ntiles - 1) / ntiles;
                         pf_step = pf_n = (share + sn - 1) / sn;
