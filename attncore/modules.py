@@ -323,28 +323,36 @@ class MultiHeadAttention:
                                  f"{kv_cache.head_dim} ({kv_cache.dtype}, stored as "
                                  f"{kv_cache.storage}); this layer needs {Hkv} heads of size "
                                  f"{Dh} ({self.dtype})")
+            cached_before = len(kv_cache)
             kv_cache.append(k, v)
             causal = "bottom_right"
-        Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
-        mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
-        dropout_p = self.dropout if self.training else 0.0
-        seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None
+        try:
+            Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
+            mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
+            dropout_p = self.dropout if self.training else 0.0
+            seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None
 
-        # the attention output is written straight into the rows the output
-        # projection reads: (B, Lq, H, Dh), or (Lq, B, H, Dh)
-        rows = (B, Lq) if bdim == 0 else (Lq, B)
-        attn = _layout.empty(rows + (H, Dh), self.dtype)
-        attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
-        attention = dict(scale=1.0 / math.sqrt(Dh), attn_mask=mask, is_causal=causal,
-                         dropout_p=dropout_p, seed=seed, valid_lens=valid_lens, num_threads=threads,
-                         out=attn_view, return_weights=V.flag(_MHA, "need_weights", need_weights))
-        if kv_cache is not None:   # reads the cache's storage directly (compact formats too)
-            res = kv_cache.attend(q, **attention)
-        else:
-            p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
-                                batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh,
-                                params={}, query_ndim=4)
-            res = _engine.run(_MHA, p, q, k, **attention)
+            # the attention output is written straight into the rows the output
+            # projection reads: (B, Lq, H, Dh), or (Lq, B, H, Dh)
+            rows = (B, Lq) if bdim == 0 else (Lq, B)
+            attn = _layout.empty(rows + (H, Dh), self.dtype)
+            attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
+            attention = dict(scale=1.0 / math.sqrt(Dh), attn_mask=mask, is_causal=causal,
+                             dropout_p=dropout_p, seed=seed, valid_lens=valid_lens, num_threads=threads,
+                             out=attn_view, return_weights=V.flag(_MHA, "need_weights", need_weights))
+            if kv_cache is not None:   # reads the cache's storage directly (compact formats too)
+                res = kv_cache.attend(q, **attention)
+            else:
+                p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
+                                    batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh,
+                                    params={}, query_ndim=4)
+                res = _engine.run(_MHA, p, q, k, **attention)
+        except BaseException:
+            # a call that fails (a mask or valid_lens of the wrong shape) must not
+            # leave its tokens in the cache: a caller retrying would add them twice
+            if kv_cache is not None:
+                kv_cache.truncate(cached_before)
+            raise
         weights = None
         if need_weights:
             weights = res[1].mean(axis=1) if average_attn_weights else res[1]

@@ -477,41 +477,49 @@ class MultiheadAttention(nn.MultiheadAttention):
         use_causal = bool(is_causal) and key_padding_mask is None and not need_weights
         if kv_cache is not None:
             self._check_kv_cache(kv_cache, query.dtype, Dh)
+            cached_before = len(kv_cache)
             kv_cache.append(heads(k).numpy(), heads(v).numpy())
             # the masks now cover every cached position; the causal structure is the
             # cache's bottom-right alignment, not the top-left is_causal shortcut
             Lk, use_causal = len(kv_cache), False
-        mask = self._sdpa_mask(key_padding_mask, None if use_causal else attn_mask, B, Lq, Lk,
-                               unbatched, query.dtype)
-        dropout_p = float(self.dropout) if self.training else 0.0
+        try:
+            mask = self._sdpa_mask(key_padding_mask, None if use_causal else attn_mask, B, Lq, Lk,
+                                   unbatched, query.dtype)
+            dropout_p = float(self.dropout) if self.training else 0.0
 
-        # attncore writes its output into the rows the output projection reads
-        buf = q.new_empty((B, Lq, H, Dh) if bdim == 0 else (Lq, B, H, Dh))
-        out_view = buf.transpose(1, 2) if bdim == 0 else buf.permute(1, 2, 0, 3)
-        if kv_cache is not None:
-            # the new positions are the newest: bottom-right causal alignment, as
-            # attncore.MultiHeadAttention(kv_cache=...) does; the storage is read directly
-            seed = int(_draw_seed()) if dropout_p > 0 else None
-            res = kv_cache.attend(heads(q).numpy(), attn_mask=None if mask is None else mask.numpy(),
-                                  is_causal="bottom_right", dropout_p=dropout_p, seed=seed,
-                                  out=out_view.numpy(), return_weights=bool(need_weights))
-            weights = torch.from_numpy(res[1]) if need_weights else None
-        elif _is_compiling():
-            res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
-            buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
-            weights = None
-        else:
-            seed = _draw_seed() if dropout_p > 0 else None
-            res = _sdpa_eager(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None,
-                              False, seed, out=out_view, return_weights=bool(need_weights))
-            weights = res[1] if need_weights else None
-        out = F.linear(buf.flatten(-2), self.out_proj.weight, self.out_proj.bias)
-        if weights is not None and average_attn_weights:
-            weights = weights.mean(dim=1)
-        if unbatched:
-            out = out.squeeze(0)
-            weights = weights.squeeze(0) if weights is not None else None
-        return out, weights
+            # attncore writes its output into the rows the output projection reads
+            buf = q.new_empty((B, Lq, H, Dh) if bdim == 0 else (Lq, B, H, Dh))
+            out_view = buf.transpose(1, 2) if bdim == 0 else buf.permute(1, 2, 0, 3)
+            if kv_cache is not None:
+                # the new positions are the newest: bottom-right causal alignment, as
+                # attncore.MultiHeadAttention(kv_cache=...) does; the storage is read directly
+                seed = int(_draw_seed()) if dropout_p > 0 else None
+                res = kv_cache.attend(heads(q).numpy(), attn_mask=None if mask is None else mask.numpy(),
+                                      is_causal="bottom_right", dropout_p=dropout_p, seed=seed,
+                                      out=out_view.numpy(), return_weights=bool(need_weights))
+                weights = torch.from_numpy(res[1]) if need_weights else None
+            elif _is_compiling():
+                res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
+                buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
+                weights = None
+            else:
+                seed = _draw_seed() if dropout_p > 0 else None
+                res = _sdpa_eager(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None,
+                                  False, seed, out=out_view, return_weights=bool(need_weights))
+                weights = res[1] if need_weights else None
+            out = F.linear(buf.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+            if weights is not None and average_attn_weights:
+                weights = weights.mean(dim=1)
+            if unbatched:
+                out = out.squeeze(0)
+                weights = weights.squeeze(0) if weights is not None else None
+            return out, weights
+        except BaseException:
+            # a call that fails (a mask of the wrong shape) must not leave its tokens
+            # in the cache: a caller retrying would add them twice
+            if kv_cache is not None:
+                kv_cache.truncate(cached_before)
+            raise
 
     def _check_kv_cache(self, kv_cache, dtype, Dh):
         """TypeError / ValueError unless `kv_cache` is an attncore.KVCache this

@@ -527,6 +527,26 @@ def test_mha_int8_kv_cache_within_the_bound_of_statement_10(kv_traffic):
     assert diff.max() > 10 * noise   # int8 did move the outputs
 
 
+def test_mha_kv_cache_failed_call_leaves_the_cache_as_it_was():
+    """A step whose mask has the wrong shape (found after the step's keys were
+    appended) takes them back out; the retried step equals a clean run."""
+    mha, fast = mha_pair()
+    x = torch.randn(1, 5, 32)
+    with torch.inference_mode():
+        clean = attncore.KVCache(8, 4, 8)
+        fast(x[:, :4], x[:, :4], x[:, :4], kv_cache=clean, need_weights=False)
+        want, _ = fast(x[:, 4:], x[:, 4:], x[:, 4:], kv_cache=clean, need_weights=False)
+        cache = attncore.KVCache(8, 4, 8)
+        fast(x[:, :4], x[:, :4], x[:, :4], kv_cache=cache, need_weights=False)
+        with pytest.raises(ValueError, match="key_padding_mask"):
+            fast(x[:, 4:], x[:, 4:], x[:, 4:], kv_cache=cache, need_weights=False,
+                 key_padding_mask=torch.zeros(1, 4, dtype=torch.bool))   # needs (1, 5)
+        assert len(cache) == 4
+        got, _ = fast(x[:, 4:], x[:, 4:], x[:, 4:], kv_cache=cache, need_weights=False)
+    assert len(cache) == 5
+    assert torch.equal(got, want)
+
+
 def test_mha_kv_cache_errors():
     mha, fast = mha_pair()
     x = torch.randn(1, 3, 32)

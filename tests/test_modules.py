@@ -189,6 +189,28 @@ def test_kv_cache_decoding_equals_full_causal(isa, dtype, rng, num_kv_heads):
     assert_close(np.concatenate(steps, axis=1), full.astype(np.float64), "sdpa", dtype)
 
 
+def test_kv_cache_failed_call_leaves_the_cache_as_it_was(rng):
+    """A decode step that raises (a mask or valid_lens of the wrong shape, found
+    after the step's keys were appended) takes its keys back out: a caller that
+    fixes the argument and retries gets the same output as a clean run."""
+    m = layer(np.float32, E=32, H=4, num_kv_heads=2)
+    x = rng.standard_normal((1, 5, 32)).astype(np.float32)
+    clean = attncore.KVCache(max_len=8, num_heads=2, head_dim=8)
+    m(x[:, :4], kv_cache=clean)
+    want = m(x[:, 4:], kv_cache=clean)[0]
+    cache = attncore.KVCache(max_len=8, num_heads=2, head_dim=8)
+    m(x[:, :4], kv_cache=cache)
+    bad_calls = [dict(attn_mask=np.zeros((1, 4), bool)),                 # needs (1, 5)
+                 dict(key_padding_mask=np.zeros((1, 4), bool)),
+                 dict(valid_lens=np.array([5, 5, 5]))]
+    for bad in bad_calls:
+        with pytest.raises(ValueError):
+            m(x[:, 4:], kv_cache=cache, **bad)
+        assert len(cache) == 4
+    np.testing.assert_array_equal(m(x[:, 4:], kv_cache=cache)[0], want)
+    assert len(cache) == 5
+
+
 def test_kv_cache_buffers_and_errors():
     cache = attncore.KVCache(max_len=4, num_heads=2, head_dim=3)
     k = np.ones((1, 2, 3, 3), np.float32)
