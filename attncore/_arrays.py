@@ -37,6 +37,9 @@ def torch_to_numpy(t, name, op):
     if t.device.type != "cpu":
         raise TypeError(f"{op}: {name} is on {t.device}; attncore runs on the CPU "
                         f"(move it with {name}.cpu())")
+    if t.layout != torch.strided:
+        raise TypeError(f"{op}: {name} is a {t.layout} tensor; attncore reads dense (strided) "
+                        f"tensors (convert it with {name}.to_dense())")
     t = t.detach()
     if t.is_conj():
         t = t.resolve_conj()

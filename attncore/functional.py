@@ -160,6 +160,13 @@ def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thread
     or CPU tensors, no mask or a bool one; None if the call is not common."""
     if _arrays.is_torch(query):
         torch = _arrays.torch_module()
+        tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
+        if not all(_arrays.is_torch(t) for t in tensors) \
+                or any(t.layout != torch.strided or t.is_neg() or t.is_conj() for t in tensors):
+            # mixed arguments, sparse tensors, and lazily negated or conjugated views
+            # (x.conj().imag: memory that holds -x) take the general path, which
+            # checks and resolves them
+            return None
         res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa,
                                     num_threads, _config.active_isa(), _arrays.torch_dtypes(),
                                     attn_mask)
@@ -198,7 +205,8 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
     -------
     (out, lse) with the parts' shapes; out in the parts' dtype, lse in float32
     (float64 for float64 parts; float16/bfloat16 parts, as SDPA returns
-    them, come with float32 lse and are merged in float32).
+    them, come with float32 lse and are merged in float32); torch tensors
+    when parts[0]'s out is a tensor.
 
     Example
     -------
@@ -260,4 +268,8 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
             merged *= inv[..., None]
             lse = np.where(total == 0, -np.inf, shift + np.log(np.where(total == 0, 1, total)))
     lse_out = lse_result if lse_result in V.COMPUTE_DTYPES else np.dtype(np.float32)
-    return merged.astype(result, copy=False), lse.astype(lse_out, copy=False)
+    merged, lse = merged.astype(result, copy=False), lse.astype(lse_out, copy=False)
+    if _arrays.is_torch(parts[0][0]):   # tensors in, tensors out (as SDPA returned the parts)
+        return (_arrays.to_torch(merged, _arrays.torch_dtype_name(parts[0][0])),
+                _arrays.to_torch(lse, _arrays.torch_dtype_name(parts[0][1])))
+    return merged, lse

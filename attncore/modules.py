@@ -111,7 +111,10 @@ class MultiHeadAttention:
                  kdim: Optional[int] = None, vdim: Optional[int] = None, bias: bool = True,
                  dropout: float = 0.0, batch_first: bool = True, dtype: Any = np.float32,
                  seed: Optional[int] = None) -> None:
-        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("kdim", kdim),
+                            ("vdim", vdim)):
+            if value is None and name in ("kdim", "vdim"):   # None: embed_dim
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{_MHA}: {name} must be a positive int; got {value!r}")
         if embed_dim % num_heads:

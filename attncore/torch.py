@@ -66,7 +66,12 @@ _WRITABLE_OUT = (torch.float32, torch.float64)   # dtypes the kernel writes in p
 # -- shared helpers ---------------------------------------------------------
 
 def _check_no_grad(op, hint, **tensors):
-    """TypeError if a tensor requires grad while grad mode is on."""
+    """TypeError if an argument is not a tensor, or if a tensor requires grad
+    while grad mode is on."""
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__} "
+                            f"(torch.from_numpy converts an array)")
     if not torch.is_grad_enabled():
         return
     for name, t in tensors.items():

@@ -323,3 +323,10 @@ def test_cross_attention_feature_mismatch(rng):
         m(x, rng.standard_normal((2, 3, 6)).astype(np.float32), rng.standard_normal((2, 3, 6)).astype(np.float32))
     with pytest.raises(ValueError, match="kdim = vdim = embed_dim"):
         m(x)
+
+
+@pytest.mark.parametrize("kw", [dict(kdim=2.5), dict(kdim=-3), dict(vdim=0), dict(vdim="8")])
+def test_kdim_vdim_must_be_positive_ints(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+        attncore.MultiHeadAttention(8, 2, **kw)

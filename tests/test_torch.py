@@ -47,3 +47,40 @@ def test_torch_tensors_in_torch_tensors_out():
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
     ref = F.scaled_dot_product_attention(t, t, t).numpy()
     assert_close(out.numpy(), ref.astype(np.float64), "sdpa", np.float32)
+
+
+def test_lazily_negated_views_are_read_as_their_values():
+    """x.conj().imag and x._neg_view() are views whose memory holds -x (torch's
+    neg bit): the fast path must not read the memory as it is."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 3, 8, generator=g)
+    k = torch.randn(1, 2, 5, 8, generator=g)
+    v = torch.randn(1, 2, 5, 1, generator=g)
+    kneg = (-k)._neg_view()                                   # values k, memory -k
+    vc = torch.complex(torch.zeros_like(v), -v).conj().imag   # values v, memory -v, stride 2
+    assert kneg.is_neg() and vc.is_neg()
+    want = attncore.scaled_dot_product_attention(q, k.clone(), v.clone())
+    for kk, vv in ((kneg, v), (k, vc), (kneg, vc)):
+        torch.testing.assert_close(attncore.scaled_dot_product_attention(q, kk, vv), want,
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(attncore.torch.scaled_dot_product_attention(q, kk, vv), want,
+                                   rtol=0, atol=0)
+
+
+def test_non_tensor_and_sparse_arguments_raise_type_errors():
+    q = torch.ones(1, 1, 2, 4)
+    with pytest.raises(TypeError, match="key must be a torch.Tensor; got ndarray"):
+        attncore.torch.scaled_dot_product_attention(q, np.ones((1, 1, 2, 4), np.float32), q)
+    with pytest.raises(TypeError, match="query is a torch.sparse_coo tensor.*to_dense"):
+        attncore.scaled_dot_product_attention(q.to_sparse(), q, q)
+
+
+def test_merge_attention_returns_tensors_for_tensors():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 3, 8, generator=g), torch.randn(1, 2, 9, 8, generator=g),
+               torch.randn(1, 2, 9, 8, generator=g))
+    parts = [attncore.scaled_dot_product_attention(q, k[:, :, s], v[:, :, s], return_lse=True)
+             for s in (slice(0, 4), slice(4, 9))]
+    out, lse = attncore.merge_attention(parts)
+    assert isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)
+    torch.testing.assert_close(out, attncore.scaled_dot_product_attention(q, k, v))
