@@ -273,6 +273,33 @@ def test_nan_scores_poison_only_their_row(isa, dtype):
     assert not np.isnan(out[0, 0, [0, 2]]).any()
 
 
+@pytest.mark.parametrize("Lq", [1, 40])               # rows path / panel path
+@pytest.mark.parametrize("storage", [None, "float32", "bfloat16", "int8"])
+def test_overflowing_value_sums_give_inf_not_nan(isa, Lq, storage):
+    """(8) Range: value sums past FLT_MAX (every value 1e36 over 400 and 5000
+    keys) give +-inf, as torch, never NaN; a row whose sums stay finite is
+    unchanged (128 keys)."""
+    for Lk, want in ((128, "finite"), (400, "inf"), (5000, "inf")):
+        q = np.ones((1, 2, Lq, 64), np.float32)
+        k = np.zeros((1, 2, Lk, 64), np.float32)
+        v = np.full((1, 2, Lk, 64), 1e36, np.float32)
+        v[:, 1] *= -1
+        if storage is None:
+            out = SDPA(q, k, v)
+        else:
+            if Lq != 1:
+                continue
+            cache = attncore.KVCache(Lk, 2, 64, dtype=storage)
+            cache.append(k, v)
+            out = cache.attend(q)
+        if want == "finite":   # (bfloat16 stores 1e36 to 8 bits)
+            rtol = 4e-3 if storage == "bfloat16" else 1e-5
+            np.testing.assert_allclose(out[0, 0], 1e36, rtol=rtol)
+            np.testing.assert_allclose(out[0, 1], -1e36, rtol=rtol)
+        else:
+            assert np.isposinf(out[0, 0]).all() and np.isneginf(out[0, 1]).all()
+
+
 def test_dropout_is_exactly_the_counter_rng(isa, dtype):
     """(9) The kept weights are those whose counter draw passes the threshold,
     scaled by 1/(1-p); the pattern depends only on (seed, b, h, i, j)."""

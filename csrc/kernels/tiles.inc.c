@@ -55,13 +55,16 @@ _Static_assert(BK_ROWS % VL == 0, "rows-path key blocks are whole vectors");
 
 /* total = alpha * total + x with Kahan compensation (comp holds the lost low
  * part: the sum is total - comp). A non-finite total clears comp, so that
- * Inf and NaN propagate as they would through a plain sum. */
+ * Inf and NaN propagate as they would through a plain sum: t - t is 0 for a
+ * finite t and NaN otherwise, so comp + (t - t) is comp or NaN, and NaN
+ * becomes 0. (A total that overflowed to inf had left comp = inf, and the
+ * result total - comp was inf - inf = NaN.) */
 static inline void FN(kahan_update)(vec alpha, vec x, vec *total, vec *comp)
 {
     vec o = v_mul(alpha, *total);
     vec y = v_sub(x, v_mul(alpha, *comp));
     vec t = v_add(o, y);
-    *comp = v_nan_to_zero(v_sub(v_sub(t, o), y));
+    *comp = v_nan_to_zero(v_add(v_sub(v_sub(t, o), y), v_sub(t, t)));
     *total = t;
 }
 
@@ -71,7 +74,7 @@ static inline T FN(kahan_update_scalar)(T alpha, T x, T *total, T *comp)
     T y = x - alpha * *comp;
     T t = o + y;
     T c = (t - o) - y;
-    *comp = c == c ? c : (T)0;
+    *comp = c == c && t - t == 0 ? c : (T)0;
     *total = t;
     return t;
 }
