@@ -270,7 +270,7 @@ def test_an_all_zero_value_row_does_not_coarsen_its_block(integer_isa):
     np.testing.assert_allclose(out, np.repeat(vd.mean(axis=2, keepdims=True), 4, axis=1), rtol=2e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("mag", [1e-25, 1e-36])
+@pytest.mark.parametrize("mag", [1e-25, 1e-36, 1e-37, 1e-39])
 def test_tiny_values_keep_their_weights_step(integer_isa, mag):
     """Values this small give value scales below 2^-60, so a block's largest
     weight times its value scale is too: its rounding pre-scales the

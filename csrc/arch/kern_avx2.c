@@ -696,9 +696,11 @@ static inline __attribute__((always_inline)) void i8_round_weight_pairs(float *w
  * own: sub-block b's pairs start at float index b * I8DOT_PV_SUB, written
  * over row r of p itself (its pair jp lands at float index jp of the
  * sub-block, which the loop has already read), its scale ps at
- * pscale[r * I8_PV_MAX_SUBS + b] (NaN for a sub-block holding a NaN or an
- * infinity: the row's output is NaN, as in float32). */
-static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const float *vscale, float *pscale)
+ * pscale[r * I8_PV_MAX_SUBS + b] in units of 1 / punit[same] (NaN for a
+ * sub-block holding a NaN or an infinity: the row's output is NaN, as in
+ * float32; punit 1 except for tiny sub-blocks, i8dot_weight_rounding). */
+static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const float *vscale, float *pscale,
+                                 float *punit)
 {
     for (int r = 0; r < rows; r++) {
         float *w = p + r * ldp;
@@ -710,6 +712,7 @@ static void i8_pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, co
             /* p' = p vscale (when the values have scales), and its max */
             float m = vscale ? i8_scale_absmax(ws, vscale + j0, n, &bad) : i8_row_absmax(ws, n, &bad);
             pscale[r * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB] = i8dot_weight_rounding(m, bad, &factor, &pre);
+            punit[r * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB] = 1.0f / pre;   /* (a power of two: exact) */
             if (pre == 1.0f)   /* (a constant: the common arm has no multiply by pre) */
                 i8_round_weight_pairs(ws, n, factor, 1.0f);
             else
@@ -778,8 +781,9 @@ static inline __attribute__((always_inline)) void i8_pv_pairs(int rows, const in
 
 static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t nk, float *p, int64_t ldp,
                                                               const int8_t *v, int64_t ldv, int64_t Dv,
-                                                              const float *pscale, const float *alpha, float *o,
-                                                              float *oc, int64_t ldo, int prefetch)
+                                                              const float *pscale, const float *punit,
+                                                              const float *alpha, float *o, float *oc, int64_t ldo,
+                                                              int prefetch)
 {
     const int64_t pf = rows_ahead_avx2_io_i8(ldv, I8_PV_CHUNK);   /* value rows ahead */
     /* the prefetches of a chunk, spread over its first pass's tiles */
@@ -812,11 +816,20 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
             }
             for (int t = 0; t < ntiles; t++)
                 for (int rr = 0; rr < rows; rr++) {
-                    __m256 ps = _mm256_set1_ps(pscale[rr * I8_PV_MAX_SUBS + j0 / I8DOT_PV_SUB]);
+                    const int at = rr * I8_PV_MAX_SUBS + (int)(j0 / I8DOT_PV_SUB);
+                    __m256 ps = _mm256_set1_ps(pscale[at]);
                     __m256i cols0_7 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x20);
                     __m256i cols8_15 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x31);
-                    sum[t][rr][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols0_7), ps, sum[t][rr][0]);
-                    sum[t][rr][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols8_15), ps, sum[t][rr][1]);
+                    if (punit[at] == 1.0f) {
+                        sum[t][rr][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols0_7), ps, sum[t][rr][0]);
+                        sum[t][rr][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols8_15), ps, sum[t][rr][1]);
+                    } else {   /* a tiny sub-block: ps is in units of 1 / punit */
+                        __m256 unit = _mm256_set1_ps(punit[at]);
+                        sum[t][rr][0] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(cols0_7), ps), unit,
+                                                        sum[t][rr][0]);
+                        sum[t][rr][1] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(cols8_15), ps), unit,
+                                                        sum[t][rr][1]);
+                    }
                 }
         }
         for (int t = 0; t < ntiles; t++) {
@@ -842,7 +855,7 @@ static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int
 {
     const int64_t most = I8_PV_MAX_SUBS * I8DOT_PV_SUB;   /* keys per pass */
     static const float keep[I8_ROWS] = {1, 1, 1, 1};      /* later passes add to O as it is */
-    float pscale[I8_ROWS * I8_PV_MAX_SUBS];
+    float pscale[I8_ROWS * I8_PV_MAX_SUBS], punit[I8_ROWS * I8_PV_MAX_SUBS];
     for (int r = 0; r < nr; r += I8_ROWS) {
         int rows = nr - r < I8_ROWS ? nr - r : I8_ROWS;
         float *orow = o + r * ldo, *crow = oc + r * ldo;
@@ -851,13 +864,13 @@ static void pv_rows_i8_avx2(int64_t nk, float *p, int64_t ldp, int nr, const int
             float *pr = p + r * ldp + j;
             const int8_t *vj = v + j * ldv;
             const float *a = j == 0 ? alpha + r : keep;
-            i8_pack_weight_pairs(rows, n, pr, ldp, vscale ? vscale + j : NULL, pscale);
+            i8_pack_weight_pairs(rows, n, pr, ldp, vscale ? vscale + j : NULL, pscale, punit);
             int pf = r == 0;   /* the first group streams the values from memory */
             switch (rows) {
-            case 4: i8_pv_group(4, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
-            case 3: i8_pv_group(3, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
-            case 2: i8_pv_group(2, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
-            default: i8_pv_group(1, n, pr, ldp, vj, ldv, Dv, pscale, a, orow, crow, ldo, pf); break;
+            case 4: i8_pv_group(4, n, pr, ldp, vj, ldv, Dv, pscale, punit, a, orow, crow, ldo, pf); break;
+            case 3: i8_pv_group(3, n, pr, ldp, vj, ldv, Dv, pscale, punit, a, orow, crow, ldo, pf); break;
+            case 2: i8_pv_group(2, n, pr, ldp, vj, ldv, Dv, pscale, punit, a, orow, crow, ldo, pf); break;
+            default: i8_pv_group(1, n, pr, ldp, vj, ldv, Dv, pscale, punit, a, orow, crow, ldo, pf); break;
             }
         }
     }

@@ -236,9 +236,12 @@ static void qk_rows_i8_vnni(int64_t D, const float *qs, int64_t ldq, int nr, con
 
 /* P2[r][jp] = the int16 pair (P16[r][2jp], P16[r][2jp+1]) as one int32,
  * written over row r of p itself (pair jp lands at float index jp, which
- * the loop has already read); returns the row's scale ps in pscale[r] (NaN
- * for a row holding a NaN or an infinity: its output is NaN, as in float32). */
-static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const float *vscale, float *pscale)
+ * the loop has already read); returns the row's scale ps in pscale[r], in
+ * units of 1 / punit[r] (NaN for a row holding a NaN or an infinity: its
+ * output is NaN, as in float32; punit 1 except for tiny rows,
+ * i8dot_weight_rounding). */
+static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const float *vscale, float *pscale,
+                              float *punit)
 {
     for (int r = 0; r < rows; r++) {
         float *w = p + r * ldp;
@@ -251,6 +254,7 @@ static void pack_weight_pairs(int rows, int64_t nk, float *p, int64_t ldp, const
         float factor, pre;
         float m = row_absmax(w, nk, &bad);
         pscale[r] = i8dot_weight_rounding(m, bad, &factor, &pre);
+        punit[r] = 1.0f / pre;   /* (a power of two: exact) */
         const __m512 inv = _mm512_set1_ps(factor);
         int32_t *pairs = (int32_t *)(void *)w;
         for (int64_t j = 0; j < nk; j += 32) {   /* 32 weights -> 16 pairs, in place */
@@ -306,12 +310,13 @@ static inline __attribute__((always_inline)) void pair_step(int rows, __m512i a0
 /*
  * sum[rr][c] (float32, 64 columns c0..c0+cn) += the exact int32 sums of
  * P2 pairs times value pairs over keys [j0, j1) (j1 - j0 <= PV_SUB, even
- * j0), converted and scaled by pscale[rr].
+ * j0), converted and scaled by pscale[rr] (times punit[rr] where that is
+ * not 1).
  */
 static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const int32_t *const *p2, int64_t j0,
                                                                int64_t j1, const int8_t *v, int64_t ldv,
                                                                int64_t c0, int64_t cn, const float *pscale,
-                                                               __m512 sum[4][4], int prefetch)
+                                                               const float *punit, __m512 sum[4][4], int prefetch)
 {
     __m512i acc[4][4];
 #pragma GCC unroll 4
@@ -346,15 +351,22 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
         __m512 ps = _mm512_set1_ps(pscale[rr]);
         __m512i c[4] = {cols_lo(acc[rr][0], acc[rr][1]), cols_hi(acc[rr][0], acc[rr][1]),
                         cols_lo(acc[rr][2], acc[rr][3]), cols_hi(acc[rr][2], acc[rr][3])};
+        if (punit[rr] == 1.0f) {
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; u++) sum[rr][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[u]), ps, sum[rr][u]);
+            for (int u = 0; u < 4; u++) sum[rr][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[u]), ps, sum[rr][u]);
+        } else {   /* a tiny row: ps is in units of 1 / punit */
+            __m512 unit = _mm512_set1_ps(punit[rr]);
+            for (int u = 0; u < 4; u++)
+                sum[rr][u] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c[u]), ps), unit, sum[rr][u]);
+        }
     }
 }
 
 static inline __attribute__((always_inline)) void pv_vnni_rows(int rows, int64_t nk, float *p, int64_t ldp,
                                                                const int8_t *v, int64_t ldv, int64_t Dv,
-                                                               const float *pscale, const float *alpha, float *o,
-                                                               float *oc, int64_t ldo, int prefetch)
+                                                               const float *pscale, const float *punit,
+                                                               const float *alpha, float *o, float *oc, int64_t ldo,
+                                                               int prefetch)
 {
     const int32_t *p2[4];
     for (int rr = 0; rr < rows; rr++) p2[rr] = (const int32_t *)(const void *)(p + rr * ldp);
@@ -367,7 +379,7 @@ static inline __attribute__((always_inline)) void pv_vnni_rows(int rows, int64_t
             int64_t j1 = nk - j0 < PV_SUB ? nk : j0 + PV_SUB;
             const int32_t *p2s[4];
             for (int rr = 0; rr < rows; rr++) p2s[rr] = p2[rr] + j0 / 2;
-            pv_vnni_tile(rows, p2s, j0, j1, v, ldv, c0, cn, pscale, sum, prefetch);
+            pv_vnni_tile(rows, p2s, j0, j1, v, ldv, c0, cn, pscale, punit, sum, prefetch);
         }
         int nvec = (int)((cn + 15) / 16);
         for (int rr = 0; rr < rows; rr++) {
@@ -387,17 +399,17 @@ static inline __attribute__((always_inline)) void pv_vnni_rows(int rows, int64_t
 static void pv_rows_i8_vnni(int64_t nk, float *p, int64_t ldp, int nr, const int8_t *v, int64_t ldv, int64_t Dv,
                             const float *vscale, const float *alpha, float *o, float *oc, int64_t ldo)
 {
-    float pscale[VNNI_ROWS];
+    float pscale[VNNI_ROWS], punit[VNNI_ROWS];
     for (int r = 0; r < nr; r += VNNI_ROWS) {
         int rows = nr - r < VNNI_ROWS ? nr - r : VNNI_ROWS;
         float *pr = p + r * ldp, *orow = o + r * ldo, *crow = oc + r * ldo;
-        pack_weight_pairs(rows, nk, pr, ldp, vscale, pscale);
+        pack_weight_pairs(rows, nk, pr, ldp, vscale, pscale, punit);
         int pf = r == 0;   /* the first group streams the values from memory */
         switch (rows) {
-        case 4: pv_vnni_rows(4, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
-        case 3: pv_vnni_rows(3, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
-        case 2: pv_vnni_rows(2, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
-        default: pv_vnni_rows(1, nk, pr, ldp, v, ldv, Dv, pscale, alpha + r, orow, crow, ldo, pf); break;
+        case 4: pv_vnni_rows(4, nk, pr, ldp, v, ldv, Dv, pscale, punit, alpha + r, orow, crow, ldo, pf); break;
+        case 3: pv_vnni_rows(3, nk, pr, ldp, v, ldv, Dv, pscale, punit, alpha + r, orow, crow, ldo, pf); break;
+        case 2: pv_vnni_rows(2, nk, pr, ldp, v, ldv, Dv, pscale, punit, alpha + r, orow, crow, ldo, pf); break;
+        default: pv_vnni_rows(1, nk, pr, ldp, v, ldv, Dv, pscale, punit, alpha + r, orow, crow, ldo, pf); break;
         }
     }
 }

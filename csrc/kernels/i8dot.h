@@ -64,13 +64,16 @@ static inline float i8dot_query_rounding(float m, int bad, int qmax, float *fact
 }
 
 /* A row of P V weights' rounding to int16 (within +-32767), likewise: the
- * scale max / 32767 (NaN for a bad row), and *factor 0 for a bad or
- * all-zero row. */
+ * scale max / 32767 in units of 1 / pre, i.e. max x pre / 32767 (NaN for a
+ * bad row), and *factor 0 for a bad or all-zero row. The caller multiplies
+ * the converted int32 sums by it, then by 1 / pre where pre is not 1: for a
+ * tiny max (values below about 1e-31) max / 32767 itself would be
+ * subnormal, with too few bits (or 0), and the output off by percents. */
 static inline float i8dot_weight_rounding(float m, int bad, float *factor, float *pre)
 {
     *pre = 1.0f;
     *factor = bad || m == 0 ? 0.0f : i8dot_factor(m, 32767, pre);
-    return bad ? NAN : m / 32767.0f;
+    return bad ? NAN : m * *pre / 32767.0f;
 }
 
 #endif
