@@ -422,8 +422,8 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         return None
     if scale is None:
         sc = 1.0 / math.sqrt(D)
-    elif type(scale) is float or type(scale) is int:
-        sc = scale
+    elif type(scale) is float or (type(scale) is int and -(1 << 62) <= scale <= (1 << 62)):
+        sc = scale   # (larger ints take the general path, whose check names them)
     else:
         return None
     out = _empty((B, Hq, Lq, Dv), out_dtype)

@@ -139,7 +139,11 @@ def real_number(op, name, value):
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be a real number; got {value!r}")
     if isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:   # an int past the float range (10**400)
+            raise ValueError(f"{op}: {name} is too large for a float; got an int of "
+                             f"{len(str(abs(int(value))))} digits") from None
     if isinstance(value, np.ndarray) or _arrays.is_torch(value):
         a = as_array(value, name, op)
         if a.ndim == 0 and a.dtype != np.bool_ and (np.issubdtype(a.dtype, np.number) or _is_half(a.dtype)) \
@@ -297,7 +301,8 @@ def window(op, value):
         if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)) or side < -1:
             raise ValueError(f"{op}: window {name} must be an int >= 0 (or None / -1: unbounded); "
                              f"got {side!r}")
-        sides.append(int(side))
+        # (a side past any key count is unbounded in effect; kept within C's int64)
+        sides.append(min(int(side), 1 << 62))
     return tuple(sides)
 
 

@@ -387,7 +387,9 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
     and the weights with `return_weights`. A query whose keys are all masked
     (or, epanechnikov, out of reach) gives zeros. NaN in a visible key or the
     query gives NaN; a NaN in y reaches the outputs whose weight for it is
-    not masked out.
+    not masked out, and may reach others too when it is hidden by a bool
+    mask (a weight of 0 times NaN is NaN, as in SDPA; ``valid_lens``
+    keeps it out). Replace NaN targets before the call to be sure.
 
     Example
     -------

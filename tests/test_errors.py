@@ -35,6 +35,7 @@ def ok(**over):
     (dict(dropout_p=0.5, seed=-1), ValueError, ["seed"]),
     (dict(is_causal="upper"), ValueError, ["is_causal", "'upper'"]),
     (dict(scale="x"), TypeError, ["scale"]),
+    (dict(scale=10 ** 400), ValueError, ["scale", "too large"]),
     (dict(num_threads=0), ValueError, ["num_threads"]),
     (dict(num_threads=-2), ValueError, ["num_threads"]),
     (dict(num_threads=1.5), TypeError, ["num_threads"]),
@@ -92,3 +93,10 @@ def test_merge_bad_input():
         attncore.merge_attention([(o, l), (np.zeros((2, 3, 5), f32), l)])
     with pytest.raises(TypeError, match="mix"):
         attncore.merge_attention([(o, l.astype(np.float64))])
+
+
+def test_window_wider_than_any_key_range_is_unbounded():
+    """window sides past C's int64 (2**63) mean "unbounded" in effect, not an
+    OverflowError."""
+    args = ok()
+    np.testing.assert_array_equal(SDPA(**args, window=(2 ** 63, 1)), SDPA(**args, window=(None, 1)))
