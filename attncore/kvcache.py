@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _config, _core, _engine
+from . import _arrays, _config, _core, _engine
 from . import _validate as V
 from ._types import ArrayLike, Result
 
@@ -242,7 +242,7 @@ class KVCache:
         formats), Hq a multiple of the cache's heads. Other arguments --
         masks, windows, ALiBi, soft-capping, sinks -- as in
         :func:`attncore.scaled_dot_product_attention`. Returns (B, Hq, Lq, Dh)
-        (and weights / lse as asked).
+        (and weights / lse as asked): torch tensors for a tensor query.
 
         Example
         -------
@@ -253,6 +253,16 @@ class KVCache:
         array([[[[2., 2.]]]], dtype=float32)
         """
         op = "KVCache.attend"
+        if _arrays.is_torch(query):   # tensors in, tensors out (over the same memory)
+            res = self.attend(_arrays.torch_to_numpy(query, "query", op), is_causal=is_causal,
+                              scale=scale, attn_mask=attn_mask, valid_lens=valid_lens,
+                              dropout_p=dropout_p, seed=seed, num_threads=num_threads, out=out,
+                              return_weights=return_weights, return_lse=return_lse,
+                              window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                              sinks=sinks)
+            if isinstance(res, tuple):
+                return tuple(_arrays.to_torch(a, a.dtype.name) for a in res)
+            return _arrays.to_torch(res, res.dtype.name)
         if self._k is None or self._v is None:
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         if (attn_mask is None and valid_lens is None and out is None and return_weights is False

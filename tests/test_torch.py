@@ -84,3 +84,15 @@ def test_merge_attention_returns_tensors_for_tensors():
     out, lse = attncore.merge_attention(parts)
     assert isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)
     torch.testing.assert_close(out, attncore.scaled_dot_product_attention(q, k, v))
+
+
+def test_kvcache_attend_returns_tensors_for_a_tensor_query():
+    cache = attncore.KVCache(8, 1, 4, dtype="int8")
+    rng = np.random.default_rng(2)
+    cache.append(rng.standard_normal((1, 1, 5, 4), dtype=np.float32),
+                 rng.standard_normal((1, 1, 5, 4), dtype=np.float32))
+    q = torch.randn(1, 2, 1, 4, generator=torch.Generator().manual_seed(2))
+    out, lse = cache.attend(q, return_lse=True)
+    assert isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)
+    want_out, want_lse = cache.attend(q.numpy(), return_lse=True)
+    assert np.array_equal(out.numpy(), want_out) and np.array_equal(lse.numpy(), want_lse)
