@@ -143,7 +143,7 @@ def real_number(op, name, value):
             return float(value)
         except OverflowError:   # an int past the float range (10**400)
             raise ValueError(f"{op}: {name} is too large for a float; got an int of "
-                             f"{len(str(abs(int(value))))} digits") from None
+                             f"{int(value).bit_length()} bits") from None
     if isinstance(value, np.ndarray) or _arrays.is_torch(value):
         a = as_array(value, name, op)
         if a.ndim == 0 and a.dtype != np.bool_ and (np.issubdtype(a.dtype, np.number) or _is_half(a.dtype)) \

@@ -159,6 +159,16 @@ class KVCache:
     def __len__(self) -> int:
         return self._length
 
+    def _state(self):
+        """What append changes (references only: append writes past the
+        length or into new buffers), for _restore after a failed step."""
+        return self._k, self._v, self._ks, self._vs, self._length
+
+    def _restore(self, state) -> None:
+        """The cache as _state() saw it: a decode step that raised after its
+        append takes its tokens (and any grown or re-batched buffers) back."""
+        self._k, self._v, self._ks, self._vs, self._length = state
+
     @property
     def capacity(self) -> int:
         return self._k.shape[2] if self._k is not None else self.max_len
@@ -260,9 +270,9 @@ class KVCache:
                               return_weights=return_weights, return_lse=return_lse,
                               window=window, alibi_slopes=alibi_slopes, softcap=softcap,
                               sinks=sinks)
-            if isinstance(res, tuple):
-                return tuple(_arrays.to_torch(a, a.dtype.name) for a in res)
-            return _arrays.to_torch(res, res.dtype.name)
+            # (an `out` array given by the caller comes back as itself)
+            wrap = (lambda a: a if a is out else _arrays.to_torch(a, a.dtype.name))
+            return tuple(map(wrap, res)) if isinstance(res, tuple) else wrap(res)
         if self._k is None or self._v is None:
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         if (attn_mask is None and valid_lens is None and out is None and return_weights is False

@@ -326,9 +326,10 @@ class MultiHeadAttention:
                                  f"{kv_cache.head_dim} ({kv_cache.dtype}, stored as "
                                  f"{kv_cache.storage}); this layer needs {Hkv} heads of size "
                                  f"{Dh} ({self.dtype})")
-            cached_before = len(kv_cache)
+            cached_before = kv_cache._state()
             kv_cache.append(k, v)
             causal = "bottom_right"
+        rng_before = self._dropout_rng.bit_generator.state
         try:
             Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
             mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
@@ -351,10 +352,12 @@ class MultiHeadAttention:
                                     params={}, query_ndim=4)
                 res = _engine.run(_MHA, p, q, k, **attention)
         except BaseException:
-            # a call that fails (a mask or valid_lens of the wrong shape) must not
-            # leave its tokens in the cache: a caller retrying would add them twice
+            # a call that fails (a mask or valid_lens of the wrong shape) leaves the
+            # cache and the dropout stream as they were: a caller retrying would
+            # otherwise add its tokens twice
             if kv_cache is not None:
-                kv_cache.truncate(cached_before)
+                kv_cache._restore(cached_before)
+            self._dropout_rng.bit_generator.state = rng_before
             raise
         weights = None
         if need_weights:

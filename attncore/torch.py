@@ -482,7 +482,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         use_causal = bool(is_causal) and key_padding_mask is None and not need_weights
         if kv_cache is not None:
             self._check_kv_cache(kv_cache, query.dtype, Dh)
-            cached_before = len(kv_cache)
+            cached_before = kv_cache._state()
             kv_cache.append(heads(k).numpy(), heads(v).numpy())
             # the masks now cover every cached position; the causal structure is the
             # cache's bottom-right alignment, not the top-left is_causal shortcut
@@ -520,10 +520,11 @@ class MultiheadAttention(nn.MultiheadAttention):
                 weights = weights.squeeze(0) if weights is not None else None
             return out, weights
         except BaseException:
-            # a call that fails (a mask of the wrong shape) must not leave its tokens
-            # in the cache: a caller retrying would add them twice
+            # a call that fails (a mask of the wrong shape) leaves the cache as it
+            # was: a caller retrying would otherwise add its tokens twice (torch's
+            # global generator may have given a dropout seed already)
             if kv_cache is not None:
-                kv_cache.truncate(cached_before)
+                kv_cache._restore(cached_before)
             raise
 
     def _check_kv_cache(self, kv_cache, dtype, Dh):

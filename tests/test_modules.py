@@ -211,6 +211,21 @@ def test_kv_cache_failed_call_leaves_the_cache_as_it_was(rng):
     assert len(cache) == 5
 
 
+def test_kv_cache_failed_call_restores_buffers_and_dropout_stream(rng):
+    """The rollback restores what the failed append changed -- a grown
+    capacity, a new batch size -- and, in training with dropout, the layer's
+    dropout stream, so the retried step equals a clean run bit for bit."""
+    m = layer(np.float32, E=32, H=4, num_kv_heads=2, dropout=0.3)
+    x = rng.standard_normal((3, 5, 32)).astype(np.float32)
+    cache = attncore.KVCache(max_len=2, num_heads=2, head_dim=8, batch_size=2, grow=True)
+    with pytest.raises(ValueError):
+        m(x, kv_cache=cache, key_padding_mask=np.zeros((3, 4), bool))   # needs (3, 5)
+    assert (len(cache), cache.capacity, cache.batch) == (0, 2, 2)
+    twin = layer(np.float32, E=32, H=4, num_kv_heads=2, dropout=0.3)
+    want = twin(x, kv_cache=attncore.KVCache(max_len=2, num_heads=2, head_dim=8, grow=True))[0]
+    np.testing.assert_array_equal(m(x, kv_cache=cache)[0], want)
+
+
 def test_kv_cache_buffers_and_errors():
     cache = attncore.KVCache(max_len=4, num_heads=2, head_dim=3)
     k = np.ones((1, 2, 3, 3), np.float32)

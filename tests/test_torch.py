@@ -96,3 +96,5 @@ def test_kvcache_attend_returns_tensors_for_a_tensor_query():
     assert isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)
     want_out, want_lse = cache.attend(q.numpy(), return_lse=True)
     assert np.array_equal(out.numpy(), want_out) and np.array_equal(lse.numpy(), want_lse)
+    buf = np.empty((1, 2, 1, 4), np.float32)[..., ::-1]                 # out= comes back as itself
+    assert cache.attend(q, out=buf) is buf and np.array_equal(buf, want_out)
