@@ -21,13 +21,16 @@ def linear(x, weight, bias=None, num_threads=None, op="linear"):
     K = x.shape[-1]
     N = weight.shape[0]
     lead = x.shape[:-1]
-    x2 = _layout.for_kernel(x.reshape(-1, K) if x.ndim != 2 else x)
+    M = int(np.prod(lead))   # (not reshape(-1, K): ambiguous when x is empty)
+    x2 = _layout.for_kernel(x.reshape(M, K) if x.ndim != 2 else x)
     weight = _layout.for_kernel(weight, unit_last=False)
     y = _layout.empty(lead + (N,), x.dtype)
     if bias is not None:
         bias = np.ascontiguousarray(_layout.for_kernel(bias), dtype=x.dtype)
-    if x2.shape[0] and N:
+    if K == 0:   # an empty sum: y is the bias
+        y[...] = 0 if bias is None else bias
+    elif M and N:
         threads = _core.default_threads() if num_threads is None else num_threads
         _core.linear(op, x.dtype == np.float64, _config.active_isa(), threads, x2, weight, bias,
-                     y.reshape(-1, N))
+                     y.reshape(M, N))
     return y

@@ -17,7 +17,10 @@ from ._types import ArrayLike, Causal, OptArray, Result, Scalar
 
 def _check_matrix(op, name, a, shape):
     if a.shape != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}; got {a.shape}")
+        hint = ""
+        if a.ndim == 2 and a.shape == tuple(shape)[::-1]:   # e.g. (Dq, H) for (H, Dq)
+            hint = f" (its transpose: pass {name}.T)"
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}; got {a.shape}{hint}")
 
 
 def general_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, weight: ArrayLike,
@@ -114,6 +117,8 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
     if Wq.ndim != 2:
         raise ValueError(f"{op}: w_query must have shape (H, Dq={p.Dq}); got {Wq.shape}")
     H = Wq.shape[0]
+    if w.ndim == 1 and Wq.shape == (p.Dq, w.shape[0]) != (w.shape[0], p.Dq):
+        H = w.shape[0]   # w_query given as (Dq, H): the check below says to transpose it
     _check_matrix(op, "w_query", Wq, (H, p.Dq))
     _check_matrix(op, "w_key", Wk, (H, p.Dk))
     _check_matrix(op, "w_score", w, (H,))

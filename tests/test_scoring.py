@@ -214,3 +214,30 @@ def test_dropout_and_scale_across_the_family(isa, dtype, rng, fn):
         fast, ref = attncore.concat_attention(*args, **kw), R.concat_attention(*args, **kw)
     compare(fast, ref, dtype)
     assert (fast[1] == 0).any()   # some weights were dropped
+
+
+def test_empty_feature_dims_match_the_reference():
+    """Dq = Dk = 0 (every score is the empty sum, or the bias): as SDPA and the
+    reference take it, not numpy's reshape error."""
+    rng = np.random.default_rng(5)
+    q0 = rng.standard_normal((2, 3, 5, 0)).astype(np.float32)
+    k0 = rng.standard_normal((2, 3, 7, 0)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 7, 4)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 7, 3)).astype(np.float32)
+    none = np.zeros((8, 0), np.float32)
+    calls = [("general_attention", (q0, k, v, np.zeros((0, 4), np.float32))),
+             ("additive_attention", (q0, k0, v, none, none, np.ones(8, np.float32))),
+             ("concat_attention", (q0, k0, v, np.zeros(0, np.float32), np.zeros(0, np.float32)))]
+    for name, args in calls:
+        got = getattr(attncore, name)(*args)
+        np.testing.assert_allclose(got, getattr(attncore.reference, name)(*args), atol=1e-6)
+
+
+def test_a_transposed_weight_is_named_as_such():
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 7, 4)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 7, 3)).astype(np.float32)
+    Wq, Wk, w = (rng.standard_normal(s).astype(np.float32) for s in ((8, 6), (8, 4), (8,)))
+    with pytest.raises(ValueError, match=r"w_query must have shape \(8, 6\); got \(6, 8\) \(its transpose: pass w_query.T\)"):
+        attncore.additive_attention(q, k, v, Wq.T, Wk, w)
