@@ -532,8 +532,11 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
         const int rn = nr - r0 < 4 ? nr - r0 : 4;
         for (int64_t cc = 0; cc < Dv; cc += PV_CHUNK_VECS * VL) {
             const int64_t cend = Dv - cc < PV_CHUNK_VECS * VL ? Dv : cc + PV_CHUNK_VECS * VL;
+            /* where the chunk is whole adjacent rows: each tile's share of a
+             * sub-block's elements, and the part of it one key step asks for */
             const int whole_rows = cc == 0 && cend == Dv && ldv == Dv;
             const int64_t ntiles = (cend - cc + PV_ROWS_VECS * VL - 1) / (PV_ROWS_VECS * VL);
+            const int64_t share = (sub * ldv + ntiles - 1) / ntiles, share_step = (share + sub - 1) / sub;
             int64_t s0 = 0, sn;
             do {   /* (once when nk is 0: O is still scaled by alpha) */
                 sn = nk - s0 < sub ? nk - s0 : sub;
@@ -548,11 +551,9 @@ static void FNIO(pv_rows)(int64_t nk, T *p, int64_t ldp, int nr, const IT *v, in
                      * sub-block's bytes, in address order, spread over its key steps;
                      * else for its own columns of the row a sub-block ahead */
                     int64_t pf_at = pf * ldv, pf_step = ldv, pf_n = r0 == 0 ? cn : 0;
-                    if (r0 == 0 && whole_rows && sn > 0) {   /* (sn is 0 when nk is) */
-                        const int64_t t = (c0 - cc) / (PV_ROWS_VECS * VL);
-                        const int64_t share = (sub * ldv + ntiles - 1) / ntiles;
-                        pf_step = pf_n = (share + sn - 1) / sn;
-                        pf_at = sub * ldv - c0 + t * share;
+                    if (r0 == 0 && whole_rows) {
+                        pf_step = pf_n = share_step;
+                        pf_at = sub * ldv - c0 + (c0 - cc) / (PV_ROWS_VECS * VL) * share;
                     }
                     const int fresh = s0 == 0;
                     if (c0 + cn <= dv_whole) {
