@@ -662,6 +662,16 @@ static void qk_rows_i8_avx2(int64_t D, const float *qs, int64_t ldq, int nr, con
  * update as the float32 kernel.
  */
 
+/* sum + (float)cols x ps, where ps is a weights' scale in units of 1 / unit
+ * (i8dot_weight_rounding): unit 1 (all but tiny sub-blocks) is one FMA;
+ * otherwise the product is taken back by unit (a power of two) */
+static inline __m256 i8_add_scaled(__m256 sum, __m256i cols, __m256 ps, float unit)
+{
+    __m256 x = _mm256_cvtepi32_ps(cols);
+    if (unit == 1.0f) return _mm256_fmadd_ps(x, ps, sum);
+    return _mm256_fmadd_ps(_mm256_mul_ps(x, ps), _mm256_set1_ps(unit), sum);
+}
+
 /* The most sub-blocks one i8_pv_group pass takes (pv_rows splits longer
  * blocks): the rows path's blocks are two. */
 #define I8_PV_MAX_SUBS 4
@@ -820,16 +830,8 @@ static inline __attribute__((always_inline)) void i8_pv_group(int rows, int64_t 
                     __m256 ps = _mm256_set1_ps(pscale[at]);
                     __m256i cols0_7 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x20);
                     __m256i cols8_15 = _mm256_permute2x128_si256(isum[t][rr][0], isum[t][rr][1], 0x31);
-                    if (punit[at] == 1.0f) {
-                        sum[t][rr][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols0_7), ps, sum[t][rr][0]);
-                        sum[t][rr][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(cols8_15), ps, sum[t][rr][1]);
-                    } else {   /* a tiny sub-block: ps is in units of 1 / punit */
-                        __m256 unit = _mm256_set1_ps(punit[at]);
-                        sum[t][rr][0] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(cols0_7), ps), unit,
-                                                        sum[t][rr][0]);
-                        sum[t][rr][1] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(cols8_15), ps), unit,
-                                                        sum[t][rr][1]);
-                    }
+                    sum[t][rr][0] = i8_add_scaled(sum[t][rr][0], cols0_7, ps, punit[at]);
+                    sum[t][rr][1] = i8_add_scaled(sum[t][rr][1], cols8_15, ps, punit[at]);
                 }
         }
         for (int t = 0; t < ntiles; t++) {

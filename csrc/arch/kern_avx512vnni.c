@@ -307,6 +307,16 @@ static inline __attribute__((always_inline)) void pair_step(int rows, __m512i a0
     }
 }
 
+/* sum + (float)cols x ps, where ps is a weights' scale in units of 1 / unit
+ * (i8dot_weight_rounding): unit 1 is one FMA; otherwise the product is
+ * taken back by unit (a power of two) */
+static inline __m512 add_scaled(__m512 sum, __m512i cols, __m512 ps, float unit)
+{
+    __m512 x = _mm512_cvtepi32_ps(cols);
+    if (unit == 1.0f) return _mm512_fmadd_ps(x, ps, sum);
+    return _mm512_fmadd_ps(_mm512_mul_ps(x, ps), _mm512_set1_ps(unit), sum);
+}
+
 /*
  * sum[rr][c] (float32, 64 columns c0..c0+cn) += the exact int32 sums of
  * P2 pairs times value pairs over keys [j0, j1) (j1 - j0 <= PV_SUB, even
@@ -351,14 +361,8 @@ static inline __attribute__((always_inline)) void pv_vnni_tile(int rows, const i
         __m512 ps = _mm512_set1_ps(pscale[rr]);
         __m512i c[4] = {cols_lo(acc[rr][0], acc[rr][1]), cols_hi(acc[rr][0], acc[rr][1]),
                         cols_lo(acc[rr][2], acc[rr][3]), cols_hi(acc[rr][2], acc[rr][3])};
-        if (punit[rr] == 1.0f) {
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) sum[rr][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[u]), ps, sum[rr][u]);
-        } else {   /* a tiny row: ps is in units of 1 / punit */
-            __m512 unit = _mm512_set1_ps(punit[rr]);
-            for (int u = 0; u < 4; u++)
-                sum[rr][u] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c[u]), ps), unit, sum[rr][u]);
-        }
+        for (int u = 0; u < 4; u++) sum[rr][u] = add_scaled(sum[rr][u], c[u], ps, punit[rr]);
     }
 }
 
