@@ -604,8 +604,11 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
 
 cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
     """A CPU tensor's memory as a view (torch strides are in elements and
-    never negative; data_ptr includes the storage offset)."""
+    never negative; data_ptr includes the storage offset). False for a lazily
+    negated or conjugated view (x.conj().imag): its memory holds -x."""
     cdef int k
+    if t.is_neg() or t.is_conj():
+        return False
     shape, strides = t.shape, t.stride()
     if len(shape) != 4:
         return False
