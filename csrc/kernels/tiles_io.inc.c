@@ -250,7 +250,8 @@ static inline void FNIO(prefetch_rows)(const IT *base, int64_t row, int64_t nrow
 /*
  * S[r][j] = Qs[r] . K[j] (* kscale[j])   for r < nr, j < nk.
  * A register block of QK_ROWS (4) query rows x QK_KEYS keys accumulates
- * along d -- every key vector is loaded once for four rows -- and the block's
+ * along d -- every key vector is loaded once for four rows, then the query
+ * rows one at a time (the keys stay in registers) -- and the block's
  * QK_ACC partial-sum vectors are reduced together (v_hsum_block: one
  * shuffle/add tree instead of QK_ACC horizontal sums). Leftover rows take
  * QK_ACC keys at a time. Key rows are read with masked tails (Qs is
@@ -284,15 +285,15 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
             /* whole vectors, then the masked tail: the loop body has no branch */
 #pragma GCC unroll 2
             for (; d + VL <= D; d += VL) {
-                vec qv[QK_ROWS];
+                vec kv[QK_KEYS];
 #pragma GCC unroll 4
-                for (int rr = 0; rr < QK_ROWS; rr++) qv[rr] = v_load(q[rr] + d);
+                for (int jj = 0; jj < QK_KEYS; jj++) kv[jj] = v_load_in(kb + jj * ldk + d);
 #pragma GCC unroll 4
-                for (int jj = 0; jj < QK_KEYS; jj++) {
-                    vec kv = v_load_in(kb + jj * ldk + d);
+                for (int rr = 0; rr < QK_ROWS; rr++) {
+                    vec qv = v_load(q[rr] + d);
 #pragma GCC unroll 4
-                    for (int rr = 0; rr < QK_ROWS; rr++)
-                        acc[rr * QK_KEYS + jj] = v_fma(qv[rr], kv, acc[rr * QK_KEYS + jj]);
+                    for (int jj = 0; jj < QK_KEYS; jj++)
+                        acc[rr * QK_KEYS + jj] = v_fma(qv, kv[jj], acc[rr * QK_KEYS + jj]);
                 }
             }
             if (d < D) {
