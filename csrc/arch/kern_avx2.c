@@ -783,9 +783,17 @@ static inline __attribute__((always_inline)) void i8_pv_pairs(int rows, const in
     for (int rr = 0; rr < rows; rr++) acc[rr][0] = sums[rr][0], acc[rr][1] = sums[rr][1];
     const int8_t *vj = v + ja * ldv + c0;
     int64_t j = ja, jp = (ja - j0) / 2;   /* key, and its pair's index in the block */
-    if (cn == 16)   /* whole tiles of whole pairs: no branch in the loop */
-        for (; j + 2 <= jb; j += 2, jp++, vj += 2 * ldv)
-            i8_pv_pair(rows, i8_load16(vj), i8_load16(vj + ldv), p2, jp, acc);
+    if (cn == 16) {   /* whole tiles of whole pairs: no branch in the loop */
+        /* counted from 0 to a bound fixed before the loop: with the key j
+         * as the counter and Python's -fwrapv, GCC rebuilt the bound from
+         * the pair index at every step (six integer ops per key pair
+         * instead of three, next to 26 vector ops; Zen 3 int8 decode
+         * 1.05x without them) */
+        const int64_t npairs = (jb - j) / 2;
+        for (int64_t i = 0; i < npairs; i++, vj += 2 * ldv)
+            i8_pv_pair(rows, i8_load16(vj), i8_load16(vj + ldv), p2, jp + i, acc);
+        j += 2 * npairs, jp += npairs;
+    }
     for (; j < jb; j += 2, jp++, vj += 2 * ldv) {   /* partial tiles, and an odd last key */
         int partner = j + 1 < jb;
         i8_pv_pair(rows, i8_load16_n(vj, cn), partner ? i8_load16_n(vj + ldv, cn) : _mm256_setzero_si256(), p2, jp,
