@@ -787,7 +787,7 @@ static inline __attribute__((always_inline)) void i8_pv_pairs(int rows, const in
         /* counted from 0 to a bound fixed before the loop: with the key j
          * as the counter and Python's -fwrapv, GCC rebuilt the bound from
          * the pair index at every step (six integer ops per key pair
-         * instead of three, next to 26 vector ops; Zen 3 int8 decode
+         * instead of three, next to 24 vector ops; Zen 3 int8 decode
          * 1.05x without them) */
         const int64_t npairs = (jb - j) / 2;
         for (int64_t i = 0; i < npairs; i++, vj += 2 * ldv)
