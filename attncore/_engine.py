@@ -128,14 +128,17 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         is_causal=False, dropout_p=0.0, seed=None, valid_lens=None, num_threads=None, out=None,
         return_weights=False, return_lse=False, kv=None, window=None, alibi_slopes=None,
         softcap=None, sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, sigmoid_bias=None,
-        hard=None):
+        hard=None, lse_shift=None):
     """Attention of the scoring queries `q` (..., Hq, Lq, D) against the scoring
     keys `k` (..., Hkv, Lk, D) -- p.q/p.k for dot products, projections for the
     other families -- with p.v as values. kv: (kernel entry, k scales, v
     scales) when k and p.v are a KV cache's compact storage (KVCache.attend).
     Returns out[, weights][, lse] (or, inside plan_info, the kernel's plan as
     a dict without running it). window, alibi_slopes, softcap, sinks and
-    cu_seqlens_q/k: see scaled_dot_product_attention."""
+    cu_seqlens_q/k: see scaled_dot_product_attention. lse_shift: a per-row
+    score term the softmax cancels and the kernel was not given, shape
+    (...batch, Hq, Lq) broadcasting to the rows; scale x lse_shift is added
+    to the returned lse."""
     variants = _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_seqlens_q,
                          cu_seqlens_k, attn_mask, valid_lens, return_weights)
     if sigmoid_bias is not None:   # sigmoid attention: w = sigmoid(score + b), not normalised
@@ -200,6 +203,8 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     elif _plan_only.get():
         return None
 
+    if lse is not None and lse_shift is not None:
+        lse += scale * lse_shift
     if p.flat:
         res = res[0]
         weights = weights[0] if weights is not None else None

@@ -131,7 +131,7 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
                                                 valid_lens=vl, return_lse=True, **kw)
         return out.astype(lse.dtype, copy=False), lse
 
-    if not causal or n == 0:
+    if not causal or n == 0 or Lq == 0:   # (no query rows: nothing to split)
         return call(0, Lq, n, False)
     o = offset - start        # on this shard: key j' visible to query i iff j' <= i + o
     if o == 0:

@@ -267,5 +267,5 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
     merged, lse = merged.astype(result, copy=False), lse.astype(lse_out, copy=False)
     if _arrays.is_torch(parts[0][0]):   # tensors in, tensors out (as SDPA returned the parts)
         return (_arrays.to_torch(merged, _arrays.torch_dtype_name(parts[0][0])),
-                _arrays.to_torch(lse, _arrays.torch_dtype_name(parts[0][1])))
+                _arrays.to_torch(lse, lse.dtype.name))   # (float32 or float64, as for arrays)
     return merged, lse

@@ -122,9 +122,14 @@ class KVCache:
     def __init__(self, max_len: int, num_heads: int, head_dim: int, *,
                  batch_size: Optional[int] = None, dtype: Any = np.float32,
                  grow: bool = False) -> None:
-        for name, value in (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim)):
+        sizes = (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim))
+        if batch_size is not None:
+            sizes += (("batch_size", batch_size),)
+        for name, value in sizes:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
+        if not isinstance(grow, (bool, np.bool_)):
+            raise TypeError(f"KVCache: grow must be a bool; got {grow!r}")
         self.storage = _storage_name(dtype)
         self._element, self._entry = _STORAGE[self.storage]
         # the dtype of what goes in and comes out (keys/values, queries, results)
@@ -252,7 +257,9 @@ class KVCache:
         formats), Hq a multiple of the cache's heads. Other arguments --
         masks, windows, ALiBi, soft-capping, sinks -- as in
         :func:`attncore.scaled_dot_product_attention`. Returns (B, Hq, Lq, Dh)
-        (and weights / lse as asked): torch tensors for a tensor query.
+        (and weights / lse as asked): torch tensors for a tensor query. An
+        empty cache (nothing appended since it was made, reset or truncated
+        to 0) raises ValueError.
 
         Example
         -------
@@ -273,7 +280,9 @@ class KVCache:
             # (an `out` array given by the caller comes back as itself)
             wrap = (lambda a: a if a is out else _arrays.to_torch(a, a.dtype.name))
             return tuple(map(wrap, res)) if isinstance(res, tuple) else wrap(res)
-        if self._k is None or self._v is None:
+        if self._k is None or self._v is None or not self._length:
+            # (also when reset() or truncate(0) kept the buffers: an empty cache has no batch
+            # size to hold a query to, whatever its buffers)
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         if (attn_mask is None and valid_lens is None and out is None and return_weights is False
                 and return_lse is False and type(dropout_p) is float and dropout_p == 0.0

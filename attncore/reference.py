@@ -76,10 +76,10 @@ def _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim):
     nb = len(batch)
     if vl.ndim == 0:
         full = np.full(tuple(batch) + (Hq, Lq), int(vl))
-    elif query_ndim == 2:
-        full = np.broadcast_to(vl.reshape(1, -1), (Hq, Lq))
+    elif query_ndim == 2:   # (batch: key/value's leading dims, which the query broadcasts over)
+        full = np.broadcast_to(vl.reshape(1, -1), tuple(batch) + (Hq, Lq))
     elif query_ndim == 3:
-        full = np.broadcast_to(vl.reshape(-1, 1) if vl.ndim == 1 else vl, (Hq, Lq))
+        full = np.broadcast_to(vl.reshape(-1, 1) if vl.ndim == 1 else vl, tuple(batch) + (Hq, Lq))
     elif vl.ndim == nb:
         full = np.broadcast_to(vl.reshape(vl.shape + (1, 1)), tuple(batch) + (Hq, Lq))
     else:

@@ -128,7 +128,9 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
     threads = V.num_threads(op, num_threads)
     qp = _linalg.linear(p.q, Wq, b, num_threads=threads, op=op)
     kp = _linalg.linear(p.k, Wk, num_threads=threads, op=op)
-    w = w * p.compute.type(V.real_number(op, "scale", scale))   # scale * w^T tanh(...)
+    # scale * w^T tanh(...), the product taken in float64 (scale alone may be out of float32's range)
+    with np.errstate(over="ignore"):
+        w = (w.astype(np.float64) * V.real_number(op, "scale", scale)).astype(p.compute)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
                        num_threads=threads, return_weights=return_weights, return_lse=return_lse,
@@ -152,9 +154,11 @@ def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query
     scale : float, default 1.0
 
     The scores are a_i + c_j + b with a = Q w_query and c = K w_key (two
-    GEMVs); the fused kernel takes them as a rank-2 dot product
-    [a_i + b, 1] . [1, c_j], so the shared softmax / P.V path does the rest.
-    (The softmax over keys cancels a_i + b; it still shows in lse.)
+    GEMVs). The softmax over keys cancels a_i + b, so the fused kernel
+    scores c_j alone (as the rank-2 dot product [z_i, 1] . [1, c_j], z_i
+    = 0, or NaN where a_i + b is not finite, which then makes the row NaN as
+    the full score would) and a_i + b is added to lse afterwards: a large
+    a_i + b cannot swamp c_j in float32.
 
     Returns
     -------
@@ -174,11 +178,14 @@ def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query
     _check_matrix(op, "w_key", wk, (p.Dk,))
     b = V.real_number(op, "bias", bias)
     threads = V.num_threads(op, num_threads)
-    a = _linalg.linear(p.q, wq[None, :], np.array([b], dtype=p.compute), num_threads=threads, op=op)
+    # a_i + b in float64: a float32 bias of 1e300 would be inf before the softmax cancels it
+    a = _linalg.linear(p.q, wq[None, :], num_threads=threads, op=op).astype(np.float64) + b
     c = _linalg.linear(p.k, wk[None, :], num_threads=threads, op=op)
-    qs = np.concatenate([a, np.ones_like(a)], axis=-1)
+    with np.errstate(invalid="ignore"):
+        z = (a - a).astype(p.compute)   # 0, or NaN where a_i + b is +-inf or NaN
+    qs = np.concatenate([z, np.ones_like(z)], axis=-1)
     ks = np.concatenate([np.ones_like(c), c], axis=-1)
     return _engine.run(op, p, qs, ks, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                        is_causal=is_causal, valid_lens=valid_lens, num_threads=threads,
                        return_weights=return_weights, return_lse=return_lse, dropout_p=dropout_p,
-                       seed=seed)
+                       seed=seed, lse_shift=a[..., 0] if return_lse else None)

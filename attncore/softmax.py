@@ -84,7 +84,9 @@ def _int_lengths(op, name, value, allow_integral_floats=False):
         f = vl.astype(np.float64)
         if not np.all(np.isfinite(f)) or not np.array_equal(f, np.round(f)):
             raise ValueError(f"{op}: {name} holds non-integer values; lengths are whole numbers")
-        return f.astype(np.int64)
+        # (clipped first: a length past int64's range, 1e30, would cast to garbage; every
+        # length beyond +-2^62 means the same as one just past the row's end or start)
+        return np.clip(f, -2.0 ** 62, 2.0 ** 62).astype(np.int64)
     raise TypeError(f"{op}: {name} must be an integer array; got dtype {vl.dtype}")
 
 
@@ -363,6 +365,8 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
         dims must all be present (size 1 to share): a missing one could be
         read two ways, so it is an error.
     bandwidth : float > 0, default 1.0
+        At least 2**-511 (about 1.5e-154) for the gaussian and epanechnikov
+        kernels, whose 1/h^2 would overflow below it.
     kernel : {"gaussian", "laplace", "epanechnikov"}
         gaussian: ``w ∝ exp(-r^2 / (2 h^2))``; laplace: ``w ∝ exp(-r / h)``
         (r the Euclidean distance); epanechnikov: ``w ∝ max(1 - r^2/h^2, 0)``
@@ -440,6 +444,12 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
         raise ValueError(f"{op}: bandwidth must be a finite number > 0; got {bandwidth!r}")
     if not isinstance(kernel, str) or kernel not in _core.KR_KERNELS:
         raise ValueError(f"{op}: kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    if kernel != "laplace" and h < 2.0 ** -511:
+        # their score is |x - x'|^2 / h^2: below 2^-511, 1 / h^2 overflows float64, and a
+        # query on a key would get 0 x inf = NaN
+        raise ValueError(f"{op}: bandwidth {bandwidth!r} is below 2**-511 (about 1.5e-154), where "
+                         f"1/h^2 overflows float64 for the {kernel} kernel; rescale x and the "
+                         f"bandwidth together (the weights depend on |x - x'| / h only)")
     return_weights = V.flag(op, "return_weights", return_weights)
     threads = V.num_threads(op, num_threads)
     mask_kind, m = _mask(op, "attn_mask", attn_mask, batch + (Lq, Lk), "the weights' shape",

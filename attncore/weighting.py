@@ -99,7 +99,7 @@ def hard_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, mode: str
     index. The selection runs in the kernel's tile loop (an online top-k: no
     (Lq, Lk) matrix), and the output is a gather of the selected value rows.
     A row that sees no key gives zeros (indices -1); a NaN score makes its
-    row NaN. float16/bfloat16 inputs are computed in float32.
+    row NaN (indices -1: no key is its output). float16/bfloat16 inputs are computed in float32.
 
     Parameters
     ----------
@@ -138,12 +138,12 @@ def hard_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, mode: str
                          f"got query {p.query_shape} and key {p.key_shape}")
     if scale is None:
         scale = 1.0 / math.sqrt(p.Dq) if p.Dq > 0 else 1.0
-    if mode == "sample":
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) \
-                or not 0 <= seed < 2**64:
-            raise ValueError(f"{op}: seed must be an int in [0, 2**64); got {seed!r}")
+    # (checked in every mode, used by "sample" only: a bad seed is an error wherever it is given)
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2**64):
+        raise ValueError(f"{op}: seed must be an int in [0, 2**64); got {seed!r}")
+    if mode == "sample" and seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
     indices = None
     if V.flag(op, "return_indices", return_indices):
         indices = _layout.empty(p.batch + (p.Hq, p.Lq, int(k)), np.int64)

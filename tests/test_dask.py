@@ -384,3 +384,15 @@ def test_docstring_examples(tmp_path, monkeypatch):
 
 def test_lazy_attribute():
     assert attncore.dask is ad
+
+
+def test_sharded_empty_query_causal_over_several_shards():
+    """Lq = 0 with is_causal and more than one shard: an empty result, as
+    SDPA and one shard give (it raised NumPy's concatenate error)."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 2, 0, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 10, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 10, 3)).astype(np.float32)
+    for causal in (True, "bottom_right"):
+        out = ad.sharded_attention(q, k, v, shards=3, is_causal=causal)
+        assert out.shape == (1, 2, 0, 3)

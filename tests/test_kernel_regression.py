@@ -222,3 +222,15 @@ def test_misaligned_valid_lens_and_mask_are_copied(rng):
     vl = np.frombuffer(raw.data, np.int64, count=6, offset=1).reshape(2, 3)
     vl[...] = [[1, 5, 9], [0, 2, 3]]
     check(KR(xq, xk, y, valid_lens=vl), R.kernel_regression(xq, xk, y, valid_lens=vl.copy()), np.float64)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "epanechnikov"])
+def test_bandwidth_whose_inverse_square_overflows_is_an_error(kernel):
+    """Below 2^-511, 1/h^2 overflows float64 and a query on a key would get
+    0 x inf = NaN: a ValueError that says so; 2^-511 itself works (the
+    query on key 1 gets its target), and laplace takes any h > 0."""
+    xk = np.array([0.0, 1.0, 2.0]); y = np.array([10.0, 20.0, 30.0]); xq = np.array([1.0])
+    with pytest.raises(ValueError, match=r"bandwidth .* below 2\*\*-511"):
+        attncore.kernel_regression(xq, xk, y, 1e-155, kernel=kernel)
+    np.testing.assert_array_equal(attncore.kernel_regression(xq, xk, y, 2.0 ** -511, kernel=kernel), [20.0])
+    np.testing.assert_array_equal(attncore.kernel_regression(xq, xk, y, 1e-300, kernel="laplace"), [20.0])

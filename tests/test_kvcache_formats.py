@@ -263,3 +263,33 @@ def test_select_batch_then_reset_takes_any_batch(storage):
         cache.truncate(2)
     cache.truncate(0)
     assert len(cache) == 0
+
+
+@pytest.mark.parametrize("kwargs,err", [
+    (dict(batch_size=-1), ValueError), (dict(batch_size=2.7), ValueError),
+    (dict(batch_size="3"), ValueError), (dict(batch_size=True), ValueError),
+    (dict(batch_size=0), ValueError), (dict(grow="no"), TypeError), (dict(grow=1), TypeError)])
+def test_cache_constructor_checks_batch_size_and_grow(kwargs, err):
+    with pytest.raises(err, match="KVCache: (batch_size must be a positive int|grow must be a bool)"):
+        attncore.KVCache(4, 1, 2, **kwargs)
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_attend_on_an_emptied_cache_is_an_error_whatever_its_buffers(grown):
+    """After reset() (or truncate(0)) the cache holds no position: attend
+    raises the empty-cache error whether reset kept the buffers or dropped
+    them (a grown cache's); before, kept buffers answered zeros for the old
+    batch size and an error for any other."""
+    x = lambda B, T: np.ones((B, 1, T, 2), np.float32)
+    cache = attncore.KVCache(4, 1, 2, grow=grown)
+    cache.append(x(3, 6 if grown else 2), x(3, 6 if grown else 2))
+    cache.reset()
+    for B in (3, 1):
+        with pytest.raises(ValueError, match="the cache is empty"):
+            cache.attend(x(B, 1))
+    cache.append(x(1, 1), x(1, 1))
+    cache.truncate(0)
+    with pytest.raises(ValueError, match="the cache is empty"):
+        cache.attend(x(1, 1))
+    cache.append(x(2, 1), x(2, 1))   # any batch size again
+    np.testing.assert_array_equal(cache.attend(x(2, 1)), x(2, 1))

@@ -60,3 +60,18 @@ def test_merge_accepts_what_sdpa_returns_for_half_inputs():
     np.testing.assert_allclose(lse, whole_lse, rtol=1e-6)
     with pytest.raises(TypeError, match="mixes out float32 and lse float64"):
         attncore.merge_attention([(np.zeros((2, 3), np.float32), np.zeros(2))])
+
+
+def test_torch_parts_give_lse_in_the_same_dtype_as_arrays():
+    """float16 parts with float16 lse: lse comes back float32 for tensors as
+    for arrays (it was rounded to float16 for tensors)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    o1, o2 = (rng.standard_normal((2, 3, 4)).astype(np.float16) for _ in range(2))
+    l1, l2 = ((rng.standard_normal((2, 3)) * 100).astype(np.float16) for _ in range(2))
+    out_np, lse_np = attncore.merge_attention([(o1, l1), (o2, l2)])
+    out_t, lse_t = attncore.merge_attention([(torch.from_numpy(o1), torch.from_numpy(l1)),
+                                             (torch.from_numpy(o2), torch.from_numpy(l2))])
+    assert lse_t.dtype == torch.float32 and out_t.dtype == torch.float16
+    np.testing.assert_array_equal(lse_t.numpy(), lse_np)
+    np.testing.assert_array_equal(out_t.numpy(), out_np)

@@ -241,3 +241,56 @@ def test_a_transposed_weight_is_named_as_such():
     Wq, Wk, w = (rng.standard_normal(s).astype(np.float32) for s in ((8, 6), (8, 4), (8,)))
     with pytest.raises(ValueError, match=r"w_query must have shape \(8, 6\); got \(6, 8\) \(its transpose: pass w_query.T\)"):
         attncore.additive_attention(q, k, v, Wq.T, Wk, w)
+
+
+@pytest.mark.parametrize("shift", ["bias", "query"])
+def test_concat_large_row_term_does_not_swamp_the_keys(shift):
+    """The softmax cancels a_i + b: the weights depend on c_j = k_j . w_key
+    only, however large a_i + b is (it used to be added to c_j in float32
+    first: bias 1e8 gave uniform weights); lse still carries it."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 5, 4)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 5, 3)).astype(np.float32)
+    wq, wk = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    bias = 1e8 if shift == "bias" else 0.5
+    if shift == "query":
+        q = q * np.float32(1e6)
+    out, w, lse = attncore.concat_attention(q, k, v, wq, wk, bias, return_weights=True,
+                                            return_lse=True)
+    c = k.astype(np.float64) @ wk.astype(np.float64)              # (1, 2, 5)
+    a = q.astype(np.float64) @ wq.astype(np.float64) + bias       # (1, 2, 3)
+    want_w = np.exp(c - c.max(-1, keepdims=True))
+    want_w = np.broadcast_to((want_w / want_w.sum(-1, keepdims=True))[:, :, None, :], w.shape)
+    np.testing.assert_allclose(w, want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, want_w @ v.astype(np.float64), rtol=1e-5, atol=1e-5)
+    want_lse = a + np.log(np.exp(c - c.max(-1, keepdims=True)).sum(-1))[:, :, None] + c.max(-1)[:, :, None]
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-6)
+
+
+def test_concat_non_finite_row_term_gives_a_nan_row():
+    """a_i + b of inf or NaN is not cancelled: the row is NaN, as its full
+    scores (inf - inf) would make it; the other rows are untouched."""
+    q = np.array([[[1.0, 0.0], [np.inf, 0.0], [np.nan, 0.0]]], np.float32)
+    k = np.array([[[1.0, 2.0], [0.0, -1.0]]], np.float32)
+    v = np.array([[[1.0], [3.0]]], np.float32)
+    out = attncore.concat_attention(q, k, v, np.array([1.0, 0.0], np.float32),
+                                    np.array([0.0, 1.0], np.float32))
+    assert np.isfinite(out[0, 0]).all() and np.isnan(out[0, 1:]).all()
+    np.testing.assert_allclose(out[0, 0], R.concat_attention(q, k, v, np.array([1.0, 0.0]),
+                                                             np.array([0.0, 1.0]))[0, 0], rtol=1e-6)
+
+
+def test_additive_scale_beyond_float32_folds_in_float64():
+    """scale x w_score is formed in float64: scale = 1e39 with a subnormal
+    w_score is an ordinary product of about 1 (scale cast to float32 first
+    was inf, and the output NaN)."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 3, 4)).astype(np.float32)
+    k = rng.standard_normal((1, 5, 4)).astype(np.float32)
+    v = rng.standard_normal((1, 5, 2)).astype(np.float32)
+    Wq, Wk = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
+    w = np.full(3, 1e-39, np.float32)
+    got = attncore.additive_attention(q, k, v, Wq, Wk, w, scale=1e39)
+    np.testing.assert_allclose(got, R.additive_attention(q, k, v, Wq, Wk, w, scale=1e39), rtol=1e-5,
+                               atol=1e-6)

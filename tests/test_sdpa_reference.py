@@ -261,3 +261,20 @@ def test_bfloat16_inputs(isa, rng):
     assert out.dtype == ml_dtypes.bfloat16
     ref = R.scaled_dot_product_attention(*(a.astype(np.float32) for a in (bq, bk, bv)))
     np.testing.assert_allclose(out.astype(np.float32), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_reference_valid_lens_for_a_3d_query_over_batched_keys():
+    """A 3-D query (H, Lq, D) broadcast over 4-D keys/values (B, H, Lk, D)
+    with d2l's (H,) valid_lens: the reference reads the lengths per leading
+    index for every batch element, as the kernel does (it raised IndexError)."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 7, 4)).astype(np.float32)
+    v = rng.standard_normal((3, 2, 7, 2)).astype(np.float32)
+    vl = np.array([1, 7])
+    got = attncore.dot_attention(q, k, v, valid_lens=vl)
+    want = R.dot_attention(q, k, v, valid_lens=vl)
+    assert want.shape == got.shape == (3, 2, 5, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # row-by-row: batch element b, head 0 sees key 0 only
+    np.testing.assert_allclose(want[:, 0], np.broadcast_to(v[:, 0, :1], (3, 5, 2)), rtol=1e-12)

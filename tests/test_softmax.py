@@ -338,3 +338,14 @@ def test_misaligned_byteswapped_and_field_inputs_are_read_right(rng):
     xq = x[0].astype(">f8")
     np.testing.assert_allclose(attncore.kernel_regression(xq, xq, xq), R.kernel_regression(xq, xq, xq),
                                rtol=1e-12)
+
+
+def test_masked_softmax_float_lengths_past_int64_mean_the_whole_row():
+    """A float length beyond int64's range (1e30) acts like any length past
+    the row's end (the whole row), as d2l's comparison does; it used to cast
+    to garbage and mask the row. -1e30 masks it all."""
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_allclose(attncore.masked_softmax(x, np.array([1e30])),
+                               attncore.masked_softmax(x, np.array([3.0])), rtol=0)
+    np.testing.assert_allclose(attncore.masked_softmax(x, np.array([-1e30])),
+                               attncore.masked_softmax(x, np.array([0.0])), rtol=0)

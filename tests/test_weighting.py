@@ -221,3 +221,32 @@ def test_hard_errors(bad, err, words):
         HARD(q, k, v, **bad)
     for w in words:
         assert w in str(info.value)
+
+
+@pytest.mark.parametrize("mode,k", [("argmax", 1), ("topk", 2), ("sample", 2)])
+def test_hard_nan_score_row_keeps_no_key(mode, k):
+    """A row with a NaN score is NaN and its indices are -1, as in the
+    reference (they were the best non-NaN keys, which are not its output);
+    rows without NaN keep their keys."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 1, 3, 4)).astype(np.float32)
+    kk = rng.standard_normal((1, 1, 6, 4)).astype(np.float32)
+    v = rng.standard_normal((1, 1, 6, 2)).astype(np.float32)
+    kk[0, 0, 3, 0] = np.nan          # every row sees key 3's NaN score...
+    q[0, 0, 2] = 0.0
+    q[0, 0, 2, 1] = 1.0              # ...but row 2 (q[0] = 0: 0 x NaN is NaN too)
+    out, idx = attncore.hard_attention(q, kk, v, mode=mode, k=k, seed=1, return_indices=True)
+    rout, ridx = R.hard_attention(q, kk, v, mode=mode, k=k, seed=1, return_indices=True)
+    np.testing.assert_array_equal(idx, ridx)
+    assert (idx == -1).all() and np.isnan(out).all()
+    kk[0, 0, 3, 0] = 0.0             # no NaN: ordinary indices again
+    out, idx = attncore.hard_attention(q, kk, v, mode=mode, k=k, seed=1, return_indices=True)
+    assert (idx >= 0).all() and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["argmax", "topk"])
+@pytest.mark.parametrize("seed", ["abc", -1, 2**70, 1.5, True])
+def test_hard_seed_is_checked_in_every_mode(mode, seed):
+    q = np.ones((1, 2, 3)); kv = np.ones((1, 4, 3))
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64\)"):
+        attncore.hard_attention(q, kv, kv, mode=mode, k=1, seed=seed)

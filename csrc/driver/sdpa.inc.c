@@ -398,9 +398,14 @@ static void SDPA_FN(hard_finish)(const PLAN *P, const UNIT *U, T *scratch)
     P->kt->gather_rows(U->nr, d->Dv, (int)k, scratch + P->off_hv, idx,
                        (const int *)(const void *)(scratch + P->off_hn), d->hard_softmax,
                        (const T *)U->vh, d->v_sl, rows);
+    /* a row with a NaN score is NaN and keeps no key (indices -1, as in the
+     * reference): the keys select_topk ranked around the NaN are not its
+     * output's */
+    const int *nan = (const int *)(const void *)(scratch + P->off_hn);
     if (d->hard_indices)
         for (int r = 0; r < U->nr; r++)
-            for (int64_t t = 0; t < k; t++) d->hard_indices[U->rows[r].flat * k + t] = idx[r * k + t];
+            for (int64_t t = 0; t < k; t++)
+                d->hard_indices[U->rows[r].flat * k + t] = nan[r] ? -1 : idx[r * k + t];
 }
 
 /* Natural-log log-sum-exp from the running max (log2 units) and sum. */
