@@ -146,6 +146,8 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     if hard is not None:           # hard attention: (k, sample, softmax, seed, indices or None)
         variants["hard"] = hard
     if variants.get("varlen") is not None:
+        if lse_shift is not None:   # (no caller packs sequences with a row shift)
+            raise NotImplementedError(f"{op}: lse_shift with cu_seqlens")
         return _run_varlen(op, p, q, k, variants, scale=scale, is_causal=is_causal,
                            dropout_p=dropout_p, seed=seed, num_threads=num_threads, out=out,
                            return_lse=return_lse)
@@ -204,7 +206,8 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         return None
 
     if lse is not None and lse_shift is not None:
-        lse += scale * lse_shift
+        with np.errstate(over="ignore", invalid="ignore"):   # (a -inf lse stays -inf)
+            lse += scale * lse_shift
     if p.flat:
         res = res[0]
         weights = weights[0] if weights is not None else None

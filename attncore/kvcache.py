@@ -259,7 +259,8 @@ class KVCache:
         :func:`attncore.scaled_dot_product_attention`. Returns (B, Hq, Lq, Dh)
         (and weights / lse as asked): torch tensors for a tensor query. An
         empty cache (nothing appended since it was made, reset or truncated
-        to 0) raises ValueError.
+        to 0) is attention over no key, as SDPA with Lk = 0: zeros (lse
+        -inf), for a query of any batch size.
 
         Example
         -------
@@ -280,10 +281,6 @@ class KVCache:
             # (an `out` array given by the caller comes back as itself)
             wrap = (lambda a: a if a is out else _arrays.to_torch(a, a.dtype.name))
             return tuple(map(wrap, res)) if isinstance(res, tuple) else wrap(res)
-        if self._k is None or self._v is None or not self._length:
-            # (also when reset() or truncate(0) kept the buffers: an empty cache has no batch
-            # size to hold a query to, whatever its buffers)
-            raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         if (attn_mask is None and valid_lens is None and out is None and return_weights is False
                 and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
                 and window is None and alibi_slopes is None and softcap is None and sinks is None
@@ -299,14 +296,20 @@ class KVCache:
         q = V.native(V.as_array(query, "query", op))
         if q.dtype != self.dtype:
             raise TypeError(f"{op}: query has dtype {q.dtype}; this cache takes {self.dtype}")
-        B, H, n = self._k.shape[0], self.num_heads, self._length
+        H, n = self.num_heads, self._length
+        # an empty cache (new, reset or truncated to 0; its buffers, if kept, hold no batch
+        # size) is attention over no key for the query's own batch, as SDPA with Lk = 0
+        B = self._k.shape[0] if n else (q.shape[0] if q.ndim == 4 else "B")
         if q.ndim != 4 or q.shape[0] != B or q.shape[3] != self.head_dim or q.shape[1] % H:
             raise ValueError(f"{op}: query must have shape (B={B}, Hq (a multiple of {H}), Lq, "
                              f"{self.head_dim}); got {q.shape}")
         Hq, Lq, Dh = q.shape[1], q.shape[2], self.head_dim
-        k, v = self._k[:, :, :n], self._v[:, :, :n]
+        if n:
+            k, v = self._k[:, :, :n], self._v[:, :, :n]
+        else:
+            k = v = np.zeros((B, H, 0, Dh), self.dtype)
         kv = None
-        if self._entry is not None:
+        if self._entry is not None and n:
             scales: tuple = (None, None)
             if self.storage == "int8":
                 assert self._ks is not None and self._vs is not None

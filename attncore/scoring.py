@@ -154,11 +154,12 @@ def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query
     scale : float, default 1.0
 
     The scores are a_i + c_j + b with a = Q w_query and c = K w_key (two
-    GEMVs). The softmax over keys cancels a_i + b, so the fused kernel
-    scores c_j alone (as the rank-2 dot product [z_i, 1] . [1, c_j], z_i
-    = 0, or NaN where a_i + b is not finite, which then makes the row NaN as
-    the full score would) and a_i + b is added to lse afterwards: a large
-    a_i + b cannot swamp c_j in float32.
+    GEMVs). The softmax over keys cancels a finite a_i + b, so the fused
+    kernel scores c_j alone (as the rank-2 dot product [z_i, 1] . [1, c_j],
+    z_i = 0) and a_i + b is added to lse afterwards: a large a_i + b cannot
+    swamp c_j in float32. A non-finite a_i + b is z_i itself, so its row
+    comes out as the full score makes it (-inf: no visible key, zeros;
+    +inf or NaN: NaN).
 
     Returns
     -------
@@ -181,11 +182,11 @@ def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query
     # a_i + b in float64: a float32 bias of 1e300 would be inf before the softmax cancels it
     a = _linalg.linear(p.q, wq[None, :], num_threads=threads, op=op).astype(np.float64) + b
     c = _linalg.linear(p.k, wk[None, :], num_threads=threads, op=op)
-    with np.errstate(invalid="ignore"):
-        z = (a - a).astype(p.compute)   # 0, or NaN where a_i + b is +-inf or NaN
+    finite = np.isfinite(a)
+    z = np.where(finite, 0.0, a).astype(p.compute)   # a non-finite a_i + b goes to the kernel as is
     qs = np.concatenate([z, np.ones_like(z)], axis=-1)
     ks = np.concatenate([np.ones_like(c), c], axis=-1)
     return _engine.run(op, p, qs, ks, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                        is_causal=is_causal, valid_lens=valid_lens, num_threads=threads,
                        return_weights=return_weights, return_lse=return_lse, dropout_p=dropout_p,
-                       seed=seed, lse_shift=a[..., 0] if return_lse else None)
+                       seed=seed, lse_shift=np.where(finite, a, 0.0)[..., 0] if return_lse else None)

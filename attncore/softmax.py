@@ -366,7 +366,7 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
         read two ways, so it is an error.
     bandwidth : float > 0, default 1.0
         At least 2**-511 (about 1.5e-154) for the gaussian and epanechnikov
-        kernels, whose 1/h^2 would overflow below it.
+        kernels and 2**-1021 for laplace: 1/h^2 (1/h) would overflow below.
     kernel : {"gaussian", "laplace", "epanechnikov"}
         gaussian: ``w ∝ exp(-r^2 / (2 h^2))``; laplace: ``w ∝ exp(-r / h)``
         (r the Euclidean distance); epanechnikov: ``w ∝ max(1 - r^2/h^2, 0)``
@@ -444,12 +444,14 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
         raise ValueError(f"{op}: bandwidth must be a finite number > 0; got {bandwidth!r}")
     if not isinstance(kernel, str) or kernel not in _core.KR_KERNELS:
         raise ValueError(f"{op}: kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
-    if kernel != "laplace" and h < 2.0 ** -511:
-        # their score is |x - x'|^2 / h^2: below 2^-511, 1 / h^2 overflows float64, and a
-        # query on a key would get 0 x inf = NaN
-        raise ValueError(f"{op}: bandwidth {bandwidth!r} is below 2**-511 (about 1.5e-154), where "
-                         f"1/h^2 overflows float64 for the {kernel} kernel; rescale x and the "
-                         f"bandwidth together (the weights depend on |x - x'| / h only)")
+    # the score is |x - x'|^2 / h^2 (|x - x'| / h for laplace): below this bound 1 / h^2
+    # (1 / h) overflows float64, and a query on a key would get 0 x inf = NaN
+    least, shown = (2.0 ** -1021, "2**-1021 (about 4.5e-308)") if kernel == "laplace" else \
+        (2.0 ** -511, "2**-511 (about 1.5e-154)")
+    if h < least:
+        raise ValueError(f"{op}: bandwidth {bandwidth!r} is below {shown}, where the {kernel} "
+                         f"kernel's 1/h overflows float64; rescale x and the bandwidth together "
+                         f"(the weights depend on |x - x'| / h only)")
     return_weights = V.flag(op, "return_weights", return_weights)
     threads = V.num_threads(op, num_threads)
     mask_kind, m = _mask(op, "attn_mask", attn_mask, batch + (Lq, Lk), "the weights' shape",

@@ -234,3 +234,7 @@ def test_bandwidth_whose_inverse_square_overflows_is_an_error(kernel):
         attncore.kernel_regression(xq, xk, y, 1e-155, kernel=kernel)
     np.testing.assert_array_equal(attncore.kernel_regression(xq, xk, y, 2.0 ** -511, kernel=kernel), [20.0])
     np.testing.assert_array_equal(attncore.kernel_regression(xq, xk, y, 1e-300, kernel="laplace"), [20.0])
+    np.testing.assert_array_equal(attncore.kernel_regression(xq, xk, y, 2.0 ** -1021, kernel="laplace"),
+                                  [20.0])
+    with pytest.raises(ValueError, match=r"bandwidth .* below 2\*\*-1021"):
+        attncore.kernel_regression(xq, xk, y, 5e-324, kernel="laplace")

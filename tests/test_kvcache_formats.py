@@ -225,8 +225,8 @@ def test_multihead_attention_decodes_through_compact_caches(storage):
 
 def test_cache_errors():
     cache = attncore.KVCache(4, 1, 2, dtype="int8")
-    with pytest.raises(ValueError, match="empty"):
-        cache.attend(np.ones((1, 1, 1, 2), np.float32))
+    # (a new cache is attention over no key: zeros, test_attend_on_an_empty_cache_...)
+    assert not cache.attend(np.ones((1, 1, 1, 2), np.float32)).any()
     with pytest.raises(TypeError, match="float32"):
         cache.append(np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)))
     with pytest.raises(TypeError, match="'int8'"):
@@ -275,21 +275,38 @@ def test_cache_constructor_checks_batch_size_and_grow(kwargs, err):
 
 
 @pytest.mark.parametrize("grown", [False, True])
-def test_attend_on_an_emptied_cache_is_an_error_whatever_its_buffers(grown):
-    """After reset() (or truncate(0)) the cache holds no position: attend
-    raises the empty-cache error whether reset kept the buffers or dropped
-    them (a grown cache's); before, kept buffers answered zeros for the old
-    batch size and an error for any other."""
+def test_attend_on_an_empty_cache_is_attention_over_no_key(grown, storage="float32"):
+    """A cache holding no position (new, reset, truncated to 0) answers as
+    SDPA over Lk = 0 keys -- zeros, lse -inf -- for a query of any batch
+    size, whether reset() kept the buffers or dropped them (a grown
+    cache's). Before, kept buffers answered zeros for the old batch size and
+    an error for any other, dropped ones raised."""
     x = lambda B, T: np.ones((B, 1, T, 2), np.float32)
-    cache = attncore.KVCache(4, 1, 2, grow=grown)
-    cache.append(x(3, 6 if grown else 2), x(3, 6 if grown else 2))
-    cache.reset()
-    for B in (3, 1):
-        with pytest.raises(ValueError, match="the cache is empty"):
-            cache.attend(x(B, 1))
-    cache.append(x(1, 1), x(1, 1))
-    cache.truncate(0)
-    with pytest.raises(ValueError, match="the cache is empty"):
-        cache.attend(x(1, 1))
-    cache.append(x(2, 1), x(2, 1))   # any batch size again
-    np.testing.assert_array_equal(cache.attend(x(2, 1)), x(2, 1))
+    for st in ("float32", "bfloat16", "int8"):
+        cache = attncore.KVCache(4, 1, 2, grow=grown, dtype=st)
+        for B in (3, 1):
+            out, lse = cache.attend(x(B, 1), return_lse=True)
+            assert out.shape == (B, 1, 1, 2) and not out.any() and (lse == -np.inf).all()
+        cache.append(x(3, 6 if grown else 2), x(3, 6 if grown else 2))
+        cache.reset()
+        for B in (3, 1):
+            out, lse = cache.attend(x(B, 2), return_lse=True)
+            assert out.shape == (B, 1, 2, 2) and not out.any() and (lse == -np.inf).all()
+        cache.append(x(1, 1), x(1, 1))
+        cache.truncate(0)
+        assert not cache.attend(x(2, 1)).any()
+        cache.append(x(2, 1), x(2, 1))   # any batch size again
+        np.testing.assert_array_equal(cache.attend(x(2, 1)), x(2, 1))
+        with pytest.raises(ValueError, match=r"query must have shape \(B=2"):
+            cache.attend(x(3, 1))
+
+
+def test_modules_decode_an_empty_input_through_a_cache():
+    """MultiHeadAttention with kv_cache= on an empty input (L = 0) appends
+    nothing and attends over an empty cache: the same (B, 0, E) result as
+    without a cache."""
+    m = attncore.MultiHeadAttention(8, 2, batch_first=True)
+    x = np.zeros((2, 0, 8), np.float32)
+    want = m(x, x, x)[0]
+    got = m(x, x, x, kv_cache=attncore.KVCache(16, 2, 4))[0]
+    assert got.shape == want.shape == (2, 0, 8)

@@ -268,17 +268,35 @@ def test_concat_large_row_term_does_not_swamp_the_keys(shift):
     np.testing.assert_allclose(lse, want_lse, rtol=1e-6)
 
 
-def test_concat_non_finite_row_term_gives_a_nan_row():
-    """a_i + b of inf or NaN is not cancelled: the row is NaN, as its full
-    scores (inf - inf) would make it; the other rows are untouched."""
-    q = np.array([[[1.0, 0.0], [np.inf, 0.0], [np.nan, 0.0]]], np.float32)
+@pytest.mark.parametrize("scale", [1.0, -1.0])
+def test_concat_non_finite_row_term_is_not_cancelled(scale):
+    """A non-finite a_i + b reaches the kernel as it is: a score of -inf on
+    every key is a row that sees no key (zeros, lse -inf), +inf or NaN a
+    NaN row, as the reference gives; other rows are untouched, and nothing
+    warns."""
+    q = np.array([[[1.0, 0.0], [np.inf, 0.0], [-np.inf, 0.0], [np.nan, 0.0]]], np.float32)
     k = np.array([[[1.0, 2.0], [0.0, -1.0]]], np.float32)
     v = np.array([[[1.0], [3.0]]], np.float32)
-    out = attncore.concat_attention(q, k, v, np.array([1.0, 0.0], np.float32),
-                                    np.array([0.0, 1.0], np.float32))
-    assert np.isfinite(out[0, 0]).all() and np.isnan(out[0, 1:]).all()
-    np.testing.assert_allclose(out[0, 0], R.concat_attention(q, k, v, np.array([1.0, 0.0]),
-                                                             np.array([0.0, 1.0]))[0, 0], rtol=1e-6)
+    wq, wk = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, lse = attncore.concat_attention(q, k, v, wq, wk, scale=scale, return_lse=True)
+    rout, rlse = R.concat_attention(q, k, v, wq, wk, scale=scale, return_lse=True)
+    hidden, nan = (2, 1) if scale > 0 else (1, 2)
+    assert (out[0, hidden] == 0).all() and lse[0, hidden] == -np.inf
+    assert np.isnan(out[0, nan]).all() and np.isnan(out[0, 3]).all()
+    np.testing.assert_allclose(out, rout, rtol=1e-6)
+    np.testing.assert_allclose(lse, rlse, rtol=1e-6)
+
+
+def test_concat_lse_of_a_row_without_keys_stays_minus_inf():
+    """A masked-out row has lse -inf whatever a_i + b adds (not NaN)."""
+    q = np.ones((1, 2, 2), np.float32); k = np.ones((1, 3, 2), np.float32)
+    v = np.ones((1, 3, 1), np.float32)
+    out, lse = attncore.concat_attention(q, k, v, np.ones(2, np.float32), np.ones(2, np.float32),
+                                         bias=5.0, valid_lens=np.array([0]), return_lse=True)
+    assert (lse == -np.inf).all() and not out.any()
 
 
 def test_additive_scale_beyond_float32_folds_in_float64():

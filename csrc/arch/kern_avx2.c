@@ -251,10 +251,10 @@ static inline vec v_load_nf(const T *p, int n, T fill)
 #include "../kernels/tiles.inc.c"
 
 /* The rows path's QK block: 4 rows x 3 keys, 12 sums, with the 3 key
- * vectors and one query vector at a time: all 16 registers (qk_rows loads
- * the keys first, then each query row). 4 x 2 kept its FMA loop at 75% of
- * the FMA peak on Zen 3 with everything in L1 (8 chains for 2 pipes of
- * latency 4: no slack), 4 x 3 at 90%. 12 vectors -> their 12 horizontal
+ * vectors and one query vector at a time: all 16 registers in its loop
+ * (qk_rows loads the keys first, then each query row). 4 x 2 kept its FMA
+ * loop at 75% of the FMA peak on Zen 3 with everything in L1 (8 chains for
+ * 2 pipes of latency 4: no slack), 4 x 3 at 90%. 12 vectors -> their 12 horizontal
  * sums, in order; every sum takes the same tree, ((l0 + l2) + (l1 + l3)) +
  * ((l4 + l6) + (l5 + l7)) over its lanes l (the AVX-512 file's tree with
  * two 128-bit lanes), so a score's bits do not depend on its slot. */

@@ -296,17 +296,17 @@ static void FNIO(qk_rows)(int64_t D, const T *qs, int64_t ldq, int nr, const IT 
                         acc[rr * QK_KEYS + jj] = v_fma(qv, kv[jj], acc[rr * QK_KEYS + jj]);
                 }
             }
-            if (d < D) {
+            if (d < D) {   /* (the same order: no spills on AVX2) */
                 int n = (int)(D - d);
-                vec qv[QK_ROWS];
+                vec kv[QK_KEYS];
 #pragma GCC unroll 4
-                for (int rr = 0; rr < QK_ROWS; rr++) qv[rr] = v_load(q[rr] + d);
+                for (int jj = 0; jj < QK_KEYS; jj++) kv[jj] = v_load_in_n(kb + jj * ldk + d, n);
 #pragma GCC unroll 4
-                for (int jj = 0; jj < QK_KEYS; jj++) {
-                    vec kv = v_load_in_n(kb + jj * ldk + d, n);
+                for (int rr = 0; rr < QK_ROWS; rr++) {
+                    vec qv = v_load(q[rr] + d);
 #pragma GCC unroll 4
-                    for (int rr = 0; rr < QK_ROWS; rr++)
-                        acc[rr * QK_KEYS + jj] = v_fma(qv[rr], kv, acc[rr * QK_KEYS + jj]);
+                    for (int jj = 0; jj < QK_KEYS; jj++)
+                        acc[rr * QK_KEYS + jj] = v_fma(qv, kv[jj], acc[rr * QK_KEYS + jj]);
                 }
             }
             v_hsum_block(acc, sums);
