@@ -4,7 +4,7 @@ with a scale per token and head) that the decode kernels read directly.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -122,9 +122,10 @@ class KVCache:
     def __init__(self, max_len: int, num_heads: int, head_dim: int, *,
                  batch_size: Optional[int] = None, dtype: Any = np.float32,
                  grow: bool = False) -> None:
-        sizes = (("max_len", max_len), ("num_heads", num_heads), ("head_dim", head_dim))
+        sizes: List[Tuple[str, Any]] = [("max_len", max_len), ("num_heads", num_heads),
+                                        ("head_dim", head_dim)]
         if batch_size is not None:
-            sizes += (("batch_size", batch_size),)
+            sizes.append(("batch_size", batch_size))
         for name, value in sizes:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
@@ -299,12 +300,14 @@ class KVCache:
         H, n = self.num_heads, self._length
         # an empty cache (new, reset or truncated to 0; its buffers, if kept, hold no batch
         # size) is attention over no key for the query's own batch, as SDPA with Lk = 0
-        B = self._k.shape[0] if n else (q.shape[0] if q.ndim == 4 else "B")
-        if q.ndim != 4 or q.shape[0] != B or q.shape[3] != self.head_dim or q.shape[1] % H:
-            raise ValueError(f"{op}: query must have shape (B={B}, Hq (a multiple of {H}), Lq, "
-                             f"{self.head_dim}); got {q.shape}")
-        Hq, Lq, Dh = q.shape[1], q.shape[2], self.head_dim
+        held = self._k.shape[0] if n and self._k is not None else None
+        if (q.ndim != 4 or (held is not None and q.shape[0] != held) or q.shape[3] != self.head_dim
+                or q.shape[1] % H):
+            raise ValueError(f"{op}: query must have shape (B={'B' if held is None else held}, Hq "
+                             f"(a multiple of {H}), Lq, {self.head_dim}); got {q.shape}")
+        B, Hq, Lq, Dh = q.shape[0], q.shape[1], q.shape[2], self.head_dim
         if n:
+            assert self._k is not None and self._v is not None
             k, v = self._k[:, :, :n], self._v[:, :, :n]
         else:
             k = v = np.zeros((B, H, 0, Dh), self.dtype)
