@@ -602,12 +602,16 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
             PyBuffer_Release(&bv)
 
 
+cdef object _torch_strided = None   # torch.strided, fetched by the first sdpa_fast_torch call
+
+
 cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
     """A CPU tensor's memory as a view (torch strides are in elements and
-    never negative; data_ptr includes the storage offset). False for a lazily
-    negated or conjugated view (x.conj().imag): its memory holds -x."""
+    never negative; data_ptr includes the storage offset). False for a sparse
+    tensor (no strides; the general path names it), and for a lazily negated
+    or conjugated view (x.conj().imag): its memory holds -x."""
     cdef int k
-    if t.is_neg() or t.is_conj():
+    if t.layout is not _torch_strided or t.is_neg() or t.is_conj():
         return False
     shape, strides = t.shape, t.stride()
     if len(shape) != 4:
@@ -632,6 +636,12 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
     cdef _View vq, vk, vv, vm
     cdef _View *pm = NULL
     cdef int itemsize, threads, io, kk
+    global _torch_strided
+    if type(k) is not type(q) or type(v) is not type(q) or (mask is not None and type(mask) is not type(q)):
+        return None   # mixed arguments (arrays, lists, tensor subclasses): the general path
+    if _torch_strided is None:
+        import torch
+        _torch_strided = torch.strided
     dt = q.dtype
     if dt is torch_dtypes[0]:
         itemsize, io, out_dtype = 4, IO_F32, _F32
@@ -655,7 +665,7 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
             and _view_from_tensor(&vv, v, itemsize)):
         return None
     if mask is not None:
-        if mask.dtype is not torch_dtypes[4] or not mask.is_cpu:
+        if mask.dtype is not torch_dtypes[4] or not mask.is_cpu or mask.layout is not _torch_strided:
             return None
         shape, strides = mask.shape, mask.stride()
         if len(shape) > 4:

@@ -160,9 +160,8 @@ def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thread
     or CPU tensors, no mask or a bool one; None if the call is not common."""
     if _arrays.is_torch(query):
         torch = _arrays.torch_module()
-        tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
-        if not all(_arrays.is_torch(t) for t in tensors) or any(t.layout != torch.strided for t in tensors):
-            return None   # mixed arguments and sparse tensors: the general path checks them
+        # (it declines mixed arguments and sparse or lazily negated tensors: the general
+        # path checks them)
         res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa,
                                     num_threads, _config.active_isa(), _arrays.torch_dtypes(),
                                     attn_mask)

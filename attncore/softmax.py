@@ -449,8 +449,9 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
     least, shown = (2.0 ** -1021, "2**-1021 (about 4.5e-308)") if kernel == "laplace" else \
         (2.0 ** -511, "2**-511 (about 1.5e-154)")
     if h < least:
+        power = "1/h" if kernel == "laplace" else "1/h^2"
         raise ValueError(f"{op}: bandwidth {bandwidth!r} is below {shown}, where the {kernel} "
-                         f"kernel's 1/h overflows float64; rescale x and the bandwidth together "
+                         f"kernel's {power} overflows float64; rescale x and the bandwidth together "
                          f"(the weights depend on |x - x'| / h only)")
     return_weights = V.flag(op, "return_weights", return_weights)
     threads = V.num_threads(op, num_threads)

@@ -99,7 +99,8 @@ def hard_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, mode: str
     index. The selection runs in the kernel's tile loop (an online top-k: no
     (Lq, Lk) matrix), and the output is a gather of the selected value rows.
     A row that sees no key gives zeros (indices -1); a NaN score makes its
-    row NaN (indices -1: no key is its output). float16/bfloat16 inputs are computed in float32.
+    row NaN (indices -1: no key is its output). float16/bfloat16 inputs are
+    computed in float32.
 
     Parameters
     ----------
