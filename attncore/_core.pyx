@@ -19,7 +19,7 @@ guard (csrc/driver/interrupt.c) lets the kernels see SIGINT; the call then
 raises KeyboardInterrupt (or, if the Python-level handler does not raise,
 runs again from the start so the result is complete).
 """
-from cpython.buffer cimport PyBUF_RECORDS_RO, PyObject_GetBuffer, PyBuffer_Release
+from cpython.buffer cimport PyBUF_RECORDS, PyBUF_RECORDS_RO, PyObject_GetBuffer, PyBuffer_Release
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -377,6 +377,57 @@ cdef bint _mask_fits(_View *m, int ndim, int64_t B, int64_t Hq, int64_t Lq, int6
     return True
 
 
+cdef bint _extent(_View *x, int itemsize, size_t *lo, size_t *hi):
+    """The bytes [lo, hi) a 4-D view can touch (its bounds, as
+    np.may_share_memory reads them); False for an empty view."""
+    cdef int k
+    cdef int64_t below = 0, above = 0
+    for k in range(4):
+        if x.shape[k] == 0:
+            return False
+        if x.strides[k] < 0:
+            below += (x.shape[k] - 1) * x.strides[k]
+        else:
+            above += (x.shape[k] - 1) * x.strides[k]
+    lo[0] = <size_t>x.buf + <size_t>(below * itemsize)
+    hi[0] = <size_t>x.buf + <size_t>((above + 1) * itemsize)
+    return True
+
+
+cdef bint _may_overlap(_View *a, int a_item, _View *b, int b_item):
+    """Whether two views' bounds overlap (out= against an input: the fast
+    path leaves such calls to the general one, which writes a copy)."""
+    cdef size_t alo, ahi, blo, bhi
+    if b == NULL or not _extent(a, a_item, &alo, &ahi) or not _extent(b, b_item, &blo, &bhi):
+        return False
+    return alo < bhi and blo < ahi
+
+
+cdef bint _no_self_overlap(_View *x):
+    """Whether no two elements of a 4-D view share memory (dims taken by
+    increasing |stride|, each stride at least the extent of the ones
+    before): an out= the threads may write at once."""
+    cdef int64_t st[4]
+    cdef int64_t ext[4]
+    cdef int n = 0, i, j
+    cdef int64_t a, e, reach = 0
+    for i in range(4):
+        if x.shape[i] > 1:
+            a = x.strides[i] if x.strides[i] >= 0 else -x.strides[i]
+            e = (x.shape[i] - 1) * a
+            j = n
+            while j > 0 and st[j - 1] > a:
+                st[j], ext[j] = st[j - 1], ext[j - 1]
+                j -= 1
+            st[j], ext[j] = a, e
+            n += 1
+    for i in range(n):
+        if st[i] <= reach:
+            return False
+        reach += ext[i]
+    return True
+
+
 cdef int64_t _SPREAD_MIN_ITEMS = _layout.SPREAD_MIN_ITEMS
 cdef int64_t _SPREAD_MIN_REUSE = _layout.SPREAD_MIN_REUSE
 
@@ -387,20 +438,23 @@ cdef inline bint _spread(_View *x, int64_t L, int64_t D, int64_t reuse):
     return reuse >= _SPREAD_MIN_REUSE and row >= 2 * (D if D > 1 else 1) and L * row >= _SPREAD_MIN_ITEMS
 
 
-cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, object out_dtype,
-                        is_causal, scale, enable_gqa, int threads, int isa,
-                        _View *ks=NULL, _View *vs=NULL):
+cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int mask_kind, int io,
+                        object out_dtype, is_causal, scale, enable_gqa, int threads, int isa,
+                        _View *ks=NULL, _View *vs=NULL, _View *o_given=NULL, object out_given=None):
     """The fast path's shared part: check the sizes and options of the common
-    call, allocate the output (NumPy), fill the descriptor and run. m is a
-    4-D bool mask view (already aligned to the scores) or NULL; ks/vs the
-    (B, Hkv, Lk) float32 scales of an int8 KV cache (io IO_F32_KVI8) or NULL.
-    None if the call is not the common case."""
-    cdef attn_sdpa_desc d
-    cdef int64_t boff[7][FAST_MAX_BATCH]
+    call, allocate the output (NumPy) unless o_given is the caller's (checked
+    by it: dtype, alignment, no overlap with an input; its shape is checked
+    here), fill the descriptor and run. m is a 4-D mask view (already
+    aligned to the scores) of kind mask_kind (ATTN_MASK_BOOL, or
+    ATTN_MASK_ADD in the compute dtype) or NULL; ks/vs the (B, Hkv, Lk)
+    float32 scales of an int8 KV cache (io IO_F32_KVI8) or NULL. Returns the
+    output (out_given when o_given), or None if the call is not the common
+    case."""
     cdef int64_t b, B = q.shape[0], Hq = q.shape[1], Lq = q.shape[2], D = q.shape[3]
     cdef int64_t Hkv = k.shape[1], Lk = k.shape[2], Dv = v.shape[3]
+    cdef int causal
+    cdef int64_t causal_offset
     cdef double sc
-    cdef attn_status st
     cdef _View o
     cdef Py_buffer bo
     if (k.shape[0] != B or v.shape[0] != B or k.shape[3] != D or v.shape[1] != Hkv
@@ -408,16 +462,16 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         return None
     if B == 0 or B > FAST_MAX_BATCH or Hq == 0 or Lq == 0 or D == 0 or Hkv == 0 or Hq % Hkv:
         return None
-    if Hq != Hkv and enable_gqa is not True:
-        return None
+    if enable_gqa is not True and (Hq != Hkv or enable_gqa is not False):
+        return None   # (any other flag value: the general path checks it)
     if ks == NULL and (_spread(k, Lk, D, (Hq // Hkv) * Lq) or _spread(v, Lk, Dv, (Hq // Hkv) * Lq)):
         return None   # the general path reads a dense copy (attncore._layout.is_spread)
     if is_causal is False or is_causal is None:
-        d.causal, d.causal_offset = 0, 0
+        causal, causal_offset = 0, 0
     elif is_causal is True or (type(is_causal) is str and is_causal == "top_left"):
-        d.causal, d.causal_offset = 1, 0
+        causal, causal_offset = 1, 0
     elif type(is_causal) is str and is_causal == "bottom_right":
-        d.causal, d.causal_offset = 1, Lk - Lq
+        causal, causal_offset = 1, Lk - Lq
     else:
         return None
     if scale is None:
@@ -426,50 +480,71 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int io, 
         sc = scale   # (larger ints take the general path, whose check names them)
     else:
         return None
+    if o_given != NULL:
+        if (o_given.shape[0] != B or o_given.shape[1] != Hq or o_given.shape[2] != Lq
+                or o_given.shape[3] != Dv):
+            return None
+        return _sdpa_run_views(op, q, k, v, m, mask_kind, io, o_given, sc, causal, causal_offset,
+                               threads, isa, ks, vs, out_given)
     out = _empty((B, Hq, Lq, Dv), out_dtype)
     PyObject_GetBuffer(out, &bo, PyBUF_RECORDS_RO)
     try:
         o.buf = bo.buf
         for b in range(4):
             o.strides[b] = bo.strides[b] // bo.itemsize
-        for b in range(B):
-            boff[0][b] = b * q.strides[0]
-            boff[1][b] = b * k.strides[0]
-            boff[2][b] = b * v.strides[0]
-            boff[3][b] = b * o.strides[0]
-        d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = B, Hq, Hkv, Lq, Lk, D, Dv
-        d.score_kind, d.w_score = ATTN_SCORE_DOT, NULL
-        d.q, d.q_boff, d.q_sh, d.q_sl = q.buf, boff[0], q.strides[1], q.strides[2]
-        d.k, d.k_boff, d.k_sh, d.k_sl = k.buf, boff[1], k.strides[1], k.strides[2]
-        d.v, d.v_boff, d.v_sh, d.v_sl = v.buf, boff[2], v.strides[1], v.strides[2]
-        d.out, d.o_boff, d.o_sh, d.o_sl = o.buf, boff[3], o.strides[1], o.strides[2]
-        d.mask_kind, d.mask, d.m_boff, d.m_sh, d.m_si, d.m_sj = ATTN_MASK_NONE, NULL, NULL, 0, 0, 0
-        if m != NULL:
-            for b in range(B):
-                boff[4][b] = b * m.strides[0]
-            d.mask_kind, d.mask, d.m_boff = ATTN_MASK_BOOL, m.buf, boff[4]
-            d.m_sh, d.m_si, d.m_sj = m.strides[1], m.strides[2], m.strides[3]
-        d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
-        d.scale = sc
-        d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
-        d.weights, d.lse = NULL, NULL
-        d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
-        if ks != NULL:
-            for b in range(B):
-                boff[5][b] = b * ks.strides[0]
-                boff[6][b] = b * vs.strides[0]
-            d.k_scale, d.ks_boff, d.ks_sh = ks.buf, boff[5], ks.strides[1]
-            d.v_scale, d.vs_boff, d.vs_sh = vs.buf, boff[6], vs.strides[1]
-        d.offset_bottom_right, d.window_left, d.window_right, d.softcap = 0, -1, -1, 0
-        d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
-        d.hard_k, d.hard_sample, d.hard_softmax, d.hard_seed, d.hard_indices = 1, 0, 0, 0, NULL
-        d.alibi, d.al_boff, d.al_sh, d.sinks, d.sk_sh, d.seq_lq, d.seq_lk = NULL, NULL, 0, NULL, 0, NULL, NULL
-        d.cancellable, d.cancel_epoch = 0, 0
-        st = _run_sdpa(&d, io, isa, threads)
-        if st != ATTN_OK:
-            _raise(st, op, _dims_text(d))
+        return _sdpa_run_views(op, q, k, v, m, mask_kind, io, &o, sc, causal, causal_offset, threads,
+                               isa, ks, vs, out)
     finally:
         PyBuffer_Release(&bo)
+
+
+cdef object _sdpa_run_views(str op, _View *q, _View *k, _View *v, _View *m, int mask_kind, int io,
+                            _View *o, double sc, int causal, int64_t causal_offset, int threads,
+                            int isa, _View *ks, _View *vs, object out):
+    """_sdpa_views' second half: the descriptor filled from the checked
+    views and run, writing o; returns out (o's owner)."""
+    cdef attn_sdpa_desc d
+    cdef int64_t boff[7][FAST_MAX_BATCH]
+    cdef int64_t b, B = q.shape[0], Hq = q.shape[1], Lq = q.shape[2], D = q.shape[3]
+    cdef int64_t Hkv = k.shape[1], Lk = k.shape[2], Dv = v.shape[3]
+    cdef attn_status st
+    for b in range(B):
+        boff[0][b] = b * q.strides[0]
+        boff[1][b] = b * k.strides[0]
+        boff[2][b] = b * v.strides[0]
+        boff[3][b] = b * o.strides[0]
+    d.B, d.Hq, d.Hkv, d.Lq, d.Lk, d.D, d.Dv = B, Hq, Hkv, Lq, Lk, D, Dv
+    d.causal, d.causal_offset = causal, causal_offset
+    d.score_kind, d.w_score = ATTN_SCORE_DOT, NULL
+    d.q, d.q_boff, d.q_sh, d.q_sl = q.buf, boff[0], q.strides[1], q.strides[2]
+    d.k, d.k_boff, d.k_sh, d.k_sl = k.buf, boff[1], k.strides[1], k.strides[2]
+    d.v, d.v_boff, d.v_sh, d.v_sl = v.buf, boff[2], v.strides[1], v.strides[2]
+    d.out, d.o_boff, d.o_sh, d.o_sl = o.buf, boff[3], o.strides[1], o.strides[2]
+    d.mask_kind, d.mask, d.m_boff, d.m_sh, d.m_si, d.m_sj = ATTN_MASK_NONE, NULL, NULL, 0, 0, 0
+    if m != NULL:
+        for b in range(B):
+            boff[4][b] = b * m.strides[0]
+        d.mask_kind, d.mask, d.m_boff = mask_kind, m.buf, boff[4]
+        d.m_sh, d.m_si, d.m_sj = m.strides[1], m.strides[2], m.strides[3]
+    d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
+    d.scale = sc
+    d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
+    d.weights, d.lse = NULL, NULL
+    d.k_scale, d.ks_boff, d.ks_sh, d.v_scale, d.vs_boff, d.vs_sh = NULL, NULL, 0, NULL, NULL, 0
+    if ks != NULL:
+        for b in range(B):
+            boff[5][b] = b * ks.strides[0]
+            boff[6][b] = b * vs.strides[0]
+        d.k_scale, d.ks_boff, d.ks_sh = ks.buf, boff[5], ks.strides[1]
+        d.v_scale, d.vs_boff, d.vs_sh = vs.buf, boff[6], vs.strides[1]
+    d.offset_bottom_right, d.window_left, d.window_right, d.softcap = 0, -1, -1, 0
+    d.weighting, d.sigmoid_bias = ATTN_WEIGHTS_SOFTMAX, 0.0
+    d.hard_k, d.hard_sample, d.hard_softmax, d.hard_seed, d.hard_indices = 1, 0, 0, 0, NULL
+    d.alibi, d.al_boff, d.al_sh, d.sinks, d.sk_sh, d.seq_lq, d.seq_lk = NULL, NULL, 0, NULL, 0, NULL, NULL
+    d.cancellable, d.cancel_epoch = 0, 0
+    st = _run_sdpa(&d, io, isa, threads)
+    if st != ATTN_OK:
+        _raise(st, op, _dims_text(d))
     return out
 
 
@@ -511,12 +586,12 @@ def kv_attend_fast(str op, q, k, v, ks, vs, int64_t length, int io, is_causal, s
     _view_of_cache(&vk, bk, k, length)
     _view_of_cache(&vv, bv, v, length)
     if ks is None:
-        return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
-                           threads, isa)
+        return _sdpa_views(op, &vq, &vk, &vv, NULL, ATTN_MASK_NONE, io, out_dtype, is_causal, scale,
+                           True, threads, isa)
     _view_of_cache(&vks, bks, ks, length)
     _view_of_cache(&vvs, bvs, vs, length)
-    return _sdpa_views(op, &vq, &vk, &vv, NULL, io, out_dtype, is_causal, scale, True,
-                       threads, isa, &vks, &vvs)
+    return _sdpa_views(op, &vq, &vk, &vv, NULL, ATTN_MASK_NONE, io, out_dtype, is_causal, scale,
+                       True, threads, isa, &vks, &vvs)
 
 
 cdef int _fast_threads(num_threads):
@@ -528,20 +603,25 @@ cdef int _fast_threads(num_threads):
     return -1
 
 
-def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa, mask=None):
+def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa, mask=None,
+              out=None):
     """The common call -- NumPy arrays (B, H, L, D) of one dtype, readable in
-    place, with no mask, dropout, valid_lens, out or extra outputs -- without
-    the general path's Python-level layers: checks are read off the buffer
-    protocol and the descriptor is filled here. `mask` may be None or a bool
-    array that broadcasts to (B, Hq, Lq, Lk). Returns the output, or None
-    when the call is not that common case (the caller then takes the general
-    path, which checks and explains everything)."""
-    cdef Py_buffer bq, bk, bv, bm
-    cdef bint hq = False, hk = False, hv = False, hm = False
-    cdef _View vq, vk, vv, vm
+    place, with no dropout, valid_lens or extra outputs -- without the
+    general path's Python-level layers: checks are read off the buffer
+    protocol and the descriptor is filled here. `mask` may be None, a bool
+    array or a float one in the compute dtype (the query's; float32 for
+    float16/bfloat16) that broadcasts to (B, Hq, Lq, Lk). `out` may be None
+    or a writable float32/float64/float16 array of the output's shape and
+    dtype that shares no memory with an input (it is returned). Returns the
+    output, or None when the call is not that common case (the caller then
+    takes the general path, which checks and explains everything)."""
+    cdef Py_buffer bq, bk, bv, bm, bo
+    cdef bint hq = False, hk = False, hv = False, hm = False, ho = False
+    cdef _View vq, vk, vv, vm, vo
     cdef _View *pm = NULL
+    cdef _View *po = NULL
     cdef int kk
-    cdef int itemsize, threads, io
+    cdef int itemsize, threads, io, mask_kind = ATTN_MASK_NONE, mask_item = 0
     cdef char fmt
     if type(q) is not _ndarray or type(k) is not _ndarray or type(v) is not _ndarray:
         return None
@@ -558,9 +638,24 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
     elif dt.itemsize == 2 and dt.kind == "V" and dt.name == "bfloat16" and dt.isnative:
         # ml_dtypes.bfloat16: NumPy exports no buffer for it, so the kernels
         # read its bit patterns (uint16 views) and write the output's
+        if out is not None:
+            return None
         itemsize, io, fmt, out_dtype = 2, IO_BF16, b'H', _I16
         q, k, v = q.view(_U16), k.view(_U16), v.view(_U16)
     else:
+        return None
+    if mask is not None:
+        if type(mask) is not _ndarray:
+            return None
+        mdt = mask.dtype
+        if mdt is _BOOL:
+            mask_kind, mask_item = ATTN_MASK_BOOL, 1
+        elif mdt is (_F32 if itemsize == 2 else dt):
+            mask_kind, mask_item = ATTN_MASK_ADD, mdt.itemsize
+        else:
+            return None
+    if out is not None and (type(out) is not _ndarray or out.dtype is not dt
+                            or not out.flags.writeable):
         return None
     threads = _fast_threads(num_threads)
     if threads < 0:
@@ -576,22 +671,32 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
                 and _view_from_buffer(&vv, &bv, itemsize, fmt)):
             return None
         if mask is not None:
-            if type(mask) is not _ndarray or mask.dtype is not _BOOL:
-                return None
             PyObject_GetBuffer(mask, &bm, PyBUF_RECORDS_RO)
             hm = True
-            if bm.ndim > 4 or bm.itemsize != 1:
+            if bm.ndim > 4 or bm.itemsize != mask_item or (<size_t>bm.buf) % mask_item:
                 return None
             vm.buf = bm.buf
             for kk in range(bm.ndim):
+                if bm.strides[kk] % mask_item:
+                    return None
                 vm.shape[kk] = bm.shape[kk]
-                vm.strides[kk] = bm.strides[kk]
+                vm.strides[kk] = bm.strides[kk] // mask_item
             if not _mask_fits(&vm, bm.ndim, vq.shape[0], vq.shape[1], vq.shape[2], vk.shape[2]):
                 return None
             pm = &vm
-        out = _sdpa_views(op, &vq, &vk, &vv, pm, io, out_dtype, is_causal, scale, enable_gqa, threads, isa)
-        return out if out is None or out_dtype is dt else out.view(dt)
+        if out is not None:
+            PyObject_GetBuffer(out, &bo, PyBUF_RECORDS)
+            ho = True
+            if not _view_from_buffer(&vo, &bo, itemsize, fmt) or not _out_fits(&vo, itemsize, &vq, &vk,
+                                                                              &vv, pm, mask_item):
+                return None
+            po = &vo
+        res = _sdpa_views(op, &vq, &vk, &vv, pm, mask_kind, io, out_dtype, is_causal, scale,
+                          enable_gqa, threads, isa, NULL, NULL, po, out)
+        return res if res is None or out_dtype is dt else res.view(dt)
     finally:
+        if ho:
+            PyBuffer_Release(&bo)
         if hm:
             PyBuffer_Release(&bm)
         if hq:
@@ -600,6 +705,15 @@ def sdpa_fast(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int is
             PyBuffer_Release(&bk)
         if hv:
             PyBuffer_Release(&bv)
+
+
+cdef bint _out_fits(_View *o, int itemsize, _View *q, _View *k, _View *v, _View *m, int mask_item):
+    """Whether the kernel may write an out= view directly: no two of its
+    elements share memory and it shares none with an input (else the
+    general path writes a copy)."""
+    return (_no_self_overlap(o) and not _may_overlap(o, itemsize, q, itemsize)
+            and not _may_overlap(o, itemsize, k, itemsize) and not _may_overlap(o, itemsize, v, itemsize)
+            and not _may_overlap(o, itemsize, m, mask_item))
 
 
 cdef object _torch_strided = None   # torch.strided, fetched by the first sdpa_fast_torch call
@@ -611,8 +725,8 @@ cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
     tensor (no strides; the general path names it), and for a lazily negated
     or conjugated view (x.conj().imag): its memory holds -x."""
     cdef int k
-    if t.layout is not _torch_strided or t.is_neg() or t.is_conj():
-        return False
+    if t.layout is not _torch_strided or t.is_neg() or t.is_conj() or t.data_ptr() == 0:
+        return False   # (data_ptr 0: a tensor with no elements, for the general path)
     shape, strides = t.shape, t.stride()
     if len(shape) != 4:
         return False
@@ -626,18 +740,24 @@ cdef bint _view_from_tensor(_View *out, t, int itemsize) except -1:
 
 
 def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, int isa,
-                    tuple torch_dtypes, mask=None):
+                    tuple torch_dtypes, mask=None, out=None):
     """sdpa_fast for CPU tensors (float32, float64, bfloat16, float16) that
     need no gradient: reads their pointers and strides (no conversion) and
     returns a NumPy output -- float32/float64/float16, or int16 bit patterns
     for bfloat16 -- that the caller wraps with torch.from_numpy; or None.
     torch_dtypes: (float32, float64, bfloat16, float16, bool) of torch; mask:
-    None or a CPU bool tensor that broadcasts to (B, Hq, Lq, Lk)."""
-    cdef _View vq, vk, vv, vm
+    None or a CPU bool tensor, or a float one in the compute dtype (the
+    query's float32/float64; float32, or the query's dtype, for 16-bit
+    queries), that broadcasts to (B, Hq, Lq, Lk). out: None, or a CPU tensor of the query's dtype and the
+    output's shape that shares no memory with an input (attncore.torch's
+    out= views); it is written and returned as it is."""
+    cdef _View vq, vk, vv, vm, vo
     cdef _View *pm = NULL
-    cdef int itemsize, threads, io, kk
+    cdef _View *po = NULL
+    cdef int itemsize, threads, io, kk, mask_kind = ATTN_MASK_NONE, mask_item = 0
     global _torch_strided
-    if type(k) is not type(q) or type(v) is not type(q) or (mask is not None and type(mask) is not type(q)):
+    if type(k) is not type(q) or type(v) is not type(q) or (mask is not None and type(mask) is not type(q)) \
+            or (out is not None and type(out) is not type(q)):
         return None   # mixed arguments (arrays, lists, tensor subclasses): the general path
     if _torch_strided is None:
         import torch
@@ -665,19 +785,41 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
             and _view_from_tensor(&vv, v, itemsize)):
         return None
     if mask is not None:
-        if mask.dtype is not torch_dtypes[4] or not mask.is_cpu or mask.layout is not _torch_strided:
+        mdt = mask.dtype
+        if itemsize == 2 and mdt is dt and mask.layout is _torch_strided and not mask.requires_grad:
+            # a 16-bit float mask (attncore.torch rounds a float32 one to the query's
+            # dtype, as torch does): to float32 (exact), as the general path does
+            mask = mask.float()
+            mdt = mask.dtype
+        if mdt is torch_dtypes[4]:
+            mask_kind, mask_item = ATTN_MASK_BOOL, 1
+        elif mdt is (torch_dtypes[0] if itemsize == 2 else dt):
+            mask_kind, mask_item = ATTN_MASK_ADD, (8 if mdt is torch_dtypes[1] else 4)
+        else:
+            return None
+        if not mask.is_cpu or mask.layout is not _torch_strided or mask.is_neg():
             return None
         shape, strides = mask.shape, mask.stride()
         if len(shape) > 4:
             return None
         vm.buf = <void *><size_t>mask.data_ptr()
+        if vm.buf == NULL or (<size_t>vm.buf) % mask_item:
+            return None
         for kk in range(len(shape)):
             vm.shape[kk] = shape[kk]
             vm.strides[kk] = strides[kk]
         if not _mask_fits(&vm, len(shape), vq.shape[0], vq.shape[1], vq.shape[2], vk.shape[2]):
             return None
         pm = &vm
-    return _sdpa_views(op, &vq, &vk, &vv, pm, io, out_dtype, is_causal, scale, enable_gqa, threads, isa)
+    if out is not None:
+        if out.dtype is not dt or not out.is_cpu or out.requires_grad:
+            return None
+        if not _view_from_tensor(&vo, out, itemsize) or not _out_fits(&vo, itemsize, &vq, &vk, &vv, pm,
+                                                                     mask_item):
+            return None
+        po = &vo
+    return _sdpa_views(op, &vq, &vk, &vv, pm, mask_kind, io, out_dtype, is_causal, scale, enable_gqa,
+                       threads, isa, NULL, NULL, po, out)
 
 
 cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) except? ATTN_EINTR:

@@ -120,11 +120,11 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     """
     variants = dict(window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
                     cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
-    if (valid_lens is None and out is None and return_weights is False and return_lse is False
-            and type(dropout_p) is float and dropout_p == 0.0 and not _engine.planning()
-            and window is None and alibi_slopes is None and softcap is None and sinks is None
-            and cu_seqlens_q is None):
-        res = _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads)
+    if (valid_lens is None and (out is None or type(out) is np.ndarray) and return_weights is False
+            and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
+            and not _engine.planning() and window is None and alibi_slopes is None
+            and softcap is None and sinks is None and cu_seqlens_q is None):
+        res = _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads, out)
         if res is not None:
             return res
     return _sdpa(_SDPA, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -155,22 +155,26 @@ def dot_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask:
                  enable_gqa, return_weights, return_lse, num_threads, out, seed, valid_lens)
 
 
-def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads):
+def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads, out=None):
     """The common call's fast path (attncore._core.sdpa_fast): NumPy arrays
-    or CPU tensors, no mask or a bool one; None if the call is not common."""
+    or CPU tensors; no mask, a bool one, or a float one in the compute dtype;
+    `out` None or, for arrays, a NumPy array, for tensors a tensor
+    (attncore.torch's out= views: the public out= takes NumPy arrays, and a
+    NumPy out with tensors takes the general path). None if the call is not
+    common."""
     if _arrays.is_torch(query):
         torch = _arrays.torch_module()
         # (it declines mixed arguments and sparse or lazily negated tensors: the general
         # path checks them)
         res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa,
                                     num_threads, _config.active_isa(), _arrays.torch_dtypes(),
-                                    attn_mask)
-        if res is None:
-            return None
-        out = torch.from_numpy(res)
-        return out.view(torch.bfloat16) if res.dtype == np.int16 else out
+                                    attn_mask, out)
+        if res is None or res is out:
+            return res
+        res = torch.from_numpy(res)
+        return res.view(torch.bfloat16) if res.dtype == torch.int16 else res
     return _core.sdpa_fast(_SDPA, query, key, value, is_causal, scale, enable_gqa, num_threads,
-                           _config.active_isa(), attn_mask)
+                           _config.active_isa(), attn_mask, out)
 
 
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,

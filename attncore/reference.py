@@ -112,6 +112,9 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
         slopes = np.broadcast_to(np.asarray(slopes, np.float64), tuple(batch) + (Hq,)).reshape(-1, Hq).tolist()
     sinks = variants.get("sinks")
     sinks = None if sinks is None else np.asarray(sinks, np.float64).reshape(Hq).tolist()
+    # packed sequences: dropout numbers weights as the kernel does, (sequence
+    # index, longest Lq, longest Lk) in place of (b, Lq, Lk)
+    frame = variants.get("dropout_frame")
     group = Hq // Hkv if Hkv else 1
     out, weights, lse = [], [], []
     for b in range(nb):
@@ -145,8 +148,9 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
                     scores.append(s)
                 w, row_lse = softmax_row(scores, None if sinks is None else sinks[h])
                 if dropout_p:
+                    fb, fLq, fLk = frame if frame is not None else (b, Lq, Lk)
                     for j in range(Lk):
-                        counter = ((b * Hq + h) * Lq + i) * Lk + j
+                        counter = ((fb * Hq + h) * fLq + i) * fLk + j
                         w[j] = w[j] / (1.0 - dropout_p) if dropout_keep(seed, counter, dropout_p) else 0.0
                 row = []
                 for c in range(Dv):
@@ -227,32 +231,37 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if scale is None:
         D = np.shape(query)[-1]
         scale = 1.0 / math.sqrt(D) if D else 1.0
-    if cu_seqlens_q is not None:
-        return _packed(query, key, value, is_causal, scale, cu_seqlens_q, cu_seqlens_k, return_lse,
-                       dropout_p=dropout_p, seed=seed, window=window, alibi_slopes=alibi_slopes,
-                       softcap=softcap, sinks=sinks)
     variants = dict(window=None if window is None else tuple(-1 if x is None else x for x in window),
                     alibi=alibi_slopes, softcap=softcap, sinks=sinks)
+    if cu_seqlens_q is not None:
+        return _packed(query, key, value, is_causal, scale, cu_seqlens_q, cu_seqlens_k, return_lse,
+                       dropout_p, seed, variants)
+    return _run(_dot_scores(scale), query, key, value, attn_mask, dropout_p, is_causal, seed,
+                valid_lens, return_weights, return_lse, variants)
 
+
+def _dot_scores(scale):
     def make_score(Q, K):
         return lambda b, h, g, i, j: scale * _dot(Q[b][h][i], K[b][g][j])
-
-    return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
-                return_weights, return_lse, variants)
+    return make_score
 
 
-def _packed(query, key, value, is_causal, scale, cu_q, cu_k, return_lse, **kw):
-    """Packed sequences, each its own attention problem ((H, total, D) inputs)."""
+def _packed(query, key, value, is_causal, scale, cu_q, cu_k, return_lse, dropout_p, seed, variants):
+    """Packed sequences, each its own attention problem ((H, total, D) inputs);
+    dropout numbers sequence b's weights as batch element b of (longest Lq,
+    longest Lk), as the kernel does (docs/numerics.md (9))."""
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
     flat = q.ndim == 2
     if flat:
         q, k, v = q[None], k[None], v[None]
+    longest_q = int(np.diff(cu_q).max(initial=0))
+    longest_k = int(np.diff(cu_k).max(initial=0))
     outs, lses = [], []
     for b in range(len(cu_q) - 1):
         a, z = int(cu_q[b]), int(cu_q[b + 1])
         c, e = int(cu_k[b]), int(cu_k[b + 1])
-        o, lse = scaled_dot_product_attention(q[:, a:z], k[:, c:e], v[:, c:e], is_causal=is_causal,
-                                              scale=scale, enable_gqa=True, return_lse=True, **kw)
+        o, lse = _run(_dot_scores(scale), q[:, a:z], k[:, c:e], v[:, c:e], None, dropout_p, is_causal,
+                      seed, None, False, True, dict(variants, dropout_frame=(b, longest_q, longest_k)))
         outs.append(o)
         lses.append(lse)
     out = np.concatenate(outs, axis=1)

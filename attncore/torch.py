@@ -114,6 +114,12 @@ def _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
         if return_weights:
             return res, query.new_zeros(shape[:-1] + (key.shape[-2],))
         return res
+    if out is not None and dropout_p == 0.0 and not return_weights and not extras:
+        # the common call straight into `out` (HF's heads-last buffer), any dtype
+        res = _functional._fast(query, key, value, attn_mask, bool(is_causal), scale,
+                                bool(enable_gqa), None, out=out)
+        if res is not None:
+            return res
     if isinstance(seed, Tensor):
         seed = int(seed)
     kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=bool(is_causal), scale=scale,
@@ -136,7 +142,9 @@ def _out_shape(query, key, value):
     """torch's SDPA output shape: batch dims broadcast, (..., Hq, Lq, Dv)."""
     if query.dim() < 3:
         return tuple(query.shape[:-1]) + (value.shape[-1],)
-    batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    qb, kb, vb = tuple(query.shape[:-3]), tuple(key.shape[:-3]), tuple(value.shape[:-3])
+    # (torch.broadcast_shapes costs tens of microseconds: only when they differ)
+    batch = qb if qb == kb == vb else torch.broadcast_shapes(qb, kb, vb)
     return tuple(batch) + tuple(query.shape[-3:-1]) + (value.shape[-1],)
 
 
@@ -777,13 +785,58 @@ def register():
     """
     try:
         from transformers import AttentionInterface, AttentionMaskInterface
-        from transformers.masking_utils import sdpa_mask
+        from transformers.masking_utils import sdpa_mask  # noqa: F401 (checked here, used by _hf_mask)
     except ImportError as exc:
         raise ImportError("attncore.torch.register() needs Hugging Face transformers >= 4.56 "
                           "(pip install 'attncore[hf]')") from exc
     AttentionInterface.register(ATTN_IMPLEMENTATION, hf_attention)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _hf_mask)
     return ATTN_IMPLEMENTATION
+
+
+def _hf_mask(*args, **kwargs):
+    """The mask function of ``"attncore"``: transformers' ``sdpa_mask`` (bool,
+    True = attend), once the model is known to run its attention through
+    the attention interface (_check_hf_model)."""
+    from transformers.masking_utils import sdpa_mask
+
+    _check_hf_model(kwargs.get("config"))
+    return sdpa_mask(*args, **kwargs)
+
+
+_USES_INTERFACE: dict = {}   # model_type -> whether its attention layers call the interface
+
+
+def _check_hf_model(config):
+    """Refuse a model whose attention layers are its own code rather than
+    transformers' attention interface (MPNet, DeBERTa-v2): hf_attention
+    never runs there, and that code would add the bool mask to its scores
+    as 0/1, a wrong result with no error. transformers refuses such models
+    for "sdpa" but not for a registered name. Told by transformers' own
+    test (PreTrainedModel._can_set_attn_implementation); a model it cannot
+    tell (custom code, a transformers without the test) passes."""
+    model_type = getattr(config, "model_type", None)
+    if not isinstance(model_type, str):
+        return
+    uses = _USES_INTERFACE.get(model_type)
+    if uses is None:
+        uses = True
+        try:
+            import transformers
+            from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+            name = MODEL_MAPPING_NAMES.get(model_type)
+            cls = getattr(transformers, name, None) if isinstance(name, str) else None
+            test = getattr(cls, "_can_set_attn_implementation", None)
+            uses = True if test is None else bool(test())
+        except Exception:   # (transformers' internals moved: no verdict, no refusal)
+            uses = True
+        _USES_INTERFACE[model_type] = uses
+    if not uses:
+        raise ValueError(f"attn_implementation='attncore': {model_type} models compute attention in "
+                         f"their own layers, not through transformers' attention interface, so "
+                         f"attncore cannot run them (and their layers would misread its masks); "
+                         f"use attn_implementation='eager' for this model")
 
 
 # -- 4. Hugging Face: a KV cache in attncore's storage -----------------------

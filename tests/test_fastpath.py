@@ -47,8 +47,10 @@ def test_fast_path_is_taken_and_bitwise_equal(isa, dtype, shape, kw, general_cal
     assert general_calls == ["scaled_dot_product_attention"]
 
 
-@pytest.mark.parametrize("case", ["big-endian", "big-endian bfloat16", "misaligned", "3-D", "mask", "lse",
-                                  "np.True_", "numpy-scale", "broadcast-batch", "mixed", "threads-float"])
+@pytest.mark.parametrize("case", ["big-endian", "big-endian bfloat16", "misaligned", "3-D", "mask-float16",
+                                  "lse", "np.True_", "numpy-scale", "broadcast-batch", "mixed",
+                                  "threads-float", "mask-float64", "gqa-flag", "out-aliases-q",
+                                  "out-zero-stride", "out-read-only", "out-float64"])
 def test_other_calls_take_the_general_path(case, general_calls):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, 2, 5, 8)).astype(np.float32) for _ in range(3))
@@ -67,8 +69,23 @@ def test_other_calls_take_the_general_path(case, general_calls):
         q = np.frombuffer(bytes(1) + q.tobytes(), np.float32, offset=1).reshape(q.shape)
     elif case == "3-D":
         q, k, v = q[0], k[0], v[0]
-    elif case == "mask":
-        kw["attn_mask"] = np.zeros((5, 5), np.float32)     # float masks take the general path
+    elif case == "mask-float16":
+        # a float16 mask with float16 inputs: the general path converts it to float32
+        q, k, v = (x.astype(np.float16) for x in (q, k, v))
+        kw["attn_mask"] = np.zeros((5, 5), np.float16)
+    elif case == "mask-float64":
+        kw["attn_mask"] = np.zeros((5, 5), np.float64)     # not the query's dtype: an error
+    elif case == "gqa-flag":
+        kw["enable_gqa"] = "no"                            # not a bool: an error on every path
+    elif case == "out-aliases-q":
+        kw["out"] = q                                      # written through a copy
+    elif case == "out-zero-stride":
+        kw["out"] = np.lib.stride_tricks.as_strided(np.zeros(8, np.float32), (2, 2, 5, 8), (0, 0, 0, 4))
+    elif case == "out-read-only":
+        kw["out"] = np.zeros((2, 2, 5, 8), np.float32)
+        kw["out"].flags.writeable = False
+    elif case == "out-float64":
+        kw["out"] = np.zeros((2, 2, 5, 8), np.float64)
     elif case == "lse":
         kw["return_lse"] = True
     elif case == "np.True_":
@@ -81,11 +98,16 @@ def test_other_calls_take_the_general_path(case, general_calls):
         v = v.astype(np.float64)
     elif case == "threads-float":
         kw["num_threads"] = 2.0
-    if case in ("mixed", "threads-float"):
+    if case in ("mixed", "threads-float", "mask-float64", "gqa-flag", "out-read-only", "out-float64"):
         # the general path explains what is wrong before any kernel runs
-        with pytest.raises(TypeError, match="mixed dtypes|num_threads"):
+        with pytest.raises((TypeError, ValueError),
+                           match="mixed dtypes|num_threads|attn_mask|enable_gqa|read-only|out has dtype"):
             SDPA(q, k, v, **kw)
         assert general_calls == []
+    elif case == "out-aliases-q":
+        want = SDPA(q.copy(), k, v)
+        assert SDPA(q, k, v, **kw) is q and general_calls == ["scaled_dot_product_attention"]
+        np.testing.assert_array_equal(q, want)
     else:
         SDPA(q, k, v, **kw)
         assert general_calls == ["scaled_dot_product_attention"]
@@ -165,3 +187,88 @@ def test_bool_mask_tensor_takes_the_fast_path(general_calls):
     assert general_calls == []
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mshape", [(9, 40), (2, 1, 1, 40), (1, 4, 9, 1), (2, 4, 9, 40), (40,), ()])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64", "float16", "bfloat16"])
+def test_float_masks_take_the_fast_path(isa, mshape, dtype_name, general_calls):
+    """Float masks in the compute dtype (the query's; float32 for 16-bit
+    queries), -inf included, read in place: bitwise the general path."""
+    if dtype_name == "bfloat16":
+        dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    else:
+        dtype = np.dtype(dtype_name)
+    rng = np.random.default_rng(len(mshape))
+    q = rng.standard_normal((2, 4, 9, 16)).astype(dtype)
+    k, v = (rng.standard_normal((2, 2, 40, 16)).astype(dtype) for _ in range(2))
+    mask = np.asarray(rng.standard_normal(mshape) * 2,
+                      np.float64 if dtype_name == "float64" else np.float32)   # (a 0-d array for ())
+    if mask.ndim:
+        mask[rng.random(mshape) > 0.7] = -np.inf
+    if len(mshape) == 4 and mshape[0] == 2:
+        mask = np.broadcast_to(mask[:1], mshape)   # zero batch stride
+    out = SDPA(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert general_calls == []
+    want = general(q, k, v, attn_mask=mask, enable_gqa=True)
+    np.testing.assert_array_equal(out.view(np.uint8), want.view(np.uint8))
+    ref = attncore.reference.scaled_dot_product_attention(q.astype(np.float64), k.astype(np.float64),
+                                                          v.astype(np.float64), attn_mask=mask,
+                                                          enable_gqa=True)
+    np.testing.assert_allclose(out.astype(np.float64), ref, rtol=0, atol=3e-2 if dtype.itemsize == 2 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_out_arrays_take_the_fast_path(isa, dtype, general_calls):
+    """out= (contiguous, or a transposed view as Hugging Face's heads-last
+    buffer) is written in place and returned: bitwise the general path."""
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 4, 9, 16)).astype(dtype)
+    k, v = (rng.standard_normal((2, 2, 40, 16)).astype(dtype) for _ in range(2))
+    mask = rng.random((2, 1, 9, 40)) > 0.3
+    want = general(q, k, v, attn_mask=mask, enable_gqa=True, is_causal="bottom_right")
+    general_calls.clear()
+    for out in (np.empty((2, 4, 9, 16), dtype), np.empty((2, 9, 4, 16), dtype).transpose(0, 2, 1, 3)):
+        res = SDPA(q, k, v, attn_mask=mask, enable_gqa=True, is_causal="bottom_right", out=out)
+        assert res is out and general_calls == []
+        np.testing.assert_array_equal(out, want)
+
+
+def test_torch_out_views_and_float_masks_take_the_fast_path(general_calls):
+    """attncore.torch's heads-last out= buffer (what hf_attention asks for)
+    and float mask tensors run on the fast path, in every dtype."""
+    torch = pytest.importorskip("torch")
+    import attncore.torch as at
+
+    g = torch.Generator().manual_seed(0)
+    for dt in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        q = torch.randn(2, 4, 9, 16, generator=g).to(dt)
+        k, v = (torch.randn(2, 2, 9, 16, generator=g).to(dt) for _ in range(2))
+        mask = torch.randn(2, 1, 9, 9, generator=g).masked_fill(torch.rand(2, 1, 9, 9, generator=g) > 0.7,
+                                                                 float("-inf"))
+        mask = mask.to(torch.float64 if dt == torch.float64 else torch.float32)
+        got = at._attention(q, k, v, mask, 0.0, False, None, True, heads_last=True)
+        assert general_calls == [] and got.shape == (2, 9, 4, 16) and got.dtype == dt
+        ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                               attn_mask=mask.double(), enable_gqa=True)
+        tol = 1e-5 if dt in (torch.float32, torch.float64) else 3e-2
+        torch.testing.assert_close(got.double(), ref.transpose(1, 2), rtol=0, atol=tol)
+        bool_mask = mask > -1
+        got = at._attention(q, k, v, bool_mask, 0.0, True, 0.3, True, heads_last=True)
+        assert general_calls == []
+        ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                               attn_mask=bool_mask & torch.ones(9, 9).tril().bool(),
+                                                               scale=0.3, enable_gqa=True)
+        torch.testing.assert_close(got.double(), ref.transpose(1, 2), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("sizes", [dict(Dv=0), dict(Lk=0), dict(Lk=0, mask=True), dict(Lq=0)])
+def test_torch_tensors_with_no_elements(sizes, general_calls):
+    """An empty tensor's data_ptr is 0 (the kernel refuses a null pointer):
+    the general path gives torch's empty or zero result."""
+    torch = pytest.importorskip("torch")
+    Lq, Lk, Dv = sizes.get("Lq", 4), sizes.get("Lk", 7), sizes.get("Dv", 3)
+    q, k, v = torch.randn(1, 2, Lq, 8), torch.randn(1, 2, Lk, 8), torch.randn(1, 2, Lk, Dv)
+    mask = torch.ones(Lq, Lk, dtype=torch.bool) if sizes.get("mask") else None
+    out = SDPA(q, k, v, attn_mask=mask)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 2, Lq, Dv)
+    assert not out.any()   # no key: zeros (torch's fused kernel agrees; its math path gives NaN)

@@ -76,8 +76,30 @@ def test_register_is_idempotent_and_registers_the_mask():
     assert at.register() == "attncore"
     assert at.register() == "attncore"
     assert AttentionInterface._global_mapping["attncore"] is at.hf_attention
-    # the mask function too: without it transformers silently drops padding masks
-    assert AttentionMaskInterface._global_mapping["attncore"] is sdpa_mask
+    # the mask function too (transformers' sdpa_mask behind a model check):
+    # without it transformers silently drops padding masks
+    assert AttentionMaskInterface._global_mapping["attncore"] is at._hf_mask
+    kw = dict(batch_size=2, q_length=3, kv_length=3, attention_mask=torch.tensor([[1, 1, 0], [1, 1, 1]]),
+              allow_is_causal_skip=False)
+    torch.testing.assert_close(at._hf_mask(**kw, config=BERT), sdpa_mask(**kw))
+
+
+def test_a_model_with_its_own_attention_layers_is_refused():
+    # MPNet's layers never call the attention interface: they would add attncore's
+    # bool mask to their scores as 0/1 (padding leaking in) without an error
+    from transformers import MPNetConfig, MPNetModel
+
+    at.register()
+    cfg = MPNetConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      intermediate_size=64, pad_token_id=0)
+    model = MPNetModel._from_config(cfg, attn_implementation="attncore").eval()
+    ids, am = torch.tensor([[5, 6, 7], [5, 6, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    with pytest.raises(ValueError, match="mpnet models compute attention in their own layers.*'eager'"):
+        with torch.inference_mode():
+            model(ids, attention_mask=am)
+    # models that do call it are not refused (BERT above, and the model types this file runs)
+    for model_type in ("bert", "llama", "gpt2", "t5", "bart"):
+        at._check_hf_model(type("Config", (), {"model_type": model_type})())
 
 
 def test_bert_padded_batch_matches_sdpa(calls):

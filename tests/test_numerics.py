@@ -245,6 +245,42 @@ def test_huge_scores_keep_a_finite_exact_softmax(isa, dtype, path, masked):
     assert tied[0].sum() == 4
 
 
+@pytest.mark.parametrize("path", ["panel", "rows", "rows-split"])
+@pytest.mark.parametrize("extra", ["none", "float-mask", "softcap"])
+def test_finite_scale_past_the_exponent_factor_range(isa, path, extra):
+    """float32: a finite scale with |scale| log2 e above FLT_MAX (|scale| >=
+    2.36e38) on small scores is an ordinary softmax; the factor overflowed
+    to inf and every output was NaN. 4 of it now goes into Q (exact)."""
+    rng = np.random.default_rng(12)
+    Lq, Lk = {"panel": (40, 300), "rows": (1, 300), "rows-split": (1, 40000)}[path]
+    q = (rng.standard_normal((1, 1, Lq, 16)) * 1e-20).astype(np.float32)
+    k = (rng.standard_normal((1, 1, Lk, 16)) * 1e-20).astype(np.float32)
+    v = rng.standard_normal((1, 1, Lk, 4)).astype(np.float32)
+    scale = 3e38
+    kw = {}
+    mask = None
+    if extra == "float-mask":
+        mask = (rng.standard_normal((Lq, Lk)) * 0.5).astype(np.float32)
+        mask[:, ::3] = -np.inf
+        kw["attn_mask"] = mask
+    elif extra == "softcap":
+        kw["softcap"] = 0.5
+    plan = plan_info(SDPA, q, k, v, scale=scale, **kw)
+    assert plan["path"] == path.split("-")[0] and (plan["chunks"] > 1) == (path == "rows-split"), plan
+    out, lse = SDPA(q, k, v, scale=scale, return_lse=True, **kw)
+    s = q[0, 0].astype(np.float64) @ k[0, 0].astype(np.float64).T * scale
+    if extra == "softcap":
+        s = 0.5 * np.tanh(s / 0.5)
+    if mask is not None:
+        s = s + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p @ v[0, 0].astype(np.float64)) / p.sum(-1, keepdims=True)
+    want_lse = np.log(p.sum(-1)) + s.max(-1)
+    assert np.abs(s[np.isfinite(s)]).max() < 20 and np.isfinite(out).all()
+    np.testing.assert_allclose(out[0, 0], want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(lse[0, 0], want_lse, rtol=1e-5, atol=1e-4)
+
+
 def test_huge_scores_leave_the_other_lanes_bit_for_bit(isa, dtype):
     """(10) In a panel, only the lanes (rows) of huge scores take the scores
     to log2 units first: the other rows of the panel are bitwise unchanged."""

@@ -164,6 +164,38 @@ def test_packed_variable_length_batches(isa, dtype, kw):
     assert_close(out, ref, "sdpa", dtype)
 
 
+@pytest.mark.parametrize("Lq,Lk,window", [(40, 16, (None, 17)), (40, 16, (None, 30)), (5, 1, (None, 2)),
+                                           (9, 2, (5, 3)), (40, 16, (2, 55)), (40, 16, (None, 56))])
+def test_window_right_bound_past_lk(isa, Lq, Lk, window):
+    """With more queries than keys the first rows' positions p_i = i + Lk - Lq
+    are negative: a right bound past Lk still hides keys from them (and rows
+    whose window holds no key give zeros, lse -inf)."""
+    rng = np.random.default_rng(Lq + Lk)
+    q, k, v = data(rng, np.float64, Lq=Lq, Lk=Lk)
+    out, lse = SDPA(q, k, v, enable_gqa=True, window=window, return_lse=True)
+    want = formula(q, k, v, window=window)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+    p = np.arange(Lq) + Lk - Lq
+    blind = p + window[1] < 0
+    assert blind.any() == (window[1] < Lq - Lk)
+    assert np.isneginf(lse[..., blind]).all() and np.isfinite(lse[..., ~blind]).all()
+    ref = R.scaled_dot_product_attention(q, k, v, enable_gqa=True, window=window)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+
+
+def test_packed_dropout_matches_the_reference(isa):
+    """Dropout in packed batches numbers sequence b's weights as batch element
+    b of (longest Lq, longest Lk) (numerics.md (9)); the reference does the
+    same, so that every sequence draws its own pattern."""
+    rng = np.random.default_rng(3)
+    cq, ck = np.array([0, 3, 6, 11]), np.array([0, 3, 9, 11])
+    q = rng.standard_normal((2, 11, 4))
+    k, v = rng.standard_normal((2, 11, 4)), rng.standard_normal((2, 11, 3))
+    kw = dict(cu_seqlens_q=cq, cu_seqlens_k=ck, dropout_p=0.5, seed=123)
+    out = SDPA(q, k, v, **kw)
+    np.testing.assert_allclose(out, R.scaled_dot_product_attention(q, k, v, **kw), rtol=0, atol=1e-12)
+
+
 def test_packed_batches_skip_padding():
     """Packed sequences of very different lengths do the work of their own
     lengths, not of the longest one padded."""

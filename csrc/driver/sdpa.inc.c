@@ -97,7 +97,8 @@ typedef struct {
                             * block by block together (panel_units) */
     int64_t nitems;    /* work items: units, or groups of group_panels units */
     int64_t item_run;  /* items the threads take at a time (consecutive: one kv head's) */
-    T qsign;           /* dot: sign of the scale (exact); additive: 2 log2(e) */
+    T qsign;           /* dot: sign of the scale times qmag (exact); additive: 2 log2(e) */
+    T qmag;            /* dot: 4 where |scale| log2(e) passes T's range, else 1 */
     T csoft;           /* dot: |scale| log2(e), taken by the softmax; additive: 1 */
     int additive_form; /* ATTN_ADDITIVE_* */
     T *wneg;           /* additive: -2 log2(e) w_score (D values) */
@@ -189,7 +190,10 @@ static int SDPA_FN(build_rows)(const PLAN *P, int64_t ub, ROWREF *rows)
         int64_t p = i + offset;
         x->qpos = p;
         x->pos = d->causal ? p : INT64_MAX;
-        if (d->window_right >= 0 && d->window_right <= d->Lk) x->pos = attn_min64(x->pos, p + d->window_right);
+        /* (p is negative for the first rows when Lq > Lk: a right bound past Lk
+         * still hides keys from them; past Lk + Lq it hides none) */
+        if (d->window_right >= 0 && d->window_right <= d->Lk + d->Lq)
+            x->pos = attn_min64(x->pos, p + d->window_right);
         if (d->valid_lens)
             x->pos = attn_min64(x->pos, d->valid_lens[d->vl_boff[b] + hq * d->vl_sh + i * d->vl_si] - 1);
         if (lk_b < d->Lk) x->pos = attn_min64(x->pos, lk_b - 1);
@@ -267,7 +271,7 @@ static void SDPA_FN(describe_prep)(const PLAN *P, const UNIT *U, int64_t j0, int
     x->c = P->prep_log2 ? P->csoft : (T)1;
     x->capx = x->capl = 0;
     if (d->softcap > 0) {
-        x->capx = (T)(fabs(d->scale) / d->softcap);
+        x->capx = (T)(fabs(d->scale) / (double)P->qmag / d->softcap);   /* (Q holds qmag) */
         x->capl = (T)(d->softcap * ATTN_LOG2E);
     }
     x->mask_kind = d->mask_kind;
@@ -891,13 +895,22 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->prep_log2 = d->mask_kind == ATTN_MASK_ADD || d->weights != NULL || biased;
     if (d->score_kind == ATTN_SCORE_ADDITIVE) {
         P->qsign = (T)(2.0 * ATTN_LOG2E);
+        P->qmag = 1;
         P->csoft = 1;
         P->additive_form = d->D > 0 && d->Lk > 0 && SDPA_FN(additive_in_range)(d)
                                ? ATTN_ADDITIVE_PRODUCT : ATTN_ADDITIVE_TANH;
     } else {
-        /* the sign goes into Q (exact); |scale| log2 e into the softmax's FMA */
-        P->qsign = d->scale < 0 ? (T)-1 : (T)1;
+        /* the sign goes into Q (exact); |scale| log2 e into the softmax's FMA.
+         * A finite scale whose |scale| log2 e passes T's range (float32:
+         * |scale| >= 2.36e38) puts a factor 4 into Q as well (exact): c Q
+         * then stays finite and gives the same products. */
+        P->qmag = 1;
         P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
+        if (isinf(P->csoft) && isfinite(d->scale)) {
+            P->qmag = 4;
+            P->csoft = (T)(fabs(d->scale) * (ATTN_LOG2E / 4));
+        }
+        P->qsign = d->scale < 0 ? -P->qmag : P->qmag;
         if (d->scale != d->scale) P->csoft = (T)NAN;
         P->additive_form = ATTN_ADDITIVE_NONE;
         /* the softmax multiplies masked (-inf) scores by c: with c = 0 that is
