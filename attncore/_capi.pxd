@@ -76,6 +76,7 @@ cdef extern from "attncore/attn.h" nogil:
         int int8_integer
         int amx_tiles
         int64_t group_panels
+        int half_panels
 
     ctypedef struct attn_linear_desc:
         int64_t M, N, K

@@ -317,7 +317,8 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
                 chunk_len=info.chunk_len, key_block=info.key_block, key_blocks=info.key_blocks,
                 threads=info.threads, native_pairs=bool(info.native_pairs), amx_tiles=bool(info.amx_tiles),
                 widened_chunks=bool(info.widened_chunks), value_tiles=bool(info.value_tiles),
-                int8_integer=bool(info.int8_integer), group_panels=info.group_panels)
+                int8_integer=bool(info.int8_integer), group_panels=info.group_panels,
+                half_panels=bool(info.half_panels))
 
 
 cdef object _ndarray = np.ndarray

@@ -42,7 +42,9 @@ def plan_info(fn, *args, **kwargs):
     multiplies them in integers, avx2 and the VNNI levels:
     docs/numerics.md (10)) and group_panels (the panel path runs this
     many panels of a kv head block by block in one work item, so that K
-    and V too large for L2 are read once per group). Internal:
+    and V too large for L2 are read once per group), half_panels (a
+    head's last panel holds at most half a panel's rows and runs the
+    half-panel kernels, same bits for half the work). Internal:
     tests use it to assert that they reach the path they name.
 
     Example

@@ -93,6 +93,8 @@ typedef struct {
     int64_t rows_per_group, ngroups, npanels;
     int64_t nchunks, chunk_len, bk;
     int64_t nbase;     /* units before key splitting */
+    int half;              /* panel path: the half-panel kernels run the units of at
+                            * most W / 2 rows (the level has them; dot scores on T) */
     int64_t group_panels;  /* panel path: panels of one kv head a work item runs
                             * block by block together (panel_units) */
     int64_t nitems;    /* work items: units, or groups of group_panels units */
@@ -631,6 +633,9 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
     else if (P->pair_vt)
         vt = SDPA_FN(staged_vt)(P, U, j0, nk, scratch, wc);
     int prep = SDPA_FN(needs_prep)(P, U, j0, nk);
+    /* rows that fit half a panel (a head's last rows: Lq = 24 on avx2 is
+     * 16 + 8) run the half-panel kernels, same bits for half the work */
+    int half = P->half && 2 * U->nr <= W;
     /* the QK kernel can fold the column maxima on the way out unless a
      * prep pass still changes this block */
     T *colmax = NULL;
@@ -644,6 +649,8 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
         kt->additive_panel_tanh(D, kb, ldk, nk, S->q, P->wneg, P->score_c, sbuf);
     else if (P->pairs)
         P->kio_kv->qk_panel2(D, U->kh + j0 * d->k_sl, d->k_sl, nk, (const KVT *)S->q, sbuf, colmax);
+    else if (half)
+        kt->qk_panel_half(D, kb, ldk, nk, S->q, sbuf, colmax);
     else
         kt->qk_panel(D, kb, ldk, nk, S->q, sbuf, W, 0, colmax);
 
@@ -661,7 +668,8 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
     if (P->sigmoid)
         kt->sigmoid(nk * W, sbuf, P->sigmoid_shift);   /* alpha stays 1 */
     else
-        kt->softmax_panel(nk, sbuf, c, colmax, S->m, S->l, S->lc, S->alpha);
+        (half ? kt->softmax_panel_half : kt->softmax_panel)(nk, sbuf, c, colmax, S->m, S->l, S->lc,
+                                                            S->alpha);
     if (d->drop_threshold) SDPA_FN(dropout)(P, U, sbuf, 1, W, j0, nk);
     if (P->sigmoid && d->weights) SDPA_FN(copy_weights)(P, U, j0, nk, &pbuf, sbuf);
     if (P->pairs)   /* V packed by the kernel in the widening scratch, or staged (vt) */
@@ -669,10 +677,11 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
                              (KVT *)(scratch + P->off_vw), vt, P->ld_vt);
     else if (P->value_tiles)   /* one contiguous tile of mr_pv columns at a time */
         for (int64_t c0 = 0; c0 < Dv; c0 += kt->mr_pv)
-            kt->pv_panel(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv, kt->mr_pv, sbuf, S->alpha,
-                         S->o + c0 * W, S->oc + c0 * W);
+            (half ? kt->pv_panel_half : kt->pv_panel)(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv,
+                                                      kt->mr_pv, sbuf, S->alpha, S->o + c0 * W,
+                                                      S->oc + c0 * W);
     else
-        kt->pv_panel(nk, vb, ldv, Dv, sbuf, S->alpha, S->o, S->oc);
+        (half ? kt->pv_panel_half : kt->pv_panel)(nk, vb, ldv, Dv, sbuf, S->alpha, S->o, S->oc);
 }
 
 static void SDPA_FN(panel_end)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S, T *scratch)
@@ -940,6 +949,8 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     P->pairs = KV_PAIRS && !P->rows_path && kio_kv->qk_panel2 != NULL &&
                P->additive_form == ATTN_ADDITIVE_NONE;
     P->npanels = (P->rows_per_group + P->W - 1) / P->W;
+    P->half = !P->rows_path && kt->qk_panel_half != NULL && !P->pairs &&
+              P->additive_form == ATTN_ADDITIVE_NONE;
     P->nbase = d->B * d->Hkv * P->ngroups * P->npanels;
 
     /* Split the keys when there are too few units to occupy the machine
@@ -1091,6 +1102,8 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->chunk_len = P->chunk_len;
     info->key_block = P->bk;
     info->group_panels = P->group_panels;
+    int64_t last_rows = P->rows_per_group - (P->npanels - 1) * P->W;
+    info->half_panels = P->half && (P->d->seq_lq != NULL || (P->npanels > 0 && 2 * last_rows <= P->W));
     info->threads = attn_region_threads(num_threads, P->nitems, SDPA_FN(work)(P));
     /* the blocks each unit's loop nest would visit */
     info->key_blocks = 0;

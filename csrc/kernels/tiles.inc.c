@@ -146,13 +146,14 @@ static inline vec FN(tanh_vec)(vec x)
  * S1 on Zen 3, benchmarks/NOTES.md). */
 static inline __attribute__((always_inline)) void FN(qk_tile)(int64_t D, const T *const *krow,
                                                               const T *qt, T *c, int64_t ldst,
-                                                              int mstore, int accumulate, T *colmax)
+                                                              int mstore, int accumulate, T *colmax,
+                                                              int nvu)
 {
     vec acc[MR_QK][NV];
 #pragma GCC unroll 16
     for (int m = 0; m < MR_QK; m++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nvu; v++)
             acc[m][v] = accumulate && m < mstore ? v_load(c + m * ldst + v * VL) : v_zero();
 
     const T *b = qt;
@@ -165,7 +166,7 @@ static inline __attribute__((always_inline)) void FN(qk_tile)(int64_t D, const T
 #pragma GCC unroll 16
             for (int m = 0; m < MR_QK; m++)
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) {
+                for (int v = 0; v < nvu; v++) {
                     if (m < mstore) v_store(c + m * ldst + v * VL, acc[m][v]);
                     acc[m][v] = v_zero();
                 }
@@ -174,12 +175,12 @@ static inline __attribute__((always_inline)) void FN(qk_tile)(int64_t D, const T
         for (int64_t d = half ? dsplit : 0; d < dend; d++, b += NR) {
             vec bv[NV];
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) bv[v] = v_load(b + v * VL);
+            for (int v = 0; v < nvu; v++) bv[v] = v_load(b + v * VL);
 #pragma GCC unroll 16
             for (int m = 0; m < MR_QK; m++) {
                 vec a = v_set1(krow[m][d]);
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) acc[m][v] = v_fma(a, bv[v], acc[m][v]);
+                for (int v = 0; v < nvu; v++) acc[m][v] = v_fma(a, bv[v], acc[m][v]);
             }
         }
     }
@@ -187,14 +188,14 @@ static inline __attribute__((always_inline)) void FN(qk_tile)(int64_t D, const T
     for (int m = 0; m < MR_QK; m++)
         if (m < mstore)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) {
+            for (int v = 0; v < nvu; v++) {
                 if (dsplit < D) acc[m][v] = v_add(acc[m][v], v_load(c + m * ldst + v * VL));
                 v_store(c + m * ldst + v * VL, acc[m][v]);
             }
     if (colmax) {
         /* rows past nk repeat row nk - 1, so they cannot raise the max */
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) {
+        for (int v = 0; v < nvu; v++) {
             vec cm = v_load(colmax + v * VL);
 #pragma GCC unroll 16
             for (int m = 0; m < MR_QK; m++) cm = v_max(cm, acc[m][v]);
@@ -230,15 +231,32 @@ static void FN(qk_panel)(int64_t D, const T *k, int64_t ldk, int64_t nk,
         }
         T *c = st + j0 * ldst;
         if (ldst == NR && !accumulate) {   /* attention's score tile */
-            FN(qk_tile)(D, krow, qt, c, NR, MR_QK, 0, colmax);
+            FN(qk_tile)(D, krow, qt, c, NR, MR_QK, 0, colmax, NV);
         } else {
             /* rows past nk are computed but not stored when they would fall
              * outside the caller's tile (ldst != NR: a GEMM writing its output) */
             int mstore = ldst == NR || j0 + MR_QK <= nk ? MR_QK : (int)(nk - j0);
-            FN(qk_tile)(D, krow, qt, c, ldst, mstore, accumulate, colmax);
+            FN(qk_tile)(D, krow, qt, c, ldst, mstore, accumulate, colmax, NV);
         }
     }
 }
+
+#if NV % 2 == 0
+/* qk_panel's attention tile (ldst NR, no accumulate) on the first NR / 2
+ * queries only: a panel's last rows when they fit half of it (Lq = 24 on
+ * avx2 is 16 + 8 rows). Lanes past NR / 2 are neither read nor written;
+ * the others get qk_panel's bits. */
+static void FN(qk_panel_half)(int64_t D, const T *k, int64_t ldk, int64_t nk, const T *qt, T *st,
+                              T *colmax)
+{
+    for (int64_t j0 = 0; j0 < nk; j0 += MR_QK) {
+        const T *krow[MR_QK];
+        for (int m = 0; m < MR_QK; m++) krow[m] = k + (j0 + m < nk ? j0 + m : nk - 1) * ldk;
+        FN(qk_tile)(D, krow, qt, st + j0 * NR, NR, MR_QK, 0, colmax, NV / 2);
+    }
+}
+#define QK_PANEL_HALF FN(qk_panel_half)
+#endif
 #endif
 
 #ifndef ATTN_HAVE_prep_panel
@@ -268,21 +286,27 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
         const T log2e = (T)ATTN_LOG2E;
         const int64_t sj = x->msj;
         int64_t j0 = 0;
+        int rfull = 0;   /* rows [0, rfull) done up to key j0 */
 #ifdef V_HAS_TRANSPOSE
-        if (sj == 1 && nr == NR)
-            for (; j0 + VL <= nk; j0 += VL)
-                for (int r0 = 0; r0 < NR; r0 += VL)
-                    v_mask_block(x->mask_kind, x->mrows + r0, j0, st + j0 * NR + r0, NR);
+        /* whole VL-row blocks (a half or partial panel's too) */
+        if (sj == 1) {
+            rfull = nr / VL * VL;
+            if (rfull > 0)
+                for (; j0 + VL <= nk; j0 += VL)
+                    for (int r0 = 0; r0 < rfull; r0 += VL)
+                        v_mask_block(x->mask_kind, x->mrows + r0, j0, st + j0 * NR + r0, NR);
+        }
 #endif
         for (int r = 0; r < nr; r++) {
             T *col = st + r;
+            int64_t jr = r < rfull ? j0 : 0;
             if (x->mask_kind == ATTN_MASK_BOOL) {
                 const uint8_t *m = (const uint8_t *)x->mrows[r];
-                for (int64_t j = j0; j < nk; j++)
+                for (int64_t j = jr; j < nk; j++)
                     col[j * NR] = m[j * sj] ? col[j * NR] : (T)-INFINITY;
             } else {
                 const T *m = (const T *)x->mrows[r];
-                for (int64_t j = j0; j < nk; j++) col[j * NR] += log2e * m[j * sj];
+                for (int64_t j = jr; j < nk; j++) col[j * NR] += log2e * m[j * sj];
             }
         }
     }
@@ -339,12 +363,13 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
  * exactly 0 and its l stays 0 (the driver turns l == 0 into a zero row).
  * (c > 0 or NaN, so c * max_j St[j] = max_j c St[j].)
  */
-static void FN(softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m, T *l, T *lc,
-                              T *alpha)
+static inline __attribute__((always_inline)) void FN(softmax_lanes)(int64_t nk, T *st, T c,
+                                                                    const T *colmax, T *m, T *l,
+                                                                    T *lc, T *alpha, int nvu)
 {
     const vec cv = v_set1(c);
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < nvu; v++) {
         vec m_old = v_load(m + v * VL);
         vec top;
         if (colmax) {
@@ -384,6 +409,22 @@ static void FN(softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m, T *
         v_store(alpha + v * VL, a);
     }
 }
+
+static void FN(softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m, T *l, T *lc,
+                              T *alpha)
+{
+    FN(softmax_lanes)(nk, st, c, colmax, m, l, lc, alpha, NV);
+}
+
+#if NV % 2 == 0
+/* softmax_panel on the first NR / 2 lanes (see qk_panel_half) */
+static void FN(softmax_panel_half)(int64_t nk, T *st, T c, const T *colmax, T *m, T *l, T *lc,
+                                   T *alpha)
+{
+    FN(softmax_lanes)(nk, st, c, colmax, m, l, lc, alpha, NV / 2);
+}
+#define SOFTMAX_PANEL_HALF FN(softmax_panel_half)
+#endif
 #endif
 
 #ifndef ATTN_HAVE_pv_panel
@@ -396,12 +437,13 @@ static void FN(softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m, T *
  * running Ot (rescaled by alpha, the online softmax's correction) with Kahan
  * compensation in Ct, so the rounding error does not grow with Lk.
  */
-static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
-                         const T *pt, const T *alpha, T *ot, T *ct)
+static inline __attribute__((always_inline)) void FN(pv_lanes)(int64_t nk, const T *v, int64_t ldv,
+                                                               int64_t Dv, const T *pt,
+                                                               const T *alpha, T *ot, T *ct, int nvu)
 {
     vec al[NV];
 #pragma GCC unroll 4
-    for (int u = 0; u < NV; u++) al[u] = v_load(alpha + u * VL);
+    for (int u = 0; u < nvu; u++) al[u] = v_load(alpha + u * VL);
 
     for (int64_t c0 = 0; c0 < Dv; c0 += MR_PV) {
         /* column offsets inside a value row; past Dv they repeat the last
@@ -414,7 +456,7 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
 #pragma GCC unroll 16
         for (int m = 0; m < MR_PV; m++)
 #pragma GCC unroll 4
-            for (int u = 0; u < NV; u++) acc[m][u] = v_zero();
+            for (int u = 0; u < nvu; u++) acc[m][u] = v_zero();
 
         const T *b = pt;
         if (full) {
@@ -423,12 +465,12 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
             for (int64_t j = 0; j < nk; j++, b += NR, a += ldv) {
                 vec bv[NV];
 #pragma GCC unroll 4
-                for (int u = 0; u < NV; u++) bv[u] = v_load(b + u * VL);
+                for (int u = 0; u < nvu; u++) bv[u] = v_load(b + u * VL);
 #pragma GCC unroll 16
                 for (int m = 0; m < MR_PV; m++) {
                     vec s = v_set1(a[m]);
 #pragma GCC unroll 4
-                    for (int u = 0; u < NV; u++) acc[m][u] = v_fma(s, bv[u], acc[m][u]);
+                    for (int u = 0; u < nvu; u++) acc[m][u] = v_fma(s, bv[u], acc[m][u]);
                 }
             }
         } else {
@@ -436,12 +478,12 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
             for (int64_t j = 0; j < nk; j++, b += NR, row += ldv) {
                 vec bv[NV];
 #pragma GCC unroll 4
-                for (int u = 0; u < NV; u++) bv[u] = v_load(b + u * VL);
+                for (int u = 0; u < nvu; u++) bv[u] = v_load(b + u * VL);
 #pragma GCC unroll 16
                 for (int m = 0; m < MR_PV; m++) {
                     vec s = v_set1(row[col[m]]);
 #pragma GCC unroll 4
-                    for (int u = 0; u < NV; u++) acc[m][u] = v_fma(s, bv[u], acc[m][u]);
+                    for (int u = 0; u < nvu; u++) acc[m][u] = v_fma(s, bv[u], acc[m][u]);
                 }
             }
         }
@@ -449,7 +491,7 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
 #pragma GCC unroll 16
         for (int m = 0; m < MR_PV; m++)
 #pragma GCC unroll 4
-            for (int u = 0; u < NV; u++) {
+            for (int u = 0; u < nvu; u++) {
                 T *po = o + m * NR + u * VL, *pc = oc + m * NR + u * VL;
                 vec total = v_load(po), comp = v_load(pc);
                 FN(kahan_update)(al[u], acc[m][u], &total, &comp);
@@ -458,6 +500,22 @@ static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,
             }
     }
 }
+
+static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv, const T *pt,
+                         const T *alpha, T *ot, T *ct)
+{
+    FN(pv_lanes)(nk, v, ldv, Dv, pt, alpha, ot, ct, NV);
+}
+
+#if NV % 2 == 0
+/* pv_panel on the first NR / 2 lanes (see qk_panel_half) */
+static void FN(pv_panel_half)(int64_t nk, const T *v, int64_t ldv, int64_t Dv, const T *pt,
+                              const T *alpha, T *ot, T *ct)
+{
+    FN(pv_lanes)(nk, v, ldv, Dv, pt, alpha, ot, ct, NV / 2);
+}
+#define PV_PANEL_HALF FN(pv_panel_half)
+#endif
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -920,6 +978,17 @@ static void FN(exp2_array)(int64_t n, const T *x, T *y)
     if (i < n) v_store_n(y + i, v_exp2(v_load_n(x + i, (int)(n - i))), (int)(n - i));
 }
 
+/* the half-panel kernels (a level without them: NULL, full panels only) */
+#ifndef QK_PANEL_HALF
+#define QK_PANEL_HALF NULL
+#endif
+#ifndef SOFTMAX_PANEL_HALF
+#define SOFTMAX_PANEL_HALF NULL
+#endif
+#ifndef PV_PANEL_HALF
+#define PV_PANEL_HALF NULL
+#endif
+
 const KTAB_TYPE KTAB_NAME = {
     .isa = ISA_NAME,
     .nr = NR,
@@ -935,6 +1004,9 @@ const KTAB_TYPE KTAB_NAME = {
     .prep_panel = FN(prep_panel),
     .softmax_panel = FN(softmax_panel),
     .pv_panel = FN(pv_panel),
+    .qk_panel_half = QK_PANEL_HALF,
+    .softmax_panel_half = SOFTMAX_PANEL_HALF,
+    .pv_panel_half = PV_PANEL_HALF,
     .additive_panel_exp = FN(additive_panel_exp),
     .additive_panel_tanh = FN(additive_panel_tanh),
     .prep_rows = FN(prep_rows),

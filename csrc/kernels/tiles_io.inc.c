@@ -55,22 +55,31 @@
 static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *qt)
 {
     int64_t d0 = 0;
-#if defined(V_HAS_TRANSPOSE) && IO_SAME
-    if (nr == NR) {
-        for (; d0 + VL <= D; d0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL)
+#if defined(V_HAS_TRANSPOSE)
+    /* the whole VL-row blocks through the register transpose (a half
+     * panel's too); the rows after them and the lanes past nr per column */
+    const int rfull = nr / VL * VL;
+    if (rfull > 0) {
+        for (; d0 + VL <= D; d0 += VL) {
+            for (int r0 = 0; r0 < rfull; r0 += VL) {
+#if IO_SAME
                 v_transpose(rows + r0, d0, sign, qt + d0 * NR + r0, NR);
-    }
-#elif defined(V_HAS_TRANSPOSE)
-    if (nr == NR) {   /* VL x VL blocks widened into a stage, then transposed */
-        T stage[VL * VL];
-        const T *srows[VL];
-        for (int i = 0; i < VL; i++) srows[i] = stage + i * VL;
-        for (; d0 + VL <= D; d0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL) {
-                for (int i = 0; i < VL; i++) v_store(stage + i * VL, v_load_in(rows[r0 + i] + d0));
+#else   /* widened into a stage, then transposed */
+                T stage[VL * VL];
+                const T *srows[VL];
+                for (int i = 0; i < VL; i++) {
+                    srows[i] = stage + i * VL;
+                    v_store(stage + i * VL, v_load_in(rows[r0 + i] + d0));
+                }
                 v_transpose(srows, 0, sign, qt + d0 * NR + r0, NR);
+#endif
             }
+            for (int64_t d = d0; d < d0 + VL; d++) {
+                T *col = qt + d * NR;
+                for (int r = rfull; r < nr; r++) col[r] = in_to_T(rows[r][d]) * sign;
+                for (int r = nr; r < NR; r++) col[r] = 0;
+            }
+        }
     }
 #endif
     for (int64_t d = d0; d < D; d++) {
@@ -145,43 +154,40 @@ static void FNIO(widen_tiles)(int64_t n, int64_t D, const IT *src, int64_t lds, 
 static void FNIO(finish_panel)(int nr, int64_t Dv, T *ot, const T *ct, const T *L, IT *const *rows)
 {
     vec lv[NV];
+    const int nvu = (nr + VL - 1) / VL;   /* the vectors that hold rows */
     if (L) {
         T lpad[NR];
         for (int r = 0; r < NR; r++) lpad[r] = r < nr ? L[r] : (T)1;
         for (int u = 0; u < NV; u++) lv[u] = v_load(lpad + u * VL);
     }
     for (int64_t c = 0; c < Dv; c++)
-        for (int u = 0; u < NV; u++) {
+        for (int u = 0; u < nvu; u++) {
             T *p = ot + c * NR + u * VL;
             vec x = v_sub(v_load(p), v_load(ct + c * NR + u * VL));
             v_store(p, L ? v_keep_nonzero(lv[u], v_div(x, lv[u])) : x);
         }
-#if defined(V_HAS_TRANSPOSE) && IO_SAME
-    if (nr == NR) {
+#if defined(V_HAS_TRANSPOSE) && (IO_SAME || defined(v_store_out))
+    /* the whole VL-row blocks through the register transpose (16-bit
+     * outputs through a stage, then narrowed); the rest element by element */
+    const int rfull = nr / VL * VL;
+    if (rfull > 0) {
         T ones[ATTN_MAX_LANES];
         for (int r = 0; r < NR; r++) ones[r] = 1;
         int64_t c0 = 0;
         for (; c0 + VL <= Dv; c0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL)
+            for (int r0 = 0; r0 < rfull; r0 += VL) {
+#if IO_SAME
                 v_untranspose(ot + c0 * NR + r0, NR, ones + r0, rows + r0, c0);
-        for (int r = 0; r < nr; r++)
-            for (int64_t c = c0; c < Dv; c++) rows[r][c] = ot[c * NR + r];
-        return;
-    }
-#elif defined(V_HAS_TRANSPOSE) && defined(v_store_out)
-    if (nr == NR) {   /* VL x VL blocks transposed into a stage, then narrowed */
-        T ones[ATTN_MAX_LANES], stage[VL * VL];
-        T *srows[VL];
-        for (int r = 0; r < NR; r++) ones[r] = 1;
-        for (int i = 0; i < VL; i++) srows[i] = stage + i * VL;
-        int64_t c0 = 0;
-        for (; c0 + VL <= Dv; c0 += VL)
-            for (int r0 = 0; r0 < NR; r0 += VL) {
+#else
+                T stage[VL * VL];
+                T *srows[VL];
+                for (int i = 0; i < VL; i++) srows[i] = stage + i * VL;
                 v_untranspose(ot + c0 * NR + r0, NR, ones + r0, srows, 0);
                 for (int i = 0; i < VL; i++) v_store_out(rows[r0 + i] + c0, v_load(stage + i * VL));
+#endif
             }
         for (int r = 0; r < nr; r++)
-            for (int64_t c = c0; c < Dv; c++) rows[r][c] = T_to_out(ot[c * NR + r]);
+            for (int64_t c = r < rfull ? c0 : 0; c < Dv; c++) rows[r][c] = T_to_out(ot[c * NR + r]);
         return;
     }
 #endif

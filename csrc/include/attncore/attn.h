@@ -198,6 +198,9 @@ typedef struct {
     int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
     int64_t group_panels;   /* panel path: panels of one kv head a work item runs
                              * block by block together (1: one panel per item) */
+    int half_panels;        /* panel path: a head's last panel holds at most half
+                             * a panel's rows and runs the half-panel kernels
+                             * (packed sequences: some may) */
 } attn_plan_info;
 
 attn_status attn_sdpa_plan_f32(const attn_sdpa_desc *desc, int isa, int num_threads,
