@@ -568,13 +568,14 @@ static const KVT *SDPA_FN(staged_vt)(const PLAN *P, const UNIT *U, int64_t j0, i
  * plan's layout). */
 typedef struct {
     T *q, *o, *oc, *m, *l, *lc, *alpha, *L;
+    int fresh;   /* no P V yet: o and oc hold nothing (pv_panel's fresh) */
 } SDPA_FN(panel_state);
 
 static SDPA_FN(panel_state) SDPA_FN(state_at)(const PLAN *P, T *scratch, int64_t g)
 {
     T *b = scratch + g * P->state_elems;
     SDPA_FN(panel_state) S = {b,             b + P->off_o,  b + P->off_oc, b + P->off_m,
-                              b + P->off_l,  b + P->off_lc, b + P->off_a,  b + P->off_L};
+                              b + P->off_l,  b + P->off_lc, b + P->off_a,  b + P->off_L, 0};
     return S;
 }
 
@@ -593,7 +594,7 @@ static void SDPA_FN(prefetch_rows)(const UNIT *U, int out, int64_t bytes)
 }
 
 /* A unit's start: its queries staged, O = 0, the online softmax's m, l. */
-static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S,
+static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, SDPA_FN(panel_state) *S,
                                  T *scratch)
 {
     const attn_sdpa_desc *d = P->d;
@@ -606,14 +607,20 @@ static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
         P->kio_q->pack_qt(U->nr, d->D, qrows, P->qsign, S->q);
     if (P->fk) P->kt->exp2(d->D * P->W, S->q, S->q);   /* Et = e^(2 (Qp + b)) */
     int64_t ot_elems = attn_round_up(attn_max64(d->Dv, 1), P->kt->mr_pv) * P->W;
-    memset(S->o, 0, (size_t)ot_elems * sizeof(T));
-    memset(S->oc, 0, (size_t)ot_elems * sizeof(T));
+    /* O and its compensation start at zero: written by the first P V
+     * (pv_panel's fresh), cleared here only for the pairs' kernels, and at
+     * the end if no block ran (SDPA_FN(panel_end)) */
+    S->fresh = !P->pairs;
+    if (!S->fresh) {
+        memset(S->o, 0, (size_t)ot_elems * sizeof(T));
+        memset(S->oc, 0, (size_t)ot_elems * sizeof(T));
+    }
     SDPA_FN(softmax_start)(P, U, S->m, S->l, S->lc, S->alpha);
     if (P->hard) SDPA_FN(hard_start)(P, scratch);
 }
 
 /* Key block [j0, j0 + nk) of a unit, nk = min(bk, kend - j0). */
-static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S,
+static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, SDPA_FN(panel_state) *S,
                                  int64_t j0, T *scratch, SDPA_FN(wide_cache) *wc)
 {
     const attn_sdpa_desc *d = P->d;
@@ -679,13 +686,20 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, const SDPA_FN(pan
         for (int64_t c0 = 0; c0 < Dv; c0 += kt->mr_pv)
             (half ? kt->pv_panel_half : kt->pv_panel)(nk, vb + c0 / kt->mr_pv * P->ld_vt, kt->mr_pv,
                                                       kt->mr_pv, sbuf, S->alpha, S->o + c0 * W,
-                                                      S->oc + c0 * W);
+                                                      S->oc + c0 * W, S->fresh);
     else
-        (half ? kt->pv_panel_half : kt->pv_panel)(nk, vb, ldv, Dv, sbuf, S->alpha, S->o, S->oc);
+        (half ? kt->pv_panel_half : kt->pv_panel)(nk, vb, ldv, Dv, sbuf, S->alpha, S->o, S->oc,
+                                                  S->fresh);
+    S->fresh = 0;
 }
 
 static void SDPA_FN(panel_end)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S, T *scratch)
 {
+    if (S->fresh && !P->hard) {   /* no block ran P V: O = 0 */
+        int64_t ot_elems = attn_round_up(attn_max64(P->d->Dv, 1), P->kt->mr_pv) * P->W;
+        memset(S->o, 0, (size_t)ot_elems * sizeof(T));
+        memset(S->oc, 0, (size_t)ot_elems * sizeof(T));
+    }
     if (P->hard)
         SDPA_FN(hard_finish)(P, U, scratch);
     else

@@ -114,8 +114,9 @@ static inline void attn_prefetch_bytes(uintptr_t b, uintptr_t e)
         void (*softmax_panel)(int64_t nk, T *st, T c, const T *colmax, T *m,   \
                               T *l, T *lc, T *alpha);                          \
         /* Ot[c][:] = alpha Ot[c][:] + sum_j V[j][c] Pt[j][:], compensated  */ \
+        /* (fresh: Ot, Ct read as zeros, the unit's first block)             */ \
         void (*pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv,      \
-                         const T *pt, const T *alpha, T *ot, T *ct);           \
+                         const T *pt, const T *alpha, T *ot, T *ct, int fresh);\
         /* the same three on the first NR / 2 lanes only (a panel's last    */ \
         /* rows when they fit half of it), the other lanes untouched, same  */ \
         /* bits per lane; all NULL when the level has none (NV odd)         */ \
@@ -124,7 +125,8 @@ static inline void attn_prefetch_bytes(uintptr_t b, uintptr_t e)
         void (*softmax_panel_half)(int64_t nk, T *st, T c, const T *colmax,    \
                                    T *m, T *l, T *lc, T *alpha);               \
         void (*pv_panel_half)(int64_t nk, const T *v, int64_t ldv, int64_t Dv, \
-                              const T *pt, const T *alpha, T *ot, T *ct);      \
+                              const T *pt, const T *alpha, T *ot, T *ct,       \
+                              int fresh);                                      \
         /* additive scores c + log2e sum_h w_h tanh(q_h + k_h) in log2     */ \
         /* units, wneg = -2 log2e w, c = log2e sum_h w_h (tiles.inc.c):     */ \
         /* _exp takes Et = e^(2 Qp) and F = e^(2 Kp) (inputs in range),     */ \

@@ -430,6 +430,8 @@ static void FN(softmax_panel_half)(int64_t nk, T *st, T c, const T *colmax, T *m
 #ifndef ATTN_HAVE_pv_panel
 /*
  * Ot[c][:] = alpha[:] * Ot[c][:] + sum_{j<nk} V[j][c] * Pt[j][:]   for c < Dv
+ * (fresh: Ot and Ct taken as zeros, not read: the unit's first block, so
+ * that they need no clearing; the same operations, so the same bits)
  *
  * Register tile: MR_PV value columns x NV vectors of queries. Each step over
  * j loads NV vectors of Pt and broadcasts MR_PV consecutive elements of value
@@ -439,7 +441,8 @@ static void FN(softmax_panel_half)(int64_t nk, T *st, T c, const T *colmax, T *m
  */
 static inline __attribute__((always_inline)) void FN(pv_lanes)(int64_t nk, const T *v, int64_t ldv,
                                                                int64_t Dv, const T *pt,
-                                                               const T *alpha, T *ot, T *ct, int nvu)
+                                                               const T *alpha, T *ot, T *ct,
+                                                               int fresh, int nvu)
 {
     vec al[NV];
 #pragma GCC unroll 4
@@ -493,7 +496,8 @@ static inline __attribute__((always_inline)) void FN(pv_lanes)(int64_t nk, const
 #pragma GCC unroll 4
             for (int u = 0; u < nvu; u++) {
                 T *po = o + m * NR + u * VL, *pc = oc + m * NR + u * VL;
-                vec total = v_load(po), comp = v_load(pc);
+                /* fresh: the unit's first P V, Ot and Ct not yet written (as zeros) */
+                vec total = fresh ? v_zero() : v_load(po), comp = fresh ? v_zero() : v_load(pc);
                 FN(kahan_update)(al[u], acc[m][u], &total, &comp);
                 v_store(po, total);
                 v_store(pc, comp);
@@ -502,17 +506,17 @@ static inline __attribute__((always_inline)) void FN(pv_lanes)(int64_t nk, const
 }
 
 static void FN(pv_panel)(int64_t nk, const T *v, int64_t ldv, int64_t Dv, const T *pt,
-                         const T *alpha, T *ot, T *ct)
+                         const T *alpha, T *ot, T *ct, int fresh)
 {
-    FN(pv_lanes)(nk, v, ldv, Dv, pt, alpha, ot, ct, NV);
+    FN(pv_lanes)(nk, v, ldv, Dv, pt, alpha, ot, ct, fresh, NV);
 }
 
 #if NV % 2 == 0
 /* pv_panel on the first NR / 2 lanes (see qk_panel_half) */
 static void FN(pv_panel_half)(int64_t nk, const T *v, int64_t ldv, int64_t Dv, const T *pt,
-                              const T *alpha, T *ot, T *ct)
+                              const T *alpha, T *ot, T *ct, int fresh)
 {
-    FN(pv_lanes)(nk, v, ldv, Dv, pt, alpha, ot, ct, NV / 2);
+    FN(pv_lanes)(nk, v, ldv, Dv, pt, alpha, ot, ct, fresh, NV / 2);
 }
 #define PV_PANEL_HALF FN(pv_panel_half)
 #endif
