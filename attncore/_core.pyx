@@ -798,8 +798,8 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
             mask_kind, mask_item = ATTN_MASK_ADD, (8 if mdt is torch_dtypes[1] else 4)
         else:
             return None
-        if not mask.is_cpu or mask.layout is not _torch_strided or mask.is_neg():
-            return None
+        if not mask.is_cpu or mask.layout is not _torch_strided or mask.is_neg() or mask.requires_grad:
+            return None   # (a mask that needs a gradient: the general path refuses it)
         shape, strides = mask.shape, mask.stride()
         if len(shape) > 4:
             return None

@@ -807,6 +807,18 @@ def _hf_mask(*args, **kwargs):
 _USES_INTERFACE: dict = {}   # model_type -> whether its attention layers call the interface
 
 
+def _source_readable(cls):
+    """Whether the source of cls's module can be read (not a .pyc-only install)."""
+    import inspect
+    import sys
+
+    try:
+        inspect.getsource(sys.modules[cls.__module__])
+    except (KeyError, OSError, TypeError):
+        return False
+    return True
+
+
 def _check_hf_model(config):
     """Refuse a model whose attention layers are its own code rather than
     transformers' attention interface (MPNet, DeBERTa-v2): hf_attention
@@ -828,7 +840,9 @@ def _check_hf_model(config):
             name = MODEL_MAPPING_NAMES.get(model_type)
             cls = getattr(transformers, name, None) if isinstance(name, str) else None
             test = getattr(cls, "_can_set_attn_implementation", None)
-            uses = True if test is None else bool(test())
+            # (the test reads the model's source: where it cannot, it says False,
+            # which is no verdict)
+            uses = test is None or bool(test()) or not _source_readable(cls)
         except Exception:   # (transformers' internals moved: no verdict, no refusal)
             uses = True
         _USES_INTERFACE[model_type] = uses

@@ -7,6 +7,7 @@ import pytest
 
 import attncore
 from attncore import _core, functional
+from attncore._engine import plan_info
 
 SDPA = attncore.scaled_dot_product_attention
 
@@ -272,3 +273,54 @@ def test_torch_tensors_with_no_elements(sizes, general_calls):
     out = SDPA(q, k, v, attn_mask=mask)
     assert isinstance(out, torch.Tensor) and out.shape == (1, 2, Lq, Dv)
     assert not out.any()   # no key: zeros (torch's fused kernel agrees; its math path gives NaN)
+
+
+def test_additive_mask_bits_do_not_depend_on_its_layout(isa):
+    """A float mask's scores are a multiply then an add on every pass (the
+    register-transpose blocks, the scalar rows, the rows path), so neither
+    the mask's memory order nor a row's place in its panel changes a bit."""
+    rng = np.random.default_rng(8)
+    for Lq in (20, 24, 45):
+        q = rng.standard_normal((2, 2, Lq, 32)).astype(np.float32)
+        k, v = (rng.standard_normal((2, 2, 40, 32)).astype(np.float32) for _ in range(2))
+        mask = (rng.standard_normal((Lq, 40)) * 3).astype(np.float32)
+        c_order = SDPA(q, k, v, attn_mask=mask)
+        np.testing.assert_array_equal(c_order, SDPA(q, k, v, attn_mask=np.asfortranarray(mask)))
+        np.testing.assert_array_equal(c_order, SDPA(q, k, v, attn_mask=mask[::-1].copy()[::-1]))
+        # rows moved to other places in the panels (another lane, a half panel's,
+        # the leftover rows after the whole 8-row blocks) keep their bits
+        for shift in (1, 5):
+            assert plan_info(SDPA, q[:, :, shift:], k, v, attn_mask=mask[shift:])["path"] == "panel"
+            np.testing.assert_array_equal(c_order[:, :, shift:],
+                                          SDPA(q[:, :, shift:], k, v, attn_mask=mask[shift:]))
+
+
+def test_torch_masks_the_general_path_must_judge(general_calls):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 24, 32, generator=g) for _ in range(3))
+    # a float mask that needs a gradient: refused by the general path, not run
+    with pytest.raises(TypeError, match="attn_mask"):
+        SDPA(q, k, v, attn_mask=torch.zeros(24, 24, requires_grad=True))
+    assert general_calls == []
+    # a 16-bit float mask that is expanded (stride 0): float32 on either path, same bits
+    for dt in (torch.float16, torch.bfloat16):
+        m = (torch.randn(1, 1, 1, 24, generator=g) * 3).to(dt).expand(1, 2, 24, 24)
+        fast = SDPA(q.to(dt), k.to(dt), v.to(dt), attn_mask=m)
+        assert general_calls == []
+        slow = general(q.to(dt), k.to(dt), v.to(dt), attn_mask=m)
+        assert torch.equal(fast, slow)
+        general_calls.clear()
+
+
+def test_self_overlapping_out_is_written_through_a_copy(general_calls):
+    """An out= whose elements share memory (a writable stride-0 view) is not
+    handed to the threads: both paths write a result, then copy it."""
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal((2, 2, 5, 8)).astype(np.float32) for _ in range(3))
+    want = SDPA(q, k, v)
+    for kw in (dict(), dict(return_lse=True)):
+        out = np.lib.stride_tricks.as_strided(np.zeros(8, np.float32), (2, 2, 5, 8), (0, 0, 0, 4))
+        res = SDPA(q, k, v, out=out, **kw)
+        assert (res[0] if kw else res) is out
+        np.testing.assert_array_equal(out[0, 0, 0], want[-1, -1, -1])

@@ -102,6 +102,24 @@ def test_a_model_with_its_own_attention_layers_is_refused():
         at._check_hf_model(type("Config", (), {"model_type": model_type})())
 
 
+def test_unreadable_model_source_is_no_verdict(monkeypatch):
+    # transformers' test reads the modeling source; where it cannot (a .pyc-only
+    # install) it answers False, which must not refuse every model
+    import inspect
+
+    def no_source(obj):
+        raise OSError("no source")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    monkeypatch.setattr(at, "_USES_INTERFACE", {})
+    from transformers import LlamaModel, MPNetModel
+
+    for cls in (LlamaModel, MPNetModel):
+        monkeypatch.delattr(cls, "_can_set_attn_implementation_cached_value", raising=False)
+    for model_type in ("llama", "mpnet"):
+        at._check_hf_model(type("Config", (), {"model_type": model_type})())
+
+
 def test_bert_padded_batch_matches_sdpa(calls):
     ref, new = pair(BertModel, BERT)
     ids, am = padded_batch()

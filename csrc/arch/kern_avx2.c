@@ -235,7 +235,9 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
         __m256 log2e = _mm256_set1_ps((float)ATTN_LOG2E);
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++)
-            _mm256_storeu_ps(dst + i * ld, _mm256_fmadd_ps(x[i], log2e, _mm256_loadu_ps(dst + i * ld)));
+            /* a multiply, then an add: as the scalar pass (tiles.inc.c), so a
+             * score's bits do not depend on the mask's layout or the row's place */
+            _mm256_storeu_ps(dst + i * ld, _mm256_add_ps(_mm256_loadu_ps(dst + i * ld), _mm256_mul_ps(x[i], log2e)));
     }
 }
 

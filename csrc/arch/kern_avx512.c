@@ -229,7 +229,9 @@ static inline void v_mask_block(int kind, const void *const *rows, int64_t j0, T
         __m512 log2e = _mm512_set1_ps((float)ATTN_LOG2E);
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
-            _mm512_storeu_ps(dst + i * ld, _mm512_fmadd_ps(x[i], log2e, _mm512_loadu_ps(dst + i * ld)));
+            /* a multiply, then an add: as the scalar pass (tiles.inc.c), so a
+             * score's bits do not depend on the mask's layout or the row's place */
+            _mm512_storeu_ps(dst + i * ld, _mm512_add_ps(_mm512_loadu_ps(dst + i * ld), _mm512_mul_ps(x[i], log2e)));
     }
 }
 

@@ -925,8 +925,9 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     } else {
         /* the sign goes into Q (exact); |scale| log2 e into the softmax's FMA.
          * A finite scale whose |scale| log2 e passes T's range (float32:
-         * |scale| >= 2.36e38) puts a factor 4 into Q as well (exact): c Q
-         * then stays finite and gives the same products. */
+         * |scale| >= 2.36e38) puts a factor 4 into Q as well (exact while
+         * |q| < FLT_MAX / 4): c then stays finite and c (4 Q) K gives the
+         * same products (docs/numerics.md, Range). */
         P->qmag = 1;
         P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
         if (isinf(P->csoft) && isfinite(d->scale)) {
