@@ -34,7 +34,8 @@ def inputs(rng, dtype, Lq, Lk=70, Hq=2, Hkv=2, D=24, B=2):
 
 @pytest.mark.parametrize("tail", ["half", "one"])
 @pytest.mark.parametrize("case", ["plain", "causal", "bool-mask", "float-mask", "lse-weights",
-                                  "dropout", "gqa-stacked", "long-keys", "sigmoid", "window"])
+                                  "dropout", "gqa-stacked", "long-keys", "sigmoid", "window",
+                                  "hard-topk"])
 def test_half_panels_against_the_reference(isa, dtype, tail, case):
     W = panel_rows(dtype)
     Lq = {"half": W + W // 2, "one": 2 * W + 1}[tail]
@@ -65,6 +66,13 @@ def test_half_panels_against_the_reference(isa, dtype, tail, case):
     if case == "sigmoid":
         got = attncore.sigmoid_attention(q, k, v, enable_gqa=True)
         want = R.sigmoid_attention(q, k, v, enable_gqa=True)
+        assert_close(got, want, "sdpa", dtype)
+        return
+    if case == "hard-topk":   # no softmax or P V: the rows' top 3 keys from the half tile
+        kw = dict(k=3, mode="topk", enable_gqa=True)
+        assert plan_info(attncore.hard_attention, q, k, v, **kw)["half_panels"]
+        got = attncore.hard_attention(q, k, v, **kw)
+        want = R.hard_attention(q, k, v, **kw)
         assert_close(got, want, "sdpa", dtype)
         return
     got = SDPA(q, k, v, enable_gqa=True, **kw)
