@@ -404,29 +404,44 @@ cdef bint _may_overlap(_View *a, int a_item, _View *b, int b_item):
     return alo < bhi and blo < ahi
 
 
-cdef bint _no_self_overlap(_View *x):
-    """Whether no two elements of a 4-D view share memory (dims taken by
-    increasing |stride|, each stride at least the extent of the ones
-    before): an out= the threads may write at once."""
-    cdef int64_t st[4]
-    cdef int64_t ext[4]
-    cdef int n = 0, i, j
-    cdef int64_t a, e, reach = 0
-    for i in range(4):
-        if x.shape[i] > 1:
-            a = x.strides[i] if x.strides[i] >= 0 else -x.strides[i]
-            e = (x.shape[i] - 1) * a
-            j = n
-            while j > 0 and st[j - 1] > a:
+cdef bint _disjoint(int n, const int64_t *shape, const int64_t *strides, int64_t item):
+    """Whether no two elements of an n-D layout (n <= 64; strides and item
+    in one unit) share memory: the dims by increasing |stride|, each stride
+    at least the span of the ones before. An out= the threads may write at
+    once."""
+    cdef int64_t st[64]
+    cdef int64_t ext[64]
+    cdef int m = 0, i, j
+    cdef int64_t a, reach = item
+    for i in range(n):
+        if shape[i] > 1:
+            a = strides[i] if strides[i] >= 0 else -strides[i]
+            j = m
+            while j > 0 and st[j - 1] > a:   # insertion sort by |stride|
                 st[j], ext[j] = st[j - 1], ext[j - 1]
                 j -= 1
-            st[j], ext[j] = a, e
-            n += 1
-    for i in range(n):
-        if st[i] <= reach:
+            st[j], ext[j] = a, (shape[i] - 1) * a
+            m += 1
+    for i in range(m):
+        if st[i] < reach:
             return False
         reach += ext[i]
     return True
+
+
+cdef bint _no_self_overlap(_View *x):
+    return _disjoint(4, x.shape, x.strides, 1)
+
+
+def overlaps_itself(a):
+    """Whether two elements of the NumPy array `a` may share memory (a
+    writable stride-0 or as_strided view)."""
+    cdef int64_t shape[64]
+    cdef int64_t strides[64]
+    cdef int i
+    for i in range(a.ndim):
+        shape[i], strides[i] = a.shape[i], a.strides[i]
+    return not _disjoint(a.ndim, shape, strides, a.itemsize)
 
 
 cdef int64_t _SPREAD_MIN_ITEMS = _layout.SPREAD_MIN_ITEMS
@@ -749,9 +764,10 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
     torch_dtypes: (float32, float64, bfloat16, float16, bool) of torch; mask:
     None or a CPU bool tensor, or a float one in the compute dtype (the
     query's float32/float64; float32, or the query's dtype, for 16-bit
-    queries), that broadcasts to (B, Hq, Lq, Lk). out: None, or a CPU tensor of the query's dtype and the
-    output's shape that shares no memory with an input (attncore.torch's
-    out= views); it is written and returned as it is."""
+    queries), that broadcasts to (B, Hq, Lq, Lk). out: None, or a CPU
+    tensor of the query's dtype and the output's shape that shares no
+    memory with an input (attncore.torch's out= views); it is written and
+    returned as it is."""
     cdef _View vq, vk, vv, vm, vo
     cdef _View *pm = NULL
     cdef _View *po = NULL
@@ -786,20 +802,19 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
             and _view_from_tensor(&vv, v, itemsize)):
         return None
     if mask is not None:
-        mdt = mask.dtype
-        if itemsize == 2 and mdt is dt and mask.layout is _torch_strided and not mask.requires_grad:
+        if not mask.is_cpu or mask.layout is not _torch_strided or mask.is_neg() or mask.requires_grad:
+            return None   # (a mask that needs a gradient: the general path refuses it)
+        if itemsize == 2 and mask.dtype is dt:
             # a 16-bit float mask (attncore.torch rounds a float32 one to the query's
             # dtype, as torch does): to float32 (exact), as the general path does
             mask = mask.float()
-            mdt = mask.dtype
+        mdt = mask.dtype
         if mdt is torch_dtypes[4]:
             mask_kind, mask_item = ATTN_MASK_BOOL, 1
         elif mdt is (torch_dtypes[0] if itemsize == 2 else dt):
             mask_kind, mask_item = ATTN_MASK_ADD, (8 if mdt is torch_dtypes[1] else 4)
         else:
             return None
-        if not mask.is_cpu or mask.layout is not _torch_strided or mask.is_neg() or mask.requires_grad:
-            return None   # (a mask that needs a gradient: the general path refuses it)
         shape, strides = mask.shape, mask.stride()
         if len(shape) > 4:
             return None

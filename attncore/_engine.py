@@ -353,21 +353,9 @@ def _direct_output(out, flat, compute, inputs):
     if out is None or out.dtype != compute:
         return None
     target = out[None] if flat else out
-    if not _layout.is_kernel_ready(target) or _self_overlapping(target):
+    if not _layout.is_kernel_ready(target) or _core.overlaps_itself(target):
         return None
     if any(a is not None and np.may_share_memory(target, a) for a in inputs):
         return None
     return target
 
-
-def _self_overlapping(a):
-    """Whether two elements of `a` may share memory (a writable stride-0 or
-    as_strided view): the kernel's threads would write them at once, so such
-    an out= gets a copy. Dims by increasing |stride|, each stride at least
-    the bytes the ones before it span."""
-    reach = a.itemsize
-    for stride, n in sorted((abs(s), n) for s, n in zip(a.strides, a.shape) if n > 1):
-        if stride < reach:
-            return True
-        reach += (n - 1) * stride
-    return False

@@ -783,25 +783,28 @@ def register():
     >>> model = AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2",
     ...                                   attn_implementation="attncore")  # doctest: +SKIP
     """
+    global _sdpa_mask
     try:
         from transformers import AttentionInterface, AttentionMaskInterface
-        from transformers.masking_utils import sdpa_mask  # noqa: F401 (checked here, used by _hf_mask)
+        from transformers.masking_utils import sdpa_mask
     except ImportError as exc:
         raise ImportError("attncore.torch.register() needs Hugging Face transformers >= 4.56 "
                           "(pip install 'attncore[hf]')") from exc
+    _sdpa_mask = sdpa_mask
     AttentionInterface.register(ATTN_IMPLEMENTATION, hf_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _hf_mask)
     return ATTN_IMPLEMENTATION
+
+
+_sdpa_mask = None   # transformers' sdpa_mask, set by register()
 
 
 def _hf_mask(*args, **kwargs):
     """The mask function of ``"attncore"``: transformers' ``sdpa_mask`` (bool,
     True = attend), once the model is known to run its attention through
     the attention interface (_check_hf_model)."""
-    from transformers.masking_utils import sdpa_mask
-
     _check_hf_model(kwargs.get("config"))
-    return sdpa_mask(*args, **kwargs)
+    return _sdpa_mask(*args, **kwargs)
 
 
 _USES_INTERFACE: dict = {}   # model_type -> whether its attention layers call the interface

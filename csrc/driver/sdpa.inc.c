@@ -593,6 +593,14 @@ static void SDPA_FN(prefetch_rows)(const UNIT *U, int out, int64_t bytes)
     }
 }
 
+/* O = 0 and its compensation too (pv_panel's fresh does it without this). */
+static void SDPA_FN(clear_o)(const PLAN *P, const SDPA_FN(panel_state) *S)
+{
+    size_t bytes = (size_t)(attn_round_up(attn_max64(P->d->Dv, 1), P->kt->mr_pv) * P->W) * sizeof(T);
+    memset(S->o, 0, bytes);
+    memset(S->oc, 0, bytes);
+}
+
 /* A unit's start: its queries staged, O = 0, the online softmax's m, l. */
 static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, SDPA_FN(panel_state) *S,
                                  T *scratch)
@@ -606,15 +614,11 @@ static void SDPA_FN(panel_start)(const PLAN *P, const UNIT *U, SDPA_FN(panel_sta
     else
         P->kio_q->pack_qt(U->nr, d->D, qrows, P->qsign, S->q);
     if (P->fk) P->kt->exp2(d->D * P->W, S->q, S->q);   /* Et = e^(2 (Qp + b)) */
-    int64_t ot_elems = attn_round_up(attn_max64(d->Dv, 1), P->kt->mr_pv) * P->W;
     /* O and its compensation start at zero: written by the first P V
      * (pv_panel's fresh), cleared here only for the pairs' kernels, and at
      * the end if no block ran (SDPA_FN(panel_end)) */
     S->fresh = !P->pairs;
-    if (!S->fresh) {
-        memset(S->o, 0, (size_t)ot_elems * sizeof(T));
-        memset(S->oc, 0, (size_t)ot_elems * sizeof(T));
-    }
+    if (!S->fresh) SDPA_FN(clear_o)(P, S);
     SDPA_FN(softmax_start)(P, U, S->m, S->l, S->lc, S->alpha);
     if (P->hard) SDPA_FN(hard_start)(P, scratch);
 }
@@ -695,11 +699,7 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, SDPA_FN(panel_sta
 
 static void SDPA_FN(panel_end)(const PLAN *P, const UNIT *U, const SDPA_FN(panel_state) *S, T *scratch)
 {
-    if (S->fresh && !P->hard) {   /* no block ran P V: O = 0 */
-        int64_t ot_elems = attn_round_up(attn_max64(P->d->Dv, 1), P->kt->mr_pv) * P->W;
-        memset(S->o, 0, (size_t)ot_elems * sizeof(T));
-        memset(S->oc, 0, (size_t)ot_elems * sizeof(T));
-    }
+    if (S->fresh && !P->hard) SDPA_FN(clear_o)(P, S);   /* no block ran P V: O = 0 */
     if (P->hard)
         SDPA_FN(hard_finish)(P, U, scratch);
     else

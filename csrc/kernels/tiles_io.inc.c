@@ -54,13 +54,12 @@
  */
 static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *qt)
 {
-    int64_t d0 = 0;
+    int64_t d0 = 0;   /* columns [0, d0) of rows [0, rfull) go through the transpose */
+    int rfull = 0;
 #if defined(V_HAS_TRANSPOSE)
-    /* the whole VL-row blocks through the register transpose (a half
-     * panel's too); the rows after them and the lanes past nr per column */
-    const int rfull = nr / VL * VL;
-    if (rfull > 0) {
-        for (; d0 + VL <= D; d0 += VL) {
+    rfull = nr / VL * VL;   /* whole VL-row blocks (a half or partial panel's too) */
+    if (rfull > 0)
+        for (; d0 + VL <= D; d0 += VL)
             for (int r0 = 0; r0 < rfull; r0 += VL) {
 #if IO_SAME
                 v_transpose(rows + r0, d0, sign, qt + d0 * NR + r0, NR);
@@ -74,17 +73,10 @@ static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *q
                 v_transpose(srows, 0, sign, qt + d0 * NR + r0, NR);
 #endif
             }
-            for (int64_t d = d0; d < d0 + VL; d++) {
-                T *col = qt + d * NR;
-                for (int r = rfull; r < nr; r++) col[r] = in_to_T(rows[r][d]) * sign;
-                for (int r = nr; r < NR; r++) col[r] = 0;
-            }
-        }
-    }
 #endif
-    for (int64_t d = d0; d < D; d++) {
+    for (int64_t d = 0; d < D; d++) {
         T *col = qt + d * NR;
-        for (int r = 0; r < nr; r++) col[r] = in_to_T(rows[r][d]) * sign;
+        for (int r = d < d0 ? rfull : 0; r < nr; r++) col[r] = in_to_T(rows[r][d]) * sign;
         for (int r = nr; r < NR; r++) col[r] = 0;
     }
 }
