@@ -893,9 +893,11 @@ class _AttncoreCacheRef(Tensor):
     which is what transformers reads before calling the attention function.
     """
 
-    _METADATA = frozenset({Tensor.shape.__get__, Tensor.size, Tensor.dim, Tensor.ndim.__get__,
-                           Tensor.dtype.__get__, Tensor.device.__get__,
-                           Tensor.requires_grad.__get__, Tensor.is_floating_point, Tensor.numel})
+    # the properties' getters (what __torch_function__ receives for them),
+    # looked up by name: torch's stubs type the class attributes as values
+    _METADATA = frozenset([getattr(Tensor, name).__get__
+                           for name in ("shape", "ndim", "dtype", "device", "requires_grad")]
+                          + [Tensor.size, Tensor.dim, Tensor.is_floating_point, Tensor.numel])
 
     @staticmethod
     def __new__(cls, layer, which, shape, dtype):

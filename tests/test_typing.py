@@ -1,5 +1,5 @@
-"""attncore ships type hints (py.typed); mypy accepts the examples, which
-use the public API the way users do."""
+"""attncore ships type hints (py.typed); mypy accepts the package itself and
+the examples, which use the public API the way users do."""
 import os
 import subprocess
 import sys
@@ -9,9 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_mypy_passes_on_the_examples():
+def test_mypy_passes_on_the_package_and_the_examples():
     pytest.importorskip("mypy", reason="mypy not installed (pip install '.[test]')")
-    r = subprocess.run([sys.executable, "-m", "mypy", "examples/"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "mypy", "attncore/", "examples/"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
 
