@@ -180,7 +180,13 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         v = k if same else _layout.dense_if_spread(v, reuse)
     if mask is not None:
         mask = _layout.for_kernel(mask, unit_last=False)
-    res = _direct_output(out, p.flat, io, (q, k, v, mask))
+    # everything the kernel reads while it writes: an `out` sharing memory
+    # with any of it (q, a per-head ALiBi slope or sink, a valid length...)
+    # gets a separate result, copied into it at the end
+    reads = [q, k, v, mask, vl, w_score]
+    for item in list(variants.values()) + list(kv or ()):
+        reads.extend(item if isinstance(item, tuple) else (item,))
+    res = _direct_output(out, p.flat, io, reads)
     if res is None:
         res = _layout.empty(out_shape, io)
     weights = _layout.empty(scores_shape, compute) if return_weights else None
@@ -355,7 +361,7 @@ def _direct_output(out, flat, compute, inputs):
     target = out[None] if flat else out
     if not _layout.is_kernel_ready(target) or _core.overlaps_itself(target):
         return None
-    if any(a is not None and np.may_share_memory(target, a) for a in inputs):
+    if any(isinstance(a, np.ndarray) and np.may_share_memory(target, a) for a in inputs):
         return None
     return target
 

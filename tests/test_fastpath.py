@@ -324,3 +324,25 @@ def test_self_overlapping_out_is_written_through_a_copy(general_calls):
         res = SDPA(q, k, v, out=out, **kw)
         assert (res[0] if kw else res) is out
         np.testing.assert_array_equal(out[0, 0, 0], want[-1, -1, -1])
+
+
+@pytest.mark.parametrize("name", ["alibi_slopes", "sinks", "valid_lens"])
+def test_out_sharing_memory_with_a_per_row_argument_is_written_through_a_copy(name):
+    """The general path hands `out` to the kernel only when nothing the
+    kernel reads shares its memory: per-head ALiBi slopes or sinks and
+    valid lengths too, not only q, k, v and the mask (their values sat in
+    out's first elements, which the first rows overwrote)."""
+    rng = np.random.default_rng(4)
+    dtype = np.float64 if name == "valid_lens" else np.float32
+    q, k, v = (rng.standard_normal((2, 4, 40, 16)).astype(dtype) for _ in range(3))
+    out = np.zeros(q.shape, dtype)
+    if name == "valid_lens":
+        vals = rng.integers(1, 40, (2, 40))
+        arg = out.reshape(-1)[:vals.size].view(np.int64).reshape(vals.shape)
+    else:
+        vals = np.array([0.5, 0.1, 0.2, 0.05] if name == "alibi_slopes" else [1.0, -1.0, 2.0, 0.5], dtype)
+        arg = out.reshape(-1)[:4]
+    arg[:] = vals
+    want = SDPA(q, k, v, **{name: vals.copy()})
+    assert SDPA(q, k, v, out=out, **{name: arg}) is out
+    np.testing.assert_array_equal(out, want)

@@ -35,7 +35,7 @@ def inputs(rng, dtype, Lq, Lk=70, Hq=2, Hkv=2, D=24, B=2):
 @pytest.mark.parametrize("tail", ["half", "one"])
 @pytest.mark.parametrize("case", ["plain", "causal", "bool-mask", "float-mask", "lse-weights",
                                   "dropout", "gqa-stacked", "long-keys", "sigmoid", "window",
-                                  "hard-topk"])
+                                  "hard-topk", "softcap", "alibi"])
 def test_half_panels_against_the_reference(isa, dtype, tail, case):
     W = panel_rows(dtype)
     Lq = {"half": W + W // 2, "one": 2 * W + 1}[tail]
@@ -61,6 +61,10 @@ def test_half_panels_against_the_reference(isa, dtype, tail, case):
         kw.update(dropout_p=0.3, seed=5)
     elif case == "window":
         kw["window"] = (9, 3)
+    elif case == "softcap":
+        kw["softcap"] = 0.7
+    elif case == "alibi":
+        kw["alibi_slopes"] = np.array([0.25, 0.5])
     plan = plan_info(SDPA, q, k, v, enable_gqa=True, **kw)
     assert plan["path"] == "panel" and plan["half_panels"], plan
     if case == "sigmoid":
@@ -83,17 +87,33 @@ def test_half_panels_against_the_reference(isa, dtype, tail, case):
         assert_close(g, w, "sdpa", dtype)
 
 
-def test_a_row_gets_the_bits_of_a_full_panel(isa, dtype):
+@pytest.mark.parametrize("case", ["plain", "softcap", "scaled-mask", "sigmoid"])
+def test_a_row_gets_the_bits_of_a_full_panel(isa, dtype, case):
     """Half-panel lanes run the full panel's operations: the rows of a half
-    panel equal the same rows computed at the top of a full panel."""
+    panel equal the same rows computed at the top of a full panel (with the
+    block's prep passes on the half tile: soft-cap, the scale with a mask;
+    and sigmoid's weights). (ALiBi's ramp follows the row's position, so
+    it is checked against the reference above.)"""
     W = panel_rows(dtype)
     rng = np.random.default_rng(1)
-    q, k, v = inputs(rng, dtype, W + W // 2, Lk=300)
-    assert plan_info(SDPA, q, k, v)["half_panels"]
-    tail = SDPA(q, k, v)[:, :, W:]
+    Lk = 300
+    q, k, v = inputs(rng, dtype, W + W // 2, Lk=Lk)
+    fn, kw = SDPA, {}
+    if case == "softcap":
+        kw["softcap"] = 0.9
+    elif case == "sigmoid":
+        fn = attncore.sigmoid_attention
     top_q = np.concatenate([q[:, :, W:], rng.standard_normal(q[:, :, W:].shape).astype(dtype)], axis=2)
-    assert not plan_info(SDPA, top_q, k, v)["half_panels"]
-    top = SDPA(top_q, k, v)[:, :, : W // 2]
+    tail_kw, top_kw = dict(kw), dict(kw)
+    if case == "scaled-mask":   # the same mask rows for the tail and the top
+        mask_rows = rng.random((2, 1, W // 2, Lk)) > 0.25
+        other = np.ones((2, 1, W - W // 2, Lk), bool)
+        tail_kw["attn_mask"] = np.concatenate([np.ones((2, 1, W, Lk), bool), mask_rows], axis=2)
+        top_kw["attn_mask"] = np.concatenate([mask_rows, other], axis=2)
+    assert plan_info(fn, q, k, v, **tail_kw)["half_panels"]
+    assert not plan_info(fn, top_q, k, v, **top_kw)["half_panels"]
+    tail = fn(q, k, v, **tail_kw)[:, :, W:]
+    top = fn(top_q, k, v, **top_kw)[:, :, : W // 2]
     assert np.array_equal(tail, top)
 
 

@@ -270,6 +270,7 @@ static void SDPA_FN(describe_prep)(const PLAN *P, const UNIT *U, int64_t j0, int
     size_t msize = d->mask_kind == ATTN_MASK_BOOL ? 1 : sizeof(T);
     x->nr = U->nr;
     x->nk = nk;
+    x->half = 0;
     x->c = P->prep_log2 ? P->csoft : (T)1;
     x->capx = x->capl = 0;
     if (d->softcap > 0) {
@@ -669,6 +670,7 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, SDPA_FN(panel_sta
     if (prep) {
         PREP x;
         SDPA_FN(describe_prep)(P, U, j0, nk, &x, &pbuf);
+        x.half = half;
         kt->prep_panel(&x, sbuf);
         if (P->prep_log2) c = 1;
     }
@@ -676,7 +678,9 @@ static void SDPA_FN(panel_block)(const PLAN *P, const UNIT *U, SDPA_FN(panel_sta
         SDPA_FN(hard_select)(P, U, scratch, sbuf, 1, W, j0, nk);
         return;
     }
-    if (P->sigmoid)
+    if (P->sigmoid && half)   /* (elementwise: a half panel's lanes of each key) */
+        for (int64_t j = 0; j < nk; j++) kt->sigmoid(W / 2, sbuf + j * W, P->sigmoid_shift);
+    else if (P->sigmoid)
         kt->sigmoid(nk * W, sbuf, P->sigmoid_shift);   /* alpha stays 1 */
     else
         (half ? kt->softmax_panel_half : kt->softmax_panel)(nk, sbuf, c, colmax, S->m, S->l, S->lc,

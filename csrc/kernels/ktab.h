@@ -70,6 +70,9 @@ static inline void attn_prefetch_bytes(uintptr_t b, uintptr_t e)
     typedef struct {                                                           \
         int nr;                   /* rows in the unit                       */ \
         int64_t nk;               /* keys in the block                      */ \
+        int half;                 /* prep_panel: a half panel (its lanes    */ \
+                                  /* past NR / 2 are neither read nor       */ \
+                                  /* written)                               */ \
         T c;                      /* |scale| log2 e, or 1                   */ \
         T capx, capl;             /* soft-cap: |scale| / cap, cap log2 e    */ \
         int mask_kind;            /* ATTN_MASK_*                            */ \

@@ -274,13 +274,18 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
 {
     const int nr = x->nr;
     const int64_t nk = x->nk;
+    const int nvu = x->half ? NV / 2 : NV;   /* vectors of a key's lanes in use */
     if (x->capx != (T)0) {
         vec cx = v_set1(x->capx), cl = v_set1(x->capl);
-        for (int64_t i = 0; i < nk * NR; i += VL)
-            v_store(st + i, v_mul(cl, FN(tanh_vec)(v_mul(cx, v_load(st + i)))));
+        for (int64_t j = 0; j < nk; j++)
+            for (int u = 0; u < nvu; u++) {
+                T *p = st + j * NR + u * VL;
+                v_store(p, v_mul(cl, FN(tanh_vec)(v_mul(cx, v_load(p)))));
+            }
     } else if (x->c != (T)1) {
         vec cv = v_set1(x->c);
-        for (int64_t i = 0; i < nk * NR; i += VL) v_store(st + i, v_mul(cv, v_load(st + i)));
+        for (int64_t j = 0; j < nk; j++)
+            for (int u = 0; u < nvu; u++) v_store(st + j * NR + u * VL, v_mul(cv, v_load(st + j * NR + u * VL)));
     }
     if (x->mask_kind != ATTN_MASK_NONE) {
         const T log2e = (T)ATTN_LOG2E;
@@ -312,7 +317,7 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
     }
     if (x->alibi_m) {
         /* alibi_m / alibi_p hold NR values (lanes past nr padded) */
-        for (int u = 0; u < NV; u++) {
+        for (int u = 0; u < nvu; u++) {
             vec mv = v_load(x->alibi_m + u * VL), pv = v_load(x->alibi_p + u * VL);
             for (int64_t j = 0; j < nk; j++) {
                 vec dist = v_sub(v_set1((T)j), pv);
