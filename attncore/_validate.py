@@ -196,9 +196,16 @@ def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
         # the query's dtype, or float32 for a 16-bit query (its compute dtype:
         # nothing is rounded away, as torch also allows)
         if m.dtype != result_dtype and not (_is_half(result_dtype) and m.dtype == compute_dtype):
+            name = np.dtype(result_dtype).name
+            if _arrays.is_torch(attn_mask):
+                cast = f"attn_mask.to(torch.{name})"
+            elif name == "bfloat16":   # (NumPy has no bfloat16 of its own)
+                cast = "attn_mask.astype(ml_dtypes.bfloat16)"
+            else:
+                cast = f"attn_mask.astype(np.{name})"
             raise TypeError(f"{op}: a float attn_mask must have the query's dtype {result_dtype}"
                             + (" (or float32)" if _is_half(result_dtype) else "")
-                            + f"; got {m.dtype} (cast it, e.g. mask.astype(np.{result_dtype}))")
+                            + f"; got {m.dtype} (cast it, e.g. {cast})")
         return _core.MASK_ADD, m.astype(compute_dtype, copy=False)
     raise TypeError(f"{op}: attn_mask must be bool (True = may attend) or a float array added "
                     f"to the scores; got dtype {m.dtype}")

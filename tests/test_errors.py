@@ -1,4 +1,5 @@
 """Bad input -> ValueError / TypeError naming the argument and the shapes."""
+import re
 import numpy as np
 import pytest
 
@@ -100,3 +101,25 @@ def test_window_wider_than_any_key_range_is_unbounded():
     OverflowError."""
     args = ok()
     np.testing.assert_array_equal(SDPA(**args, window=(2 ** 63, 1)), SDPA(**args, window=(None, 1)))
+
+
+def test_a_float_mask_of_another_dtype_is_told_how_to_cast_in_its_own_library():
+    """The error spells the cast the caller can write: ml_dtypes for a
+    bfloat16 query (NumPy has no np.bfloat16), .to() for torch tensors."""
+    mask64 = np.zeros((3, 3))
+    cases = [(np.zeros((1, 2, 3, 4), np.float32), mask64, "attn_mask.astype(np.float32)")]
+    try:
+        import ml_dtypes
+        cases.append((np.zeros((1, 2, 3, 4), ml_dtypes.bfloat16), mask64,
+                      "attn_mask.astype(ml_dtypes.bfloat16)"))
+    except ImportError:
+        pass
+    try:
+        import torch
+        cases.append((torch.zeros(1, 2, 3, 4), torch.zeros(3, 3, dtype=torch.float64),
+                      "attn_mask.to(torch.float32)"))
+    except ImportError:
+        pass
+    for q, mask, cast in cases:
+        with pytest.raises(TypeError, match=re.escape(cast)):
+            attncore.scaled_dot_product_attention(q, q, q, attn_mask=mask)
