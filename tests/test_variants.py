@@ -258,3 +258,33 @@ def test_kv_cache_decoding_with_variants(storage):
     out = cache.attend(q, **kw)
     ref = formula(q, cache.keys, cache.values, window=(127, 0), sinks=kw["sinks"], softcap=4.0)
     assert_close(out, ref, "sdpa", np.float32, scale=4.0)
+
+
+@pytest.mark.parametrize("path", ["panel", "rows"])
+@pytest.mark.parametrize("cap", [1.0, 50.0, 1e4, 1e8])
+def test_softcap_is_accurate_relative_to_the_capped_score(isa, dtype, path, cap):
+    """cap tanh(s / cap) with a relative error bound (vmath.h), also for
+    scores far below the cap (Gemma 2's 50, and huge caps where the capped
+    score is s itself): each row has one key, so its lse is its capped
+    score. The additive family's tanh, accurate to 4e-7 absolute, moved a
+    capped score by up to cap x 4e-7 and rounded scores below about
+    cap x 1e-9 to 0 (uniform weights)."""
+    mags = np.logspace(-9, 1.5, 600)
+    t = np.concatenate([mags, -mags, [0.0]])        # s / cap
+    s = (t * cap).astype(dtype)
+    n = s.size
+    one = np.ones((1, 1, 1, 1), dtype)
+    if path == "panel":   # one head, a row per score
+        q, k, v = s.reshape(1, 1, n, 1), one, one
+    else:                 # a head per score, one query row each
+        q, k, v = s.reshape(1, n, 1, 1), np.ones((1, n, 1, 1), dtype), np.ones((1, n, 1, 1), dtype)
+    kw = dict(scale=1.0, softcap=cap, return_lse=True)
+    assert_plan(SDPA, q, k, v, path=path, **kw)
+    out, lse = SDPA(q, k, v, **kw)
+    exact = cap * np.tanh(s.astype(np.float64) / cap)
+    got = lse.ravel().astype(np.float64)
+    ulps = 12 if dtype == np.float32 else 24   # tanh, and the lse's own roundings
+    eps = np.finfo(dtype).eps / 2
+    rel = np.abs(got - exact) / np.where(exact == 0, 1, np.abs(exact))
+    assert rel.max() <= ulps * eps, f"relative error {rel.max():.3g} at s = {s[rel.argmax()]:.3g}"
+    assert got[-1] == 0

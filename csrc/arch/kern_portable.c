@@ -23,6 +23,7 @@ typedef float T;
 #define INV1P_SHIFT 0.0f
 #define SCALAR_EXP2 attn_exp2_f32
 #define SCALAR_INV1P_EXP2 attn_inv1p_exp2_f32
+#define SCALAR_TANH tanhf
 #define FN(name) name##_portable_f32
 #define KTAB_TYPE attn_ktab_f32
 #define PREP_TYPE attn_prep_f32

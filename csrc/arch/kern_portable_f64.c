@@ -23,6 +23,7 @@ typedef double T;
 #define INV1P_SHIFT 0.0
 #define SCALAR_EXP2 exp2
 #define SCALAR_INV1P_EXP2 attn_inv1p_exp2_f64
+#define SCALAR_TANH tanh
 #define FN(name) name##_portable_f64
 #define KTAB_TYPE attn_ktab_f64
 #define PREP_TYPE attn_prep_f64

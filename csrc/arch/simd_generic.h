@@ -2,7 +2,7 @@
  * The portable SIMD mapping: a "vector" is a small array of T handled with
  * plain loops, which the compiler vectorises with the baseline instruction
  * set (SSE2 on x86-64). Included by kern_portable.c for float and double
- * after it defines T, VL, SCALAR_EXP2 and SCALAR_INV1P_EXP2.
+ * after it defines T, VL, SCALAR_EXP2, SCALAR_INV1P_EXP2 and SCALAR_TANH.
  */
 #include <math.h>
 
@@ -31,3 +31,6 @@ static inline vec v_exp2(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_E
 static inline vec v_inv1p_exp2_shifted(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_INV1P_EXP2(a.x[i]); return a; }
 static inline vec v_recip(vec a) { for (int i = 0; i < VL; i++) a.x[i] = (T)1 / a.x[i]; return a; }
 #define v_exp2_nonpos v_exp2
+/* soft-capping's tanh: the C library's (SCALAR_TANH), per lane */
+#define V_HAS_TANH_SOFTCAP
+static inline vec v_tanh_softcap(vec a) { for (int i = 0; i < VL; i++) a.x[i] = SCALAR_TANH(a.x[i]); return a; }

@@ -133,6 +133,26 @@ static inline vec FN(tanh_vec)(vec x)
     return v_fma(v_set1((T)-2), r, v_set1((T)1));
 }
 
+#ifndef V_HAS_TANH_SOFTCAP
+/* tanh with a relative error bound, for soft-capping (vmath.h) */
+static inline vec FN(tanh_softcap)(vec x)
+{
+    const vec ax = v_abs(x), y = v_mul(x, x);
+    vec t = v_set1((T)ATTN_TANH_T4);
+    t = v_fma(t, y, v_set1((T)ATTN_TANH_T3));
+    t = v_fma(t, y, v_set1((T)ATTN_TANH_T2));
+    t = v_fma(t, y, v_set1((T)ATTN_TANH_T1));
+    t = v_fma(t, y, v_set1((T)ATTN_TANH_T0));
+    const vec small = v_fma(v_mul(x, y), t, x);
+    const vec e = v_exp2(v_mul(ax, v_set1((T)(2.0 * ATTN_LOG2E))));
+    const vec big = v_sub(v_set1((T)1), v_div(v_set1((T)2), v_add(v_set1((T)1), e)));
+    const vec sbig = v_lt_select(x, v_zero(), v_sub(v_zero(), big), big);
+    return v_lt_select(ax, v_set1((T)ATTN_TANH_SMALL), small, sbig);
+}
+#else
+static inline vec FN(tanh_softcap)(vec x) { return v_tanh_softcap(x); }
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* panel path                                                                */
 /* ------------------------------------------------------------------------ */
@@ -280,7 +300,7 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
         for (int64_t j = 0; j < nk; j++)
             for (int u = 0; u < nvu; u++) {
                 T *p = st + j * NR + u * VL;
-                v_store(p, v_mul(cl, FN(tanh_vec)(v_mul(cx, v_load(p)))));
+                v_store(p, v_mul(cl, FN(tanh_softcap)(v_mul(cx, v_load(p)))));
             }
     } else if (x->c != (T)1) {
         vec cv = v_set1(x->c);
@@ -544,7 +564,7 @@ static void FN(prep_rows)(const PREP_TYPE *x, T *s, int64_t lds)
         if (x->capx != (T)0) {
             vec cx = v_set1(x->capx), cl = v_set1(x->capl);
             for (int64_t j = 0; j < nk; j += VL)
-                v_store(row + j, v_mul(cl, FN(tanh_vec)(v_mul(cx, v_load(row + j)))));
+                v_store(row + j, v_mul(cl, FN(tanh_softcap)(v_mul(cx, v_load(row + j)))));
         } else if (x->c != (T)1) {
             vec cv = v_set1(x->c);
             for (int64_t j = 0; j < nk; j += VL) v_store(row + j, v_mul(cv, v_load(row + j)));

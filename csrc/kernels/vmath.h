@@ -48,6 +48,27 @@
 #define ATTN_EXP2_D4 0.009671698324382305f
 #define ATTN_EXP2_D5 0.0013218672247603536f
 
+/*
+ * tanh for soft-capping (cap tanh(s / cap), a score's own value, so a
+ * relative bound is the useful one; the tanh above cancels near 0):
+ *   |x| < 0.625:  x + x y T(y), y = x^2, T of degree 4 fitted (iterated
+ *                 weighted least squares on Chebyshev nodes, relative error
+ *                 of the result) to (tanh(x) / x - 1) / y; no cancellation
+ *                 (x y T(y) is at most 13% of x);
+ *   |x| >= 0.625: sign(x) (1 - 2 / (1 + 2^(2 log2e |x|))), with the
+ *                 degree-6 exp2 above, and tanh >= 0.55 there.
+ * Error bound (float32): relative error <= 4 ulp on the whole real line
+ * (tests/test_variants.py checks the capped scores to 12 ulp with the lse's
+ * own roundings; measured 2-3); tanh(0) = 0, tanh(+-inf) = +-1, NaN -> NaN,
+ * tiny x -> x. The portable levels use the C library's tanhf / tanh.
+ */
+#define ATTN_TANH_SMALL 0.625f
+#define ATTN_TANH_T0 -3.333328194e-01f
+#define ATTN_TANH_T1 1.333144219e-01f
+#define ATTN_TANH_T2 -5.373971460e-02f
+#define ATTN_TANH_T3 2.063908557e-02f
+#define ATTN_TANH_T4 -5.704985035e-03f
+
 /* The same polynomial in f' = f + 1/2 in [0, 1): q(f') = 2^(f' - 1/2), for
  * range reductions that produce f - floor(f) (AVX-512's vreduceps). */
 #define ATTN_EXP2H_E0 0.7071067094802856f
