@@ -246,6 +246,12 @@ def _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_q, cu_k
         cap = V.real_number(op, "softcap", softcap)
         if not cap > 0:
             raise ValueError(f"{op}: softcap must be > 0 (or None); got {cap}")
+        # the kernel works in log2 units: cap x log2(e) must be a finite
+        # number of the compute dtype (and an infinite cap is no cap: None)
+        top = float(np.finfo(p.compute).max) / math.log2(math.e)
+        if not cap < top:
+            raise ValueError(f"{op}: softcap must be below {top:.3g} for {np.dtype(p.compute).name} "
+                             f"(cap x log2(e) must be finite; pass softcap=None for no cap); got {cap}")
         v["softcap"] = cap
     if alibi_slopes is not None:
         v["alibi"] = V.per_head(op, "alibi_slopes", alibi_slopes, p.batch, p.Hq, p.compute)
