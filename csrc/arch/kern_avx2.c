@@ -55,9 +55,8 @@ static inline vec v_mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 static inline vec v_div(vec a, vec b) { return _mm256_div_ps(a, b); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vec v_max(vec a, vec b) { return _mm256_max_ps(a, b); }
-static inline vec v_abs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-/* lanes where a < b (ordered: false for NaN) take x, the others y */
-static inline vec v_lt_select(vec a, vec b, vec x, vec y) { return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+/* like v_max: the second operand when either is NaN */
+static inline vec v_min(vec a, vec b) { return _mm256_min_ps(a, b); }
 static inline T v_hsum(vec a)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

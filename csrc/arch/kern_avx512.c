@@ -58,9 +58,8 @@ static inline vec v_mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 static inline vec v_div(vec a, vec b) { return _mm512_div_ps(a, b); }
 static inline vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vec v_max(vec a, vec b) { return _mm512_max_ps(a, b); }
-static inline vec v_abs(vec a) { return _mm512_abs_ps(a); }
-/* lanes where a < b (ordered: false for NaN) take x, the others y */
-static inline vec v_lt_select(vec a, vec b, vec x, vec y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x); }
+/* like v_max: the second operand when either is NaN */
+static inline vec v_min(vec a, vec b) { return _mm512_min_ps(a, b); }
 static inline T v_hsum(vec a) { return _mm512_reduce_add_ps(a); }
 static inline T v_hmax(vec a) { return _mm512_reduce_max_ps(a); }
 static inline vec v_neginf_to_zero(vec a)

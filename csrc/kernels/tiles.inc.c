@@ -134,20 +134,23 @@ static inline vec FN(tanh_vec)(vec x)
 }
 
 #ifndef V_HAS_TANH_SOFTCAP
-/* tanh with a relative error bound, for soft-capping (vmath.h) */
+/* tanh with a relative error bound, for soft-capping (vmath.h): x P(x^2) /
+ * Q(x^2) on x clamped to [-9, 9] (NaN kept: it is the clamps' second
+ * operand) */
 static inline vec FN(tanh_softcap)(vec x)
 {
-    const vec ax = v_abs(x), y = v_mul(x, x);
-    vec t = v_set1((T)ATTN_TANH_T4);
-    t = v_fma(t, y, v_set1((T)ATTN_TANH_T3));
-    t = v_fma(t, y, v_set1((T)ATTN_TANH_T2));
-    t = v_fma(t, y, v_set1((T)ATTN_TANH_T1));
-    t = v_fma(t, y, v_set1((T)ATTN_TANH_T0));
-    const vec small = v_fma(v_mul(x, y), t, x);
-    const vec e = v_exp2(v_mul(ax, v_set1((T)(2.0 * ATTN_LOG2E))));
-    const vec big = v_sub(v_set1((T)1), v_div(v_set1((T)2), v_add(v_set1((T)1), e)));
-    const vec sbig = v_lt_select(x, v_zero(), v_sub(v_zero(), big), big);
-    return v_lt_select(ax, v_set1((T)ATTN_TANH_SMALL), small, sbig);
+    const vec xc = v_max(v_set1((T)-ATTN_TANH_CLAMP), v_min(v_set1((T)ATTN_TANH_CLAMP), x));
+    const vec y = v_mul(xc, xc);
+    vec p = v_set1((T)ATTN_TANH_P4), q = v_set1((T)ATTN_TANH_Q4);
+    p = v_fma(p, y, v_set1((T)ATTN_TANH_P3));
+    q = v_fma(q, y, v_set1((T)ATTN_TANH_Q3));
+    p = v_fma(p, y, v_set1((T)ATTN_TANH_P2));
+    q = v_fma(q, y, v_set1((T)ATTN_TANH_Q2));
+    p = v_fma(p, y, v_set1((T)ATTN_TANH_P1));
+    q = v_fma(q, y, v_set1((T)ATTN_TANH_Q1));
+    p = v_fma(p, y, v_set1((T)1));
+    q = v_fma(q, y, v_set1((T)1));
+    return v_div(v_mul(xc, p), q);
 }
 #else
 static inline vec FN(tanh_softcap)(vec x) { return v_tanh_softcap(x); }
