@@ -22,7 +22,7 @@ runs again from the start so the result is complete).
 from cpython.buffer cimport PyBUF_RECORDS, PyBUF_RECORDS_RO, PyObject_GetBuffer, PyBuffer_Release
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import math
@@ -433,6 +433,76 @@ cdef bint _no_self_overlap(_View *x):
     return _disjoint(4, x.shape, x.strides, 1)
 
 
+# ---- bool masks that are key lengths --------------------------------------
+#
+# A bool mask whose every row is a prefix (True for keys j < n, False from n
+# on: a key-padding mask, with or without a causal limit, as Hugging Face
+# builds them) says no more than the row's length n. The kernels take such
+# masks as valid lengths: blocks past a row's length are skipped and the
+# others need no mask pass (a padded batch ran 1.2x slower as a mask than
+# as lengths). Both the fast path and the general path convert, by the same
+# rule, so a call gets the same bits on either; a mask's layout cannot
+# change whether it converts (only its values and the problem's size do).
+
+# the smallest problem (B Hq Lq Lk scores) whose bool mask is scanned: the
+# scan reads each stored mask byte once, the kernel at least D FMAs a score
+DEF MASK_LENGTHS_MIN_SCORES = 4096
+
+
+cdef bint mask_lengths_pay(int64_t nscores) noexcept nogil:
+    return nscores >= MASK_LENGTHS_MIN_SCORES
+
+
+cdef bint _prefix_lengths(const uint8_t *base, int64_t n0, int64_t s0, int64_t n1, int64_t s1,
+                          int64_t n2, int64_t s2, int64_t Lk, int64_t sj,
+                          int64_t *lens) noexcept nogil:
+    """lens[(i0 n1 + i1) n2 + i2] = the length of row base + i0 s0 + i1 s1 +
+    i2 s2 (Lk bytes sj apart, 0 or 1) when every row is a prefix of ones;
+    False at the first row that is not."""
+    cdef int64_t i0, i1, i2, j, n
+    cdef const uint8_t *row
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                row = base + i0 * s0 + i1 * s1 + i2 * s2
+                j = 0
+                while j < Lk and row[j * sj] != 0:
+                    j += 1
+                n = j
+                while j < Lk:
+                    if row[j * sj] != 0:
+                        return False
+                    j += 1
+                lens[(i0 * n1 + i1) * n2 + i2] = n
+    return True
+
+
+def bool_mask_lengths(mask, tuple scores_shape):
+    """The general path's side of the conversion above: for a bool mask (as
+    uint8, 0/1) that broadcasts to scores_shape (..., Hq, Lq, Lk), the
+    rows' lengths as an int64 array that broadcasts to scores_shape[:-1]
+    (size 1 where the mask is broadcast), if every row is a prefix and the
+    problem is large enough to scan; else None."""
+    Lk = scores_shape[len(scores_shape) - 1]   # (no wraparound in this module)
+    if not mask_lengths_pay(math.prod(scores_shape)) or Lk == 0:
+        return None
+    m = np.broadcast_to(mask, scores_shape)
+    # one row per stored row: index 0 along the broadcast (stride-0) axes
+    stored = m[tuple(slice(0, 1) if st == 0 else slice(None) for st in m.strides[:-1])]
+    rows = np.ascontiguousarray(stored).reshape(-1, Lk)
+    lens = np.empty(rows.shape[0], np.int64)
+    return lens.reshape(stored.shape[:-1]) if _rows_prefix_lengths(rows, lens) else None
+
+
+cdef bint _rows_prefix_lengths(const uint8_t[:, ::1] rows, int64_t[::1] lens):
+    """_prefix_lengths over the C-contiguous rows (n, Lk), n >= 1, Lk >= 1."""
+    cdef bint ok
+    with nogil:
+        ok = _prefix_lengths(&rows[0, 0], rows.shape[0], rows.shape[1], 1, 0, 1, 0, rows.shape[1], 1,
+                             &lens[0])
+    return ok
+
+
 def overlaps_itself(a):
     """Whether two elements of the NumPy array `a` may share memory (a
     writable stride-0 or as_strided view)."""
@@ -543,6 +613,9 @@ cdef object _sdpa_run_views(str op, _View *q, _View *k, _View *v, _View *m, int 
         d.mask_kind, d.mask, d.m_boff = mask_kind, m.buf, boff[4]
         d.m_sh, d.m_si, d.m_sj = m.strides[1], m.strides[2], m.strides[3]
     d.valid_lens, d.vl_boff, d.vl_sh, d.vl_si = NULL, NULL, 0, 0
+    lens_owner = None
+    if m != NULL and mask_kind == ATTN_MASK_BOOL and mask_lengths_pay(B * Hq * Lq * Lk) and Lk > 0:
+        lens_owner = _fast_mask_lengths(&d, m, B, Hq, Lq, Lk, boff[4])
     d.scale = sc
     d.drop_threshold, d.drop_seed, d.drop_scale = 0, 0, 1.0
     d.weights, d.lse = NULL, NULL
@@ -562,6 +635,34 @@ cdef object _sdpa_run_views(str op, _View *q, _View *k, _View *v, _View *m, int 
     if st != ATTN_OK:
         _raise(st, op, _dims_text(d))
     return out
+
+
+cdef object _fast_mask_lengths(attn_sdpa_desc *d, _View *m, int64_t B, int64_t Hq, int64_t Lq,
+                               int64_t Lk, int64_t *vl_boff):
+    """The fast path's side of the conversion (bool_mask_lengths): when every
+    row of the 4-D bool mask view m (B, Hq, Lq, Lk; stride 0 where
+    broadcast) is a prefix, d takes the lengths (in the returned array,
+    which the caller keeps alive for the run; vl_boff: its batch offsets)
+    in place of the mask; else d is left as it is and None returned."""
+    cdef int64_t nb = 1 if m.strides[0] == 0 else B
+    cdef int64_t nh = 1 if m.strides[1] == 0 else Hq
+    cdef int64_t nq = 1 if m.strides[2] == 0 else Lq
+    cdef int64_t b
+    cdef bint ok
+    lens = np.empty(nb * nh * nq, np.int64)
+    cdef int64_t[::1] out = lens
+    with nogil:
+        ok = _prefix_lengths(<const uint8_t *>m.buf, nb, m.strides[0], nh, m.strides[1], nq,
+                             m.strides[2], Lk, m.strides[3], &out[0])
+    if not ok:
+        return None
+    for b in range(B):
+        vl_boff[b] = 0 if nb == 1 else b * nh * nq
+    d.mask_kind, d.mask, d.m_boff, d.m_sh, d.m_si, d.m_sj = ATTN_MASK_NONE, NULL, NULL, 0, 0, 0
+    d.valid_lens, d.vl_boff = <const int64_t *>&out[0], vl_boff
+    d.vl_sh = 0 if nh == 1 else nq
+    d.vl_si = 0 if nq == 1 else 1
+    return lens
 
 
 cdef void _view_of_cache(_View *out, _Buf buf, object arr, int64_t length) except *:

@@ -44,7 +44,10 @@ def plan_info(fn, *args, **kwargs):
     many panels of a kv head block by block in one work item, so that K
     and V too large for L2 are read once per group), half_panels (a
     head's last panel holds at most half a panel's rows and runs the
-    half-panel kernels, same bits for half the work). Internal:
+    half-panel kernels, same bits for half the work), mask ("bool",
+    "float" or None: the mask the kernel reads) and key_lengths (rows
+    limited by key lengths: valid_lens, or a bool mask whose rows are all
+    prefixes, which runs as lengths). Internal:
     tests use it to assert that they reach the path they name.
 
     Example
@@ -168,6 +171,11 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     threads = V.num_threads(op, num_threads)
     mask_kind, mask = V.mask(op, attn_mask, scores_shape, compute, result)
     vl = V.valid_lens(op, valid_lens, batch, Hq, Lq, Lk, p.query_ndim or q.ndim)
+    if mask_kind == _core.MASK_BOOL and vl is None:
+        # a bool mask of key lengths runs as lengths (_core.bool_mask_lengths)
+        lens = _core.bool_mask_lengths(mask, scores_shape)
+        if lens is not None:
+            mask_kind, mask, vl = _core.MASK_NONE, None, lens
     if out is not None:
         V.output(op, out, out_shape[1:] if p.flat else out_shape, result)
 
@@ -208,7 +216,10 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
                 scale, drop_threshold, drop_seed, drop_scale, weights, lse, score_kind, w_score)
         extra = dict(k_scale=k_scale, v_scale=v_scale, variants=variants or None)
         if _plan_only.get():
-            return _core.sdpa(*call, plan_only=True, **extra)
+            plan = _core.sdpa(*call, plan_only=True, **extra)
+            plan["mask"] = {_core.MASK_BOOL: "bool", _core.MASK_ADD: "float"}.get(mask_kind)
+            plan["key_lengths"] = vl is not None
+            return plan
         _core.sdpa(*call, **extra)
     elif _plan_only.get():
         return None
