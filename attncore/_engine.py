@@ -114,6 +114,12 @@ def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params
         raise ValueError(f"{op}: key and value must have the same heads and seq_len; "
                          f"got key {key_shape} and value {value_shape}")
     if Hq != Hkv:
+        if Hq < Hkv or (Hkv and Hq % Hkv):
+            hint = (f"; to use the one query head with each of them, broadcast it to {Hkv} heads "
+                    f"(attncore does not broadcast the heads dim; e.g. np.broadcast_to)" if Hq == 1 else "")
+            raise ValueError(f"{op}: query has {Hq} heads but key/value have {Hkv}: grouped-query "
+                             f"attention (enable_gqa=True) needs Hq a multiple of Hkv{hint}; "
+                             f"query {query_shape}, key {key_shape}")
         if not enable_gqa:
             raise ValueError(f"{op}: query has {Hq} heads but key/value have {Hkv}; pass "
                              f"enable_gqa=True for grouped-query attention (query {query_shape}, "

@@ -60,7 +60,12 @@ if importlib.util.find_spec("transformers") is not None:
 
 _SDPA = "attncore.torch.scaled_dot_product_attention"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_WRITABLE_OUT = (torch.float32, torch.float64)   # dtypes the kernel writes in place (out=)
+_WRITABLE_OUT = (torch.float32, torch.float64)
+# a Module's hook registries (those this torch has are shared by from_torch)
+_MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                      "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+                      "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")   # dtypes the kernel writes in place (out=)
 
 
 # -- shared helpers ---------------------------------------------------------
@@ -255,7 +260,29 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> compiled = torch.compile(at.scaled_dot_product_attention, fullgraph=True)  # the custom op
     """
     _check_no_grad(_SDPA, "", query=query, key=key, value=value, attn_mask=attn_mask)
+    if not enable_gqa:
+        query, key, value, enable_gqa = _broadcast_heads(query, key, value)
     return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def _broadcast_heads(query, key, value):
+    """torch's SDPA broadcasts the heads dim like a batch dim (a size-1 head
+    count against H): the same here, with views. K and V with one head for
+    every query head is grouped-query attention with one kv head (K/V read
+    once, not repeated). Returns (query, key, value, enable_gqa); other
+    head counts are left to the kernel's checks."""
+    if min(query.dim(), key.dim(), value.dim()) < 3:
+        return query, key, value, False
+    hq, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
+    h = max(hq, hk, hv)
+    if hq == hk == hv or any(n not in (1, h) for n in (hq, hk, hv)):
+        return query, key, value, False
+    if hk == hv == 1:
+        return query, key, value, True
+
+    def spread(t):
+        return t.expand(t.shape[:-3] + (h,) + t.shape[-2:]) if t.shape[-3] == 1 else t
+    return spread(query), spread(key), spread(value), False
 
 
 # -- 2. MultiheadAttention and patch() ---------------------------------------
@@ -363,9 +390,13 @@ class MultiheadAttention(nn.MultiheadAttention):
 
         The result holds the very same Parameter objects (and ``out_proj``
         submodule) as `module`, so training `module` (or the wrapper)
-        updates both. Takes batch_first, dropout, kdim/vdim and the
-        training mode from `module`. An attncore MultiheadAttention is
-        returned as it is.
+        updates both, and the same hooks (forward, pre-forward, backward,
+        state-dict: a hook registered on `module` fires on the wrapper, and
+        its handle removes it from both; `module` also gets the wrapper's
+        no-op pre-hook, which keeps nn.TransformerEncoderLayer's fused
+        path off for layers holding either). Takes batch_first, dropout,
+        kdim/vdim and the training mode from `module`. An attncore
+        MultiheadAttention is returned as it is.
 
         Example
         -------
@@ -390,6 +421,14 @@ class MultiheadAttention(nn.MultiheadAttention):
             setattr(new, name, getattr(module, name))
         new.out_proj = module.out_proj
         new.train(module.training)
+        # the hooks the caller put on `module` (capturing weights, say) go on
+        # firing: the same dicts, so their handles' remove() works on both;
+        # the fused-path guard joins them (so `module` gets it too)
+        for name in _MODULE_HOOK_DICTS:
+            if hasattr(module, name):
+                setattr(new, name, getattr(module, name))
+        if _fast_path_guard not in new._forward_pre_hooks.values():
+            new.register_forward_pre_hook(_fast_path_guard)
         return new
 
     # -- forward ---------------------------------------------------------------

@@ -98,3 +98,26 @@ def test_kvcache_attend_returns_tensors_for_a_tensor_query():
     assert np.array_equal(out.numpy(), want_out) and np.array_equal(lse.numpy(), want_lse)
     buf = np.empty((1, 2, 1, 4), np.float32)[..., ::-1]                 # out= comes back as itself
     assert cache.attend(q, out=buf) is buf and np.array_equal(buf, want_out)
+
+
+@pytest.mark.parametrize("heads", [(1, 4, 4), (4, 1, 4), (4, 1, 1), (4, 4, 1), (1, 1, 4)])
+def test_torch_sdpa_broadcasts_a_single_head_like_torch(heads):
+    """torch's SDPA treats the heads dim as a batch dim: a size-1 head count
+    broadcasts against H. attncore.torch does the same (K/V of one head:
+    grouped-query attention with one kv head, read once)."""
+    import attncore.torch as at
+    hq, hk, hv = heads
+    g = torch.Generator().manual_seed(sum(heads))
+    q, k, v = (torch.randn(2, h, L, 8, generator=g) for h, L in ((hq, 3), (hk, 5), (hv, 5)))
+    got = at.scaled_dot_product_attention(q, k, v)
+    want = F.scaled_dot_product_attention(q, k, v)
+    assert got.shape == want.shape == (2, 4, 3, 8)
+    assert_close(got.numpy(), want.numpy(), "sdpa", np.float32)
+
+
+def test_numpy_heads_that_cannot_be_grouped_are_told_why():
+    with pytest.raises(ValueError, match=r"query has 1 heads but key/value have 4: .* broadcast it to 4 heads"):
+        attncore.scaled_dot_product_attention(np.ones((2, 1, 3, 8)), np.ones((2, 4, 5, 8)), np.ones((2, 4, 5, 8)))
+    with pytest.raises(ValueError, match=r"needs Hq a multiple of Hkv; query"):
+        attncore.scaled_dot_product_attention(np.ones((2, 4, 3, 8)), np.ones((2, 3, 5, 8)), np.ones((2, 3, 5, 8)),
+                                              enable_gqa=True)

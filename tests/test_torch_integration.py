@@ -490,6 +490,26 @@ def test_patch_is_idempotent_and_keeps_shared_modules():
         at.patch("not a module")
 
 
+def test_patch_keeps_the_hooks_of_the_module_it_replaces(attncore_calls):
+    """A hook on the torch module (capturing weights, say) fires on its
+    attncore replacement, and its handle still removes it."""
+    model = nn.Sequential(make_mha())
+    seen, pre = [], []
+    handle = model[0].register_forward_hook(lambda mod, args, out: seen.append(out[1]))
+    model[0].register_forward_pre_hook(lambda mod, args: pre.append(len(args)))
+    at.patch(model)
+    assert type(model[0]) is at.MultiheadAttention
+    x = torch.randn(5, 2, 32)
+    with torch.inference_mode():
+        out, w = model[0](x, x, x)
+    assert attncore_calls["attncore"] and len(seen) == 1 and pre == [3]
+    assert torch.equal(seen[0], w)
+    handle.remove()
+    with torch.inference_mode():
+        model[0](x, x, x)
+    assert len(seen) == 1 and pre == [3, 3]
+
+
 def test_attncore_mha_built_directly_in_an_encoder_layer(attncore_calls):
     layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True).eval()
     x = seq(2, 5, 32, True)
