@@ -198,7 +198,9 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
     shard of the keys (e.g. ``scaled_dot_product_attention(..., return_lse=True)``):
     out_i (..., Lq, Dv), lse_i (..., Lq). The merged result is
     ``out = sum_i exp(lse_i - lse) out_i`` with ``lse = log sum_i exp(lse_i)``.
-    Rows that no shard could see (every lse_i = -inf) stay zero with lse -inf.
+    Rows that no shard could see (every lse_i = -inf) stay zero with lse -inf;
+    a shard with lse_i = -inf in a row adds nothing to it, whatever its out
+    holds there (torch's math SDPA leaves NaN in such rows).
 
     Returns
     -------
@@ -260,8 +262,10 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
         w = np.exp(lse_all - shift)
         total = w.sum(axis=0)
         merged = np.zeros_like(outs[0], dtype=compute)
-        for wi, oi in zip(w, outs):
-            merged += wi[..., None] * oi
+        for wi, si, oi in zip(w, lses, outs):
+            # a shard with no visible key (lse -inf) adds nothing, whatever its
+            # out holds (torch's math path leaves NaN there)
+            merged += np.where(np.isneginf(si)[..., None], 0, wi[..., None] * oi)
         with np.errstate(divide="ignore"):
             inv = np.where(total == 0, 0, 1 / np.where(total == 0, 1, total))
             merged *= inv[..., None]

@@ -351,7 +351,8 @@ def merge_attention(parts):
             continue
         w = [math.exp(x - top) for x in row_lse]
         total = math.fsum(w)
-        merged.append([math.fsum(w[p] * outs[p][r][c] for p in range(len(parts))) / total
+        live = [p for p in range(len(parts)) if row_lse[p] != -math.inf]   # (empty shards add 0)
+        merged.append([math.fsum(w[p] * outs[p][r][c] for p in live) / total
                        for c in range(shape[-1])])
         merged_lse.append(top + math.log(total))
     return (np.array(merged, dtype=np.float64).reshape(shape),

@@ -760,6 +760,11 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
     >>> model.config._attn_implementation, h.last_hidden_state.shape
     ('attncore', torch.Size([1, 4, 32]))
     """
+    if kwargs.get("output_attentions", False):   # (as transformers' sdpa says it)
+        from transformers.utils import logging as hf_logging
+        hf_logging.get_logger(__name__).warning_once(
+            "attn_implementation='attncore' does not return attention weights "
+            "(output_attentions=True); use attn_implementation='eager' for them.")
     extras = {}
     for name, val in (("softcap", softcap), ("s_aux", s_aux)):
         if val is None:

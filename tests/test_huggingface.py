@@ -339,3 +339,15 @@ def test_hf_attention_under_torch_compile():
     assert got.shape == (2, 5, 8, 16) and got.is_contiguous()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_output_attentions_is_said_to_be_unsupported(caplog):
+    """Like transformers' "sdpa", "attncore" returns no attention weights;
+    it says so once instead of handing back an empty tuple silently."""
+    at.register()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, attn_implementation="attncore")
+    with caplog.at_level("WARNING"), torch.inference_mode():
+        LlamaForCausalLM(cfg).eval()(torch.randint(3, 100, (1, 6)), output_attentions=True)
+    assert "does not return attention weights" in caplog.text

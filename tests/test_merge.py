@@ -75,3 +75,23 @@ def test_torch_parts_give_lse_in_the_same_dtype_as_arrays():
     assert lse_t.dtype == torch.float32 and out_t.dtype == torch.float16
     np.testing.assert_array_equal(lse_t.numpy(), lse_np)
     np.testing.assert_array_equal(out_t.numpy(), out_np)
+
+
+def test_an_empty_shard_adds_nothing_whatever_its_out_holds():
+    """A shard whose row saw no key (lse -inf) weighs 0: its out there is
+    not read into the sum (torch's math path returns NaN for such rows;
+    0 x NaN used to make the merged row NaN)."""
+    rng = np.random.default_rng(0)
+    o, lse = rng.standard_normal((2, 3)), rng.standard_normal(2)
+    empty_out = np.array([[np.nan, np.inf, -np.inf], [1.0, 2.0, 3.0]])
+    empty_lse = np.array([-np.inf, 0.5])
+    for parts in ([(empty_out, empty_lse), (o, lse)], [(o, lse), (empty_out, empty_lse)]):
+        got, got_lse = attncore.merge_attention(parts)
+        want, want_lse = R.merge_attention(parts)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        np.testing.assert_allclose(got_lse, want_lse, rtol=1e-12)
+        np.testing.assert_array_equal(got[0], o[0])   # row 0: the live shard alone
+    # a NaN in a live shard still propagates
+    bad = np.array([[np.nan, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    got, _ = attncore.merge_attention([(bad, np.zeros(2)), (o, lse)])
+    assert np.isnan(got[0, 0]) and not np.isnan(got[1]).any()
