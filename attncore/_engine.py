@@ -114,9 +114,9 @@ def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params
         raise ValueError(f"{op}: key and value must have the same heads and seq_len; "
                          f"got key {key_shape} and value {value_shape}")
     if Hq != Hkv:
-        if Hq < Hkv or (Hkv and Hq % Hkv):
+        if Hkv and Hq % Hkv:   # (0 < Hq < Hkv too; no query heads at all is a multiple)
             hint = (f"; to use the one query head with each of them, broadcast it to {Hkv} heads "
-                    f"(attncore does not broadcast the heads dim; e.g. np.broadcast_to)" if Hq == 1 else "")
+                    f"(the heads dim is not broadcast here; e.g. np.broadcast_to)" if Hq == 1 else "")
             raise ValueError(f"{op}: query has {Hq} heads but key/value have {Hkv}: grouped-query "
                              f"attention (enable_gqa=True) needs Hq a multiple of Hkv{hint}; "
                              f"query {query_shape}, key {key_shape}")
@@ -124,7 +124,7 @@ def prepare(op, query, key, value, enable_gqa=False, native_half=False, **params
             raise ValueError(f"{op}: query has {Hq} heads but key/value have {Hkv}; pass "
                              f"enable_gqa=True for grouped-query attention (query {query_shape}, "
                              f"key {key_shape})")
-        if Hkv == 0 or Hq % Hkv:
+        if Hkv == 0:
             raise ValueError(f"{op}: with enable_gqa the query heads ({Hq}) must be a multiple "
                              f"of the key/value heads ({Hkv}); query {query_shape}, key {key_shape}")
     batch = V.broadcast_batch(op, query=q, key=k, value=v)
@@ -170,6 +170,15 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     return_weights = V.flag(op, "return_weights", return_weights)
     return_lse = V.flag(op, "return_lse", return_lse)
 
+    if variants.get("softcap") is not None:
+        # the kernel's tanh argument is s x |scale| / cap, that factor a
+        # float of the compute dtype: below its normal range it keeps too
+        # few bits (capped scores off by percents), so say so instead
+        ratio, tiny = abs(scale) / variants["softcap"], float(np.finfo(compute).tiny)
+        if 0 < ratio < 4 * tiny:
+            raise ValueError(f"{op}: |scale| / softcap = {ratio:.3g} is below {4 * tiny:.3g}, too small "
+                             f"for {np.dtype(compute).name}; use a smaller softcap, or softcap=None for no cap (|scale| "
+                             f"{abs(scale):.3g}, softcap {variants['softcap']:.3g})")
     causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
     if not causal and variants.get("bottom_right"):
         offset = Lk - Lq   # windows and ALiBi count positions from the bottom right

@@ -60,12 +60,13 @@ if importlib.util.find_spec("transformers") is not None:
 
 _SDPA = "attncore.torch.scaled_dot_product_attention"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_WRITABLE_OUT = (torch.float32, torch.float64)
-# a Module's hook registries (those this torch has are shared by from_torch)
+_WRITABLE_OUT = (torch.float32, torch.float64)   # dtypes the kernel writes in place (out=)
+# a Module's hook registries that from_torch shares (those this torch has);
+# not the backward ones (torch keeps a separate per-module flag for full
+# backward hooks, so a shared dict would not make them fire)
 _MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                      "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
-                      "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
-                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")   # dtypes the kernel writes in place (out=)
+                      "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
+                      "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
 
 # -- shared helpers ---------------------------------------------------------
@@ -390,7 +391,7 @@ class MultiheadAttention(nn.MultiheadAttention):
 
         The result holds the very same Parameter objects (and ``out_proj``
         submodule) as `module`, so training `module` (or the wrapper)
-        updates both, and the same hooks (forward, pre-forward, backward,
+        updates both, and the same hooks (forward, pre-forward and
         state-dict: a hook registered on `module` fires on the wrapper, and
         its handle removes it from both; `module` also gets the wrapper's
         no-op pre-hook, which keeps nn.TransformerEncoderLayer's fused

@@ -121,3 +121,7 @@ def test_numpy_heads_that_cannot_be_grouped_are_told_why():
     with pytest.raises(ValueError, match=r"needs Hq a multiple of Hkv; query"):
         attncore.scaled_dot_product_attention(np.ones((2, 4, 3, 8)), np.ones((2, 3, 5, 8)), np.ones((2, 3, 5, 8)),
                                               enable_gqa=True)
+    # no query heads at all is a multiple (an empty result, as torch gives)
+    empty = attncore.scaled_dot_product_attention(np.ones((1, 0, 4, 8)), np.ones((1, 2, 5, 8)),
+                                                  np.ones((1, 2, 5, 8)), enable_gqa=True)
+    assert empty.shape == (1, 0, 4, 8)

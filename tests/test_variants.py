@@ -212,6 +212,7 @@ def test_packed_batches_skip_padding():
     (dict(softcap=0.0), ["softcap"]),
     (dict(softcap=np.inf), ["softcap", "softcap=None"]),
     (dict(softcap=3e38), ["softcap must be below 2.36e+38 for float32"]),
+    (dict(softcap=2e38, scale=1e-3), ["|scale| / softcap = 5e-42", "softcap=None"]),
     (dict(alibi_slopes=np.ones(3)), ["alibi_slopes", "(3,)"]),
     (dict(sinks=np.ones((2, 4))), ["sinks"]),
     (dict(cu_seqlens_q=np.array([0, 5]), cu_seqlens_k=None), ["together"]),
