@@ -6,7 +6,6 @@ Every array the C kernels read or write passes through
 attncore._layout.for_kernel (native byte order, aligned, item-size strides).
 Results come back in the caller's array type (NumPy or torch) and dtype.
 """
-import contextlib
 import contextvars
 import math
 

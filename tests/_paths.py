@@ -15,3 +15,12 @@ def assert_plan(fn, *args, path=None, split=None, additive=None, **kwargs):
     if additive is not None:
         assert plan["additive_form"] == additive, f"expected the {additive} form, plan is {plan}"
     return plan
+
+
+def sdpa_general(q, k, v, attn_mask=None, **kw):
+    """scaled_dot_product_attention forced through the general path (not the
+    fast path), for tests that compare the two."""
+    from attncore import functional
+    return functional._sdpa("scaled_dot_product_attention", q, k, v, attn_mask, 0.0,
+                            kw.get("is_causal", False), kw.get("scale"), kw.get("enable_gqa", False),
+                            False, False, kw.get("num_threads"), None, None, None)

@@ -111,3 +111,18 @@ def stable_seed(text):
 def rng(request):
     """A generator seeded by the test's id: every run sees the same data."""
     return np.random.default_rng(stable_seed(request.node.nodeid))
+
+
+@pytest.fixture
+def general_calls(monkeypatch):
+    """Counts the calls that went through the general path (attncore._core.sdpa)."""
+    from attncore import _core
+    calls = []
+    original = _core.sdpa
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "sdpa", counting)
+    return calls

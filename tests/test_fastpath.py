@@ -6,31 +6,11 @@ import numpy as np
 import pytest
 
 import attncore
-from attncore import _core, functional
 from attncore._engine import plan_info
 
+from _paths import sdpa_general as general
+
 SDPA = attncore.scaled_dot_product_attention
-
-
-@pytest.fixture
-def general_calls(monkeypatch):
-    """Counts calls that went through the general path."""
-    calls = []
-    original = _core.sdpa
-
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_core, "sdpa", counting)
-    return calls
-
-
-def general(q, k, v, attn_mask=None, **kw):
-    """The same call forced through the general path."""
-    return functional._sdpa("scaled_dot_product_attention", q, k, v, attn_mask, 0.0,
-                            kw.get("is_causal", False), kw.get("scale"), kw.get("enable_gqa", False),
-                            False, False, kw.get("num_threads"), None, None, None)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 64, 16, 64), (1, 32, 8, 1, 16, 128), (2, 4, 4, 33, 130, 17),

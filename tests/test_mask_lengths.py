@@ -9,34 +9,14 @@ import numpy as np
 import pytest
 
 import attncore
-from attncore import _core, functional
 from attncore import reference as R
 from attncore._engine import plan_info
 
 from _guard import guarded_allocations, guarded_copy
+from _paths import sdpa_general as general
 from _tolerances import assert_close
 
 SDPA = attncore.scaled_dot_product_attention
-
-
-@pytest.fixture
-def general_calls(monkeypatch):
-    """Counts calls that went through the general path."""
-    calls = []
-    original = _core.sdpa
-
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_core, "sdpa", counting)
-    return calls
-
-
-def general(q, k, v, attn_mask, is_causal=False):
-    """The same call forced through the general path."""
-    return functional._sdpa("scaled_dot_product_attention", q, k, v, attn_mask, 0.0, is_causal,
-                            None, False, False, False, None, None, None, None)
 
 
 def padding_mask(lens, Lq, Lk, heads=1):
