@@ -298,17 +298,18 @@ static void FN(prep_panel)(const PREP_TYPE *x, T *st)
     const int nr = x->nr;
     const int64_t nk = x->nk;
     const int nvu = x->half ? NV / 2 : NV;   /* vectors of a key's lanes in use */
+    /* the lanes in use as runs of `span` elements NR apart: the whole tile
+     * as one run, or a half panel's NR / 2 lanes of each key */
+    const int64_t runs = x->half ? nk : 1, span = x->half ? NR / 2 : nk * NR;
     if (x->capx != (T)0) {
         vec cx = v_set1(x->capx), cl = v_set1(x->capl);
-        for (int64_t j = 0; j < nk; j++)
-            for (int u = 0; u < nvu; u++) {
-                T *p = st + j * NR + u * VL;
-                v_store(p, v_mul(cl, FN(tanh_softcap)(v_mul(cx, v_load(p)))));
-            }
+        for (int64_t j = 0; j < runs; j++)
+            for (int64_t i = j * NR; i < j * NR + span; i += VL)
+                v_store(st + i, v_mul(cl, FN(tanh_softcap)(v_mul(cx, v_load(st + i)))));
     } else if (x->c != (T)1) {
         vec cv = v_set1(x->c);
-        for (int64_t j = 0; j < nk; j++)
-            for (int u = 0; u < nvu; u++) v_store(st + j * NR + u * VL, v_mul(cv, v_load(st + j * NR + u * VL)));
+        for (int64_t j = 0; j < runs; j++)
+            for (int64_t i = j * NR; i < j * NR + span; i += VL) v_store(st + i, v_mul(cv, v_load(st + i)));
     }
     if (x->mask_kind != ATTN_MASK_NONE) {
         const T log2e = (T)ATTN_LOG2E;
