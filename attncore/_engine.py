@@ -149,7 +149,7 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     score term the softmax cancels and the kernel was not given, shape
     (...batch, Hq, Lq) broadcasting to the rows; scale x lse_shift is added
     to the returned lse."""
-    variants = _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_seqlens_q,
+    variants = _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_seqlens_q,
                          cu_seqlens_k, attn_mask, valid_lens, return_weights)
     if sigmoid_bias is not None:   # sigmoid attention: w = sigmoid(score + b), not normalised
         variants["sigmoid"] = float(sigmoid_bias)
@@ -169,15 +169,6 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     return_weights = V.flag(op, "return_weights", return_weights)
     return_lse = V.flag(op, "return_lse", return_lse)
 
-    if variants.get("softcap") is not None:
-        # the kernel's tanh argument is s x |scale| / cap, that factor a
-        # float of the compute dtype: below its normal range it keeps too
-        # few bits (capped scores off by percents), so say so instead
-        ratio, tiny = abs(scale) / variants["softcap"], float(np.finfo(compute).tiny)
-        if 0 < ratio < 4 * tiny:
-            raise ValueError(f"{op}: |scale| / softcap = {ratio:.3g} is below {4 * tiny:.3g}, too small "
-                             f"for {np.dtype(compute).name}; use a smaller softcap, or softcap=None for no cap (|scale| "
-                             f"{abs(scale):.3g}, softcap {variants['softcap']:.3g})")
     causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
     if not causal and variants.get("bottom_right"):
         offset = Lk - Lq   # windows and ALiBi count positions from the bottom right
@@ -261,7 +252,7 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     return results if len(results) > 1 else results[0]
 
 
-def _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_q, cu_k, attn_mask,
+def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_q, cu_k, attn_mask,
               valid_lens, return_weights):
     """The score variants for the C descriptor (empty dict: none)."""
     v = {}
@@ -277,6 +268,13 @@ def _variants(op, p, is_causal, window, alibi_slopes, softcap, sinks, cu_q, cu_k
         if not cap < top:
             raise ValueError(f"{op}: softcap must be below {top:.3g} for {np.dtype(p.compute).name} "
                              f"(cap x log2(e) must be finite; pass softcap=None for no cap); got {cap}")
+        # and the tanh argument's factor |scale| / cap too: below the normal
+        # range it keeps too few bits (capped scores off by percents)
+        ratio, tiny = abs(scale) / cap, float(np.finfo(p.compute).tiny)
+        if 0 < ratio < 4 * tiny:
+            raise ValueError(f"{op}: |scale| / softcap = {ratio:.3g} is below {4 * tiny:.3g}, too small "
+                             f"for {np.dtype(p.compute).name}; use a smaller softcap, or softcap=None "
+                             f"for no cap (|scale| {abs(scale):.3g}, softcap {cap:.3g})")
         v["softcap"] = cap
     if alibi_slopes is not None:
         v["alibi"] = V.per_head(op, "alibi_slopes", alibi_slopes, p.batch, p.Hq, p.compute)
