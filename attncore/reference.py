@@ -274,13 +274,17 @@ def _packed(query, key, value, is_causal, scale, cu_q, cu_k, return_lse, dropout
 def general_attention(query, key, value, weight, attn_mask=None, is_causal=False, scale=1.0, *,
                       return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
                       enable_gqa=False, dropout_p=0.0, seed=None):
-    """Reference general attention: score = scale * sum_a sum_b q_a W_ab k_b."""
-    W = np.asarray(weight, dtype=np.float64).tolist()
+    """Reference general attention: score = scale * sum_b (sum_a q_a W_ab) k_b
+    (the query projected first, as the definition says: SDPA on q W; the
+    other order differs only where an infinite key meets W, q W k giving
+    inf - inf where (q W) k gives one signed inf)."""
+    Wt = np.asarray(weight, dtype=np.float64).T.tolist()   # Wt[b] = column b of W
 
     def make_score(Q, K):
         def score(b, h, g, i, j):
             q, k = Q[b][h][i], K[b][g][j]
-            return scale * sum(q[a] * _dot(W[a], k) for a in range(len(q)))
+            qw = [_dot(Wt[c], q) for c in range(len(Wt))]
+            return scale * _dot(qw, k)
         return score
 
     return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,

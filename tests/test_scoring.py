@@ -120,6 +120,23 @@ def test_general_and_concat_against_sdpa_formula(isa, dtype, rng):
     assert_close(out, np.broadcast_to(ref, out.shape), "sdpa", dtype)
 
 
+def test_general_infinite_key_matches_the_reference(isa, dtype, rng):
+    """An infinite key component gives the score (q W) k = +-inf, as the
+    definition (SDPA on the projected query) says: -inf hides the key in
+    its row, +inf makes the row NaN. The reference projects the query first
+    too (it used to form W k first: inf - inf, NaN everywhere)."""
+    q, k, v = data(rng, dtype, B=(1,), H=1, Lq=8, Lk=5, Dq=4, Dk=4)
+    W = rng.standard_normal((4, 4)).astype(dtype)
+    k[0, 0, 2, 1] = np.inf
+    out, lse = attncore.general_attention(q, k, v, W, return_lse=True)
+    ref, ref_lse = R.general_attention(q, k, v, W, return_lse=True)
+    nan = np.isnan(ref)
+    assert nan.any(axis=-1).any() and (~nan).all(axis=-1).any()   # both kinds of rows
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(np.isnan(lse), np.isnan(ref_lse))
+    assert_close(out[~nan], ref[~nan], "sdpa", dtype)
+
+
 def test_additive_nan_and_inf_propagate(isa, dtype, rng):
     q, k, v = data(rng, dtype, B=(1,), Lq=3, Lk=4)
     Wq, Wk = rng.standard_normal((5, 6)).astype(dtype), rng.standard_normal((5, 4)).astype(dtype)
