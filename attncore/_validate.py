@@ -169,6 +169,21 @@ def dropout(op, p, seed):
     return threshold, int(seed), 1.0 / (1.0 - p)
 
 
+def mask_shape_message(op, mask_shape, full_shape):
+    """The error for an attn_mask whose shape does not broadcast to the scores'
+    full_shape = batch + (Hq, Lq, Lk). A 2-D mask is (Lq, Lk), as torch reads
+    it; one shaped (B, Lk), a key-padding mask written the Keras /
+    key_padding_mask way, gets the spelling that broadcasts."""
+    full_shape = tuple(full_shape)
+    text = (f"{op}: attn_mask of shape {tuple(mask_shape)} does not broadcast to the "
+            f"scores' shape {full_shape} (..., Hq, Lq, Lk)")
+    if len(mask_shape) == 2 and len(full_shape) >= 3 and tuple(mask_shape) == (full_shape[0], full_shape[-1]):
+        pad = ", ".join(["None"] * (len(full_shape) - 2))
+        text += (f"; a 2-D mask is (Lq, Lk). For one row of keys per batch element (key padding, "
+                 f"(B, Lk)), write attn_mask[:, {pad}, :]")
+    return text
+
+
 def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
     """Validate attn_mask against full_shape = batch + (Hq, Lq, Lk).
 
@@ -188,8 +203,7 @@ def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"{op}: attn_mask of shape {m.shape} does not broadcast to the "
-                         f"scores' shape {tuple(full_shape)} (..., Hq, Lq, Lk)")
+        raise ValueError(mask_shape_message(op, m.shape, full_shape))
     if m.dtype == np.bool_:
         return _core.MASK_BOOL, m.view(np.uint8)
     if m.dtype in COMPUTE_DTYPES or _is_half(m.dtype):

@@ -784,8 +784,7 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
         except ValueError:
             fits = False
         if not fits:
-            raise ValueError(f"{op}: attn_mask of shape {m.shape} does not broadcast to the "
-                             f"scores' shape {full_scores} (..., Hq, Lq, Lk)")
+            raise ValueError(V.mask_shape_message(op, m.shape, full_scores))
     if vl is not None and q.ndim > 3 and vl.ndim in (nb, nb + 1) and \
             any(d not in (1, b) for d, b in zip(vl.shape[:nb], batch)):
         raise ValueError(f"{op}: valid_lens of shape {vl.shape} does not match the batch "

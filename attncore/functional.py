@@ -48,7 +48,10 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     attn_mask : array broadcastable to (..., Hq, Lq, Lk), optional
         bool: True = may attend (SDPA convention); or float, added to the
         scaled scores (-inf masks out). Same dtype as the query when float.
-        Read in place through its strides, never expanded.
+        Read in place through its strides, never expanded. Aligned to the
+        right as NumPy broadcasts: a 2-D mask is (Lq, Lk), as torch reads
+        it; key padding with one row per batch element is (B, 1, 1, Lk)
+        ((B, 1, Lk) for 3-D inputs).
     dropout_p : float in [0, 1)
         Dropout on the attention weights; kept weights are scaled by
         1/(1 - dropout_p). The pattern depends only on ``seed`` and the

@@ -27,6 +27,8 @@ def ok(**over):
     (dict(key=np.ones((2, 2, 6, 8), f32), value=np.ones((2, 2, 6, 3), f32)), ValueError, ["enable_gqa", "4 heads"]),
     (dict(key=np.ones((3, 4, 6, 8), f32), value=np.ones((3, 4, 6, 3), f32)), ValueError, ["batch", "(3, 4, 6, 8)"]),
     (dict(attn_mask=np.ones((5, 7), bool)), ValueError, ["attn_mask", "(5, 7)", "(2, 4, 5, 6)"]),
+    (dict(attn_mask=np.ones((2, 6), bool)), ValueError, ["attn_mask", "(2, 6)", "(Lq, Lk)",
+                                                         "attn_mask[:, None, None, :]"]),
     (dict(attn_mask=np.ones((1, 1, 2, 4, 5, 6), bool)), ValueError, ["attn_mask", "more dimensions"]),
     (dict(attn_mask=np.ones((5, 6), np.int64)), TypeError, ["attn_mask", "int64"]),
     (dict(attn_mask=np.ones((5, 6), np.float64)), TypeError, ["attn_mask", "float32"]),
@@ -55,6 +57,17 @@ def test_bad_input(over, exc, words):
         SDPA(**ok(**over))
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+def test_a_key_padding_mask_of_3d_inputs_is_told_its_spelling():
+    """(B, Lk) with (B, L, D) inputs: the 2-D mask is (Lq, Lk) as in torch;
+    the message spells the per-batch-element form, which then runs."""
+    q, k = np.ones((3, 5, 4), f32), np.ones((3, 7, 4), f32)
+    m = np.arange(7) < np.array([7, 3, 0])[:, None]
+    with pytest.raises(ValueError, match=re.escape("write attn_mask[:, None, :]")):
+        SDPA(q, k, k, attn_mask=m)
+    out = SDPA(q, k, k, attn_mask=m[:, None, :])
+    assert out.shape == (3, 5, 4) and not out[2].any()
 
 
 def test_gqa_heads_not_multiple():
