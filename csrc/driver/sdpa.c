@@ -87,7 +87,10 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 /* One driver per (compute type T, query/output type QT, key/value storage
  * type KVT): float64; float32; bfloat16 and float16 throughout (computed in
  * float32); and float32 queries over a bfloat16, float16 or int8 (with
- * scales) KV cache. */
+ * scales) KV cache. Each instance defines its own QT, KVT, Q_SAME, KV_SAME,
+ * KV_SCALED, QT_FROM_T, TAG, KIO_Q(_GET) and KIO_KV(_GET) (and KV_PAIRS when
+ * it has them), which sdpa.inc.c undefines at its end; T, KTAB, PREP,
+ * KTAB_GET and KIO_T(_GET) hold for every instance of a compute type. */
 #define T double
 #define QT double
 #define KVT double
@@ -107,20 +110,9 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_T_GET attn_kio_get_f64
 #include "sdpa.inc.c"
 #undef T
-#undef QT
-#undef KVT
-#undef Q_SAME
-#undef KV_SAME
-#undef KV_SCALED
-#undef QT_FROM_T
-#undef TAG
 #undef KTAB
 #undef PREP
 #undef KTAB_GET
-#undef KIO_Q
-#undef KIO_Q_GET
-#undef KIO_KV
-#undef KIO_KV_GET
 #undef KIO_T
 #undef KIO_T_GET
 
@@ -145,17 +137,6 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_KV attn_kio_f32
 #define KIO_KV_GET attn_kio_get_f32
 #include "sdpa.inc.c"
-#undef QT
-#undef KVT
-#undef Q_SAME
-#undef KV_SAME
-#undef KV_SCALED
-#undef QT_FROM_T
-#undef TAG
-#undef KIO_Q
-#undef KIO_Q_GET
-#undef KIO_KV
-#undef KIO_KV_GET
 
 /* bfloat16 throughout */
 #define QT uint16_t
@@ -171,17 +152,6 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_KV attn_kio_bf16
 #define KIO_KV_GET attn_kio_get_bf16
 #include "sdpa.inc.c"
-#undef QT
-#undef KVT
-#undef Q_SAME
-#undef KV_SAME
-#undef KV_SCALED
-#undef QT_FROM_T
-#undef TAG
-#undef KIO_Q
-#undef KIO_Q_GET
-#undef KIO_KV
-#undef KIO_KV_GET
 
 /* float16 throughout */
 #define QT uint16_t
@@ -196,17 +166,6 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_KV attn_kio_f16
 #define KIO_KV_GET attn_kio_get_f16
 #include "sdpa.inc.c"
-#undef QT
-#undef KVT
-#undef Q_SAME
-#undef KV_SAME
-#undef KV_SCALED
-#undef QT_FROM_T
-#undef TAG
-#undef KIO_Q
-#undef KIO_Q_GET
-#undef KIO_KV
-#undef KIO_KV_GET
 
 /* float32 queries over a bfloat16, float16 or int8 KV cache */
 #define QT float
@@ -214,7 +173,6 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define QT_FROM_T(x) (x)
 #define KIO_Q attn_kio_f32
 #define KIO_Q_GET attn_kio_get_f32
-
 #define KVT uint16_t
 #define KV_SAME 0
 #define KV_SCALED 0
@@ -222,13 +180,12 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_KV attn_kio_bf16
 #define KIO_KV_GET attn_kio_get_bf16
 #include "sdpa.inc.c"
-#undef KVT
-#undef KV_SAME
-#undef KV_SCALED
-#undef TAG
-#undef KIO_KV
-#undef KIO_KV_GET
 
+#define QT float
+#define Q_SAME 1
+#define QT_FROM_T(x) (x)
+#define KIO_Q attn_kio_f32
+#define KIO_Q_GET attn_kio_get_f32
 #define KVT uint16_t
 #define KV_SAME 0
 #define KV_SCALED 0
@@ -236,13 +193,12 @@ static attn_status attn_sdpa_check(const attn_sdpa_desc *d)
 #define KIO_KV attn_kio_f16
 #define KIO_KV_GET attn_kio_get_f16
 #include "sdpa.inc.c"
-#undef KVT
-#undef KV_SAME
-#undef KV_SCALED
-#undef TAG
-#undef KIO_KV
-#undef KIO_KV_GET
 
+#define QT float
+#define Q_SAME 1
+#define QT_FROM_T(x) (x)
+#define KIO_Q attn_kio_f32
+#define KIO_Q_GET attn_kio_get_f32
 #define KVT int8_t
 #define KV_SAME 0
 #define KV_SCALED 1

@@ -1264,3 +1264,15 @@ attn_status SDPA_FN(attn_sdpa)(const attn_sdpa_desc *d, int isa, int num_threads
 #undef SDPA_CAT
 #undef SDPA_CAT_
 #undef KV_PAIRS
+/* the includer's parameters: ready for the next instance */
+#undef QT
+#undef KVT
+#undef Q_SAME
+#undef KV_SAME
+#undef KV_SCALED
+#undef QT_FROM_T
+#undef TAG
+#undef KIO_Q
+#undef KIO_Q_GET
+#undef KIO_KV
+#undef KIO_KV_GET
