@@ -199,6 +199,23 @@ def test_int8_quantization_rules():
     assert np.abs(q * s[:, None] - xs).max() <= (np.abs(xs).max(1) / 254 * 1.0001).max()
 
 
+@pytest.mark.parametrize("top", [1e-30, 1e-36, 1e-38, 1e-40, 1e-42, 1e-44, 1e-45])
+def test_int8_rows_of_tiny_values_keep_the_absolute_bound(top):
+    """numerics.md (10): |x - q scale| <= max_row |x| / 254 + 127 * 2^-150. The
+    second term is float32's: once max |x| / 127 is subnormal (max |x| below
+    1.5e-36) the scale has few bits, and below 127 * 2^-150 it is 0 (a row
+    of zeros, each stored value off by less than that term)."""
+    rng = np.random.default_rng(7)
+    x = (rng.uniform(-1, 1, (200, 16)) * top).astype(np.float32)
+    x[:, 0] = np.float32(top)   # the rows' largest magnitude
+    q, s = quantize_int8(x)
+    err = np.abs(q.astype(np.float64) * s.astype(np.float64)[:, None] - x.astype(np.float64))
+    bound = np.abs(x.astype(np.float64)).max(1, keepdims=True) / 254 * (1 + 1e-6) + 127 * 2.0**-150
+    assert (err <= bound).all(), (err / bound).max()
+    if top >= 1.5e-36:   # a normal scale: the relative bound alone
+        assert (err <= np.abs(x.astype(np.float64)).max(1, keepdims=True) / 254 * (1 + 1e-6)).all()
+
+
 def test_bfloat16_bits_round_to_nearest_even():
     x = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, -0.0, np.inf, -np.inf, 3.4e38, np.nan], np.float32)
     back = from_bfloat16_bits(to_bfloat16_bits(x))
