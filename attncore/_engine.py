@@ -38,8 +38,8 @@ def plan_info(fn, *args, **kwargs):
     instead of once per panel), value_tiles (the panel path keeps a key
     chunk's V in column tiles per thread, read by P V as one contiguous
     stream), int8_integer (int8 K/V on the rows path of a level that
-    multiplies them in integers, avx2 and the VNNI levels:
-    docs/numerics.md (10)) and group_panels (the panel path runs this
+    multiplies them in integers, avx2 and the VNNI levels: P V always, Q K
+    while D <= 2048; docs/numerics.md (10)) and group_panels (the panel path runs this
     many panels of a kv head block by block in one work item, so that K
     and V too large for L2 are read once per group), half_panels (a
     head's last panel holds at most half a panel's rows and runs the

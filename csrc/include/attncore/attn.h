@@ -193,8 +193,10 @@ typedef struct {
     int value_tiles;        /* panel path: each thread keeps a key chunk's V in
                              * column tiles (any storage type) across panels */
     int int8_integer;       /* rows path over int8 K/V on a level that multiplies
-                             * them in integers (avx2, the VNNI levels): query
-                             * rows and weights rounded to int16 */
+                             * them in integers (avx2, the VNNI levels): weights
+                             * rounded to int16 for P V, and query rows for Q K
+                             * while D <= 2048 (I8DOT_MAX_D; past it Q K runs
+                             * the float32 kernel) */
     int amx_tiles;          /* native_pairs on AMX tiles (amxbf16) */
     int64_t group_panels;   /* panel path: panels of one kv head a work item runs
                              * block by block together (1: one panel per item) */
