@@ -368,6 +368,9 @@ class KVCache:
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         B = self._k.shape[0]
         idx = np.asarray(indices)
+        if idx.size == 0:   # (before the dtype: [] is float64 to NumPy)
+            raise ValueError(f"{op}: indices must be a non-empty selection of rows of a batch of "
+                             f"{B}; got an empty one (reset() empties the cache)")
         if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"{op}: indices must be integers into the batch of {B}; got dtype "
                             f"{idx.dtype}")

@@ -276,6 +276,8 @@ def test_select_batch_then_reset_takes_any_batch(storage):
         cache.select_batch([[0]])
     with pytest.raises(ValueError, match="non-empty selection of rows of a batch of 2"):
         cache.select_batch([2])
+    with pytest.raises(ValueError, match="got an empty one"):
+        cache.select_batch([])
     with pytest.raises(ValueError, match=r"length must be in \[0, len\(cache\)=1\]"):
         cache.truncate(2)
     cache.truncate(0)
