@@ -49,3 +49,11 @@ def test_benchmark_file_runs(path):
         assert missing and all(line in missing or "not in the smoke run" in line
                                for line in skips), r.stdout
         assert not _peers.installed("torch") or path.name != "bench_e2e.py", r.stdout
+
+
+def test_cache_ratios_runs():
+    r = run(["benchmarks/cache_ratios.py", "--small", "--rounds", "2", "--best", "1", "--threads", "1"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
+    for storage in ("bfloat16", "float16", "int8"):
+        assert "x the float32 cache" in lines[storage], r.stdout
