@@ -66,6 +66,34 @@ def test_s1_softmax_weight_bound(level, dtype):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_s1_float_mask_adds_its_rounding(level, dtype):
+    """(S1) with a float mask: x_j + mask_j is rounded to the dtype before the
+    max is taken, adding u (|s_j| + sum_k w_k |s_k|) w_j to the bound -- a
+    term in |x| that rows without a float mask do not have."""
+    if dtype == np.float64 and not LONGDOUBLE_OK:
+        pytest.skip("no extended precision on this platform")
+    rng = np.random.default_rng(5)
+    u = U(dtype)
+    wide = np.longdouble if LONGDOUBLE_OK else np.float64
+    over_old = 0.0
+    for offset in [0.0, 1e3, 1e6]:
+        for L in [2, 33, 1000]:
+            x = (rng.standard_normal((4, L)) * 3 + offset).astype(dtype)
+            fm = rng.standard_normal((4, L)).astype(dtype)
+            with _config.use_isa(level):
+                got = attncore.softmax(x, mask=fm)
+            w, d = exact_softmax(x.astype(wide) + fm.astype(wide))
+            s = np.abs(x.astype(wide) + fm.astype(wide))
+            old = u * (3 * np.abs(d) + 3 * np.log(L) + 48) * w + 2.0 ** -125
+            bound = old + u * (s + (w * s).sum(-1, keepdims=True)) * w
+            err = np.abs(got.astype(w.dtype) - w)
+            assert (err <= bound).all(), (offset, L, float((err / bound).max()))
+            over_old = max(over_old, float((err / old).max()))
+    assert over_old > 1   # the term is needed: the bound without it fails at the offsets
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_s1_large_scores_no_magnitude_term(level):
     """(S1) the bound has no |x| term: rows offset by 1e30 (float32) or 1e300
     (float64) give the weights of the offset-free rows."""
