@@ -349,21 +349,36 @@ def test_dropout_is_exactly_the_counter_rng(isa, dtype):
     np.testing.assert_allclose(w[keep], w0[keep] / 0.7, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
-def test_sigmoid_attention_bound(isa):
-    """(11) sigmoid attention: relative to sum_j w_j |v_j|, no Lk term."""
+@pytest.mark.parametrize("bias", [-2.0, -60.0])
+def test_sigmoid_attention_bound(isa, bias):
+    """(11) sigmoid attention: relative to sum_j w_j |v_j|, no Lk term; S_i
+    counts |bias|."""
     rng = np.random.default_rng(11)
     D, scale = 32, 1 / math.sqrt(32)
     q = rng.standard_normal((1, 2, 16, D)).astype(np.float32)
     k, v = (rng.standard_normal((1, 2, 3000, D)).astype(np.float32) for _ in range(2))
-    plan = plan_info(attncore.sigmoid_attention, q, k, v, bias=-2.0)
-    out = attncore.sigmoid_attention(q, k, v, bias=-2.0)
-    s = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2) * scale - 2.0
+    plan = plan_info(attncore.sigmoid_attention, q, k, v, bias=bias)
+    out = attncore.sigmoid_attention(q, k, v, bias=bias)
+    s = q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2) * scale + bias
     w = 1 / (1 + np.exp(-s))
     ref = w @ v.astype(np.float64)
-    S = scale * (np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2)).max(-1)
+    S = scale * (np.abs(q.astype(np.float64)) @ np.abs(k.astype(np.float64)).swapaxes(-1, -2)).max(-1) + abs(bias)
     mag = w @ np.abs(v.astype(np.float64))
     bound = U[np.float32] * mag * (2 * S[..., None] * (math.ceil(D / 2) + 4) + 1.5 * plan["key_block"] + 12)
     assert (np.abs(out - ref) <= bound).all()
+
+
+@pytest.mark.parametrize("dtype,bias", [(np.float32, -79.5), (np.float64, -48.0)])
+def test_sigmoid_weights_carry_the_bias_rounding(isa, dtype, bias):
+    """(11) each weight within u (S_i (ceil(D/2) + 4) + 6) with S_i counting
+    |bias|: at q = k = 0 the score is the bias alone, whose rounding into log2
+    units the weight carries (without |bias| in S_i the bound would be 6 u)."""
+    q, k, v = np.zeros((8, 4), dtype), np.zeros((3, 4), dtype), np.ones((3, 1), dtype)
+    _, w = attncore.sigmoid_attention(q, k, v, bias=bias, return_weights=True)
+    exact = 1 / (1 + math.exp(-bias))
+    rel = np.abs(w.astype(np.float64) - exact) / exact / U[dtype]
+    assert (rel <= abs(bias) * (math.ceil(4 / 2) + 4) + 6).all(), rel.max()
+    assert rel.max() > 6, rel.max()   # the |bias| term is needed
 
 
 def test_hard_attention_keeps_the_best_keys_up_to_score_rounding(isa):
