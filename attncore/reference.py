@@ -84,7 +84,8 @@ def _valid_lens_table(valid_lens, batch, Hq, Lq, query_ndim):
         full = np.broadcast_to(vl.reshape(vl.shape + (1, 1)), tuple(batch) + (Hq, Lq))
     else:
         full = np.broadcast_to(vl.reshape(vl.shape[:-1] + (1, vl.shape[-1])), tuple(batch) + (Hq, Lq))
-    return np.asarray(full).reshape(-1, Hq, Lq).tolist()
+    # (the batch size spelled out: reshape(-1, ...) is ambiguous when Lq or Hq is 0)
+    return np.asarray(full).reshape(int(np.prod(batch, dtype=np.int64)), Hq, Lq).tolist()
 
 
 def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_causal,
@@ -109,7 +110,7 @@ def _attention(score_fn, q, k, v, Hq, Hkv, Lq, Lk, Dv, batch, attn_mask, is_caus
     softcap = variants.get("softcap")
     slopes = variants.get("alibi")
     if slopes is not None:
-        slopes = np.broadcast_to(np.asarray(slopes, np.float64), tuple(batch) + (Hq,)).reshape(-1, Hq).tolist()
+        slopes = np.broadcast_to(np.asarray(slopes, np.float64), tuple(batch) + (Hq,)).reshape(nb, Hq).tolist()
     sinks = variants.get("sinks")
     sinks = None if sinks is None else np.asarray(sinks, np.float64).reshape(Hq).tolist()
     # packed sequences: dropout numbers weights as the kernel does, (sequence
@@ -339,7 +340,7 @@ def merge_attention(parts):
     """Reference merge of (out, lse) shards: out = sum_i exp(lse_i - lse) out_i."""
     parts = [(np.asarray(o, dtype=np.float64), np.asarray(s, dtype=np.float64)) for o, s in parts]
     shape = parts[0][0].shape
-    outs = [o.reshape(-1, shape[-1]).tolist() for o, _ in parts]
+    outs = [o.reshape(int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]).tolist() for o, _ in parts]
     lses = [s.reshape(-1).tolist() for _, s in parts]
     merged, merged_lse = [], []
     for r in range(len(lses[0])):
@@ -492,7 +493,7 @@ def _visible_scores(Q, K, Hq, Hkv, Lq, Lk, batch, scale, attn_mask, is_causal, v
     qpos_offset = 0 if top_left else Lk - Lq
     slopes = None
     if alibi_slopes is not None:
-        slopes = np.broadcast_to(np.asarray(alibi_slopes, np.float64), tuple(batch) + (Hq,)).reshape(-1, Hq).tolist()
+        slopes = np.broadcast_to(np.asarray(alibi_slopes, np.float64), tuple(batch) + (Hq,)).reshape(nb, Hq).tolist()
     group = Hq // Hkv if Hkv else 1
     out = []
     for b in range(nb):

@@ -51,6 +51,19 @@ def test_fully_masked_rows_are_zero_not_nan(isa, dtype, rng, how, Lk):
         np.testing.assert_array_equal(np.isneginf(ref[2]), dead)
 
 
+@pytest.mark.parametrize("fn", ["scaled_dot_product_attention", "sigmoid_attention", "hard_attention"])
+def test_reference_takes_empty_query_sets_with_lengths_and_slopes(fn):
+    """attncore.reference answers where the kernels do: no query rows (or no
+    heads) with valid_lens or ALiBi slopes (it used to fail reshaping an
+    empty table with -1)."""
+    q, k, v = np.ones((2, 1, 0, 4)), np.ones((2, 1, 5, 4)), np.ones((2, 1, 5, 3))
+    vl = np.array([2, 3])
+    assert getattr(R, fn)(q, k, v, valid_lens=vl).shape == getattr(attncore, fn)(q, k, v, valid_lens=vl).shape
+    if fn == "scaled_dot_product_attention":
+        h0 = np.ones((1, 0, 2, 4))
+        assert R.scaled_dot_product_attention(h0, h0, h0, alibi_slopes=np.ones(0)).shape == (1, 0, 2, 4)
+
+
 def test_empty_sequences(isa, dtype, rng):
     q = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
     k = np.zeros((2, 3, 0, 4), dtype)
