@@ -111,9 +111,12 @@ def _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
     dropout_p = float(dropout_p)
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"{_SDPA}: dropout_p must be in [0, 1]; got {dropout_p}")
-    if attn_mask is not None and attn_mask.dtype == torch.float32 and query.dtype != torch.float32:
-        # torch accepts a float32 mask with any query dtype; attncore wants the query's dtype
-        attn_mask = attn_mask.to(query.dtype)
+    if attn_mask is not None and attn_mask.dtype == torch.float32 and query.dtype == torch.float64:
+        # torch accepts a float32 mask with any query dtype: for float64 queries
+        # attncore wants float64 (exact); float16 / bfloat16 queries take it as
+        # it is, in their compute dtype (rounding it to theirs would move a
+        # bias of 20 by up to 0.06 in bfloat16)
+        attn_mask = attn_mask.to(torch.float64)
     if dropout_p == 1.0:   # torch: every weight dropped -> zeros
         shape = _out_shape(query, key, value)
         res = out.zero_() if out is not None else query.new_zeros(shape)
@@ -222,14 +225,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         any strides (transposed views are read in place).
     attn_mask : Tensor broadcastable to (..., Hq, Lq, Lk), optional
         bool: True = may attend; or float, added to the scaled scores
-        (the query's dtype, or float32 as torch allows).
+        (the query's dtype, or float32 as torch allows; with float16 /
+        bfloat16 queries a float32 mask is added in float32, unrounded).
     dropout_p : float in [0, 1]
         Dropout on the attention weights, applied whenever > 0 (as torch
         does; pass ``dropout_p=p if training else 0.0``). The seed comes from
         torch's default generator, so ``torch.manual_seed`` reproduces it.
     is_causal : bool
         Query i sees keys j <= i (top-left aligned, as torch). Combines
-        with attn_mask.
+        with attn_mask. Anything but a bool raises TypeError, as in torch
+        (bottom-right alignment is attncore.scaled_dot_product_attention's
+        ``is_causal="bottom_right"``, on arrays).
     scale : float, optional
         Default 1/sqrt(D).
     enable_gqa : bool
@@ -261,6 +267,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     >>> compiled = torch.compile(at.scaled_dot_product_attention, fullgraph=True)  # the custom op
     """
     _check_no_grad(_SDPA, "", query=query, key=key, value=value, attn_mask=attn_mask)
+    if not isinstance(is_causal, (bool, np.bool_)):   # (torch raises too; bool() would read any string as True)
+        raise TypeError(f"{_SDPA}: is_causal must be a bool, as in torch (True: top-left aligned); "
+                        f"got {is_causal!r}. For bottom-right alignment (KV-cache decoding) call "
+                        f"attncore.scaled_dot_product_attention(..., is_causal='bottom_right') on "
+                        f"arrays, or pass the mask")
     if not enable_gqa:
         query, key, value, enable_gqa = _broadcast_heads(query, key, value)
     return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
@@ -780,7 +791,10 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
         raise NotImplementedError(
             f"attn_implementation='attncore': a paged cache ({type(cache).__name__}, continuous "
             f"batching) is not supported; use attn_implementation='sdpa' for it")
-    _check_no_grad("attn_implementation='attncore'", _HF_HINT, query=query, key=key, value=value)
+    # (also what reaches the kernel beside q, k, v: the cache path's detach()
+    # would otherwise drop their gradients silently)
+    _check_no_grad("attn_implementation='attncore'", _HF_HINT, query=query, key=key, value=value,
+                   attention_mask=attention_mask, s_aux=s_aux, position_bias=position_bias)
 
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     # as sdpa: causality from the flag only when there is no mask (the mask

@@ -448,6 +448,29 @@ def test_argument_errors():
         new(prompt(), past_key_values=at.AttncoreCache(new.config, dtype="int8"))
 
 
+@hf
+def test_trainable_sinks_with_the_cache_are_refused_not_detached():
+    """With an AttncoreCache, sinks (s_aux) that require grad raise as on the
+    path without a cache; the cache path used to detach them, so backward()
+    ran and left the sinks without a gradient."""
+    try:
+        from transformers import GptOssConfig, GptOssForCausalLM
+    except ImportError:
+        pytest.skip("this transformers has no gpt-oss")
+    cfg = GptOssConfig(vocab_size=100, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                       num_experts_per_tok=1, sliding_window=4, max_position_embeddings=64, pad_token_id=0,
+                       layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    model = GptOssForCausalLM._from_config(cfg, attn_implementation="attncore")
+    for name, p in model.named_parameters():
+        p.requires_grad_("sinks" in name)
+    ids = torch.randint(1, 100, (1, 6), generator=torch.Generator().manual_seed(0))
+    for kw in ({}, dict(past_key_values=at.AttncoreCache(model.config, dtype="float32"), use_cache=True)):
+        with pytest.raises(TypeError, match="s_aux requires grad"):
+            model(input_ids=ids, **kw)
+
+
 # -- attncore.torch.MultiheadAttention(kv_cache=...) --------------------------------------
 
 def mha_pair(batch_first=True, seed=0):

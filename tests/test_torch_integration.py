@@ -120,6 +120,30 @@ def test_sdpa_float32_mask_with_half_query_like_torch():
     torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype,bits", [(torch.bfloat16, 8), (torch.float16, 11)])
+def test_sdpa_half_query_keeps_a_float32_mask_in_float32(dtype, bits):
+    """numerics (4): half inputs compute in float32, rounded once at the end;
+    a float32 bias (here of size ~20) is added as it is, not first rounded to
+    the half type (which moved it by up to 0.06 in bfloat16: 10x the bound)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, L, 32).to(dtype) for L in (16, 64, 64))
+    bias = torch.randn(16, 64) * 20
+    exact = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 32 ** 0.5 + bias.double(), -1) @ v.double()
+    out = at.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    assert (out.double() - exact).abs().max() <= 1.5 * 2.0 ** -bits * exact.abs().max()
+
+
+def test_sdpa_is_causal_must_be_a_bool_like_torch():
+    """torch raises for a non-bool is_causal; bool() would read any string,
+    "bottom_right" (attncore's NumPy spelling of the other alignment)
+    included, as top-left causal."""
+    q, k, v = inputs()
+    for bad in ("bottom_right", "false", 1, None):
+        with pytest.raises(TypeError, match=r"is_causal must be a bool.*is_causal='bottom_right'"):
+            at.scaled_dot_product_attention(q, k, v, is_causal=bad)
+    assert_close(at.scaled_dot_product_attention(q, k, v, is_causal=np.True_), torch_ref(q, k, v, is_causal=True))
+
+
 def test_sdpa_fully_masked_rows_are_zero():
     q, k, v = inputs()
     mask = bool_mask(9, 13)
