@@ -906,8 +906,8 @@ def sdpa_fast_torch(str op, q, k, v, is_causal, scale, enable_gqa, num_threads, 
         if not mask.is_cpu or mask.layout is not _torch_strided or mask.is_neg() or mask.requires_grad:
             return None   # (a mask that needs a gradient: the general path refuses it)
         if itemsize == 2 and mask.dtype is dt:
-            # a 16-bit float mask (attncore.torch rounds a float32 one to the query's
-            # dtype, as torch does): to float32 (exact), as the general path does
+            # a 16-bit float mask of the query's dtype: to float32 (exact), as
+            # the general path does (a float32 mask is taken as it is)
             mask = mask.float()
         mdt = mask.dtype
         if mdt is torch_dtypes[4]:

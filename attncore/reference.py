@@ -276,9 +276,10 @@ def general_attention(query, key, value, weight, attn_mask=None, is_causal=False
                       return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
                       enable_gqa=False, dropout_p=0.0, seed=None):
     """Reference general attention: score = scale * sum_b (sum_a q_a W_ab) k_b
-    (the query projected first, as the definition says: SDPA on q W; the
-    other order differs only where an infinite key meets W, q W k giving
-    inf - inf where (q W) k gives one signed inf)."""
+    (the query projected first, as the definition says: SDPA on q W, which is
+    also the kernel's order; the other order, q (W k), differs where q W or
+    W k meets an infinity or overflows: an infinite key component, say, gives
+    inf - inf there and one signed inf here)."""
     Wt = np.asarray(weight, dtype=np.float64).T.tolist()   # Wt[b] = column b of W
 
     def make_score(Q, K):

@@ -200,9 +200,9 @@ def softmax(x: ArrayLike, axis: int = -1, *, mask: OptArray = None, valid_lens: 
         Broadcastable to ``x.shape`` (NumPy rules), read through its strides,
         never expanded. bool: True = keep, False = weight exactly 0. float (x's
         dtype): added to x before the softmax (``-inf`` = weight 0), the sum
-        rounded to x's dtype as in ``softmax(x + mask)`` (so, unlike a bool
-        mask, it brings the rounding of ``|x|`` into the weights:
-        docs/numerics.md (S1)).
+        rounded to the compute dtype (float32 for 16-bit x, else x's dtype)
+        as in ``softmax(x + mask)`` (so, unlike a bool mask, it brings the
+        rounding of ``|x|`` into the weights: docs/numerics.md (S1)).
     valid_lens : int array, optional
         Lengths along `axis`: row r keeps entries ``j < valid_lens[r]``, the
         rest get weight 0. Shape: a scalar, the row shape (``x.shape`` without

@@ -233,9 +233,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         torch's default generator, so ``torch.manual_seed`` reproduces it.
     is_causal : bool
         Query i sees keys j <= i (top-left aligned, as torch). Combines
-        with attn_mask. Anything but a bool raises TypeError, as in torch
-        (bottom-right alignment is attncore.scaled_dot_product_attention's
-        ``is_causal="bottom_right"``, on arrays).
+        with attn_mask. Anything but a bool (or a NumPy bool) raises
+        TypeError, as in torch (bottom-right alignment is
+        attncore.scaled_dot_product_attention's ``is_causal="bottom_right"``,
+        on arrays).
     scale : float, optional
         Default 1/sqrt(D).
     enable_gqa : bool
@@ -810,7 +811,10 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
                                                    query, key)
         is_causal = False
     elif attention_mask is not None and attention_mask.dtype not in (torch.bool, query.dtype):
-        attention_mask = attention_mask.to(query.dtype)
+        # to the compute dtype: the query's, or float32 for 16-bit queries (a
+        # float32 mask is then added as it is, not rounded to the half type)
+        half = query.dtype in (torch.float16, torch.bfloat16)
+        attention_mask = attention_mask.to(torch.float32 if half else query.dtype)
     out = _attention(query, key, value, attention_mask, dropout, is_causal, scaling,
                      query.shape[1] != key.shape[1], heads_last=True, extras=extras)
     return out, None

@@ -35,11 +35,19 @@ def best_step(cache, q, threads, best):
     return fastest
 
 
+def positive(text):
+    """argparse type: an int >= 1."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {n}")
+    return n
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=12)
-    ap.add_argument("--best", type=int, default=5, help="steps per cache and round (the best counts)")
+    ap.add_argument("--threads", type=positive, default=2)
+    ap.add_argument("--rounds", type=positive, default=12)
+    ap.add_argument("--best", type=positive, default=5, help="steps per cache and round (the best counts)")
     ap.add_argument("--small", action="store_true", help="1024 cached positions instead of 8192")
     args = ap.parse_args(argv)
 

@@ -62,6 +62,9 @@ def test_reference_takes_empty_query_sets_with_lengths_and_slopes(fn):
     if fn == "scaled_dot_product_attention":
         h0 = np.ones((1, 0, 2, 4))
         assert R.scaled_dot_product_attention(h0, h0, h0, alibi_slopes=np.ones(0)).shape == (1, 0, 2, 4)
+        for shape in [(2, 3, 0), (2, 0, 4), (0, 3, 4)]:   # no value columns, rows or batch
+            parts = [(np.zeros(shape), np.zeros(shape[:-1]))] * 2
+            assert R.merge_attention(parts)[0].shape == attncore.merge_attention(parts)[0].shape == shape
 
 
 def test_empty_sequences(isa, dtype, rng):

@@ -132,6 +132,13 @@ def test_sdpa_half_query_keeps_a_float32_mask_in_float32(dtype, bits):
     out = at.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     assert (out.double() - exact).abs().max() <= 1.5 * 2.0 ** -bits * exact.abs().max()
 
+    class Layer(torch.nn.Module):
+        is_causal = False
+
+    # Hugging Face's attention function (B, Lq, Hq, Dv) takes it the same way
+    hf, _ = at.hf_attention(Layer(), q, k, v, bias[None, None], scaling=32 ** -0.5)
+    assert (hf.transpose(1, 2).double() - exact).abs().max() <= 1.5 * 2.0 ** -bits * exact.abs().max()
+
 
 def test_sdpa_is_causal_must_be_a_bool_like_torch():
     """torch raises for a non-bool is_causal; bool() would read any string,
