@@ -283,10 +283,11 @@ def general_attention(query, key, value, weight, attn_mask=None, is_causal=False
     Wt = np.asarray(weight, dtype=np.float64).T.tolist()   # Wt[b] = column b of W
 
     def make_score(Q, K):
+        # each query row projected once, not once per key
+        QW = [[[[_dot(col, q) for col in Wt] for q in rows] for rows in heads] for heads in Q]
+
         def score(b, h, g, i, j):
-            q, k = Q[b][h][i], K[b][g][j]
-            qw = [_dot(Wt[c], q) for c in range(len(Wt))]
-            return scale * _dot(qw, k)
+            return scale * _dot(QW[b][h][i], K[b][g][j])
         return score
 
     return _run(make_score, query, key, value, attn_mask, dropout_p, is_causal, seed, valid_lens,
