@@ -4,8 +4,9 @@
   dispatch file and the portable kernels with baseline flags, -O3 and OpenMP.
 - Each per-ISA kernel file (csrc/arch/kern_<isa>.c) is compiled separately
   with exactly its ISA's flags, after a probe shows the compiler can build
-  that ISA's intrinsics; it is then linked in and ATTN_BUILT_<ISA> tells the
-  dispatch file it exists. ISA flags never reach any other file, and nothing
+  that ISA's intrinsics; it is then linked in. For a level it cannot build,
+  csrc/arch/kern_unbuilt.c (zeroed tables under the level's names) is linked
+  instead, which tells the dispatch the level is absent. ISA flags never reach any other file, and nothing
   is built with -march=native or -ffast-math, so the package runs on any
   x86-64 CPU and picks its kernels at run time.
 
@@ -152,6 +153,16 @@ class BuildExt(build_ext):
                 return False
         return True
 
+    def _compile_unbuilt(self, isa):
+        """The zeroed tables that stand for a level this build skips."""
+        return self.compiler.compile(
+            [os.path.join("csrc", "arch", "kern_unbuilt.c")],
+            output_dir=os.path.join(self.build_temp, "unbuilt", isa),   # one object per level
+            include_dirs=INCLUDE_DIRS,
+            macros=[("ATTN_UNBUILT_LEVEL", isa)],
+            extra_postargs=BASE_FLAGS + EXTRA_CFLAGS,
+        )
+
     def build_extensions(self):
         openmp = self._try_build(OPENMP_PROBE, OPENMP_FLAGS, link=True, link_flags=OPENMP_FLAGS)
         if not openmp:
@@ -167,19 +178,19 @@ class BuildExt(build_ext):
             for isa, flags in ISA_FLAGS.items():
                 if isa in disabled:
                     _warn(f"{isa} kernels disabled by ATTNCORE_DISABLE_ISA")
-                    continue
-                if not self._try_build(ISA_PROBES[isa], flags):
+                    objects = self._compile_unbuilt(isa)
+                elif not self._try_build(ISA_PROBES[isa], flags):
                     _warn(f"the compiler cannot build {isa} intrinsics with {' '.join(flags)}; "
                           f"skipping the {isa} kernels")
-                    continue
-                objects = self.compiler.compile(
-                    [os.path.join("csrc", "arch", f"kern_{isa}.c")],
-                    output_dir=self.build_temp,
-                    include_dirs=INCLUDE_DIRS,
-                    extra_postargs=BASE_FLAGS + flags + EXTRA_CFLAGS,
-                )
+                    objects = self._compile_unbuilt(isa)
+                else:
+                    objects = self.compiler.compile(
+                        [os.path.join("csrc", "arch", f"kern_{isa}.c")],
+                        output_dir=self.build_temp,
+                        include_dirs=INCLUDE_DIRS,
+                        extra_postargs=BASE_FLAGS + flags + EXTRA_CFLAGS,
+                    )
                 ext.extra_objects = list(ext.extra_objects or []) + objects
-                ext.define_macros = list(ext.define_macros or []) + [(f"ATTN_BUILT_{isa.upper()}", "1")]
         super().build_extensions()
 
 

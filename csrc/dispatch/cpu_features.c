@@ -1,10 +1,11 @@
 /*
  * CPU detection and the kernel tables.
  *
- * Features are read once (cpuid + xgetbv) and cached. An ISA level is
- * "supported" when it was built (setup.py defines ATTN_BUILT_<ISA> after
- * compiling csrc/arch/kern_<isa>.c with exactly that ISA's flags) and the CPU
- * and OS can run every instruction those flags allow:
+ * Features are read once (cpuid + xgetbv) and cached. An ISA level
+ * (ATTN_ISA_LEVELS, attn.h) is "supported" when it was built (setup.py
+ * compiled csrc/arch/kern_<isa>.c with exactly that ISA's flags; for a level
+ * it could not build it links kern_unbuilt.c's zeroed tables instead) and
+ * the CPU and OS can run every instruction those flags allow (cpu_runs):
  *   avx2:   AVX, AVX2, FMA, F16C (+ OSXSAVE and the OS saving xmm/ymm state)
  *   avx512: AVX512 F, VL, BW, DQ (+ the OS saving opmask/zmm state)
  *   avx512vnni: avx512 + AVX512_VNNI
@@ -159,34 +160,26 @@ const char *attn_compiler(void)
 #endif
 }
 
-int attn_isa_built(int isa)
-{
-    switch (isa) {
-    case ATTN_ISA_PORTABLE: return 1;
-#ifdef ATTN_BUILT_AVX2
-    case ATTN_ISA_AVX2: return 1;
-#endif
-#ifdef ATTN_BUILT_AVX512
-    case ATTN_ISA_AVX512: return 1;
-#endif
-#ifdef ATTN_BUILT_AVX512VNNI
-    case ATTN_ISA_AVX512VNNI: return 1;
-#endif
-#ifdef ATTN_BUILT_AVX512BF16EMU
-    case ATTN_ISA_AVX512BF16EMU: return 1;
-#endif
-#ifdef ATTN_BUILT_AVX512BF16
-    case ATTN_ISA_AVX512BF16: return 1;
-#endif
-#ifdef ATTN_BUILT_AMXBF16EMU
-    case ATTN_ISA_AMXBF16EMU: return 1;
-#endif
-#ifdef ATTN_BUILT_AMXBF16
-    case ATTN_ISA_AMXBF16: return 1;
-#endif
-    default: return 0;
-    }
-}
+/* Every level's tables, indexed by level (ATTN_ISA_LEVELS). */
+typedef struct {
+    const attn_ktab_f32 *ktab_f32;
+    const attn_kio_f32 *kio_f32;
+    const attn_kio_bf16 *kio_bf16;
+    const attn_kio_f16 *kio_f16;
+    const attn_kio_i8 *kio_i8;
+    const char *name;
+    int auto_pick;   /* attn_isa_best may choose it */
+} level_tables;
+
+#define LEVEL_TABLES_(NAME, name, auto_) \
+    {&attn_ktab_##name##_f32, &attn_kio_##name##_f32, &attn_kio_##name##_bf16, &attn_kio_##name##_f16, \
+     &attn_kio_##name##_i8, #name, auto_},
+static const level_tables levels[ATTN_ISA_COUNT] = {ATTN_ISA_LEVELS(LEVEL_TABLES_)};
+#undef LEVEL_TABLES_
+
+/* A level whose kernel file was not compiled has kern_unbuilt.c's zeroed
+ * tables: no isa name. */
+int attn_isa_built(int isa) { return isa >= 0 && isa < ATTN_ISA_COUNT && levels[isa].ktab_f32->isa != NULL; }
 
 static int cpu_runs(int isa)
 {
@@ -214,46 +207,18 @@ int attn_isa_supported(int isa) { return attn_isa_built(isa) && cpu_runs(isa); }
 int attn_isa_best(void)
 {
     for (int isa = ATTN_ISA_COUNT - 1; isa > 0; isa--)
-        if (isa != ATTN_ISA_AVX512BF16EMU && isa != ATTN_ISA_AMXBF16EMU && attn_isa_supported(isa))
-            return isa;
+        if (levels[isa].auto_pick && attn_isa_supported(isa)) return isa;
     return ATTN_ISA_PORTABLE;
 }
 
-const char *attn_isa_name(int isa)
-{
-    static const char *names[ATTN_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512vnni",
-                                                  "avx512bf16emu", "avx512bf16", "amxbf16emu", "amxbf16"};
-    return isa >= 0 && isa < ATTN_ISA_COUNT ? names[isa] : "unknown";
-}
+const char *attn_isa_name(int isa) { return isa >= 0 && isa < ATTN_ISA_COUNT ? levels[isa].name : "unknown"; }
 
-const attn_ktab_f32 *attn_ktab_get_f32(int isa)
-{
-    if (!attn_isa_supported(isa)) return NULL;
-    switch (isa) {
-#ifdef ATTN_BUILT_AMXBF16
-    case ATTN_ISA_AMXBF16: return &attn_ktab_amxbf16_f32;
-#endif
-#ifdef ATTN_BUILT_AMXBF16EMU
-    case ATTN_ISA_AMXBF16EMU: return &attn_ktab_amxbf16emu_f32;
-#endif
-#ifdef ATTN_BUILT_AVX512BF16
-    case ATTN_ISA_AVX512BF16: return &attn_ktab_avx512bf16_f32;
-#endif
-#ifdef ATTN_BUILT_AVX512BF16EMU
-    case ATTN_ISA_AVX512BF16EMU: return &attn_ktab_avx512bf16emu_f32;
-#endif
-#ifdef ATTN_BUILT_AVX512VNNI
-    case ATTN_ISA_AVX512VNNI: return &attn_ktab_avx512vnni_f32;
-#endif
-#ifdef ATTN_BUILT_AVX512
-    case ATTN_ISA_AVX512: return &attn_ktab_avx512_f32;
-#endif
-#ifdef ATTN_BUILT_AVX2
-    case ATTN_ISA_AVX2: return &attn_ktab_avx2_f32;
-#endif
-    default: return &attn_ktab_portable_f32;
-    }
-}
+/* The tables of a supported level, or NULL. */
+const attn_ktab_f32 *attn_ktab_get_f32(int isa) { return attn_isa_supported(isa) ? levels[isa].ktab_f32 : NULL; }
+const attn_kio_f32 *attn_kio_get_f32(int isa) { return attn_isa_supported(isa) ? levels[isa].kio_f32 : NULL; }
+const attn_kio_bf16 *attn_kio_get_bf16(int isa) { return attn_isa_supported(isa) ? levels[isa].kio_bf16 : NULL; }
+const attn_kio_f16 *attn_kio_get_f16(int isa) { return attn_isa_supported(isa) ? levels[isa].kio_f16 : NULL; }
+const attn_kio_i8 *attn_kio_get_i8(int isa) { return attn_isa_supported(isa) ? levels[isa].kio_i8 : NULL; }
 
 /* float64 runs the portable kernels on every level (DESIGN.md). */
 const attn_ktab_f64 *attn_ktab_get_f64(int isa)
@@ -265,62 +230,6 @@ const attn_kio_f64 *attn_kio_get_f64(int isa)
 {
     return attn_isa_supported(isa) ? &attn_kio_portable_f64 : NULL;
 }
-
-/* The input/output tables of a level, one per input type. */
-#define ATTN_KIO_GETTER(TAG)                                                   \
-    const attn_kio_##TAG *attn_kio_get_##TAG(int isa)                          \
-    {                                                                          \
-        if (!attn_isa_supported(isa)) return NULL;                             \
-        switch (isa) {                                                         \
-        ATTN_KIO_CASE_AMXBF16(TAG)                                             \
-        ATTN_KIO_CASE_AMXBF16EMU(TAG)                                          \
-        ATTN_KIO_CASE_AVX512BF16(TAG)                                          \
-        ATTN_KIO_CASE_AVX512BF16EMU(TAG)                                       \
-        ATTN_KIO_CASE_AVX512VNNI(TAG)                                          \
-        ATTN_KIO_CASE_AVX512(TAG)                                              \
-        ATTN_KIO_CASE_AVX2(TAG)                                                \
-        default: return &attn_kio_portable_##TAG;                              \
-        }                                                                      \
-    }
-#ifdef ATTN_BUILT_AVX512
-#define ATTN_KIO_CASE_AVX512(TAG) case ATTN_ISA_AVX512: return &attn_kio_avx512_##TAG;
-#else
-#define ATTN_KIO_CASE_AVX512(TAG)
-#endif
-#ifdef ATTN_BUILT_AVX512VNNI
-#define ATTN_KIO_CASE_AVX512VNNI(TAG) case ATTN_ISA_AVX512VNNI: return &attn_kio_avx512vnni_##TAG;
-#else
-#define ATTN_KIO_CASE_AVX512VNNI(TAG)
-#endif
-#ifdef ATTN_BUILT_AVX512BF16
-#define ATTN_KIO_CASE_AVX512BF16(TAG) case ATTN_ISA_AVX512BF16: return &attn_kio_avx512bf16_##TAG;
-#else
-#define ATTN_KIO_CASE_AVX512BF16(TAG)
-#endif
-#ifdef ATTN_BUILT_AVX512BF16EMU
-#define ATTN_KIO_CASE_AVX512BF16EMU(TAG) case ATTN_ISA_AVX512BF16EMU: return &attn_kio_avx512bf16emu_##TAG;
-#else
-#define ATTN_KIO_CASE_AVX512BF16EMU(TAG)
-#endif
-#ifdef ATTN_BUILT_AMXBF16
-#define ATTN_KIO_CASE_AMXBF16(TAG) case ATTN_ISA_AMXBF16: return &attn_kio_amxbf16_##TAG;
-#else
-#define ATTN_KIO_CASE_AMXBF16(TAG)
-#endif
-#ifdef ATTN_BUILT_AMXBF16EMU
-#define ATTN_KIO_CASE_AMXBF16EMU(TAG) case ATTN_ISA_AMXBF16EMU: return &attn_kio_amxbf16emu_##TAG;
-#else
-#define ATTN_KIO_CASE_AMXBF16EMU(TAG)
-#endif
-#ifdef ATTN_BUILT_AVX2
-#define ATTN_KIO_CASE_AVX2(TAG) case ATTN_ISA_AVX2: return &attn_kio_avx2_##TAG;
-#else
-#define ATTN_KIO_CASE_AVX2(TAG)
-#endif
-ATTN_KIO_GETTER(f32)
-ATTN_KIO_GETTER(bf16)
-ATTN_KIO_GETTER(f16)
-ATTN_KIO_GETTER(i8)
 
 attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n)
 {

@@ -288,69 +288,21 @@ ATTN_DECLARE_KIO(float, uint16_t, f16)
  * Q and the output are float32 (attn_kio_f32). */
 ATTN_DECLARE_KIO(float, int8_t, i8)
 
-/* One set of tables per ISA translation unit; absent ones are not linked. */
-extern const attn_ktab_f32 attn_ktab_portable_f32;
+/* Every level's tables (ATTN_ISA_LEVELS): csrc/arch/kern_<name>.c defines
+ * them, or, for a level this build could not compile, kern_unbuilt.c
+ * defines them zeroed (a NULL isa name), so that the dispatch can list
+ * every level's tables without a preprocessor test per level. float64 runs
+ * the portable kernels on every level. */
+#define ATTN_DECLARE_LEVEL_TABLES_(NAME, name, auto_)     \
+    extern const attn_ktab_f32 attn_ktab_##name##_f32;    \
+    extern const attn_kio_f32 attn_kio_##name##_f32;      \
+    extern const attn_kio_bf16 attn_kio_##name##_bf16;    \
+    extern const attn_kio_f16 attn_kio_##name##_f16;      \
+    extern const attn_kio_i8 attn_kio_##name##_i8;
+ATTN_ISA_LEVELS(ATTN_DECLARE_LEVEL_TABLES_)
+#undef ATTN_DECLARE_LEVEL_TABLES_
 extern const attn_ktab_f64 attn_ktab_portable_f64;
-extern const attn_kio_f32 attn_kio_portable_f32;
 extern const attn_kio_f64 attn_kio_portable_f64;
-extern const attn_kio_bf16 attn_kio_portable_bf16;
-extern const attn_kio_f16 attn_kio_portable_f16;
-extern const attn_kio_i8 attn_kio_portable_i8;
-#ifdef ATTN_BUILT_AVX2
-extern const attn_ktab_f32 attn_ktab_avx2_f32;
-extern const attn_kio_f32 attn_kio_avx2_f32;
-extern const attn_kio_bf16 attn_kio_avx2_bf16;
-extern const attn_kio_f16 attn_kio_avx2_f16;
-extern const attn_kio_i8 attn_kio_avx2_i8;
-#endif
-#ifdef ATTN_BUILT_AVX512
-extern const attn_ktab_f32 attn_ktab_avx512_f32;
-extern const attn_kio_f32 attn_kio_avx512_f32;
-extern const attn_kio_bf16 attn_kio_avx512_bf16;
-extern const attn_kio_f16 attn_kio_avx512_f16;
-extern const attn_kio_i8 attn_kio_avx512_i8;
-#endif
-/* AVX512-VNNI: the AVX-512 tables under their own names, with the int8
- * cache's integer entries. */
-#ifdef ATTN_BUILT_AVX512VNNI
-extern const attn_ktab_f32 attn_ktab_avx512vnni_f32;
-extern const attn_kio_f32 attn_kio_avx512vnni_f32;
-extern const attn_kio_bf16 attn_kio_avx512vnni_bf16;
-extern const attn_kio_f16 attn_kio_avx512vnni_f16;
-extern const attn_kio_i8 attn_kio_avx512vnni_i8;
-#endif
-/* AVX512-BF16 (and its emulation on any AVX-512 CPU, for the tests): the
- * AVX-512 tables under their own names, with native bfloat16 entries. */
-#ifdef ATTN_BUILT_AVX512BF16
-extern const attn_ktab_f32 attn_ktab_avx512bf16_f32;
-extern const attn_kio_f32 attn_kio_avx512bf16_f32;
-extern const attn_kio_bf16 attn_kio_avx512bf16_bf16;
-extern const attn_kio_f16 attn_kio_avx512bf16_f16;
-extern const attn_kio_i8 attn_kio_avx512bf16_i8;
-#endif
-#ifdef ATTN_BUILT_AVX512BF16EMU
-extern const attn_ktab_f32 attn_ktab_avx512bf16emu_f32;
-extern const attn_kio_f32 attn_kio_avx512bf16emu_f32;
-extern const attn_kio_bf16 attn_kio_avx512bf16emu_bf16;
-extern const attn_kio_f16 attn_kio_avx512bf16emu_f16;
-extern const attn_kio_i8 attn_kio_avx512bf16emu_i8;
-#endif
-/* AMX-BF16 (and its emulation): the avx512bf16 tables under their own
- * names, bfloat16 prefill's products on tiles. */
-#ifdef ATTN_BUILT_AMXBF16
-extern const attn_ktab_f32 attn_ktab_amxbf16_f32;
-extern const attn_kio_f32 attn_kio_amxbf16_f32;
-extern const attn_kio_bf16 attn_kio_amxbf16_bf16;
-extern const attn_kio_f16 attn_kio_amxbf16_f16;
-extern const attn_kio_i8 attn_kio_amxbf16_i8;
-#endif
-#ifdef ATTN_BUILT_AMXBF16EMU
-extern const attn_ktab_f32 attn_ktab_amxbf16emu_f32;
-extern const attn_kio_f32 attn_kio_amxbf16emu_f32;
-extern const attn_kio_bf16 attn_kio_amxbf16emu_bf16;
-extern const attn_kio_f16 attn_kio_amxbf16emu_f16;
-extern const attn_kio_i8 attn_kio_amxbf16emu_i8;
-#endif
 
 /* The tables for a supported ISA level (csrc/dispatch), or NULL. */
 const attn_ktab_f32 *attn_ktab_get_f32(int isa);

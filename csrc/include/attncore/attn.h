@@ -33,22 +33,29 @@ typedef enum {
                         /* the outputs are incomplete                              */
 } attn_status;
 
-/* Kernel levels, in increasing order. avx512vnni is avx512 with the int8
- * KV cache's scores on VNNI; avx512bf16 has VNNI too; amxbf16 is
+/* Kernel levels, in increasing order: X(NAME, name, auto), where auto says
+ * whether attn_isa_best may pick the level. avx512vnni is avx512 with the
+ * int8 KV cache's scores on VNNI; avx512bf16 has VNNI too; amxbf16 is
  * avx512bf16 with bfloat16 prefill on AMX tiles. avx512bf16emu and
  * amxbf16emu are those levels with their BF16 / AMX instructions emulated
- * and without VNNI (for tests on any AVX-512 CPU): never the best level. */
-typedef enum {
-    ATTN_ISA_PORTABLE = 0,
-    ATTN_ISA_AVX2 = 1,
-    ATTN_ISA_AVX512 = 2,
-    ATTN_ISA_AVX512VNNI = 3,
-    ATTN_ISA_AVX512BF16EMU = 4,
-    ATTN_ISA_AVX512BF16 = 5,
-    ATTN_ISA_AMXBF16EMU = 6,
-    ATTN_ISA_AMXBF16 = 7,
-    ATTN_ISA_COUNT = 8
-} attn_isa;
+ * and without VNNI (for tests on any AVX-512 CPU): never the best level.
+ *
+ * A new level is one line here, its kernel file csrc/arch/kern_<name>.c
+ * (which defines the tables named in csrc/kernels/ktab.h), the CPU's
+ * condition for it in csrc/dispatch/cpu_features.c (cpu_runs) and its
+ * flags and probe in setup.py (ISA_FLAGS, ISA_PROBES). */
+#define ATTN_ISA_LEVELS(X)                  \
+    X(PORTABLE, portable, 1)                \
+    X(AVX2, avx2, 1)                        \
+    X(AVX512, avx512, 1)                    \
+    X(AVX512VNNI, avx512vnni, 1)            \
+    X(AVX512BF16EMU, avx512bf16emu, 0)      \
+    X(AVX512BF16, avx512bf16, 1)            \
+    X(AMXBF16EMU, amxbf16emu, 0)            \
+    X(AMXBF16, amxbf16, 1)
+#define ATTN_ISA_ENUM_(NAME, name, auto_) ATTN_ISA_##NAME,
+typedef enum { ATTN_ISA_LEVELS(ATTN_ISA_ENUM_) ATTN_ISA_COUNT } attn_isa;
+#undef ATTN_ISA_ENUM_
 
 /* Score kinds for attn_sdpa_desc.score_kind. */
 enum {
