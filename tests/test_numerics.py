@@ -247,16 +247,18 @@ def test_huge_scores_keep_a_finite_exact_softmax(isa, dtype, path, masked):
 
 @pytest.mark.parametrize("path", ["panel", "rows", "rows-split"])
 @pytest.mark.parametrize("extra", ["none", "float-mask", "softcap"])
-def test_finite_scale_past_the_exponent_factor_range(isa, path, extra):
+@pytest.mark.parametrize("scale", [3e38, 1e39, -5e41])
+def test_finite_scale_past_the_exponent_factor_range(isa, path, extra, scale):
     """float32: a finite scale with |scale| log2 e above FLT_MAX (|scale| >=
     2.36e38) on small scores is an ordinary softmax; the factor overflowed
-    to inf and every output was NaN. 4 of it now goes into Q (exact)."""
+    to inf and every output was NaN. A power of two of it now goes into Q
+    (exact): 4 for 3e38, and more past 9.4e38 (where 4 did not bring the
+    factor into range: NaN rows until session 18)."""
     rng = np.random.default_rng(12)
     Lq, Lk = {"panel": (40, 300), "rows": (1, 300), "rows-split": (1, 40000)}[path]
     q = (rng.standard_normal((1, 1, Lq, 16)) * 1e-20).astype(np.float32)
-    k = (rng.standard_normal((1, 1, Lk, 16)) * 1e-20).astype(np.float32)
+    k = (rng.standard_normal((1, 1, Lk, 16)) * (1e-20 * 3e38 / abs(scale))).astype(np.float32)
     v = rng.standard_normal((1, 1, Lk, 4)).astype(np.float32)
-    scale = 3e38
     kw = {}
     mask = None
     if extra == "float-mask":

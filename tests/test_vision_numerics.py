@@ -121,6 +121,32 @@ def test_v3_channel_attention(rng, dtype, layout, pooling, shape):
     check(out, exact, E[:, :, None, None] * np.abs(exact), "V3", V.to_nchw(x, layout), t)
 
 
+@pytest.mark.parametrize("layout", V.LAYOUTS)
+@pytest.mark.parametrize("shape", [(1, 1, 16, 16), (2, 3, 24, 20)], ids=lambda s: "x".join(map(str, s)))
+def test_v3_average_pooling_near_float32_max(layout, shape):
+    """Pooling runs in float64 (V3): finite float32 pixels near FLT_MAX give
+    the float64 mean. The 8-term partial sums in float32 overflowed there
+    (8 values above 4.3e37): inf, or NaN where a channel's lanes held
+    opposite signs, for a mean of 0 (session 18)."""
+    N, C, H, W = shape
+    x = np.zeros(shape, np.float32)
+    flat = x.reshape(N, C, -1)
+    flat[:, :, 0::16] = 3e38                 # in the kernel's lanes: one lane of +3e38,
+    flat[:, :, 1::16] = -3e38                # the next of -3e38: exact mean 0
+    big = np.full(shape, 3e38, np.float32)   # mean 3e38, finite
+    w1 = np.full((1, C), 1e-38, np.float32)
+    w2 = np.ones((C, 1), np.float32)
+    for img in (x, big):
+        xin = np.ascontiguousarray(V.from_nchw(img, layout))
+        out = V.to_nchw(attncore.channel_attention(xin, w1, None, w2, None, layout=layout), layout)
+        mean = img.astype(np.float64).mean(axis=(2, 3))                  # (N, C)
+        hidden = np.maximum(mean @ w1.astype(np.float64).T, 0)            # (N, 1)
+        gate = 1 / (1 + np.exp(-(hidden @ w2.astype(np.float64).T)))      # (N, C)
+        want = img.astype(np.float64) * gate[:, :, None, None]
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("layout", V.LAYOUTS)
 @pytest.mark.parametrize("k", [3, 7])

@@ -100,7 +100,7 @@ typedef struct {
     int64_t nitems;    /* work items: units, or groups of group_panels units */
     int64_t item_run;  /* items the threads take at a time (consecutive: one kv head's) */
     T qsign;           /* dot: sign of the scale times qmag (exact); additive: 2 log2(e) */
-    T qmag;            /* dot: 4 where |scale| log2(e) passes T's range, else 1 */
+    T qmag;            /* dot: a power of two (4, 8, ...) where |scale| log2(e) passes T's range, else 1 */
     T csoft;           /* dot: |scale| log2(e), taken by the softmax; additive: 1 */
     int additive_form; /* ATTN_ADDITIVE_* */
     T *wneg;           /* additive: -2 log2(e) w_score (D values) */
@@ -929,14 +929,19 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
     } else {
         /* the sign goes into Q (exact); |scale| log2 e into the softmax's FMA.
          * A finite scale whose |scale| log2 e passes T's range (float32:
-         * |scale| >= 2.36e38) puts a factor 4 into Q as well (exact while
-         * |q| < FLT_MAX / 4): c then stays finite and c (4 Q) K gives the
-         * same products (docs/numerics.md, Range). */
+         * |scale| >= 2.36e38) puts a power of two p into Q as well, the
+         * least from 4 up that brings c = |scale| log2 e / p into range
+         * (float32: 4 up to |scale| 9.4e38, 8 up to 1.9e39, ...; exact while
+         * |q| < FLT_MAX / p): c (p Q) K gives the same products
+         * (docs/numerics.md, Range). Past p = 2^64 no q but 0 stays finite
+         * in Q: c is left inf, as any scale past T's range was before. */
         P->qmag = 1;
         P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
         if (isinf(P->csoft) && isfinite(d->scale)) {
-            P->qmag = 4;
-            P->csoft = (T)(fabs(d->scale) * (ATTN_LOG2E / 4));
+            double p = 4;
+            while (isinf((T)(fabs(d->scale) * (ATTN_LOG2E / p))) && p < 0x1p64) p *= 2;
+            P->qmag = (T)p;
+            P->csoft = (T)(fabs(d->scale) * (ATTN_LOG2E / p));
         }
         P->qsign = d->scale < 0 ? -P->qmag : P->qmag;
         if (d->scale != d->scale) P->csoft = (T)NAN;

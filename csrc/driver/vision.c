@@ -269,14 +269,24 @@ static inline void VFN(sum_run)(const T *restrict p, int64_t s, const T *restric
             a[j] += (double)t;
         }
     } else {
-        /* blocks of VISION_SUM_BLOCK elements per lane are summed in T first */
+        /* blocks of VISION_SUM_BLOCK elements per lane are summed in T first;
+         * a block whose partial sums are not all finite (past T's range, or
+         * an inf or NaN input) is summed again in double: finite inputs
+         * near T's largest (float32: 8 values above 4.3e37) overflowed to
+         * inf there, and opposite infinities gave NaN */
         for (; blocks && i + VISION_SUM_LANES * VISION_SUM_BLOCK <= len;
              i += VISION_SUM_LANES * VISION_SUM_BLOCK) {
-            T b[VISION_SUM_LANES];
+            T b[VISION_SUM_LANES], nonfinite = 0;
             for (int j = 0; j < VISION_SUM_LANES; j++) b[j] = p[(i + j) * s];
             for (int k = 1; k < VISION_SUM_BLOCK; k++)
                 for (int j = 0; j < VISION_SUM_LANES; j++) b[j] += p[(i + k * VISION_SUM_LANES + j) * s];
-            for (int j = 0; j < VISION_SUM_LANES; j++) a[j] += (double)b[j];
+            for (int j = 0; j < VISION_SUM_LANES; j++) nonfinite += b[j] * 0;   /* NaN iff some b[j] is inf or NaN */
+            if (nonfinite == 0) {
+                for (int j = 0; j < VISION_SUM_LANES; j++) a[j] += (double)b[j];
+            } else {
+                for (int k = 0; k < VISION_SUM_BLOCK; k++)
+                    for (int j = 0; j < VISION_SUM_LANES; j++) a[j] += (double)p[(i + k * VISION_SUM_LANES + j) * s];
+            }
         }
         for (; i + VISION_SUM_LANES <= len; i += VISION_SUM_LANES)
             for (int j = 0; j < VISION_SUM_LANES; j++) a[j] += (double)p[(i + j) * s];
