@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _engine
 from . import functional as _functional
 
 __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "patch", "register",
@@ -118,6 +119,10 @@ def _sdpa_eager(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
         # bias of 20 by up to 0.06 in bfloat16)
         attn_mask = attn_mask.to(torch.float64)
     if dropout_p == 1.0:   # torch: every weight dropped -> zeros
+        # the arguments are checked as on any other call (plan_info validates
+        # without running the kernel): they used to be skipped here
+        _engine.plan_info(_functional.scaled_dot_product_attention, query, key, value, attn_mask=attn_mask,
+                          is_causal=bool(is_causal), scale=scale, enable_gqa=bool(enable_gqa), **(extras or {}))
         shape = _out_shape(query, key, value)
         res = out.zero_() if out is not None else query.new_zeros(shape)
         if return_weights:

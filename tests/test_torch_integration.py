@@ -183,6 +183,22 @@ def test_sdpa_dropout_seeded_by_torch_generator():
         at.scaled_dot_product_attention(q, k, v, dropout_p=1.5)
 
 
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_sdpa_dropout_one_still_checks_its_arguments(p):
+    """dropout_p=1 returns zeros (torch's result) only for valid arguments:
+    it used to return them before any check (session 18)."""
+    q, k, v = inputs()
+    with pytest.raises(ValueError, match="head_dim"):
+        at.scaled_dot_product_attention(q, k[..., :3], v, dropout_p=p)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        at.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(5, 5, dtype=torch.bool), dropout_p=p)
+    with pytest.raises(TypeError, match="attn_mask must be bool"):
+        at.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(q.shape[-2], k.shape[-2],
+                                                                      dtype=torch.int64), dropout_p=p)
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        at.scaled_dot_product_attention(q, k.double(), v, dropout_p=p)
+
+
 def test_sdpa_requires_grad_is_a_clear_error():
     q, k, v = inputs()
     qg = q.clone().requires_grad_()
