@@ -60,7 +60,10 @@ def float_arrays(op, native_half=False, **arrays):
     """
     out = {}
     dtypes = {}
+    untyped = []   # names given as Python numbers or lists (NumPy reads them as float64)
     for name, value in arrays.items():
+        if not hasattr(value, "dtype"):
+            untyped.append(name)
         a = value if type(value) is np.ndarray else as_array(value, name, op)
         a = native(a)
         dt = a.dtype
@@ -76,7 +79,12 @@ def float_arrays(op, native_half=False, **arrays):
     distinct = set(dtypes.values())
     if len(distinct) > 1:
         listing = ", ".join(f"{n}={d}" for n, d in dtypes.items())
-        raise TypeError(f"{op}: mixed dtypes ({listing}); cast them to one dtype first")
+        hint = ""
+        if untyped:
+            given = ", ".join(f"{n} (shape {out[n].shape})" for n in untyped)
+            hint = (f"; {given} came from Python numbers or lists, which NumPy reads as float64: "
+                    f"pass arrays of the inputs' dtype, with the shapes the function documents")
+        raise TypeError(f"{op}: mixed dtypes ({listing}); cast them to one dtype first{hint}")
     result = next(iter(distinct))
     compute = result if result in COMPUTE_DTYPES else np.dtype(np.float32)
     if compute != result and not native_half:

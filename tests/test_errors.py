@@ -136,3 +136,18 @@ def test_a_float_mask_of_another_dtype_is_told_how_to_cast_in_its_own_library():
     for q, mask, cast in cases:
         with pytest.raises(TypeError, match=re.escape(cast)):
             attncore.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+
+def test_a_python_number_for_an_array_argument_is_named_as_such():
+    """A Python number where an array is documented reads as float64 and
+    fails the dtype check first: the message says where the float64 came
+    from and that the argument needs its documented shape (it used to say
+    only "cast them to one dtype", after which the shape error came)."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, s, 4)).astype(f32) for s in (3, 5, 5))
+    wq, wk = rng.standard_normal((6, 4)).astype(f32), rng.standard_normal((6, 4)).astype(f32)
+    ws = rng.standard_normal(6).astype(f32)
+    with pytest.raises(TypeError, match=r"bias=float64\).*bias \(shape \(\)\) came from Python numbers.*shapes"):
+        attncore.additive_attention(q, k, v, wq, wk, ws, bias=0.5)
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\); got \(\)"):
+        attncore.additive_attention(q, k, v, wq, wk, ws, bias=np.float32(0.5))
