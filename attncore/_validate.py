@@ -62,11 +62,11 @@ def float_arrays(op, native_half=False, **arrays):
     dtypes = {}
     untyped = []   # names given as Python numbers or lists (NumPy reads them as float64)
     for name, value in arrays.items():
-        if not hasattr(value, "dtype"):
-            untyped.append(name)
         a = value if type(value) is np.ndarray else as_array(value, name, op)
         a = native(a)
         dt = a.dtype
+        if not hasattr(value, "dtype") and dt == np.float64:
+            untyped.append(name)
         if dt not in COMPUTE_DTYPES and not _is_half(dt):
             raise TypeError(
                 f"{op}: {name} must be float32 or float64 (float16/bfloat16 are computed in "

@@ -100,3 +100,16 @@ def test_show_config_prints_everything(capsys):
     text = capsys.readouterr().out
     for word in ("attncore", "compiler", "OpenMP", "ISA active", "CPU features"):
         assert word in text
+
+
+def test_setup_builds_every_listed_level():
+    """setup.py's ISA_FLAGS (and ISA_PROBES) name every level of the C list
+    (ATTN_ISA_LEVELS) but portable: a level missing there would link without
+    its tables and fail at import (undefined attn_ktab_<level>_f32)."""
+    import ast
+    import pathlib
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    flags = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "ISA_FLAGS" for t in node.targets))
+    listed = {ast.literal_eval(key) for key in flags.keys}
+    assert listed == set(_config.ISA_NAMES) - {"portable"}, (listed, _config.ISA_NAMES)

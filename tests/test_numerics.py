@@ -283,6 +283,53 @@ def test_finite_scale_past_the_exponent_factor_range(isa, path, extra, scale):
     np.testing.assert_allclose(lse[0, 0], want_lse, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("scale", [3e38, -1e39])
+def test_scale_past_the_range_in_bfloat16_panels(isa, scale):
+    """bfloat16 queries with a scale past float32's factor range: on the
+    levels with native bfloat16 pairs the pair kernels stage Q with the
+    sign only, so the plan must not take them when Q holds a power of two
+    (the scores came out p times too small there); everywhere, the softmax
+    of the exact scores."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(13)
+    q = (rng.standard_normal((1, 2, 64, 32)) * 1e-20).astype(bf16)
+    k = (rng.standard_normal((1, 2, 200, 32)) * (1e-20 * 3e38 / abs(scale))).astype(bf16)
+    v = rng.standard_normal((1, 2, 200, 8)).astype(bf16)
+    plan = plan_info(SDPA, q, k, v, scale=scale)
+    assert plan["path"] == "panel" and not plan["native_pairs"], plan
+    out = SDPA(q, k, v, scale=scale).astype(np.float64)
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    s = q64 @ np.swapaxes(k64, -1, -2) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p @ v64) / p.sum(-1, keepdims=True)
+    assert np.abs(s).max() < 40
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-2)   # bfloat16 output: 2^-8 relative
+
+
+@pytest.mark.parametrize("path", ["panel", "rows"])
+def test_scale_past_the_range_with_a_small_softcap(isa, path):
+    """With a soft-cap, |scale| / cap must stay finite too: 3e38 / 1e-3
+    overflowed to inf, and a row of zero scores gave 0 x inf = NaN. Q takes
+    a power of two large enough for both factors."""
+    rng = np.random.default_rng(14)
+    Lq = {"panel": 40, "rows": 1}[path]
+    q = (rng.standard_normal((1, 1, Lq, 16)) * 1e-20).astype(np.float32)
+    q[0, 0, 0] = 0   # a row of zero scores
+    k = (rng.standard_normal((1, 1, 300, 16)) * 1e-24).astype(np.float32)
+    v = rng.standard_normal((1, 1, 300, 4)).astype(np.float32)
+    scale, cap = 3e38, 1e-3
+    plan = plan_info(SDPA, q, k, v, scale=scale, softcap=cap)
+    assert plan["path"] == path, plan
+    out = SDPA(q, k, v, scale=scale, softcap=cap)
+    s = q[0, 0].astype(np.float64) @ k[0, 0].astype(np.float64).T * scale
+    s = cap * np.tanh(s / cap)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p @ v[0, 0].astype(np.float64)) / p.sum(-1, keepdims=True)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0, 0], want, rtol=0, atol=1e-5)
+
+
 def test_huge_scores_leave_the_other_lanes_bit_for_bit(isa, dtype):
     """(10) In a panel, only the lanes (rows) of huge scores take the scores
     to log2 units first: the other rows of the panel are bitwise unchanged."""

@@ -136,8 +136,14 @@ def test_v3_average_pooling_near_float32_max(layout, shape):
     big = np.full(shape, 3e38, np.float32)   # mean 3e38, finite
     w1 = np.full((1, C), 1e-38, np.float32)
     w2 = np.ones((C, 1), np.float32)
-    for img in (x, big):
-        xin = np.ascontiguousarray(V.from_nchw(img, layout))
+    # the same planes as a view of every other column of a wider image: the
+    # pooling's strided runs (rows of W >= 128 take the 8-term blocks there)
+    wide = np.zeros((N, C, H, 256), np.float32)
+    wide[..., ::2] = np.tile(x, (1, 1, 1, 256 // (2 * W) + 1))[..., :128]
+    strided = wide[..., ::2]
+    for img in (x, big, strided):
+        xin = np.ascontiguousarray(V.from_nchw(img, layout)) if img is not strided else \
+            (strided if layout == "NCHW" else V.from_nchw(strided, layout))
         out = V.to_nchw(attncore.channel_attention(xin, w1, None, w2, None, layout=layout), layout)
         mean = img.astype(np.float64).mean(axis=(2, 3))                  # (N, C)
         hidden = np.maximum(mean @ w1.astype(np.float64).T, 0)            # (N, 1)

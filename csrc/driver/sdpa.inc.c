@@ -928,18 +928,23 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
                                ? ATTN_ADDITIVE_PRODUCT : ATTN_ADDITIVE_TANH;
     } else {
         /* the sign goes into Q (exact); |scale| log2 e into the softmax's FMA.
-         * A finite scale whose |scale| log2 e passes T's range (float32:
-         * |scale| >= 2.36e38) puts a power of two p into Q as well, the
-         * least from 4 up that brings c = |scale| log2 e / p into range
+         * A finite scale whose |scale| log2 e (or, with a soft-cap, whose
+         * |scale| / cap) passes T's range (float32: |scale| >= 2.36e38)
+         * puts a power of two p into Q as well, the least from 4 up that
+         * brings c = |scale| log2 e / p (and |scale| / p / cap) into range
          * (float32: 4 up to |scale| 9.4e38, 8 up to 1.9e39, ...; exact while
          * |q| < FLT_MAX / p): c (p Q) K gives the same products
-         * (docs/numerics.md, Range). Past p = 2^64 no q but 0 stays finite
-         * in Q: c is left inf, as any scale past T's range was before. */
+         * (docs/numerics.md, Range). p stops at 2^64 (float32: |scale| up
+         * to about 4.3e57); past it c is left inf, as any scale past T's
+         * range was before. */
+        const double cap = d->softcap > 0 ? d->softcap : 0;
         P->qmag = 1;
         P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
-        if (isinf(P->csoft) && isfinite(d->scale)) {
+        if (isfinite(d->scale) && (isinf(P->csoft) || (cap > 0 && isinf((T)(fabs(d->scale) / cap))))) {
             double p = 4;
-            while (isinf((T)(fabs(d->scale) * (ATTN_LOG2E / p))) && p < 0x1p64) p *= 2;
+            while ((isinf((T)(fabs(d->scale) * (ATTN_LOG2E / p))) || (cap > 0 && isinf((T)(fabs(d->scale) / p / cap))))
+                   && p < 0x1p64)
+                p *= 2;
             P->qmag = (T)p;
             P->csoft = (T)(fabs(d->scale) * (ATTN_LOG2E / p));
         }
@@ -970,8 +975,10 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
         P->ngroups = stack ? 1 : P->G;
         P->bk = kt->bk_panel;
     }
+    /* (the pair kernels stage Q with the scale's sign only, not qmag's
+     * power of two: a scale past T's range takes the widened path) */
     P->pairs = KV_PAIRS && !P->rows_path && kio_kv->qk_panel2 != NULL &&
-               P->additive_form == ATTN_ADDITIVE_NONE;
+               P->additive_form == ATTN_ADDITIVE_NONE && P->qmag == 1;
     P->npanels = (P->rows_per_group + P->W - 1) / P->W;
     P->half = !P->rows_path && kt->qk_panel_half != NULL && !P->pairs &&
               P->additive_form == ATTN_ADDITIVE_NONE;

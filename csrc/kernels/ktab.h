@@ -255,7 +255,8 @@ ATTN_DECLARE_KTAB(double, f64)
         /* ---- panel path on native 16-bit dot products (NULL unless the  */ \
         /* level multiplies IT pairs itself: AVX512-BF16's vdpbf16ps) ----  */ \
         /* Q2[p][r] = the pair (sign Q_r[2p], sign Q_r[2p+1]) (0 past D; 0   */ \
-        /* lanes past nr), p < ceil(D / 2), sign = +-1 (exact)              */ \
+        /* lanes past nr), p < ceil(D / 2), sign = +-1 (exact; the plan    */ \
+        /* takes the widened path when Q holds a power of two, qmag)       */ \
         void (*pack_qt2)(int nr, int64_t D, const IT *const *rows, T sign,     \
                          IT *q2);                                              \
         /* St[j][:] = sum_d K[j][d] Q2[d / 2][:] for j < nk (St rows NR      */ \

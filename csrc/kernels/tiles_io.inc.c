@@ -49,8 +49,9 @@
 /*
  * Qt[d][r] = sign * Q_r[d] for r < nr (lanes past nr are 0), from one
  * pointer per query row. Full VL x VL blocks go through the ISA's register
- * transpose when it has one and IT is T. sign is +-1 (exact) for dot
- * products, 2 log2 e for the additive scores.
+ * transpose when it has one and IT is T. sign is +-1, or a power of two
+ * for a scale past T's range (exact either way), for dot products; 2 log2 e
+ * for the additive scores.
  */
 static void FNIO(pack_qt)(int nr, int64_t D, const IT *const *rows, T sign, T *qt)
 {
