@@ -6,9 +6,10 @@
   with exactly its ISA's flags, after a probe shows the compiler can build
   that ISA's intrinsics; it is then linked in. For a level it cannot build,
   csrc/arch/kern_unbuilt.c (zeroed tables under the level's names) is linked
-  instead, which tells the dispatch the level is absent. ISA flags never reach any other file, and nothing
-  is built with -march=native or -ffast-math, so the package runs on any
-  x86-64 CPU and picks its kernels at run time.
+  instead, which tells the dispatch the level is absent. ISA flags never
+  reach any other file, and nothing is built with -march=native or
+  -ffast-math, so the package runs on any x86-64 CPU and picks its kernels
+  at run time.
 
 Environment:
   ATTNCORE_FAIL_NO_OPENMP=1   make a missing OpenMP an error (CI sets it)

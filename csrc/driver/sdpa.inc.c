@@ -899,6 +899,15 @@ static void SDPA_FN(additive_key_exp)(const PLAN *P, int64_t t)
 
 /* The plan of a call. num_threads only sizes the panel groups (which never
  * change a bit of the results). */
+/* Whether Q holding the power of two p still leaves the softmax's factor
+ * |scale| log2 e / p, or with a soft-cap |scale| / p / cap (as describe_prep
+ * forms capx), past T's range (make_plan) */
+static int SDPA_FN(factor_overflows)(const attn_sdpa_desc *d, double p)
+{
+    return isinf((T)(fabs(d->scale) * (ATTN_LOG2E / p))) ||
+           (d->softcap > 0 && isinf((T)(fabs(d->scale) / p / d->softcap)));
+}
+
 static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KTAB *kt,
                                       const KIO_Q *kio_q, const KIO_KV *kio_kv, const KIO_T *kio_t,
                                       int num_threads)
@@ -937,17 +946,11 @@ static attn_status SDPA_FN(make_plan)(PLAN *P, const attn_sdpa_desc *d, const KT
          * (docs/numerics.md, Range). p stops at 2^64 (float32: |scale| up
          * to about 4.3e57); past it c is left inf, as any scale past T's
          * range was before. */
-        const double cap = d->softcap > 0 ? d->softcap : 0;
-        P->qmag = 1;
-        P->csoft = (T)(fabs(d->scale) * ATTN_LOG2E);
-        if (isfinite(d->scale) && (isinf(P->csoft) || (cap > 0 && isinf((T)(fabs(d->scale) / cap))))) {
-            double p = 4;
-            while ((isinf((T)(fabs(d->scale) * (ATTN_LOG2E / p))) || (cap > 0 && isinf((T)(fabs(d->scale) / p / cap))))
-                   && p < 0x1p64)
-                p *= 2;
-            P->qmag = (T)p;
-            P->csoft = (T)(fabs(d->scale) * (ATTN_LOG2E / p));
-        }
+        double p = 1;
+        if (isfinite(d->scale) && SDPA_FN(factor_overflows)(d, p))
+            for (p = 4; SDPA_FN(factor_overflows)(d, p) && p < 0x1p64; p *= 2) {}
+        P->qmag = (T)p;
+        P->csoft = (T)(fabs(d->scale) * (ATTN_LOG2E / p));
         P->qsign = d->scale < 0 ? -P->qmag : P->qmag;
         if (d->scale != d->scale) P->csoft = (T)NAN;
         P->additive_form = ATTN_ADDITIVE_NONE;
