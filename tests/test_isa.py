@@ -113,3 +113,96 @@ def test_setup_builds_every_listed_level():
                  and any(getattr(t, "id", None) == "ISA_FLAGS" for t in node.targets))
     listed = {ast.literal_eval(key) for key in flags.keys}
     assert listed == set(_config.ISA_NAMES) - {"portable"}, (listed, _config.ISA_NAMES)
+
+
+# --- a build that skips levels --------------------------------------------
+#
+# setup.py links csrc/arch/kern_unbuilt.c's zeroed tables for every level it
+# cannot (or is told not to) build. The dispatch must then link, report the
+# level as absent, hand out no tables for it and never pick it. This builds
+# the dispatch alone (no Cython, -O0: seconds) with such tables and asks it.
+
+DISPATCH_PROBE = r"""
+#include <stdio.h>
+#include "kernels/ktab.h"
+int main(void)
+{
+    for (int isa = 0; isa < ATTN_ISA_COUNT; isa++)
+        printf("%s %d %d %d\n", attn_isa_name(isa), attn_isa_built(isa), attn_isa_supported(isa),
+               (attn_ktab_get_f32(isa) != NULL) + (attn_kio_get_f32(isa) != NULL)
+                   + (attn_kio_get_bf16(isa) != NULL) + (attn_kio_get_f16(isa) != NULL)
+                   + (attn_kio_get_i8(isa) != NULL));
+    printf("best %s\n", attn_isa_name(attn_isa_best()));
+    return 0;
+}
+"""
+
+
+def _setup_isa_flags():
+    import ast
+    import pathlib
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    node = next(node for node in tree.body if isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "ISA_FLAGS" for t in node.targets))
+    return ast.literal_eval(node.value)
+
+
+def _c_compiler():
+    import shlex
+    import shutil
+    import sysconfig
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    return cc if shutil.which(cc[0]) else None
+
+
+@pytest.mark.parametrize("kept", [(), ("avx2",)], ids=["portable-only", "avx2-only"])
+def test_dispatch_of_a_build_that_skips_levels(kept, tmp_path):
+    cc = _c_compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    real_built = _config.built_isas()
+    if any(level not in real_built for level in kept):
+        pytest.skip(f"this build has no {kept} kernels to keep")
+    import pathlib
+    csrc = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    flags = _setup_isa_flags()
+    common = ["-O0", "-I", str(csrc / "include"), "-I", str(csrc)]
+
+    def compile_c(source, out, extra=()):
+        done = subprocess.run(cc + ["-c", *common, *extra, str(source), "-o", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return str(out)
+
+    objects = [compile_c(csrc / "dispatch" / "cpu_features.c", tmp_path / "cpu_features.o"),
+               compile_c(csrc / "arch" / "kern_portable.c", tmp_path / "portable.o"),
+               compile_c(csrc / "arch" / "kern_portable_f64.c", tmp_path / "portable_f64.o")]
+    for level in _config.ISA_NAMES[1:]:
+        if level in kept:
+            objects.append(compile_c(csrc / "arch" / f"kern_{level}.c", tmp_path / f"{level}.o",
+                                     flags[level]))
+        else:
+            objects.append(compile_c(csrc / "arch" / "kern_unbuilt.c", tmp_path / f"unbuilt_{level}.o",
+                                     [f"-DATTN_UNBUILT_LEVEL={level}"]))
+    (tmp_path / "probe.c").write_text(DISPATCH_PROBE)
+    objects.append(compile_c(tmp_path / "probe.c", tmp_path / "probe.o"))
+    linked = subprocess.run(cc + objects + ["-lm", "-o", str(tmp_path / "probe")],
+                            capture_output=True, text=True, timeout=300)
+    assert linked.returncode == 0, linked.stderr   # e.g. a table kern_unbuilt.c does not define
+    ran = subprocess.run([str(tmp_path / "probe")], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.split("\n")
+    report = {name: (int(b), int(s), int(t)) for name, b, s, t in
+              (line.split() for line in lines[:len(_config.ISA_NAMES)])}
+    assert tuple(report) == tuple(_config.ISA_NAMES)
+    real_supported = _config.supported_isas()
+    for name, (built, supported, tables) in report.items():
+        expect_built = name == "portable" or name in kept
+        expect_supported = expect_built and name in real_supported
+        assert (built, supported) == (expect_built, expect_supported), (name, report)
+        assert tables == (5 if expect_supported else 0), (name, report)
+    # the best level: the highest one this probe build supports that may be
+    # picked automatically, as in the real build (the emulations never are)
+    auto = [n for n in real_supported if n in ("portable",) + tuple(kept)
+            and not n.endswith("emu")]
+    assert lines[len(_config.ISA_NAMES)] == f"best {auto[-1]}", (lines, auto)
