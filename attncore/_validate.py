@@ -351,6 +351,10 @@ def per_head(op, name, value, batch, Hq, dtype):
     if a.ndim > len(target):
         raise ValueError(f"{op}: {name} has shape {a.shape}; expected (Hq,) = ({Hq},) or batch + "
                          f"(Hq,) = {target}")
+    if a.ndim == 0 or a.shape[-1] != Hq:
+        # one value for every head (shape () or (..., 1)): the kernel reads
+        # Hq values per batch row, so spread it (a copy: Hq floats per row)
+        a = np.broadcast_to(a, a.shape[:-1] + (Hq,))
     return _layout.contiguous(a, dtype)
 
 

@@ -291,3 +291,23 @@ def test_softcap_is_accurate_relative_to_the_capped_score(isa, dtype, path, cap)
     rel = np.abs(got - exact) / np.where(exact == 0, 1, np.abs(exact))
     assert rel.max() <= ulps * eps, f"relative error {rel.max():.3g} at s = {s[rel.argmax()]:.3g}"
     assert got[-1] == 0
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+def test_one_sink_for_every_head(shape):
+    """sinks of shape () or (1,) broadcast to every head: the same as Hq equal
+    values (the kernel reads Hq values; until session 19 it read past a
+    one-element array: wrong numbers, or a fault at a page end), on the SDPA
+    and the KVCache.attend paths, the array right before an unreadable page."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 4, 3, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 4, 5, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 4, 5, 8)).astype(np.float32)
+    one = guarded_copy(np.full(shape, 1.5, np.float32))
+    want = attncore.scaled_dot_product_attention(q, k, v, sinks=np.full(4, 1.5, np.float32))
+    np.testing.assert_allclose(want, formula(q, k, v, sinks=np.full(4, 1.5)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(attncore.scaled_dot_product_attention(q, k, v, sinks=one), want)
+    cache = attncore.KVCache(max_len=8, num_heads=4, head_dim=8)
+    cache.append(k, v)
+    np.testing.assert_array_equal(cache.attend(q, sinks=one, is_causal=False),
+                                  cache.attend(q, sinks=np.full(4, 1.5, np.float32), is_causal=False))
