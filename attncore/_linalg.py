@@ -11,15 +11,32 @@ import numpy as np
 from . import _config, _core, _layout
 
 
-def linear(x, weight, bias=None, num_threads=None, op="linear"):
+def linear(x, weight, bias=None, num_threads=None, op="linear", names=("weight", "bias"), out_features=None):
     """y = x @ weight.T + bias over the last axis of x.
 
     x: (..., K); weight: (N, K), any strides; bias: (N,) or None. All of the
     same float dtype (float32 or float64); returns (..., N) of that dtype.
-    `op` names the public function in errors.
+    `op` names the public function in errors, `names` the weight and bias
+    (a module's parameters can be reassigned: they are checked here, as the
+    kernel reads N x K weights and N biases); `out_features`, if given, is
+    the N the caller needs.
     """
     K = x.shape[-1]
+    for name, a, shape in ((names[0], weight, "(N, %d)" % K), (names[1], bias, None)):
+        if a is None:
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype != x.dtype:
+            what = f"{a.dtype} array" if isinstance(a, np.ndarray) else type(a).__name__
+            raise TypeError(f"{op}: {name} must be a {x.dtype} NumPy array (the layer's dtype); "
+                            f"got a {what}")
+    if weight.ndim != 2 or weight.shape[1] != K or out_features not in (None, weight.shape[0]):
+        n = "N" if out_features is None else out_features
+        raise ValueError(f"{op}: {names[0]} has shape {weight.shape}; the input has {K} features, "
+                         f"so it must be ({n}, {K})")
     N = weight.shape[0]
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"{op}: {names[1]} gives shape {bias.shape} for a projection to {N} "
+                         f"features; it must be ({N},)")
     lead = x.shape[:-1]
     M = int(np.prod(lead))   # (not reshape(-1, K): ambiguous when x is empty)
     x2 = _layout.for_kernel(x.reshape(M, K) if x.ndim != 2 else x)

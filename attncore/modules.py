@@ -258,10 +258,15 @@ class MultiHeadAttention:
         E, kv = self.embed_dim, self.kv_dim
         if self.packed:
             W = self.in_proj_weight
+            if getattr(W, "shape", None) is not None and W.shape[:1] != (E + 2 * kv,):
+                raise ValueError(f"{_MHA}: in_proj_weight has shape {W.shape}; this layer needs "
+                                 f"({E + 2 * kv}, {E}) (the q, k and v projections stacked)")
             Wq, Wk, Wv = W[:E], W[E:E + kv], W[E + kv:]
         else:
             Wq, Wk, Wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         b = self.in_proj_bias
+        if getattr(b, "shape", None) is not None and b.shape != (E + 2 * kv,):
+            raise ValueError(f"{_MHA}: in_proj_bias has shape {b.shape}; this layer needs ({E + 2 * kv},)")
         if b is None:
             return Wq, Wk, Wv, None, None, None
         return Wq, Wk, Wv, b[:E], b[E:E + kv], b[E + kv:]
@@ -281,6 +286,9 @@ class MultiHeadAttention:
             raise ValueError(f"{_MHA}: self-attention (key=None) needs kdim = vdim = embed_dim; "
                              f"this layer has kdim={self.kdim}, vdim={self.vdim}")
         k_in = q_in if key is None else self._input("key", key, self.kdim)
+        if key is not None and value is None and self.kdim != self.vdim:
+            raise ValueError(f"{_MHA}: value=None takes the key as the value, which needs kdim = vdim; "
+                             f"this layer has kdim={self.kdim}, vdim={self.vdim}: pass value")
         v_in = k_in if value is None else self._input("value", value, self.vdim)
         self_attention = k_in is q_in and v_in is q_in
         unbatched = q_in.ndim == 2
@@ -302,13 +310,14 @@ class MultiHeadAttention:
 
         H, Hkv, Dh, E = self.num_heads, self.num_kv_heads, self.head_dim, self.embed_dim
         Wq, Wk, Wv, bq, bk, bv = self._projections()
+        packed = ("in_proj_weight", "in_proj_bias")
         if self.packed and self_attention:
-            qkv = _linalg.linear(q_in, self.in_proj_weight, self.in_proj_bias, threads, _MHA)
+            qkv = _linalg.linear(q_in, self.in_proj_weight, self.in_proj_bias, threads, _MHA, packed)
             q, k, v = qkv[..., :E], qkv[..., E:2 * E], qkv[..., 2 * E:]
         else:
-            q = _linalg.linear(q_in, Wq, bq, threads, _MHA)
-            k = _linalg.linear(k_in, Wk, bk, threads, _MHA)
-            v = _linalg.linear(v_in, Wv, bv, threads, _MHA)
+            q = _linalg.linear(q_in, Wq, bq, threads, _MHA, packed if self.packed else ("q_proj_weight", packed[1]))
+            k = _linalg.linear(k_in, Wk, bk, threads, _MHA, packed if self.packed else ("k_proj_weight", packed[1]))
+            v = _linalg.linear(v_in, Wv, bv, threads, _MHA, packed if self.packed else ("v_proj_weight", packed[1]))
 
         def heads(x, n):
             """(B, L, n*Dh) or (L, B, n*Dh) -> a (B, n, L, Dh) strided view."""
@@ -351,8 +360,11 @@ class MultiHeadAttention:
                                     batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh,
                                     params={}, query_ndim=4)
                 res = _engine.run(_MHA, p, q, k, **attention)
+            out = _linalg.linear(attn.reshape(rows + (E,)), self.out_proj.weight, self.out_proj.bias,
+                                 threads, _MHA, ("out_proj.weight", "out_proj.bias"), out_features=E)
         except BaseException:
-            # a call that fails (a mask or valid_lens of the wrong shape) leaves the
+            # a call that fails (a mask or valid_lens of the wrong shape, a bad
+            # parameter, an interrupt, up to the output projection) leaves the
             # cache and the dropout stream as they were: a caller retrying would
             # otherwise add its tokens twice
             if kv_cache is not None:
@@ -362,8 +374,6 @@ class MultiHeadAttention:
         weights = None
         if need_weights:
             weights = res[1].mean(axis=1) if average_attn_weights else res[1]
-        out = _linalg.linear(attn.reshape(rows + (E,)), self.out_proj.weight, self.out_proj.bias,
-                             threads, _MHA)
         if unbatched:
             out = out[0]
             weights = weights[0] if weights is not None else None

@@ -1,6 +1,8 @@
 """MultiHeadAttention and KVCache: against the pure-Python reference, against
 torch.nn.MultiheadAttention when torch is installed, and decoding with a cache
 against full recomputation."""
+import re
+
 import numpy as np
 import pytest
 
@@ -345,3 +347,67 @@ def test_kdim_vdim_must_be_positive_ints(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=f"{name} must be a positive int"):
         attncore.MultiHeadAttention(8, 2, **kw)
+
+
+# --- reassigned parameters are checked (session 19: a fuzzer's finds) -------
+
+def _mha_and_input(**kw):
+    mha = attncore.MultiHeadAttention(16, 4, seed=0, **kw).eval()
+    x = np.random.default_rng(0).standard_normal((1, 5, 16)).astype(np.float32)
+    return mha, x
+
+
+@pytest.mark.parametrize("param, value, error, words", [
+    ("out_proj.weight", lambda w: w.astype(np.float64), TypeError, "out_proj.weight must be a float32"),
+    ("out_proj.weight", lambda w: w.tolist(), TypeError, "out_proj.weight must be a float32"),
+    ("out_proj.weight", lambda w: w[:, :1].copy(), ValueError, "out_proj.weight has shape (16, 1)"),
+    ("out_proj.weight", lambda w: w[:8].copy(), ValueError, "out_proj.weight has shape (8, 16)"),
+    ("out_proj.bias", lambda b: b[:3].copy(), ValueError, "out_proj.bias gives shape (3,)"),
+    ("in_proj_weight", lambda w: w.astype(np.float64), TypeError, "in_proj_weight must be a float32"),
+    ("in_proj_weight", lambda w: w[:40].copy(), ValueError, "in_proj_weight has shape (40, 16)"),
+    ("in_proj_bias", lambda b: b[:20].copy(), ValueError, "in_proj_bias has shape (20,)"),
+])
+def test_reassigned_parameters_are_checked(param, value, error, words):
+    """A parameter of the wrong dtype or shape is an error naming it (the
+    kernel used to read past it: garbage, NaN or a fault), and a decode step
+    that fails on it leaves the KV cache as it was."""
+    mha, x = _mha_and_input()
+    owner, name = (mha.out_proj, param.split(".")[1]) if "." in param else (mha, param)
+    cache = attncore.KVCache(max_len=32, num_heads=4, head_dim=4)
+    mha(x, kv_cache=cache)
+    setattr(owner, name, value(getattr(owner, name)))
+    with pytest.raises(error, match=re.escape(words)):
+        mha(x[:, :1], kv_cache=cache)
+    assert len(cache) == 5
+
+
+def test_value_defaults_to_key_only_when_their_sizes_agree():
+    mha = attncore.MultiHeadAttention(8, 2, kdim=6, vdim=4, seed=0)
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 3, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 5, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match="value=None takes the key as the value, which needs kdim = vdim"):
+        mha(q, k)
+
+
+def test_out_projection_interrupted_leaves_the_cache(monkeypatch):
+    """An error (or an interrupt) in the output projection -- after the
+    attention ran -- restores the cache and the dropout stream too."""
+    from attncore import _linalg
+    mha, x = _mha_and_input(dropout=0.5)
+    mha.train()
+    cache = attncore.KVCache(max_len=32, num_heads=4, head_dim=4)
+    mha(x, kv_cache=cache)
+    state = mha._dropout_rng.bit_generator.state
+    real = _linalg.linear
+
+    def failing(x, weight, bias=None, num_threads=None, op="linear", names=("weight", "bias"), **kw):
+        if names[0] == "out_proj.weight":
+            raise KeyboardInterrupt
+        return real(x, weight, bias, num_threads, op, names, **kw)
+
+    monkeypatch.setattr(_linalg, "linear", failing)
+    with pytest.raises(KeyboardInterrupt):
+        mha(x[:, :1], kv_cache=cache)
+    assert len(cache) == 5
+    assert mha._dropout_rng.bit_generator.state == state
