@@ -711,11 +711,19 @@ def kv_attend_fast(str op, q, k, v, ks, vs, int64_t length, int io, is_causal, s
                        True, threads, isa, &vks, &vvs)
 
 
+# The most threads a call starts: more than the CPUs never pays, and a huge
+# request made the OpenMP runtime exit the process when it could not create
+# them (an address-space limit); results do not depend on the count.
+import os as _os
+MAX_THREADS = max(64, _os.cpu_count() or 1)
+cdef int _MAX_THREADS = MAX_THREADS
+
+
 cdef int _fast_threads(num_threads):
     """num_threads of the common call, or -1 if it needs the general checks."""
     if num_threads is None:
         return attn_default_threads()
-    if type(num_threads) is int and 0 < num_threads < 65536:
+    if type(num_threads) is int and 0 < num_threads <= _MAX_THREADS:
         return num_threads
     return -1
 

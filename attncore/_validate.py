@@ -138,7 +138,7 @@ def num_threads(op, value):
         raise TypeError(f"{op}: num_threads must be a positive int or None; got {value!r}")
     if value <= 0:
         raise ValueError(f"{op}: num_threads must be >= 1; got {value}")
-    return int(min(value, 1 << 16))
+    return int(min(value, _core.MAX_THREADS))   # (the same bits for any count)
 
 
 def real_number(op, name, value):

@@ -112,3 +112,18 @@ def test_forked_children_do_not_hang():
     r = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[(True, True), (True, True)]"
+
+
+def test_a_huge_thread_request_is_cut_to_the_cap():
+    """num_threads past max(64, cpu_count) runs on that many (the OpenMP
+    runtime used to try one thread per work unit, and ended the process when
+    an address-space limit stopped it), on the fast and the general path,
+    with the same bits as one thread."""
+    from attncore._engine import plan_info
+    q = np.random.default_rng(0).standard_normal((64, 16, 64, 16)).astype(np.float32)
+    sdpa = attncore.scaled_dot_product_attention
+    assert plan_info(sdpa, q, q, q, num_threads=65535, return_lse=True)["threads"] <= _core.MAX_THREADS
+    assert plan_info(sdpa, q, q, q, num_threads=1 << 40)["threads"] <= _core.MAX_THREADS
+    one = sdpa(q, q, q, num_threads=1)
+    np.testing.assert_array_equal(sdpa(q, q, q, num_threads=65535), one)                    # fast path
+    np.testing.assert_array_equal(sdpa(q, q, q, num_threads=65535, return_lse=True)[0], one)   # general
