@@ -728,6 +728,10 @@ _KERNEL_KEYWORDS = {"softcap": "softcap", "s_aux": "sinks"}
 # arrived with issue 10): a line here makes a model that uses the feature
 # raise NotImplementedError naming it, instead of passing it on.
 _NOT_YET_IN_KERNEL: dict = {}
+# Keywords some models pass to their attention function that change the
+# result and that attncore cannot honour: an error rather than ignored.
+_UNSUPPORTED_KEYWORDS = {"sinks": "per-query attention sinks, as Inkling2's; gpt-oss's per-head "
+                                  "s_aux sinks are supported"}
 
 
 def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -793,6 +797,12 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
                 f"{_NOT_YET_IN_KERNEL[name]}, which attncore's kernel does not support yet; "
                 f"use attn_implementation='eager' for this model")
         extras[_KERNEL_KEYWORDS[name]] = val
+    for name in _UNSUPPORTED_KEYWORDS:
+        if kwargs.get(name) is not None:   # (ignoring it would change the result silently)
+            raise NotImplementedError(
+                f"attn_implementation='attncore': {type(module).__name__} passes {name}= "
+                f"({_UNSUPPORTED_KEYWORDS[name]}), which attncore does not support; use "
+                f"attn_implementation='eager' for this model")
     if cache is not None:
         raise NotImplementedError(
             f"attn_implementation='attncore': a paged cache ({type(cache).__name__}, continuous "
@@ -906,9 +916,13 @@ def _check_hf_model(config):
         uses = True
         try:
             import transformers
-            from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+            from transformers.models.auto import modeling_auto
 
-            name = MODEL_MAPPING_NAMES.get(model_type)
+            name = None   # the base model's class, else the causal LM's (TrOCR has only that)
+            for table in ("MODEL_MAPPING_NAMES", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"):
+                name = getattr(modeling_auto, table, {}).get(model_type)
+                if isinstance(name, str):
+                    break
             cls = getattr(transformers, name, None) if isinstance(name, str) else None
             test = getattr(cls, "_can_set_attn_implementation", None)
             # (the test reads the model's source: where it cannot, it says False,

@@ -102,6 +102,31 @@ def test_a_model_with_its_own_attention_layers_is_refused():
         at._check_hf_model(type("Config", (), {"model_type": model_type})())
 
 
+def test_a_causal_lm_only_model_with_its_own_layers_is_refused():
+    # TrOCR has no base-model entry (MODEL_MAPPING_NAMES), only a causal LM;
+    # its layers add the mask to their scores: it used to run, non-causal
+    from transformers import TrOCRConfig, TrOCRForCausalLM
+
+    at.register()
+    cfg = TrOCRConfig(vocab_size=100, d_model=32, decoder_layers=1, decoder_attention_heads=4,
+                      decoder_ffn_dim=64, max_position_embeddings=32, pad_token_id=0)
+    model = TrOCRForCausalLM._from_config(cfg, attn_implementation="attncore").eval()
+    with pytest.raises(ValueError, match="trocr models compute attention in their own layers.*'eager'"):
+        with torch.inference_mode():
+            model(torch.tensor([[5, 6, 7]]))
+
+
+def test_per_query_sinks_are_refused_not_dropped():
+    # Inkling2-style sinks= (B, H, Lq, 1) cannot run in the kernel; ignoring
+    # them changed the result silently
+    q = torch.randn(1, 2, 3, 8)
+    module = torch.nn.Module()
+    with pytest.raises(NotImplementedError, match="passes sinks= .*'eager'"):
+        at.hf_attention(module, q, q, q, None, sinks=torch.zeros(1, 2, 3, 1))
+    out, _ = at.hf_attention(module, q, q, q, None, sinks=None)   # (None is no sinks)
+    assert out.shape == (1, 3, 2, 8)
+
+
 def test_unreadable_model_source_is_no_verdict(monkeypatch):
     # transformers' test reads the modeling source; where it cannot (a .pyc-only
     # install) it answers False, which must not refuse every model
