@@ -881,8 +881,24 @@ def _hf_mask(*args, **kwargs):
     """The mask function of ``"attncore"``: transformers' ``sdpa_mask`` (bool,
     True = attend), once the model is known to run its attention through
     the attention interface (_check_hf_model)."""
-    _check_hf_model(kwargs.get("config"))
+    config = kwargs.get("config")
+    _check_hf_model(config)
+    if _shares_kv_layers(config):
+        # Gemma 4's KV-shared layers drop prompt queries (Lq < Lk) unless the
+        # mask is None *and* the implementation is named "sdpa": a None mask
+        # (causality alone) would then be read top-left, which is wrong for
+        # them; a real mask is sliced with the queries
+        kwargs["allow_is_causal_skip"] = False
     return _sdpa_mask(*args, **kwargs)
+
+
+def _shares_kv_layers(config):
+    """Whether a model reuses earlier layers' keys/values (Gemma 4's
+    num_kv_shared_layers), in its config or its text config."""
+    for c in (config, getattr(config, "get_text_config", lambda: None)()):
+        if isinstance(getattr(c, "num_kv_shared_layers", None), int) and c.num_kv_shared_layers > 0:
+            return True
+    return False
 
 
 _USES_INTERFACE: dict = {}   # model_type -> whether its attention layers call the interface

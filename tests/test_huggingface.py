@@ -376,3 +376,29 @@ def test_output_attentions_is_said_to_be_unsupported(caplog):
     with caplog.at_level("WARNING"), torch.inference_mode():
         LlamaForCausalLM(cfg).eval()(torch.randint(3, 100, (1, 6)), output_attentions=True)
     assert "does not return attention weights" in caplog.text
+
+
+def test_kv_shared_layers_keep_their_mask():
+    # Gemma 4's KV-shared layers drop prompt queries (logits_to_keep) unless the
+    # mask is None and the implementation is "sdpa"; with attncore's skipped
+    # mask they ran Lq < Lk top-left: wrong logits. The mask is now kept.
+    Gemma4TextConfig = getattr(transformers, "Gemma4TextConfig", None)
+    if Gemma4TextConfig is None:
+        pytest.skip("this transformers has no Gemma 4")
+    from transformers import Gemma4ForCausalLM
+
+    at.register()
+    cfg = Gemma4TextConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16,
+                           sliding_window=512, layer_types=["sliding_attention", "full_attention"] * 2,
+                           num_kv_shared_layers=2, vocab_size_per_layer_input=100,
+                           hidden_size_per_layer_input=16, max_position_embeddings=128,
+                           initializer_range=0.1, pad_token_id=0)
+    torch.manual_seed(0)
+    ref = Gemma4ForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="sdpa").eval()
+    new = Gemma4ForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="attncore").eval()
+    new.load_state_dict(ref.state_dict())
+    ids = torch.randint(1, 100, (1, 10), generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        full = ref(ids).logits
+        torch.testing.assert_close(new(ids, logits_to_keep=4).logits, full[:, -4:], rtol=1e-4, atol=1e-4)
