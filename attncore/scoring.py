@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import numpy as np
 
 from . import _engine, _linalg
@@ -129,8 +131,18 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
     qp = _linalg.linear(p.q, Wq, b, num_threads=threads, op=op)
     kp = _linalg.linear(p.k, Wk, num_threads=threads, op=op)
     # scale * w^T tanh(...), the product taken in float64 (scale alone may be out of float32's range)
-    with np.errstate(over="ignore"):
-        w = (w.astype(np.float64) * V.real_number(op, "scale", scale)).astype(p.compute)
+    with np.errstate(over="ignore", invalid="ignore"):
+        w64 = w.astype(np.float64) * V.real_number(op, "scale", scale)
+        # the kernel takes the scores to log2 units through 2 log2(e) w_h (its
+        # tanh form) and log2(e) sum_h w_h: past the compute dtype's range
+        # those are inf and every row inf - inf (NaN) or zeros
+        limit = float(np.finfo(p.compute).max) / (2 * math.log2(math.e))
+        total = float(np.abs(w64[~np.isnan(w64)]).sum())
+    if not total < limit:
+        raise ValueError(f"{op}: scale * w_score is too large for {np.dtype(p.compute).name}: "
+                         f"sum_h |scale w_h| = {total:.4g}, and the scores need it below {limit:.4g} "
+                         f"(FLT_MAX / (2 log2 e) for float32); rescale w_score")
+    w = w64.astype(p.compute)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
                        num_threads=threads, return_weights=return_weights, return_lse=return_lse,
