@@ -430,8 +430,13 @@ class MultiHeadAttention:
     def _as_sdpa_mask(self, name, m):
         if m.dtype == np.bool_:
             return ~m  # torch: True = masked out; SDPA: True = may attend
-        if np.issubdtype(m.dtype, np.floating):
-            return m.astype(self.dtype, copy=False)
+        if m.dtype == self.dtype:
+            return m
+        if np.issubdtype(m.dtype, np.floating) or V._is_half(m.dtype):
+            # as torch's MultiheadAttention and this library's SDPA: a float
+            # mask is in the layer's dtype, never rounded or widened silently
+            raise TypeError(f"{_MHA}: {name} is {m.dtype} but the layer is {self.dtype}; pass it as "
+                            f"{self.dtype} ({name}.astype(np.{self.dtype})) or as a bool mask")
         raise TypeError(f"{_MHA}: {name} must be bool (True = masked out) or float; got {m.dtype}")
 
     def __repr__(self):

@@ -650,8 +650,11 @@ class MultiheadAttention(nn.MultiheadAttention):
     def _convention(name, m, dtype):
         if m.dtype == torch.bool:
             return ~m     # torch MHA: True = masked out; SDPA: True = may attend
-        if m.is_floating_point():
-            return m.to(dtype)
+        if m.dtype == dtype:
+            return m
+        if m.is_floating_point():   # (torch's MultiheadAttention raises too)
+            raise TypeError(f"MultiheadAttention: {name} is {m.dtype} but the query is {dtype}; pass it "
+                            f"as {dtype} ({name}.to({dtype})) or as a bool mask")
         raise TypeError(f"MultiheadAttention: {name} must be bool (True = masked out) or float "
                         f"(added to the scores); got {m.dtype}")
 

@@ -411,3 +411,15 @@ def test_out_projection_interrupted_leaves_the_cache(monkeypatch):
         mha(x[:, :1], kv_cache=cache)
     assert len(cache) == 5
     assert mha._dropout_rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize("name", ["attn_mask", "key_padding_mask"])
+@pytest.mark.parametrize("mask_dtype", [np.float64, np.float16])
+def test_float_mask_of_another_dtype_is_an_error(name, mask_dtype):
+    """As in torch's MultiheadAttention and this library's SDPA: a float mask
+    is in the layer's dtype (it used to be rounded or widened silently)."""
+    mha, x = _mha_and_input()
+    shape = (5, 5) if name == "attn_mask" else (1, 5)
+    with pytest.raises(TypeError, match=f"{name} is {np.dtype(mask_dtype).name} but the layer is float32"):
+        mha(x, **{name: np.zeros(shape, mask_dtype)})
+    mha(x, **{name: np.zeros(shape, np.float32)})   # the layer's dtype runs

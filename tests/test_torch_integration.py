@@ -567,3 +567,16 @@ def test_attncore_mha_built_directly_in_an_encoder_layer(attncore_calls):
         got = layer(x)
     assert attncore_calls == {"attncore": 1, "fused": 1}
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["attn_mask", "key_padding_mask"])
+def test_multihead_float_mask_of_another_dtype_is_an_error(name):
+    """torch's MultiheadAttention raises for a float mask not in the query's
+    dtype; so does the drop-in (it used to cast it silently)."""
+    m = at.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 3, 8)
+    shape = (3, 3) if name == "attn_mask" else (2, 3)
+    with torch.no_grad():
+        with pytest.raises(TypeError, match=f"{name} is torch.float64 but the query is torch.float32"):
+            m(x, x, x, **{name: torch.zeros(shape, dtype=torch.float64)})
+        m(x, x, x, **{name: torch.zeros(shape)})
