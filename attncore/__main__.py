@@ -116,6 +116,17 @@ def benchmark(shapes, threads, rounds=2):
     return rows
 
 
+def _positive_int(text):
+    """--threads: an int >= 1 (argparse reports anything else as a usage error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return n
+
+
 def print_table(rows, threads):
     print(f"\nbenchmark: float32, {threads} threads, best of repeated runs "
           f"(GFLOP/s = 4*B*Hq*Lq*Lk*D / time, full count also when causal)")
@@ -131,7 +142,7 @@ def print_table(rows, threads):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m attncore", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny benchmark shapes (smoke test)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for every implementation")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="threads for every implementation")
     parser.add_argument("--no-bench", action="store_true", help="skip the benchmark table")
     args = parser.parse_args(argv)
     threads = args.threads or _config.default_threads()

@@ -34,6 +34,15 @@ def test_cli_no_bench():
     assert r.returncode == 0 and "benchmark" not in r.stdout.split("self-check")[1]
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_cli_threads_must_be_positive(value):
+    # a usage error before any work (-1 used to end in a library traceback
+    # after the self-check, and 0 silently meant the default)
+    r = run(["-m", "attncore", "--threads", value, "--no-bench"], timeout=60)
+    assert r.returncode == 2 and "--threads: must be a positive integer" in r.stderr, r.stderr
+    assert "self-check" not in r.stdout
+
+
 @pytest.mark.skipif(not BENCH_FILES, reason="no benchmark files found")
 @pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: p.name)
 def test_benchmark_file_runs(path):
