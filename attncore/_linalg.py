@@ -22,10 +22,10 @@ def linear(x, weight, bias=None, num_threads=None, op="linear", names=("weight",
     the N the caller needs.
     """
     K = x.shape[-1]
-    for name, a, shape in ((names[0], weight, "(N, %d)" % K), (names[1], bias, None)):
+    for name, a in ((names[0], weight), (names[1], bias)):
         if a is None:
             continue
-        if not isinstance(a, np.ndarray) or a.dtype != x.dtype:
+        if not isinstance(a, np.ndarray) or a.dtype.newbyteorder("=") != x.dtype:   # (any byte order)
             what = f"{a.dtype} array" if isinstance(a, np.ndarray) else type(a).__name__
             raise TypeError(f"{op}: {name} must be a {x.dtype} NumPy array (the layer's dtype); "
                             f"got a {what}")

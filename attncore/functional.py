@@ -93,7 +93,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     softcap : float > 0, optional
         Logit soft-capping (Gemma 2): score -> softcap * tanh(score / softcap),
         on the scaled score before masks.
-    sinks : (Hq,) float array, optional
+    sinks : (Hq,) float array (or one value: () or (1,)), optional
         Attention sinks (gpt-oss): one learned logit per query head joins
         every row's softmax denominator (it has no value): weights sum to
         less than 1, and a row with no visible key gives zeros, lse = sink.

@@ -258,12 +258,16 @@ class MultiHeadAttention:
         E, kv = self.embed_dim, self.kv_dim
         if self.packed:
             W = self.in_proj_weight
-            if getattr(W, "shape", None) is not None and W.shape[:1] != (E + 2 * kv,):
+            if getattr(W, "shape", None) is not None and W.shape != (E + 2 * kv, E):
                 raise ValueError(f"{_MHA}: in_proj_weight has shape {W.shape}; this layer needs "
                                  f"({E + 2 * kv}, {E}) (the q, k and v projections stacked)")
             Wq, Wk, Wv = W[:E], W[E:E + kv], W[E + kv:]
         else:
             Wq, Wk, Wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+            for name, w, want in (("q_proj_weight", Wq, (E, E)), ("k_proj_weight", Wk, (kv, self.kdim)),
+                                  ("v_proj_weight", Wv, (kv, self.vdim))):
+                if getattr(w, "shape", None) is not None and w.shape != want:
+                    raise ValueError(f"{_MHA}: {name} has shape {w.shape}; this layer needs {want}")
         b = self.in_proj_bias
         if getattr(b, "shape", None) is not None and b.shape != (E + 2 * kv,):
             raise ValueError(f"{_MHA}: in_proj_bias has shape {b.shape}; this layer needs ({E + 2 * kv},)")

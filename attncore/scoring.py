@@ -137,11 +137,13 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
         # tanh form) and log2(e) sum_h w_h: past the compute dtype's range
         # those are inf and every row inf - inf (NaN) or zeros
         limit = float(np.finfo(p.compute).max) / (2 * math.log2(math.e))
-        total = float(np.abs(w64[~np.isnan(w64)]).sum())
-    if not total < limit:
+        finite = w64[~np.isnan(w64)]
+        largest, total = float(np.abs(finite).max(initial=0.0)), abs(float(finite.sum()))
+    if not (largest < limit and total < 2 * limit):
         raise ValueError(f"{op}: scale * w_score is too large for {np.dtype(p.compute).name}: "
-                         f"sum_h |scale w_h| = {total:.4g}, and the scores need it below {limit:.4g} "
-                         f"(FLT_MAX / (2 log2 e) for float32); rescale w_score")
+                         f"max_h |scale w_h| = {largest:.4g} and |sum_h scale w_h| = {total:.4g}; "
+                         f"the kernel needs them below {limit:.4g} and {2 * limit:.4g} "
+                         f"(finfo.max / (2 log2 e) and finfo.max / log2 e); rescale w_score")
     w = w64.astype(p.compute)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,

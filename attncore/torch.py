@@ -650,8 +650,8 @@ class MultiheadAttention(nn.MultiheadAttention):
     def _convention(name, m, dtype):
         if m.dtype == torch.bool:
             return ~m     # torch MHA: True = masked out; SDPA: True = may attend
-        if m.dtype == dtype:
-            return m
+        if m.dtype == dtype or (m.dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16)):
+            return m   # (a float32 mask with 16-bit queries is added unrounded, as in SDPA)
         if m.is_floating_point():   # (torch's MultiheadAttention raises too)
             raise TypeError(f"MultiheadAttention: {name} is {m.dtype} but the query is {dtype}; pass it "
                             f"as {dtype} ({name}.to({dtype})) or as a bool mask")
@@ -761,7 +761,9 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
         As passed by transformers. ``softcap`` (Gemma 2's logit soft-capping)
         and ``s_aux`` (gpt-oss's attention sinks) run in the kernel; a paged
         (continuous-batching) ``cache`` raises NotImplementedError. Other
-        keywords are ignored.
+        keywords are ignored, except ``sinks=`` (per-query sinks, which raise
+        NotImplementedError). A KV-shared layer (Gemma 4) given fewer queries
+        than keys and no mask is causal bottom-right.
 
     With an :class:`AttncoreCache` as ``past_key_values``, `key` and `value`
     are the placeholders its layers return; the attention then runs on that
@@ -819,6 +821,14 @@ def hf_attention(module, query, key, value, attention_mask, dropout=0.0, scaling
     # as sdpa: causality from the flag only when there is no mask (the mask
     # already has it), and never for one query row (it sees every cached key)
     is_causal = bool(query.shape[2] > 1 and attention_mask is None and is_causal)
+    Lq, Lk = query.shape[2], key.shape[2]
+    if is_causal and Lq < Lk and getattr(module, "is_kv_shared_layer", False):
+        # Gemma 4's KV-shared layers keep only the last queries (logits_to_keep)
+        # of a prompt whose mask was skipped: their causality is bottom-right
+        # (transformers turns that slicing off for "sdpa" by name only). A
+        # bool mask of the few kept rows says so on every path.
+        attention_mask = torch.ones(Lq, Lk, dtype=torch.bool, device=query.device).tril(Lk - Lq)
+        is_causal = False
     if isinstance(key, _AttncoreCacheRef) or isinstance(value, _AttncoreCacheRef):
         return _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling,
                              position_bias, extras), None
@@ -884,24 +894,8 @@ def _hf_mask(*args, **kwargs):
     """The mask function of ``"attncore"``: transformers' ``sdpa_mask`` (bool,
     True = attend), once the model is known to run its attention through
     the attention interface (_check_hf_model)."""
-    config = kwargs.get("config")
-    _check_hf_model(config)
-    if _shares_kv_layers(config):
-        # Gemma 4's KV-shared layers drop prompt queries (Lq < Lk) unless the
-        # mask is None *and* the implementation is named "sdpa": a None mask
-        # (causality alone) would then be read top-left, which is wrong for
-        # them; a real mask is sliced with the queries
-        kwargs["allow_is_causal_skip"] = False
+    _check_hf_model(kwargs.get("config"))
     return _sdpa_mask(*args, **kwargs)
-
-
-def _shares_kv_layers(config):
-    """Whether a model reuses earlier layers' keys/values (Gemma 4's
-    num_kv_shared_layers), in its config or its text config."""
-    for c in (config, getattr(config, "get_text_config", lambda: None)()):
-        if isinstance(getattr(c, "num_kv_shared_layers", None), int) and c.num_kv_shared_layers > 0:
-            return True
-    return False
 
 
 _USES_INTERFACE: dict = {}   # model_type -> whether its attention layers call the interface

@@ -151,7 +151,7 @@ def _c_compiler():
     import shlex
     import shutil
     import sysconfig
-    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     return cc if shutil.which(cc[0]) else None
 
 
@@ -165,6 +165,8 @@ def test_dispatch_of_a_build_that_skips_levels(kept, tmp_path):
         pytest.skip(f"this build has no {kept} kernels to keep")
     import pathlib
     csrc = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    if not (csrc / "dispatch" / "cpu_features.c").exists():
+        pytest.skip("the C sources are not next to the tests (an installed package)")
     flags = _setup_isa_flags()
     common = ["-O0", "-I", str(csrc / "include"), "-I", str(csrc)]
 

@@ -423,3 +423,20 @@ def test_float_mask_of_another_dtype_is_an_error(name, mask_dtype):
     with pytest.raises(TypeError, match=f"{name} is {np.dtype(mask_dtype).name} but the layer is float32"):
         mha(x, **{name: np.zeros(shape, mask_dtype)})
     mha(x, **{name: np.zeros(shape, np.float32)})   # the layer's dtype runs
+
+
+def test_unpacked_projection_of_the_wrong_shape_is_named():
+    mha = attncore.MultiHeadAttention(16, 4, kdim=8, vdim=8, seed=0)
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((1, 3, 16)).astype(np.float32)
+    k = rng.standard_normal((1, 5, 8)).astype(np.float32)
+    mha.q_proj_weight = mha.q_proj_weight[:8].copy()
+    with pytest.raises(ValueError, match=re.escape("q_proj_weight has shape (8, 16); this layer needs (16, 16)")):
+        mha(q, k, k)
+
+
+def test_a_weight_in_the_other_byte_order_is_accepted():
+    mha, x = _mha_and_input()
+    want, _ = mha(x)
+    mha.out_proj.weight = mha.out_proj.weight.astype(">f4")
+    np.testing.assert_array_equal(mha(x)[0], want)

@@ -333,20 +333,21 @@ def test_additive_scale_beyond_float32_folds_in_float64():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_additive_scale_times_w_score_range(dtype):
-    """sum_h |scale w_h| below finfo.max / (2 log2 e) runs and matches the
-    reference; at or past it (or with an infinite w_h) it is a ValueError,
-    where the kernel's log2-unit factors overflowed (rows of zeros or NaN)."""
+    """Each |scale w_h| below L = finfo.max / (2 log2 e) and |sum_h scale w_h|
+    below 2L runs and matches the reference; past either (or with an
+    infinite w_h) it is a ValueError, where the kernel's log2-unit factors
+    overflowed (rows of zeros or NaN)."""
     rng = np.random.default_rng(5)
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, 1, 3, 4), (1, 1, 6, 4), (1, 1, 6, 2)))
     Wq, Wk = (rng.standard_normal((2, 4)).astype(dtype) for _ in range(2))
     limit = float(np.finfo(dtype).max) / (2 * np.log2(np.e))
-    w = np.array([0.6, 0.3], dtype) * dtype(limit)
+    w = np.array([0.99, 0.99], dtype) * dtype(limit)   # each below the limit, the sum below twice it
     got = attncore.additive_attention(q, k, v, Wq, Wk, w)
     want = R.additive_attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
                                 Wq.astype(np.float64), Wk.astype(np.float64), w.astype(np.float64))
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    for bad, scale in ((np.array([0.7, 0.4], dtype) * dtype(limit), 1.0), (np.array([1.0, 1.0], dtype), 0.6 * limit),
+    for bad, scale in ((np.array([1.01, 0.0], dtype) * dtype(limit), 1.0), (np.array([1.0, 1.0], dtype), 1.01 * limit),
                        (np.array([np.inf, 1.0], dtype), 1.0)):
         with pytest.raises(ValueError, match="scale \\* w_score is too large"):
             attncore.additive_attention(q, k, v, Wq, Wk, bad, scale=scale)

@@ -580,3 +580,20 @@ def test_multihead_float_mask_of_another_dtype_is_an_error(name):
         with pytest.raises(TypeError, match=f"{name} is torch.float64 but the query is torch.float32"):
             m(x, x, x, **{name: torch.zeros(shape, dtype=torch.float64)})
         m(x, x, x, **{name: torch.zeros(shape)})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_multihead_float32_mask_with_half_queries_runs(dtype):
+    """torch takes a float32 mask with 16-bit queries (TransformerEncoder's
+    generate_square_subsequent_mask on a bf16 model); so does the drop-in,
+    with torch's result."""
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(8, 2, batch_first=True).to(dtype).eval()
+    m = at.MultiheadAttention.from_torch(ref)
+    x = torch.randn(2, 3, 8, dtype=dtype)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(3)
+    with torch.no_grad():
+        out, _ = m(x, x, x, attn_mask=causal, need_weights=False)
+        want, _ = ref(x, x, x, attn_mask=causal, need_weights=False)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
