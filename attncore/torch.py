@@ -1009,9 +1009,19 @@ class _AttncoreCacheRef(Tensor):
         which = refs[0].which if refs else "keys/values"     # refs may sit inside a list arg
         storage = refs[0].layer.storage if refs else "compact"
         name = getattr(func, "__name__", repr(func))
+        said = f"{name}() got the {which} that an attncore.torch.AttncoreCache layer returned: they "
+        config = getattr(refs[0].layer, "_config", None) if refs else None
+        if getattr(config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
+            # the model does run "attncore": its attention layer itself computes on the
+            # cached keys/values before the attention call (JetMoe repeats them,
+            # DiffLlama splits them), which placeholders cannot serve
+            raise TypeError(
+                said + f"hold no values, only attn_implementation='attncore''s attention function "
+                f"reads the cache's {storage} storage, and this model's attention layer computes "
+                f"{name}() on the cached {which} itself before calling it. An AttncoreCache cannot "
+                f"serve such a model; decode it with transformers' default cache (DynamicCache)")
         raise TypeError(
-            f"{name}() got the {which} that an attncore.torch.AttncoreCache layer returned: they "
-            f"hold no values (the cache's {storage} storage is read by "
+            said + f"hold no values (the cache's {storage} storage is read by "
             f"attn_implementation='attncore' only). Run the model with "
             f"model.set_attn_implementation('attncore') (after attncore.torch.register()), and "
             f"build the cache from that model's config, AttncoreCache(model.config, ...): with "

@@ -118,6 +118,20 @@ def test_a_causal_lm_only_model_with_its_own_layers_is_refused():
             model(torch.tensor([[5, 6, 7]]))
 
 
+def test_a_model_that_picks_its_attention_class_by_name_fails_at_build():
+    # Falcon looks its attention class up in a table keyed by the implementation
+    # name: "attncore" is not there, and transformers raises before any forward
+    # (README: Hugging Face). It must not build and run something else.
+    from transformers import FalconConfig, FalconForCausalLM
+
+    if FalconForCausalLM._can_set_attn_implementation():
+        pytest.skip("this transformers runs Falcon through the attention interface")
+    at.register()
+    cfg = FalconConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises((KeyError, ValueError), match="attncore"):
+        FalconForCausalLM._from_config(cfg, attn_implementation="attncore")
+
+
 def test_per_query_sinks_are_refused_not_dropped():
     # Inkling2-style sinks= (B, H, Lq, 1) cannot run in the kernel; ignoring
     # them changed the result silently
