@@ -177,6 +177,15 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
+        """The positions the buffers hold now: ``max_len`` until a ``grow=True``
+        cache doubles them for a longer append.
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=4, num_heads=1, head_dim=2, grow=True)
+        >>> cache.append(np.ones((1, 1, 6, 2), np.float32), np.ones((1, 1, 6, 2), np.float32))
+        >>> cache.capacity, len(cache)
+        (8, 6)
+        """
         return self._k.shape[2] if self._k is not None else self.max_len
 
     def _decoded(self, data, scale):
@@ -192,18 +201,46 @@ class KVCache:
     @property
     def keys(self) -> Optional[np.ndarray]:
         """(B, H, len, Dh) cached keys: a view for float32/float64 storage, a
-        decoded float32 copy for the compact formats."""
+        decoded float32 copy for the compact formats (None before the first
+        append).
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2, dtype="bfloat16")
+        >>> k = np.array([[[[1.0, 1 / 3]]]], np.float32)
+        >>> cache.append(k, k)
+        >>> cache.keys          # stored rounded to bfloat16
+        array([[[[1.       , 0.33398438]]]], dtype=float32)
+        """
         return self._decoded(self._k, self._ks) if self._k is not None else None
 
     @property
     def values(self) -> Optional[np.ndarray]:
-        """(B, H, len, Dh) cached values (see keys)."""
+        """(B, H, len, Dh) cached values (see keys).
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2, dtype="int8")
+        >>> cache.append(np.zeros((1, 1, 1, 2), np.float32), np.array([[[[2.0, -1.0]]]], np.float32))
+        >>> cache.values        # int8, scale 2/127: -1 is stored as -64/127 * 2
+        array([[[[ 2.      , -1.007874]]]], dtype=float32)
+        """
         return self._decoded(self._v, self._vs) if self._v is not None else None
 
     def append(self, key: ArrayLike, value: ArrayLike) -> None:
         """Append keys/values of shape (B, H, T, Dh) (T new positions), in the
         cache's dtype (float32 for the compact formats, which store them
-        rounded or quantized)."""
+        rounded or quantized).
+
+        The first append (and the first after :meth:`reset`) sets the batch
+        size B; later ones must match it. Past ``max_len`` positions a
+        ``grow=True`` cache doubles its buffers, another raises ValueError.
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=16, num_heads=2, head_dim=4)
+        >>> cache.append(np.zeros((1, 2, 5, 4), np.float32), np.zeros((1, 2, 5, 4), np.float32))
+        >>> cache.append(np.ones((1, 2, 1, 4), np.float32), np.ones((1, 2, 1, 4), np.float32))
+        >>> len(cache), cache.keys.shape
+        (6, (1, 2, 6, 4))
+        """
         k: np.ndarray = V.native(V.as_array(key, "key", "KVCache.append"))
         v: np.ndarray = V.native(V.as_array(value, "value", "KVCache.append"))
         expect = f"(B, {self.num_heads}, T, {self.head_dim})"
@@ -331,7 +368,16 @@ class KVCache:
 
     @property
     def batch(self) -> Optional[int]:
-        """The batch size of the stored keys/values (None before the first append)."""
+        """The batch size of the stored keys/values (None before the first append).
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2)
+        >>> cache.batch is None
+        True
+        >>> cache.append(np.ones((3, 1, 2, 2), np.float32), np.ones((3, 1, 2, 2), np.float32))
+        >>> cache.batch
+        3
+        """
         return None if self._k is None else self._k.shape[0]
 
     def truncate(self, length: int) -> None:
@@ -385,7 +431,15 @@ class KVCache:
                 setattr(self, name, np.ascontiguousarray(buf[idx]))
 
     def reset(self) -> None:
-        """Forget every cached position (buffers are kept for reuse)."""
+        """Forget every cached position (buffers are kept for reuse; the next
+        append may start another batch size).
+
+        >>> import numpy as np, attncore
+        >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2)
+        >>> cache.append(np.ones((1, 1, 3, 2), np.float32), np.ones((1, 1, 3, 2), np.float32))
+        >>> cache.reset(); len(cache)
+        0
+        """
         self._length = 0
         if self._k is not None and self._k.shape[2] != self.max_len:
             self._k = self._v = self._ks = self._vs = None

@@ -32,7 +32,10 @@ class _Linear:
 
 def _to_numpy(x):
     if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":   # NumPy has no bfloat16: widen (exact)
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x)
 
 
@@ -147,12 +150,22 @@ class MultiHeadAttention:
         self._init_parameters(seed)
 
     def train(self, mode: bool = True) -> "MultiHeadAttention":
-        """Training mode (dropout applies) or, with mode=False, eval mode. Returns self."""
+        """Training mode (dropout applies) or, with mode=False, eval mode. Returns self.
+
+        >>> import attncore
+        >>> attncore.MultiHeadAttention(8, 2, dropout=0.1).train().training
+        True
+        """
         self.training = V.flag(_MHA, "mode", mode)
         return self
 
     def eval(self) -> "MultiHeadAttention":
-        """Eval mode: no dropout. Returns self."""
+        """Eval mode: no dropout. Returns self.
+
+        >>> import attncore
+        >>> attncore.MultiHeadAttention(8, 2, dropout=0.1).train().eval().training
+        False
+        """
         return self.train(False)
 
     # -- parameters ----------------------------------------------------------
@@ -192,7 +205,25 @@ class MultiHeadAttention:
         return shapes
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """The parameters under torch.nn.MultiheadAttention's state_dict keys."""
+        """The parameters under torch.nn.MultiheadAttention's state_dict keys.
+
+        Returns
+        -------
+        dict of name -> the parameter array itself (not a copy):
+        ``out_proj.weight`` (E, E), ``in_proj_weight`` (3E, E) or
+        ``q_proj_weight`` (E, E) / ``k_proj_weight`` (E, kdim) /
+        ``v_proj_weight`` (E, vdim), and with ``bias=True`` ``in_proj_bias``
+        (3E,) and ``out_proj.bias`` (E,).
+        (With GQA, ``num_kv_heads`` < ``num_heads``, the k/v rows are
+        ``num_kv_heads * head_dim`` instead of E.)
+
+        Example
+        -------
+        >>> import attncore
+        >>> mha = attncore.MultiHeadAttention(8, 2)
+        >>> {k: v.shape for k, v in mha.state_dict().items()}
+        {'out_proj.weight': (8, 8), 'in_proj_weight': (24, 8), 'in_proj_bias': (24,), 'out_proj.bias': (8,)}
+        """
         out = {}
         for name in self._expected_shapes():
             out[name] = self._get(name)
@@ -208,7 +239,21 @@ class MultiHeadAttention:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load parameters from a dict of arrays or torch tensors with the keys of
         ``torch.nn.MultiheadAttention.state_dict()`` (extra keys such as
-        ``bias_k`` that this class does not model are an error)."""
+        ``bias_k`` that this class does not model are an error).
+
+        Each value must have the shape :meth:`state_dict` gives and a floating
+        dtype (float16, bfloat16, float32, float64); it is copied in the layer's
+        dtype. Missing or extra keys and wrong shapes are a ValueError naming
+        them; nothing is loaded then.
+
+        Example
+        -------
+        >>> import attncore
+        >>> a, b = attncore.MultiHeadAttention(8, 2, seed=0), attncore.MultiHeadAttention(8, 2, seed=1)
+        >>> b.load_state_dict(a.state_dict())
+        >>> bool((b.in_proj_weight == a.in_proj_weight).all())
+        True
+        """
         expected = self._expected_shapes()
         given = {k: v for k, v in dict(state).items() if v is not None}
         missing = sorted(set(expected) - set(given))
@@ -239,7 +284,30 @@ class MultiHeadAttention:
         result computes what the module computes for the same inputs (in
         training mode, with attncore's own reproducible dropout pattern,
         seeded by `seed`). Unsupported options (bias_k/bias_v,
-        add_zero_attn) are an error."""
+        add_zero_attn) are an error.
+
+        `dtype` is the layer's (float32 or float64); by default float64 for a
+        float64 module, else float32 (a float16 or bfloat16 module's parameters
+        are widened exactly).
+
+        Example
+        -------
+        >>> import numpy as np, torch, attncore
+        >>> t = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+        >>> mha = attncore.MultiHeadAttention.from_torch(t)
+        >>> x = np.random.default_rng(0).standard_normal((1, 5, 8), dtype=np.float32)
+        >>> with torch.no_grad():
+        ...     want = t(*[torch.from_numpy(x)] * 3)[0].numpy()
+        >>> bool(np.allclose(mha(x)[0], want, atol=1e-5))
+        True
+        """
+        try:
+            import torch
+        except ImportError:   # (then module cannot be a torch module either)
+            torch = None
+        if torch is None or not isinstance(module, torch.nn.MultiheadAttention):
+            raise TypeError(f"{_MHA}.from_torch: module must be a torch.nn.MultiheadAttention; got "
+                            f"{type(module).__module__}.{type(module).__qualname__}")
         if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
             raise ValueError(f"{_MHA}.from_torch: add_bias_kv / add_zero_attn are not supported")
         state = module.state_dict()

@@ -23,7 +23,13 @@ def _mix64(z):
 
 
 def dropout_keep(seed, counter, dropout_p):
-    """Whether the weight with flat index `counter` in (B, Hq, Lq, Lk) is kept."""
+    """Whether the weight with flat index `counter` in (B, Hq, Lq, Lk) is kept
+    (the kernel's counter-based dropout pattern: csrc/driver/dropout.h).
+
+    >>> from attncore import reference
+    >>> [reference.dropout_keep(0, n, 0.5) for n in range(4)]
+    [True, False, ...]
+    """
     threshold = int(round(dropout_p * (1 << 24)))
     bits = _mix64(_mix64(seed) ^ counter) >> 40
     return bits >= threshold
@@ -32,7 +38,13 @@ def dropout_keep(seed, counter, dropout_p):
 def softmax_row(scores, sink=None):
     """(weights, lse) of one row of scores; -inf = masked out.
     No visible key -> zero weights and lse -inf. Any NaN -> all NaN.
-    sink: an extra logit in the denominator with no weight of its own."""
+    sink: an extra logit in the denominator with no weight of its own.
+
+    >>> import math
+    >>> from attncore import reference
+    >>> reference.softmax_row([0.0, math.log(3), -math.inf])   # weights, log-sum-exp = log 4
+    ([0.25, 0.75, 0.0], 1.386...)
+    """
     if any(math.isnan(s) for s in scores) or (sink is not None and math.isnan(sink)):
         return [math.nan] * len(scores), math.nan
     logits = scores + ([sink] if sink is not None else [])
@@ -279,7 +291,17 @@ def general_attention(query, key, value, weight, attn_mask=None, is_causal=False
     (the query projected first, as the definition says: SDPA on q W, which is
     also the kernel's order; the other order, q (W k), differs where q W or
     W k meets an infinity or overflows: an infinite key component, say, gives
-    inf - inf there and one signed inf here)."""
+    inf - inf there and one signed inf here).
+
+    Shapes: query (..., Hq, Lq, D), weight (D, D_k), key (..., Hkv, Lk, D_k),
+    value (..., Hkv, Lk, Dv) -> (..., Hq, Lq, Dv), float64.
+
+    >>> import math
+    >>> from attncore import reference
+    >>> W = [[math.log(3), 0.0], [0.0, math.log(3)]]      # scores log 3 and 0: weights 3/4, 1/4
+    >>> reference.general_attention([[[1.0, 0.0]]], [[[1.0, 0.0], [0.0, 1.0]]], [[[1.0], [3.0]]], W)
+    array([[[1.5]]])
+    """
     Wt = np.asarray(weight, dtype=np.float64).T.tolist()   # Wt[b] = column b of W
 
     def make_score(Q, K):
@@ -298,7 +320,18 @@ def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, at
                        is_causal=False, *, return_weights=False, return_lse=False,
                        num_threads=None, valid_lens=None, enable_gqa=False, scale=1.0,
                        dropout_p=0.0, seed=None):
-    """Reference additive attention: score = scale sum_h w_h tanh(Wq_h . q + Wk_h . k + b_h)."""
+    """Reference additive attention: score = scale sum_h w_h tanh(Wq_h . q + Wk_h . k + b_h).
+
+    Shapes: query (..., Hq, Lq, D), key (..., Hkv, Lk, Dk), value
+    (..., Hkv, Lk, Dv), w_query (H, D), w_key (H, Dk), w_score (H,), bias
+    (H,) -> (..., Hq, Lq, Dv), float64.
+
+    >>> from attncore import reference
+    >>> # scores tanh(2) and tanh(0) = 0
+    >>> reference.additive_attention([[[1.0]]], [[[1.0], [-1.0]]], [[[1.0], [3.0]]],
+    ...                              w_query=[[1.0]], w_key=[[1.0]], w_score=[1.0])
+    array([[[1.55214506]]])
+    """
     Wq = np.asarray(w_query, dtype=np.float64).tolist()
     Wk = np.asarray(w_key, dtype=np.float64).tolist()
     w = np.asarray(w_score, dtype=np.float64).tolist()
@@ -318,7 +351,18 @@ def additive_attention(query, key, value, w_query, w_key, w_score, bias=None, at
 def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None, is_causal=False,
                      *, return_weights=False, return_lse=False, num_threads=None, valid_lens=None,
                      enable_gqa=False, scale=1.0, dropout_p=0.0, seed=None):
-    """Reference concat attention: score = scale (w^T [q; k] + b)."""
+    """Reference concat attention: score = scale (w^T [q; k] + b).
+
+    Shapes: query (..., Hq, Lq, D), key (..., Hkv, Lk, Dk), value
+    (..., Hkv, Lk, Dv), w_query (D,), w_key (Dk,) -> (..., Hq, Lq, Dv), float64.
+
+    >>> import math
+    >>> from attncore import reference
+    >>> # scores 0 and log 3: weights 1/4, 3/4
+    >>> reference.concat_attention([[[1.0]]], [[[0.0], [math.log(3)]]], [[[1.0], [3.0]]],
+    ...                            w_query=[0.0], w_key=[1.0])
+    array([[[2.5]]])
+    """
     wq = np.asarray(w_query, dtype=np.float64).tolist()
     wk = np.asarray(w_key, dtype=np.float64).tolist()
 
@@ -332,14 +376,30 @@ def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None
 def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                   scale=1.0, enable_gqa=False, *, return_weights=False, return_lse=False,
                   num_threads=None, out=None, seed=None, valid_lens=None):
-    """Reference unscaled dot-product attention (scale 1 by default)."""
+    """Reference unscaled dot-product attention (scale 1 by default); shapes
+    as scaled_dot_product_attention.
+
+    >>> import math
+    >>> from attncore import reference
+    >>> reference.dot_attention([[[math.log(3), 0.0]]], [[[1.0, 0.0], [0.0, 1.0]]], [[[1.0], [3.0]]])
+    array([[[1.5]]])
+    """
     return scaled_dot_product_attention(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
         return_weights=return_weights, return_lse=return_lse, seed=seed, valid_lens=valid_lens)
 
 
 def merge_attention(parts):
-    """Reference merge of (out, lse) shards: out = sum_i exp(lse_i - lse) out_i."""
+    """Reference merge of (out, lse) shards: out = sum_i exp(lse_i - lse) out_i.
+
+    parts: a list of (out (..., Dv), lse (...)) -> (out, lse), float64.
+
+    >>> import numpy as np
+    >>> from attncore import reference
+    >>> reference.merge_attention([(np.array([[1.0]]), np.array([0.0])),
+    ...                            (np.array([[3.0]]), np.array([0.0]))])   # equal weight
+    (array([[2.]]), array([0.69314718]))
+    """
     parts = [(np.asarray(o, dtype=np.float64), np.asarray(s, dtype=np.float64)) for o, s in parts]
     shape = parts[0][0].shape
     outs = [o.reshape(int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]).tolist() for o, _ in parts]
@@ -367,7 +427,13 @@ def merge_attention(parts):
 
 
 def linear(x, weight, bias=None):
-    """Reference y = x W^T + b over the last axis (nested lists, float64)."""
+    """Reference y = x W^T + b over the last axis (nested lists, float64):
+    x (..., in), weight (out, in), bias (out,) -> (..., out).
+
+    >>> from attncore import reference
+    >>> reference.linear([[1.0, 2.0]], [[1.0, 1.0], [0.0, 1.0]], [0.5, 0.0])
+    array([[3.5, 2. ]])
+    """
     x = np.asarray(x, dtype=np.float64)
     W = np.asarray(weight, dtype=np.float64).tolist()
     b = [0.0] * len(W) if bias is None else np.asarray(bias, dtype=np.float64).tolist()
@@ -438,7 +504,14 @@ def sigmoid_attention(query, key, value, bias=0.0, scale=None, attn_mask=None, i
                       softcap=None):
     """Reference sigmoid attention: w_ij = sigmoid(score_ij + bias) with the
     same score rules as SDPA (scale, soft-cap, ALiBi, masks), 0 for hidden
-    keys, out_i = sum_j w_ij v_j (no normalisation)."""
+    keys, out_i = sum_j w_ij v_j (no normalisation). Shapes as
+    scaled_dot_product_attention.
+
+    >>> from attncore import reference
+    >>> # scores 0: each weight sigmoid(0) = 1/2, not normalised
+    >>> reference.sigmoid_attention([[[0.0]]], [[[0.0], [0.0]]], [[[1.0], [3.0]]])
+    array([[[2.]]])
+    """
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
@@ -900,7 +973,12 @@ _GUMBEL_STREAM = 0x6A09E667F3BCC909   # keeps hard attention's noise apart from 
 
 def gumbel(seed, counter):
     """The Gumbel noise hard_attention(mode="sample") adds to the score with
-    flat index `counter` in (B, Hq, Lq, Lk) (csrc/kernels/tiles.inc.c)."""
+    flat index `counter` in (B, Hq, Lq, Lk) (csrc/kernels/tiles.inc.c).
+
+    >>> from attncore import reference
+    >>> round(reference.gumbel(0, 0), 6)
+    -0.041224
+    """
     mixed = _mix64(seed ^ _GUMBEL_STREAM) | 1
     u = ((_mix64(mixed ^ counter) >> 11) + 0.5) * (1.0 / 9007199254740992.0)
     return -math.log(-math.log(u))
@@ -911,7 +989,17 @@ def hard_attention(query, key, value, mode="argmax", k=1, *, scale=None, seed=No
                    num_threads=None, window=None, alibi_slopes=None, softcap=None):
     """Reference hard attention: rank each row's visible scores (plus Gumbel
     noise for "sample"), keep the k best (ties: the smaller key), and weight
-    their values by a softmax of their scores ("topk") or equally."""
+    their values by a softmax of their scores ("topk") or equally.
+
+    Shapes as scaled_dot_product_attention -> (..., Hq, Lq, Dv), float64, and
+    with return_indices the kept keys (..., Hq, Lq, k), -1 where a row has
+    fewer than k visible keys.
+
+    >>> from attncore import reference
+    >>> reference.hard_attention([[[1.0, 0.0]]], [[[1.0, 0.0], [0.0, 1.0]]], [[[1.0], [3.0]]],
+    ...                          return_indices=True)
+    (array([[[1.]]]), array([[[0]]]))
+    """
     q, k_, v = (np.asarray(x, dtype=np.float64) for x in (query, key, value))
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0

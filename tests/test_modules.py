@@ -317,6 +317,35 @@ def test_from_torch_and_tensor_state_dict(rng):
 
 
 @needs_torch
+@pytest.mark.parametrize("tdtype", ["float16", "bfloat16"])
+def test_from_torch_of_a_half_module_widens_its_parameters(rng, tdtype):
+    # a bfloat16 module used to fail in torch's .numpy() ("unsupported
+    # ScalarType BFloat16"), naming neither the method nor the parameter
+    torch.manual_seed(0)
+    t = torch.nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    with torch.no_grad():
+        t.in_proj_bias.uniform_(-1, 1)
+    t = t.to(getattr(torch, tdtype))
+    m = attncore.MultiHeadAttention.from_torch(t)
+    assert m.dtype == np.float32
+    for name, p in t.state_dict().items():   # every parameter, widened exactly
+        np.testing.assert_array_equal(m.state_dict()[name], p.float().numpy())
+    m2 = attncore.MultiHeadAttention(16, 2)
+    m2.load_state_dict(t.state_dict())
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(m2(x)[0], m(x)[0])
+
+
+@needs_torch
+def test_from_torch_of_another_module_is_a_type_error():
+    with pytest.raises(TypeError, match=r"from_torch: module must be a torch.nn.MultiheadAttention; "
+                                        r"got torch.nn.modules.linear.Linear"):
+        attncore.MultiHeadAttention.from_torch(torch.nn.Linear(8, 8))
+    with pytest.raises(TypeError, match="got builtins.dict"):
+        attncore.MultiHeadAttention.from_torch({"in_proj_weight": np.zeros((24, 8))})
+
+
+@needs_torch
 def test_gqa_against_torch_functional(rng):
     import torch.nn.functional as F
     m = layer(np.float32, E=32, H=8, num_kv_heads=2)
