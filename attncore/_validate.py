@@ -233,6 +233,14 @@ def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
                     f"to the scores; got dtype {m.dtype}")
 
 
+def _broadcasts(a, shape):
+    try:
+        np.broadcast_to(a, shape)
+    except ValueError:
+        return False
+    return True
+
+
 def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
     """valid_lens (d2l's masked_softmax): query rows see keys j < valid_len.
 
@@ -240,7 +248,9 @@ def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
       - a scalar: every row;
       - 2-D inputs (L, D): (Lq,) one length per query row;
       - 3-D inputs (X, L, D), d2l's (batch, seq, feature): (X,) one length
-        per leading index, (X, Lq) one per leading index and query row;
+        per leading index, (X, Lq) one per leading index and query row (with a 3-D
+        query and key/value that have batch dims, a shape that fits both this
+        reading and the batch reading below is an error);
       - inputs with batch dims (*batch, H, L, D): batch (one length per batch
         element, shared by the heads) or batch + (Lq,) (one per query row).
     Size-1 dims broadcast. Values in [0, Lk].
@@ -284,6 +294,21 @@ def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
                 f"{tuple(batch_shape)} (one length per batch element) or batch + (Lq,) = "
                 f"{tuple(batch_shape) + (Lq,)} (one per query row)")
     target = tuple(batch_shape) + (Hq, Lq)
+    if query_ndim == 3 and nb and vl.size > 1 and vl.ndim in (nb, nb + 1):
+        # a 3-D query whose key/value brought batch dims: the query's leading axis
+        # is their heads axis, and a shape that fits both d2l's reading (one length
+        # per query leading index) and the batch reading (one per batch element)
+        # is refused, not guessed
+        as_batch = vl.reshape(vl.shape + (1, 1)) if vl.ndim == nb else \
+            vl.reshape(vl.shape[:-1] + (1, vl.shape[-1]))
+        if _broadcasts(aligned, target) and _broadcasts(as_batch, target):
+            raise ValueError(
+                f"{op}: valid_lens of shape {vl.shape} could be read two ways: the query is 3-D "
+                f"(X, Lq, D), d2l's layout, whose lengths are one per leading index X = {Hq}, but "
+                f"key/value have batch dims {tuple(batch_shape)}, whose lengths are one per batch "
+                f"element. Write the query with its batch dims (np.broadcast_to(query, "
+                f"{tuple(batch_shape) + (Hq, Lq)} + (D,))) for lengths per batch element, or "
+                f"pass attn_mask (True where key j < the length) for lengths per head")
     try:
         np.broadcast_to(aligned, target)
     except ValueError:

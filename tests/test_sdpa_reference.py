@@ -278,3 +278,28 @@ def test_reference_valid_lens_for_a_3d_query_over_batched_keys():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # row-by-row: batch element b, head 0 sees key 0 only
     np.testing.assert_allclose(want[:, 0], np.broadcast_to(v[:, 0, :1], (3, 5, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("vl_shape", [(2,), (2, 5)])
+def test_valid_lens_that_fit_both_readings_of_a_3d_query_over_batched_keys_are_refused(vl_shape):
+    # with B == H, a (2,) is one length per batch element as well as d2l's one per
+    # leading index (= head) of the 3-D query; it used to be read per head silently
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 7, 4)).astype(np.float32)
+    vl = np.full(vl_shape, 3)
+    for fn in (attncore.dot_attention, attncore.scaled_dot_product_attention):
+        with pytest.raises(ValueError, match=r"valid_lens of shape \(2(, 5)?,?\) could be read two "
+                                             r"ways.*np.broadcast_to\(query, \(2, 2, 5\)"):
+            fn(q, k, k, valid_lens=vl)
+    # the ways the message offers, each unambiguous
+    q4 = np.broadcast_to(q, (2, 2, 5, 4))
+    lens = np.array([1, 7])
+    per_batch = attncore.dot_attention(q4, k, k, valid_lens=lens)
+    np.testing.assert_allclose(per_batch, R.dot_attention(q4, k, k, valid_lens=lens), rtol=1e-5,
+                               atol=1e-6)
+    per_head = attncore.dot_attention(q, k, k, attn_mask=np.arange(7) < lens[:, None, None])
+    assert not np.allclose(per_head, per_batch)
+    # a scalar or a size-1 valid_lens means the same either way
+    np.testing.assert_array_equal(attncore.dot_attention(q, k, k, valid_lens=np.array([3])),
+                                  attncore.dot_attention(q, k, k, valid_lens=3))
