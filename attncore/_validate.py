@@ -160,6 +160,14 @@ def real_number(op, name, value):
     raise TypeError(f"{op}: {name} must be a real number; got {value!r}")
 
 
+def check_seed(op, value, name="seed"):
+    """A seed: None, or an int in [0, 2**64) (the kernels' 64-bit streams)."""
+    if value is not None and (isinstance(value, (bool, np.bool_))
+                              or not isinstance(value, numbers.Integral) or not 0 <= value < 2**64):
+        raise ValueError(f"{op}: {name} must be an int in [0, 2**64); got {value!r}")
+    return None if value is None else int(value)
+
+
 def dropout(op, p, seed):
     """-> (threshold, seed, keep scale) for the C descriptor."""
     p = real_number(op, "dropout_p", p)
@@ -167,10 +175,9 @@ def dropout(op, p, seed):
         raise ValueError(f"{op}: dropout_p must be in [0, 1); got {p}")
     if p == 0.0:
         return 0, 0, 1.0
+    seed = check_seed(op, seed)
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ValueError(f"{op}: seed must be an int in [0, 2**64); got {seed!r}")
     threshold = int(round(p * (1 << 24)))
     if threshold == 0:  # p below 2^-25 drops nothing
         return 0, 0, 1.0

@@ -4,6 +4,8 @@ with a scale per token and head) that the decode kernels read directly.
 """
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +26,9 @@ _STORAGE = {
 
 def _storage_name(dtype):
     """'float32' | 'float64' | 'bfloat16' | 'float16' | 'int8', or an error."""
+    if dtype is None:   # (np.dtype(None) is float64; torch's None is its default)
+        raise TypeError("KVCache: dtype=None could mean float64 (NumPy) or the default float32 "
+                        "(torch); pass dtype=np.float32, np.float64, 'bfloat16', 'float16' or 'int8'")
     if isinstance(dtype, str):
         name = dtype
     else:
@@ -151,6 +156,13 @@ class KVCache:
         from . import _layout
 
         shape = (batch, self.num_heads, capacity, self.head_dim)
+        # (past the address space NumPy's own error names neither the cache nor max_len)
+        scale_bytes = 4 / self.head_dim if self.storage == "int8" else 0
+        nbytes = 2 * math.prod(shape) * (self._element.itemsize + scale_bytes)
+        if nbytes > sys.maxsize:
+            raise ValueError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
+                             f"heads x head_dim {self.head_dim} in {self.storage} need "
+                             f"{nbytes / 2**40:.3g} TiB; use a smaller max_len")
         k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
         ks = vs = None
         if self.storage == "int8":

@@ -126,9 +126,16 @@ class MultiHeadAttention:
         if isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, (int, np.integer)) \
                 or num_kv_heads < 1 or num_heads % num_kv_heads:
             raise ValueError(f"{_MHA}: num_kv_heads must divide num_heads ({num_heads}); got {num_kv_heads!r}")
-        dtype = np.dtype(dtype)
+        if dtype is None:   # (np.dtype(None) is float64; torch's None is its default)
+            raise TypeError(f"{_MHA}: dtype=None could mean float64 (NumPy) or the default "
+                            f"float32 (torch); pass dtype=np.float32 or np.float64")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{_MHA}: dtype must be float32 or float64; got {dtype!r}") from None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{_MHA}: dtype must be float32 or float64; got {dtype}")
+        seed = V.check_seed(_MHA, seed)
         dropout = V.real_number(_MHA, "dropout", dropout)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"{_MHA}: dropout must be in [0, 1); got {dropout}")

@@ -140,9 +140,7 @@ def hard_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, mode: str
     if scale is None:
         scale = 1.0 / math.sqrt(p.Dq) if p.Dq > 0 else 1.0
     # (checked in every mode, used by "sample" only: a bad seed is an error wherever it is given)
-    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
-                             or not 0 <= seed < 2**64):
-        raise ValueError(f"{op}: seed must be an int in [0, 2**64); got {seed!r}")
+    seed = V.check_seed(op, seed)
     if mode == "sample" and seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
     indices = None

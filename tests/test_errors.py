@@ -151,3 +151,31 @@ def test_a_python_number_for_an_array_argument_is_named_as_such():
         attncore.additive_attention(q, k, v, wq, wk, ws, bias=0.5)
     with pytest.raises(ValueError, match=r"bias must have shape \(6,\); got \(\)"):
         attncore.additive_attention(q, k, v, wq, wk, ws, bias=np.float32(0.5))
+
+
+@pytest.mark.parametrize("build,exc,words", [
+    # np.dtype(None) is float64, torch's dtype=None its default float32: neither is guessed
+    (lambda: attncore.KVCache(max_len=8, num_heads=2, head_dim=4, dtype=None), TypeError,
+     ["KVCache", "dtype=None", "float64", "float32"]),
+    (lambda: attncore.MultiHeadAttention(8, 2, dtype=None), TypeError,
+     ["MultiHeadAttention", "dtype=None", "float64", "float32"]),
+    (lambda: attncore.MultiHeadAttention(8, 2, dtype="foo"), TypeError,
+     ["MultiHeadAttention", "dtype", "'foo'"]),
+    # NumPy's own messages named neither the class nor the argument
+    (lambda: attncore.MultiHeadAttention(8, 2, seed=-1), ValueError,
+     ["MultiHeadAttention", "seed", "-1"]),
+    (lambda: attncore.MultiHeadAttention(8, 2, seed=2**64), ValueError,
+     ["MultiHeadAttention", "seed", "2**64"]),
+    (lambda: attncore.KVCache(max_len=2**62, num_heads=2, head_dim=4, batch_size=1), ValueError,
+     ["KVCache", str(2**62), "max_len"]),
+    (lambda: attncore.KVCache(max_len=2**62, num_heads=2, head_dim=4, dtype="int8").append(
+        np.ones((1, 2, 1, 4), f32), np.ones((1, 2, 1, 4), f32)), ValueError,
+     ["KVCache", "int8", "max_len"]),
+])
+def test_layer_and_cache_arguments_are_named(build, exc, words):
+    with pytest.raises(exc) as info:
+        build()
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+    # (and the largest seed is one)
+    attncore.MultiHeadAttention(8, 2, seed=2**64 - 1)
