@@ -965,8 +965,11 @@ _CACHE_MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Layer types whose cache is the plain key/value history. A sliding-window layer
 # keeps every position too (unlike transformers' DynamicSlidingWindowLayer):
 # transformers builds its mask from get_mask_sizes(), so the mask then spans the
-# whole history and applies the window itself. Chunked, linear-attention,
-# KV-sharing ("dummy") and other layer types need caches of their own.
+# whole history, and the attention on the cache applies the layer's window (most
+# models' masks apply it too; Moshi's does not, its sliding cache layer drops the
+# positions instead). Another implementation given the decoded history has only
+# the mask's window. Chunked, linear-attention, KV-sharing ("dummy") and other
+# layer types need caches of their own.
 _CACHE_LAYER_TYPES = ("full_attention", "sliding_attention")
 # a layer's KVCache starts with room for this many positions beyond the first
 # update (then doubles as needed), unless max_cache_len is given
@@ -1049,21 +1052,24 @@ def _cache_storage(dtype):
 
 def _layer_types(config):
     """The layer types transformers' own caches would build for `config` (a
-    decoder text config)."""
+    decoder text config), each with its sliding window (None for a full
+    layer): [(type, window)]."""
     try:
         from transformers.cache_utils import get_layer_types_and_kwargs
     except ImportError:
         get_layer_types_and_kwargs = None
     if get_layer_types_and_kwargs is not None:
-        return list(get_layer_types_and_kwargs(config)[0])
+        types, kwargs = get_layer_types_and_kwargs(config)
+        return [(t, kw.get("sliding_window") if t == "sliding_attention" else None)
+                for t, kw in zip(types, kwargs)]
     # transformers without it: the config's layer_types, else what its
     # DynamicCache inferred (a sliding window on every layer, or none)
+    window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
-    if types is not None:
-        return list(types)
-    sliding = getattr(config, "sliding_window", None) is not None
-    kind = "sliding_attention" if sliding else "full_attention"
-    return [kind] * config.num_hidden_layers
+    if types is None:
+        types = ["sliding_attention" if window is not None else "full_attention"] * \
+            config.num_hidden_layers
+    return [(t, window if t == "sliding_attention" else None) for t in types]
 
 
 def _float32_array(t):
@@ -1118,6 +1124,11 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
         kwargs[name] = _float32_array(val) if isinstance(val, Tensor) else val
     if dropout > 0:
         kwargs.update(dropout_p=float(dropout), seed=int(_draw_seed()))
+    W = key.layer.sliding_window
+    if W is not None and n - Lq >= W:
+        # (the queries are the last Lq positions: bottom-right; only once the first
+        # one has keys before its window is there anything to cut)
+        kwargs["window"] = (W - 1, None)
     B, Hq, _, D = query.shape
     if Lq == 1 and mask is None and not kwargs:
         # a decode step's common call (KVCache.attend's fast path): (B, Hq, 1, D)
@@ -1172,8 +1183,9 @@ _ATTNCORE_CACHE_DOC = """A Hugging Face transformers ``Cache`` whose layers keep
         length + 256); the storage doubles when it fills up.
 
     Supported: full-attention and sliding-window layers (a sliding layer
-    keeps every position, and transformers' mask applies the window: memory
-    grows like a full layer's), batches with left padding (the 4-D mask is
+    keeps every position, memory grows like a full layer's, and the
+    attention applies the layer's window, as transformers' mask or its
+    sliding cache layer would), batches with left padding (the 4-D mask is
     passed to ``KVCache.attend``), a prompt's prefill and later chunks
     (bottom-right causal), GQA (K/V not repeated), beam search
     (``reorder_cache``), ``crop`` (assisted generation), and
@@ -1214,11 +1226,15 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
         is_croppable = True      # crop() shortens the KVCache
         is_sliding = False       # keeps every position, also for sliding-window layers
 
-        def __init__(self, storage, max_cache_len, config):
+        def __init__(self, storage, max_cache_len, config, sliding_window=None):
             # CacheLayerMixin.__init__ is not called: it assigns self.keys /
             # self.values, which are read-only (decoded) properties here
             self.storage = storage
             self.max_cache_len = max_cache_len
+            # a sliding layer's window W (query at position p sees keys > p - W),
+            # applied by the attention on the cache whether or not the model's
+            # mask applies it (Moshi's does not: its DynamicCache drops positions)
+            self.sliding_window = sliding_window
             self._config = config   # its _attn_implementation is read at every update
             self.kv = None
             self.dtype = None       # the model's key/value dtype
@@ -1359,14 +1375,20 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
                 raise ValueError(f"{_CACHE_OP}: max_cache_len must be a positive int or None; got "
                                  f"{max_cache_len!r}")
             text = config.get_text_config(decoder=True)
-            types = _layer_types(text)
-            unsupported = sorted(set(types) - set(_CACHE_LAYER_TYPES))
+            layers = _layer_types(text)
+            unsupported = sorted({t for t, _ in layers} - set(_CACHE_LAYER_TYPES))
             if unsupported:
                 raise ValueError(f"{_CACHE_OP}: the model has layer types {unsupported}; the cache "
                                  f"supports {list(_CACHE_LAYER_TYPES)} only (use transformers' "
                                  f"DynamicCache for this model)")
             self.storage = storage
-            super().__init__(layers=[AttncoreLayer(storage, max_cache_len, text) for _ in types])
+            for kind, window in layers:
+                if kind == "sliding_attention" and (isinstance(window, bool) or
+                                                    not isinstance(window, int) or window < 1):
+                    raise ValueError(f"{_CACHE_OP}: a sliding-attention layer needs a positive "
+                                     f"int sliding_window in the config; got {window!r}")
+            super().__init__(layers=[AttncoreLayer(storage, max_cache_len, text, window)
+                                     for _, window in layers])
 
     for cls in (AttncoreLayer, AttncoreCache):
         cls.__module__, cls.__qualname__ = __name__, cls.__name__

@@ -56,7 +56,7 @@ def attends(monkeypatch):
     def recording(self, query, **kw):
         mask = kw.get("attn_mask")
         log.append(dict(storage=self.storage, stored=self._k.dtype, q=tuple(np.shape(query)),
-                        n=len(self), is_causal=kw.get("is_causal"),
+                        n=len(self), is_causal=kw.get("is_causal"), window=kw.get("window"),
                         mask=None if mask is None else (mask.dtype, tuple(mask.shape))))
         return real(self, query, **kw)
 
@@ -321,6 +321,34 @@ def test_sliding_window_layers_keep_the_history_and_the_mask_applies_the_window(
     torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
     # all 16 positions cached, the window (4) is in transformers' mask
     assert cache.get_seq_length() == 16 and attends[-1]["mask"] == (np.bool_, (1, 1, 1, 16))
+
+
+@hf
+def test_a_sliding_window_that_only_the_cache_applies_is_applied(attends):
+    # Moshi's mask has no window: its DynamicCache layers (DynamicSlidingWindowLayer)
+    # drop the old positions instead. AttncoreCache keeps them, so the attention on
+    # the cache applies the window (it used to see the whole history: other tokens)
+    MoshiConfig = getattr(transformers, "MoshiConfig", None)
+    if MoshiConfig is None:
+        pytest.skip("this transformers has no Moshi")
+    cfg = MoshiConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                      max_position_embeddings=256, sliding_window=4, pad_token_id=0,
+                      initializer_range=0.1, audio_vocab_size=32, num_codebooks=2,
+                      depth_decoder_config=None)
+    ref, new = pair(transformers.MoshiForCausalLM, cfg)
+    ids = torch.randint(3, 100, (1, 6), generator=torch.Generator().manual_seed(0))
+    want, want_logits = generate(ref, ids, DynamicCache(config=ref.config), n=8)
+    cache = at.AttncoreCache(new.config, dtype="float32")
+    got, logits = generate(new, ids, cache, n=8)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+    assert cache.get_seq_length() == 13
+    # every decode step past the window ran with it (the prefill's rows see their
+    # causal history, as the sliding cache layer's do), and no mask carried it
+    decode = attends[2:]
+    assert [a["window"] for a in decode] == [(3, None)] * len(decode)
+    assert attends[0]["window"] is None and all(a["mask"] is None for a in decode)
 
 
 @hf
