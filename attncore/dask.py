@@ -113,6 +113,14 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
     key j visible to query i iff j <= i + offset on the full key range.
     """
     n, Lq = key.shape[-2], query.shape[-2]
+    if query.dtype not in (np.float32, np.float64):
+        # 16-bit inputs: the partials must stay float32 until the merge, which
+        # cancels them (SDPA would round each to the 16-bit type first, and the
+        # merged result would be off by far more than one rounding); so the
+        # shard runs in float32, and the caller rounds the merged result once
+        query, key, value = (a.astype(np.float32) for a in (query, key, value))
+        if attn_mask is not None and attn_mask.dtype.itemsize == 2:
+            attn_mask = attn_mask.astype(np.float32)   # (a 16-bit float mask, widened exactly)
 
     def call(r0: int, r1: int, nkeys: int, is_causal: Any) -> Tuple[np.ndarray, np.ndarray]:
         q = query if (r0, r1) == (0, Lq) else query[..., r0:r1, :]

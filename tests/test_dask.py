@@ -185,6 +185,26 @@ def test_float16_keeps_sdpa_dtypes():
     np.testing.assert_allclose(lse, ref_lse, atol=1e-5)
 
 
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_16bit_inputs_are_rounded_once_after_the_merge(half):
+    # docs/numerics.md (4): a 16-bit result is the float32 one rounded once. The
+    # shards' partials used to come back rounded to the 16-bit type, and the
+    # merge cancels them: small outputs came out with the wrong sign
+    ml_dtypes = pytest.importorskip("ml_dtypes") if half == "bfloat16" else None
+    dt = ml_dtypes.bfloat16 if half == "bfloat16" else np.float16
+    unit = 2.0 ** -8 if half == "bfloat16" else 2.0 ** -11
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s).astype(dt) for s in ((1, 2, 16, 32), (1, 2, 1024, 32),
+                                                              (1, 2, 1024, 32)))
+    mask = rng.standard_normal((16, 1024)).astype(dt)    # a float mask of the inputs' type
+    exact = SDPA(*(a.astype(np.float64) for a in (q, k, v)), attn_mask=mask.astype(np.float64))
+    out = ad.sharded_attention(q, k, v, attn_mask=mask, shards=4)
+    assert out.dtype == dt
+    err = np.abs(out.astype(np.float64) - exact)
+    # one rounding of a float32 result that is itself within 1e-6 of exact
+    assert (err <= unit * np.abs(exact) + 1e-6).all(), err.max()
+
+
 def test_prescattered_futures_stay_put(client):
     """K/V already on the cluster: a list of futures, one per shard."""
     rng = np.random.default_rng(6)
