@@ -337,7 +337,25 @@ def output(op, out, shape, dtype):
         raise TypeError(f"{op}: out has dtype {out.dtype}; expected {dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{op}: out is read-only")
+    if _may_overlap_itself(out):
+        raise ValueError(f"{op}: out's elements may share memory (strides {out.strides} for shape "
+                         f"{out.shape}: a broadcast or as_strided view); it cannot hold the "
+                         f"result; pass an array with one element per result")
     return out
+
+
+def _may_overlap_itself(a):
+    """Whether two elements of `a` might share memory: taken axis by axis in
+    order of |stride|, each stride must step past everything the smaller ones
+    span (true of every C-, F- or sliced layout; a stride-0 axis fails)."""
+    if a.size == 0:
+        return False
+    span = a.itemsize
+    for stride, n in sorted((abs(st), n) for st, n in zip(a.strides, a.shape) if n > 1):
+        if stride < span:
+            return True
+        span += stride * (n - 1)
+    return False
 
 
 def window(op, value):

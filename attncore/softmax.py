@@ -339,6 +339,14 @@ def _points(op, name, a):
     return a[:, None] if a.ndim == 1 else a
 
 
+def _fits(shape, target):
+    """Whether `shape` broadcasts to `target` (right-aligned)."""
+    try:
+        return tuple(np.broadcast_shapes(shape, target)) == tuple(target)
+    except ValueError:
+        return False
+
+
 def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
                       bandwidth: Scalar = 1.0, *, kernel: str = "gaussian",
                       attn_mask: OptArray = None, valid_lens: OptArray = None,
@@ -383,6 +391,8 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
     valid_lens : int array, optional
         Query i sees keys ``j < valid_len``: a scalar, ``batch`` (one per
         batch element) or ``batch + (Lq,)`` (one per query); values in [0, Lk].
+        When x_key or y bring batch dims that x_query lacks, a shape that is
+        also x_query's own ``(..., Lq)`` is an error (it could be read two ways).
     return_weights : bool
         Also return the ``batch + (Lq, Lk)`` weights (the only case that
         stores an Lq x Lk array).
@@ -472,6 +482,15 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
             vl = v.reshape((1,))
         elif v.ndim == nb:
             vl = v.reshape(v.shape + (1,))
+            q_nb = xq.ndim - 2   # the query's own batch dims (fewer: others brought them)
+            if v.size > 1 and v.ndim == q_nb + 1 and v.shape[-1] in (Lq, 1) and \
+                    _fits(v.shape, batch + (Lq,)) and _fits(vl.shape, batch + (Lq,)):
+                raise ValueError(
+                    f"{op}: valid_lens of shape {v.shape} could be read two ways: one length per "
+                    f"batch element of the batch {batch} (x_key / y bring batch dims x_query "
+                    f"{arrays['x_query'].shape} does not have), or one per query of x_query. Write "
+                    f"valid_lens[..., None] for lengths per batch element, or "
+                    f"np.broadcast_to(valid_lens, {batch + (Lq,)}) for lengths per query")
         elif v.ndim == nb + 1:
             vl = v
         else:

@@ -179,3 +179,30 @@ def test_layer_and_cache_arguments_are_named(build, exc, words):
         assert w in str(info.value), (w, str(info.value))
     # (and the largest seed is one)
     attncore.MultiHeadAttention(8, 2, seed=2**64 - 1)
+
+
+def test_an_out_whose_elements_share_memory_is_refused():
+    # a writable stride-0 (or otherwise self-overlapping) view cannot hold a
+    # result; it used to be filled and returned, every row the last one written
+    from numpy.lib.stride_tricks import as_strided
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6)).astype(f32)
+    rows = as_strided(np.zeros(6, f32), (4, 6), (0, 4))
+    q = rng.standard_normal((1, 1, 8, 4)).astype(f32)
+    heads = as_strided(np.zeros(8 * 4, f32), (1, 2, 8, 4), (0, 0, 16, 4))   # rows 2 apart overlap
+    img = rng.standard_normal((1, 4, 3, 3)).astype(f32)
+    w1, b1 = rng.standard_normal((2, 4)).astype(f32), np.zeros(2, f32)
+    w2, b2 = rng.standard_normal((4, 2)).astype(f32), np.zeros(4, f32)
+    for call in (lambda: attncore.softmax(x, out=rows),
+                 lambda: SDPA(q, q, q, out=as_strided(np.zeros(4, f32), (1, 1, 8, 4), (0, 0, 0, 4))),
+                 lambda: SDPA(np.repeat(q, 2, 1), np.repeat(q, 2, 1), np.repeat(q, 2, 1), out=heads),
+                 lambda: attncore.channel_attention(img, w1, b1, w2, b2, out=as_strided(
+                     np.zeros(9, f32), (1, 4, 3, 3), (0, 0, 12, 4)))):
+        with pytest.raises(ValueError, match=r"out's elements may share memory \(strides"):
+            call()
+    # every ordinary layout passes: C, Fortran, sliced, reversed, transposed
+    for out in (np.empty((4, 6), f32), np.asfortranarray(np.empty((4, 6), f32)),
+                np.empty((8, 12), f32)[::2, ::2], np.empty((4, 6), f32)[::-1, ::-1],
+                np.empty((6, 4), f32).T):
+        np.testing.assert_array_equal(attncore.softmax(x, out=out), attncore.softmax(x))

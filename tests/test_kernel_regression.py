@@ -215,6 +215,30 @@ def test_errors_name_arguments_and_shapes():
         KR(x, x, y, return_weights=1)
 
 
+def test_valid_lens_that_fit_both_readings_of_an_unbatched_query_are_refused():
+    # x_query (Lq, d) without batch dims, x_key / y with B == Lq: a (3,) is one length
+    # per batch element as well as one per query; it used to be read per batch element
+    xq = np.array([[0.0], [1.0], [2.0]])
+    xk = np.broadcast_to(np.arange(5.0)[:, None], (3, 5, 1))
+    y = np.broadcast_to(np.arange(5.0), (3, 5))
+    vl = np.array([1, 3, 5])
+    with pytest.raises(ValueError, match=r"valid_lens of shape \(3,\) could be read two ways.*"
+                                         r"valid_lens\[\.\.\., None\].*np.broadcast_to"):
+        KR(xq, xk, y, valid_lens=vl)
+    with pytest.raises(ValueError, match="could be read two ways"):
+        KR(np.arange(3.0), xk, y, valid_lens=vl)            # 1-D scalar points too
+    # the two spellings the message offers, each checked against the reference
+    per_batch, per_query = vl[:, None], np.broadcast_to(vl, (3, 3))
+    for lens in (per_batch, per_query):
+        check(KR(xq, xk, y, valid_lens=lens), R.kernel_regression(xq, xk, y, valid_lens=lens),
+              np.float64)
+    assert not np.allclose(KR(xq, xk, y, valid_lens=per_batch), KR(xq, xk, y, valid_lens=per_query))
+    # unambiguous shapes stay accepted: B != Lq, a batched query, size 1
+    KR(xq, xk[:2], y[:2], valid_lens=np.array([1, 3]))
+    KR(np.broadcast_to(xq, (3, 3, 1)), xk, y, valid_lens=vl)
+    KR(xq, xk, y, valid_lens=np.array([2]))
+
+
 def test_misaligned_valid_lens_and_mask_are_copied(rng):
     xq, xk = rng.random((2, 3, 1)), rng.random((2, 9, 1))
     y = rng.standard_normal((2, 9))
