@@ -6,6 +6,8 @@ value). Nothing here touches pointers. Where a shape could mean two things
 (a convention from torch or d2l), there is exactly one documented reading per
 input rank, and anything outside it is an error that says how to write it.
 """
+import contextvars
+import math
 import numbers
 import os
 
@@ -248,6 +250,24 @@ def _broadcasts(a, shape):
     return True
 
 
+def readings_agree(shape, first, second, target):
+    """Whether two readings of a lengths array of `shape` -- reshaped to
+    `first` or to `second`, each broadcasting to `target` -- give every
+    element of `target` the same length (as for a (1, Lq) read per batch or
+    per head: one per query either way). Shapes only: the values do not
+    matter."""
+    index = np.arange(math.prod(shape)).reshape(shape)
+    a, b = (index.reshape((1,) * (len(target) - len(s)) + tuple(s)) for s in (first, second))
+    # (only the axes along which either reading varies need comparing)
+    varied = tuple(t if a.shape[i] != 1 or b.shape[i] != 1 else 1 for i, t in enumerate(target))
+    return bool(np.array_equal(np.broadcast_to(a, varied), np.broadcast_to(b, varied)))
+
+
+# set while a call's valid_lens reading was settled on the whole problem (a dask
+# block's batch is a slice of it: a 3-D query's d2l reading stays the call's)
+valid_lens_settled = contextvars.ContextVar("attncore_valid_lens_settled", default=False)
+
+
 def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
     """valid_lens (d2l's masked_softmax): query rows see keys j < valid_len.
 
@@ -257,7 +277,8 @@ def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
       - 3-D inputs (X, L, D), d2l's (batch, seq, feature): (X,) one length
         per leading index, (X, Lq) one per leading index and query row (with a 3-D
         query and key/value that have batch dims, a shape that fits both this
-        reading and the batch reading below is an error);
+        reading and the batch reading below, and gives some row another length
+        in each, is an error);
       - inputs with batch dims (*batch, H, L, D): batch (one length per batch
         element, shared by the heads) or batch + (Lq,) (one per query row).
     Size-1 dims broadcast. Values in [0, Lk].
@@ -301,14 +322,15 @@ def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
                 f"{tuple(batch_shape)} (one length per batch element) or batch + (Lq,) = "
                 f"{tuple(batch_shape) + (Lq,)} (one per query row)")
     target = tuple(batch_shape) + (Hq, Lq)
-    if query_ndim == 3 and nb and vl.size > 1 and vl.ndim in (nb, nb + 1):
+    if query_ndim == 3 and nb and vl.ndim in (nb, nb + 1) and not valid_lens_settled.get():
         # a 3-D query whose key/value brought batch dims: the query's leading axis
         # is their heads axis, and a shape that fits both d2l's reading (one length
-        # per query leading index) and the batch reading (one per batch element)
-        # is refused, not guessed
+        # per query leading index) and the batch reading (one per batch element),
+        # with different lengths for some row, is refused, not guessed
         as_batch = vl.reshape(vl.shape + (1, 1)) if vl.ndim == nb else \
             vl.reshape(vl.shape[:-1] + (1, vl.shape[-1]))
-        if _broadcasts(aligned, target) and _broadcasts(as_batch, target):
+        if _broadcasts(aligned, target) and _broadcasts(as_batch, target) and \
+                not readings_agree(vl.shape, aligned.shape, as_batch.shape, target):
             raise ValueError(
                 f"{op}: valid_lens of shape {vl.shape} could be read two ways: the query is 3-D "
                 f"(X, Lq, D), d2l's layout, whose lengths are one per leading index X = {Hq}, but "

@@ -667,6 +667,9 @@ def _one_block(x: Any) -> Any:
 
 def _block_attention(q: Any, k: Any, v: Any, attn_mask: Any, valid_lens: Any, **kw: Any) -> Any:
     q, k, v, attn_mask, valid_lens = (_one_block(x) for x in (q, k, v, attn_mask, valid_lens))
+    # (attention() settled valid_lens's reading on the whole call: a block's batch
+    # slice must not make it look ambiguous)
+    settled = V.valid_lens_settled.set(True)
     try:
         return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, valid_lens=valid_lens,
                                             **kw)
@@ -674,6 +677,8 @@ def _block_attention(q: Any, k: Any, v: Any, attn_mask: Any, valid_lens: Any, **
         if type(exc) not in (TypeError, ValueError):
             raise
         raise type(exc)(str(exc).replace(f"{_SDPA}:", "attention (in a block):", 1)) from None
+    finally:
+        V.valid_lens_settled.reset(settled)
 
 
 _DIM_NAMES = ("heads", "seq_len", "head_dim")
@@ -800,6 +805,14 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
     note = (f" (checked on one batch element; full shapes: query {q.shape}, key {k.shape}, "
             f"value {v.shape}" + (f", attn_mask {m.shape}" if m is not None else "")
             + (f", valid_lens {vl.shape}" if vl is not None else "") + ")") if nb else ""
+    if vl is not None and q.ndim == 3 and nb:
+        # a 3-D query over batched key/value: is valid_lens's reading ambiguous for
+        # the whole batch? (the one-element check below cannot tell, nor can a block)
+        try:
+            V.valid_lens(_SDPA, _stand_in(vl.shape, np.int64), batch, q.shape[-3], q.shape[-2],
+                         k.shape[-2], 3)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(f"{_SDPA}:", f"{op}:", 1)) from None
     vl_lead = 0 if q.ndim <= 3 or vl is None else min(vl.ndim, nb)
     _validate_call(op, one(q, lead_of(q, 3)), one(k, lead_of(k, 3)), one(v, lead_of(v, 3)),
                    note=note,

@@ -483,8 +483,9 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
         elif v.ndim == nb:
             vl = v.reshape(v.shape + (1,))
             q_nb = xq.ndim - 2   # the query's own batch dims (fewer: others brought them)
-            if v.size > 1 and v.ndim == q_nb + 1 and v.shape[-1] in (Lq, 1) and \
-                    _fits(v.shape, batch + (Lq,)) and _fits(vl.shape, batch + (Lq,)):
+            if v.ndim == q_nb + 1 and _fits(v.shape, batch + (Lq,)) and \
+                    _fits(vl.shape, batch + (Lq,)) and \
+                    not V.readings_agree(v.shape, v.shape, vl.shape, batch + (Lq,)):
                 raise ValueError(
                     f"{op}: valid_lens of shape {v.shape} could be read two ways: one length per "
                     f"batch element of the batch {batch} (x_key / y bring batch dims x_query "

@@ -205,6 +205,25 @@ def test_16bit_inputs_are_rounded_once_after_the_merge(half):
     assert (err <= unit * np.abs(exact) + 1e-6).all(), err.max()
 
 
+def test_a_3d_query_s_valid_lens_reading_does_not_depend_on_the_batch_chunks():
+    # the reading is the whole call's: B=4 != H=2 is d2l's one length per head in
+    # every block (blocks of 2 used to call it ambiguous), B == H is refused whole
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    k = rng.standard_normal((4, 2, 7, 4)).astype(np.float32)
+    lens = np.array([3, 6])
+    want = SDPA(q, k, k, valid_lens=lens)
+    for chunk in (1, 2, 4):
+        dk = da.from_array(k, chunks=(chunk, 2, 7, 4))
+        got = ad.attention(q, dk, dk, valid_lens=lens).compute(scheduler="sync")
+        np.testing.assert_array_equal(got, want)
+    for chunk in (1, 2):
+        dk = da.from_array(k[:2], chunks=(chunk, 2, 7, 4))
+        with pytest.raises(ValueError, match=r"attention: valid_lens of shape \(2,\) could be read "
+                                             r"two ways"):
+            ad.attention(q, dk, dk, valid_lens=lens)
+
+
 def test_prescattered_futures_stay_put(client):
     """K/V already on the cluster: a list of futures, one per shard."""
     rng = np.random.default_rng(6)

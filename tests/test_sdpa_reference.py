@@ -300,6 +300,11 @@ def test_valid_lens_that_fit_both_readings_of_a_3d_query_over_batched_keys_are_r
                                atol=1e-6)
     per_head = attncore.dot_attention(q, k, k, attn_mask=np.arange(7) < lens[:, None, None])
     assert not np.allclose(per_head, per_batch)
-    # a scalar or a size-1 valid_lens means the same either way
+    # a scalar or a size-1 valid_lens means the same either way, and so does a
+    # (1, Lq): one length per query row, shared by batch elements and heads alike
     np.testing.assert_array_equal(attncore.dot_attention(q, k, k, valid_lens=np.array([3])),
                                   attncore.dot_attention(q, k, k, valid_lens=3))
+    rows = np.array([[1, 2, 3, 4, 7]])
+    np.testing.assert_allclose(attncore.dot_attention(q, k, k, valid_lens=rows),
+                               R.dot_attention(q4, k, k, valid_lens=np.broadcast_to(rows, (2, 5))),
+                               rtol=1e-5, atol=1e-6)
