@@ -976,6 +976,16 @@ _CACHE_LAYER_TYPES = ("full_attention", "sliding_attention")
 _CACHE_HEADROOM = 256
 
 
+def _flat_arguments(args, kwargs):
+    """The arguments of a torch call, with those inside lists and tuples
+    (torch.cat's tensors) taken out, one level deep."""
+    for a in (*args, *(kwargs or {}).values()):
+        if isinstance(a, (list, tuple)):
+            yield from a
+        else:
+            yield a
+
+
 class _AttncoreCacheRef(Tensor):
     """What an AttncoreCache layer's update() hands back to the attention layer
     in place of its keys or values: a tensor with their shape and dtype that
@@ -1008,21 +1018,26 @@ class _AttncoreCacheRef(Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         if func in cls._METADATA:
             return super().__torch_function__(func, types, args, kwargs or {})
-        refs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, _AttncoreCacheRef)]
-        which = refs[0].which if refs else "keys/values"     # refs may sit inside a list arg
+        refs = [a for a in _flat_arguments(args, kwargs) if isinstance(a, _AttncoreCacheRef)]
+        which = refs[0].which if refs else "keys/values"
         storage = refs[0].layer.storage if refs else "compact"
         name = getattr(func, "__name__", repr(func))
         said = f"{name}() got the {which} that an attncore.torch.AttncoreCache layer returned: they "
         config = getattr(refs[0].layer, "_config", None) if refs else None
-        if getattr(config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
-            # the model does run "attncore": its attention layer itself computes on the
-            # cached keys/values before the attention call (JetMoe repeats them,
-            # DiffLlama splits them), which placeholders cannot serve
+        if getattr(config, "_attn_implementation", "attncore") == ATTN_IMPLEMENTATION:
+            # placeholders exist only while the cache's config runs "attncore": either
+            # the running model is another one (another config), or its attention
+            # layer computes on the cached keys/values itself before the attention
+            # call (JetMoe repeats them, DiffLlama splits them); which, cannot be told
             raise TypeError(
-                said + f"hold no values, only attn_implementation='attncore''s attention function "
-                f"reads the cache's {storage} storage, and this model's attention layer computes "
-                f"{name}() on the cached {which} itself before calling it. An AttncoreCache cannot "
-                f"serve such a model; decode it with transformers' default cache (DynamicCache)")
+                said + f"hold no values: only attn_implementation='attncore''s attention "
+                f"function reads the cache's {storage} storage. Either the model that runs is "
+                f"not the one whose config built the cache (build it from the running model's "
+                f"config, AttncoreCache(model.config, ...): with another implementation there, "
+                f"update() returns decoded keys/values), or this model's attention layer "
+                f"computes {name}() on the cached {which} itself before the attention call "
+                f"(JetMoe, DiffLlama): an AttncoreCache cannot serve such a model; decode it "
+                f"with transformers' default cache (DynamicCache)")
         raise TypeError(
             said + f"hold no values (the cache's {storage} storage is read by "
             f"attn_implementation='attncore' only). Run the model with "

@@ -395,17 +395,23 @@ def test_placeholders_refuse_every_other_use():
         q = torch.randn(1, 8, 5, 8)
         sdpa = torch.nn.functional.scaled_dot_product_attention
         for use in (lambda: sdpa(q, keys, values, enable_gqa=True), lambda: keys[0],
-                    lambda: keys.transpose(2, 3), lambda: torch.cat([keys, keys])):
+                    lambda: keys.transpose(2, 3), lambda: torch.cat([keys, keys]),
+                    lambda: torch.cat([k, values], 2)):
+            # (both causes named: a cache built from another model's config, or a
+            # model that computes on its cached keys/values itself)
             with pytest.raises(TypeError,
-                               match=r"AttncoreCache layer returned.*attn_implementation='attncore'"):
+                               match=r"AttncoreCache layer returned.*attn_implementation='attncore'"
+                                     r".*running model's config.*DynamicCache"):
                 use()
+        with pytest.raises(TypeError, match=r"cat\(\) got the values .*int8 storage"):
+            torch.cat([k, values], 2)
         # Python operators turn a TypeError into NotImplemented: their own TypeError names the type
         with pytest.raises(TypeError, match="_AttncoreCacheRef"):
             keys + 1
     # a cache built from another config than the running model's: sdpa receives
     # placeholders and refuses them
     ref, _ = pair(LlamaForCausalLM, LLAMA)
-    with pytest.raises(TypeError, match="hold no values"):
+    with pytest.raises(TypeError, match="hold no values.*build it from the running model's config"):
         generate(ref, prompt(), at.AttncoreCache(new.config, dtype="int8"), n=2)
 
 
@@ -429,7 +435,7 @@ def test_a_model_that_computes_on_its_cached_values_is_told_to_use_dynamic_cache
     with pytest.raises(TypeError, match=r"chunk\(\) got the values .*computes chunk\(\) on the "
                                         r"cached values itself.*DynamicCache") as err:
         generate(model, ids, at.AttncoreCache(model.config, dtype="int8"), n=2)
-    assert "set_attn_implementation" not in str(err.value)
+    assert "set_attn_implementation" not in str(err.value)   # (what the user did already)
 
 
 @hf
