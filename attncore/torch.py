@@ -965,10 +965,10 @@ _CACHE_MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Layer types whose cache is the plain key/value history. A sliding-window layer
 # keeps every position too (unlike transformers' DynamicSlidingWindowLayer):
 # transformers builds its mask from get_mask_sizes(), so the mask then spans the
-# whole history, and the attention on the cache applies the layer's window (most
-# models' masks apply it too; Moshi's does not, its sliding cache layer drops the
-# positions instead). Another implementation given the decoded history has only
-# the mask's window. Chunked, linear-attention, KV-sharing ("dummy") and other
+# whole history, and the attention on the cache hides what transformers' sliding
+# cache layer would have dropped (most models' masks cut that and more; Moshi's
+# cuts nothing). Another implementation given the decoded history has only the
+# mask's window. Chunked, linear-attention, KV-sharing ("dummy") and other
 # layer types need caches of their own.
 _CACHE_LAYER_TYPES = ("full_attention", "sliding_attention")
 # a layer's KVCache starts with room for this many positions beyond the first
@@ -1140,10 +1140,23 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
     if dropout > 0:
         kwargs.update(dropout_p=float(dropout), seed=int(_draw_seed()))
     W = key.layer.sliding_window
-    if W is not None and n - Lq >= W:
-        # (the queries are the last Lq positions: bottom-right; only once the first
-        # one has keys before its window is there anything to cut)
-        kwargs["window"] = (W - 1, None)
+    first = n - Lq - (W - 1) if W is not None else 0
+    if first > 0:
+        # A sliding layer sees what transformers' sliding cache layer hands out:
+        # the W - 1 positions before this call's Lq and those, so every row hides
+        # the keys before `first` (most models' masks cut more: each row's own
+        # window; Moshi's mask cuts nothing). One query row (decoding): the
+        # window (W - 1, None), whose blocks the kernel skips; more: a key mask.
+        if Lq == 1:
+            kwargs["window"] = (W - 1, None)
+        else:
+            keep = np.arange(n) >= first
+            if mask is None:
+                mask = keep
+            elif mask.dtype == np.bool_:
+                mask = mask & keep
+            else:
+                mask = np.where(keep, mask, np.float32(-np.inf))
     B, Hq, _, D = query.shape
     if Lq == 1 and mask is None and not kwargs:
         # a decode step's common call (KVCache.attend's fast path): (B, Hq, 1, D)
@@ -1198,9 +1211,10 @@ _ATTNCORE_CACHE_DOC = """A Hugging Face transformers ``Cache`` whose layers keep
         length + 256); the storage doubles when it fills up.
 
     Supported: full-attention and sliding-window layers (a sliding layer
-    keeps every position, memory grows like a full layer's, and the
-    attention applies the layer's window, as transformers' mask or its
-    sliding cache layer would), batches with left padding (the 4-D mask is
+    keeps every position, memory grows like a full layer's, and its
+    attention sees what transformers' sliding cache layer keeps: the
+    ``sliding_window - 1`` positions before each call's tokens, and those;
+    masks cut further), batches with left padding (the 4-D mask is
     passed to ``KVCache.attend``), a prompt's prefill and later chunks
     (bottom-right causal), GQA (K/V not repeated), beam search
     (``reorder_cache``), ``crop`` (assisted generation), and

@@ -349,6 +349,20 @@ def test_a_sliding_window_that_only_the_cache_applies_is_applied(attends):
     decode = attends[2:]
     assert [a["window"] for a in decode] == [(3, None)] * len(decode)
     assert attends[0]["window"] is None and all(a["mask"] is None for a in decode)
+    # a later chunk of several tokens sees what the sliding cache layer keeps: the
+    # W - 1 = 3 positions before the chunk, and the chunk (its rows are not each
+    # cut to their own window): the logits of every row, chunks split anywhere
+    ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(1))
+    for split in (3, 4, 6, 8):
+        got, want = [], []
+        for model, cache in ((ref, DynamicCache(config=ref.config)),
+                             (new, at.AttncoreCache(new.config, dtype="float32"))):
+            with torch.inference_mode():
+                model(ids[:, :split], past_key_values=cache)
+                (want if model is ref else got).append(
+                    model(ids[:, split:], past_key_values=cache).logits)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
+    assert attends[-2]["mask"] is not None and attends[-2]["window"] is None
 
 
 @hf
