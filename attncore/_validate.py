@@ -162,11 +162,15 @@ def real_number(op, name, value):
     raise TypeError(f"{op}: {name} must be a real number; got {value!r}")
 
 
-def check_seed(op, value, name="seed"):
-    """A seed: None, or an int in [0, 2**64) (the kernels' 64-bit streams)."""
-    if value is not None and (isinstance(value, (bool, np.bool_))
-                              or not isinstance(value, numbers.Integral) or not 0 <= value < 2**64):
-        raise ValueError(f"{op}: {name} must be an int in [0, 2**64); got {value!r}")
+def check_seed(op, value, name="seed", bits=64):
+    """A seed: None, or an int in [0, 2**bits) (the kernels' 64-bit streams;
+    bits=None: any int >= 0, for NumPy's generators)."""
+    bad = value is not None and (isinstance(value, (bool, np.bool_))
+                                 or not isinstance(value, numbers.Integral) or value < 0
+                                 or (bits is not None and value >= 2**bits))
+    if bad:
+        bound = f"an int in [0, 2**{bits})" if bits is not None else "an int >= 0"
+        raise ValueError(f"{op}: {name} must be {bound}; got {value!r}")
     return None if value is None else int(value)
 
 

@@ -162,7 +162,7 @@ class KVCache:
         if nbytes > sys.maxsize:
             raise ValueError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
                              f"heads x head_dim {self.head_dim} in {self.storage} need "
-                             f"{nbytes / 2**40:.3g} TiB; use a smaller max_len")
+                             f"{nbytes / 2**40:.3g} TiB; use a smaller max_len or batch")
         k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
         ks = vs = None
         if self.storage == "int8":
@@ -443,8 +443,9 @@ class KVCache:
                 setattr(self, name, np.ascontiguousarray(buf[idx]))
 
     def reset(self) -> None:
-        """Forget every cached position (buffers are kept for reuse; the next
-        append may start another batch size).
+        """Forget every cached position (buffers of max_len positions are kept
+        for reuse, grown ones dropped; the next append may start another
+        batch size).
 
         >>> import numpy as np, attncore
         >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2)

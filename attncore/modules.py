@@ -135,7 +135,7 @@ class MultiHeadAttention:
             raise TypeError(f"{_MHA}: dtype must be float32 or float64; got {dtype!r}") from None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{_MHA}: dtype must be float32 or float64; got {dtype}")
-        seed = V.check_seed(_MHA, seed)
+        seed = V.check_seed(_MHA, seed, bits=None)   # (NumPy's generators take any size)
         dropout = V.real_number(_MHA, "dropout", dropout)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"{_MHA}: dropout must be in [0, 1); got {dropout}")
@@ -312,8 +312,14 @@ class MultiHeadAttention:
             import torch
         except ImportError:   # (then module cannot be a torch module either)
             torch = None
-        if torch is None or not isinstance(module, torch.nn.MultiheadAttention):
-            raise TypeError(f"{_MHA}.from_torch: module must be a torch.nn.MultiheadAttention; got "
+        if torch is not None and isinstance(getattr(module, "_orig_mod", None),
+                                            torch.nn.MultiheadAttention):
+            module = module._orig_mod   # torch.compile's wrapper: the same parameters
+        scripted = (torch is not None and isinstance(module, torch.jit.ScriptModule)
+                    and getattr(module, "original_name", None) == "MultiheadAttention")
+        if torch is None or not (isinstance(module, torch.nn.MultiheadAttention) or scripted):
+            raise TypeError(f"{_MHA}.from_torch: module must be a torch.nn.MultiheadAttention (or "
+                            f"one compiled by torch.compile or torch.jit.script); got "
                             f"{type(module).__module__}.{type(module).__qualname__}")
         if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
             raise ValueError(f"{_MHA}.from_torch: add_bias_kv / add_zero_attn are not supported")

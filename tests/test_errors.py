@@ -164,8 +164,12 @@ def test_a_python_number_for_an_array_argument_is_named_as_such():
     # NumPy's own messages named neither the class nor the argument
     (lambda: attncore.MultiHeadAttention(8, 2, seed=-1), ValueError,
      ["MultiHeadAttention", "seed", "-1"]),
-    (lambda: attncore.MultiHeadAttention(8, 2, seed=2**64), ValueError,
-     ["MultiHeadAttention", "seed", "2**64"]),
+    (lambda: attncore.MultiHeadAttention(8, 2, seed=-2**70), ValueError,
+     ["MultiHeadAttention", "seed", "an int >= 0"]),
+    (lambda: attncore.MultiHeadAttention(8, 2, seed=1.5), ValueError,
+     ["MultiHeadAttention", "seed", "1.5"]),
+    (lambda: attncore.KVCache(max_len=16, num_heads=2, head_dim=4, batch_size=2**58), ValueError,
+     ["KVCache", f"batch {2**58}", "max_len or batch"]),
     (lambda: attncore.KVCache(max_len=2**62, num_heads=2, head_dim=4, batch_size=1), ValueError,
      ["KVCache", str(2**62), "max_len"]),
     (lambda: attncore.KVCache(max_len=2**62, num_heads=2, head_dim=4, dtype="int8").append(
@@ -177,8 +181,8 @@ def test_layer_and_cache_arguments_are_named(build, exc, words):
         build()
     for w in words:
         assert w in str(info.value), (w, str(info.value))
-    # (and the largest seed is one)
-    attncore.MultiHeadAttention(8, 2, seed=2**64 - 1)
+    # (the layer's seed feeds NumPy's generators, which take any size)
+    attncore.MultiHeadAttention(8, 2, seed=2**70)
 
 
 def test_an_out_whose_elements_share_memory_is_refused():

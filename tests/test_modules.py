@@ -337,9 +337,23 @@ def test_from_torch_of_a_half_module_widens_its_parameters(rng, tdtype):
 
 
 @needs_torch
+@pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
+def test_from_torch_of_a_compiled_or_scripted_module(rng):
+    torch.manual_seed(0)
+    t = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = rng.standard_normal((1, 5, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = t(*[torch.from_numpy(x)] * 3)[0].numpy()
+    for wrapped in (torch.jit.script(t), torch.compile(t)):   # (compile is lazy: no compiling)
+        m = attncore.MultiHeadAttention.from_torch(wrapped)
+        assert m.batch_first and not m.training
+        assert_close(m(x)[0], want.astype(np.float64), "sdpa", np.float32)
+
+
+@needs_torch
 def test_from_torch_of_another_module_is_a_type_error():
-    with pytest.raises(TypeError, match=r"from_torch: module must be a torch.nn.MultiheadAttention; "
-                                        r"got torch.nn.modules.linear.Linear"):
+    with pytest.raises(TypeError, match=r"from_torch: module must be a torch.nn.MultiheadAttention "
+                                        r"\(or .*\); got torch.nn.modules.linear.Linear"):
         attncore.MultiHeadAttention.from_torch(torch.nn.Linear(8, 8))
     with pytest.raises(TypeError, match="got builtins.dict"):
         attncore.MultiHeadAttention.from_torch({"in_proj_weight": np.zeros((24, 8))})
