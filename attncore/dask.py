@@ -39,7 +39,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 from . import _arrays, _engine
 from . import _validate as V
-from .functional import merge_attention, scaled_dot_product_attention
+from .functional import _sdpa_float32_out, merge_attention, scaled_dot_product_attention
 
 __all__ = ["sharded_attention", "scatter_shards", "attention"]
 
@@ -105,7 +105,8 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
                    vl_rows: bool, start: int, causal: int, offset: int,
                    kw: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     """(out, lse) of `query` against one key shard (keys start..start+n of the
-    full range), both in the compute dtype (float32 or float64).
+    full range), both in the compute dtype (float32 or float64; float32 for
+    16-bit inputs).
 
     attn_mask: the full mask's columns for this shard (or a mask without a key
     axis), all rows. valid_lens: the full problem's lengths (int64);
@@ -113,14 +114,13 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
     key j visible to query i iff j <= i + offset on the full key range.
     """
     n, Lq = key.shape[-2], query.shape[-2]
-    if query.dtype not in (np.float32, np.float64):
-        # 16-bit inputs: the partials must stay float32 until the merge, which
-        # cancels them (SDPA would round each to the 16-bit type first, and the
-        # merged result would be off by far more than one rounding); so the
-        # shard runs in float32, and the caller rounds the merged result once
-        query, key, value = (a.astype(np.float32) for a in (query, key, value))
-        if attn_mask is not None and attn_mask.dtype.itemsize == 2:
-            attn_mask = attn_mask.astype(np.float32)   # (a 16-bit float mask, widened exactly)
+    # 16-bit inputs: the partials stay float32 until the merge, which cancels them
+    # (rounded to the 16-bit type first, the merged result was off by far more
+    # than one rounding); the caller rounds the merged result once.
+    # _sdpa_float32_out reads K/V as they are, so a 16-bit float mask is widened
+    # (exactly) to the float32 scores
+    if attn_mask is not None and attn_mask.dtype != np.bool_ and attn_mask.dtype.itemsize == 2:
+        attn_mask = attn_mask.astype(np.float32)
 
     def call(r0: int, r1: int, nkeys: int, is_causal: Any) -> Tuple[np.ndarray, np.ndarray]:
         q = query if (r0, r1) == (0, Lq) else query[..., r0:r1, :]
@@ -135,8 +135,8 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
         if valid_lens is not None:
             vl = _rows(valid_lens, r0, r1, Lq) if vl_rows else valid_lens
             vl = np.clip(vl - start, 0, nkeys)
-        out, lse = scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal,
-                                                valid_lens=vl, return_lse=True, **kw)
+        out, lse = _sdpa_float32_out(q, k, v, attn_mask=m, is_causal=is_causal, valid_lens=vl,
+                                     return_lse=True, **kw)
         return out.astype(lse.dtype, copy=False), lse
 
     if not causal or n == 0 or Lq == 0:   # (no query rows: nothing to split)
@@ -152,8 +152,7 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
     b = min(max(n - 1 - o, a), Lq)    # rows [b, Lq) see all of it
     pieces = []
     if a > 0:
-        out0, lse0 = scaled_dot_product_attention(query[..., :0, :], key, value, return_lse=True,
-                                                  **kw)
+        out0, lse0 = _sdpa_float32_out(query[..., :0, :], key, value, return_lse=True, **kw)
         pieces.append((np.zeros(out0.shape[:-2] + (a, out0.shape[-1]), lse0.dtype),
                        np.full(lse0.shape[:-1] + (a,), -np.inf, lse0.dtype)))
     if b > a:

@@ -194,6 +194,40 @@ def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
                        return_lse=return_lse, **variants)
 
 
+def _sdpa_float32_out(query, key, value, attn_mask=None, is_causal=False, scale=None,
+                      enable_gqa=False, *, return_lse=False, num_threads=None, valid_lens=None,
+                      window=None, alibi_slopes=None, softcap=None, sinks=None):
+    """scaled_dot_product_attention whose result stays float32 for float16 /
+    bfloat16 inputs, for callers that combine results before rounding them
+    (dask's shards, whose merge cancels): the queries are widened (Lq rows)
+    and K/V read in place by the kernels of a 16-bit KV cache's storage
+    (float32 queries and results), so no copy of K/V is made. Other dtypes:
+    scaled_dot_product_attention as it is."""
+    p = _engine.prepare(_SDPA, query, key, value, enable_gqa=enable_gqa, native_half=True)
+    if p.io not in (np.float32, np.float64):
+        if p.Dk != p.Dq:
+            raise ValueError(f"{_SDPA}: query and key must have the same head_dim (last dim); "
+                             f"got query {p.query_shape} and key {p.key_shape}")
+        entry = _core.IO_F32_KVF16 if p.io == np.float16 else _core.IO_F32_KVBF16
+        as_stored = (lambda a: a) if p.io == np.float16 else (lambda a: a.view(np.uint16))
+        q = p.q.astype(np.float32)
+        k, p.v = as_stored(p.k), as_stored(p.v)
+        p.io = p.result = np.dtype(np.float32)
+        p.torch_dtype = None
+        if scale is None:
+            scale = 1.0 / math.sqrt(p.Dq) if p.Dq > 0 else 1.0
+        return _engine.run(_SDPA, p, q, k, scale=V.real_number(_SDPA, "scale", scale),
+                           attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
+                           num_threads=num_threads, return_lse=return_lse,
+                           kv=(entry, None, None), window=window, alibi_slopes=alibi_slopes,
+                           softcap=softcap, sinks=sinks)
+    return scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale,
+                                        enable_gqa, return_lse=return_lse,
+                                        num_threads=num_threads, valid_lens=valid_lens,
+                                        window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                                        sinks=sinks)
+
+
 def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.ndarray, np.ndarray]:
     """Merge attention results over disjoint key shards into the exact result.
 

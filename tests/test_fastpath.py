@@ -79,10 +79,12 @@ def test_other_calls_take_the_general_path(case, general_calls):
         v = v.astype(np.float64)
     elif case == "threads-float":
         kw["num_threads"] = 2.0
-    if case in ("mixed", "threads-float", "mask-float64", "gqa-flag", "out-read-only", "out-float64"):
+    if case in ("mixed", "threads-float", "mask-float64", "gqa-flag", "out-read-only", "out-float64",
+                "out-zero-stride"):
         # the general path explains what is wrong before any kernel runs
         with pytest.raises((TypeError, ValueError),
-                           match="mixed dtypes|num_threads|attn_mask|enable_gqa|read-only|out has dtype"):
+                           match="mixed dtypes|num_threads|attn_mask|enable_gqa|read-only|out has dtype"
+                                 "|out's elements may share memory"):
             SDPA(q, k, v, **kw)
         assert general_calls == []
     elif case == "out-aliases-q":
@@ -293,17 +295,18 @@ def test_torch_masks_the_general_path_must_judge(general_calls):
         general_calls.clear()
 
 
-def test_self_overlapping_out_is_written_through_a_copy(general_calls):
-    """An out= whose elements share memory (a writable stride-0 view) is not
-    handed to the threads: both paths write a result, then copy it."""
+def test_self_overlapping_out_is_refused_on_both_paths(general_calls):
+    """An out= whose elements share memory (a writable stride-0 view) cannot
+    hold the result: a ValueError, as torch's out= gives ("some elements of
+    the written-to tensor refer to a single memory location"). It used to be
+    filled through a copy, NumPy-style, every row the last one written."""
     rng = np.random.default_rng(9)
     q, k, v = (rng.standard_normal((2, 2, 5, 8)).astype(np.float32) for _ in range(3))
-    want = SDPA(q, k, v)
-    for kw in (dict(), dict(return_lse=True)):
+    for kw in (dict(), dict(return_lse=True)):   # (the fast path, then the general one)
         out = np.lib.stride_tricks.as_strided(np.zeros(8, np.float32), (2, 2, 5, 8), (0, 0, 0, 4))
-        res = SDPA(q, k, v, out=out, **kw)
-        assert (res[0] if kw else res) is out
-        np.testing.assert_array_equal(out[0, 0, 0], want[-1, -1, -1])
+        with pytest.raises(ValueError, match="out's elements may share memory"):
+            SDPA(q, k, v, out=out, **kw)
+        assert not out.any() and general_calls == []
 
 
 @pytest.mark.parametrize("name", ["alibi_slopes", "sinks", "valid_lens"])
