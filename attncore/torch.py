@@ -1093,6 +1093,37 @@ def _float32_array(t):
     return (t if t.dtype == torch.float32 else t.to(torch.float32)).numpy()
 
 
+def _sliding_cut(mask, W, n, Lq, first):
+    """(window, mask) for Lq query rows, the newest of n cached positions, of a
+    sliding layer with window W, given the model's mask (bool or float, or
+    None). They see what transformers' sliding cache layer hands out: the
+    W - 1 positions before the Lq and those, so every row hides the keys
+    before `first` = n - Lq - (W - 1). Most models' masks cut more, each row's
+    own window; Moshi's cuts nothing.
+
+    The kernel skips the key blocks before a window (a mask it evaluates), so:
+    one row, or a mask that already hides every key outside each row's own
+    window: the window (W - 1, None), the same attention; otherwise the window
+    (W + Lq - 2, None) (that bound for the last row, looser for the others)
+    and a key mask for the rest."""
+    if Lq == 1:
+        return (W - 1, None), mask
+    keys = np.arange(n)
+    if mask is not None:
+        own = keys < (first + np.arange(Lq))[:, None]    # (Lq, n): before each row's window
+        visible = mask if mask.dtype == np.bool_ else mask != -np.inf
+        if not np.any(visible & own):
+            return (W - 1, None), mask
+    keep = keys >= first
+    if mask is None:
+        mask = keep
+    elif mask.dtype == np.bool_:
+        mask = mask & keep
+    else:
+        mask = np.where(keep, mask, np.float32(-np.inf))
+    return (W + Lq - 2, None), mask
+
+
 def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling, position_bias,
                   extras):
     """hf_attention with AttncoreCache placeholders as key/value: the attention
@@ -1142,21 +1173,7 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
     W = key.layer.sliding_window
     first = n - Lq - (W - 1) if W is not None else 0
     if first > 0:
-        # A sliding layer sees what transformers' sliding cache layer hands out:
-        # the W - 1 positions before this call's Lq and those, so every row hides
-        # the keys before `first` (most models' masks cut more: each row's own
-        # window; Moshi's mask cuts nothing). One query row (decoding): the
-        # window (W - 1, None), whose blocks the kernel skips; more: a key mask.
-        if Lq == 1:
-            kwargs["window"] = (W - 1, None)
-        else:
-            keep = np.arange(n) >= first
-            if mask is None:
-                mask = keep
-            elif mask.dtype == np.bool_:
-                mask = mask & keep
-            else:
-                mask = np.where(keep, mask, np.float32(-np.inf))
+        kwargs["window"], mask = _sliding_cut(mask, W, n, Lq, first)
     B, Hq, _, D = query.shape
     if Lq == 1 and mask is None and not kwargs:
         # a decode step's common call (KVCache.attend's fast path): (B, Hq, 1, D)

@@ -321,6 +321,18 @@ def test_sliding_window_layers_keep_the_history_and_the_mask_applies_the_window(
     torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
     # all 16 positions cached, the window (4) is in transformers' mask
     assert cache.get_seq_length() == 16 and attends[-1]["mask"] == (np.bool_, (1, 1, 1, 16))
+    # a later chunk of 5: the mask cuts each row's own window, so the kernel gets
+    # that window too (it skips the key blocks before it) and the mask as it was
+    attends.clear()
+    chunked = at.AttncoreCache(new.config, dtype="float32")
+    want_cache = DynamicCache(config=ref.config)
+    with torch.inference_mode():
+        new(ids[:, :4], past_key_values=chunked)
+        ref(ids[:, :4], past_key_values=want_cache)
+        got = new(ids[:, 4:], past_key_values=chunked).logits
+        want = ref(ids[:, 4:], past_key_values=want_cache).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert attends[-1]["window"] == (3, None) and attends[-1]["mask"] == (np.bool_, (1, 1, 5, 9))
 
 
 @hf
@@ -362,7 +374,31 @@ def test_a_sliding_window_that_only_the_cache_applies_is_applied(attends):
                 (want if model is ref else got).append(
                     model(ids[:, split:], past_key_values=cache).logits)
         torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
-    assert attends[-2]["mask"] is not None and attends[-2]["window"] is None
+    # (with the loosest window that keeps them: the key blocks before it are skipped)
+    assert attends[-2]["mask"] is not None and attends[-2]["window"] == (3 + 4 - 1, None)
+
+
+def test_sliding_cut_of_each_mask_kind():
+    # W = 3, 8 cached positions, the newest 3 are the queries: first = 8 - 3 - 2 = 3
+    n, Lq, W = 8, 3, 3
+    rows = np.arange(n - Lq, n)[:, None]
+    own = np.arange(n) > rows - W                    # each row's own window (and causal)
+    own &= np.arange(n) <= rows
+    window, mask = at._sliding_cut(None, W, n, 1, n - 1 - (W - 1))
+    assert window == (W - 1, None) and mask is None
+    window, mask = at._sliding_cut(own[None, None], W, n, Lq, 3)   # the mask cuts it already
+    assert window == (W - 1, None) and mask.shape == (1, 1, Lq, n) and (mask == own).all()
+    causal = np.arange(n) <= rows                    # Moshi's: no window
+    window, mask = at._sliding_cut(causal[None, None], W, n, Lq, 3)
+    assert window == (W + Lq - 2, None) and (mask[0, 0] == (causal & (np.arange(n) >= 3))).all()
+    window, mask = at._sliding_cut(None, W, n, Lq, 3)
+    assert window == (W + Lq - 2, None) and (mask == (np.arange(n) >= 3)).all()
+    additive = np.where(causal, np.float32(0.5), np.float32(-np.inf))[None, None]
+    window, mask = at._sliding_cut(additive, W, n, Lq, 3)
+    assert window == (W + Lq - 2, None) and mask.dtype == np.float32
+    np.testing.assert_array_equal(mask[0, 0], np.where(causal & (np.arange(n) >= 3), 0.5, -np.inf))
+    cut = np.where(own, np.float32(0.5), np.float32(-np.inf))[None, None]
+    assert at._sliding_cut(cut, W, n, Lq, 3)[0] == (W - 1, None)
 
 
 @hf
