@@ -374,7 +374,7 @@ def _may_overlap_itself(a):
     """Whether two elements of `a` might share memory: taken axis by axis in
     order of |stride|, each stride must step past everything the smaller ones
     span (true of every C-, F- or sliced layout; a stride-0 axis fails)."""
-    if a.size == 0:
+    if a.size == 0 or a.flags.c_contiguous or a.flags.f_contiguous:
         return False
     span = a.itemsize
     for stride, n in sorted((abs(st), n) for st, n in zip(a.strides, a.shape) if n > 1):

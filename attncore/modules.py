@@ -315,8 +315,11 @@ class MultiHeadAttention:
         if torch is not None and isinstance(getattr(module, "_orig_mod", None),
                                             torch.nn.MultiheadAttention):
             module = module._orig_mod   # torch.compile's wrapper: the same parameters
+        # (a scripted one keeps its attributes; torch.jit.trace's does not)
         scripted = (torch is not None and isinstance(module, torch.jit.ScriptModule)
-                    and getattr(module, "original_name", None) == "MultiheadAttention")
+                    and getattr(module, "original_name", None) == "MultiheadAttention"
+                    and all(hasattr(module, name) for name in
+                            ("embed_dim", "num_heads", "kdim", "vdim", "batch_first", "dropout")))
         if torch is None or not (isinstance(module, torch.nn.MultiheadAttention) or scripted):
             raise TypeError(f"{_MHA}.from_torch: module must be a torch.nn.MultiheadAttention (or "
                             f"one compiled by torch.compile or torch.jit.script); got "

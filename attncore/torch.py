@@ -1210,7 +1210,10 @@ _ATTNCORE_CACHE_DOC = """A Hugging Face transformers ``Cache`` whose layers keep
     no decoded copy per step. Under any other implementation (sdpa, eager,
     ...) ``update`` returns the stored keys/values decoded to the model's
     dtype (a copy per call: correct, not fast), so the cache's numerics are
-    the same either way. A placeholder that reaches anything but the
+    the same either way, except that a sliding layer's decoded history then
+    has only the window that the model's mask applies (Moshi's mask has
+    none: run it on "attncore", or on a DynamicCache). A placeholder that
+    reaches anything but the
     attncore attention function raises TypeError. Every position is read
     from the storage, the prompt's included (the prefill is not computed
     from the unrounded keys/values).

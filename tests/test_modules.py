@@ -351,10 +351,16 @@ def test_from_torch_of_a_compiled_or_scripted_module(rng):
 
 
 @needs_torch
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_from_torch_of_another_module_is_a_type_error():
     with pytest.raises(TypeError, match=r"from_torch: module must be a torch.nn.MultiheadAttention "
                                         r"\(or .*\); got torch.nn.modules.linear.Linear"):
         attncore.MultiHeadAttention.from_torch(torch.nn.Linear(8, 8))
+    traced = torch.jit.trace(torch.nn.MultiheadAttention(8, 2).eval(),
+                             (torch.ones(3, 1, 8),) * 3, check_trace=False)   # (drops attributes)
+    with pytest.raises(TypeError, match="from_torch: module must be"):
+        attncore.MultiHeadAttention.from_torch(traced)
     with pytest.raises(TypeError, match="got builtins.dict"):
         attncore.MultiHeadAttention.from_torch({"in_proj_weight": np.zeros((24, 8))})
 
