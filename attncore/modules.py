@@ -10,6 +10,7 @@ reads.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -308,10 +309,7 @@ class MultiHeadAttention:
         >>> bool(np.allclose(mha(x)[0], want, atol=1e-5))
         True
         """
-        try:
-            import torch
-        except ImportError:   # (then module cannot be a torch module either)
-            torch = None
+        torch = sys.modules.get("torch")   # (imported if `module` is a torch module)
         if torch is not None and isinstance(getattr(module, "_orig_mod", None),
                                             torch.nn.MultiheadAttention):
             module = module._orig_mod   # torch.compile's wrapper: the same parameters
