@@ -442,8 +442,13 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
             f"(..., Lk, dy) with {xk.ndim} dims (vector targets); batch dims of y must all be "
             f"present (size 1 to share them)")
     if y3.shape[-2] != Lk:
-        raise ValueError(f"{op}: y has {y3.shape[-2]} points (shape {yy.shape}) but x_key has "
-                         f"Lk={Lk} (shape {arrays['x_key'].shape})")
+        reading = ("(..., Lk, dy): vector targets, as y has as many dims as x_key read as "
+                   f"{xk.shape}" if not scalar_y else "(..., Lk): scalar targets")
+        raise ValueError(f"{op}: y of shape {yy.shape} is read as {reading}, so it has "
+                         f"{y3.shape[-2]} points, but x_key of shape {arrays['x_key'].shape} "
+                         f"has Lk={Lk}; scalar targets with batch dims need x_key with those "
+                         f"dims too (e.g. x_key[None] for a shared x_key), or give y as "
+                         f"y[..., None]")
     try:
         batch = tuple(np.broadcast_shapes(xq.shape[:-2], xk.shape[:-2], y3.shape[:-2]))
     except ValueError:

@@ -129,7 +129,9 @@ def hard_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, mode: str
     modes = ("argmax", "topk", "sample")
     if mode not in modes:
         raise ValueError(f"{op}: mode must be one of {modes}; got {mode!r}")
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 1 <= k <= 64:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{op}: k must be an int in [1, 64]; got {type(k).__name__} {k!r}")
+    if not 1 <= k <= 64:
         raise ValueError(f"{op}: k must be an int in [1, 64]; got {k!r}")
     if mode == "argmax" and k != 1:
         raise ValueError(f"{op}: mode='argmax' takes one key (k=1); use mode='topk' for k={k}")

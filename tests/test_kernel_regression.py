@@ -183,8 +183,14 @@ def test_errors_name_arguments_and_shapes():
         KR(np.zeros((3, 2)), np.zeros((5, 3)), y)
     with pytest.raises(ValueError, match="same feature size"):
         KR(np.zeros(3), np.zeros((5, 2)), y)                 # 1-D x is d=1
-    with pytest.raises(ValueError, match=r"y has 4 points \(shape \(4,\)\) but x_key has Lk=5"):
+    with pytest.raises(ValueError, match=r"y of shape \(4,\) is read as \(\.\.\., Lk\): scalar "
+                                         r"targets, so it has 4 points, but x_key of shape \(5,\) has Lk=5"):
         KR(x, x, np.zeros(4))
+    # a batch of scalar targets against an unbatched 1-D x_key reads as (Lk, dy): the message
+    # says how it was read and how to write the other reading
+    with pytest.raises(ValueError, match=r"read as \(\.\.\., Lk, dy\): vector targets.*"
+                                         r"has 3 points.*Lk=5.*x_key\[None\]"):
+        KR(np.zeros(2), x, np.zeros((3, 5)))
     with pytest.raises(ValueError, match=r"y has shape \(5,\).*batch dims of y must all be present"):
         KR(np.zeros((2, 3, 1)), np.zeros((2, 5, 1)), y)      # missing batch dim: never guessed
     with pytest.raises(ValueError, match="do not broadcast"):

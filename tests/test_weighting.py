@@ -213,6 +213,8 @@ def test_hard_masked_rows_nan_threads_and_guard_pages():
     (dict(mode="argmax", k=2), ValueError, ["topk", "k=2"]),
     (dict(mode="topk", k=0), ValueError, ["k must be an int in [1, 64]"]),
     (dict(mode="topk", k=65), ValueError, ["[1, 64]"]),
+    (dict(mode="topk", k=2.0), TypeError, ["k must be an int", "float 2.0"]),
+    (dict(mode="topk", k=True), TypeError, ["k must be an int", "bool"]),
     (dict(mode="sample", seed=-1), ValueError, ["seed"]),
 ])
 def test_hard_errors(bad, err, words):
