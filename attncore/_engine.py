@@ -230,8 +230,10 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
         return None
 
     if lse is not None and lse_shift is not None:
-        with np.errstate(over="ignore", invalid="ignore"):   # (a -inf lse stays -inf)
-            lse += scale * lse_shift
+        with np.errstate(over="ignore", invalid="ignore"):
+            # a row with no visible key keeps lse -inf, even where the shift overflowed
+            # to inf (-inf + inf would be NaN)
+            np.add(lse, scale * lse_shift, out=lse, where=~np.isneginf(lse))
     if p.flat:
         res = res[0]
         weights = weights[0] if weights is not None else None

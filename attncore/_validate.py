@@ -231,19 +231,23 @@ def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
         # the query's dtype, or float32 for a 16-bit query (its compute dtype:
         # nothing is rounded away, as torch also allows)
         if m.dtype != result_dtype and not (_is_half(result_dtype) and m.dtype == compute_dtype):
-            name = np.dtype(result_dtype).name
-            if _arrays.is_torch(attn_mask):
-                cast = f"attn_mask.to(torch.{name})"
-            elif name == "bfloat16":   # (NumPy has no bfloat16 of its own)
-                cast = "attn_mask.astype(ml_dtypes.bfloat16)"
-            else:
-                cast = f"attn_mask.astype(np.{name})"
+            cast = cast_hint("attn_mask", result_dtype, _arrays.is_torch(attn_mask))
             raise TypeError(f"{op}: a float attn_mask must have the query's dtype {result_dtype}"
                             + (" (or float32)" if _is_half(result_dtype) else "")
                             + f"; got {m.dtype} (cast it, e.g. {cast})")
         return _core.MASK_ADD, m.astype(compute_dtype, copy=False)
     raise TypeError(f"{op}: attn_mask must be bool (True = may attend) or a float array added "
                     f"to the scores; got dtype {m.dtype}")
+
+
+def cast_hint(name, dtype, torch=False):
+    """How to cast the argument `name` to `dtype`, as code for an error message."""
+    dname = np.dtype(dtype).name
+    if torch:
+        return f"{name}.to(torch.{dname})"
+    if dname == "bfloat16":   # (NumPy has no bfloat16 of its own)
+        return f"{name}.astype(ml_dtypes.bfloat16)"
+    return f"{name}.astype(np.{dname})"
 
 
 def _broadcasts(a, shape):
@@ -360,6 +364,9 @@ def output(op, out, shape, dtype):
     if out.shape != tuple(shape):
         raise ValueError(f"{op}: out has shape {out.shape}; expected {tuple(shape)}")
     if out.dtype != dtype:
+        if out.dtype.newbyteorder("=") == dtype:   # (the kernels write native floats)
+            raise TypeError(f"{op}: out has dtype {out.dtype.str}, {np.dtype(dtype).name} in the "
+                            f"other byte order; out must be native ({np.dtype(dtype).str})")
         raise TypeError(f"{op}: out has dtype {out.dtype}; expected {dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{op}: out is read-only")

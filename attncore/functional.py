@@ -285,7 +285,10 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
                             f"16-bit out with float32 lse, as SDPA returns them, may differ)")
         result, lse_result = out_dtype, lse_dtype
         compute = np.float64 if out_dtype == np.float64 else np.float32
-        if o.ndim < 1 or s.shape != o.shape[:-1]:
+        if o.ndim < 1:
+            raise ValueError(f"{op}: parts[{n}]: out must be an array (..., Dv) with at least one "
+                             f"dim (SDPA's output of one shard); got a scalar, shape {o.shape}")
+        if s.shape != o.shape[:-1]:
             raise ValueError(f"{op}: parts[{n}]: lse must have out's shape without the last "
                              f"dim; got out {o.shape} and lse {s.shape}")
         if outs and o.shape != outs[0].shape:

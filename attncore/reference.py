@@ -528,7 +528,7 @@ def sigmoid_attention(query, key, value, bias=0.0, scale=None, attn_mask=None, i
                              query_ndim, window, alibi_slopes, softcap)
     weights = np.zeros((nb, Hq, Lq, Lk))
     out = np.zeros((nb, Hq, Lq, Dv))
-    group = Hq // Hkv
+    group = Hq // Hkv if Hkv else 1
     for b in range(nb):
         for h in range(Hq):
             for i in range(Lq):
@@ -809,9 +809,15 @@ def _vision_sum(values):
 
 
 def _vision_max(values):
-    """max that propagates NaN (torch's max pooling)."""
+    """max that propagates NaN (torch's max pooling); NaN over no values (a
+    map of an image without channels or pixels, which scales nothing)."""
     values = list(values)
-    return math.nan if any(math.isnan(v) for v in values) else max(values)
+    return math.nan if not values or any(math.isnan(v) for v in values) else max(values)
+
+
+def _vision_mean(values, count):
+    """mean of `count` values; NaN for none (as torch's mean of nothing)."""
+    return _vision_sum(values) / count if count else math.nan
 
 
 def _vision_relu(h):
@@ -826,16 +832,19 @@ def _vision_images(x, layout):
     return a.tolist(), a.shape
 
 
-def _vision_result(X, layout):
-    a = np.array(X, dtype=np.float64)
+def _vision_result(X, layout, shape):
+    """nested lists [n][c][h][w] -> an array of `shape` (N, C, H, W) in `layout`
+    (the shape is given: lists cannot carry a dim after a size-0 one)."""
+    a = np.array(X, dtype=np.float64).reshape(shape)
     return a if layout == "NCHW" else a.transpose(0, 2, 3, 1)
 
 
 def _vision_mlp_scales(X, shape, w1, b1, w2, b2, pooling):
     """s[n][c] = sigmoid(sum over poolings of w2 relu(w1 v + b1) + b2)."""
     N, C, H, W = shape
-    W1 = np.asarray(w1, dtype=np.float64).reshape(np.shape(w1)[0], -1).tolist()
-    W2 = np.asarray(w2, dtype=np.float64).reshape(np.shape(w2)[0], -1).tolist()
+    w1, w2 = (np.asarray(w, dtype=np.float64) for w in (w1, w2))   # (Cr, C[, 1, 1]), (C, Cr[, 1, 1])
+    W1 = w1.reshape(w1.shape[0], math.prod(w1.shape[1:])).tolist()
+    W2 = w2.reshape(w2.shape[0], math.prod(w2.shape[1:])).tolist()
     Cr = len(W1)
     B1 = [0.0] * Cr if b1 is None else np.asarray(b1, dtype=np.float64).tolist()
     B2 = [0.0] * C if b2 is None else np.asarray(b2, dtype=np.float64).tolist()
@@ -845,7 +854,7 @@ def _vision_mlp_scales(X, shape, w1, b1, w2, b2, pooling):
         y = [0.0] * C
         for kind in kinds:
             if kind == "avg":
-                v = [_vision_sum(X[n][c][h][w] for h in range(H) for w in range(W)) / (H * W)
+                v = [_vision_mean((X[n][c][h][w] for h in range(H) for w in range(W)), H * W)
                      for c in range(C)]
             else:
                 v = [_vision_max(X[n][c][h][w] for h in range(H) for w in range(W)) for c in range(C)]
@@ -883,7 +892,7 @@ def channel_attention(x, w1, b1, w2, b2, *, pooling="avg", layout=None, out=None
     s = _vision_mlp_scales(X, shape, w1, b1, w2, b2, pooling)
     N, C, H, W = shape
     return _vision_result([[[[X[n][c][h][w] * s[n][c] for w in range(W)] for h in range(H)]
-                            for c in range(C)] for n in range(N)], layout)
+                            for c in range(C)] for n in range(N)], layout, shape)
 
 
 def _vision_spatial(X, shape, weight, bias):
@@ -895,7 +904,7 @@ def _vision_spatial(X, shape, weight, bias):
     b = 0.0 if bias is None else float(np.asarray(bias, dtype=np.float64).reshape(()))
     t = []
     for n in range(N):
-        maps = [[[_vision_sum(X[n][c][h][w] for c in range(C)) / C for w in range(W)] for h in range(H)],
+        maps = [[[_vision_mean((X[n][c][h][w] for c in range(C)), C) for w in range(W)] for h in range(H)],
                 [[_vision_max(X[n][c][h][w] for c in range(C)) for w in range(W)] for h in range(H)]]
         rows = []
         for h in range(H):
@@ -927,7 +936,7 @@ def spatial_attention(x, weight, bias=None, *, layout=None, out=None, num_thread
     t = _vision_spatial(X, shape, weight, bias)
     N, C, H, W = shape
     return _vision_result([[[[X[n][c][h][w] * t[n][h][w] for w in range(W)] for h in range(H)]
-                            for c in range(C)] for n in range(N)], layout)
+                            for c in range(C)] for n in range(N)], layout, shape)
 
 
 def cbam(x, w1, b1, w2, b2, weight, bias=None, *, pooling="avg+max", layout=None, out=None,
@@ -965,7 +974,7 @@ def reverse_attention(x, logits, *, layout=None, out=None, num_threads=None):
         lg = lg.transpose(0, 3, 1, 2)
     L = np.broadcast_to(lg, (N, 1, H, W)).tolist()
     return _vision_result([[[[X[n][c][h][w] * _vision_sigmoid(-L[n][0][h][w]) for w in range(W)]
-                             for h in range(H)] for c in range(C)] for n in range(N)], layout)
+                             for h in range(H)] for c in range(C)] for n in range(N)], layout, shape)
 
 
 _GUMBEL_STREAM = 0x6A09E667F3BCC909   # keeps hard attention's noise apart from dropout's
@@ -1016,7 +1025,7 @@ def hard_attention(query, key, value, mode="argmax", k=1, *, scale=None, seed=No
                              query_ndim, window, alibi_slopes, softcap)
     out = np.zeros((nb, Hq, Lq, Dv))
     idx = np.full((nb, Hq, Lq, k), -1, np.int64)
-    group = Hq // Hkv
+    group = Hq // Hkv if Hkv else 1
     for b in range(nb):
         for h in range(Hq):
             for i in range(Lq):

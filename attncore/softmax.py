@@ -52,7 +52,7 @@ def _float_mask(op, name, m, compute, result):
         if m.dtype != result and not (V._is_half(result) and m.dtype == compute):
             raise TypeError(f"{op}: a float {name} must have the input's dtype {result}"
                             + (" (or float32)" if V._is_half(result) else "")
-                            + f"; got {m.dtype} (cast it, e.g. {name}.astype(np.{result}))")
+                            + f"; got {m.dtype} (cast it, e.g. {V.cast_hint(name, result)})")
         return _core.MASK_ADD, m.astype(compute, copy=False)
     raise TypeError(f"{op}: {name} must be bool (True = keep) or a float array added to the "
                     f"scores; got dtype {m.dtype}")

@@ -423,8 +423,12 @@ def cbam(x: ArrayLike, w1: ArrayLike, b1: OptArray, w2: ArrayLike, b2: OptArray,
         out = spatial_attention(x1, weight, bias)
 
     in one pass per image (x1 is never stored: each x1 value is recomputed,
-    rounded to the dtype exactly as the two calls would round it, so the
-    result equals the two calls bit for bit).
+    rounded to the compute dtype exactly as the two calls would round it, so
+    for float32 and float64 the result equals the two calls bit for bit).
+    float16 / bfloat16 inputs are computed in float32 and the result rounded
+    once: x1 keeps float32's precision, where the two calls would round it
+    to 16 bits in between, so the fused result is the more accurate one and
+    may differ from the two calls by a 16-bit rounding of x1.
 
     Parameters
     ----------

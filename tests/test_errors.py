@@ -107,6 +107,30 @@ def test_merge_bad_input():
         attncore.merge_attention([(o, l), (np.zeros((2, 3, 5), f32), l)])
     with pytest.raises(TypeError, match="mix"):
         attncore.merge_attention([(o, l.astype(np.float64))])
+    with pytest.raises(ValueError, match=r"parts\[0\]: out must be an array \(\.\.\., Dv\) "
+                                         r"with at least one dim"):
+        attncore.merge_attention([(np.float32(1), np.float32(0))])
+
+
+def test_out_in_the_other_byte_order_says_so():
+    x = np.zeros((2, 3), f32)
+    other = np.dtype(f32).newbyteorder("S")
+    for call in (lambda o: attncore.softmax(x, out=o),
+                 lambda o: attncore.scaled_dot_product_attention(x, x, x, out=o)):
+        with pytest.raises(TypeError, match="in the other byte order; out must be native"):
+            call(np.empty((2, 3), other))
+
+
+def test_a_bfloat16_mask_cast_hint_names_ml_dtypes():
+    """NumPy has no bfloat16: the hint must be code that runs."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf = ml_dtypes.bfloat16
+    x = np.zeros((2, 3), bf)
+    with pytest.raises(TypeError, match=r"mask\.astype\(ml_dtypes\.bfloat16\)"):
+        attncore.softmax(x, mask=np.zeros((2, 3), np.float16))
+    with pytest.raises(TypeError, match=r"attn_mask\.astype\(ml_dtypes\.bfloat16\)"):
+        attncore.kernel_regression(np.zeros(2, bf), np.zeros(3, bf), np.zeros(3, bf),
+                                   attn_mask=np.zeros((2, 3), np.float16))
 
 
 def test_window_wider_than_any_key_range_is_unbounded():

@@ -316,6 +316,19 @@ def test_concat_lse_of_a_row_without_keys_stays_minus_inf():
     assert (lse == -np.inf).all() and not out.any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_concat_lse_of_a_row_without_keys_stays_minus_inf_when_the_shift_overflows(dtype):
+    """scale x (a_i + b) past float64's range is inf: a row with keys has lse
+    inf (its true lse is past the range too), a row without keys keeps -inf
+    (-inf + inf made it NaN)."""
+    q = np.ones((1, 2, 3), dtype); k = np.ones((1, 4, 3), dtype); v = np.ones((1, 4, 2), dtype)
+    mask = np.array([[True] * 4, [False] * 4])
+    out, lse = attncore.concat_attention(q, k, v, np.ones(3, dtype), np.ones(3, dtype), bias=1e300,
+                                         scale=1e10, attn_mask=mask, return_lse=True)
+    assert lse[0, 0] == np.inf and lse[0, 1] == -np.inf
+    assert not out[0, 1].any() and (out[0, 0] == 1).all()
+
+
 def test_additive_scale_beyond_float32_folds_in_float64():
     """scale x w_score is formed in float64: scale = 1e39 with a subnormal
     w_score is an ordinary product of about 1 (scale cast to float32 first

@@ -291,6 +291,12 @@ def test_half_precision_inputs(rng):
                          cw.astype(np.float16), cb)
     assert half.dtype == np.float16
     np.testing.assert_allclose(half.astype(np.float32), ref, rtol=5e-3, atol=5e-3)
+    # computed in float32: exactly the float32 cbam of the widened inputs, rounded once
+    # (x1 is not rounded to 16 bits in between, unlike two separate 16-bit calls)
+    widened = attncore.cbam(x.astype(np.float16).astype(np.float32),
+                            *(m.astype(np.float16).astype(np.float32) for m in mlp),
+                            cw.astype(np.float16).astype(np.float32), cb)
+    np.testing.assert_array_equal(half, widened.astype(np.float16))
     ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes")
     bf = np.dtype(ml_dtypes.bfloat16)
     out = attncore.reverse_attention(x.astype(bf), np.zeros((2, 1, 9, 7), bf))
@@ -509,3 +515,27 @@ def test_channel_params_and_spatial_params_refuse_other_modules():
     err(ValueError, spatial_params, nn.Conv2d(2, 1, 3, padding=1, stride=2), words=["stride"])
     err(ValueError, spatial_params, nn.Conv2d(2, 1, 3, padding=1), order="avg,max", words=["order"])
     err(TypeError, spatial_params, nn.Linear(2, 1), words=["nn.Conv2d"])
+
+
+@pytest.mark.parametrize("case", ["channel H=0", "cbam H=0", "channel hidden 0", "spatial C=0",
+                                  "spatial H=0", "reverse H=0"])
+def test_size_zero_images_match_the_reference(case):
+    """Empty images and an MLP without hidden units: attncore and the reference
+    agree on shape and values (the reference used to divide by zero, fail a
+    reshape, or drop the dim after a size-0 one)."""
+    k3 = np.ones((1, 2, 3, 3))
+    calls = {
+        "channel H=0": lambda m: m.channel_attention(np.ones((1, 2, 0, 3)), np.ones((1, 2)), None,
+                                                     np.ones((2, 1)), None),
+        "cbam H=0": lambda m: m.cbam(np.ones((1, 2, 0, 3)), np.ones((1, 2)), None, np.ones((2, 1)),
+                                     None, k3),
+        "channel hidden 0": lambda m: m.channel_attention(np.arange(24.0).reshape(1, 2, 3, 4),
+                                                          np.ones((0, 2)), None, np.ones((2, 0)),
+                                                          np.array([1.0, -2.0])),
+        "spatial C=0": lambda m: m.spatial_attention(np.ones((1, 0, 2, 2)), k3),
+        "spatial H=0": lambda m: m.spatial_attention(np.ones((1, 2, 0, 3)), k3),
+        "reverse H=0": lambda m: m.reverse_attention(np.ones((1, 2, 0, 3)), np.ones((1, 1, 0, 3))),
+    }
+    got, want = calls[case](attncore), calls[case](R)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-15)

@@ -252,3 +252,11 @@ def test_hard_seed_is_checked_in_every_mode(mode, seed):
     q = np.ones((1, 2, 3)); kv = np.ones((1, 4, 3))
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64\)"):
         attncore.hard_attention(q, kv, kv, mode=mode, k=1, seed=seed)
+
+
+@pytest.mark.parametrize("fn", ["sigmoid_attention", "hard_attention"])
+def test_no_heads_match_the_reference(fn):
+    """(0, L, D) inputs: an empty result from both (the reference divided by Hkv = 0)."""
+    x = np.ones((0, 2, 3), np.float32)
+    got, want = getattr(attncore, fn)(x, x, x), getattr(R, fn)(x, x, x)
+    assert got.shape == want.shape == (0, 2, 3)
