@@ -6,13 +6,16 @@ NumPy users pay nothing for it. bfloat16 tensors cross as their 16-bit
 patterns (NumPy has no bfloat16 of its own): as ``ml_dtypes.bfloat16`` when
 that package is installed, else widened to float32 right away.
 """
+import sys
+
 import numpy as np
 
 
 def is_torch(x):
-    """Whether x is a torch tensor (without importing torch)."""
-    mod = type(x).__module__
-    return (mod == "torch" or mod.startswith("torch.")) and hasattr(x, "requires_grad")
+    """Whether x is a torch tensor, subclasses included (without importing
+    torch: a tensor exists only once torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, getattr(torch, "Tensor", ()))
 
 
 def _bfloat16_dtype():
@@ -34,6 +37,10 @@ def torch_to_numpy(t, name, op):
             f"{op}: {name} requires grad, but attncore computes the forward pass only (no "
             f"autograd). Call it under torch.no_grad() or torch.inference_mode(), or pass "
             f"{name}.detach()")
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, grad, ...), "
+                        f"which has no memory of its own to read; attncore takes the batched "
+                        f"tensors directly (leading batch dims broadcast) instead of a vmap")
     if t.device.type != "cpu":
         raise TypeError(f"{op}: {name} is on {t.device}; attncore runs on the CPU "
                         f"(move it with {name}.cpu())")
@@ -51,7 +58,11 @@ def torch_to_numpy(t, name, op):
         if bf16 is not None:
             return bits.view(bf16)
         return (bits.astype(np.int32).view(np.uint32) << 16).view(np.float32).astype(np.float32, copy=False)
-    return t.numpy()
+    try:
+        return t.numpy()
+    except TypeError:   # (float8, complex32, quantized: NumPy has no such dtype)
+        raise TypeError(f"{op}: {name} has dtype {t.dtype}, which attncore does not read; "
+                        f"convert it (e.g. {name}.float())") from None
 
 
 def torch_dtype_name(t):

@@ -79,6 +79,12 @@ def _check_no_grad(op, hint, **tensors):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__} "
                             f"(torch.from_numpy converts an array)")
+        if t is not None and not _is_compiling() and \
+                torch._C._functorch.is_functorch_wrapped_tensor(t):   # (dynamo cannot trace it)
+            raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, "
+                            f"grad, ...), which has no memory of its own to read; attncore "
+                            f"takes the batched tensors directly (leading batch dims broadcast) "
+                            f"instead of a vmap")
     if not torch.is_grad_enabled():
         return
     for name, t in tensors.items():
@@ -185,11 +191,21 @@ def _sdpa_fake(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     return query.new_empty(_out_shape(query, key, value))
 
 
+def _autocast(*tensors):
+    """What torch.autocast("cpu") does to SDPA's arguments: floating tensors,
+    float64 and bool ones excepted, cast to the autocast dtype (the mask too)."""
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and
+                 t.dtype not in (dtype, torch.float64) else t for t in tensors)
+
+
 def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, *,
                heads_last=False, extras=None):
     """Eager: the kernel directly (no custom-op dispatch). Compiling: the
     custom op. heads_last: return (..., Lq, Hq, Dv) contiguous (what HF
     models want), written in place by the kernel when eager."""
+    if torch.is_autocast_enabled("cpu"):
+        query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     seed = _draw_seed() if dropout_p > 0 else None
     if _is_compiling():
         extras = extras or {}
@@ -251,14 +267,20 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     Returns
     -------
     Tensor (..., Hq, Lq, Dv), contiguous. A query row that can see no key
-    gives zeros (torch's math path gives NaN).
+    gives zeros (torch's math path gives NaN). As with torch's function,
+    under ``torch.autocast("cpu")`` floating arguments (float64 excepted,
+    the mask included) are cast to the autocast dtype first, and Tensor
+    subclasses come back as the subclass (their ``__torch_function__``
+    runs the call).
 
     Raises
     ------
     TypeError
         If a tensor requires grad while grad mode is on (attncore is
-        forward-only: use torch.no_grad() or torch.inference_mode()), or on
-        unsupported dtypes/devices. ValueError on inconsistent shapes.
+        forward-only: use torch.no_grad() or torch.inference_mode()), on
+        unsupported dtypes/devices, and under torch.vmap (call it on the
+        batched tensors: leading dims broadcast). ValueError on
+        inconsistent shapes.
 
     Example
     -------
@@ -272,12 +294,21 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     (torch.Size([2, 8, 16, 64]), True)
     >>> compiled = torch.compile(at.scaled_dot_product_attention, fullgraph=True)  # the custom op
     """
+    relevant = tuple(t for t in (query, key, value, attn_mask) if isinstance(t, Tensor))
+    if not _is_compiling() and torch.overrides.has_torch_function(relevant):
+        # a Tensor subclass (or a __torch_function__ mode): it runs this function on
+        # the plain tensors and wraps the result, as for torch's own functions
+        return torch.overrides.handle_torch_function(
+            scaled_dot_product_attention, relevant, query, key, value, attn_mask=attn_mask,
+            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     _check_no_grad(_SDPA, "", query=query, key=key, value=value, attn_mask=attn_mask)
     if not isinstance(is_causal, (bool, np.bool_)):   # (torch raises too; bool() would read any string as True)
         raise TypeError(f"{_SDPA}: is_causal must be a bool, as in torch (True: top-left aligned); "
                         f"got {is_causal!r}. For bottom-right alignment (KV-cache decoding) call "
                         f"attncore.scaled_dot_product_attention(..., is_causal='bottom_right') on "
                         f"arrays, or pass the mask")
+    if not isinstance(enable_gqa, (bool, np.bool_)):   # (torch raises too)
+        raise TypeError(f"{_SDPA}: enable_gqa must be a bool, as in torch; got {enable_gqa!r}")
     if not enable_gqa:
         query, key, value, enable_gqa = _broadcast_heads(query, key, value)
     return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
@@ -496,6 +527,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             return "autocast is enabled"
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             return "unexpected input ranks (torch's forward reports the error)"
+        if (query.shape[-1], key.shape[-1], value.shape[-1]) != (self.embed_dim, self.kdim, self.vdim):
+            return "feature sizes that do not match embed_dim/kdim/vdim (torch's forward reports the error)"
         if need_weights and _is_compiling():
             return "need_weights=True under torch.compile (the custom op returns no weights)"
         return ""
@@ -650,8 +683,10 @@ class MultiheadAttention(nn.MultiheadAttention):
     def _convention(name, m, dtype):
         if m.dtype == torch.bool:
             return ~m     # torch MHA: True = masked out; SDPA: True = may attend
-        if m.dtype == dtype or (m.dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16)):
-            return m   # (a float32 mask with 16-bit queries is added unrounded, as in SDPA)
+        if m.dtype in (dtype, torch.float32):
+            # torch's SDPA takes a float32 mask with any query dtype (its MultiheadAttention
+            # too, when need_weights=False); a 16-bit query's mask is added unrounded
+            return m
         if m.is_floating_point():   # (torch's MultiheadAttention raises too)
             raise TypeError(f"MultiheadAttention: {name} is {m.dtype} but the query is {dtype}; pass it "
                             f"as {dtype} ({name}.to({dtype})) or as a bool mask")

@@ -597,3 +597,95 @@ def test_multihead_float32_mask_with_half_queries_runs(dtype):
         want, _ = ref(x, x, x, attn_mask=causal, need_weights=False)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+# -- what torch does around SDPA: subclasses, autocast, transforms (fuzzer's findings) --------
+
+class _MyTensor(torch.Tensor):
+    """A Tensor subclass as libraries define them (MONAI's MetaTensor is one)."""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("which", ["all", "query"])
+def test_tensor_subclasses_come_back_as_the_subclass(dtype, which):
+    """As torch's SDPA: the subclass's __torch_function__ runs the call (it used
+    to return a NumPy array, and bfloat16 failed inside NumPy)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g).to(dtype) for _ in range(3))
+    sub = [t.as_subclass(_MyTensor) for t in (q, k, v)]
+    args = sub if which == "all" else [sub[0], k, v]
+    with torch.no_grad():
+        got = at.scaled_dot_product_attention(*args, is_causal=True)
+        want = at.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert type(got) is _MyTensor and type(F.scaled_dot_product_attention(*args)) is _MyTensor
+    assert got.dtype == dtype
+    assert torch.equal(got.as_subclass(torch.Tensor), want)
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_in_its_dtype_as_torch_does(autocast_dtype):
+    """Under torch.autocast("cpu"), torch's SDPA casts floating arguments (the
+    mask too, float64 not) to the autocast dtype: attncore does the same (it
+    returned float32, and refused the mixed dtypes autocast makes legal)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    mask = torch.randn(16, 16, generator=g) * 3
+    with torch.no_grad(), torch.autocast("cpu", dtype=autocast_dtype):
+        for args in [(q, k, v), (q.to(autocast_dtype), k, v)]:
+            got = at.scaled_dot_product_attention(*args, attn_mask=mask)
+            want = F.scaled_dot_product_attention(*args, attn_mask=mask)
+            assert got.dtype == want.dtype == autocast_dtype
+            exact = at.scaled_dot_product_attention(
+                *(t.to(autocast_dtype) for t in args), attn_mask=mask.to(autocast_dtype))
+            assert torch.equal(got, exact)               # the mask is cast too, as torch does
+            torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=2e-2)
+        d = [t.double() for t in (q, k, v)]
+        assert at.scaled_dot_product_attention(*d).dtype == torch.float64   # float64 is not cast
+
+
+def test_vmap_is_refused_with_a_clear_error():
+    q = torch.randn(2, 3, 5, 8)
+    with pytest.raises(TypeError, match=r"query is a torch\.func transform's tensor \(torch\.vmap"):
+        torch.vmap(at.scaled_dot_product_attention)(q, q, q)
+
+
+def test_unreadable_tensor_dtypes_and_non_bool_enable_gqa_are_type_errors():
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"query has dtype torch\.float8_e4m3fn, which attncore "
+                                        r"does not read"):
+        at.scaled_dot_product_attention(*(t.to(torch.float8_e4m3fn) for t in (q, q, q)))
+    with pytest.raises(TypeError, match="enable_gqa must be a bool"):
+        at.scaled_dot_product_attention(q, q, q, enable_gqa="no")
+
+
+@pytest.mark.parametrize("kind", ["key_padding_mask", "attn_mask"])
+def test_mha_float64_takes_a_float32_mask_as_torch_does(kind):
+    """torch's float64 MultiheadAttention (need_weights=False) takes float32
+    masks, as its SDPA does; attncore's refused them."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).double().eval()
+    fast = at.MultiheadAttention.from_torch(mha)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    if kind == "key_padding_mask":
+        m = torch.zeros(2, 5); m[0, 3:] = float("-inf")
+    else:
+        m = nn.Transformer.generate_square_subsequent_mask(5)
+    assert m.dtype == torch.float32
+    with torch.no_grad():
+        want = mha(x, x, x, need_weights=False, **{kind: m})[0]
+        got = fast(x, x, x, need_weights=False, **{kind: m})[0]
+    assert fast.last_fallback == ""
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_mha_feature_size_mismatch_is_torchs_own_error():
+    """A query whose last dim is not embed_dim: torch's forward runs and raises its
+    own error (it was a RuntimeError from a matmul inside attncore's forward)."""
+    m = at.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad(), pytest.raises(Exception) as got:
+        m(x, x, x)
+    with torch.no_grad(), pytest.raises(Exception) as want:
+        nn.MultiheadAttention.forward(m, x, x, x)
+    assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
+    assert "embed_dim" in m.last_fallback
