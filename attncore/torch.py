@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _engine
+from . import _arrays, _config, _core, _engine
 from . import functional as _functional
 
 __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "patch", "register",
@@ -79,12 +79,13 @@ def _check_no_grad(op, hint, **tensors):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__} "
                             f"(torch.from_numpy converts an array)")
-        if t is not None and not _is_compiling() and \
-                torch._C._functorch.is_functorch_wrapped_tensor(t):   # (dynamo cannot trace it)
-            raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, "
-                            f"grad, ...), which has no memory of its own to read; attncore "
-                            f"takes the batched tensors directly (leading batch dims broadcast) "
-                            f"instead of a vmap")
+    if not _is_compiling() and torch._C._are_functorch_transforms_active():   # (dynamo cannot trace it)
+        for name, t in tensors.items():
+            if t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t):
+                raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, "
+                                f"grad, ...), which has no memory of its own to read; attncore "
+                                f"takes the batched tensors directly (leading batch dims "
+                                f"broadcast) instead of a vmap")
     if not torch.is_grad_enabled():
         return
     for name, t in tensors.items():
@@ -204,6 +205,10 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     """Eager: the kernel directly (no custom-op dispatch). Compiling: the
     custom op. heads_last: return (..., Lq, Hq, Dv) contiguous (what HF
     models want), written in place by the kernel when eager."""
+    if not extras and _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
+        res = _plain_kernel(query, key, value, attn_mask, is_causal, scale, enable_gqa, heads_last)
+        if res is not None:
+            return res
     if torch.is_autocast_enabled("cpu"):
         query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     seed = _draw_seed() if dropout_p > 0 else None
@@ -294,6 +299,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     (torch.Size([2, 8, 16, 64]), True)
     >>> compiled = torch.compile(at.scaled_dot_product_attention, fullgraph=True)  # the custom op
     """
+    if _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
+        # the common eager call straight to the kernel (a decode step's few
+        # microseconds of Python count); anything it declines takes the route below
+        res = _plain_kernel(query, key, value, attn_mask, is_causal, scale, enable_gqa, False)
+        if res is not None:
+            return res
     relevant = tuple(t for t in (query, key, value, attn_mask) if isinstance(t, Tensor))
     if not _is_compiling() and torch.overrides.has_torch_function(relevant):
         # a Tensor subclass (or a __torch_function__ mode): it runs this function on
@@ -312,6 +323,44 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if not enable_gqa:
         query, key, value, enable_gqa = _broadcast_heads(query, key, value)
     return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+_TORCH_DTYPES = _arrays.torch_dtypes()
+
+
+def _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
+    """Whether a call is plain enough for sdpa_fast_torch as it is: exact
+    Tensors, no dropout, bool flags, eager, no autocast, no __torch_function__
+    mode or torch.func transform, and the heads broadcast by GQA if at all
+    (the kernel entry declines the rest: masks it does not read, grads,
+    devices, dtypes)."""
+    return (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor
+            and (attn_mask is None or type(attn_mask) is Tensor)
+            and (dropout_p == 0.0 and type(dropout_p) in (float, int))
+            and type(is_causal) is bool and type(enable_gqa) is bool
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active()
+            and (enable_gqa or query.dim() < 3 or query.shape[-3] == key.shape[-3] == value.shape[-3]))
+
+
+def _plain_kernel(query, key, value, attn_mask, is_causal, scale, enable_gqa, heads_last):
+    """sdpa_fast_torch on a call that _plain_call passed: the result (heads
+    last as _attention's), or None where the kernel entry declines it."""
+    out = buf = None
+    if heads_last and query.shape[-2] > 1 and query.dim() >= 3:
+        shape = _out_shape(query, key, value)
+        buf = query.new_empty(shape[:-3] + (shape[-2], shape[-3], shape[-1]))
+        out = buf.transpose(-2, -3)
+    res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa, None,
+                                _config.active_isa(), _TORCH_DTYPES, attn_mask, out)
+    if res is None or buf is not None:
+        return None if res is None else buf
+    res = torch.from_numpy(res)
+    if res.dtype == torch.int16:
+        res = res.view(torch.bfloat16)
+    # one query row: (..., Hq, 1, Dv) and (..., 1, Hq, Dv) are the same memory
+    return res.transpose(-2, -3).contiguous() if heads_last else res
 
 
 def _broadcast_heads(query, key, value):

@@ -689,3 +689,73 @@ def test_mha_feature_size_mismatch_is_torchs_own_error():
         nn.MultiheadAttention.forward(m, x, x, x)
     assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
     assert "embed_dim" in m.last_fallback
+
+
+# -- the plain eager lane (straight to the kernel entry, for decode-sized calls) --------------
+
+def _counting_plain_kernel(monkeypatch):
+    taken = []
+    real = at._plain_kernel
+
+    def counted(*args):
+        res = real(*args)
+        taken.append(res is not None)
+        return res
+
+    monkeypatch.setattr(at, "_plain_kernel", counted)
+    return taken
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_plain_lane_is_taken_and_gives_the_general_routes_bits(monkeypatch, dtype, mask):
+    """A plain call reaches the kernel entry from the wrapper's first lines,
+    with the bits of the general route (the custom op's eager body)."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 8, 3, 16, generator=g).to(dtype)
+    k, v = (torch.randn(2, 2, 11, 16, generator=g).to(dtype) for _ in range(2))
+    m = {None: None, "bool": torch.rand(3, 11, generator=g) > 0.3,
+         "float": torch.randn(3, 11, generator=g).to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)}[mask]
+    taken = _counting_plain_kernel(monkeypatch)
+    with torch.no_grad():
+        got = at.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True)
+        want = torch.ops.attncore.sdpa(q, k, v, m, 0.0, False, None, True, None, None, None)
+    assert taken == [True]
+    assert got.dtype == dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("Lq", [1, 5])
+def test_plain_lane_serves_hugging_face_calls_heads_last(monkeypatch, Lq):
+    """hf_attention's common call (decode Lq=1, or a chunk written heads-last
+    by the kernel) takes the lane; same bits as the general route."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 8, Lq, 16, generator=g)
+    k, v = (torch.randn(1, 2, 9, 16, generator=g) for _ in range(2))
+    mask = torch.ones(1, 1, Lq, 9, dtype=torch.bool).tril(9 - Lq)
+
+    class Layer(nn.Module):
+        is_causal = True
+
+    taken = _counting_plain_kernel(monkeypatch)
+    with torch.inference_mode():
+        got, _ = at.hf_attention(Layer(), q, k, v, mask, scaling=0.25)
+        want = torch.ops.attncore.sdpa(q, k, v, mask, 0.0, False, 0.25, True, None, None, None)
+    assert taken == [True]
+    assert got.shape == (1, Lq, 8, 16) and got.is_contiguous()
+    assert torch.equal(got, want.transpose(1, 2))
+
+
+def test_plain_lane_leaves_torch_function_modes_their_call():
+    """A __torch_function__ mode sees attncore's function, as for torch's own."""
+    from torch.overrides import TorchFunctionMode
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    q = torch.randn(1, 2, 3, 4)
+    with torch.no_grad(), Record():
+        at.scaled_dot_product_attention(q, q, q)
+    assert seen[0] == "scaled_dot_product_attention"
