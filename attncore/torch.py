@@ -336,7 +336,7 @@ def _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     devices, dtypes)."""
     return (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor
             and (attn_mask is None or type(attn_mask) is Tensor)
-            and (dropout_p == 0.0 and type(dropout_p) in (float, int))
+            and type(dropout_p) in (float, int) and dropout_p == 0
             and type(is_causal) is bool and type(enable_gqa) is bool
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
             and not torch._C._is_torch_function_mode_enabled()
