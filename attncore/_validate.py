@@ -165,11 +165,12 @@ def real_number(op, name, value):
 def check_seed(op, value, name="seed", bits=64):
     """A seed: None, or an int in [0, 2**bits) (the kernels' 64-bit streams;
     bits=None: any int >= 0, for NumPy's generators)."""
-    bad = value is not None and (isinstance(value, (bool, np.bool_))
-                                 or not isinstance(value, numbers.Integral) or value < 0
-                                 or (bits is not None and value >= 2**bits))
-    if bad:
-        bound = f"an int in [0, 2**{bits})" if bits is not None else "an int >= 0"
+    if value is None:
+        return None
+    bound = f"an int in [0, 2**{bits})" if bits is not None else "an int >= 0"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be {bound}; got {type(value).__name__} {value!r}")
+    if value < 0 or (bits is not None and value >= 2**bits):
         raise ValueError(f"{op}: {name} must be {bound}; got {value!r}")
     return None if value is None else int(value)
 
@@ -179,9 +180,9 @@ def dropout(op, p, seed):
     p = real_number(op, "dropout_p", p)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{op}: dropout_p must be in [0, 1); got {p}")
+    seed = check_seed(op, seed)   # (checked with or without dropout: a bad seed is a bug either way)
     if p == 0.0:
         return 0, 0, 1.0
-    seed = check_seed(op, seed)
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
     threshold = int(round(p * (1 << 24)))
@@ -410,7 +411,10 @@ def window(op, value):
         if side is None:
             sides.append(-1)
             continue
-        if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)) or side < -1:
+        if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)):
+            raise TypeError(f"{op}: window {name} must be an int >= 0 (or None / -1: unbounded); "
+                            f"got {type(side).__name__} {side!r}")
+        if side < -1:
             raise ValueError(f"{op}: window {name} must be an int >= 0 (or None / -1: unbounded); "
                              f"got {side!r}")
         # (a side past any key count is unbounded in effect; kept within C's int64)
@@ -445,9 +449,15 @@ def cu_seqlens(op, name, value, total):
     """Offsets of packed sequences: 1-D ints, 0 first, non-decreasing,
     `total` last. -> int64 array."""
     a = native(as_array(value, name, op))
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer) or a.ndim != 1 or a.size < 2:
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{op}: {name} must be a 1-D int array of sequence offsets (0, ..., total); "
-                        f"got {a.dtype} {a.shape}")
+                        f"got dtype {a.dtype}")
+    if a.ndim != 1 or a.size < 2:
+        raise ValueError(f"{op}: {name} must be a 1-D array of at least two sequence offsets "
+                         f"(0, the end of sequence 1, ..., {total}); got shape {a.shape}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{op}: {name} must end at the packed length {total}; got offsets up to "
+                         f"{int(a.max())}")
     a = _layout.contiguous(a, np.int64)
     if a[0] != 0 or a[-1] != total or (np.diff(a) < 0).any():
         raise ValueError(f"{op}: {name} must start at 0, never decrease and end at the packed length "

@@ -234,6 +234,13 @@ def test_varlen_errors():
         SDPA(q, q, q, cu_seqlens_q=np.array([0, 4, 9]), cu_seqlens_k=cu)
     with pytest.raises(ValueError, match="packed"):
         SDPA(q[None], q[None], q[None], cu_seqlens_q=cu, cu_seqlens_k=cu)
+    with pytest.raises(ValueError, match=r"at least two sequence offsets .* got shape \(1,\)"):
+        SDPA(q, q, q, cu_seqlens_q=np.array([0]), cu_seqlens_k=cu)
+    with pytest.raises(TypeError, match="int array of sequence offsets.*float64"):
+        SDPA(q, q, q, cu_seqlens_q=cu.astype(float), cu_seqlens_k=cu)
+    # uint64 offsets past int64 are named as given (not wrapped to negative numbers)
+    with pytest.raises(ValueError, match=f"offsets up to {2**63 + 1}"):
+        SDPA(q, q, q, cu_seqlens_q=np.array([0, 2**63 + 1, 10], np.uint64), cu_seqlens_k=cu)
 
 
 def test_variant_arrays_border_guard_pages(isa):

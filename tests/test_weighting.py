@@ -250,7 +250,8 @@ def test_hard_nan_score_row_keeps_no_key(mode, k):
 @pytest.mark.parametrize("seed", ["abc", -1, 2**70, 1.5, True])
 def test_hard_seed_is_checked_in_every_mode(mode, seed):
     q = np.ones((1, 2, 3)); kv = np.ones((1, 4, 3))
-    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64\)"):
+    err = ValueError if isinstance(seed, int) and not isinstance(seed, bool) else TypeError
+    with pytest.raises(err, match=r"seed must be an int in \[0, 2\*\*64\)"):
         attncore.hard_attention(q, kv, kv, mode=mode, k=1, seed=seed)
 
 
