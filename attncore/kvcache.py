@@ -29,11 +29,10 @@ def _storage_name(dtype):
     if dtype is None:   # (np.dtype(None) is float64; torch's None is its default)
         raise TypeError("KVCache: dtype=None could mean float64 (NumPy) or the default float32 "
                         "(torch); pass dtype=np.float32, np.float64, 'bfloat16', 'float16' or 'int8'")
-    if isinstance(dtype, str):
-        name = dtype
-    else:
-        try:
-            name = np.dtype(dtype).name
+    name = str(dtype).replace("torch.", "", 1) if type(dtype).__module__ == "torch" else dtype
+    if not (isinstance(name, str) and name in _STORAGE):
+        try:   # NumPy's spellings: np.float16, "f4", "half", np.dtype("float64"), ...
+            name = np.dtype(name).name
         except TypeError:
             name = str(dtype)
     if name not in _STORAGE:
@@ -132,7 +131,10 @@ class KVCache:
         if batch_size is not None:
             sizes.append(("batch_size", batch_size))
         for name, value in sizes:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"KVCache: {name} must be a positive int; got "
+                                f"{type(value).__name__} {value!r}")
+            if value < 1:
                 raise ValueError(f"KVCache: {name} must be a positive int; got {value!r}")
         if not isinstance(grow, (bool, np.bool_)):
             raise TypeError(f"KVCache: grow must be a bool; got {grow!r}")
@@ -163,10 +165,17 @@ class KVCache:
             raise ValueError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
                              f"heads x head_dim {self.head_dim} in {self.storage} need "
                              f"{nbytes / 2**40:.3g} TiB; use a smaller max_len or batch")
-        k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
-        ks = vs = None
-        if self.storage == "int8":
-            ks, vs = (_layout.empty(shape[:3], np.float32) for _ in range(2))
+        try:
+            k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
+            ks = vs = None
+            if self.storage == "int8":
+                ks, vs = (_layout.empty(shape[:3], np.float32) for _ in range(2))
+        except MemoryError:
+            raise MemoryError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
+                              f"heads x head_dim {self.head_dim} in {self.storage} need "
+                              f"{nbytes / 2**30:.3g} GiB, more than this machine can allocate; "
+                              f"use a smaller max_len or batch (or grow=True to allocate as "
+                              f"the cache fills)") from None
         n = self._length
         if self._k is not None and n:
             k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
@@ -265,7 +274,12 @@ class KVCache:
         if k.shape != v.shape:
             raise ValueError(f"KVCache.append: key {k.shape} and value {v.shape} differ")
         batch, steps = k.shape[0], k.shape[2]
-        if self._k is None or (self._length == 0 and batch != self._k.shape[0]):
+        new_batch = self._k is None or (self._length == 0 and batch != self._k.shape[0])
+        if new_batch and not self.grow and steps > self.max_len:
+            # (refused before allocating: a failed append leaves the cache as it was)
+            raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
+                             f"max_len={self.max_len} (use a larger max_len or grow=True)")
+        if new_batch:
             # an empty cache (new, or reset) takes any batch size
             self._allocate(batch, self.max_len)
         assert self._k is not None and self._v is not None
@@ -422,7 +436,7 @@ class KVCache:
         array([1., 1., 0.], dtype=float32)
         """
         op = "KVCache.select_batch"
-        if self._k is None:
+        if self._k is None or self._length == 0:   # (an empty cache's batch is the next append's)
             raise ValueError(f"{op}: the cache is empty (append keys and values first)")
         B = self._k.shape[0]
         idx = np.asarray(indices)

@@ -119,7 +119,10 @@ class MultiHeadAttention:
                             ("vdim", vdim)):
             if value is None and name in ("kdim", "vdim"):   # None: embed_dim
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{_MHA}: {name} must be a positive int; got "
+                                f"{type(value).__name__} {value!r}")
+            if value < 1:
                 raise ValueError(f"{_MHA}: {name} must be a positive int; got {value!r}")
         if embed_dim % num_heads:
             raise ValueError(f"{_MHA}: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
@@ -146,7 +149,7 @@ class MultiHeadAttention:
         self.head_dim = self.embed_dim // self.num_heads
         self.kdim = self.embed_dim if kdim is None else int(kdim)
         self.vdim = self.embed_dim if vdim is None else int(vdim)
-        self.bias = bool(bias)
+        self.bias = V.flag(_MHA, "bias", bias)
         self.dropout = dropout
         self.batch_first = V.flag(_MHA, "batch_first", batch_first)
         self.training = True
@@ -263,6 +266,9 @@ class MultiHeadAttention:
         True
         """
         expected = self._expected_shapes()
+        if not isinstance(state, Mapping) and not hasattr(state, "keys"):
+            raise TypeError(f"{_MHA}.load_state_dict: state must be a mapping of parameter names to "
+                            f"arrays (what state_dict() returns); got {type(state).__name__}")
         given = {k: v for k, v in dict(state).items() if v is not None}
         missing = sorted(set(expected) - set(given))
         unexpected = sorted(set(given) - set(expected))
@@ -272,6 +278,11 @@ class MultiHeadAttention:
         arrays = {}
         for name, shape in expected.items():
             a = _to_numpy(given[name])
+            if V._is_half(a.dtype):   # ml_dtypes.bfloat16 (NumPy calls it no floating type)
+                a = a.astype(np.float32)   # (exact)
+            if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiucb":
+                raise TypeError(f"{_MHA}.load_state_dict: {name} must be a float array; got "
+                                f"{type(given[name]).__name__} of dtype {a.dtype}")
             if a.shape != shape:
                 raise ValueError(f"{_MHA}.load_state_dict: {name} has shape {a.shape}; expected {shape}")
             if not np.issubdtype(a.dtype, np.floating):
@@ -459,7 +470,8 @@ class MultiHeadAttention:
             raise
         weights = None
         if need_weights:
-            weights = res[1].mean(axis=1) if average_attn_weights else res[1]
+            average = V.flag(_MHA, "average_attn_weights", average_attn_weights)
+            weights = res[1].mean(axis=1) if average else res[1]
         if unbatched:
             out = out[0]
             weights = weights[0] if weights is not None else None
@@ -471,10 +483,13 @@ class MultiHeadAttention:
     def _input(self, name, x, features):
         a = V.native(V.as_array(x, name, _MHA))
         if a.dtype != self.dtype:
-            if not np.issubdtype(a.dtype, np.floating):
+            if not (np.issubdtype(a.dtype, np.floating) or V._is_half(a.dtype)):
                 raise TypeError(f"{_MHA}: {name} must be a float array; got dtype {a.dtype}")
-            raise TypeError(f"{_MHA}: {name} has dtype {a.dtype}; this layer is {self.dtype} "
-                            f"(cast the input or build the layer with dtype={a.dtype})")
+            cast = V.cast_hint(name, self.dtype, _arrays.is_torch(x))
+            other = (f" or build the layer with dtype={a.dtype}"
+                     if a.dtype in (np.float32, np.float64) else " (layers are float32 or float64)")
+            raise TypeError(f"{_MHA}: {name} has dtype {a.dtype}; this layer is {self.dtype}: "
+                            f"cast the input ({cast}){other}")
         if a.ndim not in (2, 3) or a.shape[-1] != features:
             layout = f"(B, L, {features})" if self.batch_first else f"(L, B, {features})"
             raise ValueError(f"{_MHA}: {name} must have shape {layout} or (L, {features}) "

@@ -3,6 +3,8 @@ position) scales -- read directly by the decode kernels: against the float64
 formula on the cache's own (rounded or quantized) values, within the error
 docs/numerics.md (10) states against a float32 cache, on every level and
 both paths, and MultiHeadAttention decoding through it."""
+import re
+
 import numpy as np
 import pytest
 
@@ -285,8 +287,8 @@ def test_select_batch_then_reset_takes_any_batch(storage):
 
 
 @pytest.mark.parametrize("kwargs,err", [
-    (dict(batch_size=-1), ValueError), (dict(batch_size=2.7), ValueError),
-    (dict(batch_size="3"), ValueError), (dict(batch_size=True), ValueError),
+    (dict(batch_size=-1), ValueError), (dict(batch_size=2.7), TypeError),
+    (dict(batch_size="3"), TypeError), (dict(batch_size=True), TypeError),
     (dict(batch_size=0), ValueError), (dict(grow="no"), TypeError), (dict(grow=1), TypeError)])
 def test_cache_constructor_checks_batch_size_and_grow(kwargs, err):
     with pytest.raises(err, match="KVCache: (batch_size must be a positive int|grow must be a bool)"):
@@ -329,3 +331,47 @@ def test_modules_decode_an_empty_input_through_a_cache():
     want = m(x, x, x)[0]
     got = m(x, x, x, kv_cache=attncore.KVCache(16, 2, 4))[0]
     assert got.shape == want.shape == (2, 0, 8)
+
+
+def test_a_refused_append_leaves_an_empty_cache_as_it_was():
+    """An append past max_len into an empty cache of another batch size is
+    refused before the buffers are replaced (it used to re-batch them first)."""
+    cache = attncore.KVCache(4, 1, 2, batch_size=2)
+    kv = np.ones((3, 1, 5, 2), np.float32)
+    with pytest.raises(ValueError, match="KVCache is full: 0 \\+ 5 positions exceed max_len=4"):
+        cache.append(kv, kv)
+    assert cache.batch == 2 and len(cache) == 0
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_select_batch_on_an_empty_cache_is_refused_whatever_its_history(grown):
+    """After reset() the batch is the next append's: select_batch says the cache
+    is empty, whether reset() kept the buffers or dropped grown ones."""
+    cache = attncore.KVCache(2, 1, 2, grow=True)
+    kv = np.ones((2, 1, 3 if grown else 1, 2), np.float32)
+    cache.append(kv, kv)
+    cache.reset()
+    with pytest.raises(ValueError, match="the cache is empty"):
+        cache.select_batch([0])
+
+
+@pytest.mark.parametrize("spelling,storage", [("f4", "float32"), ("half", "float16"),
+                                              ("single", "float32"), (np.float64, "float64"),
+                                              (np.int8, "int8"), ("bfloat16", "bfloat16")])
+def test_dtype_spellings_numpy_takes(spelling, storage):
+    assert attncore.KVCache(4, 1, 2, dtype=spelling).storage == storage
+
+
+def test_an_allocation_the_machine_refuses_names_the_cache():
+    """Lazily allocated buffers past the memory (but within the address space)
+    raise a MemoryError naming the cache and the sizes, not NumPy's bare one."""
+    cache = attncore.KVCache(max_len=2**40, num_heads=1, head_dim=8)
+    kv = np.ones((1, 1, 1, 8), np.float32)
+    try:
+        cache.append(kv, kv)
+    except MemoryError as e:
+        assert re.search(r"KVCache: 1099511627776 positions x batch 1 .* use a smaller max_len",
+                         str(e)), str(e)
+        assert len(cache) == 0
+    else:   # (vm.overcommit_memory=1 hands out 64 TiB of address space)
+        pytest.skip("this machine's kernel allocates 64 TiB lazily (memory overcommit)")

@@ -392,11 +392,40 @@ def test_cross_attention_feature_mismatch(rng):
         m(x)
 
 
-@pytest.mark.parametrize("kw", [dict(kdim=2.5), dict(kdim=-3), dict(vdim=0), dict(vdim="8")])
-def test_kdim_vdim_must_be_positive_ints(kw):
+@pytest.mark.parametrize("kw,err", [(dict(kdim=2.5), TypeError), (dict(kdim=-3), ValueError),
+                                    (dict(vdim=0), ValueError), (dict(vdim="8"), TypeError),
+                                    (dict(kdim=True), TypeError)])
+def test_kdim_vdim_must_be_positive_ints(kw, err):
     name = next(iter(kw))
-    with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+    with pytest.raises(err, match=f"{name} must be a positive int"):
         attncore.MultiHeadAttention(8, 2, **kw)
+
+
+def test_flags_and_state_dicts_are_checked_as_torch_reads_them():
+    """average_attn_weights and bias are bools (they were read by truthiness:
+    'no' averaged); a bfloat16 state dict from NumPy loads as one from torch
+    does; a state that is no mapping, or a value that is no number array, is
+    a TypeError naming it (session 21's fuzzer)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    m = attncore.MultiHeadAttention(8, 2, seed=0)
+    x = np.ones((2, 5, 8), np.float32)
+    for bad in ("no", None, 0):
+        with pytest.raises(TypeError, match="average_attn_weights must be True or False"):
+            m(x, need_weights=True, average_attn_weights=bad)
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        attncore.MultiHeadAttention(8, 2, bias="no")
+    state = {k: v.astype(ml_dtypes.bfloat16) for k, v in m.state_dict().items()}
+    other = attncore.MultiHeadAttention(8, 2, seed=1)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.in_proj_weight,
+                                  state["in_proj_weight"].astype(np.float32))
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        other.load_state_dict([1, 2])
+    with pytest.raises(TypeError, match="in_proj_bias must be a float array; got str"):
+        other.load_state_dict({**m.state_dict(), "in_proj_bias": "abc"})
+    with pytest.raises(TypeError, match=r"query has dtype float16; this layer is float32: cast "
+                                        r"the input \(query\.astype\(np\.float32\)\) \(layers are"):
+        m(x.astype(np.float16))
 
 
 # --- reassigned parameters are checked (session 19: a fuzzer's finds) -------
