@@ -89,7 +89,8 @@ class MultiHeadAttention:
       scaled_dot_product_attention's bool attn_mask, where True = may attend.**
     - ``is_causal=True`` applies a causal mask (query i sees keys j <= i).
     - ``valid_lens`` (B,) or (B, Lq): d2l's convention, query rows see keys
-      j < valid_len.
+      j < valid_len; for unbatched (L, E) inputs a scalar or (Lq,) (the batch
+      dim dropped, as torch drops it from the masks).
     - With ``kv_cache``, the new keys/values are appended to the cache and the
       queries attend over every cached position with bottom-right causal
       alignment (the queries are the newest positions).
@@ -438,6 +439,10 @@ class MultiHeadAttention:
         rng_before = self._dropout_rng.bit_generator.state
         try:
             Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
+            if unbatched and valid_lens is not None:
+                lens = V.as_array(valid_lens, "valid_lens", _MHA)
+                if lens.ndim == 1 and lens.shape[0] == Lq:   # (Lq,): one per query row
+                    valid_lens = lens[None]
             mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
             dropout_p = self.dropout if self.training else 0.0
             seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None

@@ -519,3 +519,16 @@ def test_a_weight_in_the_other_byte_order_is_accepted():
     want, _ = mha(x)
     mha.out_proj.weight = mha.out_proj.weight.astype(">f4")
     np.testing.assert_array_equal(mha(x)[0], want)
+
+
+def test_unbatched_inputs_take_valid_lens_per_query_row():
+    """(L, E) inputs: valid_lens (Lq,) is one length per query row, the batched
+    (1, Lq) with the batch dim dropped (it was refused as a batch of 5)."""
+    m = attncore.MultiHeadAttention(8, 2, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    lens = np.array([1, 2, 3, 4, 5])
+    got, w = m(x, valid_lens=lens)
+    want, ww = m(x[None], valid_lens=lens[None])
+    np.testing.assert_array_equal(got, want[0])
+    np.testing.assert_array_equal(w, ww[0])
+    assert (w[0, 1:] == 0).all() and w[4].all()
