@@ -14,8 +14,9 @@ import numpy as np
 def is_torch(x):
     """Whether x is a torch tensor, subclasses included (without importing
     torch: a tensor exists only once torch is imported)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, getattr(torch, "Tensor", ()))
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    # (a stand-in module, as tests that stub torch install, has no Tensor class)
+    return isinstance(tensor, type) and isinstance(x, tensor)
 
 
 def _bfloat16_dtype():
@@ -63,6 +64,9 @@ def torch_to_numpy(t, name, op):
     except TypeError:   # (float8, complex32, quantized: NumPy has no such dtype)
         raise TypeError(f"{op}: {name} has dtype {t.dtype}, which attncore does not read; "
                         f"convert it (e.g. {name}.float())") from None
+    except RuntimeError as exc:   # (a wrapper subclass with no storage of its own)
+        raise TypeError(f"{op}: {name} is a {type(t).__name__} whose memory attncore cannot "
+                        f"read ({exc}); pass a plain tensor") from None
 
 
 def torch_dtype_name(t):

@@ -125,8 +125,10 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                     cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     if (valid_lens is None and (out is None or type(out) is np.ndarray) and return_weights is False
             and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
-            and seed is None and not _engine.planning() and window is None and alibi_slopes is None
+            and not _engine.planning() and window is None and alibi_slopes is None
             and softcap is None and sinks is None and cu_seqlens_q is None):
+        if seed is not None:   # (no dropout: the seed draws nothing, but a bad one is refused)
+            V.check_seed(_SDPA, seed)
         res = _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads, out)
         if res is not None:
             return res

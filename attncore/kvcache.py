@@ -174,8 +174,9 @@ class KVCache:
             raise MemoryError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
                               f"heads x head_dim {self.head_dim} in {self.storage} need "
                               f"{nbytes / 2**30:.3g} GiB, more than this machine can allocate; "
-                              f"use a smaller max_len or batch (or grow=True to allocate as "
-                              f"the cache fills)") from None
+                              f"use a smaller max_len or batch"
+                              + ("" if self.grow else " (or grow=True to allocate as the cache "
+                                                      "fills)")) from None
         n = self._length
         if self._k is not None and n:
             k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
@@ -350,6 +351,8 @@ class KVCache:
                 and window is None and alibi_slopes is None and softcap is None and sinks is None
                 and self._length and not _engine.planning()):
             # the common decode call, without the general path's Python layers
+            if seed is not None:   # (no dropout: the seed draws nothing, but a bad one is refused)
+                V.check_seed(op, seed)
             io = self._entry if self._entry is not None else (
                 _core.IO_F64 if self.dtype == np.float64 else _core.IO_F32)
             res = _core.kv_attend_fast(op, query, self._k, self._v, self._ks, self._vs,

@@ -483,6 +483,9 @@ class MultiHeadAttention:
             am = np.asarray(attn_mask)
             am = am.reshape(B, H, Lq, Lk) if am.ndim == 3 else am
             allowed = allowed + (np.where(am, -np.inf, 0.0) if am.dtype == np.bool_ else am)
+        if unbatched and valid_lens is not None and np.ndim(valid_lens) == 1 \
+                and len(valid_lens) == Lq:
+            valid_lens = np.asarray(valid_lens)[None]   # (Lq,): the batch dim dropped
         dropout_p = m.dropout if m.training else 0.0
         out, w = scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=bool(is_causal),
                                               enable_gqa=True, return_weights=True,

@@ -333,15 +333,17 @@ def _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     Tensors, no dropout, bool flags, eager, no autocast, no __torch_function__
     mode or torch.func transform, and the heads broadcast by GQA if at all
     (the kernel entry declines the rest: masks it does not read, grads,
-    devices, dtypes)."""
+    devices, dtypes). Not while planning (plan_info wants the general route)."""
     return (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor
             and (attn_mask is None or type(attn_mask) is Tensor)
             and type(dropout_p) in (float, int) and dropout_p == 0
             and type(is_causal) is bool and type(enable_gqa) is bool
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
             and not torch._C._is_torch_function_mode_enabled()
-            and not torch._C._are_functorch_transforms_active()
-            and (enable_gqa or query.dim() < 3 or query.shape[-3] == key.shape[-3] == value.shape[-3]))
+            and not torch._C._are_functorch_transforms_active() and not _engine.planning()
+            # (the kernel entry takes (B, H, L, D) only)
+            and query.dim() == 4 and key.dim() == 4 and value.dim() == 4
+            and (enable_gqa or query.shape[1] == key.shape[1] == value.shape[1]))
 
 
 def _plain_kernel(query, key, value, attn_mask, is_causal, scale, enable_gqa, heads_last):
@@ -1465,8 +1467,8 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
             """Keep the batch rows `index` (1-D ints, or bools of length B) in
             that order: fresh buffers, the capacity unchanged."""
             kv = self.kv
-            if kv is None or kv.batch is None:
-                return
+            if kv is None or kv.batch is None or len(kv) == 0:
+                return   # (nothing cached: a no-op, as for transformers' DynamicLayer)
             B = kv.batch
             idx = index.detach().cpu().numpy() if isinstance(index, Tensor) else np.asarray(index)
             if idx.dtype == np.bool_ and idx.shape == (B,):

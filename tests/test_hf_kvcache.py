@@ -692,3 +692,19 @@ def test_mha_kv_cache_errors():
     with pytest.raises(TypeError,
                        match="kv_cache needs attncore's forward, which cannot run here: autograd"):
         fast.float()(x, x, x, kv_cache=attncore.KVCache(8, 4, 8))
+
+
+@hf
+def test_batch_operations_on_an_emptied_cache_are_no_ops():
+    """A layer cropped to no position: reorder / select / repeat do nothing, as
+    for transformers' DynamicLayer (select_batch refuses an empty KVCache)."""
+    cache = at.AttncoreCache(LLAMA, dtype="float32")
+    k = torch.randn(2, 2, 3, 8)
+    cache.update(k, k, 0)
+    cache.crop(-3)
+    assert cache.get_seq_length() == 0
+    cache.reorder_cache(torch.tensor([1, 0]))
+    cache.batch_select_indices(torch.tensor([0]))
+    cache.batch_repeat_interleave(2)
+    cache.update(torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8), 0)   # any batch again
+    assert cache.get_seq_length() == 2

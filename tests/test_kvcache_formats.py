@@ -375,3 +375,24 @@ def test_an_allocation_the_machine_refuses_names_the_cache():
         assert len(cache) == 0
     else:   # (vm.overcommit_memory=1 hands out 64 TiB of address space)
         pytest.skip("this machine's kernel allocates 64 TiB lazily (memory overcommit)")
+
+
+@pytest.mark.parametrize("seed,err", [(-1, ValueError), ("x", TypeError), (1.5, TypeError)])
+def test_a_bad_seed_is_refused_on_the_decode_fast_path_too(monkeypatch, seed, err):
+    """Without dropout the seed draws nothing, but a bad one is refused on every
+    path (KVCache.attend's fast path took anything; the general path refused)."""
+    from attncore import kvcache
+    cache = attncore.KVCache(8, 1, 4)
+    kv = np.ones((1, 1, 3, 4), np.float32)
+    cache.append(kv, kv)
+    q = np.ones((1, 2, 1, 4), np.float32)
+    served = []
+    real = kvcache._core.kv_attend_fast
+    monkeypatch.setattr(kvcache._core, "kv_attend_fast",
+                        lambda *a: served.append(real(*a) is not None) or real(*a))
+    cache.attend(q, seed=3)             # a good seed: this call is the fast path's
+    assert served == [True]
+    with pytest.raises(err, match="seed must be an int"):
+        cache.attend(q, seed=seed)
+    with pytest.raises(err, match="seed must be an int"):
+        attncore.scaled_dot_product_attention(q, kv, kv, seed=seed)

@@ -532,3 +532,5 @@ def test_unbatched_inputs_take_valid_lens_per_query_row():
     np.testing.assert_array_equal(got, want[0])
     np.testing.assert_array_equal(w, ww[0])
     assert (w[0, 1:] == 0).all() and w[4].all()
+    ref, rw = R.MultiHeadAttention(m)(x, valid_lens=lens)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -759,3 +759,50 @@ def test_plain_lane_leaves_torch_function_modes_their_call():
     with torch.no_grad(), Record():
         at.scaled_dot_product_attention(q, q, q)
     assert seen[0] == "scaled_dot_product_attention"
+
+
+def test_plain_lane_leaves_other_ranks_and_planning_to_the_general_route():
+    """Mixed ranks get the general route's ValueError (the lane's heads check
+    raised IndexError), and plan_info plans instead of running (reviewer)."""
+    from attncore import _engine
+    q, k = torch.randn(3, 5, 8), torch.randn(7, 8)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="must all be 2-D"):
+            at.scaled_dot_product_attention(q, k, k)
+        with pytest.raises(ValueError, match="must all be 2-D"):
+            at.scaled_dot_product_attention(q[None], q[None], torch.randn(7, 4))
+        x = torch.randn(1, 2, 5, 8)
+        assert isinstance(_engine.plan_info(at.scaled_dot_product_attention, x, x, x), dict)
+
+
+def test_wrapper_subclasses_without_storage_are_a_type_error():
+    """A __torch_dispatch__ wrapper has no memory to read: a TypeError naming
+    the argument (it was a RuntimeError from .numpy(); before session 21 a
+    read through DLPack of memory that was not the tensor's values)."""
+    class Wrapper(torch.Tensor):
+        @staticmethod
+        def __new__(cls, inner):
+            return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype)
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            unwrap = lambda t: t.inner if isinstance(t, Wrapper) else t
+            return func(*map(unwrap, args), **{k: unwrap(v) for k, v in (kwargs or {}).items()})
+
+    w = Wrapper(torch.randn(1, 2, 3, 4))
+    with torch.no_grad(), pytest.raises(TypeError, match="query is a Wrapper whose memory attncore cannot read"):
+        at.scaled_dot_product_attention(w, w, w)
+
+
+def test_is_torch_with_a_stand_in_torch_module(monkeypatch):
+    """Tests that stub torch (sys.modules["torch"] a MagicMock) still get arrays
+    for lists (isinstance against the mock raised TypeError)."""
+    from unittest import mock
+    from attncore import _arrays
+    monkeypatch.setitem(sys.modules, "torch", mock.MagicMock())
+    assert not _arrays.is_torch([1.0, 2.0])
+    out = attncore.softmax([[1.0, 2.0]])
+    assert isinstance(out, np.ndarray)
