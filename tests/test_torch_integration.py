@@ -779,22 +779,30 @@ def test_wrapper_subclasses_without_storage_are_a_type_error():
     """A __torch_dispatch__ wrapper has no memory to read: a TypeError naming
     the argument (it was a RuntimeError from .numpy(); before session 21 a
     read through DLPack of memory that was not the tensor's values)."""
-    class Wrapper(torch.Tensor):
+    from torch.utils._pytree import tree_map
+
+    class Wrapper(torch.Tensor):   # (torchao's quantized tensors are built this way)
         @staticmethod
         def __new__(cls, inner):
-            return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype)
+            return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype,
+                                                       strides=inner.stride())
 
         def __init__(self, inner):
             self.inner = inner
 
+        __torch_function__ = torch._C._disabled_torch_function_impl
+
         @classmethod
         def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
             unwrap = lambda t: t.inner if isinstance(t, Wrapper) else t
-            return func(*map(unwrap, args), **{k: unwrap(v) for k, v in (kwargs or {}).items()})
+            out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+            return tree_map(lambda t: Wrapper(t) if type(t) is torch.Tensor else t, out)
 
     w = Wrapper(torch.randn(1, 2, 3, 4))
-    with torch.no_grad(), pytest.raises(TypeError, match="query is a Wrapper whose memory attncore cannot read"):
-        at.scaled_dot_product_attention(w, w, w)
+    for sdpa in (at.scaled_dot_product_attention, attncore.scaled_dot_product_attention):
+        with torch.no_grad(), pytest.raises(TypeError, match="query is a Wrapper whose memory "
+                                                             "attncore cannot read"):
+            sdpa(w, w, w)
 
 
 def test_is_torch_with_a_stand_in_torch_module(monkeypatch):
