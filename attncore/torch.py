@@ -1215,7 +1215,7 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
     """hf_attention with AttncoreCache placeholders as key/value: the attention
     of `query` (B, Hq, Lq, D) over the KVCache of the layer that returned them,
     read in its storage by KVCache.attend. Returns (B, Lq, Hq, D) contiguous in
-    the query's dtype."""
+    the query's dtype (under torch.autocast, the autocast dtype)."""
     op = "attn_implementation='attncore' with an AttncoreCache"
     if not (isinstance(key, _AttncoreCacheRef) and isinstance(value, _AttncoreCacheRef)
             and key.layer is value.layer and (key.which, value.which) == ("keys", "values")):
@@ -1261,20 +1261,25 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
     if first > 0:
         kwargs["window"], mask = _sliding_cut(mask, W, n, Lq, first)
     B, Hq, _, D = query.shape
+    # the result in the query's dtype, or, under torch.autocast, in its dtype (as torch's
+    # SDPA gives it; the cache's attention itself runs in float32 whatever the storage)
+    dtype = query.dtype
+    if torch.is_autocast_enabled("cpu") and dtype != torch.float64:
+        dtype = torch.get_autocast_dtype("cpu")
     if Lq == 1 and mask is None and not kwargs:
         # a decode step's common call (KVCache.attend's fast path): (B, Hq, 1, D)
         # is already the (B, 1, Hq, D) rows the output projection reads
         res = torch.from_numpy(kv.attend(_float32_array(query), scale=scaling,
                                          is_causal="bottom_right" if is_causal else False))
         res = res.transpose(1, 2)
-        return res if query.dtype == torch.float32 else res.to(query.dtype)
+        return res if dtype == torch.float32 else res.to(dtype)
     # the kernel writes (B, Hq, Lq, D) results straight into the (B, Lq, Hq, D)
     # rows the output projection reads
     buf = torch.empty((B, Lq, Hq, D), dtype=torch.float32)
     kv.attend(_float32_array(query), attn_mask=mask, scale=scaling,
               is_causal="bottom_right" if is_causal else False,
               out=buf.numpy().transpose(0, 2, 1, 3), **kwargs)
-    return buf if query.dtype == torch.float32 else buf.to(query.dtype)
+    return buf if dtype == torch.float32 else buf.to(dtype)
 
 
 _ATTNCORE_CACHE_DOC = """A Hugging Face transformers ``Cache`` whose layers keep their keys and
@@ -1372,7 +1377,10 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
             self.sliding_window = sliding_window
             self._config = config   # its _attn_implementation is read at every update
             self.kv = None
-            self.dtype = None       # the model's key/value dtype
+            # the model's key and value dtypes: under torch.autocast a rotary model's
+            # keys come out of the rotation in float32 and its values in the autocast
+            # dtype (torch's SDPA casts both); the storage takes either
+            self.dtype = self.value_dtype = None
             self.is_initialized = False
 
         def __repr__(self):
@@ -1389,15 +1397,14 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
                                     f"float32, bfloat16 or float16 keys/values")
                 if t.device.type != "cpu":
                     raise TypeError(f"{_CACHE_OP}: {name} is on {t.device}; attncore runs on the CPU")
-            if key_states.shape != value_states.shape or key_states.dtype != value_states.dtype:
-                raise ValueError(f"{_CACHE_OP}: key_states {tuple(key_states.shape)} "
-                                 f"{key_states.dtype} and value_states "
-                                 f"{tuple(value_states.shape)} {value_states.dtype} differ (a "
-                                 f"KVCache holds keys and values of one head size)")
+            if key_states.shape != value_states.shape:
+                raise ValueError(f"{_CACHE_OP}: key_states {tuple(key_states.shape)} and "
+                                 f"value_states {tuple(value_states.shape)} differ (a KVCache "
+                                 f"holds keys and values of one head size)")
             B, H, T, D = key_states.shape
             room = T + _CACHE_HEADROOM if self.max_cache_len is None else max(self.max_cache_len, T)
             self.kv = KVCache(room, H, D, batch_size=B, dtype=self.storage, grow=True)
-            self.dtype = key_states.dtype
+            self.dtype, self.value_dtype = key_states.dtype, value_states.dtype
             self.is_initialized = True
 
         def update(self, key_states, value_states, *args, **kwargs):
@@ -1408,15 +1415,16 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
                            value_states=value_states)
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            for name, t in (("key_states", key_states), ("value_states", value_states)):
-                if t.dtype != self.dtype:
+            for name, t, dtype in (("key_states", key_states, self.dtype),
+                                   ("value_states", value_states, self.value_dtype)):
+                if t.dtype != dtype:
                     raise TypeError(f"{_CACHE_OP}: {name} has dtype {t.dtype}; this layer's cache "
-                                    f"holds {self.dtype} keys/values")
+                                    f"took {dtype} ones at its first update")
             self.kv.append(_float32_array(key_states), _float32_array(value_states))
             if self._config._attn_implementation == ATTN_IMPLEMENTATION:
                 shape = (key_states.shape[0], self.kv.num_heads, len(self.kv), self.kv.head_dim)
                 return (_AttncoreCacheRef(self, "keys", shape, self.dtype),
-                        _AttncoreCacheRef(self, "values", shape, self.dtype))
+                        _AttncoreCacheRef(self, "values", shape, self.value_dtype))
             # another implementation computes the attention itself from tensors
             return self.keys, self.values
 
@@ -1424,18 +1432,20 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
         def keys(self):
             """(B, Hkv, len, D) the stored keys decoded to the model's dtype (a
             copy), or None before the first update."""
-            return self._decoded(self.kv.keys) if self.kv is not None and len(self.kv) else None
+            return self._decoded(self.kv.keys, self.dtype) if self.kv is not None and len(self.kv) \
+                else None
 
         @property
         def values(self):
             """(B, Hkv, len, D) the stored values decoded (see keys)."""
-            return self._decoded(self.kv.values) if self.kv is not None and len(self.kv) else None
+            return self._decoded(self.kv.values, self.value_dtype) \
+                if self.kv is not None and len(self.kv) else None
 
-        def _decoded(self, a):
+        def _decoded(self, a, dtype):
             # float32 storage hands out a view of its buffer, which later appends,
             # crops and reorders rewrite: copy it
             a = a.copy() if self.storage == "float32" else a
-            return torch.from_numpy(a).to(self.dtype)
+            return torch.from_numpy(a).to(dtype)
 
         def get_seq_length(self):
             return len(self.kv) if self.kv is not None else 0
@@ -1449,7 +1459,7 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
 
         def reset(self):
             # drop the storage: the next update starts a new KVCache, of any batch size
-            self.kv, self.dtype, self.is_initialized = None, None, False
+            self.kv, self.dtype, self.value_dtype, self.is_initialized = None, None, None, False
 
         def crop(self, tokens_to_remove):
             """Drop the last ``-tokens_to_remove`` positions (a negative int, as

@@ -708,3 +708,27 @@ def test_batch_operations_on_an_emptied_cache_are_no_ops():
     cache.batch_repeat_interleave(2)
     cache.update(torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8), 0)   # any batch again
     assert cache.get_seq_length() == 2
+
+
+@hf
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
+def test_autocast_with_a_rotary_model(storage):
+    """Under torch.autocast a rotary model's keys leave the rotation in float32
+    and its values in bfloat16 (torch's SDPA casts both): the cache takes each
+    dtype (it refused the pair), the attention's result comes back in the
+    autocast dtype, and generate gives DynamicCache's tokens."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LLAMA).eval()
+    model.set_attn_implementation("attncore")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model.generate(ids, max_new_tokens=6, **GREEDY)
+        cache = at.AttncoreCache(model.config, dtype=storage)
+        got = model.generate(ids, max_new_tokens=6, past_key_values=cache, **GREEDY)
+        layer = cache.layers[0]
+        assert (layer.dtype, layer.value_dtype) == (torch.float32, torch.bfloat16)
+        assert layer.keys.dtype == torch.float32 and layer.values.dtype == torch.bfloat16
+    if storage == "float32":
+        assert torch.equal(got, want)
+    else:
+        assert got.shape == want.shape
