@@ -48,6 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if not hasattr(torch.library, "custom_op"):   # (the op below; also autocast's device argument)
+    raise ImportError(f"attncore.torch needs torch >= 2.4 (torch.library.custom_op); this is "
+                      f"torch {torch.__version__}: pip install 'torch>=2.4'")
+
 from . import _arrays, _config, _core, _engine
 from . import functional as _functional
 
