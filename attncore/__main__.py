@@ -110,7 +110,7 @@ def benchmark(shapes, threads, rounds=2):
                 done += 1
                 if name in calls:
                     best[name] = min(best.get(name, float("inf")), time_call(calls[name]))
-        flops = _peers.attention_flops(B, Hq, Lq, Lk, D)
+        flops = _peers.attention_flops(B, Hq, Lq, Lk, D, causal=causal)
         rows += [(label, name, best[name], flops) for name in names if name in best]
     progress(total, total, "done")
     return rows
@@ -129,7 +129,7 @@ def _positive_int(text):
 
 def print_table(rows, threads):
     print(f"\nbenchmark: float32, {threads} threads, best of repeated runs "
-          f"(GFLOP/s = 4*B*Hq*Lq*Lk*D / time, full count also when causal)")
+          f"(GFLOP/s = 4*B*Hq*Lq*Lk*D / time; causal: the computed half, (Lk+1)/(2Lk) of it)")
     header = f"  {'shape':<38} {'implementation':<16} {'ms':>9} {'GFLOP/s':>8} {'attncore speed-up':>18}"
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -140,7 +140,7 @@ def print_table(rows, threads):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m attncore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m attncore", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="tiny benchmark shapes (smoke test)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="threads for every implementation")
     parser.add_argument("--no-bench", action="store_true", help="skip the benchmark table")

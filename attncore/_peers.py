@@ -22,10 +22,45 @@ REFERENCE_SHAPES = {
 }
 
 
-def attention_flops(B, Hq, Lq, Lk, D, Dv=None):
-    """4 B Hq Lq Lk D: the full count, also for causal runs."""
+def attention_flops(B, Hq, Lq, Lk, D, Dv=None, causal=False):
+    """4 B Hq Lq Lk D; for a causal square problem the computed half,
+    (Lk + 1) / (2 Lk) of it (what the kernels skip is not counted, the same
+    count in every tool: compare.py, the pytest benchmarks, the CLI)."""
     Dv = D if Dv is None else Dv
-    return 2 * B * Hq * Lq * Lk * (D + Dv)
+    full = 2 * B * Hq * Lq * Lk * (D + Dv)
+    return full * (Lk + 1) / (2 * Lk) if causal and Lq == Lk else full
+
+
+def as_output(res):
+    """An implementation's result as a float64 NumPy array: torch tensors,
+    ONNX Runtime's output lists, OpenVINO's result dicts, (out, weights)
+    tuples (the first output)."""
+    if isinstance(res, (tuple, list)):
+        res = res[0]
+    if hasattr(res, "detach"):   # a torch tensor
+        res = res.detach().float().numpy()
+    elif not isinstance(res, np.ndarray) and callable(getattr(res, "values", None)):
+        res = next(iter(res.values()))   # OpenVINO's OVDict
+    return np.asarray(res, dtype=np.float64)
+
+
+def check_same(name, got, want, rtol=2e-3, atol=2e-3):
+    """AssertionError unless a peer's result `got` is attncore's `want`
+    (B, Hq, Lq, Dv) within the tolerance (relative to want's largest
+    element); ONNX Runtime MultiHeadAttention's (B, Lq, Hq * Dv) is read as
+    that layout. Benchmarks check before they time: a fast wrong answer is
+    no result."""
+    got, want = as_output(got), as_output(want)
+    if got.shape != want.shape and want.ndim == 4 and got.shape == (
+            want.shape[0], want.shape[2], want.shape[1] * want.shape[3]):
+        got = got.reshape(want.shape[0], want.shape[2], want.shape[1], want.shape[3]).transpose(0, 2, 1, 3)
+    if got.shape != want.shape:
+        raise AssertionError(f"{name}: result of shape {got.shape}, attncore's {want.shape}")
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    diff = float(np.abs(got - want).max()) if want.size else 0.0
+    if not diff <= atol + rtol * scale:   # (NaN fails too)
+        raise AssertionError(f"{name}: result differs from attncore's by {diff:.3g} "
+                             f"(largest element {scale:.3g})")
 
 
 def installed(module):
@@ -171,7 +206,8 @@ def openvino_sdpa(q, k, v, causal, threads):
     compiled = ov.Core().compile_model(ov.Model([y], [pq, pk, pv]), "CPU",
                                        {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    return lambda: request.infer([q, k, v])
+    # (shared inputs and outputs: no copy of q, k, v into the request per call)
+    return lambda: request.infer([q, k, v], share_inputs=True, share_outputs=True)
 
 
 PEERS = {

@@ -59,7 +59,7 @@ def sdpa_groups(threads):
         if Lq == 1:   # a decode step reads K and V once: bandwidth is its ceiling
             yield label, impls, 2 * B * Hkv * Lk * D * 4, "GB/s of K/V"
         elif causal:  # the kernel skips the masked half; count what it computes
-            yield label, impls, _peers.attention_flops(B, Hq, Lq, Lk, D) * (Lk + 1) / (2 * Lk), \
+            yield label, impls, _peers.attention_flops(B, Hq, Lq, Lk, D, causal=True), \
                 "GFLOP/s (causal half)"
         else:
             yield label, impls, _peers.attention_flops(B, Hq, Lq, Lk, D), "GFLOP/s"
@@ -106,8 +106,10 @@ def ceiling_probes(threads):
         gemm, read, who = (lambda: ta @ tb), (lambda: tbig.sum()), "torch"
     else:
         gemm, read, who = (lambda: a @ b), (lambda: big.sum()), "NumPy"
+    read_how = f"{who} sum of 512 MiB" + ("" if who == "torch" else
+                                          ", one thread: a low estimate of the bandwidth")
     return {"GFLOP/s": (gemm, 2 * n**3, f"{who} float32 GEMM {n}^3"),
-            "GB/s": (read, big.nbytes, f"{who} sum of 512 MiB")}
+            "GB/s": (read, big.nbytes, read_how)}
 
 
 def ceilings(probes):
@@ -119,24 +121,58 @@ def ceilings(probes):
     return out
 
 
+# the suites whose implementations compute the same array: each is checked
+# against attncore's before it is timed (a fast wrong answer is no result)
+CHECKED_SUITES = ("sdpa", "dtypes", "variants")
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=_config.default_threads())
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--suite", default="sdpa,family")
-    args = parser.parse_args()
+    from attncore.__main__ import _positive_int
+
     suites = {"sdpa": sdpa_groups, "family": family_groups, "dtypes": more_groups.dtype_groups,
               "variants": more_groups.variant_groups, "e2e": e2e_groups}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=_positive_int, default=_config.default_threads(),
+                        help="threads for every implementation, NumPy's BLAS included "
+                             "(default: the cores)")
+    parser.add_argument("--rounds", type=_positive_int, default=3,
+                        help="alternating rounds; each implementation's best time counts")
+    parser.add_argument("--suite", default="sdpa,family",
+                        help=f"comma-separated, from: {', '.join(suites)} (default: sdpa,family)")
+    args = parser.parse_args()
+    unknown = [name for name in args.suite.split(",") if name not in suites]
+    if unknown:
+        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(suites)}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:   # (the test extra has it; without it NumPy's BLAS uses every core)
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        threadpool_limits(args.threads, user_api="blas")
+    missing = [p for p in ("torch", "onnxruntime", "openvino") if not _peers.installed(p)]
     probes = ceiling_probes(args.threads)
     (gemm, gemm_how), (bw, bw_how) = ceilings(probes)
     print(f"{cpu_model()}, {os.cpu_count()} CPUs, {args.threads} threads, "
           f"ISA {_config.active_isa_name()}; best of {args.rounds} alternating rounds")
-    print(f"ceilings: {gemm:.1f} GFLOP/s ({gemm_how}), {bw:.1f} GB/s read ({bw_how})\n")
+    print(f"ceilings: {gemm:.1f} GFLOP/s ({gemm_how}), {bw:.1f} GB/s read ({bw_how})")
+    if missing:
+        print(f"not installed, so not compared: {', '.join(missing)} "
+              f"(pip install '.[compare]'; the e2e suite also needs '.[hf]')")
+    print()
     for suite in args.suite.split(","):
         print(f"| {suite} | implementation | ms | rate | % of ceiling | attncore speed-up |")
         print("|---|---|---:|---:|---:|---:|")
         for label, impls, work, unit in suites[suite](args.threads):
             impls = {n: f for n, f in impls.items() if f is not None}
+            if suite in CHECKED_SUITES and "attncore" in impls:
+                want = impls["attncore"]()
+                for n in [n for n in impls if n != "attncore"]:
+                    try:
+                        _peers.check_same(n, impls[n](), want)
+                    except AssertionError as wrong:
+                        print(f"| {label} | {n} | | not timed: {wrong} | | |", flush=True)
+                        del impls[n]
             kind = next((k for k in probes if unit.startswith(k)), None)
             if kind:   # the ceiling, timed in the same rounds
                 impls["ceiling"] = probes[kind][0]

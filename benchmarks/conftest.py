@@ -3,6 +3,8 @@
 Run:   pytest benchmarks/ --benchmark-group-by=group --benchmark-columns=min,median,ops
 Smoke: ATTNCORE_BENCH_SMALL=1 pytest benchmarks/ --benchmark-disable   (CI: shrunken
        shapes, each benchmark body runs once, so the files cannot rot)
+Threads: ATTNCORE_BENCH_THREADS=N (default: the cores), for every implementation,
+       NumPy's BLAS included.
 
 Benchmarks never assert a time. Each result carries GFLOP/s in extra_info;
 peers of one shape share a group so they sit side by side.
@@ -17,9 +19,24 @@ from attncore import _config
 from benchutil import SMALL
 
 
+THREADS = int(os.environ.get("ATTNCORE_BENCH_THREADS", _config.default_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def blas_threads():
+    """NumPy's BLAS on the same thread count as every other implementation."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(THREADS, user_api="blas"):
+        yield
+
+
 @pytest.fixture
 def threads():
-    return int(os.environ.get("ATTNCORE_BENCH_THREADS", _config.default_threads()))
+    return THREADS
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from attncore import _peers
@@ -66,3 +67,21 @@ def test_cache_ratios_runs():
     lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
     for storage in ("bfloat16", "float16", "int8"):
         assert "x the float32 cache" in lines[storage], r.stdout
+
+
+def test_benchmark_results_are_checked_before_timing():
+    """_peers.check_same (what the benchmarks run before timing a peer) passes
+    an equal result in any of the peers' forms and refuses a wrong one."""
+    from attncore import _peers
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((2, 3, 4, 5))
+    _peers.check_same("same", want.astype(np.float32), want)
+    _peers.check_same("ort list", [want.copy()], want)
+    _peers.check_same("(B, Lq, Hq*Dv)", want.transpose(0, 2, 1, 3).reshape(2, 4, 15), want)
+    _peers.check_same("dict", {"y": want}, want)
+    for wrong in (want + 0.01, want[..., ::-1], np.full_like(want, np.nan), want[:, :2]):
+        with pytest.raises(AssertionError, match="differs|shape"):
+            _peers.check_same("wrong", wrong, want)
+    # causal square problems count the computed half, in every tool
+    assert _peers.attention_flops(1, 1, 4, 4, 2, causal=True) == 4 * 4 * 4 * 2 * 5 / 8
+    assert _peers.attention_flops(1, 1, 1, 4, 2, causal=True) == 4 * 4 * 2
