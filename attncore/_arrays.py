@@ -27,6 +27,17 @@ def _bfloat16_dtype():
     return np.dtype(ml_dtypes.bfloat16)
 
 
+def refuse_transform_tensor(t, name, op):
+    """TypeError if `t` is a torch.func transform's tensor (torch.vmap, grad):
+    it has no memory of its own to read."""
+    import torch
+
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, grad, ...), "
+                        f"which has no memory of its own to read; attncore takes the batched "
+                        f"tensors directly (leading batch dims broadcast) instead of a vmap")
+
+
 def torch_to_numpy(t, name, op):
     """A CPU tensor as a NumPy array over the same memory (bfloat16: see the
     module docstring). Tensors that need a gradient are refused: attncore
@@ -38,10 +49,7 @@ def torch_to_numpy(t, name, op):
             f"{op}: {name} requires grad, but attncore computes the forward pass only (no "
             f"autograd). Call it under torch.no_grad() or torch.inference_mode(), or pass "
             f"{name}.detach()")
-    if torch._C._functorch.is_functorch_wrapped_tensor(t):
-        raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, grad, ...), "
-                        f"which has no memory of its own to read; attncore takes the batched "
-                        f"tensors directly (leading batch dims broadcast) instead of a vmap")
+    refuse_transform_tensor(t, name, op)
     if t.device.type != "cpu":
         raise TypeError(f"{op}: {name} is on {t.device}; attncore runs on the CPU "
                         f"(move it with {name}.cpu())")

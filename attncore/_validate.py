@@ -172,7 +172,7 @@ def check_seed(op, value, name="seed", bits=64):
         raise TypeError(f"{op}: {name} must be {bound}; got {type(value).__name__} {value!r}")
     if value < 0 or (bits is not None and value >= 2**bits):
         raise ValueError(f"{op}: {name} must be {bound}; got {value!r}")
-    return None if value is None else int(value)
+    return int(value)
 
 
 def dropout(op, p, seed):
@@ -251,12 +251,12 @@ def cast_hint(name, dtype, torch=False):
     return f"{name}.astype(np.{dname})"
 
 
-def _broadcasts(a, shape):
+def broadcasts_to(shape, target):
+    """Whether an array of `shape` broadcasts to `target` (right-aligned)."""
     try:
-        np.broadcast_to(a, shape)
+        return tuple(np.broadcast_shapes(shape, target)) == tuple(target)
     except ValueError:
         return False
-    return True
 
 
 def readings_agree(shape, first, second, target):
@@ -338,7 +338,7 @@ def valid_lens(op, value, batch_shape, Hq, Lq, Lk, query_ndim):
         # with different lengths for some row, is refused, not guessed
         as_batch = vl.reshape(vl.shape + (1, 1)) if vl.ndim == nb else \
             vl.reshape(vl.shape[:-1] + (1, vl.shape[-1]))
-        if _broadcasts(aligned, target) and _broadcasts(as_batch, target) and \
+        if broadcasts_to(aligned.shape, target) and broadcasts_to(as_batch.shape, target) and \
                 not readings_agree(vl.shape, aligned.shape, as_batch.shape, target):
             raise ValueError(
                 f"{op}: valid_lens of shape {vl.shape} could be read two ways: the query is 3-D "

@@ -185,15 +185,21 @@ def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_thread
 def _sdpa(op, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
           return_weights, return_lse, num_threads, out, seed, valid_lens, **variants):
     p = _engine.prepare(op, query, key, value, enable_gqa=enable_gqa, native_half=True)
+    return _engine.run(op, p, p.q, p.k, scale=_dot_scale(op, p, scale), attn_mask=attn_mask,
+                       is_causal=is_causal, dropout_p=dropout_p, seed=seed, valid_lens=valid_lens,
+                       num_threads=num_threads, out=out, return_weights=return_weights,
+                       return_lse=return_lse, **variants)
+
+
+def _dot_scale(op, p, scale):
+    """A dot-product problem's scale (default 1/sqrt(head_dim)), after the
+    check that query and key share the head_dim."""
     if p.Dk != p.Dq:
         raise ValueError(f"{op}: query and key must have the same head_dim (last dim); "
                          f"got query {p.query_shape} and key {p.key_shape}")
     if scale is None:
         scale = 1.0 / math.sqrt(p.Dq) if p.Dq > 0 else 1.0
-    return _engine.run(op, p, p.q, p.k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
-                       is_causal=is_causal, dropout_p=dropout_p, seed=seed, valid_lens=valid_lens,
-                       num_threads=num_threads, out=out, return_weights=return_weights,
-                       return_lse=return_lse, **variants)
+    return V.real_number(op, "scale", scale)
 
 
 def _sdpa_float32_out(query, key, value, attn_mask=None, is_causal=False, scale=None,
@@ -207,18 +213,14 @@ def _sdpa_float32_out(query, key, value, attn_mask=None, is_causal=False, scale=
     scaled_dot_product_attention as it is."""
     p = _engine.prepare(_SDPA, query, key, value, enable_gqa=enable_gqa, native_half=True)
     if p.io not in (np.float32, np.float64):
-        if p.Dk != p.Dq:
-            raise ValueError(f"{_SDPA}: query and key must have the same head_dim (last dim); "
-                             f"got query {p.query_shape} and key {p.key_shape}")
+        scale = _dot_scale(_SDPA, p, scale)
         entry = _core.IO_F32_KVF16 if p.io == np.float16 else _core.IO_F32_KVBF16
         as_stored = (lambda a: a) if p.io == np.float16 else (lambda a: a.view(np.uint16))
         q = p.q.astype(np.float32)
         k, p.v = as_stored(p.k), as_stored(p.v)
         p.io = p.result = np.dtype(np.float32)
         p.torch_dtype = None
-        if scale is None:
-            scale = 1.0 / math.sqrt(p.Dq) if p.Dq > 0 else 1.0
-        return _engine.run(_SDPA, p, q, k, scale=V.real_number(_SDPA, "scale", scale),
+        return _engine.run(_SDPA, p, q, k, scale=scale,
                            attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
                            num_threads=num_threads, return_lse=return_lse,
                            kv=(entry, None, None), window=window, alibi_slopes=alibi_slopes,

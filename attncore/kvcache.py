@@ -158,22 +158,21 @@ class KVCache:
         from . import _layout
 
         shape = (batch, self.num_heads, capacity, self.head_dim)
-        # (past the address space NumPy's own error names neither the cache nor max_len)
+        # (NumPy's own errors name neither the cache nor max_len)
         scale_bytes = 4 / self.head_dim if self.storage == "int8" else 0
         nbytes = 2 * math.prod(shape) * (self._element.itemsize + scale_bytes)
-        if nbytes > sys.maxsize:
-            raise ValueError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
-                             f"heads x head_dim {self.head_dim} in {self.storage} need "
-                             f"{nbytes / 2**40:.3g} TiB; use a smaller max_len or batch")
+        sizes = (f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} heads x "
+                 f"head_dim {self.head_dim} in {self.storage} need")
+        if nbytes > sys.maxsize:   # past the address space
+            raise ValueError(f"{sizes} {nbytes / 2**40:.3g} TiB; use a smaller max_len or batch")
         try:
             k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
             ks = vs = None
             if self.storage == "int8":
                 ks, vs = (_layout.empty(shape[:3], np.float32) for _ in range(2))
         except MemoryError:
-            raise MemoryError(f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} "
-                              f"heads x head_dim {self.head_dim} in {self.storage} need "
-                              f"{nbytes / 2**30:.3g} GiB, more than this machine can allocate; "
+            raise MemoryError(f"{sizes} {nbytes / 2**30:.3g} GiB, more than this machine can "
+                              f"allocate; "
                               f"use a smaller max_len or batch"
                               + ("" if self.grow else " (or grow=True to allocate as the cache "
                                                       "fills)")) from None
@@ -275,23 +274,21 @@ class KVCache:
         if k.shape != v.shape:
             raise ValueError(f"KVCache.append: key {k.shape} and value {v.shape} differ")
         batch, steps = k.shape[0], k.shape[2]
-        new_batch = self._k is None or (self._length == 0 and batch != self._k.shape[0])
-        if new_batch and not self.grow and steps > self.max_len:
-            # (refused before allocating: a failed append leaves the cache as it was)
+        # an empty cache (new, or reset) takes any batch size
+        held = None if self._k is None else self._k.shape[0]
+        new_batch = held is None or (self._length == 0 and batch != held)
+        if not new_batch and batch != held:
+            raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
+                             f"{held} (reset() the cache to start a new batch)")
+        need = self._length + steps
+        if need > self.max_len and not self.grow:   # (only a grow=True cache holds more)
+            # refused before anything is allocated: a failed append leaves the cache as it was
             raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
                              f"max_len={self.max_len} (use a larger max_len or grow=True)")
         if new_batch:
-            # an empty cache (new, or reset) takes any batch size
             self._allocate(batch, self.max_len)
         assert self._k is not None and self._v is not None
-        if batch != self._k.shape[0]:
-            raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
-                             f"{self._k.shape[0]} (reset() the cache to start a new batch)")
-        need = self._length + steps
         if need > self._k.shape[2]:
-            if not self.grow:
-                raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
-                                 f"max_len={self.max_len} (use a larger max_len or grow=True)")
             capacity = self._k.shape[2]
             while capacity < need:
                 capacity *= 2

@@ -32,12 +32,16 @@ class _Linear:
 
 
 def _to_numpy(x):
+    """A parameter as a NumPy array; 16-bit floats (torch's or ml_dtypes'
+    bfloat16, float16) widened to float32, exactly (NumPy has no bfloat16
+    arithmetic of its own)."""
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu()
-        if str(x.dtype) == "torch.bfloat16":   # NumPy has no bfloat16: widen (exact)
+        if str(x.dtype) == "torch.bfloat16":
             x = x.float()
         x = x.numpy()
-    return np.asarray(x)
+    x = np.asarray(x)
+    return x.astype(np.float32) if V._is_half(x.dtype) else x
 
 
 class MultiHeadAttention:
@@ -279,9 +283,7 @@ class MultiHeadAttention:
         arrays = {}
         for name, shape in expected.items():
             a = _to_numpy(given[name])
-            if V._is_half(a.dtype):   # ml_dtypes.bfloat16 (NumPy calls it no floating type)
-                a = a.astype(np.float32)   # (exact)
-            if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiucb":
+            if a.dtype.kind not in "fiucb":
                 raise TypeError(f"{_MHA}.load_state_dict: {name} must be a float array; got "
                                 f"{type(given[name]).__name__} of dtype {a.dtype}")
             if a.shape != shape:

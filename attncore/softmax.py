@@ -339,14 +339,6 @@ def _points(op, name, a):
     return a[:, None] if a.ndim == 1 else a
 
 
-def _fits(shape, target):
-    """Whether `shape` broadcasts to `target` (right-aligned)."""
-    try:
-        return tuple(np.broadcast_shapes(shape, target)) == tuple(target)
-    except ValueError:
-        return False
-
-
 def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
                       bandwidth: Scalar = 1.0, *, kernel: str = "gaussian",
                       attn_mask: OptArray = None, valid_lens: OptArray = None,
@@ -488,8 +480,8 @@ def kernel_regression(x_query: ArrayLike, x_key: ArrayLike, y: ArrayLike,
         elif v.ndim == nb:
             vl = v.reshape(v.shape + (1,))
             q_nb = xq.ndim - 2   # the query's own batch dims (fewer: others brought them)
-            if v.ndim == q_nb + 1 and _fits(v.shape, batch + (Lq,)) and \
-                    _fits(vl.shape, batch + (Lq,)) and \
+            if v.ndim == q_nb + 1 and V.broadcasts_to(v.shape, batch + (Lq,)) and \
+                    V.broadcasts_to(vl.shape, batch + (Lq,)) and \
                     not V.readings_agree(v.shape, v.shape, vl.shape, batch + (Lq,)):
                 raise ValueError(
                     f"{op}: valid_lens of shape {v.shape} could be read two ways: one length per "

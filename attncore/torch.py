@@ -85,11 +85,8 @@ def _check_no_grad(op, hint, **tensors):
                             f"(torch.from_numpy converts an array)")
     if not _is_compiling() and torch._C._are_functorch_transforms_active():   # (dynamo cannot trace it)
         for name, t in tensors.items():
-            if t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t):
-                raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, "
-                                f"grad, ...), which has no memory of its own to read; attncore "
-                                f"takes the batched tensors directly (leading batch dims "
-                                f"broadcast) instead of a vmap")
+            if t is not None:
+                _arrays.refuse_transform_tensor(t, name, op)
     if not torch.is_grad_enabled():
         return
     for name, t in tensors.items():
@@ -205,11 +202,12 @@ def _autocast(*tensors):
 
 
 def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, *,
-               heads_last=False, extras=None):
+               heads_last=False, extras=None, try_plain=True):
     """Eager: the kernel directly (no custom-op dispatch). Compiling: the
     custom op. heads_last: return (..., Lq, Hq, Dv) contiguous (what HF
-    models want), written in place by the kernel when eager."""
-    if not extras and _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
+    models want), written in place by the kernel when eager. try_plain=False:
+    the caller has tried the plain lane on these arguments already."""
+    if try_plain and not extras and _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
         res = _plain_kernel(query, key, value, attn_mask, is_causal, scale, enable_gqa, heads_last)
         if res is not None:
             return res
@@ -324,9 +322,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                         f"arrays, or pass the mask")
     if not isinstance(enable_gqa, (bool, np.bool_)):   # (torch raises too)
         raise TypeError(f"{_SDPA}: enable_gqa must be a bool, as in torch; got {enable_gqa!r}")
+    # (the plain lane was tried above; broadcast heads are new arguments for it)
+    changed = False
     if not enable_gqa:
-        query, key, value, enable_gqa = _broadcast_heads(query, key, value)
-    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        spread = _broadcast_heads(query, key, value)
+        changed = spread[3] or any(a is not b for a, b in zip(spread, (query, key, value)))
+        query, key, value, enable_gqa = spread
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      try_plain=changed)
 
 
 _TORCH_DTYPES = _arrays.torch_dtypes()

@@ -144,12 +144,11 @@ def main():
     unknown = [name for name in args.suite.split(",") if name not in suites]
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(suites)}")
-    try:
+    try:   # NumPy's BLAS on the same threads (the test extra has threadpoolctl)
         from threadpoolctl import threadpool_limits
-    except ImportError:   # (the test extra has it; without it NumPy's BLAS uses every core)
-        threadpool_limits = None
-    if threadpool_limits is not None:
         threadpool_limits(args.threads, user_api="blas")
+    except ImportError:
+        pass
     missing = [p for p in ("torch", "onnxruntime", "openvino") if not _peers.installed(p)]
     probes = ceiling_probes(args.threads)
     (gemm, gemm_how), (bw, bw_how) = ceilings(probes)
