@@ -322,12 +322,13 @@ def sdpa(str op, int io, int isa, int num_threads, tuple dims, tuple batch,
 
 
 cdef object _ndarray = np.ndarray
-cdef object _empty = np.empty
+cdef object _empty = np.empty   # the fast paths' buffers' allocator (set_output_allocator)
 cdef object _F32 = np.dtype(np.float32)
 cdef object _F64 = np.dtype(np.float64)
 cdef object _F16 = np.dtype(np.float16)
 cdef object _I16 = np.dtype(np.int16)
 cdef object _U16 = np.dtype(np.uint16)
+cdef object _I64 = np.dtype(np.int64)
 cdef object _BOOL = np.dtype(np.bool_)
 DEF FAST_MAX_BATCH = 64
 
@@ -429,6 +430,16 @@ cdef bint _disjoint(int n, const int64_t *shape, const int64_t *strides, int64_t
     return True
 
 
+def set_output_allocator(empty):
+    """Swap the allocator (np.empty; empty(shape, dtype)) of the buffers
+    this module hands the kernels -- the fast paths' outputs and the rows'
+    lengths read off bool masks -- and return the previous one: the
+    guard-page tests place them next to unreadable pages (tests/_guard.py)."""
+    global _empty
+    previous, _empty = _empty, empty
+    return previous
+
+
 cdef bint _no_self_overlap(_View *x):
     return _disjoint(4, x.shape, x.strides, 1)
 
@@ -490,7 +501,7 @@ def bool_mask_lengths(mask, tuple scores_shape):
     # one row per stored row: index 0 along the broadcast (stride-0) axes
     stored = m[tuple(slice(0, 1) if st == 0 else slice(None) for st in m.strides[:-1])]
     rows = np.ascontiguousarray(stored).reshape(-1, Lk)
-    lens = np.empty(rows.shape[0], np.int64)
+    lens = _empty((rows.shape[0],), _I64)
     return lens.reshape(stored.shape[:-1]) if _rows_prefix_lengths(rows, lens) else None
 
 
@@ -649,7 +660,7 @@ cdef object _fast_mask_lengths(attn_sdpa_desc *d, _View *m, int64_t B, int64_t H
     cdef int64_t nq = 1 if m.strides[2] == 0 else Lq
     cdef int64_t b
     cdef bint ok
-    lens = np.empty(nb * nh * nq, np.int64)
+    lens = _empty((nb * nh * nq,), _I64)
     cdef int64_t[::1] out = lens
     with nogil:
         ok = _prefix_lengths(<const uint8_t *>m.buf, nb, m.strides[0], nh, m.strides[1], nq,

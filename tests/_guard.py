@@ -6,9 +6,10 @@ after one. A kernel that reads or writes one element past either end of the
 array gets SIGSEGV instead of a silently wrong (or lucky) answer. The mapping
 lives as long as the array (np.frombuffer keeps the mmap object alive).
 
-guarded_allocations() swaps attncore's output allocator (attncore._layout.
-empty: outputs, weights, lse, projections, KV-cache buffers) for guarded
-ones, alternating the placement.
+guarded_allocations() swaps attncore's output allocators (attncore._layout.
+empty: outputs, weights, lse, projections, KV-cache buffers; and the fast
+paths' outputs, _core.set_output_allocator) for guarded ones, alternating
+the placement.
 """
 import contextlib
 import ctypes
@@ -17,7 +18,7 @@ import mmap
 
 import numpy as np
 
-from attncore import _layout
+from attncore import _core, _layout
 
 PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,6 +48,13 @@ def guarded(shape, dtype, where="end", fill=None):
     return a
 
 
+def is_guarded(a):
+    """Whether the array's memory is one of guarded()'s mappings."""
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return isinstance(a, memoryview) and isinstance(a.obj, mmap.mmap)
+
+
 def guarded_copy(x, where="end"):
     """A guarded, C-contiguous copy of x (same dtype)."""
     x = np.asarray(x)
@@ -60,9 +68,15 @@ def guarded_allocations():
     """Every buffer attncore allocates for the kernels borders a guard page
     (alternately after its end and before its start)."""
     places = itertools.cycle(["end", "start"])
+
+    def empty(shape, dtype):
+        return guarded(shape, dtype, next(places))
+
     original = _layout.empty
-    _layout.empty = lambda shape, dtype: guarded(shape, dtype, next(places))
+    _layout.empty = empty
+    original_fast = _core.set_output_allocator(empty)
     try:
         yield
     finally:
         _layout.empty = original
+        _core.set_output_allocator(original_fast)

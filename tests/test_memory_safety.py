@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import attncore
-from attncore import _config, _linalg
+from attncore import _config, _core, _linalg
 from attncore._engine import plan_info
 
-from _guard import guarded, guarded_allocations, guarded_copy
+from _guard import guarded, guarded_allocations, guarded_copy, is_guarded
 from _oracle import sdpa_numpy
 from _tolerances import assert_close
 
@@ -275,6 +275,36 @@ def test_general_concat_and_mha(level, where):
         steps = [m(x[:, :3], kv_cache=cache, need_weights=False)[0]]
         steps += [m(x[:, t:t + 1], kv_cache=cache, need_weights=False)[0] for t in range(3, 7)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_the_common_calls_outputs_and_lengths_are_guarded_too():
+    """The fast path (attncore._core.sdpa_fast: no weights, lse or dropout)
+    allocates its output itself, and the general path reads bool masks'
+    row lengths into a buffer of _core's: guarded_allocations places both
+    next to guard pages, so the sweeps above guard every kernel write."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((2, 4, 70, 16), dtype=np.float32)
+    mask = np.ones((2, 1, 70, 70), bool)
+    mask[..., 50:] = False
+    seen = []
+    real = _core.bool_mask_lengths
+
+    def lengths(*args):
+        seen.append(real(*args))
+        return seen[-1]
+
+    with guarded_allocations():
+        fast = SDPA(q, q, q)
+        fast_masked = SDPA(q, q, q, attn_mask=mask)
+        _core.bool_mask_lengths = lengths
+        try:
+            general = SDPA(q, q, q, attn_mask=mask, return_lse=True)[0]
+        finally:
+            _core.bool_mask_lengths = real
+    assert is_guarded(fast) and is_guarded(fast_masked) and is_guarded(general)
+    assert len(seen) == 1 and seen[0] is not None and is_guarded(seen[0])
+    assert np.array_equal(fast_masked, general)
+    assert not is_guarded(SDPA(q, q, q))   # (and only inside the context)
 
 
 def test_the_guard_page_is_unreadable():
