@@ -129,8 +129,8 @@ def causal_offset(op, is_causal, Lq, Lk):
         return 1, 0
     if isinstance(is_causal, str) and is_causal == "bottom_right":
         return 1, Lk - Lq
-    raise ValueError(f"{op}: is_causal must be False, True, 'top_left' or 'bottom_right'; "
-                     f"got {is_causal!r}")
+    raise ValueError(f"{op}: is_causal must be False (or None), True, 'top_left' or "
+                     f"'bottom_right'; got {is_causal!r}")
 
 
 def num_threads(op, value):

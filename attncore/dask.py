@@ -45,7 +45,19 @@ __all__ = ["sharded_attention", "scatter_shards", "attention"]
 
 _SDPA = "scaled_dot_product_attention"
 _SDPA_KWARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "return_weights",
-                "return_lse", "num_threads", "out", "seed", "valid_lens")
+                "return_lse", "num_threads", "out", "seed", "valid_lens", "window",
+                "alibi_slopes", "softcap", "sinks", "cu_seqlens_q", "cu_seqlens_k")
+# scaled_dot_product_attention's arguments that sharded_attention refuses, and why
+_NOT_SHARDED = {
+    "window": "a window counts key positions on the full key range; pass it as an explicit "
+              "bool attn_mask (it is sliced per shard)",
+    "alibi_slopes": "ALiBi's bias counts key positions on the full key range; pass the bias "
+                    "as a float attn_mask (it is sliced per shard)",
+    "cu_seqlens_q": "packed sequences cannot be split by key position; call "
+                    "attncore.scaled_dot_product_attention per sequence, or attention()",
+    "cu_seqlens_k": "packed sequences cannot be split by key position; call "
+                    "attncore.scaled_dot_product_attention per sequence, or attention()",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -165,6 +177,22 @@ def _shard_partial(query: np.ndarray, key: np.ndarray, value: np.ndarray,
         return pieces[0]
     return (np.concatenate([p[0] for p in pieces], axis=-2),
             np.concatenate([p[1] for p in pieces], axis=-1))
+
+
+def _fold_sinks(out: np.ndarray, lse: np.ndarray,
+                sinks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Attention sinks joined to merged (out, lse) over all keys: a sink is
+    one more term e^sink in each row's denominator, with no value, so
+    lse' = log(e^lse + e^sink) and out' = out e^(lse - lse') (exact algebra;
+    a row that saw no key stays zeros, with lse' = sink). sinks: () or (1,)
+    for every head, else (Hq,)."""
+    s = sinks.astype(np.float64).reshape(() if sinks.size == 1 else (-1, 1))
+    lse64 = lse.astype(np.float64)
+    total = np.logaddexp(lse64, s)
+    with np.errstate(invalid="ignore"):
+        factor = np.where(np.isneginf(lse64), 0.0, np.exp(lse64 - total))
+    return ((out * factor[..., None]).astype(out.dtype, copy=False),
+            np.broadcast_to(total, lse.shape).astype(lse.dtype))
 
 
 def _merge_pair(a: Tuple[np.ndarray, np.ndarray],
@@ -480,13 +508,16 @@ def sharded_attention(query: Any, key: Any, value: Any, *, client: Any = None,
         ``valid_lens`` become per-shard lengths, and ``is_causal`` keeps its
         alignment on the full range (key j visible to query i iff
         j <= i + offset; offset 0 for "top_left", Lk - Lq for
-        "bottom_right"). ``num_threads`` applies on each worker (Dask's
-        workers default to one OpenMP thread). Not supported:
-        ``return_weights=True`` (the full (..., Hq, Lq, Lk) weights would
-        have to be assembled on the client) and ``dropout_p > 0`` (dropout
-        is keyed by each weight's index within one call, so a shard would
-        drop different weights than the unsharded call): both raise
-        ValueError.
+        "bottom_right"). ``softcap`` applies on every shard, and ``sinks``
+        join the merged denominator once. ``num_threads`` applies on each
+        worker (Dask's workers default to one OpenMP thread). Not
+        supported, each a ValueError: ``return_weights=True`` (the full
+        (..., Hq, Lq, Lk) weights would have to be assembled on the
+        client); ``dropout_p > 0`` (dropout is keyed by each weight's index
+        within one call, so a shard would drop different weights than the
+        unsharded call); ``window`` and ``alibi_slopes``, which count key
+        positions on the full range (pass them as an explicit attn_mask,
+        which is sliced per shard); ``cu_seqlens_q/k``.
 
     Returns
     -------
@@ -518,6 +549,9 @@ def sharded_attention(query: Any, key: Any, value: Any, *, client: Any = None,
     """
     op = "sharded_attention"
     kw = _check_kwargs(op, sdpa_kwargs)
+    for name, why in _NOT_SHARDED.items():
+        if kw.get(name) is not None:
+            raise ValueError(f"{op}: {name} is not supported: {why}")
     shards = _shard_count(op, shards)
     if V.flag(op, "return_weights", kw.pop("return_weights", False)):
         raise ValueError(f"{op}: return_weights=True is not supported: the (..., Hq, Lq, Lk) "
@@ -535,6 +569,7 @@ def sharded_attention(query: Any, key: Any, value: Any, *, client: Any = None,
     is_causal = kw.pop("is_causal", False)
     attn_mask = kw.pop("attn_mask", None)
     valid_lens = kw.pop("valid_lens", None)
+    sinks = kw.pop("sinks", None)   # (joins the merged denominator once: _fold_sinks)
     kw.pop("seed", None)  # only dropout uses it
 
     torch_dtype = _arrays.torch_dtype_name(query) if _arrays.is_torch(query) else None
@@ -547,7 +582,7 @@ def sharded_attention(query: Any, key: Any, value: Any, *, client: Any = None,
     default_shards = len(ex.workers)
     items, bounds, kst, vst = _shard_sources(op, key, value, shards, default_shards, client)
     _validate_call(op, q, kst, vst, attn_mask=mask, is_causal=is_causal, valid_lens=vl, out=out,
-                   return_lse=return_lse, **kw)
+                   return_lse=return_lse, sinks=sinks, **kw)
 
     Lq, Lk = q.shape[-2], kst.shape[-2]
     causal, offset = V.causal_offset(op, is_causal, Lq, Lk)
@@ -577,6 +612,8 @@ def sharded_attention(query: Any, key: Any, value: Any, *, client: Any = None,
         parts = merged + parts[len(merged) * 2:]
         level += 1
     res, lse = ex.result(parts[0])
+    if sinks is not None:
+        res, lse = _fold_sinks(res, lse, V.as_array(sinks, "sinks", op))
 
     res = res.astype(q.dtype, copy=False)   # merged in the compute dtype
     if out is not None:
@@ -664,8 +701,12 @@ def _one_block(x: Any) -> Any:
     return x
 
 
-def _block_attention(q: Any, k: Any, v: Any, attn_mask: Any, valid_lens: Any, **kw: Any) -> Any:
-    q, k, v, attn_mask, valid_lens = (_one_block(x) for x in (q, k, v, attn_mask, valid_lens))
+def _block_attention(q: Any, k: Any, v: Any, attn_mask: Any, valid_lens: Any, alibi_slopes: Any,
+                     **kw: Any) -> Any:
+    q, k, v, attn_mask, valid_lens, alibi_slopes = (
+        _one_block(x) for x in (q, k, v, attn_mask, valid_lens, alibi_slopes))
+    if alibi_slopes is not None:
+        kw["alibi_slopes"] = alibi_slopes
     # (attention() settled valid_lens's reading on the whole call: a block's batch
     # slice must not make it look ambiguous)
     settled = V.valid_lens_settled.set(True)
@@ -710,8 +751,9 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
         and head_dim must each be one chunk (a ValueError says which is not,
         and how to rechunk). NumPy arrays are accepted as one chunk.
     **sdpa_kwargs
-        The keyword arguments of scaled_dot_product_attention. ``attn_mask``
-        and ``valid_lens`` may be NumPy or dask arrays (rechunked to match).
+        The keyword arguments of scaled_dot_product_attention. ``attn_mask``,
+        ``valid_lens`` and ``alibi_slopes`` may be NumPy or dask arrays
+        (rechunked to match the batch blocks).
         ``dropout_p > 0`` needs a single batch chunk (dropout is keyed by the
         batch index within one call, so chunks would repeat one pattern);
         ``out=`` is not supported (use ``dask.array.store``).
@@ -758,6 +800,9 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
                     f"heads, seq_len and head_dim must each be one chunk. Rechunk first, e.g. "
                     f"{name} = {name}.rechunk({{{ax}: -1}})")
     mask = kw.pop("attn_mask", None)
+    alibi = kw.pop("alibi_slopes", None)
+    if alibi is not None:
+        alibi = _as_dask(op, "alibi_slopes", alibi)
     vl = kw.pop("valid_lens", None)
     if vl is not None and not isinstance(vl, da.Array):
         vl_np = V.as_array(vl, "valid_lens", op)
@@ -816,7 +861,8 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
     _validate_call(op, one(q, lead_of(q, 3)), one(k, lead_of(k, 3)), one(v, lead_of(v, 3)),
                    note=note,
                    attn_mask=None if m is None else one(m, lead_of(m, 3)),
-                   valid_lens=None if vl is None else one(vl, vl_lead), **kw)
+                   valid_lens=None if vl is None else one(vl, vl_lead),
+                   alibi_slopes=None if alibi is None else one(alibi, lead_of(alibi, 1)), **kw)
 
     B = tuple(f"b{i}" for i in range(nb))
     # blockwise indices: b0.. batch; h/g query/kv heads; i/j query/key positions;
@@ -847,6 +893,13 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
     else:
         vl_ind = B[:vl.ndim] if vl.ndim <= nb else B + ("i",)
         args += [vl.rechunk({ax: -1 for ax in range(nb, vl.ndim)}), vl_ind]
+
+    if alibi is None:
+        args += [None, None]
+    else:   # (..., Hq): its batch dims follow the blocks', its heads are one chunk
+        a_ind = (B + ("h",))[nb + 1 - alibi.ndim:] if not flat and alibi.ndim <= nb + 1 else \
+            tuple(f"a{i}" for i in range(alibi.ndim))
+        args += [alibi.rechunk({alibi.ndim - 1: -1} if alibi.ndim else {}), a_ind]
 
     result = np.dtype(q.dtype)
     lse_dtype = np.dtype(np.float64) if result == np.float64 else np.dtype(np.float32)

@@ -59,6 +59,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     is_causal : False, True / "top_left", or "bottom_right"
         True/"top_left": query i sees keys j <= i (PyTorch). "bottom_right":
         the last query is aligned with the last key (KV-cache decoding).
+        None is the same as False (Hugging Face passes it for "unset").
     scale : float, optional
         Score scale; default 1/sqrt(D).
     enable_gqa : bool

@@ -229,8 +229,10 @@ class KVCache:
         >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2, dtype="bfloat16")
         >>> k = np.array([[[[1.0, 1 / 3]]]], np.float32)
         >>> cache.append(k, k)
-        >>> cache.keys          # stored rounded to bfloat16
-        array([[[[1.       , 0.33398438]]]], dtype=float32)
+        >>> cache.keys.shape, cache.keys.dtype
+        ((1, 1, 1, 2), dtype('float32'))
+        >>> cache.keys[0, 0, 0].tolist()    # stored rounded to bfloat16
+        [1.0, 0.333984375]
         """
         return self._decoded(self._k, self._ks) if self._k is not None else None
 
@@ -241,8 +243,8 @@ class KVCache:
         >>> import numpy as np, attncore
         >>> cache = attncore.KVCache(max_len=8, num_heads=1, head_dim=2, dtype="int8")
         >>> cache.append(np.zeros((1, 1, 1, 2), np.float32), np.array([[[[2.0, -1.0]]]], np.float32))
-        >>> cache.values        # int8, scale 2/127: -1 is stored as -64/127 * 2
-        array([[[[ 2.      , -1.007874]]]], dtype=float32)
+        >>> cache.values[0, 0, 0].tolist()   # int8, scale 2/127: -1 is stored as -64/127 * 2
+        [2.0, -1.0078740119934082]
         """
         return self._decoded(self._v, self._vs) if self._v is not None else None
 

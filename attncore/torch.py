@@ -1542,6 +1542,16 @@ def _define_hf_cache_classes(Cache, CacheLayerMixin, PretrainedConfig):
             super().__init__(layers=[AttncoreLayer(storage, max_cache_len, text, window)
                                      for _, window in layers])
 
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            # (transformers' own message would be a bare IndexError from its list)
+            if (isinstance(layer_idx, int) and not isinstance(layer_idx, bool)
+                    and not 0 <= layer_idx < len(self.layers)):
+                raise ValueError(f"{_CACHE_OP}: the model updates layer {layer_idx}, but the cache "
+                                 f"has {len(self.layers)} layers: it was built from another "
+                                 f"model's config; build it from this model's "
+                                 f"(AttncoreCache(model.config, dtype))")
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
     for cls in (AttncoreLayer, AttncoreCache):
         cls.__module__, cls.__qualname__ = __name__, cls.__name__
     return {"AttncoreLayer": AttncoreLayer, "AttncoreCache": AttncoreCache}

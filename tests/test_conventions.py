@@ -309,3 +309,18 @@ def test_float32_mask_with_half_query(rng):
         SDPA(q, k, v, attn_mask=m32.astype(np.float64))
     with pytest.raises(TypeError, match="float32"):
         SDPA(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), attn_mask=m32.astype(np.float16))
+
+
+def test_is_causal_none_means_false_on_every_path(rng):
+    """None is documented as False (Hugging Face's "unset"), on the fast
+    path, the general one and in the reference; other values are refused
+    with the documented spellings."""
+    q, k, v = (rng.standard_normal((1, 2, 3, 8)).astype(np.float32) for _ in range(3))
+    fast = attncore.scaled_dot_product_attention(q, k, v, is_causal=None)
+    assert np.array_equal(fast, attncore.scaled_dot_product_attention(q, k, v))
+    general, lse = attncore.scaled_dot_product_attention(q, k, v, is_causal=None, return_lse=True)
+    assert np.array_equal(general, attncore.scaled_dot_product_attention(q, k, v, return_lse=True)[0])
+    assert_close(general, R.scaled_dot_product_attention(q, k, v, is_causal=None), "sdpa", np.float32)
+    with pytest.raises(ValueError, match=r"is_causal must be False \(or None\), True, 'top_left' or "
+                                         r"'bottom_right'; got 'yes'"):
+        attncore.scaled_dot_product_attention(q, k, v, is_causal="yes", return_lse=True)

@@ -331,6 +331,57 @@ def test_sharded_errors(client):
         ad.sharded_attention(q, [da.from_array(k), k], [v, v])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_sharded_softcap_and_sinks(dtype):
+    """softcap applies per shard; the sinks join the merged denominator once
+    (a row that sees no key: zeros, lse = its head's sink). They were
+    refused as unknown arguments (a user's review)."""
+    rng = np.random.default_rng(21)
+    q, k, v = problem(rng, dtype, Hq=4, Hkv=2)
+    sinks = randn(rng, (4,), dtype)
+    for kw in (dict(softcap=1.5), dict(sinks=sinks), dict(sinks=sinks[:1], softcap=3.0),
+               dict(sinks=sinks, valid_lens=np.array([0, 9]), is_causal="bottom_right")):
+        want = SDPA(q, k, v, enable_gqa=True, return_lse=True, **kw)
+        for shards in (1, 2, 5):
+            got = ad.sharded_attention(q, k, v, shards=shards, enable_gqa=True, return_lse=True, **kw)
+            check(got, want, dtype)
+    out, lse = ad.sharded_attention(q, k, v, shards=3, enable_gqa=True, return_lse=True, sinks=sinks,
+                                    valid_lens=np.array([0, 9]))
+    assert not out[0].any() and np.array_equal(lse[0], np.broadcast_to(sinks[:, None], (4, 7)))
+
+
+def test_sharded_refuses_what_counts_positions_on_the_full_range():
+    q, k, v, _ = make("plain", np.float32)
+    for name, value, hint in (("window", (2, 0), "bool attn_mask"),
+                              ("alibi_slopes", np.ones(3, np.float32), "float attn_mask"),
+                              ("cu_seqlens_q", np.array([0, 7]), "per sequence")):
+        with pytest.raises(ValueError, match=f"{name} is not supported: .*{hint}"):
+            ad.sharded_attention(q, k, v, **{name: value})
+
+
+@pytest.mark.parametrize("alibi", ["none", "heads", "batch", "dask-batch"])
+def test_attention_window_softcap_sinks_alibi(alibi):
+    """Batch-parallel attention passes SDPA's variants to every block, ALiBi
+    slopes with batch dims sliced like the blocks; bitwise the one call."""
+    rng = np.random.default_rng(22)
+    q, k, v = problem(rng, np.float32, B=(6,), Hq=4, Hkv=2, Lq=5, Lk=40)
+    dq, dk, dv = (da.from_array(x, chunks=(2,) + x.shape[1:]) for x in (q, k, v))
+    slopes = rng.random((6, 4)).astype(np.float32)
+    kw = dict(window=(5, 0), softcap=2.0, sinks=randn(rng, (4,), np.float32), enable_gqa=True,
+              is_causal="bottom_right")
+    if alibi != "none":
+        kw["alibi_slopes"] = {"heads": slopes[0], "batch": slopes,
+                              "dask-batch": da.from_array(slopes, chunks=(3, 4))}[alibi]
+    out, lse = dask.compute(*ad.attention(dq, dk, dv, return_lse=True, **kw), scheduler="sync")
+    plain = {n: (x.compute() if isinstance(x, da.Array) else x) for n, x in kw.items()}
+    want, want_lse = SDPA(q, k, v, return_lse=True, **plain)
+    assert np.array_equal(out, want) and np.array_equal(lse, want_lse)
+    if alibi == "batch":   # (the bias differs per batch element: blocks must not share one)
+        assert not np.array_equal(want, SDPA(q, k, v, **dict(plain, alibi_slopes=slopes[:1])))
+    with pytest.raises(ValueError, match="attention: alibi_slopes"):
+        ad.attention(dq, dk, dv, enable_gqa=True, alibi_slopes=np.ones((6, 3), np.float32))
+
+
 def test_worker_errors_reach_the_client(client):
     """A shard that is not an array fails on the worker; the client sees why."""
     q, k, v, _ = make("plain", np.float32)

@@ -466,6 +466,24 @@ def test_placeholders_refuse_every_other_use():
 
 
 @hf
+def test_a_cache_with_fewer_layers_than_the_model_says_so():
+    """A cache built from a config with fewer layers than the running model:
+    a ValueError naming both counts, not transformers' bare IndexError (a
+    user's review); one with more layers runs (the extra layers stay empty)."""
+    ref, new = pair(LlamaForCausalLM, LLAMA)
+    fewer = copy.deepcopy(new.config)
+    fewer.num_hidden_layers = 1
+    with pytest.raises(ValueError, match=r"updates layer 1, but the cache has 1 layers.*"
+                                         r"another model's config.*AttncoreCache\(model.config"):
+        generate(new, prompt(), at.AttncoreCache(fewer, dtype="int8"), n=2)
+    more = copy.deepcopy(new.config)
+    more.num_hidden_layers = 3
+    got, _ = generate(new, prompt(), at.AttncoreCache(more, dtype="float32"), n=3)
+    want, _ = generate(ref, prompt(), DynamicCache(), n=3)
+    assert torch.equal(got, want)
+
+
+@hf
 def test_a_model_that_computes_on_its_cached_values_is_told_to_use_dynamic_cache():
     # DiffLlama's attention layer splits the cached values (chunk) before the
     # attention call: placeholders cannot serve it. The message must not repeat
