@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import attncore
+from attncore._engine import plan_info
 from attncore import reference as R
 
 from _paths import assert_plan
@@ -211,6 +212,32 @@ def test_any_strides(isa, dtype, rng):
     v = np.asfortranarray(randn(rng, (2, 3, 8, 5), dtype))
     fast = attncore.scaled_dot_product_attention(q, k, v)
     check_all(fast, R.scaled_dot_product_attention(q, k, v), dtype)
+
+
+@pytest.mark.parametrize("Lq,Lk", [(1, 3000), (1, 129), (70, 300)])   # split rows, rows, panel
+def test_layout_does_not_change_the_bits(isa, dtype, rng, Lq, Lk):
+    """docs/numerics.md: strided, reversed, transposed and broadcast views
+    give the contiguous call's bits, on the fast path and the general one
+    (lse asked), masked or not."""
+    q, k, v = randn(rng, (2, 4, Lq, 16), dtype), randn(rng, (2, 2, Lk, 16), dtype), \
+        randn(rng, (2, 2, Lk, 8), dtype)
+    mask = rng.random((Lq, Lk)) > 0.2
+    plan = plan_info(attncore.scaled_dot_product_attention, q, k, v, enable_gqa=True)
+    assert (plan["path"], plan["chunks"] > 1) == {3000: ("rows", True), 129: ("rows", False),
+                                                   300: ("panel", False)}[Lk], plan
+    views = [(np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3),
+              np.ascontiguousarray(k[:, :, ::-1])[:, :, ::-1], np.asfortranarray(v)),
+             (np.repeat(q, 2, axis=-1)[..., ::2], np.concatenate([k, k], -1)[..., :16],
+              np.ascontiguousarray(v[::-1, :, :, ::-1])[::-1, :, :, ::-1]),
+             (q, np.broadcast_to(k[:1], k.shape), np.broadcast_to(v[:1], v.shape))]
+    for kw in ({}, {"attn_mask": mask}, {"attn_mask": np.asfortranarray(mask)}, {"return_lse": True}):
+        for i, (qv, kv, vv) in enumerate(views):
+            kk, vvv = (k[:1].repeat(2, 0), v[:1].repeat(2, 0)) if i == 2 else (k, v)
+            want = attncore.scaled_dot_product_attention(q, kk, vvv, enable_gqa=True, **kw)
+            got = attncore.scaled_dot_product_attention(qv, kv, vv, enable_gqa=True, **kw)
+            for g, w in zip(got if isinstance(got, tuple) else (got,),
+                            want if isinstance(want, tuple) else (want,)):
+                assert np.array_equal(g, w), (i, kw)
 
 
 def test_read_only_inputs(isa, dtype, rng):
