@@ -171,9 +171,11 @@ class KVCache:
             if self.storage == "int8":
                 ks, vs = (_layout.empty(shape[:3], np.float32) for _ in range(2))
         except MemoryError:
+            cause = ("use a smaller max_len or batch" if capacity <= self.max_len else
+                     f"the cache grows (doubling from max_len={self.max_len}) to hold "
+                     f"{self._length} + the appended positions; append fewer")
             raise MemoryError(f"{sizes} {nbytes / 2**30:.3g} GiB, more than this machine can "
-                              f"allocate; "
-                              f"use a smaller max_len or batch"
+                              f"allocate; {cause}"
                               + ("" if self.grow else " (or grow=True to allocate as the cache "
                                                       "fills)")) from None
         n = self._length
@@ -287,14 +289,15 @@ class KVCache:
             # refused before anything is allocated: a failed append leaves the cache as it was
             raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
                              f"max_len={self.max_len} (use a larger max_len or grow=True)")
-        if new_batch:
-            self._allocate(batch, self.max_len)
-        assert self._k is not None and self._v is not None
-        if need > self._k.shape[2]:
-            capacity = self._k.shape[2]
-            while capacity < need:
-                capacity *= 2
+        # one allocation, of the final size: a refused one (MemoryError) leaves
+        # the cache as it was
+        held_capacity = None if new_batch else self._k.shape[2]
+        capacity = self.max_len if new_batch else held_capacity
+        while capacity < need:
+            capacity *= 2
+        if capacity != held_capacity:
             self._allocate(batch, capacity)
+        assert self._k is not None and self._v is not None
         at = slice(self._length, need)
         for data, scale, x in ((self._k, self._ks, k), (self._v, self._vs, v)):
             if self.storage in ("float32", "float64", "float16"):

@@ -343,6 +343,35 @@ def test_a_refused_append_leaves_an_empty_cache_as_it_was():
     assert cache.batch == 2 and len(cache) == 0
 
 
+def test_a_growth_the_machine_refuses_leaves_an_empty_cache_as_it_was(monkeypatch):
+    """A grow=True cache emptied by reset() takes a new batch size with the
+    append that needs more than max_len: when that allocation is refused,
+    the cache keeps its batch and buffers (it used to re-batch them at
+    max_len first), and the message names the growth (a fuzzer's find)."""
+    from attncore import _layout
+    cache = attncore.KVCache(4, 1, 2, grow=True)
+    kv = np.ones((2, 1, 3, 2), np.float32)
+    cache.append(kv, kv)
+    cache.reset()
+    held = cache._k
+    real = _layout.empty
+
+    def refuse_large(shape, dtype):
+        if shape[2] > 4:
+            raise MemoryError
+        return real(shape, dtype)
+
+    monkeypatch.setattr(_layout, "empty", refuse_large)
+    big = np.ones((3, 1, 9, 2), np.float32)
+    with pytest.raises(MemoryError, match=r"16 positions x batch 3 .* the cache grows \(doubling "
+                                          r"from max_len=4\) to hold 0 \+ the appended"):
+        cache.append(big, big)
+    assert cache.batch == 2 and len(cache) == 0 and cache._k is held
+    monkeypatch.setattr(_layout, "empty", real)
+    cache.append(big, big)   # (and the same append goes through once memory allows)
+    assert cache.batch == 3 and len(cache) == 9 and cache.capacity == 16
+
+
 @pytest.mark.parametrize("grown", [False, True])
 def test_select_batch_on_an_empty_cache_is_refused_whatever_its_history(grown):
     """After reset() the batch is the next append's: select_batch says the cache
