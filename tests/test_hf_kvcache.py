@@ -465,6 +465,32 @@ def test_placeholders_refuse_every_other_use():
         generate(ref, prompt(), at.AttncoreCache(new.config, dtype="int8"), n=2)
 
 
+def _transformers_at_least(major, minor):
+    if transformers is None:
+        return False
+    from packaging.version import Version   # (a dependency of transformers)
+    return Version(transformers.__version__) >= Version(f"{major}.{minor}")
+
+
+@hf
+@pytest.mark.skipif(not _transformers_at_least(5, 24), reason="generate(cache=) is transformers >= 5.24's")
+def test_generate_takes_the_cache_by_its_new_name(attends):
+    """transformers 5.24 renamed generate's past_key_values= to cache=
+    (README): the cache given that way is the one read, with the tokens of
+    the old spelling."""
+    import warnings
+    _, new = pair(LlamaForCausalLM, LLAMA)
+    cache = at.AttncoreCache(new.config, dtype="int8")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)   # (the new name warns about nothing)
+        got = new.generate(prompt(B=2), cache=cache, max_new_tokens=4, **GREEDY)
+    assert attends and all(a["storage"] == "int8" for a in attends)
+    assert cache.get_seq_length() == 9 + 4 - 1
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        want, _ = generate(new, prompt(B=2), at.AttncoreCache(new.config, dtype="int8"), n=4)
+    assert torch.equal(got, want)
+
+
 @hf
 def test_a_cache_with_fewer_layers_than_the_model_says_so():
     """A cache built from a config with fewer layers than the running model:
