@@ -282,6 +282,14 @@ def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_
         v["alibi"] = V.per_head(op, "alibi_slopes", alibi_slopes, p.batch, p.Hq, p.compute)
     if sinks is not None:
         v["sinks"] = V.per_head(op, "sinks", sinks, (), p.Hq, p.compute)
+        # the kernel takes the sink in log2 units: sink x log2(e) must not
+        # overflow (a sink of +inf gave NaN rows; -inf is no sink, and NaN
+        # propagates)
+        top = float(np.finfo(p.compute).max) / math.log2(math.e)
+        if np.any(v["sinks"] >= top):
+            raise ValueError(f"{op}: sinks must be below {top:.3g} for {np.dtype(p.compute).name} "
+                             f"(sink x log2(e) must be finite; -inf is no sink); got "
+                             f"{float(np.max(v['sinks'])):.3g}")
     if (cu_q is None) != (cu_k is None):
         raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k go together")
     if cu_q is not None:

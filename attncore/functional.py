@@ -98,6 +98,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
         Attention sinks (gpt-oss): one learned logit per query head joins
         every row's softmax denominator (it has no value): weights sum to
         less than 1, and a row with no visible key gives zeros, lse = sink.
+        Each below finfo.max / log2(e) (2.36e38 in float32); -inf: no sink.
     cu_seqlens_q, cu_seqlens_k : (n + 1,) int arrays, optional
         Packed variable-length batches: query (Hq, total_q, D), key/value
         (Hkv, total_k, D); sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b+1]
@@ -306,14 +307,16 @@ def merge_attention(parts: Iterable[Tuple[ArrayLike, ArrayLike]]) -> Tuple[np.nd
         shift = np.where(np.isneginf(top), 0, top)
         w = np.exp(lse_all - shift)
         total = w.sum(axis=0)
+        # the weights are normalised before they meet the outputs: a convex
+        # combination of finite outputs stays finite (summing w_i out_i first
+        # overflowed for outputs near the dtype's max)
+        w = w / np.where(total == 0, 1, total)
         merged = np.zeros_like(outs[0], dtype=compute)
         for wi, si, oi in zip(w, lses, outs):
             # a shard with no visible key (lse -inf) adds nothing, whatever its
             # out holds (torch's math path leaves NaN there)
             merged += np.where(np.isneginf(si)[..., None], 0, wi[..., None] * oi)
         with np.errstate(divide="ignore"):
-            inv = np.where(total == 0, 0, 1 / np.where(total == 0, 1, total))
-            merged *= inv[..., None]
             lse = np.where(total == 0, -np.inf, shift + np.log(np.where(total == 0, 1, total)))
     lse_out = lse_result if lse_result in V.COMPUTE_DTYPES else np.dtype(np.float32)
     merged, lse = merged.astype(result, copy=False), lse.astype(lse_out, copy=False)

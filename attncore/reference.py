@@ -419,7 +419,9 @@ def merge_attention(parts):
         w = [math.exp(x - top) for x in row_lse]
         total = math.fsum(w)
         live = [p for p in range(len(parts)) if row_lse[p] != -math.inf]   # (empty shards add 0)
-        merged.append([math.fsum(w[p] * outs[p][r][c] for p in live) / total
+        # (weights normalised first: the sum of w_p out_p could overflow where
+        # the average does not)
+        merged.append([math.fsum(w[p] / total * outs[p][r][c] for p in live)
                        for c in range(shape[-1])])
         merged_lse.append(top + math.log(total))
     return (np.array(merged, dtype=np.float64).reshape(shape),

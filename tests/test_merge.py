@@ -95,3 +95,21 @@ def test_an_empty_shard_adds_nothing_whatever_its_out_holds():
     bad = np.array([[np.nan, 0.0, 0.0], [0.0, 0.0, 0.0]])
     got, _ = attncore.merge_attention([(bad, np.zeros(2)), (o, lse)])
     assert np.isnan(got[0, 0]) and not np.isnan(got[1]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_near_the_dtype_max_do_not_overflow(dtype):
+    """A weighted average of finite outputs is finite: the weights are
+    normalised before they meet the outputs (summing w_i out_i first gave inf
+    for two shards of out = 0.9 max; a numerics fuzzer's find), here and in
+    the reference."""
+    big = 0.9 * np.finfo(dtype).max
+    o = np.full((2, 3), big, dtype)
+    lse = np.array([0.0, 5.0], dtype)
+    out, merged_lse = attncore.merge_attention([(o, lse), (o, lse)])
+    assert np.all(np.isfinite(out)) and np.allclose(out, big, rtol=4 * np.finfo(dtype).eps)
+    ref, ref_lse = R.merge_attention([(o, lse), (o, lse)])
+    assert_close(out, ref, "merge", dtype)
+    assert_close(merged_lse, ref_lse, "merge", dtype)
+    out, _ = attncore.merge_attention([(o, lse), (-o, lse)])
+    assert np.array_equal(out, np.zeros_like(out))

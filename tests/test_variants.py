@@ -215,6 +215,10 @@ def test_packed_batches_skip_padding():
     (dict(softcap=2e38, scale=1e-3), ["|scale| / softcap = 5e-42", "softcap=None"]),
     (dict(alibi_slopes=np.ones(3)), ["alibi_slopes", "(3,)"]),
     (dict(sinks=np.ones((2, 4))), ["sinks"]),
+    # (a sink of +inf, or one whose log2 overflows, gave NaN rows)
+    (dict(sinks=np.array([0, np.inf, 0, 0], np.float32)), ["sinks must be below 2.36e+38 for float32",
+                                                           "-inf is no sink", "got inf"]),
+    (dict(sinks=np.float32(3e38)), ["sinks must be below 2.36e+38"]),
     (dict(cu_seqlens_q=np.array([0, 5]), cu_seqlens_k=None), ["together"]),
 ])
 def test_variant_errors(bad, words):
@@ -223,6 +227,21 @@ def test_variant_errors(bad, words):
         SDPA(q, k, v, **bad)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+def test_sinks_at_the_range_edges():
+    """A sink just below the limit takes every row's weight (zeros, lse =
+    sink); -inf and sinks whose exp underflow are no sink; NaN propagates."""
+    rng = np.random.default_rng(3)
+    q, k = rng.standard_normal((1, 2, 3, 8), dtype=np.float32), rng.standard_normal((1, 2, 5, 8), dtype=np.float32)
+    plain, plain_lse = SDPA(q, k, k, return_lse=True)
+    out, lse = SDPA(q, k, k, sinks=np.float32(2e38), return_lse=True)
+    assert not out.any() and np.all(lse == np.float32(2e38))
+    for no_sink in (-np.inf, -3e38):
+        out, lse = SDPA(q, k, k, sinks=np.float32(no_sink), return_lse=True)
+        assert np.array_equal(out, plain) and np.array_equal(lse, plain_lse)
+    out, lse = SDPA(q, k, k, sinks=np.array([np.nan, 0], np.float32), return_lse=True)
+    assert np.isnan(out[:, 0]).all() and np.isnan(lse[:, 0]).all() and np.isfinite(out[:, 1]).all()
 
 
 def test_varlen_errors():
