@@ -427,6 +427,23 @@ def test_sigmoid_weights_carry_the_bias_rounding(isa, dtype, bias):
     assert rel.max() > 6, rel.max()   # the |bias| term is needed
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_weights_below_the_smallest_normal(isa, dtype):
+    """(11) float32 weights hold their bound down to 2^-126 and are 0 below
+    it (the exp2 flushes); float64 keeps subnormal weights."""
+    q, k, v = np.zeros((1, 4), dtype), np.zeros((2, 4), dtype), np.full((2, 1), 1e30, dtype)
+    for bias in (-87.0, -88.0, -100.0, -740.0):
+        _, w = attncore.sigmoid_attention(q, k, v, bias=bias, return_weights=True)
+        exact = math.exp(bias) / (1 + math.exp(bias))
+        if dtype == np.float32 and exact < 2.0 ** -126:
+            assert not w.any(), (bias, w)
+        elif exact >= (2.0 ** -126 if dtype == np.float32 else 2.0 ** -1022):
+            rel = abs(float(w[0, 0]) - exact) / exact / U[dtype]
+            assert rel <= abs(bias) * (math.ceil(4 / 2) + 4) + 6, (bias, rel)
+        else:   # float64 subnormal weights: within a few of the smallest subnormals
+            assert abs(float(w[0, 0]) - exact) <= 2.0 ** -1074 * (abs(bias) * 6 + 8) + exact * 1e-12, bias
+
+
 def test_hard_attention_keeps_the_best_keys_up_to_score_rounding(isa):
     """(12) a key is kept over a better one only when their exact scores are
     within twice the score error."""
