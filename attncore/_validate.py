@@ -427,7 +427,8 @@ def per_head(op, name, value, batch, Hq, dtype):
     if value is None:
         return None
     a = native(as_array(value, name, op))
-    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or _is_half(a.dtype)
+                                   or np.issubdtype(a.dtype, np.integer)):
         raise TypeError(f"{op}: {name} must be a float array; got dtype {a.dtype}")
     target = tuple(batch) + (Hq,)
     try:

@@ -362,6 +362,29 @@ def test_gpt_oss_sinks_match_eager(calls):
     assert calls
 
 
+def test_gpt_oss_runs_in_bfloat16(calls):
+    """gpt-oss's native dtype: its bfloat16 sinks were refused ("sinks must be
+    a float array") on every forward (an integration fuzzer's find)."""
+    try:
+        from transformers import GptOssConfig, GptOssForCausalLM
+    except ImportError:
+        pytest.skip("this transformers has no gpt-oss")
+    cfg = GptOssConfig(vocab_size=100, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                       num_experts_per_tok=2, sliding_window=4, max_position_embeddings=64,
+                       pad_token_id=0, layer_types=["sliding_attention", "full_attention"])
+    ref, new = pair(GptOssForCausalLM, cfg, ref="eager")
+    with torch.no_grad():
+        for layer in (*ref.model.layers, *new.model.layers):
+            layer.self_attn.sinks.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    ref, new = ref.to(torch.bfloat16), new.to(torch.bfloat16)
+    ids = torch.randint(1, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = ref(input_ids=ids).logits, new(input_ids=ids).logits
+    assert got.dtype == torch.bfloat16 and calls
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.02)
+
+
 def test_hf_attention_under_torch_compile():
     torch._dynamo.reset()
     layer = _Layer()

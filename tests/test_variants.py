@@ -244,6 +244,21 @@ def test_sinks_at_the_range_edges():
     assert np.isnan(out[:, 0]).all() and np.isnan(lse[:, 0]).all() and np.isfinite(out[:, 1]).all()
 
 
+def test_16bit_sinks_and_slopes_are_read_as_their_values():
+    """bfloat16 (and float16) sinks and ALiBi slopes, as a bfloat16 model
+    holds them, give the bits of their float32 values (bfloat16 was refused
+    as "not a float array")."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(4)
+    q, k = rng.standard_normal((1, 4, 3, 8), dtype=np.float32), rng.standard_normal((1, 4, 6, 8), dtype=np.float32)
+    sinks, slopes = rng.standard_normal(4), rng.random(4)
+    for half in (ml_dtypes.bfloat16, np.float16):
+        s16, a16 = sinks.astype(half), slopes.astype(half)
+        got = SDPA(q, k, k, sinks=s16, alibi_slopes=a16, is_causal=True)
+        want = SDPA(q, k, k, sinks=s16.astype(np.float32), alibi_slopes=a16.astype(np.float32), is_causal=True)
+        assert np.array_equal(got, want)
+
+
 def test_varlen_errors():
     q = np.ones((2, 10, 8), np.float32)
     cu = np.array([0, 4, 10])
