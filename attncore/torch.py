@@ -1015,8 +1015,20 @@ def _check_hf_model(config):
     test (PreTrainedModel._can_set_attn_implementation); a model it cannot
     tell (custom code, a transformers without the test) passes."""
     model_type = getattr(config, "model_type", None)
-    if not isinstance(model_type, str):
-        return
+    if isinstance(model_type, str) and not _uses_interface(model_type):
+        raise ValueError(f"attn_implementation='attncore': {model_type} models compute attention in "
+                         f"their own layers, not through transformers' attention interface, so "
+                         f"attncore cannot run them (and their layers would misread its masks); "
+                         f"use attn_implementation='eager' for this model")
+
+
+# (torch.compile runs it once at trace time and keeps the verdict: it reads
+# source files, which dynamo cannot trace; fullgraph=True failed on a model's
+# first, compiled, call)
+@torch.compiler.assume_constant_result
+def _uses_interface(model_type):
+    """Whether the attention layers of `model_type` call the interface
+    (cached per model type)."""
     uses = _USES_INTERFACE.get(model_type)
     if uses is None:
         uses = True
@@ -1037,11 +1049,7 @@ def _check_hf_model(config):
         except Exception:   # (transformers' internals moved: no verdict, no refusal)
             uses = True
         _USES_INTERFACE[model_type] = uses
-    if not uses:
-        raise ValueError(f"attn_implementation='attncore': {model_type} models compute attention in "
-                         f"their own layers, not through transformers' attention interface, so "
-                         f"attncore cannot run them (and their layers would misread its masks); "
-                         f"use attn_implementation='eager' for this model")
+    return uses
 
 
 # -- 4. Hugging Face: a KV cache in attncore's storage -----------------------

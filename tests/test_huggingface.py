@@ -161,6 +161,32 @@ def test_unreadable_model_source_is_no_verdict(monkeypatch):
         at._check_hf_model(type("Config", (), {"model_type": model_type})())
 
 
+def test_fullgraph_compile_on_a_models_first_call(monkeypatch, calls):
+    """The model-type check reads source files, which dynamo cannot trace:
+    torch.compile(fullgraph=True) failed on a model's first call, before an
+    eager one had cached the verdict (an integration fuzzer's find). Dynamo
+    now takes the verdict as a constant; a refused model still says why."""
+    from transformers import LlamaModel, MPNetConfig, MPNetModel
+
+    monkeypatch.setattr(at, "_USES_INTERFACE", {})
+    ref, new = pair(LlamaModel, LLAMA)
+    ids = torch.randint(1, 100, (1, 6), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        got = torch.compile(new, fullgraph=True, backend="eager")(input_ids=ids).last_hidden_state
+        want = ref(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert calls and at._USES_INTERFACE == {"llama": True}
+    cfg = MPNetConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      intermediate_size=64, pad_token_id=0)
+    mpnet = MPNetModel._from_config(cfg, attn_implementation="attncore").eval()
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="mpnet models compute attention in their own layers"):
+        with torch.inference_mode():
+            torch.compile(mpnet, fullgraph=True, backend="eager")(torch.tensor([[5, 6, 7]]))
+    torch._dynamo.reset()
+
+
 def test_bert_padded_batch_matches_sdpa(calls):
     ref, new = pair(BertModel, BERT)
     ids, am = padded_batch()
