@@ -584,7 +584,7 @@ cdef object _sdpa_views(str op, _View *q, _View *k, _View *v, _View *m, int mask
         return _sdpa_run_views(op, q, k, v, m, mask_kind, io, o_given, sc, causal, causal_offset,
                                threads, isa, ks, vs, out_given)
     out = _empty((B, Hq, Lq, Dv), out_dtype)
-    PyObject_GetBuffer(out, &bo, PyBUF_RECORDS_RO)
+    PyObject_GetBuffer(out, &bo, PyBUF_RECORDS)   # (writable: the kernel writes it)
     try:
         o.buf = bo.buf
         for b in range(4):

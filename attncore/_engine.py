@@ -254,6 +254,12 @@ def run(op, p, q, k, *, scale=1.0, score_kind=SCORE_DOT, w_score=None, attn_mask
     return results if len(results) > 1 else results[0]
 
 
+def _log2_units_limit(dtype):
+    """The largest magnitude whose x log2(e) (the kernels' log2 units) is a
+    finite number of `dtype` (float32: 2.36e38)."""
+    return float(np.finfo(dtype).max) / math.log2(math.e)
+
+
 def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_q, cu_k, attn_mask,
               valid_lens, return_weights):
     """The score variants for the C descriptor (empty dict: none)."""
@@ -266,7 +272,7 @@ def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_
             raise ValueError(f"{op}: softcap must be > 0 (or None); got {cap}")
         # the kernel works in log2 units: cap x log2(e) must be a finite
         # number of the compute dtype (and an infinite cap is no cap: None)
-        top = float(np.finfo(p.compute).max) / math.log2(math.e)
+        top = _log2_units_limit(p.compute)
         if not cap < top:
             raise ValueError(f"{op}: softcap must be below {top:.3g} for {np.dtype(p.compute).name} "
                              f"(cap x log2(e) must be finite; pass softcap=None for no cap); got {cap}")
@@ -281,15 +287,16 @@ def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_
     if alibi_slopes is not None:
         v["alibi"] = V.per_head(op, "alibi_slopes", alibi_slopes, p.batch, p.Hq, p.compute)
     if sinks is not None:
-        v["sinks"] = V.per_head(op, "sinks", sinks, (), p.Hq, p.compute)
+        given = V.per_head(op, "sinks", sinks, (), p.Hq, np.float64)   # (checked before the cast)
         # the kernel takes the sink in log2 units: sink x log2(e) must not
         # overflow (a sink of +inf gave NaN rows; -inf is no sink, and NaN
         # propagates)
-        top = float(np.finfo(p.compute).max) / math.log2(math.e)
-        if np.any(v["sinks"] >= top):
+        top = _log2_units_limit(p.compute)
+        if np.any(given >= top):
             raise ValueError(f"{op}: sinks must be below {top:.3g} for {np.dtype(p.compute).name} "
                              f"(sink x log2(e) must be finite; -inf is no sink); got "
-                             f"{float(np.max(v['sinks'])):.3g}")
+                             f"{float(np.nanmax(given)):.3g}")
+        v["sinks"] = given.astype(p.compute, copy=False)
     if (cu_q is None) != (cu_k is None):
         raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k go together")
     if cu_q is not None:

@@ -53,11 +53,10 @@ _NOT_SHARDED = {
               "bool attn_mask (it is sliced per shard)",
     "alibi_slopes": "ALiBi's bias counts key positions on the full key range; pass the bias "
                     "as a float attn_mask (it is sliced per shard)",
-    "cu_seqlens_q": "packed sequences cannot be split by key position; call "
-                    "attncore.scaled_dot_product_attention per sequence, or attention()",
-    "cu_seqlens_k": "packed sequences cannot be split by key position; call "
-                    "attncore.scaled_dot_product_attention per sequence, or attention()",
 }
+_NOT_SHARDED["cu_seqlens_q"] = _NOT_SHARDED["cu_seqlens_k"] = (
+    "packed sequences cannot be split by key position; call "
+    "attncore.scaled_dot_product_attention per sequence, or attention()")
 
 
 # ---------------------------------------------------------------------------
@@ -183,13 +182,14 @@ def _fold_sinks(out: np.ndarray, lse: np.ndarray,
                 sinks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Attention sinks joined to merged (out, lse) over all keys: a sink is
     one more term e^sink in each row's denominator, with no value, so
-    lse' = log(e^lse + e^sink) and out' = out e^(lse - lse') (exact algebra;
-    a row that saw no key stays zeros, with lse' = sink). sinks: () or (1,)
-    for every head, else (Hq,)."""
+    lse' = log(e^lse + e^sink) and out' = out e^(lse - lse'). A row that saw
+    no key stays zeros with lse' = sink, as in the reference, even for a NaN
+    sink (merging the sink as a shard of zeros would make that row NaN).
+    sinks: () or (1,) for every head, else (Hq,)."""
     s = sinks.astype(np.float64).reshape(() if sinks.size == 1 else (-1, 1))
     lse64 = lse.astype(np.float64)
-    total = np.logaddexp(lse64, s)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):   # (NaN sinks: NaN rows, quietly)
+        total = np.logaddexp(lse64, s)
         factor = np.where(np.isneginf(lse64), 0.0, np.exp(lse64 - total))
     return ((out * factor[..., None]).astype(out.dtype, copy=False),
             np.broadcast_to(total, lse.shape).astype(lse.dtype))
@@ -549,6 +549,8 @@ def sharded_attention(query: Any, key: Any, value: Any, *, client: Any = None,
     """
     op = "sharded_attention"
     kw = _check_kwargs(op, sdpa_kwargs)
+    if kw.get("window") is not None and V.window(op, kw["window"]) == (-1, -1):
+        kw.pop("window")   # (a window with both sides unbounded is no window)
     for name, why in _NOT_SHARDED.items():
         if kw.get(name) is not None:
             raise ValueError(f"{op}: {name} is not supported: {why}")
@@ -739,7 +741,7 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
     parallel over the chunks of the leading batch dims.
 
     Each output block is one call on the matching blocks of query, key,
-    value (and attn_mask / valid_lens); batch chunks that differ between the
+    value (and attn_mask / valid_lens / alibi_slopes); batch chunks that differ between the
     inputs are aligned by dask, batch dims broadcast as in NumPy.
 
     Parameters
@@ -842,13 +844,24 @@ def attention(query: Any, key: Any, value: Any, **sdpa_kwargs: Any) -> Any:
             fits = False
         if not fits:
             raise ValueError(V.mask_shape_message(op, m.shape, full_scores))
+    if alibi is not None and not flat:
+        # (the one-element check below cannot see the slopes' batch dims)
+        per_head = batch + (q.shape[-3],)
+        try:
+            fits = alibi.ndim <= len(per_head) and np.broadcast_shapes(alibi.shape, per_head) == per_head
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{op}: alibi_slopes of shape {alibi.shape} does not broadcast to "
+                             f"(..., Hq) = {per_head} (query {q.shape}, key {k.shape})")
     if vl is not None and q.ndim > 3 and vl.ndim in (nb, nb + 1) and \
             any(d not in (1, b) for d, b in zip(vl.shape[:nb], batch)):
         raise ValueError(f"{op}: valid_lens of shape {vl.shape} does not match the batch "
                          f"dims {batch} of query {q.shape}, key {k.shape}, value {v.shape}")
     note = (f" (checked on one batch element; full shapes: query {q.shape}, key {k.shape}, "
             f"value {v.shape}" + (f", attn_mask {m.shape}" if m is not None else "")
-            + (f", valid_lens {vl.shape}" if vl is not None else "") + ")") if nb else ""
+            + (f", valid_lens {vl.shape}" if vl is not None else "")
+            + (f", alibi_slopes {alibi.shape}" if alibi is not None else "") + ")") if nb else ""
     if vl is not None and q.ndim == 3 and nb:
         # a 3-D query over batched key/value: is valid_lens's reading ambiguous for
         # the whole batch? (the one-element check below cannot tell, nor can a block)

@@ -163,17 +163,18 @@ class KVCache:
         nbytes = 2 * math.prod(shape) * (self._element.itemsize + scale_bytes)
         sizes = (f"KVCache: {capacity} positions x batch {batch} x {self.num_heads} heads x "
                  f"head_dim {self.head_dim} in {self.storage} need")
+        cause = ("use a smaller max_len or batch" if capacity <= self.max_len else
+                 f"the cache grows (doubling from max_len={self.max_len}) to hold "
+                 f"{self._length} + the appended positions; append fewer positions, or use a "
+                 f"smaller batch")
         if nbytes > sys.maxsize:   # past the address space
-            raise ValueError(f"{sizes} {nbytes / 2**40:.3g} TiB; use a smaller max_len or batch")
+            raise ValueError(f"{sizes} {nbytes / 2**40:.3g} TiB; {cause}")
         try:
             k, v = _layout.empty(shape, self._element), _layout.empty(shape, self._element)
             ks = vs = None
             if self.storage == "int8":
                 ks, vs = (_layout.empty(shape[:3], np.float32) for _ in range(2))
         except MemoryError:
-            cause = ("use a smaller max_len or batch" if capacity <= self.max_len else
-                     f"the cache grows (doubling from max_len={self.max_len}) to hold "
-                     f"{self._length} + the appended positions; append fewer")
             raise MemoryError(f"{sizes} {nbytes / 2**30:.3g} GiB, more than this machine can "
                               f"allocate; {cause}"
                               + ("" if self.grow else " (or grow=True to allocate as the cache "
@@ -291,7 +292,7 @@ class KVCache:
                              f"max_len={self.max_len} (use a larger max_len or grow=True)")
         # one allocation, of the final size: a refused one (MemoryError) leaves
         # the cache as it was
-        held_capacity = None if new_batch else self._k.shape[2]
+        held_capacity = 0 if new_batch or self._k is None else int(self._k.shape[2])
         capacity = self.max_len if new_batch else held_capacity
         while capacity < need:
             capacity *= 2

@@ -72,9 +72,8 @@ def guarded_allocations():
     def empty(shape, dtype):
         return guarded(shape, dtype, next(places))
 
-    original = _layout.empty
+    original, original_fast = _layout.empty, _core.set_output_allocator(empty)
     _layout.empty = empty
-    original_fast = _core.set_output_allocator(empty)
     try:
         yield
     finally:

@@ -311,12 +311,17 @@ def test_float32_mask_with_half_query(rng):
         SDPA(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), attn_mask=m32.astype(np.float16))
 
 
-def test_is_causal_none_means_false_on_every_path(rng):
+def test_is_causal_none_means_false_on_every_path(rng, monkeypatch):
     """None is documented as False (Hugging Face's "unset"), on the fast
     path, the general one and in the reference; other values are refused
     with the documented spellings."""
+    from attncore import _core
     q, k, v = (rng.standard_normal((1, 2, 3, 8)).astype(np.float32) for _ in range(3))
+    fast_results, real_fast = [], _core.sdpa_fast
+    monkeypatch.setattr(_core, "sdpa_fast",
+                        lambda *a, **kw: fast_results.append(real_fast(*a, **kw)) or fast_results[-1])
     fast = attncore.scaled_dot_product_attention(q, k, v, is_causal=None)
+    assert fast_results and fast_results[0] is fast   # (the fast path took it)
     assert np.array_equal(fast, attncore.scaled_dot_product_attention(q, k, v))
     general, lse = attncore.scaled_dot_product_attention(q, k, v, is_causal=None, return_lse=True)
     assert np.array_equal(general, attncore.scaled_dot_product_attention(q, k, v, return_lse=True)[0])

@@ -348,10 +348,27 @@ def test_sharded_softcap_and_sinks(dtype):
     out, lse = ad.sharded_attention(q, k, v, shards=3, enable_gqa=True, return_lse=True, sinks=sinks,
                                     valid_lens=np.array([0, 9]))
     assert not out[0].any() and np.array_equal(lse[0], np.broadcast_to(sinks[:, None], (4, 7)))
+    # a NaN sink propagates as in the one call: NaN rows, and a NaN lse where
+    # a row sees no key (its out stays zeros)
+    nan_sinks = sinks.copy()
+    nan_sinks[1] = np.nan
+    out, lse = ad.sharded_attention(q, k, v, shards=3, enable_gqa=True, return_lse=True,
+                                    sinks=nan_sinks, valid_lens=np.array([0, 9]))
+    want, want_lse = SDPA(q, k, v, enable_gqa=True, return_lse=True, sinks=nan_sinks,
+                          valid_lens=np.array([0, 9]))
+    assert np.array_equal(np.isnan(out), np.isnan(want)) and np.isnan(out[1, 1]).all()
+    assert np.array_equal(np.isnan(lse), np.isnan(want_lse)) and np.isnan(lse[:, 1]).all()
+    assert np.array_equal(out[~np.isnan(want)], want[~np.isnan(want)].astype(out.dtype)) or \
+        np.allclose(out[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-5, atol=1e-6)
 
 
 def test_sharded_refuses_what_counts_positions_on_the_full_range():
     q, k, v, _ = make("plain", np.float32)
+    for unbounded in ((None, None), (-1, -1)):   # (no window: taken, as by the one call)
+        assert np.array_equal(ad.sharded_attention(q, k, v, shards=3, window=unbounded),
+                              ad.sharded_attention(q, k, v, shards=3))
+    with pytest.raises(TypeError, match="window must be a pair"):
+        ad.sharded_attention(q, k, v, window=3)
     for name, value, hint in (("window", (2, 0), "bool attn_mask"),
                               ("alibi_slopes", np.ones(3, np.float32), "float attn_mask"),
                               ("cu_seqlens_q", np.array([0, 7]), "per sequence")):
@@ -380,6 +397,12 @@ def test_attention_window_softcap_sinks_alibi(alibi):
         assert not np.array_equal(want, SDPA(q, k, v, **dict(plain, alibi_slopes=slopes[:1])))
     with pytest.raises(ValueError, match="attention: alibi_slopes"):
         ad.attention(dq, dk, dv, enable_gqa=True, alibi_slopes=np.ones((6, 3), np.float32))
+    # slopes of another batch size: the whole call's check names them (dask's own
+    # chunk error was all a user got: the one-element check cannot see batch dims)
+    for bad in (np.ones((3, 4), np.float32), da.ones((3, 4), dtype=np.float32)):
+        with pytest.raises(ValueError, match=r"attention: alibi_slopes of shape \(3, 4\) does not "
+                                             r"broadcast to \(..., Hq\) = \(6, 4\)"):
+            ad.attention(dq, dk, dv, enable_gqa=True, alibi_slopes=bad)
 
 
 def test_worker_errors_reach_the_client(client):

@@ -286,21 +286,30 @@ def test_the_common_calls_outputs_and_lengths_are_guarded_too():
     q = rng.standard_normal((2, 4, 70, 16), dtype=np.float32)
     mask = np.ones((2, 1, 70, 70), bool)
     mask[..., 50:] = False
-    seen = []
-    real = _core.bool_mask_lengths
+    seen, fast_results = [], []
+    real, real_fast = _core.bool_mask_lengths, _core.sdpa_fast
 
     def lengths(*args):
         seen.append(real(*args))
         return seen[-1]
 
+    def fast_path(*args, **kwargs):
+        fast_results.append(real_fast(*args, **kwargs))
+        return fast_results[-1]
+
     with guarded_allocations():
-        fast = SDPA(q, q, q)
-        fast_masked = SDPA(q, q, q, attn_mask=mask)
+        _core.sdpa_fast = fast_path
+        try:
+            fast = SDPA(q, q, q)
+            fast_masked = SDPA(q, q, q, attn_mask=mask)
+        finally:
+            _core.sdpa_fast = real_fast
         _core.bool_mask_lengths = lengths
         try:
             general = SDPA(q, q, q, attn_mask=mask, return_lse=True)[0]
         finally:
             _core.bool_mask_lengths = real
+    assert len(fast_results) == 2 and fast_results[0] is fast and fast_results[1] is fast_masked
     assert is_guarded(fast) and is_guarded(fast_masked) and is_guarded(general)
     assert len(seen) == 1 and seen[0] is not None and is_guarded(seen[0])
     assert np.array_equal(fast_masked, general)

@@ -54,7 +54,7 @@ def entry_calls(monkeypatch):
 def guarded_tensor(values, dtype, where):
     """A tensor of `dtype` holding `values` (float64, rounded to dtype) in
     memory that borders a guard page."""
-    t = torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
+    t = torch.from_numpy(np.array(values)).to(dtype)   # (ascontiguousarray makes 0-d 1-d)
     raw = t.view(torch.int16) if dtype is torch.bfloat16 else t
     g = guarded_copy(raw.numpy(), where)
     g = torch.from_numpy(g)
@@ -79,14 +79,14 @@ def test_plain_lane_over_guarded_tensors(level, entry_calls, dtype, where):
     dtype = DTYPES[dtype]
     rng = np.random.default_rng(17)
     mask_dtype = torch.float64 if dtype is torch.float64 else torch.float32
-    paths = set()
+    paths, ranks = set(), set()
     cases = [(1, 1, 1, 1, 1), (2, 1, 3, 17, 7), (4, 2, 1, 129, 64), (2, 2, 9, 133, 33),
              (8, 1, 1, 1100, 128), (1, 1, 70, 260, 80), (3, 3, 5, 31, 2), (2, 1, 1, 2049, 40)]
     for n, (Hq, Hkv, Lq, Lk, D) in enumerate(cases):
         q = guarded_tensor(rng.standard_normal((2, Hq, Lq, D)), dtype, where)
         k = guarded_tensor(rng.standard_normal((2, Hkv, Lk, D)), dtype, where)
         v = guarded_tensor(rng.standard_normal((2, Hkv, Lk, D + n % 3)), dtype, where)
-        kind = n % 5
+        kind = n % 7
         if kind == 0:
             mask = None
         elif kind == 1:
@@ -96,8 +96,13 @@ def test_plain_lane_over_guarded_tensors(level, entry_calls, dtype, where):
             mask = mask.view(1, 1, 1, Lk).expand(2, Hq, Lq, Lk)
         elif kind == 3:
             mask = guarded_tensor(rng.standard_normal((Lq, Lk)), mask_dtype, where)
-        else:
+        elif kind == 4:
             mask = guarded_tensor(rng.standard_normal(()), mask_dtype, where)
+        elif kind == 5:
+            mask = guarded_tensor(rng.random(Lk) > 0.2, torch.bool, where)
+        else:
+            mask = guarded_tensor(rng.standard_normal((Hq, Lq, Lk)), mask_dtype, where)
+        ranks.add(None if mask is None else mask.dim())
         causal = n % 2 == 1 and Lq <= Lk
         kw = dict(attn_mask=mask, is_causal=causal, enable_gqa=Hq != Hkv)
         plan = plan_info(at.scaled_dot_product_attention, q, k, v, **kw)
@@ -112,6 +117,7 @@ def test_plain_lane_over_guarded_tensors(level, entry_calls, dtype, where):
         assert got.dtype == dtype and got.shape == (2, Hq, Lq, D + n % 3)
         check(got, want, dtype)
     assert len(entry_calls) == len(cases)
+    assert ranks == {None, 0, 1, 2, 3, 4}, ranks
     assert {("panel", False), ("rows", False), ("rows", True)} <= paths, paths
 
 
