@@ -296,7 +296,7 @@ def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_
             raise ValueError(f"{op}: sinks must be below {top:.3g} for {np.dtype(p.compute).name} "
                              f"(sink x log2(e) must be finite; -inf is no sink); got "
                              f"{float(np.nanmax(given)):.3g}")
-        v["sinks"] = given.astype(p.compute, copy=False)
+        v["sinks"] = _layout.contiguous(given, p.compute)
     if (cu_q is None) != (cu_k is None):
         raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k go together")
     if cu_q is not None:

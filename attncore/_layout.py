@@ -17,17 +17,17 @@ def for_kernel(x, unit_last=True):
     contiguous copy. `unit_last`: the last dimension must have unit stride
     (everything but masks and valid lengths)."""
     if not x.dtype.isnative:
-        x = x.astype(x.dtype.newbyteorder("="))
-    # x.copy(), not np.ascontiguousarray: that returns a contiguous but
+        return copy(x, x.dtype.newbyteorder("="))
+    # a new buffer, not np.ascontiguousarray: that returns a contiguous but
     # misaligned array as it is
     if not x.flags.aligned:
-        return x.copy(order="C")
+        return copy(x)
     item = x.itemsize
     if unit_last and x.ndim and x.shape[-1] > 1 and x.strides[-1] != item:
-        return x.copy(order="C")
+        return copy(x)
     for s in x.strides:
         if s % item:
-            return x.copy(order="C")
+            return copy(x)
     return x
 
 
@@ -61,13 +61,27 @@ def dense_if_spread(x, reuse):
     if not is_spread(x.shape, [s // x.itemsize for s in x.strides], reuse):
         return x
     distinct = x[tuple(slice(0, 1) if s == 0 else slice(None) for s in x.strides)]
-    return np.broadcast_to(np.ascontiguousarray(distinct), x.shape)
+    return np.broadcast_to(copy(distinct), x.shape)
 
 
 def contiguous(x, dtype=None):
     """np.ascontiguousarray(x, dtype) that is also native and aligned (the
-    former alone returns a contiguous misaligned array as it is)."""
-    return for_kernel(np.ascontiguousarray(x, dtype=dtype))
+    former alone returns a contiguous misaligned array as it is); a copy
+    comes from copy()."""
+    x = np.asarray(x)
+    if (dtype is not None and x.dtype != np.dtype(dtype)) or not x.flags.c_contiguous:
+        x = copy(x, dtype)
+    return for_kernel(x)
+
+
+def copy(x, dtype=None):
+    """A C-contiguous copy of x (cast to dtype) in a buffer from empty():
+    the copies the kernels read come from the same allocator as what they
+    write, so that tests can place both next to unreadable pages."""
+    x = np.asarray(x)
+    out = empty(x.shape, x.dtype if dtype is None else dtype)
+    out[...] = x
+    return out
 
 
 def is_kernel_ready(x, unit_last=True):
@@ -76,6 +90,7 @@ def is_kernel_ready(x, unit_last=True):
 
 def empty(shape, dtype):
     """Every buffer the kernels write that attncore allocates (outputs,
-    weights, lse, projections) comes from here: one place for tests to
-    substitute an allocator that puts buffers next to unreadable pages."""
+    weights, lse, projections), and every copy they read (copy()), comes
+    from here: one place for tests to substitute an allocator that puts
+    buffers next to unreadable pages."""
     return np.empty(shape, dtype)

@@ -236,7 +236,7 @@ def mask(op, attn_mask, full_shape, compute_dtype, result_dtype):
             raise TypeError(f"{op}: a float attn_mask must have the query's dtype {result_dtype}"
                             + (" (or float32)" if _is_half(result_dtype) else "")
                             + f"; got {m.dtype} (cast it, e.g. {cast})")
-        return _core.MASK_ADD, m.astype(compute_dtype, copy=False)
+        return _core.MASK_ADD, m if m.dtype == compute_dtype else _layout.copy(m, compute_dtype)
     raise TypeError(f"{op}: attn_mask must be bool (True = may attend) or a float array added "
                     f"to the scores; got dtype {m.dtype}")
 

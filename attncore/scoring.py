@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import _engine, _linalg
+from . import _engine, _layout, _linalg
 from . import _validate as V
 from ._types import ArrayLike, Causal, OptArray, Result, Scalar
 
@@ -144,7 +144,7 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
                          f"max_h |scale w_h| = {largest:.4g} and |sum_h scale w_h| = {total:.4g}; "
                          f"the kernel needs them below {limit:.4g} and {2 * limit:.4g} "
                          f"(finfo.max / (2 log2 e) and finfo.max / log2 e); rescale w_score")
-    w = w64.astype(p.compute)
+    w = _layout.copy(w64, p.compute)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,
                        num_threads=threads, return_weights=return_weights, return_lse=return_lse,
@@ -198,8 +198,9 @@ def concat_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_query
     c = _linalg.linear(p.k, wk[None, :], num_threads=threads, op=op)
     finite = np.isfinite(a)
     z = np.where(finite, 0.0, a).astype(p.compute)   # a non-finite a_i + b goes to the kernel as is
-    qs = np.concatenate([z, np.ones_like(z)], axis=-1)
-    ks = np.concatenate([np.ones_like(c), c], axis=-1)
+    # (score = z_i + c_j as a 2-term dot product: [z_i, 1] . [1, c_j])
+    qs, ks = _layout.empty(z.shape[:-1] + (2,), p.compute), _layout.empty(c.shape[:-1] + (2,), p.compute)
+    qs[..., :1], qs[..., 1:], ks[..., :1], ks[..., 1:] = z, 1, 1, c
     return _engine.run(op, p, qs, ks, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
                        is_causal=is_causal, valid_lens=valid_lens, num_threads=threads,
                        return_weights=return_weights, return_lse=return_lse, dropout_p=dropout_p,

@@ -327,7 +327,7 @@ def masked_softmax(scores: ArrayLike, valid_lens: OptArray, *,
         raise ValueError(f"{op}: valid_lens has shape {vl.shape}; for scores of shape {shape} it "
                          f"must be " + ", ".join(f for f in forms if f) +
                          " -- d2l's 1-D (batch,) and 2-D (batch, queries) forms for 3-D scores")
-    full = np.clip(full, 0, shape[-1]).astype(np.int64)
+    full = _layout.copy(np.clip(full, 0, shape[-1]), np.int64)
     return _run_softmax(op, a, a.ndim - 1, None, _core.MASK_NONE, None, full, True, threads,
                         compute, result, torch_dtype)
 

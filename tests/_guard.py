@@ -6,6 +6,11 @@ after one. A kernel that reads or writes one element past either end of the
 array gets SIGSEGV instead of a silently wrong (or lucky) answer. The mapping
 lives as long as the array (np.frombuffer keeps the mmap object alive).
 
+every_kernel_array_guarded() checks that a block handed the kernel entry
+points (attncore._core) nothing but guarded arrays: a Python-side copy
+(a cast, a concatenation) made with NumPy's allocator would escape the
+guards and leave the sweep guarding nothing for that array.
+
 guarded_allocations() swaps attncore's output allocators (attncore._layout.
 empty: outputs, weights, lse, projections, KV-cache buffers; and the fast
 paths' outputs, _core.set_output_allocator) for guarded ones, alternating
@@ -79,3 +84,48 @@ def guarded_allocations():
     finally:
         _layout.empty = original
         _core.set_output_allocator(original_fast)
+
+
+# the kernel entry points of attncore._core that take arrays (the fast paths
+# read the caller's arrays; sdpa and the others also what Python prepared)
+KERNEL_ENTRIES = ("sdpa", "sdpa_fast", "sdpa_fast_torch", "kv_attend_fast", "softmax",
+                  "kernel_regression", "linear", "bool_mask_lengths")
+
+
+def _arrays_in(values):
+    for v in values:
+        if isinstance(v, np.ndarray):
+            yield v
+        elif isinstance(v, (tuple, list)):
+            yield from _arrays_in(v)
+        elif isinstance(v, dict):
+            yield from _arrays_in(v.values())
+
+
+@contextlib.contextmanager
+def every_kernel_array_guarded():
+    """Inside: record every non-empty ndarray argument of the kernel entry
+    points; on leaving, assert each is one of guarded()'s mappings (a view
+    of one included). Yields the list of (entry, shape, dtype) seen."""
+    seen, unguarded, originals = [], [], {}
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            for a in _arrays_in((args, kwargs)):
+                if a.size:
+                    seen.append((name, a.shape, a.dtype))
+                    if not is_guarded(a):
+                        unguarded.append(seen[-1])
+            return real(*args, **kwargs)
+        return call
+
+    for name in KERNEL_ENTRIES:
+        originals[name] = getattr(_core, name)
+        setattr(_core, name, spy(name, originals[name]))
+    try:
+        yield seen
+    finally:
+        for name, real in originals.items():
+            setattr(_core, name, real)
+    assert seen, "no kernel entry point was called"
+    assert not unguarded, f"arrays handed to the kernels without a guard page: {unguarded}"

@@ -17,12 +17,17 @@ import attncore
 from attncore import _config, _core, _linalg
 from attncore._engine import plan_info
 
-from _guard import guarded, guarded_allocations, guarded_copy, is_guarded
+from _guard import every_kernel_array_guarded, guarded, guarded_allocations, guarded_copy, is_guarded
 from _oracle import sdpa_numpy
 from _tolerances import assert_close
 
 from conftest import SUPPORTED_ISAS as LEVELS   # (bfloat16's native pairs: test_bf16_pairs.py)
 DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16}
+try:   # bfloat16 (the test extra installs ml_dtypes): widened on these levels, pairs on bf16 ones
+    import ml_dtypes
+    DTYPES["bf16"] = ml_dtypes.bfloat16
+except ImportError:
+    pass
 WHERE = ["end", "start"]
 # key lengths at and around the key blocks (126/128/132/256), the split
 # threshold (1024) and chunk lengths (multiples of the block)
@@ -46,10 +51,13 @@ def rand(rng, shape, dtype, where, scale=1.0):
 
 
 def check(out, ref, dtype, scale=1.0):
-    """Half-precision results round to 2^-11; float32/64 use the table."""
+    """Half-precision results round to 2^-11 (float16) or 2^-8 (bfloat16);
+    float32/64 use the table."""
     out = np.asarray(out, np.float64)
     if dtype == np.float16:
         np.testing.assert_allclose(out, ref, rtol=2e-3, atol=2e-3 * scale)
+    elif np.dtype(dtype).name == "bfloat16":
+        np.testing.assert_allclose(out, ref, rtol=1.6e-2, atol=1.6e-2 * scale)
     else:
         assert_close(out, ref, "sdpa", tol_dtype(dtype), scale=scale)
 
@@ -73,7 +81,7 @@ def sdpa_guarded(rng, dtype, where, B, Hq, Hkv, Lq, Lk, D, Dv, mask=None, causal
     if valid_lens is not None:
         kw["valid_lens"] = guarded_copy(np.asarray(valid_lens, np.int64), where)
     plan = plan_info(SDPA, q, k, v, return_weights=weights, return_lse=lse, **kw)
-    with guarded_allocations():
+    with guarded_allocations(), every_kernel_array_guarded():
         res = SDPA(q, k, v, return_weights=weights, return_lse=lse, **kw)
     out = res[0] if isinstance(res, tuple) else res
     ref, ref_w, ref_lse = sdpa_numpy(q, k, v, mask=ref_mask, causal_offset=Lk - Lq if causal else None,
@@ -169,7 +177,8 @@ def test_value_tiles_int8_cache(level, where):
         with guarded_allocations():
             cache = attncore.KVCache(260, 1, Dv, dtype="int8")
             cache.append(k, v)
-            out = cache.attend(q)
+            with every_kernel_array_guarded():
+                out = cache.attend(q)
         plan = plan_info(cache.attend, q)
         assert plan["path"] == "panel" and plan["value_tiles"], plan
         kd, vd = cache.keys.astype(np.float64), cache.values.astype(np.float64)
@@ -212,7 +221,7 @@ def test_additive_forms(level, dtype, where, form):
         w, b = rand(rng, (H,), dtype, where), rand(rng, (H,), dtype, where)
         plan = plan_info(attncore.additive_attention, q, k, v, Wq, Wk, w, b)
         assert plan["additive_form"] == form, plan
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():
             out, wts = attncore.additive_attention(q, k, v, Wq, Wk, w, b, return_weights=True,
                                                    valid_lens=guarded_copy(np.array([Lk, Lk // 2]), where))
         q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
@@ -249,11 +258,11 @@ def test_general_concat_and_mha(level, where):
     q, k, v = rand(rng, (2, 3, 9, 6), dtype, where), rand(rng, (2, 3, 130, 4), dtype, where), \
         rand(rng, (2, 3, 130, 5), dtype, where)
     W = rand(rng, (6, 4), dtype, where, 0.3)
-    with guarded_allocations():
+    with guarded_allocations(), every_kernel_array_guarded():
         out = attncore.general_attention(q, k, v, W, is_causal=True)
     check(out, sdpa_numpy(np.asarray(q, np.float64) @ W, k, v, causal_offset=0, scale=1.0)[0], dtype)
     wq, wk = rand(rng, (6,), dtype, where), rand(rng, (4,), dtype, where)
-    with guarded_allocations():
+    with guarded_allocations(), every_kernel_array_guarded():
         out = attncore.concat_attention(q, k, v, wq, wk, 0.5)
     s = (np.asarray(k, np.float64) @ wk)[:, :, None, :] + np.zeros((1, 1, 9, 1))
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -275,6 +284,114 @@ def test_general_concat_and_mha(level, where):
         steps = [m(x[:, :3], kv_cache=cache, need_weights=False)[0]]
         steps += [m(x[:, t:t + 1], kv_cache=cache, need_weights=False)[0] for t in range(3, 7)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def _same_bits_guarded(fn, arrays, where, **kw):
+    """fn(*arrays, **kw) on guarded copies of the arrays (and guarded
+    allocations, every array the kernels get checked) against the plain
+    call: bitwise the same results (the kernels do not depend on layout)."""
+    guarded_args = [None if a is None else guarded_copy(a, where) for a in arrays]
+    with guarded_allocations(), every_kernel_array_guarded():
+        got = fn(*guarded_args, **kw)
+    want = fn(*arrays, **kw)
+    got, want = (r if isinstance(r, tuple) else (r,) for r in (got, want))
+    for g, w in zip(got, want):
+        assert np.array_equal(np.asarray(g), np.asarray(w), equal_nan=True)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_dropout_on_every_path(level, where):
+    """Dropout (its keep mask drawn per weight) on the rows path with
+    weights, the panel path with a half panel, and split rows with lse."""
+    rng = np.random.default_rng(31)
+    for Hq, Lq, Lk, kw, path in [(2, 1, 131, dict(return_weights=True), ("rows", False)),
+                                 (2, 24, 140, dict(return_weights=True), ("panel", False)),
+                                 (2, 1, 2100, dict(return_lse=True), ("rows", True))]:
+        q = rng.standard_normal((1, Hq, Lq, 16), dtype=np.float32)
+        k, v = (rng.standard_normal((1, 1, Lk, 16), dtype=np.float32) for _ in range(2))
+        kw = dict(kw, dropout_p=0.3, seed=3, enable_gqa=True)
+        plan = plan_info(SDPA, q, k, v, **kw)
+        assert (plan["path"], plan["chunks"] > 1) == path, plan
+        _same_bits_guarded(SDPA, (q, k, v), where, **kw)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_hard_attention_modes(level, where):
+    """hard_attention's selection (argmax, topk with k past some rows' key
+    counts, seeded sample) with valid lengths that leave a row no key, and
+    the indices it returns."""
+    rng = np.random.default_rng(32)
+    q = rng.standard_normal((2, 2, 3, 8), dtype=np.float32)
+    k, v = (rng.standard_normal((2, 2, 50, 8), dtype=np.float32) for _ in range(2))
+    lens = np.array([0, 50])
+    for mode, kk in (("argmax", 1), ("topk", 3), ("topk", 64), ("sample", 2)):
+        _same_bits_guarded(lambda q, k, v, lens: attncore.hard_attention(
+            q, k, v, mode=mode, k=kk, seed=5, return_indices=True, valid_lens=lens), (q, k, v, lens), where)
+
+
+VARLEN_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16}
+try:
+    import ml_dtypes
+    VARLEN_DTYPES["bf16"] = ml_dtypes.bfloat16
+except ImportError:   # (the test extra installs it)
+    pass
+
+
+@pytest.mark.parametrize("dtype", list(VARLEN_DTYPES), ids=list(VARLEN_DTYPES))
+@pytest.mark.parametrize("where", WHERE)
+def test_packed_sequences(level, dtype, where):
+    """cu_seqlens: packed sequences (an empty one among them) on the panel
+    path, and decode rows whose keys split into chunks, with lse."""
+    dtype = VARLEN_DTYPES[dtype]
+    rng = np.random.default_rng(33)
+    for Hq, Hkv, cq, ck, path in [(4, 2, [0, 30, 31, 100], [0, 50, 50, 300], ("panel", False)),
+                                  (2, 2, [0, 1, 2, 3], [0, 1100, 2200, 3000], ("rows", True))]:
+        q = rng.standard_normal((Hq, cq[-1], 16)).astype(dtype)
+        k, v = (rng.standard_normal((Hkv, ck[-1], 16)).astype(dtype) for _ in range(2))
+        cu = dict(cu_seqlens_q=np.array(cq), cu_seqlens_k=np.array(ck), enable_gqa=True,
+                  is_causal="bottom_right", return_lse=True)
+        plan = plan_info(SDPA, q, k, v, **cu)
+        assert (plan["path"], plan["chunks"] > 1) == path, plan
+        _same_bits_guarded(lambda q, k, v, a, b: SDPA(q, k, v, **dict(cu, cu_seqlens_q=a, cu_seqlens_k=b)),
+                           (q, k, v, cu["cu_seqlens_q"], cu["cu_seqlens_k"]), where)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_group_panels(level, where):
+    """Query panels of a GQA group packed together (group_panels > 1: one
+    thread, few rows per head) with a mask, weights, dropout and a window."""
+    rng = np.random.default_rng(34)
+    for Lq in (40, 64, 70):
+        q = rng.standard_normal((1, 2, Lq, 128), dtype=np.float32)
+        k = rng.standard_normal((1, 1, 1000, 128), dtype=np.float32)
+        v = rng.standard_normal((1, 1, 1000, 120), dtype=np.float32)
+        mask = rng.random((Lq, 1000)) > 0.1
+        kw = dict(enable_gqa=True, num_threads=1, return_weights=Lq == 64, window=(700, 0),
+                  dropout_p=0.2 if Lq == 70 else 0.0, seed=1)
+        plan = plan_info(SDPA, q, k, v, attn_mask=mask, **kw)
+        assert plan["group_panels"] > 1 and plan["chunks"] == 1, plan
+        _same_bits_guarded(lambda q, k, v, m: SDPA(q, k, v, attn_mask=m, **kw), (q, k, v, mask), where)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_split_keys_of_the_additive_and_sigmoid_families(level, where):
+    """The additive family (both score forms) and sigmoid attention over
+    keys split into chunks (their partial results merged), no weights."""
+    rng = np.random.default_rng(35)
+    q = rng.standard_normal((2, 1, 1, 6), dtype=np.float32)
+    k, v = (rng.standard_normal((2, 1, 2100, 6), dtype=np.float32) for _ in range(2))
+    Wk = rng.standard_normal((4, 6), dtype=np.float32)
+    w = rng.standard_normal(4, dtype=np.float32)
+    for form, magnitude in (("product", 1.0), ("tanh", 400.0)):
+        Wq = rng.standard_normal((4, 6), dtype=np.float32) * magnitude
+        plan = plan_info(attncore.additive_attention, q, k, v, Wq, Wk, w)
+        assert plan["additive_form"] == form and plan["chunks"] > 1, plan
+        _same_bits_guarded(attncore.additive_attention, (q, k, v, Wq, Wk, w), where, return_lse=True)
+    q = rng.standard_normal((1, 2, 1, 16), dtype=np.float32)
+    k = rng.standard_normal((1, 2, 2100, 16), dtype=np.float32)
+    plan = plan_info(attncore.sigmoid_attention, q, k, k)
+    assert plan["chunks"] > 1, plan
+    _same_bits_guarded(attncore.sigmoid_attention, (q, k, k), where, bias=-2.0)
 
 
 def test_the_common_calls_outputs_and_lengths_are_guarded_too():

@@ -12,7 +12,7 @@ import attncore
 from attncore import _config
 from attncore.softmax import softmax_plan
 
-from _guard import guarded, guarded_allocations, guarded_copy
+from _guard import every_kernel_array_guarded, guarded, guarded_allocations, guarded_copy
 from _softmax_oracle import check, kernel_regression_np, softmax_np
 
 from conftest import SUPPORTED_ISAS as LEVELS   # (not the emulated avx512bf16emu)
@@ -39,7 +39,7 @@ def test_rows_path_every_short_length_and_edge(level, where, dtype):
         rows = 3 if L < 4000 else 2
         x = guarded_copy((rng.standard_normal((rows, L)) * 3).astype(dtype), where)
         assert softmax_plan(x)["path"] == "rows"
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():
             got = attncore.softmax(x)
         check(got, softmax_np(x), dtype, scale=3, err_msg=f"L={L}")
         out = guarded((rows, L), dtype, where)
@@ -55,7 +55,7 @@ def test_panel_path_lanes_and_lines(level, where, dtype):
         x = guarded_copy((rng.standard_normal((L, lanes)) * 3).astype(dtype), where)
         if lanes > 1 and L > 1:
             assert softmax_plan(x, 0)["path"] == "panel"
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():
             got = attncore.softmax(x, 0)
         check(got, softmax_np(x, 0), dtype, scale=3, err_msg=f"L={L} lanes={lanes}")
 
@@ -67,7 +67,7 @@ def test_strided_axes_and_views(level, where):
              "reversed": (base[::-1, :, ::-1], 2), "transposed": (base.transpose(2, 0, 1), 0),
              "last-sliced": (base[..., ::4], 2)}
     for name, (x, axis) in views.items():
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():
             got = attncore.softmax(x, axis)
         check(got, softmax_np(x, axis), np.float32, scale=3, err_msg=name)
     assert softmax_plan(base, 1)["path"] == "panel"
@@ -88,12 +88,12 @@ def test_masks_and_valid_lens_guarded(level, where, axis):
         mcol = mrow if axis == -1 else mrow[:, None]
         for kw in (dict(mask=mb), dict(mask=mcol), dict(mask=mf), dict(valid_lens=vl),
                    dict(mask=mb, valid_lens=vl)):
-            with guarded_allocations():
+            with guarded_allocations(), every_kernel_array_guarded():
                 got = attncore.softmax(x, axis, **kw)
             check(got, softmax_np(x, axis, **kw), np.float32, scale=4, err_msg=f"L={L} {list(kw)}")
         X = guarded_copy(rng.standard_normal((2, 3, L)).astype(np.float32), where)
         lens = guarded_copy(rng.integers(0, L + 1, (2, 3)).astype(np.int64), where)
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():
             got = attncore.masked_softmax(X, lens)
         check(got, softmax_np(X, -1, valid_lens=lens, fill=-1e6), np.float32, err_msg=f"masked L={L}")
 
@@ -109,7 +109,7 @@ def test_kernel_regression_guarded(level, where, kernel):
         m = guarded_copy(rng.random((Lq, Lk)) > 0.3, where)
         vl = guarded_copy(rng.integers(0, Lk + 1, (2, Lq)).astype(np.int64), where)
         for kw in (dict(), dict(attn_mask=m), dict(valid_lens=vl)):
-            with guarded_allocations():
+            with guarded_allocations(), every_kernel_array_guarded():
                 out, w = attncore.kernel_regression(xq, xk, y, 0.5, kernel=kernel, return_weights=True, **kw)
             ref, ref_w = kernel_regression_np(xq, xk, y, 0.5, kernel, mask=kw.get("attn_mask"),
                                               valid_lens=kw.get("valid_lens"))
@@ -117,6 +117,6 @@ def test_kernel_regression_guarded(level, where, kernel):
             check(w, ref_w, np.float64)
         x1 = guarded_copy(rng.random(Lk).astype(np.float32), where)   # d2l's 1-D form, float32
         y1 = guarded_copy(rng.random(Lk).astype(np.float32), where)
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():
             got = attncore.kernel_regression(x1[:Lq], x1, y1, 0.5, kernel=kernel)
         check(got, kernel_regression_np(x1[:Lq], x1, y1, 0.5, kernel)[0], np.float32, scale=2)

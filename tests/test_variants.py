@@ -10,7 +10,7 @@ import pytest
 import attncore
 from attncore import reference as R
 
-from _guard import guarded_allocations, guarded_copy
+from _guard import every_kernel_array_guarded, guarded_allocations, guarded_copy
 from _paths import assert_plan
 from _tolerances import assert_close
 
@@ -283,7 +283,7 @@ def test_variant_arrays_border_guard_pages(isa):
         q, k, v = (guarded_copy(x, where) for x in data(rng, np.float32, Lq=5, Lk=130))
         slopes = guarded_copy(SLOPES.astype(np.float32), where)
         sinks = guarded_copy(np.ones(4, np.float32), where)
-        with guarded_allocations():
+        with guarded_allocations(), every_kernel_array_guarded():   # (sinks and slopes reach it)
             out, lse = SDPA(q, k, v, enable_gqa=True, alibi_slopes=slopes, sinks=sinks, window=(20, 2),
                             softcap=2.0, return_lse=True)
         ref = R.scaled_dot_product_attention(q, k, v, enable_gqa=True, alibi_slopes=slopes, sinks=sinks,
