@@ -13,7 +13,7 @@ from attncore import _core
 from attncore._engine import plan_info
 from attncore.kvcache import from_bfloat16_bits, quantize_int8, to_bfloat16_bits
 
-from _guard import guarded_allocations
+from _guard import every_kernel_array_guarded, guarded_allocations, guarded_copy
 from _oracle import sdpa_numpy
 
 FORMATS = ["float32", "bfloat16", "float16", "int8"]
@@ -87,16 +87,26 @@ def decoded(cache):
 @pytest.mark.parametrize("shape", [(1, 8, 2, 1, 3000, 128), (2, 4, 4, 3, 700, 64), (1, 2, 1, 40, 300, 17)])
 def test_attend_matches_the_formula_on_the_stored_values(isa, storage, shape):
     """The kernels compute attention over exactly what the cache holds (the
-    rounding / quantization is the only difference from float32)."""
+    rounding / quantization is the only difference from float32): split
+    decode rows, rows (one-row panels on the portable level), and the panel
+    path (widened chunks for the compact formats), with the query, the
+    storage and the scales bordering guard pages."""
     B, Hq, Hkv, Lq, Lk, D = shape
     rng = np.random.default_rng(Lk)
     k = rng.standard_normal((B, Hkv, Lk, D), dtype=np.float32)
     v = rng.standard_normal((B, Hkv, Lk, D), dtype=np.float32)
-    q = rng.standard_normal((B, Hq, Lq, D), dtype=np.float32)
+    q = guarded_copy(rng.standard_normal((B, Hq, Lq, D), dtype=np.float32), "end" if Lq % 2 else "start")
     with guarded_allocations():      # the storage (and scales) border guard pages
         cache = attncore.KVCache(Lk, Hkv, D, dtype=storage)
         cache.append(k, v)
-        out = cache.attend(q)
+        with every_kernel_array_guarded():
+            out = cache.attend(q)
+    plan = plan_info(cache.attend, q)
+    # (the portable level has no rows kernels: its decode runs one-row panels)
+    rows = "panel" if isa == "portable" else "rows"
+    want = {3000: (rows, True, False), 700: (rows, False, False),
+            300: ("panel", False, storage != "float32")}[Lk]
+    assert (plan["path"], plan["chunks"] > 1, plan["widened_chunks"]) == want, plan
     kd, vd = decoded(cache)
     ref = sdpa_numpy(q, kd, vd, causal_offset=Lk - Lq)[0]
     stored_values_error_ok(out, q, cache, ref, 1 / np.sqrt(D), rtol=2e-5)
