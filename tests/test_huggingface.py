@@ -362,20 +362,28 @@ def test_gemma2_softcap_matches_eager(calls):
     assert calls
 
 
-def test_gpt_oss_sinks_match_eager(calls):
-    """gpt-oss's attention sinks (s_aux) run in the kernel (sdpa ignores them)."""
+def gpt_oss_pair(experts_per_token):
+    """A small gpt-oss (a sliding and a full layer) under "eager" and under
+    "attncore", the same weights, with random sinks (its init has zeros)."""
     try:
         from transformers import GptOssConfig, GptOssForCausalLM
     except ImportError:
         pytest.skip("this transformers has no gpt-oss")
     cfg = GptOssConfig(vocab_size=100, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
-                       num_experts_per_tok=1, sliding_window=4, max_position_embeddings=64,
-                       pad_token_id=0, layer_types=["sliding_attention", "full_attention"])
+                       num_experts_per_tok=experts_per_token, sliding_window=4,
+                       max_position_embeddings=64, pad_token_id=0,
+                       layer_types=["sliding_attention", "full_attention"])
     ref, new = pair(GptOssForCausalLM, cfg, ref="eager")
     with torch.no_grad():
         for layer in (*ref.model.layers, *new.model.layers):
             layer.self_attn.sinks.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    return ref, new
+
+
+def test_gpt_oss_sinks_match_eager(calls):
+    """gpt-oss's attention sinks (s_aux) run in the kernel (sdpa ignores them)."""
+    ref, new = gpt_oss_pair(experts_per_token=1)
     ids, am = padded_batch(B=2, L=8, right=False)
     with torch.inference_mode():
         want_logits = ref(input_ids=ids, attention_mask=am).logits
@@ -391,19 +399,7 @@ def test_gpt_oss_sinks_match_eager(calls):
 def test_gpt_oss_runs_in_bfloat16(calls):
     """gpt-oss's native dtype: its bfloat16 sinks were refused ("sinks must be
     a float array") on every forward (an integration fuzzer's find)."""
-    try:
-        from transformers import GptOssConfig, GptOssForCausalLM
-    except ImportError:
-        pytest.skip("this transformers has no gpt-oss")
-    cfg = GptOssConfig(vocab_size=100, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
-                       num_experts_per_tok=2, sliding_window=4, max_position_embeddings=64,
-                       pad_token_id=0, layer_types=["sliding_attention", "full_attention"])
-    ref, new = pair(GptOssForCausalLM, cfg, ref="eager")
-    with torch.no_grad():
-        for layer in (*ref.model.layers, *new.model.layers):
-            layer.self_attn.sinks.normal_(0, 1, generator=torch.Generator().manual_seed(0))
-    ref, new = ref.to(torch.bfloat16), new.to(torch.bfloat16)
+    ref, new = (m.to(torch.bfloat16) for m in gpt_oss_pair(experts_per_token=2))
     ids = torch.randint(1, 100, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = ref(input_ids=ids).logits, new(input_ids=ids).logits
