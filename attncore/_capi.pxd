@@ -92,6 +92,14 @@ cdef extern from "attncore/attn.h" nogil:
 
     attn_status attn_linear_f32(const attn_linear_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_linear_f64(const attn_linear_desc *desc, int isa, int num_threads) noexcept
+    ctypedef struct attn_linear_plan_info:
+        int path
+        int64_t units
+        int threads
+    attn_status attn_linear_plan_f32(const attn_linear_desc *desc, int isa, int num_threads,
+                                     attn_linear_plan_info *info) noexcept
+    attn_status attn_linear_plan_f64(const attn_linear_desc *desc, int isa, int num_threads,
+                                     attn_linear_plan_info *info) noexcept
     attn_status attn_sdpa_f32(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_f64(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept
     attn_status attn_sdpa_bf16(const attn_sdpa_desc *desc, int isa, int num_threads) noexcept

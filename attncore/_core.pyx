@@ -990,11 +990,16 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) exce
         PyErr_CheckSignals()
 
 
-def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y):
+LINEAR_PATH_NAMES = ("none", "rows", "packed", "packed-strided")   # by ATTN_LINEAR_PATH_*
+
+
+def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y, bint plan_only=False):
     """Run attn_linear_f32/f64 for `op`: y = x w^T + bias. x: (M, K) with
     unit stride along K; w: (N, K) any strides; bias: (N,) contiguous or
-    None; y: (M, N) with unit stride along N."""
+    None; y: (M, N) with unit stride along N. With plan_only, nothing runs:
+    the plan (path, units, threads) is returned as a dict."""
     cdef attn_linear_desc d
+    cdef attn_linear_plan_info info
     cdef _Buf bx = _Buf(), bw = _Buf(), bb = _Buf(), by = _Buf()
     cdef attn_status st
     cdef bint guard, guarded
@@ -1009,6 +1014,12 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y):
     d.w_sk = bw.view.strides[1] // bw.view.itemsize
     d.y_sm = by.view.strides[0] // by.view.itemsize
     d.cancel_epoch = 0
+    if plan_only:
+        st = attn_linear_plan_f64(&d, isa, num_threads, &info) if f64 else \
+            attn_linear_plan_f32(&d, isa, num_threads, &info)
+        if st != ATTN_OK:
+            _raise(st, op, f"linear M={d.M} N={d.N} K={d.K}")
+        return dict(path=LINEAR_PATH_NAMES[info.path], units=info.units, threads=info.threads)
     guard = _guard_wanted(<double>d.M * d.N * d.K)
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False

@@ -11,7 +11,8 @@ import numpy as np
 from . import _config, _core, _layout
 
 
-def linear(x, weight, bias=None, num_threads=None, op="linear", names=("weight", "bias"), out_features=None):
+def linear(x, weight, bias=None, num_threads=None, op="linear", names=("weight", "bias"), out_features=None,
+           plan_only=False):
     """y = x @ weight.T + bias over the last axis of x.
 
     x: (..., K); weight: (N, K), any strides; bias: (N,) or None. All of the
@@ -19,7 +20,9 @@ def linear(x, weight, bias=None, num_threads=None, op="linear", names=("weight",
     `op` names the public function in errors, `names` the weight and bias
     (a module's parameters can be reassigned: they are checked here, as the
     kernel reads N x K weights and N biases); `out_features`, if given, is
-    the N the caller needs.
+    the N the caller needs. With `plan_only`, nothing runs: the kernel's
+    plan is returned (a dict: path "rows" / "packed" / "packed-strided" /
+    "none", units, threads), for tests that assert the path they name.
     """
     K = x.shape[-1]
     for name, a in ((names[0], weight), (names[1], bias)):
@@ -44,10 +47,13 @@ def linear(x, weight, bias=None, num_threads=None, op="linear", names=("weight",
     y = _layout.empty(lead + (N,), x.dtype)
     if bias is not None:
         bias = np.ascontiguousarray(_layout.for_kernel(bias), dtype=x.dtype)
+    threads = _core.default_threads() if num_threads is None else num_threads
+    if plan_only:
+        return _core.linear(op, x.dtype == np.float64, _config.active_isa(), threads, x2, weight, bias,
+                            y.reshape(M, N), plan_only=True)
     if K == 0:   # an empty sum: y is the bias
         y[...] = 0 if bias is None else bias
     elif M and N:
-        threads = _core.default_threads() if num_threads is None else num_threads
         _core.linear(op, x.dtype == np.float64, _config.active_isa(), threads, x2, weight, bias,
                      y.reshape(M, N))
     return y

@@ -40,6 +40,8 @@ cdef extern from "attncore/softmax.h" nogil:
         int path
         int64_t lanes, rows, units, rows_per_unit, chunk
         int threads
+        int64_t segments
+        int split
 
     ctypedef struct attn_kreg_desc:
         int64_t B, Lq, Lk, D, Dy
@@ -157,7 +159,7 @@ def softmax(str op, bint f64, int isa, int num_threads, x, out, int axis, int ma
             _raise(st, op, f"shape {tuple(x.shape)}, axis {axis}")
         return dict(path=SOFTMAX_PATH_NAMES[info.path], lanes=info.lanes, rows=info.rows,
                     units=info.units, rows_per_unit=info.rows_per_unit, chunk=info.chunk,
-                    threads=info.threads)
+                    threads=info.threads, segments=info.segments, split=bool(info.split))
     guard = _guard_wanted(<double>x.size * 8.0)
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False

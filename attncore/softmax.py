@@ -257,11 +257,13 @@ def _softmax(x, axis, mask, valid_lens, out, num_threads, plan_only):
                         torch_dtype, plan_only)
 
 
-def softmax_plan(x, axis=-1, *, mask=None, valid_lens=None):
+def softmax_plan(x, axis=-1, *, mask=None, valid_lens=None, num_threads=None):
     """How the kernel would run ``softmax(x, axis, ...)`` (internal; for tests
     that assert the path they name): a dict with path ("rows" or "panel"),
-    lanes, rows, units, rows_per_unit, chunk and threads."""
-    return _softmax(x, axis, mask, valid_lens, None, None, plan_only=True)
+    lanes, rows, units, rows_per_unit, chunk, threads, segments (rows path:
+    the segments a long row is read in, in place; 0 for none) and split (a
+    work unit is one segment: the threads share rows)."""
+    return _softmax(x, axis, mask, valid_lens, None, num_threads, plan_only=True)
 
 
 def masked_softmax(scores: ArrayLike, valid_lens: OptArray, *,

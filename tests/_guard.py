@@ -89,7 +89,7 @@ def guarded_allocations():
 # the kernel entry points of attncore._core that take arrays (the fast paths
 # read the caller's arrays; sdpa and the others also what Python prepared)
 KERNEL_ENTRIES = ("sdpa", "sdpa_fast", "sdpa_fast_torch", "kv_attend_fast", "softmax",
-                  "kernel_regression", "linear", "bool_mask_lengths")
+                  "kernel_regression", "linear", "bool_mask_lengths", "vision")
 
 
 def _arrays_in(values):

@@ -236,16 +236,24 @@ def test_additive_forms(level, dtype, where, form):
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("where", WHERE)
 def test_gemm_edges(level, dtype, where):
-    """The projections' GEMM: the few-row dot-product path (M <= 32) and the
-    packed path, N and K across panel, tile and k-block edges, strided W."""
+    """The projections' GEMM on each of its paths, asserted through its plan:
+    the few-row dot-product path (M <= 32, W's rows contiguous), the packed
+    path with W packed by register transposes, and with W strided along K
+    (packed element by element); N and K across panel, tile and k-block
+    edges."""
     dtype = DTYPES[dtype]
     rng = np.random.default_rng(11)
-    for n, (M, N, K) in enumerate([(1, 1, 1), (1, 7, 5), (3, 16, 17), (32, 33, 64), (33, 64, 300),
-                                   (40, 100, 513), (97, 31, 1030), (128, 65, 16)]):
+    cases = [(1, 1, 1, "rows"), (1, 7, 5, "rows"), (3, 16, 17, "rows"), (32, 33, 64, "rows"),
+             (1, 7, 5, "packed-strided"), (32, 33, 64, "packed-strided"),
+             (33, 64, 300, "packed"), (40, 100, 513, "packed"), (97, 31, 1030, "packed"),
+             (128, 65, 16, "packed"), (33, 64, 300, "packed-strided"), (97, 31, 1030, "packed-strided")]
+    for n, (M, N, K, path) in enumerate(cases):
         x = rand(rng, (M, K), dtype, where)
-        w = rand(rng, (N, K), dtype, where) if n % 2 else rand(rng, (K, N), dtype, where).T
+        w = rand(rng, (K, N), dtype, where).T if path == "packed-strided" else rand(rng, (N, K), dtype, where)
         bias = rand(rng, (N,), dtype, where) if n % 3 else None
-        with guarded_allocations():
+        plan = _linalg.linear(x, w, bias, plan_only=True)
+        assert plan["path"] == path, (M, N, K, plan)
+        with guarded_allocations(), every_kernel_array_guarded():
             y = _linalg.linear(x, w, bias)
         ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + (0 if bias is None else bias)
         check(y, ref, dtype, scale=np.sqrt(K))

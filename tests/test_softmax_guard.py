@@ -48,6 +48,37 @@ def test_rows_path_every_short_length_and_edge(level, where, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_rows_in_segments(level, where, dtype):
+    """Rows of 2^17 entries and more, read in place in segments of 2^16: a
+    row at a time (row_segmented); on two threads, from 2^19 entries and
+    with fewer rows than threads, the threads share a row (softmax_split),
+    with the same bits. The plan's segments and split are asserted."""
+    rng = np.random.default_rng(6)
+    for L, split_on_two in [(1 << 17, False), (3 * (1 << 16) + 129, False), ((1 << 19) + 1, True),
+                            (3 * (1 << 18) + 129, True)]:
+        segments = -(-L // (1 << 16))
+        x = guarded_copy((rng.standard_normal((1, L)) * 3).astype(dtype), where)
+        results = []
+        for threads, split in [(1, False), (2, split_on_two)]:
+            plan = softmax_plan(x, num_threads=threads)
+            assert (plan["path"], plan["segments"], plan["split"]) == ("rows", segments, split), plan
+            with guarded_allocations(), every_kernel_array_guarded():
+                results.append(attncore.softmax(x, num_threads=threads))
+            out = guarded((1, L), dtype, where)
+            attncore.softmax(x, out=out, num_threads=threads)
+            assert np.array_equal(out, results[-1])
+        check(results[0], softmax_np(x), dtype, scale=3, err_msg=f"L={L}")
+        assert np.array_equal(results[0], results[1]), f"L={L}: split rows changed the bits"
+        # as many rows as threads: a unit is a row again, each read in segments
+        x3 = guarded_copy((rng.standard_normal((2, L)) * 3).astype(dtype), where)
+        plan = softmax_plan(x3, num_threads=2)
+        assert (plan["segments"], plan["split"]) == (segments, False), plan
+        with guarded_allocations(), every_kernel_array_guarded():
+            got = attncore.softmax(x3, num_threads=2)
+        check(got, softmax_np(x3), dtype, scale=3, err_msg=f"L={L} two rows")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_panel_path_lanes_and_lines(level, where, dtype):
     rng = np.random.default_rng(2)
     for L, lanes in [(1, 2), (2, 1), (3, 5), (17, 33), (33, 17), (5, 64), (9, 65), (300, 31),
@@ -107,8 +138,12 @@ def test_kernel_regression_guarded(level, where, kernel):
         xk = guarded_copy(rng.random((2, Lk, D)), where)
         y = guarded_copy(rng.standard_normal((2, Lk, Dy)), where)
         m = guarded_copy(rng.random((Lq, Lk)) > 0.3, where)
+        mf = guarded_copy(rng.standard_normal((2, Lq, Lk)), where)          # a float mask, added
         vl = guarded_copy(rng.integers(0, Lk + 1, (2, Lq)).astype(np.int64), where)
-        for kw in (dict(), dict(attn_mask=m), dict(valid_lens=vl)):
+        masks = [dict(), dict(attn_mask=m), dict(valid_lens=vl)]
+        if kernel != "epanechnikov":      # (its weights are not a softmax: float masks are refused)
+            masks += [dict(attn_mask=mf), dict(attn_mask=mf[0, :1]), dict(attn_mask=mf, valid_lens=vl)]
+        for kw in masks:
             with guarded_allocations(), every_kernel_array_guarded():
                 out, w = attncore.kernel_regression(xq, xk, y, 0.5, kernel=kernel, return_weights=True, **kw)
             ref, ref_w = kernel_regression_np(xq, xk, y, 0.5, kernel, mask=kw.get("attn_mask"),

@@ -16,7 +16,7 @@ import attncore
 from attncore._engine import plan_info
 
 import _vision as V
-from _guard import guarded_allocations, guarded_copy
+from _guard import every_kernel_array_guarded, guarded_allocations, guarded_copy
 
 WHERE = ["end", "start"]
 DTYPES = {"f32": np.float32, "f64": np.float64}
@@ -49,9 +49,10 @@ def check_all(rng, x, layout, dtype, where, k=3, threads=None, bias=True):
                 where)
     s = np.abs(x).max() if x.size else 1.0
     kw = dict(layout=layout, num_threads=threads)
-    with guarded_allocations():
+    with guarded_allocations(), every_kernel_array_guarded():
         got = {
             "avg": attncore.channel_attention(x, *mlp, pooling="avg", **kw),
+            "max": attncore.channel_attention(x, *mlp, pooling="max", **kw),
             "avg+max": attncore.channel_attention(x, *mlp, pooling="avg+max", **kw),
             "spatial": attncore.spatial_attention(x, cw, cb, **kw),
             "cbam": attncore.cbam(x, *mlp, cw, cb, **kw),
@@ -59,9 +60,11 @@ def check_all(rng, x, layout, dtype, where, k=3, threads=None, bias=True):
             "reverse-bcast": attncore.reverse_attention(x, lg1, **kw),
         }
     out = guarded_copy(np.zeros(x.shape, dtype), where)
-    attncore.cbam(x, *mlp, cw, cb, out=out, **kw)
+    with every_kernel_array_guarded():
+        attncore.cbam(x, *mlp, cw, cb, out=out, **kw)
     want = {
         "avg": V.channel_np(x, *mlp, "avg", layout),
+        "max": V.channel_np(x, *mlp, "max", layout),
         "avg+max": V.channel_np(x, *mlp, "avg+max", layout),
         "spatial": V.spatial_np(x, cw, cb, layout),
         "cbam": V.cbam_np(x, *mlp, cw, cb, "avg+max", layout),

@@ -118,6 +118,36 @@ static int GEMM_FN(dims_ok)(const attn_linear_desc *d)
            attn_mul_checked(d->M, d->N) >= 0;
 }
 
+/* The path a problem takes (the one decision attn_linear and
+ * attn_linear_plan share, so a test that asserts a path asserts the truth). */
+static int GEMM_FN(takes_rows)(const attn_linear_desc *d)
+{
+    return d->M <= ATTN_GEMM_ROWS_MAX_M && d->w_sk == 1;
+}
+
+attn_status GEMM_FN(attn_linear_plan)(const attn_linear_desc *d, int isa, int num_threads,
+                                      attn_linear_plan_info *info)
+{
+    if (!d || !info || !GEMM_FN(dims_ok)(d)) return ATTN_EINVAL;
+    const KTAB *kt = KTAB_GET(isa);
+    if (!kt || !KIO_GET(isa)) return ATTN_EISA;
+    memset(info, 0, sizeof *info);
+    if (d->M == 0 || d->N == 0 || d->K == 0) {
+        info->path = ATTN_LINEAR_PATH_NONE;
+        return ATTN_OK;
+    }
+    double work = (double)d->M * d->N * d->K;
+    if (GEMM_FN(takes_rows)(d)) {
+        info->path = ATTN_LINEAR_PATH_ROWS;
+        info->units = (d->N + ATTN_GEMM_ROWS_N - 1) / ATTN_GEMM_ROWS_N;
+    } else {
+        info->path = d->w_sk == 1 ? ATTN_LINEAR_PATH_PACKED_ROWS : ATTN_LINEAR_PATH_PACKED_STRIDED;
+        info->units = (d->N + kt->nr - 1) / kt->nr * ((d->M + kt->gemm_mc - 1) / kt->gemm_mc);
+    }
+    info->threads = attn_region_threads(num_threads, info->units, work);
+    return ATTN_OK;
+}
+
 attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_threads)
 {
     if (!d || !GEMM_FN(dims_ok)(d)) return ATTN_EINVAL;
@@ -132,7 +162,7 @@ attn_status GEMM_FN(attn_linear)(const attn_linear_desc *d, int isa, int num_thr
             for (int64_t n = 0; n < d->N; n++) ((T *)d->y)[m * d->y_sm + n] = bias ? bias[n] : 0;
         return ATTN_OK;
     }
-    if (d->M <= ATTN_GEMM_ROWS_MAX_M && d->w_sk == 1) return GEMM_FN(linear_rows)(d, kt, kio, num_threads);
+    if (GEMM_FN(takes_rows)(d)) return GEMM_FN(linear_rows)(d, kt, kio, num_threads);
     const int64_t nr = kt->nr;
     int64_t npanels = (d->N + nr - 1) / nr;
     const int64_t rows_per_unit = kt->gemm_mc;

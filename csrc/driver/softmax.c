@@ -287,6 +287,8 @@ static void sm_fill_info(const sm_plan *P, int num_threads, attn_softmax_plan_in
     info->rows_per_unit = P->panel ? P->W : P->rows_per_unit;
     info->chunk = SM_CHUNK;
     info->threads = attn_region_threads(num_threads, P->units, sm_work(P));
+    info->segments = P->segs;
+    info->split = P->split;
 }
 
 static attn_status kr_check(const attn_kreg_desc *d)

@@ -244,6 +244,24 @@ typedef struct {
 attn_status attn_linear_f32(const attn_linear_desc *desc, int isa, int num_threads);
 attn_status attn_linear_f64(const attn_linear_desc *desc, int isa, int num_threads);
 
+/* How attn_linear would run a problem (for tests that assert the path). */
+enum {
+    ATTN_LINEAR_PATH_NONE = 0,            /* nothing to multiply (M, N or K is 0) */
+    ATTN_LINEAR_PATH_ROWS = 1,            /* few rows: dot products with W's rows, no packing */
+    ATTN_LINEAR_PATH_PACKED_ROWS = 2,     /* W packed into panels by register transposes */
+    ATTN_LINEAR_PATH_PACKED_STRIDED = 3   /* W packed element by element (w_sk != 1) */
+};
+typedef struct {
+    int path;         /* ATTN_LINEAR_PATH_* */
+    int64_t units;    /* work units */
+    int threads;      /* threads the region would use */
+} attn_linear_plan_info;
+
+attn_status attn_linear_plan_f32(const attn_linear_desc *desc, int isa, int num_threads,
+                                 attn_linear_plan_info *info);
+attn_status attn_linear_plan_f64(const attn_linear_desc *desc, int isa, int num_threads,
+                                 attn_linear_plan_info *info);
+
 /* The 24-bit uniform draw that decides dropout for one weight (exposed for the
  * pure-Python reference and the tests, which reproduce it bit for bit). */
 uint32_t attn_dropout_bits(uint64_t seed, uint64_t counter);

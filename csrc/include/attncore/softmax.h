@@ -80,6 +80,8 @@ typedef struct {
     int64_t rows_per_unit; /* rows (rows path) or lanes (panel path) per unit */
     int64_t chunk;         /* elements one exp2 call takes at most */
     int threads;           /* threads the region would use */
+    int64_t segments;      /* rows path: segments a long row is read in, in place (0: none) */
+    int split;             /* rows path: a unit is one segment (the threads share rows) */
 } attn_softmax_plan_info;
 
 attn_status attn_softmax_plan_f32(const attn_softmax_desc *desc, int isa, int num_threads,
