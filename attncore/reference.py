@@ -8,6 +8,7 @@ turning them into lists) and to return arrays. Results are float64.
 Use it on small shapes: every score is computed one multiply-add at a time.
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -800,8 +801,11 @@ def _vision_sigmoid(z):
     return e / (1.0 + e)
 
 
-def _vision_sum(values):
-    """Exactly rounded sum (math.fsum), with IEEE's answers for non-finite terms."""
+def _vision_sum(values, count=1):
+    """The exactly rounded sum of `values` divided by `count` (math.fsum;
+    exact fractions where fsum's partial sums pass the float range: a finite
+    exact result comes back finite, a larger one as +-inf), with IEEE's
+    answers for non-finite terms."""
     values = list(values)
     if any(math.isnan(v) for v in values):
         return math.nan
@@ -810,7 +814,14 @@ def _vision_sum(values):
         return math.nan
     if pos or neg:
         return math.inf if pos else -math.inf
-    return math.fsum(values)
+    try:
+        return math.fsum(values) / count
+    except OverflowError:
+        exact = sum(map(Fraction, values), Fraction(0)) / count
+        try:
+            return float(exact)
+        except OverflowError:
+            return math.inf if exact > 0 else -math.inf
 
 
 def _vision_max(values):
@@ -821,8 +832,9 @@ def _vision_max(values):
 
 
 def _vision_mean(values, count):
-    """mean of `count` values; NaN for none (as torch's mean of nothing)."""
-    return _vision_sum(values) / count if count else math.nan
+    """mean of `count` values (exactly rounded); NaN for none (as torch's
+    mean of nothing)."""
+    return _vision_sum(values, count) if count else math.nan
 
 
 def _vision_relu(h):

@@ -93,6 +93,22 @@ def test_cbam_is_channel_then_spatial_bit_for_bit(rng, dtype):
                                       attncore.spatial_attention(x1, cw, cb, layout=layout))
 
 
+def test_reference_sums_past_the_float64_range(rng):
+    """The reference's pooled means and channel-mean maps stay exact when
+    their partial sums pass float64's largest value (fsum overflowed and the
+    reference raised OverflowError): scaling x by 2^1000 and the weights that
+    read its pooled values by 2^-1000 (all still normal numbers) scales the
+    result exactly."""
+    c = 2.0 ** 1000
+    y = rng.uniform(1, 2, (2, 3, 2, 3)) * rng.choice([-1, 1], (2, 3, 1, 1)) * 2.0 ** 22   # sums past 2^1024
+    w1, b1, w2, b2 = V.mlp_params(rng, 3, 2, np.float64)
+    got = R.channel_attention(c * y, w1 / c, b1, w2, b2, pooling="avg+max", layout="NCHW")
+    assert np.array_equal(got, c * R.channel_attention(y, w1, b1, w2, b2, pooling="avg+max", layout="NCHW"))
+    weight, bias = V.conv_params(rng, 3, 3, np.float64)
+    got = R.spatial_attention(c * y, weight / c, bias, layout="NCHW")
+    assert np.array_equal(got, c * R.spatial_attention(y, weight, bias, layout="NCHW"))
+
+
 def test_conv_weights_and_empty_hidden_layer(rng):
     """1x1-conv weights (out, in, 1, 1) mean the same as Linear's (out, in);
     C/r = 0 (nn.Linear(C, 0)) leaves s = sigmoid(b2)."""
