@@ -288,14 +288,20 @@ def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_
         v["alibi"] = V.per_head(op, "alibi_slopes", alibi_slopes, p.batch, p.Hq, p.compute)
     if sinks is not None:
         given = V.per_head(op, "sinks", sinks, (), p.Hq, np.float64)   # (checked before the cast)
+        # a NaN sink is refused: it made its head's rows NaN, except rows with
+        # no visible key, which came out zeros or NaN depending on the path
+        # (valid lengths, or masks read as lengths, gave zeros)
+        if np.isnan(given).any():
+            heads = np.flatnonzero(np.isnan(given.reshape(-1))).tolist()
+            raise ValueError(f"{op}: sinks hold NaN (heads {heads}); a sink must be a number, "
+                             f"or -inf for no sink")
         # the kernel takes the sink in log2 units: sink x log2(e) must not
-        # overflow (a sink of +inf gave NaN rows; -inf is no sink, and NaN
-        # propagates)
+        # overflow (a sink of +inf gave NaN rows; -inf is no sink)
         top = _log2_units_limit(p.compute)
         if np.any(given >= top):
             raise ValueError(f"{op}: sinks must be below {top:.3g} for {np.dtype(p.compute).name} "
                              f"(sink x log2(e) must be finite; -inf is no sink); got "
-                             f"{float(np.nanmax(given)):.3g}")
+                             f"{float(np.max(given)):.3g}")
         v["sinks"] = _layout.contiguous(given, p.compute)
     if (cu_q is None) != (cu_k is None):
         raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k go together")

@@ -183,12 +183,11 @@ def _fold_sinks(out: np.ndarray, lse: np.ndarray,
     """Attention sinks joined to merged (out, lse) over all keys: a sink is
     one more term e^sink in each row's denominator, with no value, so
     lse' = log(e^lse + e^sink) and out' = out e^(lse - lse'). A row that saw
-    no key stays zeros with lse' = sink, as in the reference, even for a NaN
-    sink (merging the sink as a shard of zeros would make that row NaN).
-    sinks: () or (1,) for every head, else (Hq,)."""
+    no key stays zeros with lse' = sink, as in the reference (the sinks are
+    validated: no NaN). sinks: () or (1,) for every head, else (Hq,)."""
     s = sinks.astype(np.float64).reshape(() if sinks.size == 1 else (-1, 1))
     lse64 = lse.astype(np.float64)
-    with np.errstate(invalid="ignore"):   # (NaN sinks: NaN rows, quietly)
+    with np.errstate(invalid="ignore"):
         total = np.logaddexp(lse64, s)
         factor = np.where(np.isneginf(lse64), 0.0, np.exp(lse64 - total))
     return ((out * factor[..., None]).astype(out.dtype, copy=False),

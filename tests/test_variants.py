@@ -231,7 +231,7 @@ def test_variant_errors(bad, words):
 
 def test_sinks_at_the_range_edges():
     """A sink just below the limit takes every row's weight (zeros, lse =
-    sink); -inf and sinks whose exp underflow are no sink; NaN propagates."""
+    sink); -inf and sinks whose exp underflow are no sink; NaN is refused."""
     rng = np.random.default_rng(3)
     q, k = rng.standard_normal((1, 2, 3, 8), dtype=np.float32), rng.standard_normal((1, 2, 5, 8), dtype=np.float32)
     plain, plain_lse = SDPA(q, k, k, return_lse=True)
@@ -240,8 +240,27 @@ def test_sinks_at_the_range_edges():
     for no_sink in (-np.inf, -3e38):
         out, lse = SDPA(q, k, k, sinks=np.float32(no_sink), return_lse=True)
         assert np.array_equal(out, plain) and np.array_equal(lse, plain_lse)
-    out, lse = SDPA(q, k, k, sinks=np.array([np.nan, 0], np.float32), return_lse=True)
-    assert np.isnan(out[:, 0]).all() and np.isnan(lse[:, 0]).all() and np.isfinite(out[:, 1]).all()
+
+
+
+@pytest.mark.parametrize("Lq", [1, 4, 16, 40])
+@pytest.mark.parametrize("hide", ["valid_lens", "bool mask", "float mask", "causal", "window"])
+def test_nan_sinks_are_refused(Lq, hide):
+    """A NaN sink is a ValueError naming the heads. It made its head's rows
+    NaN, but a row with no visible key came out zeros or NaN depending on
+    the path (rows path NaN, panel path with a mask read as lengths zeros)."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((1, 2, Lq, 8), dtype=np.float32)
+    k = rng.standard_normal((1, 2, 4, 8), dtype=np.float32)
+    hidden = {"valid_lens": dict(valid_lens=np.array([0])),
+              "bool mask": dict(attn_mask=np.zeros((Lq, 4), bool)),
+              "float mask": dict(attn_mask=np.full((Lq, 4), -np.inf, np.float32)),
+              "causal": dict(is_causal="bottom_right") if Lq > 4 else dict(valid_lens=np.array([0])),
+              "window": dict(window=(0, 0), is_causal=True) if Lq > 4 else dict(valid_lens=np.array([0]))}
+    for sinks in (np.array([np.nan, 0], np.float32), np.float32(np.nan), np.array([0, np.nan])):
+        with pytest.raises(ValueError, match=r"sinks hold NaN \(heads \[") as info:
+            SDPA(q, k, k, sinks=sinks, **hidden[hide])
+        assert "-inf for no sink" in str(info.value)
 
 
 def test_16bit_sinks_and_slopes_are_read_as_their_values():
