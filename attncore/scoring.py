@@ -134,16 +134,23 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
     with np.errstate(over="ignore", invalid="ignore"):
         w64 = w.astype(np.float64) * V.real_number(op, "scale", scale)
         # the kernel takes the scores to log2 units through 2 log2(e) w_h (its
-        # tanh form) and log2(e) sum_h w_h: past the compute dtype's range
-        # those are inf and every row inf - inf (NaN) or zeros
-        limit = float(np.finfo(p.compute).max) / (2 * math.log2(math.e))
+        # tanh form) and starts each score at log2(e) sum_h w_h. Its partial
+        # sums stay within log2(e) sum_h |w_h| (each head's term lies between
+        # 0 and -2 log2(e) w_h), so that, plus the sum's rounding ((H + 2) u),
+        # must stay finite, and so must 2 log2(e) w_h; past either a score is
+        # inf and its row inf - inf (NaN). (|sum_h w_h| was checked instead of
+        # sum_h |w_h|: heads of both signs gave NaN rows inside the limits.)
+        fmax, u = float(np.finfo(p.compute).max), float(np.finfo(p.compute).eps) / 2
+        limit = fmax / (2 * math.log2(math.e))
+        sum_limit = fmax / math.log2(math.e) / (1 + (H + 2) * u)
         finite = w64[~np.isnan(w64)]
-        largest, total = float(np.abs(finite).max(initial=0.0)), abs(float(finite.sum()))
-    if not (largest < limit and total < 2 * limit):
+        largest, total = float(np.abs(finite).max(initial=0.0)), float(np.abs(finite).sum())
+    if not (largest < limit and total < sum_limit):
         raise ValueError(f"{op}: scale * w_score is too large for {np.dtype(p.compute).name}: "
-                         f"max_h |scale w_h| = {largest:.4g} and |sum_h scale w_h| = {total:.4g}; "
-                         f"the kernel needs them below {limit:.4g} and {2 * limit:.4g} "
-                         f"(finfo.max / (2 log2 e) and finfo.max / log2 e); rescale w_score")
+                         f"max_h |scale w_h| = {largest:.4g} and sum_h |scale w_h| = {total:.4g}; "
+                         f"the kernel needs them below {limit:.4g} and {sum_limit:.4g} "
+                         f"(finfo.max / (2 log2 e), and finfo.max / log2 e less the sum's "
+                         f"rounding); rescale w_score")
     w = _layout.copy(w64, p.compute)
     return _engine.run(op, p, qp, kp, score_kind=_engine.SCORE_ADDITIVE, w_score=w,
                        attn_mask=attn_mask, is_causal=is_causal, valid_lens=valid_lens,

@@ -346,10 +346,10 @@ def test_additive_scale_beyond_float32_folds_in_float64():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_additive_scale_times_w_score_range(dtype):
-    """Each |scale w_h| below L = finfo.max / (2 log2 e) and |sum_h scale w_h|
-    below 2L runs and matches the reference; past either (or with an
-    infinite w_h) it is a ValueError, where the kernel's log2-unit factors
-    overflowed (rows of zeros or NaN)."""
+    """Each |scale w_h| below L = finfo.max / (2 log2 e) and sum_h |scale w_h|
+    below 2L (less the sum's rounding) runs and matches the reference; past
+    either (or with an infinite w_h) it is a ValueError, where the kernel's
+    log2-unit factors or scores overflowed (rows of zeros or NaN)."""
     rng = np.random.default_rng(5)
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, 1, 3, 4), (1, 1, 6, 4), (1, 1, 6, 2)))
     Wq, Wk = (rng.standard_normal((2, 4)).astype(dtype) for _ in range(2))
@@ -364,3 +364,17 @@ def test_additive_scale_times_w_score_range(dtype):
                        (np.array([np.inf, 1.0], dtype), 1.0)):
         with pytest.raises(ValueError, match="scale \\* w_score is too large"):
             attncore.additive_attention(q, k, v, Wq, Wk, bad, scale=scale)
+    # heads of both signs: |sum_h w_h| is small, but a key whose tanh takes
+    # each head's sign scores sum_h |w_h| (its row was NaN inside the old
+    # limits, which bounded |sum_h w_h|)
+    q1, k1, v1 = np.ones((1, 1, 1, 1), dtype), np.array([1.0, -1.0], dtype).reshape(1, 1, 2, 1), \
+        np.array([1.0, 2.0], dtype).reshape(1, 1, 2, 1)
+    W = np.array([[5.0], [5.0], [5.0], [-5.0]], dtype)
+    for m in (0.45, 0.55):
+        w = np.array([m, m, m, -m]) * limit        # sum |w_h| = 4m L, |sum w_h| = 2m L
+        if 4 * m < 2:
+            got = attncore.additive_attention(q1, k1, v1, W, W, w.astype(dtype))
+            assert np.array_equal(got, np.ones_like(got)), got   # key 0 takes every weight
+        else:
+            with pytest.raises(ValueError, match="sum_h \\|scale w_h\\| = "):
+                attncore.additive_attention(q1, k1, v1, W, W, w.astype(dtype))
