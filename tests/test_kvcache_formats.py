@@ -211,6 +211,27 @@ def test_int8_quantization_rules():
     assert np.abs(q * s[:, None] - xs).max() <= (np.abs(xs).max(1) / 254 * 1.0001).max()
 
 
+def test_int8_stored_values_keep_the_bound_with_every_rounding():
+    """numerics.md (10): a decoded int8 element is within
+    (1 + u) max_row |x| / 254 + 2u |x| of x. The second u: x / scale is
+    rounded to float32 before the integer (a numerics fuzzer found x whose
+    exact quotient 80.50000345 rounds to 80.5, then to the even 80: 1.0000055
+    times the bound that counted u |x| once)."""
+    u = 2.0 ** -24
+    rng = np.random.default_rng(8)
+    rows = (rng.standard_normal((512, 64)) * np.exp(rng.uniform(-40, 40, (512, 1)))).astype(np.float32)
+    rows[0, :2] = [1.6057997260897516e-18, 1.017849466059257e-18]   # the fuzzer's row
+    rows[0, 2:] = 0
+    cache = attncore.KVCache(len(rows), 1, 64, dtype="int8")
+    cache.append(rows[None, None], rows[None, None])
+    x = rows.astype(np.float64)
+    for stored in (cache.keys, cache.values):
+        err = np.abs(np.asarray(stored[0, 0], np.float64) - x)   # (exact: float32 values)
+        bound = (1 + u) * np.abs(x).max(1, keepdims=True) / 254 + 2 * u * np.abs(x)
+        assert (err <= bound).all(), (err / bound).max()
+        assert err[0, 1] > x[0, 0] / 254 + u * x[0, 1]   # past the bound that counted u |x| once
+
+
 @pytest.mark.parametrize("top", [1e-30, 1e-36, 1e-38, 1e-40, 1e-42, 1e-44, 1e-45])
 def test_int8_rows_of_tiny_values_keep_the_absolute_bound(top):
     """numerics.md (10): |x - q scale| <= max_row |x| / 254 + 127 * 2^-150. The
