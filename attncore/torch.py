@@ -83,7 +83,11 @@ def _check_no_grad(op, hint, **tensors):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__} "
                             f"(torch.from_numpy converts an array)")
-    if not _is_compiling() and torch._C._are_functorch_transforms_active():   # (dynamo cannot trace it)
+    for name, t in tensors.items():
+        if t is not None and t.is_nested:   # (before anything reads its .shape, which raises)
+            raise TypeError(f"{op}: {name} is a nested tensor; attncore reads dense tensors "
+                            f"(pad it with {name}.to_padded_tensor(0.0) and mask the padding)")
+    if not _capturing_graph() and torch._C._are_functorch_transforms_active():   # (dynamo cannot trace it)
         for name, t in tensors.items():
             if t is not None:
                 _arrays.refuse_transform_tensor(t, name, op)
@@ -104,8 +108,19 @@ def _draw_seed():
     return torch.randint(0, 1 << 62, (), dtype=torch.int64)
 
 
-def _is_compiling():
-    return torch.compiler.is_compiling()
+def _all_meta(*tensors):
+    """Every tensor given is on the meta device (shape inference, e.g. a model
+    built under torch.device("meta")): the op's fake kernel gives the result."""
+    return all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _capturing_graph():
+    """torch.compile or torch.jit.trace is recording a graph: calls go
+    through the custom op (attncore::sdpa), which the graph records. (The
+    eager route returned a tensor made by torch.from_numpy, which a trace
+    records as a constant: a traced module gave its tracing inputs' result
+    for every later input.)"""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 # -- the kernel call (eager) ------------------------------------------------
@@ -214,7 +229,7 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     if torch.is_autocast_enabled("cpu"):
         query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     seed = _draw_seed() if dropout_p > 0 else None
-    if _is_compiling():
+    if _capturing_graph() or _all_meta(query, key, value, attn_mask):
         extras = extras or {}
         res = torch.ops.attncore.sdpa(query, key, value, attn_mask, float(dropout_p),
                                       bool(is_causal), scale, bool(enable_gqa), seed,
@@ -241,7 +256,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     Same signature and semantics as torch's function; tensors in, a tensor
     of the query's dtype out. Registered as the custom op ``attncore::sdpa``
     (with a fake implementation), so it also works under
-    ``torch.compile(fullgraph=True)``; eager calls skip the op dispatch.
+    ``torch.compile(fullgraph=True)``, ``torch.export`` and
+    ``torch.jit.trace`` (which record the op), and on meta tensors (a meta
+    result of the output's shape); eager calls skip the op dispatch.
 
     Parameters
     ----------
@@ -308,7 +325,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         if res is not None:
             return res
     relevant = tuple(t for t in (query, key, value, attn_mask) if isinstance(t, Tensor))
-    if not _is_compiling() and torch.overrides.has_torch_function(relevant):
+    if not _capturing_graph() and torch.overrides.has_torch_function(relevant):
         # a Tensor subclass (or a __torch_function__ mode): it runs this function on
         # the plain tensors and wraps the result, as for torch's own functions
         return torch.overrides.handle_torch_function(
@@ -342,10 +359,11 @@ def _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     (the kernel entry declines the rest: masks it does not read, grads,
     devices, dtypes). Not while planning (plan_info wants the general route)."""
     return (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor
+            and not (query.is_nested or key.is_nested or value.is_nested)   # (no .shape)
             and (attn_mask is None or type(attn_mask) is Tensor)
             and type(dropout_p) in (float, int) and dropout_p == 0
             and type(is_causal) is bool and type(enable_gqa) is bool
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and not _capturing_graph() and not torch.is_autocast_enabled("cpu")
             and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active() and not _engine.planning()
             # (the kernel entry takes (B, H, L, D) only)
@@ -563,6 +581,14 @@ class MultiheadAttention(nn.MultiheadAttention):
                   self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
         return [t for t in (query, key, value) + params if t is not None]
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: without it, scripting failed inside
+        # TorchScript's parser on forward's keyword-only kv_cache
+        raise TypeError("torch.jit.script cannot compile attncore.torch.MultiheadAttention (its "
+                        "forward runs attncore's NumPy kernels). Script the model before "
+                        "attncore.torch.patch(), or use torch.compile or torch.export, which "
+                        "take the patched model")
+
     def _why_not_attncore(self, query, key, value, key_padding_mask, attn_mask, need_weights):
         """'' when attncore can run this call, else why torch's forward runs."""
         if self.bias_k is not None or self.add_zero_attn:
@@ -587,7 +613,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             return "unexpected input ranks (torch's forward reports the error)"
         if (query.shape[-1], key.shape[-1], value.shape[-1]) != (self.embed_dim, self.kdim, self.vdim):
             return "feature sizes that do not match embed_dim/kdim/vdim (torch's forward reports the error)"
-        if need_weights and _is_compiling():
+        if need_weights and _capturing_graph():
             return "need_weights=True under torch.compile (the custom op returns no weights)"
         return ""
 
@@ -659,7 +685,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                                       is_causal="bottom_right", dropout_p=dropout_p, seed=seed,
                                       out=out_view.numpy(), return_weights=bool(need_weights))
                 weights = torch.from_numpy(res[1]) if need_weights else None
-            elif _is_compiling():
+            elif _capturing_graph():
                 res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
                 buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
                 weights = None
@@ -691,9 +717,9 @@ class MultiheadAttention(nn.MultiheadAttention):
         if not isinstance(kv_cache, KVCache):
             raise TypeError(f"MultiheadAttention: kv_cache must be an attncore.KVCache; got "
                             f"{type(kv_cache).__name__}")
-        if _is_compiling():
+        if _capturing_graph():
             raise NotImplementedError("MultiheadAttention: kv_cache runs eagerly only (the "
-                                      "KVCache is NumPy storage outside torch.compile's graph)")
+                                      "KVCache is NumPy storage outside the graph torch.compile or torch.jit.trace records)")
         if (kv_cache.num_heads, kv_cache.head_dim) != (self.num_heads, Dh):
             raise ValueError(f"MultiheadAttention: kv_cache holds {kv_cache.num_heads} heads of size "
                              f"{kv_cache.head_dim}; this layer needs {self.num_heads} heads of size "
@@ -1237,9 +1263,9 @@ def _attend_cache(query, key, value, attention_mask, dropout, is_causal, scaling
         raise TypeError(f"{op}: key and value must be the pair that one AttncoreCache layer's "
                         f"update() returned; got {type(key).__name__} {tuple(key.shape)} and "
                         f"{type(value).__name__} {tuple(value.shape)}")
-    if _is_compiling():
+    if _capturing_graph():
         raise NotImplementedError(f"{op}: runs eagerly only (the KVCache is NumPy storage "
-                                  f"outside torch.compile's graph)")
+                                  f"outside the graph torch.compile or torch.jit.trace records)")
     kv = key.layer.kv
     n = len(kv)
     if key.length != n:

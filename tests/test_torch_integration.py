@@ -4,6 +4,7 @@ Skipped, with a reason, when torch is not installed."""
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -814,3 +815,65 @@ def test_is_torch_with_a_stand_in_torch_module(monkeypatch):
     assert not _arrays.is_torch([1.0, 2.0])
     out = attncore.softmax([[1.0, 2.0]])
     assert isinstance(out, np.ndarray)
+
+
+def test_jit_trace_records_the_op_not_the_tracing_inputs_result():
+    """torch.jit.trace of a module calling attncore records the custom op: a
+    traced module computes each new input (the eager route's tensor, made by
+    torch.from_numpy, was recorded as a constant: every later call returned
+    the tracing inputs' result)."""
+    class Attn(torch.nn.Module):
+        def forward(self, q, k, v):
+            return at.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 16, generator=g) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # (TracerWarnings: shapes are recorded as constants)
+        traced = torch.jit.trace(Attn(), (q, k, v))
+    assert "attncore::sdpa" in str(traced.graph)
+    for _ in range(2):
+        q, k, v = (torch.randn(1, 2, 8, 16, generator=g) for _ in range(3))
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(traced(q, k, v), want, atol=1e-5, rtol=1e-5)
+
+
+def test_nested_tensors_are_a_clear_type_error():
+    """Nested tensors (strided and jagged layouts) are a TypeError naming the
+    argument (the strided layout met torch's "Internal error ... doesn't
+    support sizes" when attncore read its shape)."""
+    for layout in (torch.strided, torch.jagged):
+        nt = torch.nested.nested_tensor([torch.randn(4, 5, 16), torch.randn(4, 7, 16)], layout=layout)
+        with pytest.raises(TypeError, match="query is a nested tensor; attncore reads dense tensors"):
+            at.scaled_dot_product_attention(nt, nt, nt)
+
+
+def test_torch_jit_script_of_a_patched_model_says_what_works():
+    """torch.jit.script cannot compile attncore's forward: a TypeError that
+    says so and names what works (TorchScript's parser failed on forward's
+    keyword-only argument instead)."""
+    layer = torch.nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    torch.jit.script(model)
+    at.patch(model)
+    with pytest.raises(TypeError, match="Script the model before attncore.torch.patch"):
+        torch.jit.script(model)
+
+
+def test_meta_tensors_give_the_output_shape():
+    """Tensors on the meta device (a model built under torch.device("meta"))
+    get a meta result of the right shape, as from torch's SDPA, through the
+    op's fake kernel; a meta tensor mixed with CPU ones is a TypeError."""
+    q = torch.empty(2, 4, 5, 8, device="meta")
+    k, v = torch.empty(2, 2, 7, 8, device="meta"), torch.empty(2, 2, 7, 3, device="meta")
+    mask = torch.empty(5, 7, dtype=torch.bool, device="meta")
+    out = at.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert out.device.type == "meta" and out.shape == (2, 4, 5, 3) and out.dtype == torch.float32
+    with torch.device("meta"):
+        layer = torch.nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+        model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    at.patch(model)
+    with torch.no_grad():
+        assert model(torch.empty(2, 7, 32, device="meta")).shape == (2, 7, 32)
+    with pytest.raises(TypeError, match="key is on meta"):
+        at.scaled_dot_product_attention(torch.randn(2, 4, 5, 8), k, torch.randn(2, 2, 7, 3), enable_gqa=True)
