@@ -83,10 +83,6 @@ def _check_no_grad(op, hint, **tensors):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__} "
                             f"(torch.from_numpy converts an array)")
-    for name, t in tensors.items():
-        if t is not None and t.is_nested:   # (before anything reads its .shape, which raises)
-            raise TypeError(f"{op}: {name} is a nested tensor; attncore reads dense tensors "
-                            f"(pad it with {name}.to_padded_tensor(0.0) and mask the padding)")
     if not _capturing_graph() and torch._C._are_functorch_transforms_active():   # (dynamo cannot trace it)
         for name, t in tensors.items():
             if t is not None:
@@ -332,6 +328,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             scaled_dot_product_attention, relevant, query, key, value, attn_mask=attn_mask,
             dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     _check_no_grad(_SDPA, "", query=query, key=key, value=value, attn_mask=attn_mask)
+    for name, t in (("query", query), ("key", key), ("value", value), ("attn_mask", attn_mask)):
+        if t is not None and t.is_nested:   # (before anything reads its .shape, which raises)
+            raise TypeError(f"{_SDPA}: {name} is a nested tensor; attncore reads dense tensors "
+                            f"(pad it with {name}.to_padded_tensor(0.0) and mask the padding)")
     if not isinstance(is_causal, (bool, np.bool_)):   # (torch raises too; bool() would read any string as True)
         raise TypeError(f"{_SDPA}: is_causal must be a bool, as in torch (True: top-left aligned); "
                         f"got {is_causal!r}. For bottom-right alignment (KV-cache decoding) call "
@@ -359,13 +359,14 @@ def _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     (the kernel entry declines the rest: masks it does not read, grads,
     devices, dtypes). Not while planning (plan_info wants the general route)."""
     return (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor
-            and not (query.is_nested or key.is_nested or value.is_nested)   # (no .shape)
             and (attn_mask is None or type(attn_mask) is Tensor)
             and type(dropout_p) in (float, int) and dropout_p == 0
             and type(is_causal) is bool and type(enable_gqa) is bool
             and not _capturing_graph() and not torch.is_autocast_enabled("cpu")
             and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active() and not _engine.planning()
+            # (after the modes check: a mode sees attribute reads too)
+            and not (query.is_nested or key.is_nested or value.is_nested)   # (no .shape)
             # (the kernel entry takes (B, H, L, D) only)
             and query.dim() == 4 and key.dim() == 4 and value.dim() == 4
             and (enable_gqa or query.shape[1] == key.shape[1] == value.shape[1]))
