@@ -76,7 +76,7 @@ _MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_
 
 # -- shared helpers ---------------------------------------------------------
 
-def _check_no_grad(op, hint, **tensors):
+def _check_no_grad(op, hint, vmap_ok=False, **tensors):
     """TypeError if an argument is not a tensor, or if a tensor requires grad
     while grad mode is on."""
     for name, t in tensors.items():
@@ -85,7 +85,8 @@ def _check_no_grad(op, hint, **tensors):
                             f"(torch.from_numpy converts an array)")
     if not _capturing_graph() and torch._C._are_functorch_transforms_active():   # (dynamo cannot trace it)
         for name, t in tensors.items():
-            if t is not None:
+            # (torch.vmap's tensors go to the custom op, whose vmap rule maps them)
+            if t is not None and not (vmap_ok and torch._C._functorch.is_batchedtensor(t)):
                 _arrays.refuse_transform_tensor(t, name, op)
     if not torch.is_grad_enabled():
         return
@@ -108,6 +109,12 @@ def _all_meta(*tensors):
     """Every tensor given is on the meta device (shape inference, e.g. a model
     built under torch.device("meta")): the op's fake kernel gives the result."""
     return all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _vmapped(*tensors):
+    """A tensor given is torch.vmap's (the custom op's vmap rule runs it)."""
+    return torch._C._are_functorch_transforms_active() and any(
+        torch._C._functorch.is_batchedtensor(t) for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _capturing_graph():
@@ -204,6 +211,59 @@ def _sdpa_fake(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     return query.new_empty(_out_shape(query, key, value))
 
 
+def _logical_rank(t, bdim):
+    return t.dim() - (bdim is not None)
+
+
+@_sdpa_op.register_vmap
+def _sdpa_vmap(info, in_dims, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+               seed, softcap, sinks):
+    """torch.vmap of attncore::sdpa: the mapped dim becomes a leading batch
+    dim (attncore broadcasts batch dims), one kernel call for the whole map.
+    Every tensor is brought to one rank T >= 4: a mapped one as (V, 1.., its
+    dims), an unmapped one as (1.., its dims), so that the heads stay the
+    third dim from the end and a 2-D (L, D) input gets a head dim of 1.
+    With dropout, each mapped slice is its own call (randomness="same": one
+    seed, the same masks; "different": a seed per slice)."""
+    # (a mapped tensor does not show requires_grad: check the tensors it maps)
+    _check_no_grad(_SDPA, "", vmap_ok=True, query=query, key=key, value=value, attn_mask=attn_mask)
+    if in_dims[10] is not None:
+        raise NotImplementedError("attncore.torch: torch.vmap over the sinks is not supported "
+                                  "(map the queries, keys, values or mask)")
+    size = info.batch_size
+    tensors = (query, key, value, attn_mask)
+    dims = in_dims[:4]
+    ranks = [_logical_rank(t, d) for t, d in zip(tensors, dims) if t is not None]
+    T = max(4, max(ranks) + 1)
+
+    def lift(t, d):
+        if t is None:
+            return None
+        if d is None:
+            return t.reshape((1,) * (T - t.dim()) + tuple(t.shape))
+        t = t.movedim(d, 0)
+        return t.reshape((t.shape[0],) + (1,) * (T - t.dim()) + tuple(t.shape[1:]))
+
+    q, k, v, m = (lift(t, d) for t, d in zip(tensors, dims))
+    if dims[0] is None:   # the output takes its batch dims from q, k and v (not the mask)
+        q = q.expand((size,) + tuple(q.shape[1:]))
+    logical = [tuple(t.shape[:d]) + tuple(t.shape[d + 1:]) if d is not None else tuple(t.shape)
+               for t, d in zip(tensors[:3], dims[:3])]
+    logical_out = _out_shape(*(torch.empty(shape, device="meta") for shape in logical))
+    if dropout_p > 0 and seed is not None:
+        if info.randomness not in ("same", "different"):
+            raise RuntimeError("attncore.torch: dropout under torch.vmap needs randomness='same' "
+                               "or 'different' (as torch's random functions do)")
+        seeds = seed.movedim(in_dims[8], 0) if in_dims[8] is not None else [seed] * size
+        parts = [_sdpa_op(q[i:i + 1], k if k.shape[0] == 1 else k[i:i + 1], v if v.shape[0] == 1 else v[i:i + 1],
+                          m if m is None or m.shape[0] == 1 else m[i:i + 1], dropout_p, is_causal, scale,
+                          enable_gqa, seeds[i], softcap, sinks) for i in range(size)]
+        out = torch.cat(parts)
+    else:
+        out = _sdpa_op(q, k, v, m, dropout_p, is_causal, scale, enable_gqa, seed, softcap, sinks)
+    return out.reshape((size,) + tuple(logical_out)), 0
+
+
 def _autocast(*tensors):
     """What torch.autocast("cpu") does to SDPA's arguments: floating tensors,
     float64 and bool ones excepted, cast to the autocast dtype (the mask too)."""
@@ -225,7 +285,7 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     if torch.is_autocast_enabled("cpu"):
         query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     seed = _draw_seed() if dropout_p > 0 else None
-    if _capturing_graph() or _all_meta(query, key, value, attn_mask):
+    if _capturing_graph() or _all_meta(query, key, value, attn_mask) or _vmapped(query, key, value, attn_mask):
         extras = extras or {}
         res = torch.ops.attncore.sdpa(query, key, value, attn_mask, float(dropout_p),
                                       bool(is_causal), scale, bool(enable_gqa), seed,
@@ -297,10 +357,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     ------
     TypeError
         If a tensor requires grad while grad mode is on (attncore is
-        forward-only: use torch.no_grad() or torch.inference_mode()), on
-        unsupported dtypes/devices, and under torch.vmap (call it on the
-        batched tensors: leading dims broadcast). ValueError on
-        inconsistent shapes.
+        forward-only: use torch.no_grad() or torch.inference_mode(); also
+        under torch.func.grad), and on unsupported dtypes/devices.
+        ValueError on inconsistent shapes. (torch.vmap runs, through the
+        op's vmap rule: the mapped dim becomes a batch dim of one call;
+        dropout needs vmap's randomness "same" or "different".)
 
     Example
     -------
@@ -327,7 +388,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return torch.overrides.handle_torch_function(
             scaled_dot_product_attention, relevant, query, key, value, attn_mask=attn_mask,
             dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-    _check_no_grad(_SDPA, "", query=query, key=key, value=value, attn_mask=attn_mask)
+    _check_no_grad(_SDPA, "", vmap_ok=True, query=query, key=key, value=value, attn_mask=attn_mask)
     for name, t in (("query", query), ("key", key), ("value", value), ("attn_mask", attn_mask)):
         if t is not None and t.is_nested:   # (before anything reads its .shape, which raises)
             raise TypeError(f"{_SDPA}: {name} is a nested tensor; attncore reads dense tensors "

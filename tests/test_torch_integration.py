@@ -1,6 +1,7 @@
 """attncore.torch: the custom op (eager and under torch.compile), the
 MultiheadAttention subclass and patch(), against torch's own functions.
 Skipped, with a reason, when torch is not installed."""
+import itertools
 import math
 import subprocess
 import sys
@@ -644,10 +645,83 @@ def test_autocast_runs_in_its_dtype_as_torch_does(autocast_dtype):
         assert at.scaled_dot_product_attention(*d).dtype == torch.float64   # float64 is not cast
 
 
-def test_vmap_is_refused_with_a_clear_error():
-    q = torch.randn(2, 3, 5, 8)
-    with pytest.raises(TypeError, match=r"query is a torch\.func transform's tensor \(torch\.vmap"):
-        torch.vmap(at.scaled_dot_product_attention)(q, q, q)
+@pytest.mark.parametrize("rank", [2, 3, 4])
+def test_vmap_matches_torchs(rank):
+    """torch.vmap of attncore's SDPA (the op's vmap rule) against torch.vmap
+    of torch's: every mapped dim position and mapped / unmapped mix of q, k,
+    v and a bool mask, inputs of rank 2-4, causal; GQA and nested vmaps."""
+    torch.manual_seed(rank)
+    lq = (2, 3, 6, 8)[4 - rank:]
+    lk, lv = lq[:-2] + (7, 8), lq[:-2] + (7, 5)
+    V = 3
+
+    def make(shape, dim):
+        shape = list(shape)
+        if dim is not None:
+            shape.insert(dim, V)
+        return torch.randn(shape)
+
+    checked = 0
+    for qd, kd, vd, md in itertools.product([0, rank, None], [0, None], [0, None], [0, None, "none"]):
+        if qd is None and kd is None and vd is None and md in (None, "none"):
+            continue
+        args, dims = [make(lq, qd), make(lk, kd), make(lv, vd)], [qd, kd, vd]
+        if md != "none":
+            mask = torch.rand((6, 7) if md is None else (V, 6, 7)) > 0.3
+            mask[..., 0] = True
+            args.append(mask)
+            dims.append(md)
+        for causal in ([False] if md != "none" else [False, True]):
+            def ours(q, k, v, m=None):
+                return at.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+
+            def theirs(q, k, v, m=None):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m,
+                                                                        is_causal=causal)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # (torch's own SDPA has no batching rule)
+                got = torch.vmap(ours, in_dims=tuple(dims))(*args)
+                want = torch.vmap(theirs, in_dims=tuple(dims))(*args)
+            assert got.shape == want.shape, (dims, got.shape, want.shape)
+            torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+            checked += 1
+    assert checked > 30
+    q, k = torch.randn(3, 2, 8, 6, 16), torch.randn(3, 2, 2, 9, 16)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.vmap(lambda q, k: at.scaled_dot_product_attention(q, k, k, enable_gqa=True))(q, k)
+        want = torch.vmap(lambda q, k: torch.nn.functional.scaled_dot_product_attention(
+            q, k, k, enable_gqa=True))(q, k)
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+        x = torch.randn(3, 4, 2, 6, 8)
+        torch.testing.assert_close(torch.vmap(torch.vmap(at.scaled_dot_product_attention))(x, x, x),
+                                   torch.nn.functional.scaled_dot_product_attention(x, x, x),
+                                   atol=2e-6, rtol=1e-5)
+
+
+def test_vmap_dropout_follows_vmaps_randomness_and_grad_is_refused():
+    """Dropout under torch.vmap: "error" is torch's error, "same" gives every
+    slice the same masks (those of the plain call with that seed),
+    "different" different ones. A tensor that requires grad, mapped or not,
+    and torch.func.grad are a TypeError."""
+    x = torch.randn(2, 6, 8).expand(4, 2, 6, 8)
+
+    def f(q):
+        return at.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="randomness"):
+            torch.vmap(f)(x)
+        torch.manual_seed(1)
+        same = torch.vmap(f, randomness="same")(x)
+        torch.manual_seed(1)
+        plain = f(x[0])
+        assert all(torch.equal(s, plain) for s in same)
+        different = torch.vmap(f, randomness="different")(x)
+        assert not any(torch.equal(different[0], d) for d in different[1:])
+    with pytest.raises(TypeError, match="query requires grad"):
+        torch.vmap(lambda q: at.scaled_dot_product_attention(q, q, q))(torch.randn(4, 2, 6, 8, requires_grad=True))
+    with pytest.raises(TypeError, match=r"torch\.func transform's tensor"):
+        torch.func.grad(lambda q: at.scaled_dot_product_attention(q, q, q).sum())(torch.randn(2, 6, 8))
 
 
 def test_unreadable_tensor_dtypes_and_non_bool_enable_gqa_are_type_errors():
