@@ -459,7 +459,11 @@ def cu_seqlens(op, name, value, total):
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{op}: {name} must end at the packed length {total}; got offsets up to "
                          f"{int(a.max())}")
-    a = _layout.contiguous(a, np.int64)
+    # always a copy: the kernel addresses the packed rows (the output's too)
+    # through these offsets, so the array checked must be the array it reads
+    # (the caller's own array, changed by another thread after the check,
+    # made the kernel write out of bounds)
+    a = _layout.copy(a, np.int64)
     if a[0] != 0 or a[-1] != total or (np.diff(a) < 0).any():
         raise ValueError(f"{op}: {name} must start at 0, never decrease and end at the packed length "
                          f"{total}; got {a.tolist() if a.size < 20 else a}")

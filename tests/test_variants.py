@@ -371,3 +371,36 @@ def test_one_sink_for_every_head(shape):
     cache.append(k, v)
     np.testing.assert_array_equal(cache.attend(q, sinks=one, is_causal=False),
                                   cache.attend(q, sinks=np.full(4, 1.5, np.float32), is_causal=False))
+
+
+def test_the_kernel_reads_its_own_copy_of_cu_seqlens(monkeypatch):
+    """The packed rows (the output's too) are addressed through cu_seqlens:
+    the kernel gets a copy of the checked offsets, never the caller's array
+    (another thread changing it after the check made the kernel write out of
+    bounds: a concurrency fuzzer's segfault)."""
+    from attncore import _core
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((2, 9, 8), dtype=np.float32)
+    cq = np.array([0, 4, 9], np.int64)
+    handed = []
+
+    def arrays(x):
+        if isinstance(x, np.ndarray):
+            yield x
+        elif isinstance(x, (tuple, list)):
+            for y in x:
+                yield from arrays(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                yield from arrays(y)
+
+    real = _core.sdpa
+
+    def spy(*args, **kwargs):
+        handed.extend(arrays((args, kwargs)))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(_core, "sdpa", spy)
+    out = SDPA(q, q, q, cu_seqlens_q=cq, cu_seqlens_k=cq, is_causal=True)
+    assert handed and not any(np.shares_memory(a, cq) for a in handed)
+    want = np.concatenate([SDPA(q[:, a:b], q[:, a:b], q[:, a:b], is_causal=True) for a, b in [(0, 4), (4, 9)]], 1)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
