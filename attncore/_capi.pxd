@@ -135,6 +135,7 @@ cdef extern from "attncore/attn.h" nogil:
     int attn_openmp_enabled() noexcept
     void attn_runtime_init() noexcept
     int attn_single_threaded_after_fork() noexcept
+    void attn_note_shared_pool() noexcept
     attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n) noexcept
     attn_status attn_vtanh_f32(int isa, const float *x, float *y, int64_t n) noexcept
 

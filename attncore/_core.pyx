@@ -26,6 +26,8 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import math
+import os as _os_for_fork
+import sys
 import threading
 
 import numpy as np
@@ -60,6 +62,34 @@ DEF INTERRUPTIBLE_WORK = 1 << 24
 cdef unsigned long _main_thread = threading.main_thread().ident
 
 attn_runtime_init()
+
+
+def _before_fork():
+    # torch runs its intra-op work on the same GNU OpenMP runtime (both load
+    # libgomp.so.1), and a pool torch started does not survive fork either:
+    # a child attncore would run multi-threaded waited forever (a concurrency
+    # fuzzer's hang). With torch loaded and on more than one thread, the
+    # child computes single-threaded, as after attncore's own regions.
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        many = torch.get_num_threads() > 1
+    except Exception:   # (a torch we cannot ask: assume it ran multi-threaded)
+        many = True
+    if many:
+        attn_note_shared_pool()
+
+
+def _after_fork_in_child():
+    # the forking thread is the child's main thread (the Ctrl-C guard runs
+    # on the main thread only; a child forked from another thread kept the
+    # parent's main thread's id and never installed it)
+    global _main_thread
+    _main_thread = PyThread_get_thread_ident()
+
+
+_os_for_fork.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 cdef int _raise(attn_status st, str op, object detail) except -1:
@@ -683,6 +713,11 @@ cdef void _view_of_cache(_View *out, _Buf buf, object arr, int64_t length) excep
     items. `buf` holds the buffer until it is released."""
     cdef int kk
     out.buf = buf.get(arr)
+    # (the cache keeps length <= capacity; checked here too, as a kernel
+    # would read past the buffer otherwise)
+    if buf.view.ndim < 3 or not 0 <= length <= buf.view.shape[2]:
+        raise ValueError(f"KVCache: {length} cached positions, but its buffer holds "
+                         f"{buf.view.shape[2] if buf.view.ndim >= 3 else 0}")
     for kk in range(buf.view.ndim):
         out.shape[kk] = buf.view.shape[kk]
         out.strides[kk] = buf.view.strides[kk] // buf.view.itemsize
@@ -733,7 +768,7 @@ cdef int _MAX_THREADS = MAX_THREADS
 cdef int _fast_threads(num_threads):
     """num_threads of the common call, or -1 if it needs the general checks."""
     if num_threads is None:
-        return attn_default_threads()
+        return min(attn_default_threads(), _MAX_THREADS)
     if type(num_threads) is int and 0 < num_threads <= _MAX_THREADS:
         return num_threads
     return -1
@@ -988,6 +1023,10 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) exce
         if st != ATTN_EINTR:
             return st
         PyErr_CheckSignals()
+        # the handler did not raise: the call runs again, to its end (a SIGINT
+        # then is handled as it returns; signals that kept coming faster than
+        # the call restarted it from scratch each time)
+        guard = False
 
 
 LINEAR_PATH_NAMES = ("none", "rows", "packed", "packed-strided")   # by ATTN_LINEAR_PATH_*
@@ -1034,6 +1073,10 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y, bint plan_
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
+        # the handler did not raise: the call runs again, to its end (a SIGINT
+        # then is handled as it returns; signals that kept coming faster than
+        # the call restarted it from scratch each time)
+        guard = False
     if st != ATTN_OK:
         _raise(st, op, f"linear M={d.M} N={d.N} K={d.K}")
 
@@ -1096,8 +1139,10 @@ def compiler():
 
 
 def default_threads():
-    """OpenMP's current maximum for the calling thread (1 without OpenMP)."""
-    return attn_default_threads()
+    """OpenMP's current maximum for the calling thread (1 without OpenMP),
+    cut to MAX_THREADS as an explicit num_threads is (OMP_NUM_THREADS=1000
+    made the OpenMP runtime end the process under an address-space limit)."""
+    return min(attn_default_threads(), _MAX_THREADS)
 
 
 def openmp_enabled():

@@ -174,6 +174,10 @@ def softmax(str op, bint f64, int isa, int num_threads, x, out, int axis, int ma
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
+        # the handler did not raise: the call runs again, to its end (a SIGINT
+        # then is handled as it returns; signals that kept coming faster than
+        # the call restarted it from scratch each time)
+        guard = False
     if st != ATTN_OK:
         _raise(st, op, f"shape {tuple(x.shape)}, axis {axis}")
     return None
@@ -232,6 +236,10 @@ def kernel_regression(str op, bint f64, int isa, int num_threads, tuple dims, tu
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
+        # the handler did not raise: the call runs again, to its end (a SIGINT
+        # then is handled as it returns; signals that kept coming faster than
+        # the call restarted it from scratch each time)
+        guard = False
     if st != ATTN_OK:
         _raise(st, op, f"B={d.B} Lq={d.Lq} Lk={d.Lk} D={d.D} Dy={d.Dy}")
     return None

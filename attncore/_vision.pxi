@@ -188,6 +188,10 @@ def vision(str op, bint f64, int num_threads, x, out, int pool, w1, b1, w2, b2, 
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
+        # the handler did not raise: the call runs again, to its end (a SIGINT
+        # then is handled as it returns; signals that kept coming faster than
+        # the call restarted it from scratch each time)
+        guard = False
     if st != ATTN_OK:
         _raise(st, op, _vision_text(d))
 

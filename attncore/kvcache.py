@@ -4,15 +4,32 @@ with a scale per token and head) that the decode kernels read directly.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
-from typing import Any, List, Optional, Tuple
+import threading
+from typing import Any, Callable, List, Optional, Tuple, TypeVar, cast
 
 import numpy as np
 
 from . import _arrays, _config, _core, _engine
 from . import _validate as V
 from ._types import ArrayLike, Result
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _locked(method: _Method) -> _Method:
+    """Run a KVCache method under the cache's lock: a cache shared between
+    threads changes one call at a time (two appends, or an append and a
+    reset, interleaved left the length past the buffers' capacity, and the
+    next attend read past them)."""
+    @functools.wraps(method)
+    def call(self: "KVCache", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return cast(_Method, call)
+
 
 # storage format -> (element dtype of the buffers, kernel entry for float32 queries)
 _STORAGE = {
@@ -111,6 +128,10 @@ class KVCache:
     grow : bool
         Double the capacity instead of failing when full.
 
+    A cache may be shared between threads: its methods take the cache's
+    lock, so appends, attends, truncates and resets from several threads run
+    one at a time, each on a consistent cache (their order is the threads').
+
     Example
     -------
     >>> import numpy as np, attncore
@@ -146,6 +167,7 @@ class KVCache:
         self.num_heads = int(num_heads)
         self.head_dim = int(head_dim)
         self.grow = bool(grow)
+        self._lock = threading.RLock()   # (reentrant: an input's __array__ may use the cache)
         self._length = 0
         self._k: Optional[np.ndarray] = None
         self._v: Optional[np.ndarray] = None
@@ -189,11 +211,13 @@ class KVCache:
     def __len__(self) -> int:
         return self._length
 
+    @_locked
     def _state(self):
         """What append changes (references only: append writes past the
         length or into new buffers), for _restore after a failed step."""
         return self._k, self._v, self._ks, self._vs, self._length
 
+    @_locked
     def _restore(self, state) -> None:
         """The cache as _state() saw it: a decode step that raised after its
         append takes its tokens (and any grown or re-batched buffers) back."""
@@ -223,6 +247,7 @@ class KVCache:
         return data[:, :, :n].astype(np.float32) * scale[:, :, :n, None]
 
     @property
+    @_locked
     def keys(self) -> Optional[np.ndarray]:
         """(B, H, len, Dh) cached keys: a view for float32/float64 storage, a
         decoded float32 copy for the compact formats (None before the first
@@ -240,6 +265,7 @@ class KVCache:
         return self._decoded(self._k, self._ks) if self._k is not None else None
 
     @property
+    @_locked
     def values(self) -> Optional[np.ndarray]:
         """(B, H, len, Dh) cached values (see keys).
 
@@ -251,6 +277,7 @@ class KVCache:
         """
         return self._decoded(self._v, self._vs) if self._v is not None else None
 
+    @_locked
     def append(self, key: ArrayLike, value: ArrayLike) -> None:
         """Append keys/values of shape (B, H, T, Dh) (T new positions), in the
         cache's dtype (float32 for the compact formats, which store them
@@ -310,6 +337,7 @@ class KVCache:
                 data[:, :, at], scale[:, :, at] = quantize_int8(x)
         self._length = need
 
+    @_locked
     def attend(self, query: ArrayLike, *, is_causal: Any = "bottom_right", scale: Any = None,
                attn_mask: Any = None, valid_lens: Any = None, dropout_p: float = 0.0,
                seed: Optional[int] = None, num_threads: Optional[int] = None,
@@ -412,6 +440,7 @@ class KVCache:
         """
         return None if self._k is None else self._k.shape[0]
 
+    @_locked
     def truncate(self, length: int) -> None:
         """Keep only the first ``length`` positions (0 <= length <= len(cache)),
         e.g. to drop rejected speculative tokens.
@@ -429,6 +458,7 @@ class KVCache:
                              f"got {length}")
         self._length = int(length)
 
+    @_locked
     def select_batch(self, indices: ArrayLike) -> None:
         """Keep the batch rows ``indices`` in that order (1-D ints; repeats
         allowed, so beam search's reordering and expansion are both this):
@@ -462,6 +492,7 @@ class KVCache:
             if buf is not None:
                 setattr(self, name, np.ascontiguousarray(buf[idx]))
 
+    @_locked
     def reset(self) -> None:
         """Forget every cached position (buffers of max_len positions are kept
         for reuse, grown ones dropped; the next append may start another
@@ -476,6 +507,15 @@ class KVCache:
         self._length = 0
         if self._k is not None and self._k.shape[2] != self.max_len:
             self._k = self._v = self._ks = self._vs = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()   # (copy.deepcopy and pickle: a lock is neither)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (f"KVCache(len={self._length}, capacity={self.capacity}, num_heads={self.num_heads}, "

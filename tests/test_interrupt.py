@@ -104,3 +104,39 @@ def test_earlier_interrupts_do_not_stop_a_new_call():
     expect = attncore.scaled_dot_product_attention(q, q, q)
     _core.simulate_sigint()   # a count from before the call is not an interrupt
     np.testing.assert_array_equal(attncore.scaled_dot_product_attention(q, q, q), expect)
+
+
+REPEAT_CHILD = r"""
+import signal, threading, os, time, numpy as np, attncore
+seen = []
+signal.signal(signal.SIGINT, lambda *a: seen.append(1))     # does not raise
+rng = np.random.default_rng(3)
+q = k = v = rng.standard_normal((1, 4, 4096, 64), dtype=np.float32)
+t = time.monotonic()
+expect = attncore.scaled_dot_product_attention(q, k, v, num_threads=1)
+alone = time.monotonic() - t
+stop = threading.Event()
+def keep_interrupting():   # five SIGINTs per call's time, for six calls' time
+    end = time.monotonic() + 6 * alone
+    while time.monotonic() < end and not stop.is_set():
+        time.sleep(alone / 5)
+        os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=keep_interrupting, daemon=True).start()
+t = time.monotonic()
+got = attncore.scaled_dot_product_attention(q, k, v, num_threads=1)
+took = time.monotonic() - t
+stop.set()
+print("equal" if np.array_equal(got, expect) else "DIFFERENT", "%.3f %.3f" % (alone, took), len(seen) > 0)
+"""
+
+
+def test_repeated_sigints_with_a_non_raising_handler_do_not_restart_a_call_forever():
+    """A handler that does not raise (asyncio's, for one) gets the call run
+    again once, to its end: SIGINTs arriving faster than the call restarted
+    it from scratch each time (a concurrency fuzzer: 13 s for a 1 s call)."""
+    r = subprocess.run([sys.executable, "-c", REPEAT_CHILD], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    alone, took = float(words[1]), float(words[2])
+    assert words[0] == "equal" and words[3] == "True", r.stdout
+    assert took < 3 * alone + 0.5, f"the call took {took:.2f} s under repeated SIGINTs; alone {alone:.2f} s"

@@ -4,6 +4,7 @@ formula on the cache's own (rounded or quantized) values, within the error
 docs/numerics.md (10) states against a float32 cache, on every level and
 both paths, and MultiHeadAttention decoding through it."""
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -456,3 +457,67 @@ def test_a_bad_seed_is_refused_on_the_decode_fast_path_too(monkeypatch, seed, er
         cache.attend(q, seed=seed)
     with pytest.raises(err, match="seed must be an int"):
         attncore.scaled_dot_product_attention(q, kv, kv, seed=seed)
+
+
+def test_a_cache_shared_by_threads_stays_consistent():
+    """Threads appending to and resetting one grow=True cache: every call
+    runs under the cache's lock, so the length never passes the capacity
+    and an attend afterwards reads the cache's own positions (unlocked, the
+    length reached 10x the capacity and attend read past the buffers: a
+    concurrency fuzzer's out-of-bounds read)."""
+    import threading
+    import time
+    H, D = 4, 32
+    kv = np.ones((1, H, 64, D), np.float32)
+    q = np.ones((1, H, 1, D), np.float32)
+    switch = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(1e-6)
+        for _ in range(20):
+            cache = attncore.KVCache(8, H, D, grow=True)
+            stop = time.monotonic() + 0.05
+
+            def appender():
+                while time.monotonic() < stop:
+                    cache.append(kv, kv)
+
+            def resetter():
+                while time.monotonic() < stop:
+                    if len(cache) > 1024:
+                        cache.reset()
+                    time.sleep(0)
+            threads = [threading.Thread(target=appender) for _ in range(3)] + [threading.Thread(target=resetter)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert 0 < len(cache) <= cache.capacity, (len(cache), cache.capacity)
+            out = cache.attend(q)
+            assert np.array_equal(out, np.ones_like(out))
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def test_a_cache_survives_copy_and_pickle():
+    """The lock is not copied: deepcopy and pickle give a working cache."""
+    import copy
+    import pickle
+    cache = attncore.KVCache(8, 2, 4, dtype="int8")
+    cache.append(np.ones((1, 2, 3, 4), np.float32), np.ones((1, 2, 3, 4), np.float32))
+    q = np.ones((1, 2, 1, 4), np.float32)
+    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        assert len(other) == 3 and np.array_equal(other.attend(q), cache.attend(q))
+        other.append(np.zeros((1, 2, 1, 4), np.float32), np.zeros((1, 2, 1, 4), np.float32))
+        assert len(other) == 4 and len(cache) == 3
+
+
+def test_the_kernel_entry_refuses_a_length_past_the_buffers():
+    """kv_attend_fast checks the length it is given against the buffers (a
+    cache left inconsistent read past them)."""
+    from attncore import _core
+    cache = attncore.KVCache(8, 2, 4)
+    cache.append(np.ones((1, 2, 3, 4), np.float32), np.ones((1, 2, 3, 4), np.float32))
+    q = np.ones((1, 2, 1, 4), np.float32)
+    with pytest.raises(ValueError, match="9 cached positions, but its buffer holds 8"):
+        _core.kv_attend_fast("KVCache.attend", q, cache._k, cache._v, None, None, 9, _core.IO_F32,
+                             "bottom_right", None, None, attncore._config.active_isa())

@@ -127,3 +127,102 @@ def test_a_huge_thread_request_is_cut_to_the_cap():
     one = sdpa(q, q, q, num_threads=1)
     np.testing.assert_array_equal(sdpa(q, q, q, num_threads=65535), one)                    # fast path
     np.testing.assert_array_equal(sdpa(q, q, q, num_threads=65535, return_lse=True)[0], one)   # general
+
+
+def test_the_default_thread_count_is_cut_to_the_cap_too():
+    """OMP_NUM_THREADS (the default when num_threads is None) past
+    max(64, cpu_count) is cut to it as an explicit request is (the default
+    was taken as it was: OMP_NUM_THREADS=1000 under an address-space limit
+    ended the process inside the OpenMP runtime)."""
+    import subprocess
+    import sys
+    script = ("import numpy as np, attncore\n"
+              "from attncore import _core\n"
+              "from attncore._engine import plan_info\n"
+              "q = np.random.default_rng(0).standard_normal((8, 64, 256, 16)).astype(np.float32)\n"
+              "s = attncore.scaled_dot_product_attention\n"
+              "print(_core.default_threads(), _core.MAX_THREADS, plan_info(s, q, q, q)['threads'],\n"
+              "      attncore.config()['threads'])\n")
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1000")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    default, cap, planned, reported = map(int, r.stdout.split())
+    assert default == cap == reported and planned <= cap < 1000
+
+
+FORK_AFTER_TORCH = r"""
+import multiprocessing as mp, numpy as np, torch, attncore
+from attncore import _core
+torch.set_num_threads(2)
+with torch.no_grad():
+    torch.nn.Linear(256, 256)(torch.randn(512, 256))   # torch's OpenMP region starts the shared pool
+q = np.random.default_rng(0).standard_normal((2, 8, 256, 64)).astype(np.float32)
+parent = attncore.scaled_dot_product_attention(q, q, q, num_threads=1)
+
+def child(_):
+    out = attncore.scaled_dot_product_attention(q, q, q, num_threads=2)
+    return bool(np.array_equal(out, parent)), _core.single_threaded_after_fork()
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(1) as pool:
+        try:
+            print(pool.map_async(child, [0]).get(timeout=60))
+        except mp.TimeoutError:
+            print("HANG")
+            pool.terminate()
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_children_forked_after_torchs_threads_do_not_hang():
+    """torch shares GNU OpenMP with attncore: a child forked after torch ran
+    on two threads computes single-threaded (it waited forever on the pool's
+    workers, which were not copied: a concurrency fuzzer's hang)."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", FORK_AFTER_TORCH], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[(True, True)]", r.stdout
+
+
+FORK_FROM_A_THREAD = r"""
+import os, signal, sys, threading, time, numpy as np, attncore
+rng = np.random.default_rng(0)
+q = rng.standard_normal((1, 8, 16384, 128), dtype=np.float32)   # seconds of work
+
+def fork_here():
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t = time.monotonic()
+        try:
+            attncore.scaled_dot_product_attention(q, q, q)
+            print("finished", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted %.3f" % (time.monotonic() - t - 0.3), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+th = threading.Thread(target=fork_here)
+th.start(); th.join()
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_ctrl_c_stops_a_call_in_a_child_forked_from_a_thread():
+    """The forking thread is the child's main thread: Ctrl-C stops a long
+    call there as in any main thread (the child kept the parent's main
+    thread id and ran without the guard: KeyboardInterrupt came when the
+    call ended)."""
+    import os
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", FORK_FROM_A_THREAD], capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert words and words[0] == "interrupted", r.stdout
+    limit = 2.0 if os.environ.get("ATTNCORE_SANITIZER") == "1" else 0.5
+    assert float(words[1]) < limit, r.stdout

@@ -13,8 +13,10 @@
  * process that opens a parallel region after its parent has run one waits
  * forever for workers that were not copied. So once this process has run a
  * multi-threaded region, a forked child runs every region single-threaded
- * (correct, and bitwise the same results, just slower). Children started
- * with "spawn"/"forkserver" are unaffected.
+ * (correct, and bitwise the same results, just slower); so does a child of
+ * a process where torch (which shares the runtime) may have run one
+ * (attn_note_shared_pool). Children started with "spawn"/"forkserver" are
+ * unaffected.
  */
 static int g_pool_started = 0;       /* this process ran a region with > 1 thread */
 static int g_forked_after_pool = 0;  /* this process is such a forked child */
@@ -40,6 +42,11 @@ void attn_runtime_init(void)
 }
 
 int attn_single_threaded_after_fork(void) { return ATTN_ATOMIC_LOAD(&g_forked_after_pool); }
+
+/* Another library's multi-threaded regions may have started the process's
+ * OpenMP pool (torch shares GNU OpenMP with attncore): a forked child must
+ * then run single-threaded too. Called before fork (attncore/_core.pyx). */
+void attn_note_shared_pool(void) { ATTN_ATOMIC_STORE(&g_pool_started, 1); }
 
 void *attn_scratch_alloc(size_t bytes)
 {

@@ -297,6 +297,9 @@ void attn_runtime_init(void);
 /* 1 in a child forked after the parent ran a multi-threaded region: every
  * region then runs single-threaded (GNU OpenMP's pool does not survive fork). */
 int attn_single_threaded_after_fork(void);
+/* Mark the OpenMP pool as possibly started by another library (torch shares
+ * GNU OpenMP): a child forked from now on runs single-threaded. */
+void attn_note_shared_pool(void);
 
 /* Test hooks: apply one ISA's vector exp2 / tanh to n floats. */
 attn_status attn_vexp2_f32(int isa, const float *x, float *y, int64_t n);
