@@ -117,6 +117,10 @@ def show_config(file: Any = None) -> None:
     >>> attncore.show_config()  # doctest: +SKIP
     attncore 0.1.0 ...
     """
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"show_config: file must be a writable text stream (an object with a "
+                        f"write method, e.g. open(path, 'w') or sys.stderr) or None for stdout; "
+                        f"got {type(file).__name__} {file!r}")
     c = config()
     lines = [
         f"attncore {c['version']} (python {c['python']}, numpy {c['numpy']})",

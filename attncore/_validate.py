@@ -34,6 +34,11 @@ def as_array(x, name, op="attncore"):
         raise TypeError(f"{op}: {name} must be an array, got None")
     if _arrays.is_torch(x):
         return _arrays.torch_to_numpy(x, name, op)
+    if isinstance(x, np.ma.MaskedArray):
+        # (np.asarray drops the mask: its masked entries would count)
+        raise TypeError(f"{op}: {name} is a NumPy masked array, whose mask attncore does not "
+                        f"read; pass {name}.filled(...) or {name}.data, and say what to leave out "
+                        f"with the function's own mask / valid_lens arguments")
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "__dlpack__") and not isinstance(x, (list, tuple)):

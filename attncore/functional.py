@@ -143,9 +143,13 @@ def dot_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask:
                   enable_gqa: bool = False, *, return_weights: bool = False,
                   return_lse: bool = False, num_threads: Optional[int] = None,
                   out: Optional[np.ndarray] = None, seed: Optional[int] = None,
-                  valid_lens: OptArray = None) -> Result:
+                  valid_lens: OptArray = None,
+                  window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+                  alibi_slopes: OptArray = None, softcap: Optional[Scalar] = None,
+                  sinks: OptArray = None, cu_seqlens_q: OptArray = None,
+                  cu_seqlens_k: OptArray = None) -> Result:
     """Unscaled dot-product attention: :func:`scaled_dot_product_attention`
-    with ``scale=1.0`` by default (score = q . k).
+    with ``scale=1.0`` by default (score = q . k), with every argument of it.
 
     Shapes: query (..., Hq, Lq, D), key (..., Hkv, Lk, D), value
     (..., Hkv, Lk, Dv) -> (..., Hq, Lq, Dv).
@@ -159,7 +163,9 @@ def dot_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask:
     array([1., 1.], dtype=float32)
     """
     return _sdpa("dot_attention", query, key, value, attn_mask, dropout_p, is_causal, scale,
-                 enable_gqa, return_weights, return_lse, num_threads, out, seed, valid_lens)
+                 enable_gqa, return_weights, return_lse, num_threads, out, seed, valid_lens,
+                 window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks,
+                 cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
 
 
 def _fast(query, key, value, attn_mask, is_causal, scale, enable_gqa, num_threads, out=None):

@@ -49,7 +49,10 @@ class MultiHeadAttention:
 
     ``out, weights = mha(query, key=None, value=None, *, key_padding_mask=None,
     attn_mask=None, is_causal=False, need_weights=True, average_attn_weights=True,
-    kv_cache=None, valid_lens=None)``
+    kv_cache=None, valid_lens=None)``. ``key`` defaults to ``query``
+    (self-attention) and ``value`` to ``key`` (values that are the keys, as
+    d2l's examples pass them; torch requires value); a layer whose kdim and
+    vdim differ needs value given.
 
     Parameters
     ----------

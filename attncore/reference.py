@@ -376,9 +376,10 @@ def concat_attention(query, key, value, w_query, w_key, bias=0.0, attn_mask=None
 
 def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                   scale=1.0, enable_gqa=False, *, return_weights=False, return_lse=False,
-                  num_threads=None, out=None, seed=None, valid_lens=None):
+                  num_threads=None, out=None, seed=None, valid_lens=None, **variants):
     """Reference unscaled dot-product attention (scale 1 by default); shapes
-    as scaled_dot_product_attention.
+    and the other arguments (window, alibi_slopes, softcap, sinks,
+    cu_seqlens_q/k) as scaled_dot_product_attention.
 
     >>> import math
     >>> from attncore import reference
@@ -387,7 +388,8 @@ def dot_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
     """
     return scaled_dot_product_attention(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        return_weights=return_weights, return_lse=return_lse, seed=seed, valid_lens=valid_lens)
+        return_weights=return_weights, return_lse=return_lse, seed=seed, valid_lens=valid_lens,
+        **variants)
 
 
 def merge_attention(parts):

@@ -320,6 +320,15 @@ def masked_softmax(scores: ArrayLike, valid_lens: OptArray, *,
     if vl.ndim == 0:
         full = np.broadcast_to(vl, rows)
     elif a.ndim >= 2 and vl.shape == shape[:-2]:
+        if a.ndim >= 4 and shape[-3] == shape[-2]:
+            # (..., H) with H == Q is also (..., Q): SDPA's one length per query row
+            raise ValueError(
+                f"{op}: valid_lens of shape {vl.shape} reads two ways for scores {shape}, whose "
+                f"second- and third-to-last dims are both {shape[-2]}: one length per "
+                f"{shape[:-2]} (repeated over the queries), or one per query row for every "
+                f"{shape[-3]} of dim -3 (as scaled_dot_product_attention reads (B, Lq)). Pass "
+                f"the full {rows}: np.broadcast_to(valid_lens[..., None], {rows}) for the first, "
+                f"np.broadcast_to(valid_lens[..., None, :], {rows}) for the second")
         full = np.broadcast_to(vl.reshape(vl.shape + (1,)), rows)   # repeated over Q
     elif vl.shape == rows:
         full = vl

@@ -153,7 +153,7 @@ def _scalar_bias(op, bias):
     if bias is None:
         return 0.0, None
     if isinstance(bias, numbers.Real) and not isinstance(bias, (bool, np.bool_)):
-        return float(bias), None
+        return V.real_number(op, "bias", bias), None   # (names bias for an int past float's range)
     if isinstance(bias, (bool, np.bool_)):
         raise TypeError(f"{op}: bias must be None, a number or a (1,) array; got {bias!r}")
     return None, bias

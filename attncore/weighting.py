@@ -127,7 +127,7 @@ def hard_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, mode: str
     """
     op = "hard_attention"
     modes = ("argmax", "topk", "sample")
-    if mode not in modes:
+    if not isinstance(mode, str) or mode not in modes:   # (an array's `in` is elementwise)
         raise ValueError(f"{op}: mode must be one of {modes}; got {mode!r}")
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
         raise TypeError(f"{op}: k must be an int in [1, 64]; got {type(k).__name__} {k!r}")

@@ -240,3 +240,42 @@ def test_an_out_whose_elements_share_memory_is_refused():
                 np.empty((8, 12), f32)[::2, ::2], np.empty((4, 6), f32)[::-1, ::-1],
                 np.empty((6, 4), f32).T):
         np.testing.assert_array_equal(attncore.softmax(x, out=out), attncore.softmax(x))
+
+
+def test_api_audit_inputs_get_errors_that_name_them():
+    """From an API audit: NumPy masked arrays (np.asarray dropped their
+    mask, so masked entries counted), an int bias past float's range
+    (OverflowError), show_config's file (AttributeError), an array as
+    hard_attention's mode (NumPy's ambiguous truth value)."""
+    x = np.ma.masked_array([[1.0, 2.0, 3.0]], mask=[[0, 0, 1]])
+    with pytest.raises(TypeError, match="x is a NumPy masked array, whose mask attncore does not read"):
+        attncore.softmax(x)
+    q = np.ma.masked_array(np.ones((1, 2, 4)), mask=np.zeros((1, 2, 4)))
+    with pytest.raises(TypeError, match="key is a NumPy masked array"):
+        attncore.scaled_dot_product_attention(np.ones((1, 2, 4)), q, q)
+    img = np.ones((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="bias is too large for a float"):
+        attncore.spatial_attention(img, np.zeros((1, 2, 3, 3), np.float32), 10 ** 400, layout="NCHW")
+    for bad in ("config.txt", 1):
+        with pytest.raises(TypeError, match="show_config: file must be a writable text stream"):
+            attncore.show_config(file=bad)
+    qq = np.ones((1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        attncore.hard_attention(qq, qq, qq, mode=np.array(["argmax", "topk"]))
+
+
+def test_dot_attention_takes_every_argument_of_sdpa():
+    """dot_attention is SDPA with scale 1 (API.md): window, alibi_slopes,
+    softcap, sinks and packed sequences too (they were a TypeError)."""
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 6, 4))
+    kw = dict(window=(2, 0), is_causal=True, alibi_slopes=np.array([0.5, 0.25]), softcap=3.0,
+              sinks=np.array([0.1, -0.2]))
+    np.testing.assert_array_equal(attncore.dot_attention(q, k, k, **kw),
+                                  attncore.scaled_dot_product_attention(q, k, k, scale=1.0, **kw))
+    np.testing.assert_allclose(attncore.dot_attention(q, k, k, **kw),
+                               attncore.reference.dot_attention(q, k, k, **kw), rtol=1e-10, atol=1e-12)
+    cu = np.array([0, 2, 6])
+    np.testing.assert_array_equal(attncore.dot_attention(q, k, k, cu_seqlens_q=cu, cu_seqlens_k=cu),
+                                  attncore.scaled_dot_product_attention(q, k, k, scale=1.0, cu_seqlens_q=cu,
+                                                                        cu_seqlens_k=cu))

@@ -322,6 +322,22 @@ def test_masked_softmax_errors():
         attncore.masked_softmax(np.zeros((2, 3), int), np.array([1, 2]))
 
 
+def test_masked_softmax_4d_lengths_that_read_two_ways_raise(rng):
+    """Scores (B, H, Q, K) with H == Q: valid_lens (B, H) is also SDPA's
+    (B, Lq), one length per query row; it raised nothing and was read per
+    (batch, head) (an API audit). Both full forms the message gives work."""
+    X = rng.standard_normal((2, 3, 3, 5)).astype(np.float32)
+    vl = np.array([[1, 2, 3], [3, 2, 1]])
+    with pytest.raises(ValueError, match=r"reads two ways for scores \(2, 3, 3, 5\)"):
+        attncore.masked_softmax(X, vl)
+    per_head = attncore.masked_softmax(X, np.broadcast_to(vl[..., None], (2, 3, 3)))
+    per_row = attncore.masked_softmax(X, np.broadcast_to(vl[..., None, :], (2, 3, 3)))
+    assert (per_head[0, 0, :, 1:] == 0).all() and (per_row[0, :, 0, 1:] == 0).all()
+    check(per_row, R.masked_softmax(X, np.broadcast_to(vl[:, None, :], (2, 3, 3))), np.float32)
+    # H != Q: one reading only, as before
+    check(attncore.masked_softmax(X[:, :2], vl[:, :2]), R.masked_softmax(X[:, :2], vl[:, :2]), np.float32)
+
+
 def test_misaligned_byteswapped_and_field_inputs_are_read_right(rng):
     x = rng.standard_normal((5, 37)).astype(np.float32)
     ref = softmax_np(x)
