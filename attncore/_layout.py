@@ -9,6 +9,8 @@ through it). Anything else is copied once here -- misaligned views (e.g.
 byte-swapped arrays included, so that no scalar read in C is misaligned and
 no value is misread.
 """
+import math
+
 import numpy as np
 
 
@@ -92,5 +94,15 @@ def empty(shape, dtype):
     """Every buffer the kernels write that attncore allocates (outputs,
     weights, lse, projections), and every copy they read (copy()), comes
     from here: one place for tests to substitute an allocator that puts
-    buffers next to unreadable pages."""
-    return np.empty(shape, dtype)
+    buffers next to unreadable pages. A shape past the address space (say
+    broadcast batch dims whose product overflows) or past the memory is
+    an error that names the shape (NumPy's own names neither)."""
+    try:
+        return np.empty(shape, dtype)
+    except ValueError as exc:   # ("array is too big", "maximum supported dimension")
+        raise ValueError(f"attncore: an array of shape {tuple(shape)} ({np.dtype(dtype).name}) is "
+                         f"past the address space ({exc})") from None
+    except MemoryError:
+        gib = math.prod(shape) * np.dtype(dtype).itemsize / 2**30
+        raise MemoryError(f"attncore: an array of shape {tuple(shape)} ({np.dtype(dtype).name}, "
+                          f"{gib:.3g} GiB) is more than this machine can allocate") from None

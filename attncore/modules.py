@@ -166,7 +166,19 @@ class MultiHeadAttention:
         self.packed = (self.kdim == self.embed_dim and self.vdim == self.embed_dim
                        and self.num_kv_heads == self.num_heads)
         self._dropout_rng = np.random.default_rng(None if seed is None else [int(seed), 1])
-        self._init_parameters(seed)
+        # (NumPy's own errors for huge sizes name neither the layer nor the sizes)
+        count = 2 * self.embed_dim * self.embed_dim + self.kv_dim * (self.kdim + self.vdim)
+        nbytes = (count + 3 * self.embed_dim) * dtype.itemsize
+        sizes = (f"embed_dim={self.embed_dim}, kdim={self.kdim}, vdim={self.vdim}, "
+                 f"num_kv_heads={self.num_kv_heads}")
+        if nbytes > sys.maxsize:
+            raise ValueError(f"{_MHA}: the parameters of {sizes} need {nbytes / 2**40:.3g} TiB, past "
+                             f"the address space")
+        try:
+            self._init_parameters(seed)
+        except MemoryError:
+            raise MemoryError(f"{_MHA}: the parameters of {sizes} need {nbytes / 2**30:.3g} GiB, more "
+                              f"than this machine can allocate") from None
 
     def train(self, mode: bool = True) -> "MultiHeadAttention":
         """Training mode (dropout applies) or, with mode=False, eval mode. Returns self.
@@ -357,6 +369,9 @@ class MultiHeadAttention:
         E, kv = self.embed_dim, self.kv_dim
         if self.packed:
             W = self.in_proj_weight
+            if not isinstance(W, np.ndarray):   # (before it is sliced)
+                raise TypeError(f"{_MHA}: in_proj_weight must be a {self.dtype} NumPy array of shape "
+                                f"({E + 2 * kv}, {E}); got {type(W).__name__}")
             if getattr(W, "shape", None) is not None and W.shape != (E + 2 * kv, E):
                 raise ValueError(f"{_MHA}: in_proj_weight has shape {W.shape}; this layer needs "
                                  f"({E + 2 * kv}, {E}) (the q, k and v projections stacked)")
@@ -368,6 +383,9 @@ class MultiHeadAttention:
                 if getattr(w, "shape", None) is not None and w.shape != want:
                     raise ValueError(f"{_MHA}: {name} has shape {w.shape}; this layer needs {want}")
         b = self.in_proj_bias
+        if b is not None and not isinstance(b, np.ndarray):
+            raise TypeError(f"{_MHA}: in_proj_bias must be a {self.dtype} NumPy array of shape "
+                            f"({E + 2 * kv},) or None; got {type(b).__name__}")
         if getattr(b, "shape", None) is not None and b.shape != (E + 2 * kv,):
             raise ValueError(f"{_MHA}: in_proj_bias has shape {b.shape}; this layer needs ({E + 2 * kv},)")
         if b is None:

@@ -279,3 +279,18 @@ def test_dot_attention_takes_every_argument_of_sdpa():
     np.testing.assert_array_equal(attncore.dot_attention(q, k, k, cu_seqlens_q=cu, cu_seqlens_k=cu),
                                   attncore.scaled_dot_product_attention(q, k, k, scale=1.0, cu_seqlens_q=cu,
                                                                         cu_seqlens_k=cu))
+
+
+def test_outputs_past_the_address_space_name_their_shape():
+    """Broadcast batch dims whose product overflows: a ValueError naming the
+    output's shape (NumPy's "array is too big" named nothing)."""
+    from numpy.lib.stride_tricks import as_strided
+    base = np.zeros(4, np.float32)
+
+    def view(shape):   # only the last axis is real
+        return as_strided(base, shape, (0,) * (len(shape) - 1) + (4,))
+    q, kv = view((2**31, 1, 1, 1, 4)), view((1, 2**31, 1, 1, 4))
+    for fn in (attncore.scaled_dot_product_attention, attncore.sigmoid_attention):
+        with pytest.raises(ValueError, match=r"shape \(2147483648, 2147483648, 1, 1, 4\) \(float32\) is past "
+                                             r"the address space"):
+            fn(q, kv, kv)

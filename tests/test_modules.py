@@ -534,3 +534,19 @@ def test_unbatched_inputs_take_valid_lens_per_query_row():
     assert (w[0, 1:] == 0).all() and w[4].all()
     ref, rw = R.MultiHeadAttention(m)(x, valid_lens=lens)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_huge_layers_and_missing_parameters_name_the_layer():
+    """A layer past the address space, and a parameter set to None, get
+    errors naming the layer and the sizes (NumPy's "Maximum allowed
+    dimension exceeded" and "'NoneType' object is not subscriptable")."""
+    with pytest.raises(ValueError, match=r"MultiHeadAttention: the parameters of embed_dim=4611686018427387904"):
+        attncore.MultiHeadAttention(2**62, 1)
+    m = attncore.MultiHeadAttention(8, 2, seed=0)
+    m.in_proj_weight = None
+    with pytest.raises(TypeError, match=r"in_proj_weight must be a float32 NumPy array of shape \(24, 8\)"):
+        m(np.ones((1, 3, 8), np.float32))
+    m = attncore.MultiHeadAttention(8, 2, seed=0)
+    m.in_proj_bias = [0.0] * 24
+    with pytest.raises(TypeError, match=r"in_proj_bias must be a float32 NumPy array of shape \(24,\) or None"):
+        m(np.ones((1, 3, 8), np.float32))
