@@ -679,7 +679,11 @@ def scatter_shards(key: Any, value: Any, *, client: Any = None,
         raise TypeError(f"{op}: key and value must be arrays (they are split on the client); "
                         f"dask arrays and futures are on the cluster already")
     items, _, k, v = _shard_sources(op, key, value, shards, len(ex.workers), None)
-    _validate_call(op, k[..., :1, :], k, v)   # a one-row query: checks key and value
+    # key and value on their own first (the check below stands a query cut
+    # from the key in for the caller's: its errors would name that query)
+    V.float_arrays(op, native_half=True, key=k, value=v)
+    _validate_call(op, k[..., :1, :], k, v,
+                   note=" (scatter_shards checks key and value with a one-row query cut from key)")
     placed, _, _ = ex.place(items, [None] * len(items))
     return [p[0] for p in placed], [p[1] for p in placed]
 

@@ -282,6 +282,11 @@ def test_scatter_shards(client):
         ad.scatter_shards(da.from_array(k), da.from_array(v), client=client)
     with pytest.raises(ValueError, match="scatter_shards: key and value must have the same"):
         ad.scatter_shards(k, v[..., :5, :], client=client)
+    # (the checks' one-row query is cut from key: errors named a query the caller never passed)
+    with pytest.raises(TypeError, match="scatter_shards: key must be float32 or float64"):
+        ad.scatter_shards(k.astype(np.int64), v.astype(np.int64), client=client)
+    with pytest.raises(TypeError, match=r"scatter_shards: mixed dtypes \(key=float32, value=float64\)"):
+        ad.scatter_shards(k, v.astype(np.float64), client=client)
 
 
 def test_dask_array_keys(client):
