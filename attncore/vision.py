@@ -122,15 +122,25 @@ def _mlp(op, arrays, names):
     w1, w2 = mats
     Cr, C = w1.shape
     if w2.shape != (C, Cr):
+        hint = ""
+        if w2.shape == w1.shape and Cr != C:   # one of them transposed (w1.T passed, say)
+            hint = (f"; {names[0]} and {names[2]} have the same shape {w1.shape}, so one is "
+                    f"transposed: {names[0]} is nn.Linear(C, C/r)'s weight (C/r, C) and {names[2]} "
+                    f"nn.Linear(C/r, C)'s (C, C/r); pass {names[0]}.T or {names[2]}.T")
         raise ValueError(f"{op}: {names[2]} must be (C, C/r) = ({C}, {Cr}) to match {names[0]} of shape "
-                         f"{arrays[names[0]].shape} (C/r, C) = ({Cr}, {C}); got {arrays[names[2]].shape}")
+                         f"{arrays[names[0]].shape} (C/r, C) = ({Cr}, {C}); got {arrays[names[2]].shape}"
+                         + hint)
     biases = []
     for name, n in ((names[1], Cr), (names[3], C)):
         b = arrays.get(name)
         if b is not None and b.shape != (n,):
+            other = C if n == Cr else Cr
+            swapped = (f"; it has the other layer's size ({other}): are {names[0]} and {names[2]} "
+                       f"swapped? {names[0]} is (C/r, C), {names[2]} (C, C/r)"
+                       if b.shape == (other,) and Cr != C else "")
             raise ValueError(f"{op}: {name} must be None or have shape ({n},) (one per "
                              f"{'hidden unit, C/r' if n == Cr and name == names[1] else 'channel, C'}); "
-                             f"got {b.shape}")
+                             f"got {b.shape}" + swapped)
         biases.append(b)
     return (w1, biases[0], w2, biases[1]), C
 

@@ -6,6 +6,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _validate as V
+
 
 def _figure_class():
     """matplotlib's Figure, used through its object API: attncore never
@@ -56,7 +58,14 @@ def show_heatmaps(weights: Any, xlabel: str = "Keys", ylabel: str = "Queries",
     >>> w = attncore.scaled_dot_product_attention(*(np.eye(4)[None],) * 3, return_weights=True)[1]
     >>> fig = attncore.viz.show_heatmaps(w, path="attention.png")  # doctest: +SKIP
     """
-    w = np.asarray(weights, dtype=np.float64)
+    raw = V.as_array(weights, "weights", "show_heatmaps")
+    if not (raw.dtype == np.bool_ or np.issubdtype(raw.dtype, np.integer)
+            or np.issubdtype(raw.dtype, np.floating) or raw.dtype.name == "bfloat16"):
+        raise TypeError(f"show_heatmaps: weights must be real numbers (a float, int or bool "
+                        f"array); got dtype {raw.dtype}")
+    w = raw.astype(np.float64)
+    if w.size == 0:
+        raise ValueError(f"show_heatmaps: weights of shape {w.shape} hold no weight to draw")
     if w.ndim == 2:
         w = w[None, None]
     elif w.ndim == 3:

@@ -56,6 +56,14 @@ def test_show_heatmaps_shapes_and_errors(tmp_path):
         attncore.viz.show_heatmaps(np.ones(3))
     with pytest.raises(ValueError, match="titles"):
         attncore.viz.show_heatmaps(w, titles=["a"])
+    # (NumPy's own messages came through: "zero-size array to reduction ...",
+    # "could not convert string to float"; complex weights only warned)
+    with pytest.raises(ValueError, match=r"weights of shape \(0, 3\) hold no weight"):
+        attncore.viz.show_heatmaps(np.zeros((0, 3)))
+    for bad in (np.array([["a", "b"]]), np.ones((2, 2), complex)):
+        with pytest.raises(TypeError, match="show_heatmaps: weights must be real numbers"):
+            attncore.viz.show_heatmaps(bad)
+    attncore.viz.show_heatmaps(np.eye(3, dtype=bool), path=tmp_path / "mask.png")   # a mask draws
 
 
 def test_missing_matplotlib_names_the_extra():

@@ -466,6 +466,12 @@ def test_errors_name_arguments_and_shapes():
     CA, SA, RA = attncore.channel_attention, attncore.spatial_attention, attncore.reverse_attention
     # C of x vs the MLP
     err(ValueError, CA, x, w1, None, w2, None, words=["channel_attention", "C = 16", "(2, 8, 5, 5)"])
+    # a transposed w1, and w1 / w2 swapped, say so (they blamed w2 and b1 alone)
+    x16 = np.ones((2, 16, 5, 5), f32)
+    err(ValueError, CA, x16, w1.T, None, w2, None, words=["w1 and w2 have the same shape (16, 4)",
+                                                          "pass w1.T or w2.T"])
+    err(ValueError, CA, x16, w2, np.ones(4, f32), w1, np.ones(16, f32),
+        words=["b1 must be None or have shape (16,)", "are w1 and w2 swapped?"])
     # a channels-last array read as NCHW: say how to write it
     xl = np.ones((2, 5, 5, 16), f32)
     err(ValueError, CA, xl, w1, None, w2, None, layout="NCHW", words=["layout='NHWC'", "(2, 5, 5, 16)"])
