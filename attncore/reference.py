@@ -6,6 +6,9 @@ NumPy is used only to read the inputs (broadcasting them to full shapes and
 turning them into lists) and to return arrays. Results are float64.
 
 Use it on small shapes: every score is computed one multiply-add at a time.
+It does not validate its inputs (the fast functions do, with errors that
+name the argument): give it inputs the fast function accepts; on others its
+result, or its error, means nothing.
 """
 import math
 from fractions import Fraction
