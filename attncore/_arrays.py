@@ -33,9 +33,9 @@ def refuse_transform_tensor(t, name, op):
     import torch
 
     if torch._C._functorch.is_functorch_wrapped_tensor(t):
-        raise TypeError(f"{op}: {name} is a torch.func transform's tensor (torch.vmap, grad, ...), "
-                        f"which has no memory of its own to read; attncore takes the batched "
-                        f"tensors directly (leading batch dims broadcast) instead of a vmap")
+        raise TypeError(f"{op}: {name} is a torch.func transform's tensor (grad, jvp, ...), which "
+                        f"has no memory of its own to read: attncore computes forward passes "
+                        f"only (torch.vmap of attncore.torch.scaled_dot_product_attention runs)")
 
 
 def torch_to_numpy(t, name, op):

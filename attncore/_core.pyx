@@ -26,7 +26,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import math
-import os as _os_for_fork
+import os as _os
 import sys
 import threading
 
@@ -68,16 +68,10 @@ def _before_fork():
     # torch runs its intra-op work on the same GNU OpenMP runtime (both load
     # libgomp.so.1), and a pool torch started does not survive fork either:
     # a child attncore would run multi-threaded waited forever (a concurrency
-    # fuzzer's hang). With torch loaded and on more than one thread, the
+    # fuzzer's hang). Whether torch started it cannot be asked (its thread
+    # count now may be 1 after a 2-thread region), so with torch loaded the
     # child computes single-threaded, as after attncore's own regions.
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    try:
-        many = torch.get_num_threads() > 1
-    except Exception:   # (a torch we cannot ask: assume it ran multi-threaded)
-        many = True
-    if many:
+    if "torch" in sys.modules:
         attn_note_shared_pool()
 
 
@@ -89,7 +83,7 @@ def _after_fork_in_child():
     _main_thread = PyThread_get_thread_ident()
 
 
-_os_for_fork.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+_os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 cdef int _raise(attn_status st, str op, object detail) except -1:
@@ -760,7 +754,6 @@ def kv_attend_fast(str op, q, k, v, ks, vs, int64_t length, int io, is_causal, s
 # The most threads a call starts: more than the CPUs never pays, and a huge
 # request made the OpenMP runtime exit the process when it could not create
 # them (an address-space limit); results do not depend on the count.
-import os as _os
 MAX_THREADS = max(64, _os.cpu_count() or 1)
 cdef int _MAX_THREADS = MAX_THREADS
 
@@ -1000,6 +993,7 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) exce
     cdef attn_status st
     cdef bint guard = _guard_wanted(<double>d.B * d.Hq * d.Lq * d.Lk * (d.D + d.Dv + 1))
     cdef bint guarded
+    cdef int reruns = 0
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded
@@ -1023,10 +1017,12 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) exce
         if st != ATTN_EINTR:
             return st
         PyErr_CheckSignals()
-        # the handler did not raise: the call runs again, to its end (a SIGINT
-        # then is handled as it returns; signals that kept coming faster than
-        # the call restarted it from scratch each time)
-        guard = False
+        # the handler did not raise: the call runs again; after two such
+        # interrupts, unguarded, to its end (a SIGINT then is handled as it
+        # returns): signals coming faster than the call restarted it forever,
+        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
+        reruns += 1
+        guard = guard and reruns < 2
 
 
 LINEAR_PATH_NAMES = ("none", "rows", "packed", "packed-strided")   # by ATTN_LINEAR_PATH_*
@@ -1042,6 +1038,7 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y, bint plan_
     cdef _Buf bx = _Buf(), bw = _Buf(), bb = _Buf(), by = _Buf()
     cdef attn_status st
     cdef bint guard, guarded
+    cdef int reruns
     d.x = bx.get(x)
     d.w = bw.get(w)
     d.y = by.get(y)
@@ -1060,6 +1057,7 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y, bint plan_
             _raise(st, op, f"linear M={d.M} N={d.N} K={d.K}")
         return dict(path=LINEAR_PATH_NAMES[info.path], units=info.units, threads=info.threads)
     guard = _guard_wanted(<double>d.M * d.N * d.K)
+    reruns = 0
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded
@@ -1073,10 +1071,12 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y, bint plan_
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
-        # the handler did not raise: the call runs again, to its end (a SIGINT
-        # then is handled as it returns; signals that kept coming faster than
-        # the call restarted it from scratch each time)
-        guard = False
+        # the handler did not raise: the call runs again; after two such
+        # interrupts, unguarded, to its end (a SIGINT then is handled as it
+        # returns): signals coming faster than the call restarted it forever,
+        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
+        reruns += 1
+        guard = guard and reruns < 2
     if st != ATTN_OK:
         _raise(st, op, f"linear M={d.M} N={d.N} K={d.K}")
 

@@ -100,8 +100,8 @@ def empty(shape, dtype):
     try:
         return np.empty(shape, dtype)
     except ValueError as exc:   # ("array is too big", "maximum supported dimension")
-        raise ValueError(f"attncore: an array of shape {tuple(shape)} ({np.dtype(dtype).name}) is "
-                         f"past the address space ({exc})") from None
+        raise ValueError(f"attncore: an array of shape {tuple(shape)} ({np.dtype(dtype).name}) "
+                         f"cannot be made: {exc}") from None
     except MemoryError:
         gib = math.prod(shape) * np.dtype(dtype).itemsize / 2**30
         raise MemoryError(f"attncore: an array of shape {tuple(shape)} ({np.dtype(dtype).name}, "

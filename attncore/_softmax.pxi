@@ -118,6 +118,7 @@ def softmax(str op, bint f64, int isa, int num_threads, x, out, int axis, int ma
     cdef int k, n
     cdef int64_t dummy
     cdef bint guard, guarded
+    cdef int reruns
     if x.ndim - 1 > ATTN_SOFTMAX_MAX_DIMS:
         raise ValueError(f"{op}: at most {ATTN_SOFTMAX_MAX_DIMS + 1} dimensions are supported")
     d.x = bx.get(x)
@@ -161,6 +162,7 @@ def softmax(str op, bint f64, int isa, int num_threads, x, out, int axis, int ma
                     units=info.units, rows_per_unit=info.rows_per_unit, chunk=info.chunk,
                     threads=info.threads, segments=info.segments, split=bool(info.split))
     guard = _guard_wanted(<double>x.size * 8.0)
+    reruns = 0
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded
@@ -174,10 +176,12 @@ def softmax(str op, bint f64, int isa, int num_threads, x, out, int axis, int ma
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
-        # the handler did not raise: the call runs again, to its end (a SIGINT
-        # then is handled as it returns; signals that kept coming faster than
-        # the call restarted it from scratch each time)
-        guard = False
+        # the handler did not raise: the call runs again; after two such
+        # interrupts, unguarded, to its end (a SIGINT then is handled as it
+        # returns): signals coming faster than the call restarted it forever,
+        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
+        reruns += 1
+        guard = guard and reruns < 2
     if st != ATTN_OK:
         _raise(st, op, f"shape {tuple(x.shape)}, axis {axis}")
     return None
@@ -199,6 +203,7 @@ def kernel_regression(str op, bint f64, int isa, int num_threads, tuple dims, tu
     cdef int64_t nb = dims[0]
     cdef attn_status st
     cdef bint guard, guarded
+    cdef int reruns
     d.B, d.Lq, d.Lk, d.D, d.Dy = dims
     d.kernel = kernel
     d.bandwidth = bandwidth
@@ -223,6 +228,7 @@ def kernel_regression(str op, bint f64, int isa, int num_threads, tuple dims, tu
     d.weights = bw.get(weights)
     d.cancellable, d.cancel_epoch = 0, 0
     guard = _guard_wanted(<double>d.B * d.Lq * d.Lk * (d.D + d.Dy + 8))
+    reruns = 0
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded
@@ -236,10 +242,12 @@ def kernel_regression(str op, bint f64, int isa, int num_threads, tuple dims, tu
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
-        # the handler did not raise: the call runs again, to its end (a SIGINT
-        # then is handled as it returns; signals that kept coming faster than
-        # the call restarted it from scratch each time)
-        guard = False
+        # the handler did not raise: the call runs again; after two such
+        # interrupts, unguarded, to its end (a SIGINT then is handled as it
+        # returns): signals coming faster than the call restarted it forever,
+        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
+        reruns += 1
+        guard = guard and reruns < 2
     if st != ATTN_OK:
         _raise(st, op, f"B={d.B} Lq={d.Lq} Lk={d.Lk} D={d.D} Dy={d.Dy}")
     return None

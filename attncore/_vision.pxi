@@ -113,6 +113,7 @@ def vision(str op, bint f64, int num_threads, x, out, int pool, w1, b1, w2, b2, 
     cdef int itemsize = 8 if f64 else 4
     cdef attn_status st
     cdef bint guard, guarded
+    cdef int reruns
     d.x = bx.get(x)
     d.out = bo.get(out)
     if bx.view.itemsize != itemsize or bo.view.itemsize != itemsize:
@@ -175,6 +176,7 @@ def vision(str op, bint f64, int num_threads, x, out, int pool, w1, b1, w2, b2, 
                     channel_blocks=info.channel_blocks, band_rows=info.band_rows,
                     bands=info.bands, threads=info.threads)
     guard = _guard_wanted(<double>d.N * d.C * d.H * d.W * 3)
+    reruns = 0
     while True:
         guarded = attn_sigint_guard_begin(&d.cancel_epoch) if guard else False
         d.cancellable = guarded
@@ -188,10 +190,12 @@ def vision(str op, bint f64, int num_threads, x, out, int pool, w1, b1, w2, b2, 
         if st != ATTN_EINTR:
             break
         PyErr_CheckSignals()
-        # the handler did not raise: the call runs again, to its end (a SIGINT
-        # then is handled as it returns; signals that kept coming faster than
-        # the call restarted it from scratch each time)
-        guard = False
+        # the handler did not raise: the call runs again; after two such
+        # interrupts, unguarded, to its end (a SIGINT then is handled as it
+        # returns): signals coming faster than the call restarted it forever,
+        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
+        reruns += 1
+        guard = guard and reruns < 2
     if st != ATTN_OK:
         _raise(st, op, _vision_text(d))
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import threading
+import weakref
 from typing import Any, Callable, List, Optional, Tuple, TypeVar, cast
 
 import numpy as np
@@ -29,6 +31,20 @@ def _locked(method: _Method) -> _Method:
         with self._lock:
             return method(self, *args, **kwargs)
     return cast(_Method, call)
+
+
+# Every cache, for the fork handler: a child forked while another thread held
+# a cache's lock would wait on it forever (the holder was not copied)
+_CACHES: "weakref.WeakSet[KVCache]" = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 # storage format -> (element dtype of the buffers, kernel entry for float32 queries)
@@ -168,6 +184,7 @@ class KVCache:
         self.head_dim = int(head_dim)
         self.grow = bool(grow)
         self._lock = threading.RLock()   # (reentrant: an input's __array__ may use the cache)
+        _CACHES.add(self)
         self._length = 0
         self._k: Optional[np.ndarray] = None
         self._v: Optional[np.ndarray] = None
@@ -234,7 +251,8 @@ class KVCache:
         >>> cache.capacity, len(cache)
         (8, 6)
         """
-        return self._k.shape[2] if self._k is not None else self.max_len
+        k = self._k   # (read once: a reset() in another thread may drop it)
+        return k.shape[2] if k is not None else self.max_len
 
     def _decoded(self, data, scale):
         n = self._length
@@ -277,7 +295,6 @@ class KVCache:
         """
         return self._decoded(self._v, self._vs) if self._v is not None else None
 
-    @_locked
     def append(self, key: ArrayLike, value: ArrayLike) -> None:
         """Append keys/values of shape (B, H, T, Dh) (T new positions), in the
         cache's dtype (float32 for the compact formats, which store them
@@ -294,50 +311,50 @@ class KVCache:
         >>> len(cache), cache.keys.shape
         (6, (1, 2, 6, 4))
         """
-        k: np.ndarray = V.native(V.as_array(key, "key", "KVCache.append"))
-        v: np.ndarray = V.native(V.as_array(value, "value", "KVCache.append"))
-        expect = f"(B, {self.num_heads}, T, {self.head_dim})"
-        for name, a in (("key", k), ("value", v)):
-            if a.ndim != 4 or a.shape[1] != self.num_heads or a.shape[3] != self.head_dim:
-                raise ValueError(f"KVCache.append: {name} must have shape {expect}; got {a.shape}")
-            if a.dtype != self.dtype:
-                raise TypeError(f"KVCache.append: {name} has dtype {a.dtype}; the cache takes "
-                                f"{self.dtype} (stored as {self.storage})")
-        if k.shape != v.shape:
-            raise ValueError(f"KVCache.append: key {k.shape} and value {v.shape} differ")
-        batch, steps = k.shape[0], k.shape[2]
-        # an empty cache (new, or reset) takes any batch size
-        held = None if self._k is None else self._k.shape[0]
-        new_batch = held is None or (self._length == 0 and batch != held)
-        if not new_batch and batch != held:
-            raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
-                             f"{held} (reset() the cache to start a new batch)")
-        need = self._length + steps
-        if need > self.max_len and not self.grow:   # (only a grow=True cache holds more)
-            # refused before anything is allocated: a failed append leaves the cache as it was
-            raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
-                             f"max_len={self.max_len} (use a larger max_len or grow=True)")
-        # one allocation, of the final size: a refused one (MemoryError) leaves
-        # the cache as it was
-        held_capacity = 0 if new_batch or self._k is None else int(self._k.shape[2])
-        capacity = self.max_len if new_batch else held_capacity
-        while capacity < need:
-            capacity *= 2
-        if capacity != held_capacity:
-            self._allocate(batch, capacity)
-        assert self._k is not None and self._v is not None
-        at = slice(self._length, need)
-        for data, scale, x in ((self._k, self._ks, k), (self._v, self._vs, v)):
-            if self.storage in ("float32", "float64", "float16"):
-                data[:, :, at] = x
-            elif self.storage == "bfloat16":
-                data[:, :, at] = to_bfloat16_bits(x)
-            else:
-                assert scale is not None   # int8 storage always has its scales
-                data[:, :, at], scale[:, :, at] = quantize_int8(x)
-        self._length = need
+        with self._lock:   # (inline, not @_locked: this is the decode step's hot path)
+            k: np.ndarray = V.native(V.as_array(key, "key", "KVCache.append"))
+            v: np.ndarray = V.native(V.as_array(value, "value", "KVCache.append"))
+            expect = f"(B, {self.num_heads}, T, {self.head_dim})"
+            for name, a in (("key", k), ("value", v)):
+                if a.ndim != 4 or a.shape[1] != self.num_heads or a.shape[3] != self.head_dim:
+                    raise ValueError(f"KVCache.append: {name} must have shape {expect}; got {a.shape}")
+                if a.dtype != self.dtype:
+                    raise TypeError(f"KVCache.append: {name} has dtype {a.dtype}; the cache takes "
+                                    f"{self.dtype} (stored as {self.storage})")
+            if k.shape != v.shape:
+                raise ValueError(f"KVCache.append: key {k.shape} and value {v.shape} differ")
+            batch, steps = k.shape[0], k.shape[2]
+            # an empty cache (new, or reset) takes any batch size
+            held = None if self._k is None else self._k.shape[0]
+            new_batch = held is None or (self._length == 0 and batch != held)
+            if not new_batch and batch != held:
+                raise ValueError(f"KVCache.append: batch size {batch} differs from the cache's "
+                                 f"{held} (reset() the cache to start a new batch)")
+            need = self._length + steps
+            if need > self.max_len and not self.grow:   # (only a grow=True cache holds more)
+                # refused before anything is allocated: a failed append leaves the cache as it was
+                raise ValueError(f"KVCache is full: {self._length} + {steps} positions exceed "
+                                 f"max_len={self.max_len} (use a larger max_len or grow=True)")
+            # one allocation, of the final size: a refused one (MemoryError) leaves
+            # the cache as it was
+            held_capacity = 0 if new_batch or self._k is None else int(self._k.shape[2])
+            capacity = self.max_len if new_batch else held_capacity
+            while capacity < need:
+                capacity *= 2
+            if capacity != held_capacity:
+                self._allocate(batch, capacity)
+            assert self._k is not None and self._v is not None
+            at = slice(self._length, need)
+            for data, scale, x in ((self._k, self._ks, k), (self._v, self._vs, v)):
+                if self.storage in ("float32", "float64", "float16"):
+                    data[:, :, at] = x
+                elif self.storage == "bfloat16":
+                    data[:, :, at] = to_bfloat16_bits(x)
+                else:
+                    assert scale is not None   # int8 storage always has its scales
+                    data[:, :, at], scale[:, :, at] = quantize_int8(x)
+            self._length = need
 
-    @_locked
     def attend(self, query: ArrayLike, *, is_causal: Any = "bottom_right", scale: Any = None,
                attn_mask: Any = None, valid_lens: Any = None, dropout_p: float = 0.0,
                seed: Optional[int] = None, num_threads: Optional[int] = None,
@@ -366,65 +383,66 @@ class KVCache:
         >>> cache.attend(np.ones((1, 1, 1, 2), np.float32))
         array([[[[2., 2.]]]], dtype=float32)
         """
-        op = "KVCache.attend"
-        if _arrays.is_torch(query):   # tensors in, tensors out (over the same memory)
-            res = self.attend(_arrays.torch_to_numpy(query, "query", op), is_causal=is_causal,
-                              scale=scale, attn_mask=attn_mask, valid_lens=valid_lens,
-                              dropout_p=dropout_p, seed=seed, num_threads=num_threads, out=out,
-                              return_weights=return_weights, return_lse=return_lse,
-                              window=window, alibi_slopes=alibi_slopes, softcap=softcap,
-                              sinks=sinks)
-            # (an `out` array given by the caller comes back as itself)
-            wrap = (lambda a: a if a is out else _arrays.to_torch(a, a.dtype.name))
-            return tuple(map(wrap, res)) if isinstance(res, tuple) else wrap(res)
-        if (attn_mask is None and valid_lens is None and out is None and return_weights is False
-                and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
-                and window is None and alibi_slopes is None and softcap is None and sinks is None
-                and self._length and not _engine.planning()):
-            # the common decode call, without the general path's Python layers
-            if seed is not None:   # (no dropout: the seed draws nothing, but a bad one is refused)
-                V.check_seed(op, seed)
-            io = self._entry if self._entry is not None else (
-                _core.IO_F64 if self.dtype == np.float64 else _core.IO_F32)
-            res = _core.kv_attend_fast(op, query, self._k, self._v, self._ks, self._vs,
-                                       self._length, io, is_causal, scale, num_threads,
-                                       _config.active_isa())
-            if res is not None:
-                return res
-        q = V.native(V.as_array(query, "query", op))
-        if q.dtype != self.dtype:
-            raise TypeError(f"{op}: query has dtype {q.dtype}; this cache takes {self.dtype}")
-        H, n = self.num_heads, self._length
-        # an empty cache (new, reset or truncated to 0; its buffers, if kept, hold no batch
-        # size) is attention over no key for the query's own batch, as SDPA with Lk = 0
-        held = self._k.shape[0] if n and self._k is not None else None
-        if (q.ndim != 4 or (held is not None and q.shape[0] != held) or q.shape[3] != self.head_dim
-                or q.shape[1] % H):
-            raise ValueError(f"{op}: query must have shape (B={'B' if held is None else held}, Hq "
-                             f"(a multiple of {H}), Lq, {self.head_dim}); got {q.shape}")
-        B, Hq, Lq, Dh = q.shape[0], q.shape[1], q.shape[2], self.head_dim
-        if n:
-            assert self._k is not None and self._v is not None
-            k, v = self._k[:, :, :n], self._v[:, :, :n]
-        else:
-            k = v = np.zeros((B, H, 0, Dh), self.dtype)
-        kv = None
-        if self._entry is not None and n:
-            scales: tuple = (None, None)
-            if self.storage == "int8":
-                assert self._ks is not None and self._vs is not None
-                scales = (self._ks[:, :, :n], self._vs[:, :, :n])
-            kv = (self._entry,) + scales
-        if scale is None:
-            scale = 1.0 / np.sqrt(Dh)
-        p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
-                            batch=(B,), Hq=Hq, Hkv=H, Lq=Lq, Lk=n, Dq=Dh, Dk=Dh, Dv=Dh, params={},
-                            query_ndim=4)
-        return _engine.run(op, p, q, k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
-                           is_causal=is_causal, dropout_p=dropout_p, seed=seed,
-                           valid_lens=valid_lens, num_threads=num_threads, out=out,
-                           return_weights=return_weights, return_lse=return_lse, kv=kv,
-                           window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
+        with self._lock:   # (inline, not @_locked: this is the decode step's hot path)
+            op = "KVCache.attend"
+            if _arrays.is_torch(query):   # tensors in, tensors out (over the same memory)
+                res = self.attend(_arrays.torch_to_numpy(query, "query", op), is_causal=is_causal,
+                                  scale=scale, attn_mask=attn_mask, valid_lens=valid_lens,
+                                  dropout_p=dropout_p, seed=seed, num_threads=num_threads, out=out,
+                                  return_weights=return_weights, return_lse=return_lse,
+                                  window=window, alibi_slopes=alibi_slopes, softcap=softcap,
+                                  sinks=sinks)
+                # (an `out` array given by the caller comes back as itself)
+                wrap = (lambda a: a if a is out else _arrays.to_torch(a, a.dtype.name))
+                return tuple(map(wrap, res)) if isinstance(res, tuple) else wrap(res)
+            if (attn_mask is None and valid_lens is None and out is None and return_weights is False
+                    and return_lse is False and type(dropout_p) is float and dropout_p == 0.0
+                    and window is None and alibi_slopes is None and softcap is None and sinks is None
+                    and self._length and not _engine.planning()):
+                # the common decode call, without the general path's Python layers
+                if seed is not None:   # (no dropout: the seed draws nothing, but a bad one is refused)
+                    V.check_seed(op, seed)
+                io = self._entry if self._entry is not None else (
+                    _core.IO_F64 if self.dtype == np.float64 else _core.IO_F32)
+                res = _core.kv_attend_fast(op, query, self._k, self._v, self._ks, self._vs,
+                                           self._length, io, is_causal, scale, num_threads,
+                                           _config.active_isa())
+                if res is not None:
+                    return res
+            q = V.native(V.as_array(query, "query", op))
+            if q.dtype != self.dtype:
+                raise TypeError(f"{op}: query has dtype {q.dtype}; this cache takes {self.dtype}")
+            H, n = self.num_heads, self._length
+            # an empty cache (new, reset or truncated to 0; its buffers, if kept, hold no batch
+            # size) is attention over no key for the query's own batch, as SDPA with Lk = 0
+            held = self._k.shape[0] if n and self._k is not None else None
+            if (q.ndim != 4 or (held is not None and q.shape[0] != held) or q.shape[3] != self.head_dim
+                    or q.shape[1] % H):
+                raise ValueError(f"{op}: query must have shape (B={'B' if held is None else held}, Hq "
+                                 f"(a multiple of {H}), Lq, {self.head_dim}); got {q.shape}")
+            B, Hq, Lq, Dh = q.shape[0], q.shape[1], q.shape[2], self.head_dim
+            if n:
+                assert self._k is not None and self._v is not None
+                k, v = self._k[:, :, :n], self._v[:, :, :n]
+            else:
+                k = v = np.zeros((B, H, 0, Dh), self.dtype)
+            kv = None
+            if self._entry is not None and n:
+                scales: tuple = (None, None)
+                if self.storage == "int8":
+                    assert self._ks is not None and self._vs is not None
+                    scales = (self._ks[:, :, :n], self._vs[:, :, :n])
+                kv = (self._entry,) + scales
+            if scale is None:
+                scale = 1.0 / np.sqrt(Dh)
+            p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
+                                batch=(B,), Hq=Hq, Hkv=H, Lq=Lq, Lk=n, Dq=Dh, Dk=Dh, Dv=Dh, params={},
+                                query_ndim=4)
+            return _engine.run(op, p, q, k, scale=V.real_number(op, "scale", scale), attn_mask=attn_mask,
+                               is_causal=is_causal, dropout_p=dropout_p, seed=seed,
+                               valid_lens=valid_lens, num_threads=num_threads, out=out,
+                               return_weights=return_weights, return_lse=return_lse, kv=kv,
+                               window=window, alibi_slopes=alibi_slopes, softcap=softcap, sinks=sinks)
 
     @property
     def batch(self) -> Optional[int]:
@@ -438,7 +456,8 @@ class KVCache:
         >>> cache.batch
         3
         """
-        return None if self._k is None else self._k.shape[0]
+        k = self._k   # (read once, as in capacity)
+        return None if k is None else k.shape[0]
 
     @_locked
     def truncate(self, length: int) -> None:
@@ -509,13 +528,15 @@ class KVCache:
             self._k = self._v = self._ks = self._vs = None
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()   # (copy.deepcopy and pickle: a lock is neither)
+        with self._lock:   # (copy.deepcopy and pickle: a lock is neither)
+            state = self.__dict__.copy()
         del state["_lock"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        _CACHES.add(self)
 
     def __repr__(self) -> str:
         return (f"KVCache(len={self._length}, capacity={self.capacity}, num_heads={self.num_heads}, "

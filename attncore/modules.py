@@ -9,6 +9,7 @@ reads.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -168,7 +169,7 @@ class MultiHeadAttention:
         self._dropout_rng = np.random.default_rng(None if seed is None else [int(seed), 1])
         # (NumPy's own errors for huge sizes name neither the layer nor the sizes)
         count = 2 * self.embed_dim * self.embed_dim + self.kv_dim * (self.kdim + self.vdim)
-        nbytes = (count + 3 * self.embed_dim) * dtype.itemsize
+        nbytes = (count + 2 * self.embed_dim + 2 * self.kv_dim) * dtype.itemsize
         sizes = (f"embed_dim={self.embed_dim}, kdim={self.kdim}, vdim={self.vdim}, "
                  f"num_kv_heads={self.num_kv_heads}")
         if nbytes > sys.maxsize:
@@ -456,46 +457,52 @@ class MultiHeadAttention:
                                  f"{kv_cache.head_dim} ({kv_cache.dtype}, stored as "
                                  f"{kv_cache.storage}); this layer needs {Hkv} heads of size "
                                  f"{Dh} ({self.dtype})")
-            cached_before = kv_cache._state()
-            kv_cache.append(k, v)
             causal = "bottom_right"
-        rng_before = self._dropout_rng.bit_generator.state
-        try:
-            Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
-            if unbatched and valid_lens is not None:
-                lens = V.as_array(valid_lens, "valid_lens", _MHA)
-                if lens.ndim == 1 and lens.shape[0] == Lq:   # (Lq,): one per query row
-                    valid_lens = lens[None]
-            mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
-            dropout_p = self.dropout if self.training else 0.0
-            seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None
-
-            # the attention output is written straight into the rows the output
-            # projection reads: (B, Lq, H, Dh), or (Lq, B, H, Dh)
-            rows = (B, Lq) if bdim == 0 else (Lq, B)
-            attn = _layout.empty(rows + (H, Dh), self.dtype)
-            attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
-            attention = dict(scale=1.0 / math.sqrt(Dh), attn_mask=mask, is_causal=causal,
-                             dropout_p=dropout_p, seed=seed, valid_lens=valid_lens, num_threads=threads,
-                             out=attn_view, return_weights=V.flag(_MHA, "need_weights", need_weights))
-            if kv_cache is not None:   # reads the cache's storage directly (compact formats too)
-                res = kv_cache.attend(q, **attention)
-            else:
-                p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
-                                    batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh,
-                                    params={}, query_ndim=4)
-                res = _engine.run(_MHA, p, q, k, **attention)
-            out = _linalg.linear(attn.reshape(rows + (E,)), self.out_proj.weight, self.out_proj.bias,
-                                 threads, _MHA, ("out_proj.weight", "out_proj.bias"), out_features=E)
-        except BaseException:
-            # a call that fails (a mask or valid_lens of the wrong shape, a bad
-            # parameter, an interrupt, up to the output projection) leaves the
-            # cache and the dropout stream as they were: a caller retrying would
-            # otherwise add its tokens twice
+        # a decode step -- append, then attend over the cache -- holds the
+        # cache's lock throughout: another thread's append in between would be
+        # attended, or undone by this step's restore after an error
+        step = kv_cache._lock if kv_cache is not None else contextlib.nullcontext()
+        with step:
             if kv_cache is not None:
-                kv_cache._restore(cached_before)
-            self._dropout_rng.bit_generator.state = rng_before
-            raise
+                cached_before = kv_cache._state()
+                kv_cache.append(k, v)
+            rng_before = self._dropout_rng.bit_generator.state
+            try:
+                Lk = len(kv_cache) if kv_cache is not None else k.shape[2]
+                if unbatched and valid_lens is not None:
+                    lens = V.as_array(valid_lens, "valid_lens", _MHA)
+                    if lens.ndim == 1 and lens.shape[0] == Lq:   # (Lq,): one per query row
+                        valid_lens = lens[None]
+                mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, unbatched)
+                dropout_p = self.dropout if self.training else 0.0
+                seed = int(self._dropout_rng.integers(1 << 63)) if dropout_p > 0 else None
+
+                # the attention output is written straight into the rows the output
+                # projection reads: (B, Lq, H, Dh), or (Lq, B, H, Dh)
+                rows = (B, Lq) if bdim == 0 else (Lq, B)
+                attn = _layout.empty(rows + (H, Dh), self.dtype)
+                attn_view = attn.transpose(0, 2, 1, 3) if bdim == 0 else attn.transpose(1, 2, 0, 3)
+                attention = dict(scale=1.0 / math.sqrt(Dh), attn_mask=mask, is_causal=causal,
+                                 dropout_p=dropout_p, seed=seed, valid_lens=valid_lens, num_threads=threads,
+                                 out=attn_view, return_weights=V.flag(_MHA, "need_weights", need_weights))
+                if kv_cache is not None:   # reads the cache's storage directly (compact formats too)
+                    res = kv_cache.attend(q, **attention)
+                else:
+                    p = _engine.Problem(q=q, k=k, v=v, compute=self.dtype, result=self.dtype, flat=False,
+                                        batch=(B,), Hq=H, Hkv=Hkv, Lq=Lq, Lk=Lk, Dq=Dh, Dk=Dh, Dv=Dh,
+                                        params={}, query_ndim=4)
+                    res = _engine.run(_MHA, p, q, k, **attention)
+                out = _linalg.linear(attn.reshape(rows + (E,)), self.out_proj.weight, self.out_proj.bias,
+                                     threads, _MHA, ("out_proj.weight", "out_proj.bias"), out_features=E)
+            except BaseException:
+                # a call that fails (a mask or valid_lens of the wrong shape, a bad
+                # parameter, an interrupt, up to the output projection) leaves the
+                # cache and the dropout stream as they were: a caller retrying would
+                # otherwise add its tokens twice
+                if kv_cache is not None:
+                    kv_cache._restore(cached_before)
+                self._dropout_rng.bit_generator.state = rng_before
+                raise
         weights = None
         if need_weights:
             average = V.flag(_MHA, "average_attn_weights", average_attn_weights)

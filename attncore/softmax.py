@@ -278,10 +278,12 @@ def masked_softmax(scores: ArrayLike, valid_lens: OptArray, *,
     valid_lens : int array or None
         None: a plain softmax over the last axis (as d2l). Otherwise, as d2l:
         shape ``scores.shape[:-2]`` -- one length per batch element, repeated
-        over the second-to-last dim (d2l's 1-D ``(B,)`` for 3-D scores) -- or
-        ``scores.shape[:-1]`` -- one per row (d2l's 2-D ``(B, Q)``); or a
-        scalar for every row. Other shapes raise (d2l would reshape them
-        silently). Integer values (floats holding whole numbers, as in d2l's
+        over the second-to-last dim (d2l's 1-D ``(B,)`` for 3-D scores; for
+        scores of 4 or more dims this form raises, as (B, H) of (B, H, Q, K)
+        could also be SDPA's (B, Lq): write it ``valid_lens[..., None]``) --
+        or ``scores.shape[:-1]`` -- one per row (d2l's 2-D ``(B, Q)``), with
+        size-1 dims broadcast; or a scalar for every row. Other shapes raise
+        (d2l would reshape them silently). Integer values (floats holding whole numbers, as in d2l's
         MXNet edition, are accepted); as in d2l, lengths below 0 act as 0 and
         above K as K.
     num_threads : int, optional
@@ -319,17 +321,20 @@ def masked_softmax(scores: ArrayLike, valid_lens: OptArray, *,
     rows = shape[:-1]
     if vl.ndim == 0:
         full = np.broadcast_to(vl, rows)
+    elif a.ndim >= 4 and vl.shape == shape[:-2]:
+        # for scores (B, H, Q, K), a (B, H) could also be scaled_dot_product_attention's
+        # (B, Lq), one length per query row, wherever H == Q: refused for every size,
+        # so that no call fails or changes meaning at one length
+        raise ValueError(
+            f"{op}: valid_lens of shape {vl.shape} for scores {shape} reads two ways: one length "
+            f"per {shape[:-2]} (batch, head), repeated over the queries -- write it as "
+            f"valid_lens[..., None], shape {vl.shape + (1,)} -- or, as "
+            f"scaled_dot_product_attention reads (B, Lq), one per query row, the same for every "
+            f"head -- shape {shape[:-3] + (1, shape[-2])}")
     elif a.ndim >= 2 and vl.shape == shape[:-2]:
-        if a.ndim >= 4 and shape[-3] == shape[-2]:
-            # (..., H) with H == Q is also (..., Q): SDPA's one length per query row
-            raise ValueError(
-                f"{op}: valid_lens of shape {vl.shape} reads two ways for scores {shape}, whose "
-                f"second- and third-to-last dims are both {shape[-2]}: one length per "
-                f"{shape[:-2]} (repeated over the queries), or one per query row for every "
-                f"{shape[-3]} of dim -3 (as scaled_dot_product_attention reads (B, Lq)). Pass "
-                f"the full {rows}: np.broadcast_to(valid_lens[..., None], {rows}) for the first, "
-                f"np.broadcast_to(valid_lens[..., None, :], {rows}) for the second")
         full = np.broadcast_to(vl.reshape(vl.shape + (1,)), rows)   # repeated over Q
+    elif vl.ndim == len(rows) and all(n in (1, r) for n, r in zip(vl.shape, rows)):
+        full = np.broadcast_to(vl, rows)   # size-1 dims broadcast (keepdims forms)
     elif vl.shape == rows:
         full = vl
     else:

@@ -40,6 +40,7 @@ Example
 >>> at.scaled_dot_product_attention(q, k, v, is_causal=True).shape
 torch.Size([1, 2, 3, 4])
 """
+import contextlib
 import importlib.util
 from typing import Optional
 
@@ -77,8 +78,9 @@ _MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_
 # -- shared helpers ---------------------------------------------------------
 
 def _check_no_grad(op, hint, vmap_ok=False, **tensors):
-    """TypeError if an argument is not a tensor, or if a tensor requires grad
-    while grad mode is on."""
+    """TypeError if an argument is not a tensor, if it is a torch.func
+    transform's tensor (vmap_ok: torch.vmap's are let through, for the op's
+    vmap rule), or if a tensor requires grad while grad mode is on."""
     for name, t in tensors.items():
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__} "
@@ -105,10 +107,11 @@ def _draw_seed():
     return torch.randint(0, 1 << 62, (), dtype=torch.int64)
 
 
-def _all_meta(*tensors):
+def _all_meta(query, *tensors):
     """Every tensor given is on the meta device (shape inference, e.g. a model
-    built under torch.device("meta")): the op's fake kernel gives the result."""
-    return all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor))
+    built under torch.device("meta")): the op's fake kernel gives the result,
+    after the checks of a real call (_check_meta)."""
+    return query.is_meta and all(t.is_meta for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _vmapped(*tensors):
@@ -117,13 +120,38 @@ def _vmapped(*tensors):
         torch._C._functorch.is_batchedtensor(t) for t in tensors if isinstance(t, torch.Tensor))
 
 
+def _check_meta(query, key, value, attn_mask, is_causal, scale, enable_gqa, extras):
+    """The checks of a real call, on meta tensors: shapes and dtypes, through
+    plan_info on NumPy stand-ins (one zero broadcast to each tensor's shape).
+    Without them a meta call returned a shape for arguments that fail."""
+    bf16 = _arrays._bfloat16_dtype() or np.dtype(np.float32)   # (without ml_dtypes: its checks)
+    dtypes = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+              torch.bfloat16: bf16, torch.bool: np.bool_}
+
+    def stand_in(name, t):
+        if not isinstance(t, Tensor):
+            return t
+        if t.dtype not in dtypes:
+            raise TypeError(f"{_SDPA}: {name} has dtype {t.dtype}, which attncore does not read")
+        dtype = dtypes[t.dtype]
+        if name == "attn_mask" and t.dtype == torch.float32 and query.dtype == torch.float64:
+            dtype = np.float64   # (as _sdpa_eager widens it)
+        return np.broadcast_to(np.zeros((), dtype), tuple(t.shape))
+
+    extras = {k: stand_in(k, v) for k, v in (extras or {}).items()}
+    _engine.plan_info(_functional.scaled_dot_product_attention, stand_in("query", query),
+                      stand_in("key", key), stand_in("value", value),
+                      attn_mask=stand_in("attn_mask", attn_mask), is_causal=bool(is_causal),
+                      scale=scale, enable_gqa=bool(enable_gqa), **extras)
+
+
 def _capturing_graph():
     """torch.compile or torch.jit.trace is recording a graph: calls go
     through the custom op (attncore::sdpa), which the graph records. (The
     eager route returned a tensor made by torch.from_numpy, which a trace
     records as a constant: a traced module gave its tracing inputs' result
     for every later input.)"""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return torch.compiler.is_compiling() or torch._C._is_tracing()
 
 
 # -- the kernel call (eager) ------------------------------------------------
@@ -285,7 +313,10 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     if torch.is_autocast_enabled("cpu"):
         query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     seed = _draw_seed() if dropout_p > 0 else None
-    if _capturing_graph() or _all_meta(query, key, value, attn_mask) or _vmapped(query, key, value, attn_mask):
+    meta = _all_meta(query, key, value, attn_mask)
+    if meta:
+        _check_meta(query, key, value, attn_mask, is_causal, scale, enable_gqa, extras)
+    if _capturing_graph() or meta or _vmapped(query, key, value, attn_mask):
         extras = extras or {}
         res = torch.ops.attncore.sdpa(query, key, value, attn_mask, float(dropout_p),
                                       bool(is_causal), scale, bool(enable_gqa), seed,
@@ -426,9 +457,9 @@ def _plain_call(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
             and not _capturing_graph() and not torch.is_autocast_enabled("cpu")
             and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active() and not _engine.planning()
-            # (after the modes check: a mode sees attribute reads too)
-            and not (query.is_nested or key.is_nested or value.is_nested)   # (no .shape)
-            # (the kernel entry takes (B, H, L, D) only)
+            # (the kernel entry takes (B, H, L, D) only; a nested tensor has no
+            # .shape; after the modes check: a mode sees attribute reads too)
+            and not (query.is_nested or key.is_nested or value.is_nested)
             and query.dim() == 4 and key.dim() == 4 and value.dim() == 4
             and (enable_gqa or query.shape[1] == key.shape[1] == value.shape[1]))
 
@@ -441,8 +472,16 @@ def _plain_kernel(query, key, value, attn_mask, is_causal, scale, enable_gqa, he
         shape = _out_shape(query, key, value)
         buf = query.new_empty(shape[:-3] + (shape[-2], shape[-3], shape[-1]))
         out = buf.transpose(-2, -3)
-    res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa, None,
-                                _config.active_isa(), _TORCH_DTYPES, attn_mask, out)
+    try:
+        res = _core.sdpa_fast_torch(_SDPA, query, key, value, is_causal, scale, enable_gqa, None,
+                                    _config.active_isa(), _TORCH_DTYPES, attn_mask, out)
+    except RuntimeError:
+        # a nested mask has no .shape ("Internal error: NestedTensorImpl doesn't
+        # support sizes"): the general route refuses it by name (checked here, not
+        # before the call: the lane is the decode step's few microseconds)
+        if attn_mask is not None and attn_mask.is_nested:
+            return None
+        raise
     if res is None or buf is not None:
         return None if res is None else buf
     res = torch.from_numpy(res)
@@ -726,50 +765,54 @@ class MultiheadAttention(nn.MultiheadAttention):
         use_causal = bool(is_causal) and key_padding_mask is None and not need_weights
         if kv_cache is not None:
             self._check_kv_cache(kv_cache, query.dtype, Dh)
-            cached_before = kv_cache._state()
-            kv_cache.append(heads(k).numpy(), heads(v).numpy())
-            # the masks now cover every cached position; the causal structure is the
-            # cache's bottom-right alignment, not the top-left is_causal shortcut
-            Lk, use_causal = len(kv_cache), False
-        try:
-            mask = self._sdpa_mask(key_padding_mask, None if use_causal else attn_mask, B, Lq, Lk,
-                                   unbatched, query.dtype)
-            dropout_p = float(self.dropout) if self.training else 0.0
+        # a decode step holds the cache's lock throughout (as attncore.MultiHeadAttention)
+        step = kv_cache._lock if kv_cache is not None else contextlib.nullcontext()
+        with step:
+            if kv_cache is not None:
+                cached_before = kv_cache._state()
+                kv_cache.append(heads(k).numpy(), heads(v).numpy())
+                # the masks now cover every cached position; the causal structure is the
+                # cache's bottom-right alignment, not the top-left is_causal shortcut
+                Lk, use_causal = len(kv_cache), False
+            try:
+                mask = self._sdpa_mask(key_padding_mask, None if use_causal else attn_mask, B, Lq, Lk,
+                                       unbatched, query.dtype)
+                dropout_p = float(self.dropout) if self.training else 0.0
 
-            # attncore writes its output into the rows the output projection reads
-            buf = q.new_empty((B, Lq, H, Dh) if bdim == 0 else (Lq, B, H, Dh))
-            out_view = buf.transpose(1, 2) if bdim == 0 else buf.permute(1, 2, 0, 3)
-            if kv_cache is not None:
-                # the new positions are the newest: bottom-right causal alignment, as
-                # attncore.MultiHeadAttention(kv_cache=...) does; the storage is read directly
-                seed = int(_draw_seed()) if dropout_p > 0 else None
-                res = kv_cache.attend(heads(q).numpy(), attn_mask=None if mask is None else mask.numpy(),
-                                      is_causal="bottom_right", dropout_p=dropout_p, seed=seed,
-                                      out=out_view.numpy(), return_weights=bool(need_weights))
-                weights = torch.from_numpy(res[1]) if need_weights else None
-            elif _capturing_graph():
-                res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
-                buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
-                weights = None
-            else:
-                seed = _draw_seed() if dropout_p > 0 else None
-                res = _sdpa_eager(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None,
-                                  False, seed, out=out_view, return_weights=bool(need_weights))
-                weights = res[1] if need_weights else None
-            out = F.linear(buf.flatten(-2), self.out_proj.weight, self.out_proj.bias)
-            if weights is not None and average_attn_weights:
-                weights = weights.mean(dim=1)
-            if unbatched:
-                out = out.squeeze(0)
-                weights = weights.squeeze(0) if weights is not None else None
-            return out, weights
-        except BaseException:
-            # a call that fails (a mask of the wrong shape) leaves the cache as it
-            # was: a caller retrying would otherwise add its tokens twice (torch's
-            # global generator may have given a dropout seed already)
-            if kv_cache is not None:
-                kv_cache._restore(cached_before)
-            raise
+                # attncore writes its output into the rows the output projection reads
+                buf = q.new_empty((B, Lq, H, Dh) if bdim == 0 else (Lq, B, H, Dh))
+                out_view = buf.transpose(1, 2) if bdim == 0 else buf.permute(1, 2, 0, 3)
+                if kv_cache is not None:
+                    # the new positions are the newest: bottom-right causal alignment, as
+                    # attncore.MultiHeadAttention(kv_cache=...) does; the storage is read directly
+                    seed = int(_draw_seed()) if dropout_p > 0 else None
+                    res = kv_cache.attend(heads(q).numpy(), attn_mask=None if mask is None else mask.numpy(),
+                                          is_causal="bottom_right", dropout_p=dropout_p, seed=seed,
+                                          out=out_view.numpy(), return_weights=bool(need_weights))
+                    weights = torch.from_numpy(res[1]) if need_weights else None
+                elif _capturing_graph():
+                    res = _attention(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None, False)
+                    buf = res.permute(0, 2, 1, 3) if bdim == 0 else res.permute(2, 0, 1, 3)
+                    weights = None
+                else:
+                    seed = _draw_seed() if dropout_p > 0 else None
+                    res = _sdpa_eager(heads(q), heads(k), heads(v), mask, dropout_p, use_causal, None,
+                                      False, seed, out=out_view, return_weights=bool(need_weights))
+                    weights = res[1] if need_weights else None
+                out = F.linear(buf.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+                if weights is not None and average_attn_weights:
+                    weights = weights.mean(dim=1)
+                if unbatched:
+                    out = out.squeeze(0)
+                    weights = weights.squeeze(0) if weights is not None else None
+                return out, weights
+            except BaseException:
+                # a call that fails (a mask of the wrong shape) leaves the cache as it
+                # was: a caller retrying would otherwise add its tokens twice (torch's
+                # global generator may have given a dropout seed already)
+                if kv_cache is not None:
+                    kv_cache._restore(cached_before)
+                raise
 
     def _check_kv_cache(self, kv_cache, dtype, Dh):
         """TypeError / ValueError unless `kv_cache` is an attncore.KVCache this

@@ -131,9 +131,11 @@ print("equal" if np.array_equal(got, expect) else "DIFFERENT", "%.3f %.3f" % (al
 
 
 def test_repeated_sigints_with_a_non_raising_handler_do_not_restart_a_call_forever():
-    """A handler that does not raise (asyncio's, for one) gets the call run
-    again once, to its end: SIGINTs arriving faster than the call restarted
-    it from scratch each time (a concurrency fuzzer: 13 s for a 1 s call)."""
+    """A handler that does not raise gets the call run again, guarded once
+    more (a second Ctrl-C that raises, as asyncio's does, still stops it),
+    then unguarded to its end: SIGINTs arriving faster than the call
+    restarted it from scratch each time (a concurrency fuzzer: 13 s for a
+    1 s call)."""
     r = subprocess.run([sys.executable, "-c", REPEAT_CHILD], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()

@@ -118,8 +118,11 @@ def test_masked_softmax_is_d2ls(isa, dt, rng, shape):
     X = (rng.standard_normal(shape) * 2).astype(dt)
     per_batch = rng.integers(0, shape[-1] + 1, shape[:-2])
     per_row = rng.integers(0, shape[-1] + 1, shape[:-1])
+    if len(shape) >= 4:   # (B, H) reads two ways there: the keepdims form
+        per_batch = per_batch[..., None]
     for vl in (per_batch, per_row, None, np.int64(2)):
-        check(attncore.masked_softmax(X, vl), R.masked_softmax(X, vl), dt, scale=2)
+        full = np.broadcast_to(vl, shape[:-1]) if np.ndim(vl) == len(shape) - 1 else vl
+        check(attncore.masked_softmax(X, vl), R.masked_softmax(X, full), dt, scale=2)
     if len(shape) == 3:   # d2l's own forms: (B,) repeated over queries, (B, Q) per row
         for vl in (per_batch, per_row):
             check(attncore.masked_softmax(X, vl), d2l_masked_softmax(X, vl), dt, scale=2)
@@ -323,19 +326,23 @@ def test_masked_softmax_errors():
 
 
 def test_masked_softmax_4d_lengths_that_read_two_ways_raise(rng):
-    """Scores (B, H, Q, K) with H == Q: valid_lens (B, H) is also SDPA's
-    (B, Lq), one length per query row; it raised nothing and was read per
-    (batch, head) (an API audit). Both full forms the message gives work."""
-    X = rng.standard_normal((2, 3, 3, 5)).astype(np.float32)
-    vl = np.array([[1, 2, 3], [3, 2, 1]])
-    with pytest.raises(ValueError, match=r"reads two ways for scores \(2, 3, 3, 5\)"):
-        attncore.masked_softmax(X, vl)
-    per_head = attncore.masked_softmax(X, np.broadcast_to(vl[..., None], (2, 3, 3)))
-    per_row = attncore.masked_softmax(X, np.broadcast_to(vl[..., None, :], (2, 3, 3)))
-    assert (per_head[0, 0, :, 1:] == 0).all() and (per_row[0, :, 0, 1:] == 0).all()
-    check(per_row, R.masked_softmax(X, np.broadcast_to(vl[:, None, :], (2, 3, 3))), np.float32)
-    # H != Q: one reading only, as before
-    check(attncore.masked_softmax(X[:, :2], vl[:, :2]), R.masked_softmax(X[:, :2], vl[:, :2]), np.float32)
+    """Scores (B, H, Q, K): valid_lens (B, H) is also SDPA's (B, Lq), one
+    length per query row, wherever H == Q; it was read per (batch, head)
+    without a word (an API audit). It raises for every size (not only where
+    H == Q: no call fails or changes meaning at one length), and both
+    keepdims forms the message names work."""
+    for H in (3, 2):
+        X = rng.standard_normal((2, H, 3, 5)).astype(np.float32)
+        vl = rng.integers(0, 6, (2, H))
+        with pytest.raises(ValueError, match=rf"valid_lens of shape \(2, {H}\) for scores \(2, {H}, 3, 5\) "
+                                             r"reads two ways"):
+            attncore.masked_softmax(X, vl)
+        per_head = attncore.masked_softmax(X, vl[..., None])
+        check(per_head, R.masked_softmax(X, np.broadcast_to(vl[..., None], (2, H, 3))), np.float32)
+    rows = np.array([[1, 2, 3], [3, 2, 1]])
+    per_row = attncore.masked_softmax(X, rows[:, None, :])
+    check(per_row, R.masked_softmax(X, np.broadcast_to(rows[:, None, :], (2, 2, 3))), np.float32)
+    assert (per_row[0, :, 0, 1:] == 0).all()
 
 
 def test_misaligned_byteswapped_and_field_inputs_are_read_right(rng):

@@ -156,6 +156,7 @@ from attncore import _core
 torch.set_num_threads(2)
 with torch.no_grad():
     torch.nn.Linear(256, 256)(torch.randn(512, 256))   # torch's OpenMP region starts the shared pool
+torch.set_num_threads(1)   # (the pool stays: a reviewer's case, missed when torch's count was asked)
 q = np.random.default_rng(0).standard_normal((2, 8, 256, 64)).astype(np.float32)
 parent = attncore.scaled_dot_product_attention(q, q, q, num_threads=1)
 
@@ -176,8 +177,9 @@ if __name__ == "__main__":
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
 def test_children_forked_after_torchs_threads_do_not_hang():
     """torch shares GNU OpenMP with attncore: a child forked after torch ran
-    on two threads computes single-threaded (it waited forever on the pool's
-    workers, which were not copied: a concurrency fuzzer's hang)."""
+    on two threads -- and went back to one -- computes single-threaded (it
+    waited forever on the pool's workers, which were not copied: a
+    concurrency fuzzer's hang)."""
     pytest.importorskip("torch")
     import subprocess
     import sys
@@ -226,3 +228,34 @@ def test_ctrl_c_stops_a_call_in_a_child_forked_from_a_thread():
     assert words and words[0] == "interrupted", r.stdout
     limit = 2.0 if os.environ.get("ATTNCORE_SANITIZER") == "1" else 0.5
     assert float(words[1]) < limit, r.stdout
+
+
+PLAN_THEN_FORK = r"""
+import os, numpy as np, attncore
+from attncore import _core, _linalg
+from attncore._engine import plan_info
+from attncore.softmax import softmax_plan
+q = np.zeros((4, 8, 512, 64), np.float32)
+assert plan_info(attncore.scaled_dot_product_attention, q, q, q, num_threads=2)["threads"] == 2
+softmax_plan(np.zeros((1, 1 << 20), np.float32), num_threads=2)
+_linalg.linear(np.zeros((512, 512), np.float32), np.zeros((512, 512), np.float32), plan_only=True,
+               num_threads=2)
+attncore.channel_attention(np.zeros((0, 4, 8, 8), np.float32), np.ones((1, 4), np.float32), None,
+                           np.ones((4, 1), np.float32), None)
+pid = os.fork()
+if pid == 0:
+    os._exit(3 if _core.single_threaded_after_fork() else 0)
+print(os.waitpid(pid, 0)[1] >> 8)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_plans_alone_leave_forked_children_parallel():
+    """Asking for a plan runs no region: a child forked after plans only
+    (sdpa, softmax, linear) keeps its threads (planning marked the pool as
+    started, as a region with two threads does)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", PLAN_THEN_FORK], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0", r.stdout

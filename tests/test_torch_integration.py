@@ -920,6 +920,10 @@ def test_nested_tensors_are_a_clear_type_error():
         nt = torch.nested.nested_tensor([torch.randn(4, 5, 16), torch.randn(4, 7, 16)], layout=layout)
         with pytest.raises(TypeError, match="query is a nested tensor; attncore reads dense tensors"):
             at.scaled_dot_product_attention(nt, nt, nt)
+    q = torch.randn(2, 4, 5, 16)
+    mask = torch.nested.nested_tensor([torch.ones(5, 5, dtype=torch.bool)] * 2)   # (a reviewer's case)
+    with torch.no_grad(), pytest.raises(TypeError, match="attn_mask is a nested tensor"):
+        at.scaled_dot_product_attention(q, q, q, attn_mask=mask)
 
 
 def test_torch_jit_script_of_a_patched_model_says_what_works():
@@ -951,3 +955,12 @@ def test_meta_tensors_give_the_output_shape():
         assert model(torch.empty(2, 7, 32, device="meta")).shape == (2, 7, 32)
     with pytest.raises(TypeError, match="key is on meta"):
         at.scaled_dot_product_attention(torch.randn(2, 4, 5, 8), k, torch.randn(2, 2, 7, 3), enable_gqa=True)
+    # the checks of a real call run on meta tensors too (they returned a shape)
+    with pytest.raises(ValueError, match="query has 4 heads but key/value have 3"):
+        at.scaled_dot_product_attention(q, torch.empty(2, 3, 7, 8, device="meta"),
+                                        torch.empty(2, 3, 7, 3, device="meta"), enable_gqa=True)
+    with pytest.raises(TypeError, match="query has dtype torch.int32"):
+        at.scaled_dot_product_attention(q.int(), k.int(), v.int(), enable_gqa=True)
+    with pytest.raises(ValueError, match=r"attn_mask of shape \(5, 6\) does not broadcast"):
+        at.scaled_dot_product_attention(q, k, v, enable_gqa=True,
+                                        attn_mask=torch.empty(5, 6, dtype=torch.bool, device="meta"))

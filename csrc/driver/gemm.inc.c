@@ -144,7 +144,7 @@ attn_status GEMM_FN(attn_linear_plan)(const attn_linear_desc *d, int isa, int nu
         info->path = d->w_sk == 1 ? ATTN_LINEAR_PATH_PACKED_ROWS : ATTN_LINEAR_PATH_PACKED_STRIDED;
         info->units = (d->N + kt->nr - 1) / kt->nr * ((d->M + kt->gemm_mc - 1) / kt->gemm_mc);
     }
-    info->threads = attn_region_threads(num_threads, info->units, work);
+    info->threads = attn_plan_threads(num_threads, info->units, work);
     return ATTN_OK;
 }
 

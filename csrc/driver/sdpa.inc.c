@@ -1138,7 +1138,7 @@ static void SDPA_FN(fill_info)(const PLAN *P, int num_threads, attn_plan_info *i
     info->group_panels = P->group_panels;
     int64_t last_rows = P->rows_per_group - (P->npanels - 1) * P->W;
     info->half_panels = P->half && (P->d->seq_lq != NULL || (P->npanels > 0 && 2 * last_rows <= P->W));
-    info->threads = attn_region_threads(num_threads, P->nitems, SDPA_FN(work)(P));
+    info->threads = attn_plan_threads(num_threads, P->nitems, SDPA_FN(work)(P));
     /* the blocks each unit's loop nest would visit */
     info->key_blocks = 0;
     for (int64_t u = 0; u < info->units; u++) {

@@ -271,7 +271,7 @@ static void sm_choose_split(sm_plan *P, int num_threads)
 {
     if (!P->segs || P->panel) return;
     int64_t su = attn_mul_checked(P->rows, P->segs);
-    if (su > 0 && P->rows < attn_region_threads(num_threads, su, sm_work(P))) {
+    if (su > 0 && P->rows < attn_plan_threads(num_threads, su, sm_work(P))) {
         P->split = 1;
         P->units = su;
     }
@@ -286,7 +286,7 @@ static void sm_fill_info(const sm_plan *P, int num_threads, attn_softmax_plan_in
     info->units = P->units;
     info->rows_per_unit = P->panel ? P->W : P->rows_per_unit;
     info->chunk = SM_CHUNK;
-    info->threads = attn_region_threads(num_threads, P->units, sm_work(P));
+    info->threads = attn_plan_threads(num_threads, P->units, sm_work(P));
     info->segments = P->segs;
     info->split = P->split;
 }

@@ -167,7 +167,7 @@ static void vision_make_plan(const attn_vision_desc *d, size_t item, int num_thr
     if (conv) work += (double)N * (double)HW * 2.0 * (double)d->KH * (double)d->KW;
     if (d->pool) work += 4.0 * (double)N * (double)C * (double)d->Cr;
     int64_t units = attn_mul_checked(N, attn_max64(H, C));
-    int threads = attn_region_threads(num_threads, units < 0 ? INT64_MAX : units, work);
+    int threads = attn_plan_threads(num_threads, units < 0 ? INT64_MAX : units, work);
     p->threads = threads;
     p->schedule = (threads == 1 || N % threads == 0 || N >= 4 * (int64_t)threads)
                       ? ATTN_VISION_FUSED : ATTN_VISION_PHASED;
@@ -801,6 +801,7 @@ attn_status VFN(attn_vision)(const attn_vision_desc *d, int num_threads)
     if (d->N == 0 || d->C == 0 || d->H == 0 || d->W == 0) return ATTN_OK;
     attn_vision_plan_info pl;
     vision_make_plan(d, sizeof(T), num_threads, &pl);
+    attn_region_starts(pl.threads);   /* (the plan alone leaves no mark) */
     const int64_t N = d->N, C = d->C;
 
     double *psum = NULL, *pmax = NULL;

@@ -60,7 +60,7 @@ void *attn_scratch_alloc(size_t bytes)
 
 void attn_scratch_free(void *p) { free(p); }
 
-int attn_region_threads(int requested, int64_t units, double work)
+int attn_plan_threads(int requested, int64_t units, double work)
 {
     int n = requested > 0 ? requested : 1;
 #ifndef _OPENMP
@@ -70,8 +70,19 @@ int attn_region_threads(int requested, int64_t units, double work)
     if (work / ATTN_MIN_WORK_PER_THREAD < n) n = work >= 2 * ATTN_MIN_WORK_PER_THREAD
                                                     ? (int)(work / ATTN_MIN_WORK_PER_THREAD) : 1;
     if (ATTN_ATOMIC_LOAD(&g_forked_after_pool)) n = 1;
+    return n;
+}
+
+void attn_region_starts(int threads)
+{
     /* concurrent callers may all store 1: a relaxed atomic store is enough */
-    if (n > 1) ATTN_ATOMIC_STORE(&g_pool_started, 1);
+    if (threads > 1) ATTN_ATOMIC_STORE(&g_pool_started, 1);
+}
+
+int attn_region_threads(int requested, int64_t units, double work)
+{
+    int n = attn_plan_threads(requested, units, work);
+    attn_region_starts(n);
     return n;
 }
 

@@ -66,5 +66,11 @@ static inline int attn_cancelled(int cancellable, uint64_t epoch)
  * depend on the count (the drivers split work by problem size only). */
 #define ATTN_MIN_WORK_PER_THREAD ((double)(1 << 21))
 int attn_region_threads(int requested, int64_t units, double work);
+/* The same count for a plan that does not run (no region starts: a plan
+ * must not make later forked children single-threaded), and the mark a
+ * region that does run with that count leaves (attn_region_threads is the
+ * two together). */
+int attn_plan_threads(int requested, int64_t units, double work);
+void attn_region_starts(int threads);
 
 #endif
