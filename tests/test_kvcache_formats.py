@@ -522,3 +522,31 @@ def test_the_kernel_entry_refuses_a_length_past_the_buffers():
     with pytest.raises(ValueError, match="9 cached positions, but its buffer holds 8"):
         _core.kv_attend_fast("KVCache.attend", q, cache._k, cache._v, None, None, 9, _core.IO_F32,
                              "bottom_right", None, None, attncore._config.active_isa())
+
+
+def test_a_decode_step_holds_the_cache_for_its_whole_step():
+    """MultiHeadAttention's decode step -- append, then attend -- holds the
+    cache's lock throughout: another thread's append waits for the step's
+    end (between the two, it was attended, or undone by the step's restore
+    after an error: a review)."""
+    import threading
+
+    class Watched(attncore.KVCache):
+        blocked = None
+
+        def attend(self, *args, **kwargs):   # runs inside the step, after its append
+            other = threading.Thread(target=lambda: self.append(*(np.ones((1, 2, 1, 4), np.float32),) * 2))
+            other.start()
+            other.join(timeout=0.3)
+            Watched.blocked = other.is_alive()   # still waiting on the lock
+            try:
+                return super().attend(*args, **kwargs)
+            finally:
+                self._thread = other
+
+    mha = attncore.MultiHeadAttention(8, 2, seed=0).eval()
+    cache = Watched(8, 2, 4)
+    x = np.ones((1, 1, 8), np.float32)
+    mha(x, kv_cache=cache, need_weights=False)
+    cache._thread.join()
+    assert Watched.blocked and len(cache) == 2   # the step's position, then the other's
