@@ -291,8 +291,9 @@ def _variants(op, p, scale, is_causal, window, alibi_slopes, softcap, sinks, cu_
         # a NaN sink is refused: it made its head's rows NaN, except rows with
         # no visible key, which came out zeros or NaN depending on the path
         # (valid lengths, or masks read as lengths, gave zeros)
-        if np.isnan(given).any():
-            heads = np.flatnonzero(np.isnan(given.reshape(-1))).tolist()
+        nan = np.isnan(given.reshape(-1))
+        if nan.any():
+            heads = np.flatnonzero(nan).tolist()
             raise ValueError(f"{op}: sinks hold NaN (heads {heads}); a sink must be a number, "
                              f"or -inf for no sink")
         # the kernel takes the sink in log2 units: sink x log2(e) must not

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import math
-
 import numpy as np
 
 from . import _engine, _layout, _linalg
@@ -140,9 +138,9 @@ def additive_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, w_que
         # must stay finite, and so must 2 log2(e) w_h; past either a score is
         # inf and its row inf - inf (NaN). (|sum_h w_h| was checked instead of
         # sum_h |w_h|: heads of both signs gave NaN rows inside the limits.)
-        fmax, u = float(np.finfo(p.compute).max), float(np.finfo(p.compute).eps) / 2
-        limit = fmax / (2 * math.log2(math.e))
-        sum_limit = fmax / math.log2(math.e) / (1 + (H + 2) * u)
+        top, u = _engine._log2_units_limit(p.compute), float(np.finfo(p.compute).eps) / 2
+        limit = top / 2
+        sum_limit = top / (1 + (H + 2) * u)
         finite = w64[~np.isnan(w64)]
         largest, total = float(np.abs(finite).max(initial=0.0)), float(np.abs(finite).sum())
     if not (largest < limit and total < sum_limit):

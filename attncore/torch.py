@@ -275,9 +275,9 @@ def _sdpa_vmap(info, in_dims, query, key, value, attn_mask, dropout_p, is_causal
     q, k, v, m = (lift(t, d) for t, d in zip(tensors, dims))
     if dims[0] is None:   # the output takes its batch dims from q, k and v (not the mask)
         q = q.expand((size,) + tuple(q.shape[1:]))
-    logical = [tuple(t.shape[:d]) + tuple(t.shape[d + 1:]) if d is not None else tuple(t.shape)
-               for t, d in zip(tensors[:3], dims[:3])]
-    logical_out = _out_shape(*(torch.empty(shape, device="meta") for shape in logical))
+    # the output's own rank is that of q, k and v (their batch dims broadcast):
+    # the dims lift added in front of it are ones
+    out_rank = max(_logical_rank(t, d) for t, d in zip(tensors[:3], dims[:3]))
     if dropout_p > 0 and seed is not None:
         if info.randomness not in ("same", "different"):
             raise RuntimeError("attncore.torch: dropout under torch.vmap needs randomness='same' "
@@ -289,7 +289,7 @@ def _sdpa_vmap(info, in_dims, query, key, value, attn_mask, dropout_p, is_causal
         out = torch.cat(parts)
     else:
         out = _sdpa_op(q, k, v, m, dropout_p, is_causal, scale, enable_gqa, seed, softcap, sinks)
-    return out.reshape((size,) + tuple(logical_out)), 0
+    return out.reshape((size,) + tuple(out.shape[out.dim() - out_rank:])), 0
 
 
 def _autocast(*tensors):
