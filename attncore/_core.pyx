@@ -83,7 +83,8 @@ def _after_fork_in_child():
     _main_thread = PyThread_get_thread_ident()
 
 
-_os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+if hasattr(_os, "register_at_fork"):   # (POSIX only, as in kvcache.py)
+    _os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 cdef int _raise(attn_status st, str op, object detail) except -1:
@@ -162,6 +163,19 @@ cdef class _Tensor:
         if self.held:
             PyBuffer_Release(&self.view)
         free(self.boff)
+
+
+cdef int _rerun_guarded(bint guard, int *reruns) except -1:
+    """After a call that stopped for a SIGINT (ATTN_EINTR): run the Python
+    handler (an exception it raises propagates). It did not raise, so the
+    call runs again; returns whether under the guard: yes after the first
+    such interrupt (a second Ctrl-C that raises, asyncio's, still stops the
+    rerun), no after the second, when the call runs to its end and a SIGINT
+    is handled as it returns (signals coming faster than the call restarted
+    it forever)."""
+    PyErr_CheckSignals()
+    reruns[0] += 1
+    return guard and reruns[0] < 2
 
 
 cdef bint _guard_wanted(double work):
@@ -1016,13 +1030,7 @@ cdef attn_status _run_sdpa(attn_sdpa_desc *d, int io, int isa, int threads) exce
             attn_sigint_guard_end()
         if st != ATTN_EINTR:
             return st
-        PyErr_CheckSignals()
-        # the handler did not raise: the call runs again; after two such
-        # interrupts, unguarded, to its end (a SIGINT then is handled as it
-        # returns): signals coming faster than the call restarted it forever,
-        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
-        reruns += 1
-        guard = guard and reruns < 2
+        guard = _rerun_guarded(guard, &reruns)
 
 
 LINEAR_PATH_NAMES = ("none", "rows", "packed", "packed-strided")   # by ATTN_LINEAR_PATH_*
@@ -1070,13 +1078,7 @@ def linear(str op, bint f64, int isa, int num_threads, x, w, bias, y, bint plan_
             attn_sigint_guard_end()
         if st != ATTN_EINTR:
             break
-        PyErr_CheckSignals()
-        # the handler did not raise: the call runs again; after two such
-        # interrupts, unguarded, to its end (a SIGINT then is handled as it
-        # returns): signals coming faster than the call restarted it forever,
-        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
-        reruns += 1
-        guard = guard and reruns < 2
+        guard = _rerun_guarded(guard, &reruns)
     if st != ATTN_OK:
         _raise(st, op, f"linear M={d.M} N={d.N} K={d.K}")
 

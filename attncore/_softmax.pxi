@@ -175,13 +175,7 @@ def softmax(str op, bint f64, int isa, int num_threads, x, out, int axis, int ma
             attn_sigint_guard_end()
         if st != ATTN_EINTR:
             break
-        PyErr_CheckSignals()
-        # the handler did not raise: the call runs again; after two such
-        # interrupts, unguarded, to its end (a SIGINT then is handled as it
-        # returns): signals coming faster than the call restarted it forever,
-        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
-        reruns += 1
-        guard = guard and reruns < 2
+        guard = _rerun_guarded(guard, &reruns)
     if st != ATTN_OK:
         _raise(st, op, f"shape {tuple(x.shape)}, axis {axis}")
     return None
@@ -241,13 +235,7 @@ def kernel_regression(str op, bint f64, int isa, int num_threads, tuple dims, tu
             attn_sigint_guard_end()
         if st != ATTN_EINTR:
             break
-        PyErr_CheckSignals()
-        # the handler did not raise: the call runs again; after two such
-        # interrupts, unguarded, to its end (a SIGINT then is handled as it
-        # returns): signals coming faster than the call restarted it forever,
-        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
-        reruns += 1
-        guard = guard and reruns < 2
+        guard = _rerun_guarded(guard, &reruns)
     if st != ATTN_OK:
         _raise(st, op, f"B={d.B} Lq={d.Lq} Lk={d.Lk} D={d.D} Dy={d.Dy}")
     return None

@@ -189,13 +189,7 @@ def vision(str op, bint f64, int num_threads, x, out, int pool, w1, b1, w2, b2, 
             attn_sigint_guard_end()
         if st != ATTN_EINTR:
             break
-        PyErr_CheckSignals()
-        # the handler did not raise: the call runs again; after two such
-        # interrupts, unguarded, to its end (a SIGINT then is handled as it
-        # returns): signals coming faster than the call restarted it forever,
-        # while a second Ctrl-C that raises (asyncio's) still stops a rerun
-        reruns += 1
-        guard = guard and reruns < 2
+        guard = _rerun_guarded(guard, &reruns)
     if st != ATTN_OK:
         _raise(st, op, _vision_text(d))
 
